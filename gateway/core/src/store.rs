@@ -1,0 +1,810 @@
+//! The database side of the core: which rows change together, in which
+//! transaction.
+//!
+//! Architecture invariant: a message, its attachments' rows, its deliveries
+//! and its `accepted`/`routed` events are written in one transaction. A
+//! receipt is only given after that transaction has committed, and SQLite
+//! runs with `synchronous = FULL` so that a commit is on disk.
+//!
+//! Architecture invariant: the `events` table (the transfer log) is only
+//! ever inserted into.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lienthong_schema::entity::{agency, attachment, delivery, event, message, signing_cert};
+use lienthong_schema::Migrator;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
+    TransactionTrait,
+};
+use lienthong_schema::MigratorTrait;
+
+use crate::error::{Error, Reason, Result};
+
+/// Now, as Unix microseconds (the schema's time unit).
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// What happened to a message. The strings are what the transfer log and
+/// `Trace` show; reports count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Accepted,
+    Routed,
+    Rejected,
+    Delivered,
+    Acknowledged,
+    StatusReceived,
+    Duplicate,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Routed => "routed",
+            EventKind::Rejected => "rejected",
+            EventKind::Delivered => "delivered",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::StatusReceived => "status_received",
+            EventKind::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// One line of the transfer log, before it is written.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub sender: String,
+    pub message_id: String,
+    pub recipient: Option<String>,
+    pub reason: Option<String>,
+    pub detail: String,
+    pub actor: Option<String>,
+    pub transport: String,
+}
+
+impl NewEvent {
+    fn into_active(self, at: i64) -> event::ActiveModel {
+        event::ActiveModel {
+            at: Set(at),
+            kind: Set(self.kind.as_str().to_owned()),
+            sender: Set(self.sender),
+            message_id: Set(self.message_id),
+            recipient: Set(self.recipient),
+            reason: Set(self.reason),
+            detail: Set(self.detail),
+            actor: Set(self.actor),
+            transport: Set(self.transport),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256_hex: String,
+}
+
+/// Everything a message's acceptance writes.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub sender: String,
+    pub message_id: String,
+    pub kind: &'static str,
+    pub document_id: String,
+    pub ref_from: Option<String>,
+    pub status_code: Option<String>,
+    pub envelope_sha256_hex: String,
+    pub signed_envelope: Vec<u8>,
+    pub verification: Vec<u8>,
+    pub accepted_at: i64,
+    pub attachments: Vec<NewAttachment>,
+    /// (recipient, route)
+    pub recipients: Vec<(String, String)>,
+    pub actor: String,
+    pub transport: String,
+}
+
+/// Why an acceptance did not commit.
+#[derive(Debug)]
+pub enum AcceptError {
+    /// (sender, message_id) was accepted before, maybe concurrently.
+    AlreadyExists,
+    Db(DbErr),
+}
+
+/// A delivery with the message it carries.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub delivery: delivery::Model,
+    pub message: message::Model,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    Acknowledged,
+    AlreadyAcknowledged,
+}
+
+/// The database, with the schema migrated.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects and applies pending migrations. `sqlite:` URLs get their
+    /// directory created and run in WAL mode with full fsync on commit.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if url.starts_with("sqlite:") {
+            if let Some(dir) = sqlite_dir(url) {
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::new(
+                        Reason::Unavailable,
+                        format!(
+                            "cannot create the database directory {}; check database.url and the permissions",
+                            dir.display()
+                        ),
+                    )
+                    .with_source(e)
+                })?;
+            }
+            // Validate the URL here so that a typo gets a sentence, not a panic deep in sqlx.
+            SqliteConnectOptions::from_str(url).map_err(|e| {
+                Error::new(
+                    Reason::Unavailable,
+                    format!("database.url {url:?} is not a usable SQLite URL"),
+                )
+                .with_source(e)
+            })?;
+            opts.max_connections(8).map_sqlx_sqlite_opts(|o| {
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+            });
+        } else {
+            opts.max_connections(16);
+        }
+        let db = Database::connect(opts).await.map_err(|e| {
+            Error::new(
+                Reason::Unavailable,
+                format!("cannot connect to the database at {}", redact(url)),
+            )
+            .with_source(e)
+        })?;
+        Migrator::up(&db, None).await.map_err(|e| {
+            Error::new(Reason::Unavailable, "the database schema migration failed").with_source(e)
+        })?;
+        Ok(Store { db })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// A cheap query that proves the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await.map_err(Error::from)
+    }
+
+    // ----- directory -------------------------------------------------------
+
+    pub async fn agency(&self, organ_id: &str) -> Result<Option<agency::Model>> {
+        Ok(agency::Entity::find_by_id(organ_id.to_owned())
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn agencies(&self) -> Result<Vec<agency::Model>> {
+        Ok(agency::Entity::find()
+            .order_by_asc(agency::Column::OrganId)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Inserts or replaces every row in one transaction.
+    pub async fn upsert_agencies(&self, rows: Vec<agency::Model>) -> Result<()> {
+        let txn = self.db.begin().await?;
+        for chunk in rows.chunks(200) {
+            let models: Vec<agency::ActiveModel> = chunk
+                .iter()
+                .cloned()
+                .map(|m| agency::ActiveModel {
+                    organ_id: Set(m.organ_id),
+                    name: Set(m.name),
+                    parent: Set(m.parent),
+                    email: Set(m.email),
+                    telephone: Set(m.telephone),
+                    address: Set(m.address),
+                    website: Set(m.website),
+                    channel: Set(m.channel),
+                    active: Set(m.active),
+                    extra: Set(m.extra),
+                    updated_at: Set(m.updated_at),
+                })
+                .collect();
+            if models.is_empty() {
+                continue;
+            }
+            agency::Entity::insert_many(models)
+                .on_conflict(
+                    OnConflict::column(agency::Column::OrganId)
+                        .update_columns([
+                            agency::Column::Name,
+                            agency::Column::Parent,
+                            agency::Column::Email,
+                            agency::Column::Telephone,
+                            agency::Column::Address,
+                            agency::Column::Website,
+                            agency::Column::Channel,
+                            agency::Column::Active,
+                            agency::Column::Extra,
+                            agency::Column::UpdatedAt,
+                        ])
+                        .to_owned(),
+                )
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Binds a signing certificate's key to an agency (re-binding moves it).
+    pub async fn bind_signing_cert(&self, row: signing_cert::Model) -> Result<()> {
+        signing_cert::Entity::insert(signing_cert::ActiveModel {
+            spki_sha256: Set(row.spki_sha256),
+            organ_id: Set(row.organ_id),
+            subject: Set(row.subject),
+            issuer: Set(row.issuer),
+            not_after: Set(row.not_after),
+            cert_der: Set(row.cert_der),
+            bound_at: Set(row.bound_at),
+        })
+        .on_conflict(
+            OnConflict::column(signing_cert::Column::SpkiSha256)
+                .update_columns([
+                    signing_cert::Column::OrganId,
+                    signing_cert::Column::Subject,
+                    signing_cert::Column::Issuer,
+                    signing_cert::Column::NotAfter,
+                    signing_cert::Column::CertDer,
+                    signing_cert::Column::BoundAt,
+                ])
+                .to_owned(),
+        )
+        .exec(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<signing_cert::Model>> {
+        Ok(signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn signing_certs_of(&self, organ_id: &str) -> Result<Vec<signing_cert::Model>> {
+        Ok(signing_cert::Entity::find()
+            .filter(signing_cert::Column::OrganId.eq(organ_id))
+            .all(&self.db)
+            .await?)
+    }
+
+    // ----- messages --------------------------------------------------------
+
+    pub async fn message(&self, sender: &str, message_id: &str) -> Result<Option<message::Model>> {
+        Ok(message::Entity::find()
+            .filter(message::Column::Sender.eq(sender))
+            .filter(message::Column::MessageId.eq(message_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn message_by_pk(&self, pk: i64) -> Result<Option<message::Model>> {
+        Ok(message::Entity::find_by_id(pk).one(&self.db).await?)
+    }
+
+    /// The latest accepted document of `sender` with this document_id.
+    pub async fn document(&self, sender: &str, document_id: &str) -> Result<Option<message::Model>> {
+        Ok(message::Entity::find()
+            .filter(message::Column::Sender.eq(sender))
+            .filter(message::Column::DocumentId.eq(document_id))
+            .filter(message::Column::Kind.eq("document"))
+            .order_by_desc(message::Column::Id)
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn attachments(&self, message_pk: i64) -> Result<Vec<attachment::Model>> {
+        Ok(attachment::Entity::find()
+            .filter(attachment::Column::MessagePk.eq(message_pk))
+            .order_by_asc(attachment::Column::Idx)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn deliveries_of(&self, message_pk: i64) -> Result<Vec<delivery::Model>> {
+        Ok(delivery::Entity::find()
+            .filter(delivery::Column::MessagePk.eq(message_pk))
+            .order_by_asc(delivery::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Whether any message with this attachment digest is stored.
+    pub async fn blob_referenced(&self, sha256_hex: &str) -> Result<bool> {
+        Ok(attachment::Entity::find()
+            .filter(attachment::Column::Sha256.eq(sha256_hex))
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
+    /// Writes a message with everything that belongs to it in one
+    /// transaction. Returns the message row and its deliveries.
+    pub async fn accept(
+        &self,
+        m: NewMessage,
+    ) -> Result<(message::Model, Vec<delivery::Model>), AcceptError> {
+        let txn = self.db.begin().await.map_err(AcceptError::Db)?;
+        let inserted = message::ActiveModel {
+            sender: Set(m.sender.clone()),
+            message_id: Set(m.message_id.clone()),
+            kind: Set(m.kind.to_owned()),
+            document_id: Set(m.document_id.clone()),
+            ref_from: Set(m.ref_from.clone()),
+            status_code: Set(m.status_code.clone()),
+            envelope_sha256: Set(m.envelope_sha256_hex.clone()),
+            signed_envelope: Set(m.signed_envelope),
+            verification: Set(m.verification),
+            accepted_at: Set(m.accepted_at),
+            attachment_count: Set(m.attachments.len() as i32),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await;
+        let msg = match inserted {
+            Ok(msg) => msg,
+            Err(e) => {
+                // Rollback happens on drop of the transaction.
+                return Err(match e.sql_err() {
+                    Some(SqlErr::UniqueConstraintViolation(_)) => AcceptError::AlreadyExists,
+                    _ => AcceptError::Db(e),
+                });
+            }
+        };
+        if !m.attachments.is_empty() {
+            let rows = m.attachments.iter().enumerate().map(|(i, a)| attachment::ActiveModel {
+                message_pk: Set(msg.id),
+                idx: Set(i as i32),
+                name: Set(a.name.clone()),
+                content_type: Set(a.content_type.clone()),
+                size: Set(a.size as i64),
+                sha256: Set(a.sha256_hex.clone()),
+            });
+            attachment::Entity::insert_many(rows)
+                .exec(&txn)
+                .await
+                .map_err(AcceptError::Db)?;
+        }
+        let mut deliveries = Vec::with_capacity(m.recipients.len());
+        for (recipient, route) in &m.recipients {
+            let d = delivery::ActiveModel {
+                delivery_id: Set(uuid::Uuid::now_v7().simple().to_string()),
+                message_pk: Set(msg.id),
+                recipient: Set(recipient.clone()),
+                route: Set(route.clone()),
+                state: Set("pending".to_owned()),
+                attempts: Set(0),
+                created_at: Set(m.accepted_at),
+                last_delivered_at: Set(None),
+                acked_at: Set(None),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await
+            .map_err(AcceptError::Db)?;
+            deliveries.push(d);
+        }
+        let base = NewEvent {
+            kind: EventKind::Accepted,
+            sender: m.sender.clone(),
+            message_id: m.message_id.clone(),
+            recipient: None,
+            reason: None,
+            detail: String::new(),
+            actor: Some(m.actor.clone()),
+            transport: m.transport.clone(),
+        };
+        let mut events = vec![NewEvent {
+            detail: format!(
+                "accepted for {} recipient(s), {} attachment(s), envelope sha256 {}",
+                m.recipients.len(),
+                m.attachments.len(),
+                m.envelope_sha256_hex
+            ),
+            ..base.clone()
+        }];
+        if let (Some(code), Some(doc_from)) = (&m.status_code, &m.ref_from) {
+            events.push(NewEvent {
+                kind: EventKind::StatusReceived,
+                reason: Some(code.clone()),
+                detail: format!(
+                    "status {code} for document {} of {doc_from}",
+                    m.document_id
+                ),
+                ..base.clone()
+            });
+        }
+        for (recipient, route) in &m.recipients {
+            events.push(NewEvent {
+                kind: EventKind::Routed,
+                recipient: Some(recipient.clone()),
+                detail: format!("route {route}"),
+                ..base.clone()
+            });
+        }
+        event::Entity::insert_many(events.into_iter().map(|e| e.into_active(m.accepted_at)))
+            .exec(&txn)
+            .await
+            .map_err(AcceptError::Db)?;
+        txn.commit().await.map_err(AcceptError::Db)?;
+        Ok((msg, deliveries))
+    }
+
+    /// Appends one event to the transfer log.
+    pub async fn log(&self, e: NewEvent) -> Result<()> {
+        event::Entity::insert(e.into_active(now_micros()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    // ----- inboxes ---------------------------------------------------------
+
+    /// A recipient's unacknowledged deliveries with `id > after_id`, oldest
+    /// first. With `delivered_before`, only those never handed out or last
+    /// handed out before that time (the redelivery scan).
+    pub async fn pending(
+        &self,
+        recipient: &str,
+        after_id: i64,
+        delivered_before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<PendingDelivery>> {
+        let mut q = delivery::Entity::find()
+            .filter(delivery::Column::Recipient.eq(recipient))
+            .filter(delivery::Column::State.eq("pending"))
+            .filter(delivery::Column::Id.gt(after_id));
+        if let Some(t) = delivered_before {
+            q = q.filter(
+                delivery::Column::LastDeliveredAt
+                    .is_null()
+                    .or(delivery::Column::LastDeliveredAt.lt(t)),
+            );
+        }
+        let ds = q
+            .order_by_asc(delivery::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        if ds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pks: Vec<i64> = ds.iter().map(|d| d.message_pk).collect();
+        let msgs = message::Entity::find()
+            .filter(message::Column::Id.is_in(pks))
+            .all(&self.db)
+            .await?;
+        let mut out = Vec::with_capacity(ds.len());
+        for d in ds {
+            match msgs.iter().find(|m| m.id == d.message_pk) {
+                Some(m) => out.push(PendingDelivery {
+                    delivery: d,
+                    message: m.clone(),
+                }),
+                None => {
+                    tracing::error!(delivery_id = %d.delivery_id, "a delivery refers to a missing message");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a delivery was handed to its recipient; returns the
+    /// attempt number.
+    pub async fn mark_delivered(&self, d: &delivery::Model, sender: &str, message_id: &str, transport: &str) -> Result<i32> {
+        let now = now_micros();
+        let txn = self.db.begin().await?;
+        delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::Attempts,
+                Expr::col(delivery::Column::Attempts).add(1),
+            )
+            .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now))
+            .filter(delivery::Column::Id.eq(d.id))
+            .exec(&txn)
+            .await?;
+        let attempt = d.attempts + 1;
+        event::Entity::insert(
+            NewEvent {
+                kind: EventKind::Delivered,
+                sender: sender.to_owned(),
+                message_id: message_id.to_owned(),
+                recipient: Some(d.recipient.clone()),
+                reason: None,
+                detail: format!("attempt {attempt} via {}", d.route),
+                actor: Some(d.recipient.clone()),
+                transport: transport.to_owned(),
+            }
+            .into_active(now),
+        )
+        .exec(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(attempt)
+    }
+
+    /// Acknowledges a delivery of `recipient`. Unknown ids, and ids of other
+    /// recipients, are `None`: nobody learns what is in another inbox.
+    pub async fn ack(&self, recipient: &str, delivery_id: &str, transport: &str) -> Result<Option<AckOutcome>> {
+        let txn = self.db.begin().await?;
+        let Some(d) = delivery::Entity::find()
+            .filter(delivery::Column::DeliveryId.eq(delivery_id))
+            .filter(delivery::Column::Recipient.eq(recipient))
+            .one(&txn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if d.state == "acked" {
+            return Ok(Some(AckOutcome::AlreadyAcknowledged));
+        }
+        let now = now_micros();
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::State, Expr::value("acked"))
+            .col_expr(delivery::Column::AckedAt, Expr::value(now))
+            .filter(delivery::Column::Id.eq(d.id))
+            .filter(delivery::Column::State.eq("pending"))
+            .exec(&txn)
+            .await?;
+        let msg = message::Entity::find_by_id(d.message_pk).one(&txn).await?;
+        let (sender, message_id) = msg
+            .map(|m| (m.sender, m.message_id))
+            .unwrap_or_default();
+        event::Entity::insert(
+            NewEvent {
+                kind: EventKind::Acknowledged,
+                sender,
+                message_id,
+                recipient: Some(recipient.to_owned()),
+                reason: None,
+                detail: format!("delivery {delivery_id} acknowledged"),
+                actor: Some(recipient.to_owned()),
+                transport: transport.to_owned(),
+            }
+            .into_active(now),
+        )
+        .exec(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(Some(AckOutcome::Acknowledged))
+    }
+
+    // ----- transfer log ----------------------------------------------------
+
+    /// The messages a trace of (sender, message_id) covers: the message
+    /// itself and, for a document, the status notices that answer it.
+    pub async fn traced_messages(&self, sender: &str, message_id: &str) -> Result<Vec<message::Model>> {
+        let Some(m) = self.message(sender, message_id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        if m.kind == "document" {
+            let answers = message::Entity::find()
+                .filter(message::Column::RefFrom.eq(sender))
+                .filter(message::Column::DocumentId.eq(m.document_id.clone()))
+                .filter(message::Column::Kind.eq("status"))
+                .order_by_asc(message::Column::Id)
+                .all(&self.db)
+                .await?;
+            out.push(m);
+            out.extend(answers);
+        } else {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Events of the given (sender, message_id) pairs, in log order.
+    pub async fn events_of(&self, keys: &[(String, String)]) -> Result<Vec<event::Model>> {
+        let mut all = Vec::new();
+        for (sender, message_id) in keys {
+            let mut evs = event::Entity::find()
+                .filter(event::Column::Sender.eq(sender.as_str()))
+                .filter(event::Column::MessageId.eq(message_id.as_str()))
+                .order_by_asc(event::Column::Id)
+                .all(&self.db)
+                .await?;
+            all.append(&mut evs);
+        }
+        all.sort_by_key(|e| e.id);
+        Ok(all)
+    }
+
+    /// Events whose message_id is this one, whoever sent it (operator view).
+    pub async fn events_by_message_id(&self, message_id: &str) -> Result<Vec<event::Model>> {
+        Ok(event::Entity::find()
+            .filter(event::Column::MessageId.eq(message_id))
+            .order_by_asc(event::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Raw statement execution for tests and tools.
+    pub async fn execute_sql(&self, sql: &str) -> Result<u64> {
+        Ok(self.db.execute_unprepared(sql).await?.rows_affected())
+    }
+}
+
+/// The directory of a `sqlite:` URL's database file, when it has one.
+fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    let p = std::path::Path::new(path);
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.to_path_buf())
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl From<AcceptError> for Error {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::AlreadyExists => Error::new(
+                Reason::DuplicateConflict,
+                "this message_id was accepted from this sender already",
+            ),
+            AcceptError::Db(e) => Error::from(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_dir_is_found() {
+        assert_eq!(
+            sqlite_dir("sqlite://./data/lienthong.db?mode=rwc"),
+            Some("./data".into())
+        );
+        assert_eq!(sqlite_dir("sqlite:///var/lib/x/l.db"), Some("/var/lib/x".into()));
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+        assert_eq!(sqlite_dir("sqlite://l.db"), None);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://lt:secret@db:5432/lienthong"),
+            "postgres://lt:***@db:5432/lienthong"
+        );
+        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+
+    async fn store() -> Result<(tempfile::TempDir, Store)> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let s = Store::connect(&url).await?;
+        Ok((dir, s))
+    }
+
+    fn new_message(sender: &str, id: &str, to: &[&str]) -> NewMessage {
+        NewMessage {
+            sender: sender.into(),
+            message_id: id.into(),
+            kind: "document",
+            document_id: format!("doc-{id}"),
+            ref_from: None,
+            status_code: None,
+            envelope_sha256_hex: "00".repeat(32),
+            signed_envelope: vec![1, 2, 3],
+            verification: vec![],
+            accepted_at: now_micros(),
+            attachments: vec![],
+            recipients: to.iter().map(|r| (r.to_string(), "local".to_string())).collect(),
+            actor: sender.into(),
+            transport: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_is_unique_per_sender_and_inbox_is_ordered() -> Result<()> {
+        let (_d, s) = store().await?;
+        s.accept(new_message("A", "m1", &["B", "C"])).await?;
+        s.accept(new_message("A", "m2", &["B"])).await?;
+        // Another sender may reuse the id.
+        s.accept(new_message("X", "m1", &["B"])).await?;
+        assert!(matches!(
+            s.accept(new_message("A", "m1", &["B"])).await,
+            Err(AcceptError::AlreadyExists)
+        ));
+        let inbox = s.pending("B", 0, None, 100).await?;
+        let ids: Vec<_> = inbox
+            .iter()
+            .map(|p| (p.message.sender.as_str(), p.message.message_id.as_str()))
+            .collect();
+        assert_eq!(ids, [("A", "m1"), ("A", "m2"), ("X", "m1")]);
+
+        // Ack removes it from the inbox, once; other recipients can't ack it.
+        let first = &inbox[0].delivery;
+        assert_eq!(s.ack("C", &first.delivery_id, "test").await?, None);
+        assert_eq!(s.ack("B", &first.delivery_id, "test").await?, Some(AckOutcome::Acknowledged));
+        assert_eq!(
+            s.ack("B", &first.delivery_id, "test").await?,
+            Some(AckOutcome::AlreadyAcknowledged)
+        );
+        assert_eq!(s.pending("B", 0, None, 100).await?.len(), 2);
+        assert_eq!(s.pending("C", 0, None, 100).await?.len(), 1);
+
+        let events = s.events_of(&[("A".into(), "m1".into())]).await?;
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["accepted", "routed", "routed", "acknowledged"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn redelivery_scan_skips_recently_delivered() -> Result<()> {
+        let (_d, s) = store().await?;
+        s.accept(new_message("A", "m1", &["B"])).await?;
+        let p = s.pending("B", 0, None, 10).await?;
+        assert_eq!(s.mark_delivered(&p[0].delivery, "A", "m1", "test").await?, 1);
+        let long_ago = now_micros() - 60_000_000;
+        assert!(s.pending("B", 0, Some(long_ago), 10).await?.is_empty());
+        assert_eq!(s.pending("B", 0, Some(now_micros() + 1), 10).await?.len(), 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! The transfer log: append-only, one row per thing that happened to a
+//! message. Rows are never updated or deleted.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "events")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub at: i64,
+    /// accepted, rejected, delivered, acknowledged, status_received, duplicate.
+    pub kind: String,
+    /// The sender of the message the event is about (may be empty when a
+    /// submission was refused before its sender could be read).
+    pub sender: String,
+    pub message_id: String,
+    pub recipient: Option<String>,
+    /// Reason code of a rejection, or status code of a status.
+    pub reason: Option<String>,
+    pub detail: String,
+    /// The authenticated caller that caused the event, when there was one.
+    pub actor: Option<String>,
+    /// The transport it came through: grpc, amqp, cli.
+    pub transport: String,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

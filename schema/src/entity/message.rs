@@ -1,0 +1,31 @@
+//! Accepted messages: the signed envelope exactly as received, and what the
+//! gateway verified. Unique on (sender, message_id): the dedupe key.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "messages")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub sender: String,
+    pub message_id: String,
+    /// `document` or `status`.
+    pub kind: String,
+    /// The document's id (for a status: the id of the document it answers).
+    pub document_id: String,
+    /// For a status: the agency that sent the document it answers.
+    pub ref_from: Option<String>,
+    /// For a status: its code (01..16).
+    pub status_code: Option<String>,
+    pub envelope_sha256: String,
+    pub signed_envelope: Vec<u8>,
+    /// A serialized `lienthong.v1.Verification`.
+    pub verification: Vec<u8>,
+    pub accepted_at: i64,
+    pub attachment_count: i32,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

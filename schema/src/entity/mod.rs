@@ -1,0 +1,8 @@
+//! One module per table.
+
+pub mod agency;
+pub mod attachment;
+pub mod delivery;
+pub mod event;
+pub mod message;
+pub mod signing_cert;

@@ -1,0 +1,216 @@
+//! The core exchange: directory, signing certificates, messages, attachments,
+//! deliveries and the transfer log.
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table("agencies")
+                .col(string("organ_id").primary_key())
+                .col(string("name"))
+                .col(string_null("parent"))
+                .col(string("email").default(""))
+                .col(string("telephone").default(""))
+                .col(string("address").default(""))
+                .col(string("website").default(""))
+                .col(string("channel").default("grpc"))
+                .col(boolean("active").default(true))
+                .col(text("extra").default("{}"))
+                .col(big_integer("updated_at"))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("agencies_parent")
+                .table("agencies")
+                .col("parent")
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table("signing_certs")
+                .col(string("spki_sha256").primary_key())
+                .col(string("organ_id"))
+                .col(text("subject"))
+                .col(text("issuer"))
+                .col(big_integer("not_after"))
+                .col(ColumnDef::new("cert_der").blob().not_null())
+                .col(big_integer("bound_at"))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("signing_certs_organ")
+                .table("signing_certs")
+                .col("organ_id")
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table("messages")
+                .col(big_pk_auto("id"))
+                .col(string("sender"))
+                .col(string("message_id"))
+                .col(string("kind"))
+                .col(text("document_id"))
+                .col(string_null("ref_from"))
+                .col(string_null("status_code"))
+                .col(string("envelope_sha256"))
+                .col(ColumnDef::new("signed_envelope").blob().not_null())
+                .col(ColumnDef::new("verification").blob().not_null())
+                .col(big_integer("accepted_at"))
+                .col(integer("attachment_count"))
+                .to_owned(),
+        )
+        .await?;
+        // The dedupe key: a sender's message_id is accepted once.
+        m.create_index(
+            Index::create()
+                .name("messages_sender_message_id")
+                .table("messages")
+                .col("sender")
+                .col("message_id")
+                .unique()
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("messages_sender_document")
+                .table("messages")
+                .col("sender")
+                .col("document_id")
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("messages_answers")
+                .table("messages")
+                .col("ref_from")
+                .col("document_id")
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table("attachments")
+                .col(big_integer("message_pk"))
+                .col(integer("idx"))
+                .col(text("name"))
+                .col(string("content_type"))
+                .col(big_integer("size"))
+                .col(string("sha256"))
+                .primary_key(Index::create().col("message_pk").col("idx"))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("attachments_sha256")
+                .table("attachments")
+                .col("sha256")
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table("deliveries")
+                .col(big_pk_auto("id"))
+                .col(string("delivery_id").unique_key())
+                .col(big_integer("message_pk"))
+                .col(string("recipient"))
+                .col(string("route"))
+                .col(string("state"))
+                .col(integer("attempts").default(0))
+                .col(big_integer("created_at"))
+                .col(big_integer_null("last_delivered_at"))
+                .col(big_integer_null("acked_at"))
+                .to_owned(),
+        )
+        .await?;
+        // The inbox query: a recipient's pending deliveries in order.
+        m.create_index(
+            Index::create()
+                .name("deliveries_inbox")
+                .table("deliveries")
+                .col("recipient")
+                .col("state")
+                .col("id")
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("deliveries_message")
+                .table("deliveries")
+                .col("message_pk")
+                .to_owned(),
+        )
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table("events")
+                .col(big_pk_auto("id"))
+                .col(big_integer("at"))
+                .col(string("kind"))
+                .col(string("sender"))
+                .col(text("message_id"))
+                .col(string_null("recipient"))
+                .col(string_null("reason"))
+                .col(text("detail"))
+                .col(string_null("actor"))
+                .col(string("transport"))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("events_message")
+                .table("events")
+                .col("sender")
+                .col("message_id")
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("events_at")
+                .table("events")
+                .col("at")
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in [
+            "events",
+            "deliveries",
+            "attachments",
+            "messages",
+            "signing_certs",
+            "agencies",
+        ] {
+            m.drop_table(Table::drop().table(t).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! Migrations, applied in order at start (`Migrator::up`). Never edit a
+//! migration that has shipped: add a new one.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_core;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_core::Migration)]
+    }
+}
