@@ -1,1 +1,110 @@
-fn main() {}
+//! `lienthong`: the gateway and its operator's command line.
+//!
+//! This binary wires the transports (adapters) to the core and reads the
+//! configuration; the command-line clients (`send`, `receive`) speak gRPC
+//! to a running gateway exactly as agency software would.
+
+mod admin;
+mod client;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lienthong",
+    version,
+    about = "Gateway for signed electronic administrative documents between state agencies"
+)]
+struct Cli {
+    /// Configuration file (TOML). Keys can be overridden by LIENTHONG_SECTION__KEY.
+    #[arg(long, global = true, env = "LIENTHONG_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Manage the agency directory.
+    #[command(subcommand)]
+    Directory(admin::DirectoryCommand),
+    /// Make a throwaway certification authority and signing certificates for
+    /// a few agencies, with a directory.csv and a lienthong.toml to try it out.
+    DevPki(admin::DevPkiArgs),
+    /// Send a signed document (or a status notice) to a running gateway.
+    Send(client::SendArgs),
+    /// Receive an agency's deliveries from a running gateway.
+    Receive(client::ReceiveArgs),
+    /// Show the transfer log of a message (reads the database directly).
+    Trace(admin::TraceArgs),
+}
+
+fn main() -> ExitCode {
+    // Both rustls providers may be compiled in through dependencies; pick
+    // ring before anything builds a TLS configuration.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_logging(cli.log_format, matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lienthong: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lienthong: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = config::Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve(args) => serve::run(cfg, args).await,
+        Command::Directory(cmd) => admin::directory(cfg, cmd).await,
+        Command::DevPki(args) => admin::dev_pki(args),
+        Command::Send(args) => client::send(cfg, args).await,
+        Command::Receive(args) => client::receive(cfg, args).await,
+        Command::Trace(args) => admin::trace(cfg, args).await,
+    }
+}
+
+fn init_logging(format: LogFormat, serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    // Client commands print their results on stdout; their logs stay quiet.
+    let default = if serving { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

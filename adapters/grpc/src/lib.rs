@@ -1,1 +1,434 @@
+//! The gRPC adapter: `lienthong.v1.Exchange` and `lienthong.v1.Directory`
+//! over the core's one pipeline, plus the standard health and reflection
+//! services.
+//!
+//! API boundary: this crate turns requests into calls on
+//! [`lienthong_core::pipeline::Gateway`] and the core's [`Error`] into a
+//! gRPC status carrying `google.rpc.ErrorInfo {reason, domain: "lienthong"}`.
+//! It does not validate, route or persist anything itself.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use lienthong_core::error::{Error, Reason};
+use lienthong_core::pipeline::{Caller, Gateway, Transport};
+use lienthong_proto::v1::{
+    self as pb, directory_server::DirectoryServer, exchange_server::ExchangeServer,
+    send_request::Item,
+};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The metadata key that names the caller in `dev-header` mode.
+pub const ORGAN_ID_HEADER: &str = "x-organ-id";
+
+/// Largest attachment chunk a client may send, and the size we send.
+pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+const FETCH_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How the caller's identity is established.
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// Trust the `x-organ-id` request header. For trying it out only.
+    DevHeader,
+}
+
+/// The core's error as a gRPC status with `ErrorInfo`.
+pub fn status_of(e: &Error) -> Status {
+    let code = code_of(e.reason());
+    let mut meta = HashMap::new();
+    meta.insert("retryable".to_owned(), e.is_retryable().to_string());
+    let details = ErrorDetails::with_error_info(e.reason().as_str(), "lienthong", meta);
+    Status::with_error_details(code, e.message(), details)
+}
+
+/// The gRPC code each reason travels with: what a generic client should do.
+pub fn code_of(r: Reason) -> Code {
+    match r {
+        Reason::BadIdentifier
+        | Reason::Malformed
+        | Reason::DigestMismatch
+        | Reason::BadSignature
+        | Reason::DocumentUnsigned
+        | Reason::DocumentSignatureInvalid
+        | Reason::SecretDocument => Code::InvalidArgument,
+        Reason::UntrustedCertificate
+        | Reason::CertificateExpired
+        | Reason::CertificateRevoked
+        | Reason::CertificateNotBound
+        | Reason::UnknownSender => Code::FailedPrecondition,
+        Reason::UnknownRecipient | Reason::NotFound | Reason::NotRoutable => Code::NotFound,
+        Reason::SenderMismatch | Reason::PermissionDenied => Code::PermissionDenied,
+        Reason::DuplicateConflict => Code::AlreadyExists,
+        Reason::SizeLimit | Reason::RateLimited => Code::ResourceExhausted,
+        Reason::Unavailable => Code::Unavailable,
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    gw: Gateway,
+    auth: AuthMode,
+}
+
+impl Shared {
+    /// The authenticated caller, or a refusal that is logged too.
+    async fn caller(&self, meta: &MetadataMap) -> Result<Caller, Status> {
+        match self.auth {
+            AuthMode::DevHeader => {
+                let id = meta
+                    .get(ORGAN_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty());
+                match id {
+                    Some(id) => Ok(Caller::new(id, Transport::Grpc)),
+                    None => {
+                        let err = Error::new(
+                            Reason::PermissionDenied,
+                            "no caller identity: send your agency code in the x-organ-id request header",
+                        );
+                        let err = self.gw.refuse(None, "", err).await;
+                        let mut st = status_of(&err);
+                        // Keep the reason, but say "who are you" with the code.
+                        st = Status::with_error_details(
+                            Code::Unauthenticated,
+                            st.message(),
+                            ErrorDetails::with_error_info(
+                                Reason::PermissionDenied.as_str(),
+                                "lienthong",
+                                HashMap::new(),
+                            ),
+                        );
+                        Err(st)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `lienthong.v1.Exchange`.
+#[derive(Clone)]
+pub struct ExchangeService {
+    shared: Shared,
+}
+
+/// `lienthong.v1.Directory`.
+#[derive(Clone)]
+pub struct DirectoryService {
+    shared: Shared,
+}
+
+#[tonic::async_trait]
+impl pb::exchange_server::Exchange for ExchangeService {
+    async fn send(
+        &self,
+        request: Request<Streaming<pb::SendRequest>>,
+    ) -> Result<Response<pb::SendReceipt>, Status> {
+        let s = &self.shared;
+        let caller = s.caller(request.metadata()).await?;
+        let mut stream = request.into_inner();
+        let first = match stream.message().await {
+            Ok(Some(pb::SendRequest {
+                item: Some(Item::Envelope(env)),
+            })) => env,
+            Ok(Some(_)) => {
+                let e = Error::malformed(
+                    "the first message of a Send stream must carry the signed envelope",
+                );
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+            Ok(None) => {
+                let e = Error::malformed("the Send stream ended before the signed envelope");
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+            Err(st) => {
+                let e = transport_error(&st, "the first message of the Send stream");
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+        };
+        let len = first.encoded_len();
+        let mut sub =
+            s.gw.begin_send(&caller, first, len)
+                .await
+                .map_err(|e| status_of(&e))?;
+        loop {
+            match stream.message().await {
+                Ok(Some(pb::SendRequest {
+                    item: Some(Item::Chunk(c)),
+                })) => sub
+                    .write_chunk(c.index, &c.data)
+                    .await
+                    .map_err(|e| status_of(&e))?,
+                Ok(Some(_)) => {
+                    let e = Error::malformed(
+                        "only attachment chunks may follow the envelope on a Send stream",
+                    );
+                    return Err(status_of(&sub.abort(e).await));
+                }
+                Ok(None) => break,
+                Err(st) => {
+                    let e = transport_error(&st, "an attachment chunk");
+                    return Err(status_of(&sub.abort(e).await));
+                }
+            }
+        }
+        let receipt = sub.finish().await.map_err(|e| status_of(&e))?;
+        Ok(Response::new(receipt))
+    }
+
+    type ReceiveStream = ReceiverStream<Result<pb::Delivery, Status>>;
+
+    async fn receive(
+        &self,
+        request: Request<pb::ReceiveRequest>,
+    ) -> Result<Response<Self::ReceiveStream>, Status> {
+        let caller = self.shared.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let mut inbox = self.shared.gw.inbox(&caller, req.follow);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent: u32 = 0;
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    next = inbox.next() => match next {
+                        Ok(Some(d)) => {
+                            if tx.send(Ok(d)).await.is_err() {
+                                break;
+                            }
+                            sent += 1;
+                            if req.max > 0 && sent >= req.max {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(status_of(&e))).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = self.shared.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        self.shared
+            .gw
+            .ack(&caller, &req.delivery_id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    type FetchAttachmentStream = ReceiverStream<Result<pb::AttachmentChunk, Status>>;
+
+    async fn fetch_attachment(
+        &self,
+        request: Request<pb::FetchAttachmentRequest>,
+    ) -> Result<Response<Self::FetchAttachmentStream>, Status> {
+        let caller = self.shared.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let mut reader = self
+            .shared
+            .gw
+            .fetch_attachment(&caller, &req.from, &req.message_id, req.index)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let (tx, rx) = mpsc::channel(4);
+        let index = req.index;
+        tokio::spawn(async move {
+            loop {
+                match reader.next_chunk(FETCH_CHUNK_BYTES).await {
+                    Ok(Some(data)) => {
+                        let chunk = pb::AttachmentChunk {
+                            index,
+                            data: data.into(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(status_of(&e))).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn trace(
+        &self,
+        request: Request<pb::TraceRequest>,
+    ) -> Result<Response<pb::TraceResponse>, Status> {
+        let caller = self.shared.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let events = self
+            .shared
+            .gw
+            .trace(Some(&caller), &req.from, &req.message_id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::TraceResponse { events }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::directory_server::Directory for DirectoryService {
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::Agency>, Status> {
+        self.shared.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let a = self
+            .shared
+            .gw
+            .lookup(&req.organ_id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(a))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.shared.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (agencies, next_page_token) = self
+            .shared
+            .gw
+            .list(&req.under, req.page_size, &req.page_token)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(pb::ListResponse {
+            agencies,
+            next_page_token,
+        }))
+    }
+}
+
+/// A stream-level failure (the client's bytes could not be decoded, the
+/// connection broke) as the core's error.
+fn transport_error(st: &Status, what: &str) -> Error {
+    match st.code() {
+        Code::ResourceExhausted | Code::OutOfRange => Error::new(
+            Reason::SizeLimit,
+            format!(
+                "{what} is larger than this gateway accepts in one message; send attachments in chunks of at most {MAX_CHUNK_BYTES} bytes"
+            ),
+        ),
+        Code::Cancelled => Error::malformed(format!(
+            "the stream was cancelled during {what}; nothing was accepted, send the message again"
+        )),
+        Code::Internal | Code::InvalidArgument => Error::malformed(format!(
+            "{what} is not a lienthong.v1.SendRequest protobuf: {}",
+            st.message()
+        )),
+        _ => Error::malformed(format!(
+            "the stream broke during {what}: {}; nothing was accepted, send the message again",
+            st.message()
+        )),
+    }
+}
+
+/// The gRPC server, ready to be served on a listener.
+pub struct GrpcServer {
+    exchange: ExchangeService,
+    directory: DirectoryService,
+    max_message: usize,
+}
+
+impl GrpcServer {
+    pub fn new(gw: Gateway, auth: AuthMode) -> Self {
+        let max_message = gw.limits().max_envelope_bytes.max(MAX_CHUNK_BYTES) + 64 * 1024;
+        let shared = Shared { gw, auth };
+        GrpcServer {
+            exchange: ExchangeService {
+                shared: shared.clone(),
+            },
+            directory: DirectoryService { shared },
+            max_message,
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        let gw = self.exchange.shared.gw.clone();
+        tokio::spawn(readiness(gw, health));
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1();
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        let mut router = builder
+            .add_service(
+                ExchangeServer::new(self.exchange)
+                    .max_decoding_message_size(self.max_message)
+                    .max_encoding_message_size(self.max_message),
+            )
+            .add_service(DirectoryServer::new(self.directory))
+            .add_service(health_svc);
+        match reflection {
+            Ok(r) => router = router.add_service(r),
+            Err(e) => tracing::warn!(error = %e, "gRPC reflection is not available"),
+        }
+        router
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .await
+    }
+}
+
+/// Reports SERVING while the database answers, NOT_SERVING when it does not.
+async fn readiness(gw: Gateway, health: tonic_health::server::HealthReporter) {
+    let mut last: Option<bool> = None;
+    loop {
+        let ok = gw.ready().await.is_ok();
+        if last != Some(ok) {
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            for name in [
+                <ExchangeServer<ExchangeService> as NamedService>::NAME,
+                <DirectoryServer<DirectoryService> as NamedService>::NAME,
+            ] {
+                health.set_service_status(name, status).await;
+            }
+            if !ok {
+                tracing::error!("the database does not answer: reporting NOT_SERVING");
+            }
+            last = Some(ok);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -120,7 +120,10 @@ impl BlobStore {
         let file = match fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::error!(sha256 = sha256_hex, "a stored attachment is missing from disk");
+                tracing::error!(
+                    sha256 = sha256_hex,
+                    "a stored attachment is missing from disk"
+                );
                 return Err(Error::new(
                     Reason::DigestMismatch,
                     "the stored attachment is missing from the gateway's disk; the operators have been alerted",

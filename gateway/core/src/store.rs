@@ -12,8 +12,9 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lienthong_schema::entity::{agency, attachment, delivery, event, message, signing_cert};
 use lienthong_schema::Migrator;
+use lienthong_schema::MigratorTrait;
+use lienthong_schema::entity::{agency, attachment, delivery, event, message, signing_cert};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -21,7 +22,6 @@ use sea_orm::{
     DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
     TransactionTrait,
 };
-use lienthong_schema::MigratorTrait;
 
 use crate::error::{Error, Reason, Result};
 
@@ -329,7 +329,11 @@ impl Store {
     }
 
     /// The latest accepted document of `sender` with this document_id.
-    pub async fn document(&self, sender: &str, document_id: &str) -> Result<Option<message::Model>> {
+    pub async fn document(
+        &self,
+        sender: &str,
+        document_id: &str,
+    ) -> Result<Option<message::Model>> {
         Ok(message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::DocumentId.eq(document_id))
@@ -398,14 +402,18 @@ impl Store {
             }
         };
         if !m.attachments.is_empty() {
-            let rows = m.attachments.iter().enumerate().map(|(i, a)| attachment::ActiveModel {
-                message_pk: Set(msg.id),
-                idx: Set(i as i32),
-                name: Set(a.name.clone()),
-                content_type: Set(a.content_type.clone()),
-                size: Set(a.size as i64),
-                sha256: Set(a.sha256_hex.clone()),
-            });
+            let rows = m
+                .attachments
+                .iter()
+                .enumerate()
+                .map(|(i, a)| attachment::ActiveModel {
+                    message_pk: Set(msg.id),
+                    idx: Set(i as i32),
+                    name: Set(a.name.clone()),
+                    content_type: Set(a.content_type.clone()),
+                    size: Set(a.size as i64),
+                    sha256: Set(a.sha256_hex.clone()),
+                });
             attachment::Entity::insert_many(rows)
                 .exec(&txn)
                 .await
@@ -453,10 +461,7 @@ impl Store {
             events.push(NewEvent {
                 kind: EventKind::StatusReceived,
                 reason: Some(code.clone()),
-                detail: format!(
-                    "status {code} for document {} of {doc_from}",
-                    m.document_id
-                ),
+                detail: format!("status {code} for document {} of {doc_from}", m.document_id),
                 ..base.clone()
             });
         }
@@ -537,7 +542,13 @@ impl Store {
 
     /// Records that a delivery was handed to its recipient; returns the
     /// attempt number.
-    pub async fn mark_delivered(&self, d: &delivery::Model, sender: &str, message_id: &str, transport: &str) -> Result<i32> {
+    pub async fn mark_delivered(
+        &self,
+        d: &delivery::Model,
+        sender: &str,
+        message_id: &str,
+        transport: &str,
+    ) -> Result<i32> {
         let now = now_micros();
         let txn = self.db.begin().await?;
         delivery::Entity::update_many()
@@ -571,7 +582,12 @@ impl Store {
 
     /// Acknowledges a delivery of `recipient`. Unknown ids, and ids of other
     /// recipients, are `None`: nobody learns what is in another inbox.
-    pub async fn ack(&self, recipient: &str, delivery_id: &str, transport: &str) -> Result<Option<AckOutcome>> {
+    pub async fn ack(
+        &self,
+        recipient: &str,
+        delivery_id: &str,
+        transport: &str,
+    ) -> Result<Option<AckOutcome>> {
         let txn = self.db.begin().await?;
         let Some(d) = delivery::Entity::find()
             .filter(delivery::Column::DeliveryId.eq(delivery_id))
@@ -593,9 +609,7 @@ impl Store {
             .exec(&txn)
             .await?;
         let msg = message::Entity::find_by_id(d.message_pk).one(&txn).await?;
-        let (sender, message_id) = msg
-            .map(|m| (m.sender, m.message_id))
-            .unwrap_or_default();
+        let (sender, message_id) = msg.map(|m| (m.sender, m.message_id)).unwrap_or_default();
         event::Entity::insert(
             NewEvent {
                 kind: EventKind::Acknowledged,
@@ -619,7 +633,11 @@ impl Store {
 
     /// The messages a trace of (sender, message_id) covers: the message
     /// itself and, for a document, the status notices that answer it.
-    pub async fn traced_messages(&self, sender: &str, message_id: &str) -> Result<Vec<message::Model>> {
+    pub async fn traced_messages(
+        &self,
+        sender: &str,
+        message_id: &str,
+    ) -> Result<Vec<message::Model>> {
         let Some(m) = self.message(sender, message_id).await? else {
             return Ok(Vec::new());
         };
@@ -673,7 +691,9 @@ impl Store {
 
 /// The directory of a `sqlite:` URL's database file, when it has one.
 fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     if path.is_empty() || path == ":memory:" {
         return None;
@@ -720,7 +740,10 @@ mod tests {
             sqlite_dir("sqlite://./data/lienthong.db?mode=rwc"),
             Some("./data".into())
         );
-        assert_eq!(sqlite_dir("sqlite:///var/lib/x/l.db"), Some("/var/lib/x".into()));
+        assert_eq!(
+            sqlite_dir("sqlite:///var/lib/x/l.db"),
+            Some("/var/lib/x".into())
+        );
         assert_eq!(sqlite_dir("sqlite::memory:"), None);
         assert_eq!(sqlite_dir("sqlite://l.db"), None);
     }
@@ -731,7 +754,10 @@ mod tests {
             redact("postgres://lt:secret@db:5432/lienthong"),
             "postgres://lt:***@db:5432/lienthong"
         );
-        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
         assert_eq!(redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
     }
 
@@ -755,7 +781,10 @@ mod tests {
             verification: vec![],
             accepted_at: now_micros(),
             attachments: vec![],
-            recipients: to.iter().map(|r| (r.to_string(), "local".to_string())).collect(),
+            recipients: to
+                .iter()
+                .map(|r| (r.to_string(), "local".to_string()))
+                .collect(),
             actor: sender.into(),
             transport: "test".into(),
         }
@@ -782,7 +811,10 @@ mod tests {
         // Ack removes it from the inbox, once; other recipients can't ack it.
         let first = &inbox[0].delivery;
         assert_eq!(s.ack("C", &first.delivery_id, "test").await?, None);
-        assert_eq!(s.ack("B", &first.delivery_id, "test").await?, Some(AckOutcome::Acknowledged));
+        assert_eq!(
+            s.ack("B", &first.delivery_id, "test").await?,
+            Some(AckOutcome::Acknowledged)
+        );
         assert_eq!(
             s.ack("B", &first.delivery_id, "test").await?,
             Some(AckOutcome::AlreadyAcknowledged)
@@ -801,10 +833,16 @@ mod tests {
         let (_d, s) = store().await?;
         s.accept(new_message("A", "m1", &["B"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
-        assert_eq!(s.mark_delivered(&p[0].delivery, "A", "m1", "test").await?, 1);
+        assert_eq!(
+            s.mark_delivered(&p[0].delivery, "A", "m1", "test").await?,
+            1
+        );
         let long_ago = now_micros() - 60_000_000;
         assert!(s.pending("B", 0, Some(long_ago), 10).await?.is_empty());
-        assert_eq!(s.pending("B", 0, Some(now_micros() + 1), 10).await?.len(), 1);
+        assert_eq!(
+            s.pending("B", 0, Some(now_micros() + 1), 10).await?.len(),
+            1
+        );
         Ok(())
     }
 }

@@ -1,0 +1,153 @@
+//! Managing the directory: importing agencies and binding signing
+//! certificates to them. The running gateway reads the directory from the
+//! database on every submission, so a change is seen at once, without a
+//! restart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lienthong_schema::entity::{agency, signing_cert};
+
+use crate::directory_csv::{AgencyRow, RowProblem, read_directory_csv};
+use crate::error::{Error, Reason, Result};
+use crate::organ_id::{IdPolicy, OrganId};
+use crate::signing::{describe_certificate, load_certificate_pem};
+use crate::store::{Store, now_micros};
+
+/// What an import did, or would have done.
+#[derive(Debug, Default)]
+pub struct ImportOutcome {
+    /// Rows written (0 when the import was refused).
+    pub imported: usize,
+    /// Signing certificates bound from the `signing_cert` column.
+    pub certificates_bound: usize,
+    /// Every bad row, with its line number and reason.
+    pub problems: Vec<RowProblem>,
+    /// False when bad rows stopped the import (no `--skip-invalid`).
+    pub applied: bool,
+}
+
+/// Reads a directory CSV, validates every row, and imports the good ones in
+/// one transaction — or nothing at all when a row is bad and `skip_invalid`
+/// is false.
+pub async fn import_csv(
+    store: &Store,
+    path: &Path,
+    skip_invalid: bool,
+    policy: IdPolicy,
+) -> Result<ImportOutcome> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        Error::new(
+            Reason::NotFound,
+            format!("cannot open the directory file {}", path.display()),
+        )
+        .with_source(e)
+    })?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let (rows, mut problems) = read_directory_csv(file, base, policy)?;
+
+    // Certificates are read before anything is written, so that a missing
+    // file is a row problem, not a half-done import.
+    let mut good = Vec::with_capacity(rows.len());
+    let mut certs = Vec::new();
+    for row in rows {
+        match &row.signing_cert {
+            None => good.push(row),
+            Some(p) => match certificate_row(&row.organ_id, p) {
+                Ok(c) => {
+                    certs.push(c);
+                    good.push(row);
+                }
+                Err(e) => problems.push(RowProblem {
+                    line: row.line,
+                    organ_id: row.organ_id.as_str().to_owned(),
+                    reason: e.message().to_owned(),
+                }),
+            },
+        }
+    }
+    problems.sort_by_key(|p| p.line);
+    if !problems.is_empty() && !skip_invalid {
+        return Ok(ImportOutcome {
+            problems,
+            ..Default::default()
+        });
+    }
+    let bad_ids: std::collections::HashSet<&str> =
+        problems.iter().map(|p| p.organ_id.as_str()).collect();
+    let good: Vec<AgencyRow> = good
+        .into_iter()
+        .filter(|r| !bad_ids.contains(r.organ_id.as_str()))
+        .collect();
+    let certs: Vec<signing_cert::Model> = certs
+        .into_iter()
+        .filter(|c| !bad_ids.contains(c.organ_id.as_str()))
+        .collect();
+    let now = now_micros();
+    let models: Vec<agency::Model> = good.iter().map(|r| agency_model(r, now)).collect();
+    let imported = models.len();
+    store.upsert_agencies(models).await?;
+    let certificates_bound = certs.len();
+    for c in certs {
+        store.bind_signing_cert(c).await?;
+    }
+    Ok(ImportOutcome {
+        imported,
+        certificates_bound,
+        problems,
+        applied: true,
+    })
+}
+
+fn agency_model(r: &AgencyRow, now: i64) -> agency::Model {
+    let extra: BTreeMap<&str, &str> = r
+        .extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    agency::Model {
+        organ_id: r.organ_id.as_str().to_owned(),
+        name: r.name.clone(),
+        parent: r.parent.as_ref().map(|p| p.as_str().to_owned()),
+        email: r.email.clone(),
+        telephone: r.telephone.clone(),
+        address: r.address.clone(),
+        website: r.website.clone(),
+        channel: r.channel.as_str().to_owned(),
+        active: r.active,
+        extra: serde_json::to_string(&extra).unwrap_or_else(|_| "{}".to_owned()),
+        updated_at: now,
+    }
+}
+
+fn certificate_row(organ_id: &OrganId, pem: &Path) -> Result<signing_cert::Model> {
+    let der = load_certificate_pem(pem)?;
+    let info = describe_certificate(&der)?;
+    Ok(signing_cert::Model {
+        spki_sha256: hex::encode(info.spki_sha256),
+        organ_id: organ_id.as_str().to_owned(),
+        subject: info.subject,
+        issuer: info.issuer,
+        not_after: info.not_after.unix_timestamp(),
+        cert_der: der,
+        bound_at: now_micros(),
+    })
+}
+
+/// Binds a document-signing certificate to an agency of the directory.
+pub async fn bind_signing_cert(
+    store: &Store,
+    organ_id: &str,
+    pem: &Path,
+) -> Result<signing_cert::Model> {
+    let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
+    if store.agency(id.as_str()).await?.is_none() {
+        return Err(Error::new(
+            Reason::NotFound,
+            format!("{id} is not in the directory; import it first (`lienthong directory import`)"),
+        ));
+    }
+    let row = certificate_row(&id, pem)?;
+    store.bind_signing_cert(row.clone()).await?;
+    Ok(row)
+}

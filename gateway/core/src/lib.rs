@@ -1,0 +1,9 @@
+pub mod blobs;
+pub mod devpki;
+pub mod directory;
+pub mod directory_csv;
+pub mod error;
+pub mod organ_id;
+pub mod pipeline;
+pub mod signing;
+pub mod store;

@@ -1,0 +1,1534 @@
+//! DSSE signing and verification of `SignedEnvelope`s (DESIGN.md §4).
+//!
+//! The signed bytes are DSSE's pre-authentication encoding of
+//! (payload_type, payload): no canonicalisation, the bytes are the bytes.
+//! A signature carries its certificate chain (DER, leaf first); verification
+//! checks the value with the leaf's key, then builds a path from the leaf to
+//! one of the configured trust anchors with webpki.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use lienthong_proto::v1::{ENVELOPE_PAYLOAD_TYPE, Envelope, Signature, SignedEnvelope};
+use prost::Message;
+use prost::bytes::Bytes;
+use ring::rand::SystemRandom;
+use ring::signature::{self as rsig, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{
+    CertificateDer, PrivatePkcs8KeyDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::error::{Error, Reason, Result};
+use crate::organ_id::quote;
+
+/// DSSE's pre-authentication encoding:
+/// `"DSSEv1" SP LEN(type) SP type SP LEN(payload) SP payload`.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let ty = payload_type.as_bytes();
+    let mut out = Vec::with_capacity(32 + ty.len() + payload.len());
+    out.extend_from_slice(b"DSSEv1 ");
+    out.extend_from_slice(ty.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(ty);
+    out.push(b' ');
+    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The signature algorithms of the contract, with JOSE's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    Rs256,
+    /// RSA-PSS with SHA-256, MGF1-SHA-256, salt as long as the hash.
+    Ps256,
+    /// ECDSA P-256 with SHA-256, fixed-size `r||s` (64 bytes).
+    Es256,
+    /// ECDSA P-384 with SHA-384, fixed-size `r||s` (96 bytes).
+    Es384,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Rs256,
+        Algorithm::Ps256,
+        Algorithm::Es256,
+        Algorithm::Es384,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rs256 => "RS256",
+            Algorithm::Ps256 => "PS256",
+            Algorithm::Es256 => "ES256",
+            Algorithm::Es384 => "ES384",
+        }
+    }
+
+    /// Exact, case-sensitive names as JOSE writes them.
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    fn key_kind(self) -> KeyKind {
+        match self {
+            Algorithm::Rs256 | Algorithm::Ps256 => KeyKind::Rsa,
+            Algorithm::Es256 => KeyKind::P256,
+            Algorithm::Es384 => KeyKind::P384,
+        }
+    }
+
+    fn verification(self) -> &'static dyn rsig::VerificationAlgorithm {
+        match self {
+            Algorithm::Rs256 => &rsig::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::Ps256 => &rsig::RSA_PSS_2048_8192_SHA256,
+            Algorithm::Es256 => &rsig::ECDSA_P256_SHA256_FIXED,
+            Algorithm::Es384 => &rsig::ECDSA_P384_SHA384_FIXED,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Algorithm::parse(s).ok_or_else(|| unknown_algorithm(s))
+    }
+}
+
+fn unknown_algorithm(s: &str) -> Error {
+    Error::new(
+        Reason::BadSignature,
+        format!(
+            "the signature algorithm {} is not supported; sign with RS256, PS256, ES256 or ES384",
+            quote(s)
+        ),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Other,
+}
+
+impl KeyKind {
+    fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Rsa => "an RSA key",
+            KeyKind::P256 => "an EC P-256 key",
+            KeyKind::P384 => "an EC P-384 key",
+            KeyKind::Other => "a key of an unsupported type",
+        }
+    }
+
+    fn algorithms(self) -> &'static str {
+        match self {
+            KeyKind::Rsa => "RS256 or PS256",
+            KeyKind::P256 => "ES256",
+            KeyKind::P384 => "ES384",
+            KeyKind::Other => "an RSA, P-256 or P-384 certificate",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signing
+// ---------------------------------------------------------------------------
+
+enum KeyInner {
+    Rsa(RsaKeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+/// A private key ready to sign, with the algorithm it signs with.
+pub struct SigningKey {
+    algorithm: Algorithm,
+    inner: KeyInner,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key material.
+        f.debug_struct("SigningKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Reads an unencrypted PKCS#8 PEM key (`-----BEGIN PRIVATE KEY-----`).
+    /// RSA keys sign with RS256 unless `prefer` is PS256; EC keys with ES256
+    /// or ES384 according to their curve.
+    pub fn from_pkcs8_pem(pem: &str, prefer: Option<Algorithm>) -> Result<SigningKey> {
+        let der = match PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()) {
+            Ok(d) => d,
+            Err(_) => return Err(key_pem_refusal(pem)),
+        };
+        SigningKey::from_pkcs8_der(der.secret_pkcs8_der(), prefer)
+    }
+
+    /// Reads a PKCS#8 PEM key file; the error names the file.
+    pub fn from_pkcs8_pem_file(path: &Path, prefer: Option<Algorithm>) -> Result<SigningKey> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::malformed(format!(
+                "cannot read the signing key {}: {e}; give the path of a PKCS#8 PEM key file",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        SigningKey::from_pkcs8_pem(&text, prefer)
+            .map_err(|e| Error::new(e.reason(), format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Reads a PKCS#8 DER key.
+    pub fn from_pkcs8_der(der: &[u8], prefer: Option<Algorithm>) -> Result<SigningKey> {
+        let rng = SystemRandom::new();
+        let (kind, inner) = if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
+            (KeyKind::Rsa, KeyInner::Rsa(k))
+        } else if let Ok(k) =
+            EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+        {
+            (KeyKind::P256, KeyInner::Ec(k))
+        } else if let Ok(k) =
+            EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng)
+        {
+            (KeyKind::P384, KeyInner::Ec(k))
+        } else {
+            return Err(Error::malformed(
+                "the signing key is not an RSA (2048 to 8192 bits), EC P-256 or EC P-384 PKCS#8 key; \
+                 use one of those, e.g. the key.pem that `lienthong dev-pki` writes",
+            ));
+        };
+        let algorithm = match (kind, prefer) {
+            (KeyKind::Rsa, None | Some(Algorithm::Rs256)) => Algorithm::Rs256,
+            (KeyKind::Rsa, Some(Algorithm::Ps256)) => Algorithm::Ps256,
+            (KeyKind::P256, None | Some(Algorithm::Es256)) => Algorithm::Es256,
+            (KeyKind::P384, None | Some(Algorithm::Es384)) => Algorithm::Es384,
+            (kind, Some(asked)) => {
+                return Err(Error::malformed(format!(
+                    "{asked} was asked for, but the signing key is {}; choose {} for this key",
+                    kind.describe(),
+                    kind.algorithms()
+                )));
+            }
+            (KeyKind::Other, None) => {
+                return Err(Error::malformed("the signing key type is not supported"));
+            }
+        };
+        Ok(SigningKey { algorithm, inner })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Signs `msg` (for an envelope: its PAE).
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        let rng = SystemRandom::new();
+        let failed = |_| {
+            Error::new(
+                Reason::Unavailable,
+                "signing failed in the cryptographic library; try again",
+            )
+        };
+        match &self.inner {
+            KeyInner::Rsa(k) => {
+                let padding: &'static dyn rsig::RsaEncoding = match self.algorithm {
+                    Algorithm::Ps256 => &rsig::RSA_PSS_SHA256,
+                    _ => &rsig::RSA_PKCS1_SHA256,
+                };
+                let mut sig = vec![0u8; k.public().modulus_len()];
+                k.sign(padding, &rng, msg, &mut sig).map_err(failed)?;
+                Ok(sig)
+            }
+            KeyInner::Ec(k) => Ok(k.sign(&rng, msg).map_err(failed)?.as_ref().to_vec()),
+        }
+    }
+
+    /// The public key as it appears inside a certificate's SPKI bit string
+    /// (RSAPublicKey DER, or the uncompressed EC point).
+    fn public_key_bytes(&self) -> &[u8] {
+        match &self.inner {
+            KeyInner::Rsa(k) => k.public_key().as_ref(),
+            KeyInner::Ec(k) => k.public_key().as_ref(),
+        }
+    }
+}
+
+fn key_pem_refusal(pem: &str) -> Error {
+    let hint = if pem.contains("ENCRYPTED PRIVATE KEY") {
+        "the key is encrypted; decrypt it with `openssl pkcs8 -in key.pem -out plain.pem` and keep \
+         the result readable only by the gateway's user"
+    } else if pem.contains("RSA PRIVATE KEY") || pem.contains("EC PRIVATE KEY") {
+        "the key is in the older PKCS#1/SEC1 form; convert it with \
+         `openssl pkcs8 -topk8 -nocrypt -in key.pem -out key.pkcs8.pem`"
+    } else {
+        "give a PEM file that starts with -----BEGIN PRIVATE KEY-----"
+    };
+    Error::malformed(format!(
+        "the signing key is not an unencrypted PKCS#8 PEM key; {hint}"
+    ))
+}
+
+/// Serializes `envelope` and signs it: payload type
+/// [`ENVELOPE_PAYLOAD_TYPE`], one signature carrying `chain` (DER, leaf
+/// first). The leaf must be the key's own certificate: signing with a key
+/// and someone else's certificate would only fail later, at the gateway.
+pub fn sign_envelope(
+    envelope: &Envelope,
+    key: &SigningKey,
+    chain: &[Vec<u8>],
+) -> Result<SignedEnvelope> {
+    let mut signed = SignedEnvelope {
+        payload: Bytes::from(envelope.encode_to_vec()),
+        payload_type: ENVELOPE_PAYLOAD_TYPE.to_owned(),
+        signatures: Vec::new(),
+    };
+    add_signature(&mut signed, key, chain)?;
+    Ok(signed)
+}
+
+/// Adds one more signature over the same payload (e.g. the organisation's
+/// seal after the signer's own).
+pub fn add_signature(
+    signed: &mut SignedEnvelope,
+    key: &SigningKey,
+    chain: &[Vec<u8>],
+) -> Result<()> {
+    if let Some(leaf) = chain.first() {
+        let cert = parse_cert(leaf).map_err(|_| {
+            Error::malformed(
+                "the first certificate of the signing chain is not a DER X.509 certificate; \
+                 give the signer's certificate first, as DER",
+            )
+        })?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_bytes() {
+            return Err(Error::malformed(format!(
+                "the signing key does not belong to the certificate of {}; give the key and \
+                 certificate issued together (leaf first in the chain)",
+                display_name(&cert)
+            )));
+        }
+    }
+    let value = key.sign(&pae(&signed.payload_type, &signed.payload))?;
+    signed.signatures.push(Signature {
+        algorithm: key.algorithm().as_str().to_owned(),
+        value: Bytes::from(value),
+        certificates: chain.iter().map(|c| Bytes::from(c.clone())).collect(),
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Trust anchors
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Anchor {
+    der: Vec<u8>,
+    subject: String,
+}
+
+/// The CA certificates signatures must chain to (`trust.anchors`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustAnchors {
+    anchors: Vec<Anchor>,
+    webpki: Vec<TrustAnchor<'static>>,
+}
+
+impl TrustAnchors {
+    /// No anchors: every signature is then untrusted.
+    pub fn empty() -> TrustAnchors {
+        TrustAnchors::default()
+    }
+
+    /// Every certificate of every file (PEM, or a single DER certificate);
+    /// errors name the file.
+    pub fn from_pem_files(paths: &[PathBuf]) -> Result<TrustAnchors> {
+        let mut out = TrustAnchors::default();
+        for path in paths {
+            let certs = load_certificates_pem(path)?;
+            for (i, der) in certs.into_iter().enumerate() {
+                out.push(der).map_err(|e| {
+                    Error::new(
+                        e.reason(),
+                        format!(
+                            "trust anchor file {} (certificate {}): {}",
+                            path.display(),
+                            i + 1,
+                            e.message()
+                        ),
+                    )
+                })?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every certificate in a PEM text.
+    pub fn from_pem(pem: &str) -> Result<TrustAnchors> {
+        let certs = pem_certificates(pem.as_bytes()).map_err(|e| {
+            Error::malformed(format!("the trust anchors are not readable PEM: {e}"))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::malformed(
+                "the trust anchor text holds no certificate; give PEM blocks starting with \
+                 -----BEGIN CERTIFICATE-----",
+            ));
+        }
+        TrustAnchors::from_der_certs(certs)
+    }
+
+    pub fn from_der_certs<I, C>(certs: I) -> Result<TrustAnchors>
+    where
+        I: IntoIterator<Item = C>,
+        C: AsRef<[u8]>,
+    {
+        let mut out = TrustAnchors::default();
+        for c in certs {
+            out.push(c.as_ref().to_vec())?;
+        }
+        Ok(out)
+    }
+
+    fn push(&mut self, der: Vec<u8>) -> Result<()> {
+        let cert = parse_cert(&der).map_err(|_| {
+            Error::malformed(
+                "a trust anchor is not an X.509 certificate; trust.anchors must list PEM files of \
+                 CA certificates",
+            )
+        })?;
+        let subject = cert.subject().to_string();
+        let cd = CertificateDer::from(der.as_slice());
+        let anchor = webpki::anchor_from_trusted_cert(&cd)
+            .map_err(|e| {
+                Error::malformed(format!(
+                    "the trust anchor {subject} cannot be used as an anchor ({e}); give the CA's \
+                     certificate as issued"
+                ))
+            })?
+            .to_owned();
+        // The same CA listed twice (two config files) is harmless: keep one.
+        if self.anchors.iter().any(|a| a.der == der) {
+            return Ok(());
+        }
+        self.anchors.push(Anchor { der, subject });
+        self.webpki.push(anchor);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// The anchors' subjects, for logs and `serve`'s start-up report.
+    pub fn subjects(&self) -> Vec<String> {
+        self.anchors.iter().map(|a| a.subject.clone()).collect()
+    }
+
+    /// The anchors' DER certificates (e.g. for a TLS client verifier).
+    pub fn certificates_der(&self) -> impl Iterator<Item = &[u8]> {
+        self.anchors.iter().map(|a| a.der.as_slice())
+    }
+
+    /// The anchors in webpki's form (e.g. for a rustls `RootCertStore`).
+    pub fn webpki_anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.webpki
+    }
+
+    fn subject_of(&self, anchor: &TrustAnchor<'_>) -> String {
+        self.webpki
+            .iter()
+            .zip(&self.anchors)
+            .find(|(w, _)| {
+                w.subject.as_ref() == anchor.subject.as_ref()
+                    && w.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
+            })
+            .map(|(_, a)| a.subject.clone())
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Verification
+// ---------------------------------------------------------------------------
+
+/// Who signed, as proven by a verified signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSigner {
+    pub algorithm: Algorithm,
+    /// The leaf's subject DN, e.g. `C=VN, O=…, CN=…`.
+    pub subject: String,
+    /// The issuers' subjects from the leaf's issuer up to and including the
+    /// trust anchor.
+    pub chain: Vec<String>,
+    /// The anchor's subject (also the last element of `chain`).
+    pub trust_anchor: String,
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo: what the directory binds
+    /// to an agency (`directory bind-cert`).
+    pub spki_sha256: [u8; 32],
+    /// The leaf's serial number, hex.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// At most this many certificates per signature: real chains have two or
+/// three, and each costs a parse and a path-building step.
+const MAX_CERTIFICATES: usize = 8;
+
+/// Verifies one signature over `signed_bytes` (the PAE) and its chain to
+/// `anchors` at time `now`.
+pub fn verify_signature(
+    sig: &Signature,
+    signed_bytes: &[u8],
+    anchors: &TrustAnchors,
+    now: UnixTime,
+) -> Result<VerifiedSigner> {
+    let algorithm =
+        Algorithm::parse(&sig.algorithm).ok_or_else(|| unknown_algorithm(&sig.algorithm))?;
+    let Some(leaf_der) = sig.certificates.first() else {
+        return Err(bad_signature(
+            "the signature carries no certificate; put the signer's certificate (DER, leaf first, \
+             then intermediates) in Signature.certificates",
+        ));
+    };
+    if sig.certificates.len() > MAX_CERTIFICATES {
+        return Err(bad_signature(format!(
+            "the signature carries {} certificates; send the signer's certificate and its \
+             intermediates only (at most {MAX_CERTIFICATES})",
+            sig.certificates.len()
+        )));
+    }
+    let mut parsed = Vec::with_capacity(sig.certificates.len());
+    for (i, der) in sig.certificates.iter().enumerate() {
+        let cert = parse_cert(der).map_err(|_| {
+            bad_signature(format!(
+                "certificate {} of the signature is not a DER X.509 certificate; send certificates \
+                 as DER bytes (not PEM text), the signer's first",
+                i + 1
+            ))
+        })?;
+        parsed.push(cert);
+    }
+    let leaf = &parsed[0];
+    let who = display_name(leaf);
+
+    let kind = key_kind(leaf);
+    if kind != algorithm.key_kind() {
+        return Err(bad_signature(format!(
+            "the signature says {algorithm} but the certificate of {who} holds {}; sign with {}",
+            kind.describe(),
+            kind.algorithms()
+        )));
+    }
+
+    // No KeyUsage extension means no restriction (RFC 5280 §4.2.1.3).
+    match leaf.key_usage() {
+        Ok(Some(ku)) if !ku.value.digital_signature() && !ku.value.non_repudiation() => {
+            return Err(bad_signature(format!(
+                "the certificate of {who} is not for signing: its KeyUsage allows neither \
+                 digitalSignature nor nonRepudiation; sign with the organisation's \
+                 document-signing certificate"
+            )));
+        }
+        Ok(_) => {}
+        Err(_) => {
+            return Err(bad_signature(format!(
+                "the certificate of {who} has a malformed KeyUsage extension; ask its CA for a \
+                 correct certificate"
+            )));
+        }
+    }
+
+    let public_key = rsig::UnparsedPublicKey::new(
+        algorithm.verification(),
+        leaf.public_key().subject_public_key.data.as_ref(),
+    );
+    if public_key.verify(signed_bytes, &sig.value).is_err() {
+        return Err(bad_signature(format!(
+            "the {algorithm} signature does not verify with the certificate of {who}: the payload \
+             or payload_type changed after signing, or another key signed it; sign the DSSE PAE \
+             of the exact bytes sent, with that certificate's key"
+        )));
+    }
+
+    if anchors.is_empty() {
+        return Err(Error::new(
+            Reason::UntrustedCertificate,
+            format!(
+                "the certificate of {who} cannot be trusted: no trust anchors are configured; the \
+                 gateway operator must list the CA certificates in trust.anchors"
+            ),
+        ));
+    }
+
+    let ee_der = CertificateDer::from(leaf_der.as_ref());
+    let ee = webpki::EndEntityCert::try_from(&ee_der).map_err(|e| {
+        bad_signature(format!(
+            "the certificate of {who} cannot be used for verification ({e}); ask its CA for a \
+             correct certificate"
+        ))
+    })?;
+    let intermediates: Vec<CertificateDer<'_>> = sig.certificates[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.as_ref()))
+        .collect();
+    let algs = chain_algorithms();
+    let path = ee
+        .verify_for_usage(
+            &algs,
+            anchors.webpki_anchors(),
+            &intermediates,
+            now,
+            AnyExtendedKeyUsage,
+            None,
+            None,
+        )
+        .map_err(|e| chain_refusal(e, &parsed, now))?;
+
+    let mut chain = Vec::new();
+    for c in path.intermediate_certificates() {
+        let der = c.der();
+        chain.push(
+            parse_cert(der.as_ref())
+                .map(|c| c.subject().to_string())
+                .unwrap_or_default(),
+        );
+    }
+    let trust_anchor = anchors.subject_of(path.anchor());
+    chain.push(trust_anchor.clone());
+
+    Ok(VerifiedSigner {
+        algorithm,
+        subject: leaf.subject().to_string(),
+        chain,
+        trust_anchor,
+        spki_sha256: sha256(leaf.public_key().raw),
+        serial: hex::encode(leaf.raw_serial()),
+        not_after: to_datetime(leaf.validity().not_after.timestamp()),
+    })
+}
+
+/// Verifies every signature of an envelope (there must be at least one):
+/// an envelope carrying a signature that does not verify is refused even if
+/// another one does, since something changed it or someone tried to.
+pub fn verify_envelope_signatures(
+    signed: &SignedEnvelope,
+    anchors: &TrustAnchors,
+    now: UnixTime,
+) -> Result<Vec<VerifiedSigner>> {
+    if signed.signatures.is_empty() {
+        return Err(bad_signature(
+            "the envelope carries no signature; sign it (DSSE over payload_type and payload) \
+             with the agency's certificate",
+        ));
+    }
+    let msg = pae(&signed.payload_type, &signed.payload);
+    signed
+        .signatures
+        .iter()
+        .map(|s| verify_signature(s, &msg, anchors, now))
+        .collect()
+}
+
+fn bad_signature(msg: impl Into<String>) -> Error {
+    Error::new(Reason::BadSignature, msg)
+}
+
+/// Document-signing certificates carry clientAuth, emailProtection, vendor
+/// EKUs or none: the gateway does not judge a leaf by its EKU, only by its
+/// KeyUsage (checked separately).
+struct AnyExtendedKeyUsage;
+
+impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
+    fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        for id in iter {
+            id?;
+        }
+        Ok(())
+    }
+}
+
+/// What CA certificates may be signed with (chain links, not envelopes).
+fn chain_algorithms() -> [&'static dyn SignatureVerificationAlgorithm; 12] {
+    use webpki::ring as w;
+    [
+        w::RSA_PKCS1_2048_8192_SHA256,
+        w::RSA_PKCS1_2048_8192_SHA384,
+        w::RSA_PKCS1_2048_8192_SHA512,
+        w::RSA_PKCS1_3072_8192_SHA384,
+        w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+        w::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+        w::ECDSA_P256_SHA256,
+        w::ECDSA_P256_SHA384,
+        w::ECDSA_P384_SHA256,
+        w::ECDSA_P384_SHA384,
+        w::ED25519,
+    ]
+}
+
+fn chain_refusal(e: webpki::Error, certs: &[X509Certificate<'_>], now: UnixTime) -> Error {
+    use webpki::Error as W;
+    let who = certs.first().map(display_name).unwrap_or_default();
+    let issuer = certs
+        .first()
+        .map(|c| c.issuer().to_string())
+        .unwrap_or_default();
+    match e {
+        W::CertExpired { .. } | W::CertNotValidYet { .. } => {
+            Error::new(Reason::CertificateExpired, validity_sentence(certs, now))
+        }
+        W::CertRevoked => Error::new(
+            Reason::CertificateRevoked,
+            format!("the certificate of {who} is revoked; sign with a current certificate"),
+        ),
+        W::CaUsedAsEndEntity => bad_signature(format!(
+            "the first certificate ({who}) is a CA certificate; put the signer's own certificate \
+             first in Signature.certificates"
+        )),
+        W::BadDer
+        | W::BadDerTime
+        | W::TrailingData(_)
+        | W::MalformedExtensions
+        | W::ExtensionValueInvalid
+        | W::InvalidSerialNumber
+        | W::InvalidCertValidity
+        | W::UnsupportedCertVersion
+        | W::UnsupportedCriticalExtension
+        | W::EmptyEkuExtension => bad_signature(format!(
+            "a certificate of the signature of {who} is malformed or uses an unsupported feature \
+             ({e}); ask the CA for a standard certificate"
+        )),
+        _ => Error::new(
+            Reason::UntrustedCertificate,
+            format!(
+                "the certificate of {who} (issued by {issuer}) is not issued by a trusted \
+                 authority ({e}); send its intermediate CA certificates after it, or ask the \
+                 gateway operator to add the issuing CA to trust.anchors"
+            ),
+        ),
+    }
+}
+
+/// Names the certificate whose validity period excludes `now` (webpki's
+/// error does not say which one).
+fn validity_sentence(certs: &[X509Certificate<'_>], now: UnixTime) -> String {
+    let now_s = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let at = fmt_time(now_s);
+    for (i, c) in certs.iter().enumerate() {
+        let nb = c.validity().not_before.timestamp();
+        let na = c.validity().not_after.timestamp();
+        let role = if i == 0 { "" } else { "intermediate CA " };
+        if now_s > na {
+            return format!(
+                "the {role}certificate of {} expired on {} (checked at {at}); renew it with the \
+                 CA and sign again",
+                display_name(c),
+                fmt_time(na)
+            );
+        }
+        if now_s < nb {
+            return format!(
+                "the {role}certificate of {} is not valid before {} (checked at {at}); check the \
+                 signer's clock, or sign with a certificate already in force",
+                display_name(c),
+                fmt_time(nb)
+            );
+        }
+    }
+    format!(
+        "a CA certificate in the chain is outside its validity period (checked at {at}); send \
+         current intermediate certificates"
+    )
+}
+
+fn fmt_time(unix: i64) -> String {
+    to_datetime(unix)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+fn to_datetime(unix: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
+    const RSA: &str = "1.2.840.113549.1.1.1";
+    const EC: &str = "1.2.840.10045.2.1";
+    const P256: &str = "1.2.840.10045.3.1.7";
+    const P384: &str = "1.3.132.0.34";
+    let alg = &cert.public_key().algorithm;
+    match alg.algorithm.to_id_string().as_str() {
+        RSA => KeyKind::Rsa,
+        EC => match alg
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string())
+            .as_deref()
+        {
+            Some(P256) => KeyKind::P256,
+            Some(P384) => KeyKind::P384,
+            _ => KeyKind::Other,
+        },
+        _ => KeyKind::Other,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------
+
+fn parse_cert(der: &[u8]) -> std::result::Result<X509Certificate<'_>, ()> {
+    match X509Certificate::from_der(der) {
+        // Trailing bytes would be unsigned data riding along: refuse them.
+        Ok(([], cert)) => Ok(cert),
+        _ => Err(()),
+    }
+}
+
+/// `CN=…` when the certificate has a common name, else its whole subject.
+fn display_name(cert: &X509Certificate<'_>) -> String {
+    match cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        Some(cn) => format!("CN={cn}"),
+        None => cert.subject().to_string(),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo: the key's fingerprint,
+/// stable across renewals that keep the key.
+pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32]> {
+    let cert = parse_cert(cert_der).map_err(|_| not_a_certificate())?;
+    Ok(sha256(cert.public_key().raw))
+}
+
+fn not_a_certificate() -> Error {
+    Error::malformed(
+        "the bytes are not a DER X.509 certificate; give the certificate itself (PEM files are \
+         read with load_certificate_pem)",
+    )
+}
+
+/// What an operator wants to see of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// Hex.
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub spki_sha256: [u8; 32],
+}
+
+pub fn describe_certificate(der: &[u8]) -> Result<CertInfo> {
+    let cert = parse_cert(der).map_err(|_| not_a_certificate())?;
+    Ok(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        serial: hex::encode(cert.raw_serial()),
+        not_before: to_datetime(cert.validity().not_before.timestamp()),
+        not_after: to_datetime(cert.validity().not_after.timestamp()),
+        spki_sha256: sha256(cert.public_key().raw),
+    })
+}
+
+fn pem_certificates(bytes: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    CertificateDer::pem_slice_iter(bytes)
+        .map(|r| r.map(|c| c.to_vec()).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The first certificate of a PEM file (e.g. the leaf of a chain file), or
+/// of a file holding one DER certificate.
+pub fn load_certificate_pem(path: &Path) -> Result<Vec<u8>> {
+    let mut certs = load_certificates_pem(path)?;
+    Ok(certs.swap_remove(0))
+}
+
+/// Every certificate of a PEM file, in order (a chain file: leaf first);
+/// a file holding one DER certificate is accepted too. Never empty.
+pub fn load_certificates_pem(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::malformed(format!(
+            "cannot read the certificate file {}: {e}; check the path",
+            path.display()
+        ))
+        .with_source(e)
+    })?;
+    let looks_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
+    if !looks_pem {
+        if parse_cert(&bytes).is_ok() {
+            return Ok(vec![bytes]);
+        }
+        return Err(Error::malformed(format!(
+            "{} is neither a PEM file nor a DER certificate; give a file with \
+             -----BEGIN CERTIFICATE----- blocks",
+            path.display()
+        )));
+    }
+    let certs = pem_certificates(&bytes).map_err(|e| {
+        Error::malformed(format!(
+            "{} is not readable PEM ({e}); give a file with -----BEGIN CERTIFICATE----- blocks",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Error::malformed(format!(
+            "{} holds no certificate (no -----BEGIN CERTIFICATE----- block)",
+            path.display()
+        )));
+    }
+    for (i, c) in certs.iter().enumerate() {
+        if parse_cert(c).is_err() {
+            return Err(Error::malformed(format!(
+                "certificate {} in {} is not a valid X.509 certificate",
+                i + 1,
+                path.display()
+            )));
+        }
+    }
+    Ok(certs)
+}
+
+/// A signing key and its chain from the files `lienthong dev-pki` (or a CA)
+/// gives an agency: a PKCS#8 key and a PEM chain, leaf first.
+pub fn load_signer(
+    key_path: &Path,
+    chain_path: &Path,
+    prefer: Option<Algorithm>,
+) -> Result<(SigningKey, Vec<Vec<u8>>)> {
+    let key = SigningKey::from_pkcs8_pem_file(key_path, prefer)?;
+    let chain = load_certificates_pem(chain_path)?;
+    Ok((key, chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devpki::tests::{shared_rsa_root, valid_now};
+    use crate::devpki::{DevCa, Issued, KeyType};
+    use lienthong_proto::v1::envelope::Body;
+    use lienthong_proto::v1::{Document, StatusNotice};
+    use proptest::prelude::*;
+    use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    use time::Duration;
+
+    fn ok<T>(r: Result<T>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("{}", e.chain()),
+        }
+    }
+
+    fn err<T: fmt::Debug>(r: Result<T>) -> Error {
+        match r {
+            Ok(v) => panic!("expected a refusal, got {v:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            message_id: "7b0e5a0e-9d0c-4a51-9a54-000000000001".into(),
+            from: "000.00.01.H35".into(),
+            to: vec!["000.00.12.H35".into()],
+            created_at: None,
+            body: Some(Body::Document(Document {
+                document_id: "000.00.01.H35,2026/11/24,15/QĐ-UBND".into(),
+                subject: "Về việc triển khai liên thông văn bản".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn ec_root() -> DevCa {
+        ok(DevCa::generate("Test Root CA", KeyType::EcP256))
+    }
+
+    fn leaf(ca: &DevCa, kt: KeyType) -> Issued {
+        ok(ca.issue_signing(
+            "000.00.01.H35",
+            "Văn phòng Ủy ban nhân dân tỉnh Lai Châu",
+            kt,
+            valid_now(),
+        ))
+    }
+
+    fn anchors(ca: &DevCa) -> TrustAnchors {
+        ok(TrustAnchors::from_der_certs([ca.cert_der()]))
+    }
+
+    fn sign(issued: &Issued, prefer: Option<Algorithm>) -> SignedEnvelope {
+        let key = ok(SigningKey::from_pkcs8_pem(&issued.key_pem, prefer));
+        ok(sign_envelope(&envelope(), &key, &issued.chain_der))
+    }
+
+    fn verify_one(signed: &SignedEnvelope, a: &TrustAnchors) -> Result<VerifiedSigner> {
+        let msg = pae(&signed.payload_type, &signed.payload);
+        verify_signature(&signed.signatures[0], &msg, a, UnixTime::now())
+    }
+
+    #[test]
+    fn pae_matches_the_dsse_spec_example() {
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+        assert_eq!(pae("", b""), b"DSSEv1 0  0 ".to_vec());
+        // LEN counts bytes, not characters.
+        assert_eq!(pae("ắ", b"x"), "DSSEv1 3 ắ 1 x".as_bytes().to_vec());
+    }
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(Algorithm::parse("rs256"), None);
+        assert!(
+            "HS256"
+                .parse::<Algorithm>()
+                .is_err_and(|e| e.reason() == Reason::BadSignature)
+        );
+    }
+
+    #[test]
+    fn all_four_algorithms_sign_and_verify() {
+        let ec = ec_root();
+        let rsa = shared_rsa_root();
+        let cases = [
+            (rsa, KeyType::Rsa2048, None, Algorithm::Rs256, 256),
+            (
+                rsa,
+                KeyType::Rsa2048,
+                Some(Algorithm::Ps256),
+                Algorithm::Ps256,
+                256,
+            ),
+            (&ec, KeyType::EcP256, None, Algorithm::Es256, 64),
+            (&ec, KeyType::EcP384, None, Algorithm::Es384, 96),
+        ];
+        for (ca, kt, prefer, alg, len) in cases {
+            let issued = leaf(ca, kt);
+            let signed = sign(&issued, prefer);
+            assert_eq!(signed.payload_type, ENVELOPE_PAYLOAD_TYPE);
+            assert_eq!(signed.signatures.len(), 1);
+            let s = &signed.signatures[0];
+            assert_eq!(s.algorithm, alg.as_str());
+            assert_eq!(s.value.len(), len, "{alg}");
+            assert_eq!(s.certificates.len(), 1);
+            assert_eq!(
+                Envelope::decode(signed.payload.clone()).ok(),
+                Some(envelope()),
+                "the payload is the envelope, byte for byte"
+            );
+
+            let v = ok(verify_one(&signed, &anchors(ca)));
+            assert_eq!(v.algorithm, alg);
+            assert!(
+                v.subject
+                    .contains("CN=Văn phòng Ủy ban nhân dân tỉnh Lai Châu"),
+                "{}",
+                v.subject
+            );
+            let root_subject = ok(describe_certificate(ca.cert_der())).subject;
+            assert_eq!(v.trust_anchor, root_subject);
+            assert_eq!(v.chain, [root_subject]);
+            assert_eq!(v.spki_sha256, ok(spki_sha256(&issued.cert_der)));
+            assert_eq!(v.serial, ok(describe_certificate(&issued.cert_der)).serial);
+            assert!(v.not_after > OffsetDateTime::now_utc());
+        }
+    }
+
+    #[test]
+    fn a_changed_payload_or_type_is_a_bad_signature() {
+        let ca = ec_root();
+        let signed = sign(&leaf(&ca, KeyType::EcP256), None);
+
+        let mut tampered = signed.clone();
+        let mut p = tampered.payload.to_vec();
+        let last = p.len() - 1;
+        p[last] ^= 1;
+        tampered.payload = Bytes::from(p);
+        let e = err(verify_one(&tampered, &anchors(&ca)));
+        assert_eq!(e.reason(), Reason::BadSignature);
+        assert!(e.message().contains("does not verify"), "{}", e.message());
+
+        let mut retyped = signed.clone();
+        retyped.payload_type = "application/json".into();
+        assert_eq!(
+            err(verify_one(&retyped, &anchors(&ca))).reason(),
+            Reason::BadSignature
+        );
+
+        let mut revalued = signed;
+        revalued.signatures[0].value = Bytes::from(vec![0u8; 64]);
+        assert_eq!(
+            err(verify_one(&revalued, &anchors(&ca))).reason(),
+            Reason::BadSignature
+        );
+    }
+
+    #[test]
+    fn a_signature_labelled_with_the_wrong_algorithm_is_refused() {
+        let ca = ec_root();
+        let mut signed = sign(&leaf(&ca, KeyType::EcP256), None);
+        signed.signatures[0].algorithm = "ES384".into();
+        let e = err(verify_one(&signed, &anchors(&ca)));
+        assert_eq!(e.reason(), Reason::BadSignature);
+        assert!(
+            e.message().contains("P-256") && e.message().contains("ES256"),
+            "{}",
+            e.message()
+        );
+
+        signed.signatures[0].algorithm = "RS256".into();
+        assert_eq!(
+            err(verify_one(&signed, &anchors(&ca))).reason(),
+            Reason::BadSignature
+        );
+
+        let rsa = shared_rsa_root();
+        let mut pss = sign(&leaf(rsa, KeyType::Rsa2048), Some(Algorithm::Ps256));
+        pss.signatures[0].algorithm = "RS256".into();
+        assert_eq!(
+            err(verify_one(&pss, &anchors(rsa))).reason(),
+            Reason::BadSignature
+        );
+    }
+
+    #[test]
+    fn another_ca_is_untrusted() {
+        let ca = ec_root();
+        let other = ok(DevCa::generate("Some Other CA", KeyType::EcP256));
+        let signed = sign(&leaf(&ca, KeyType::EcP256), None);
+        let e = err(verify_one(&signed, &anchors(&other)));
+        assert_eq!(e.reason(), Reason::UntrustedCertificate);
+        assert!(e.message().contains("trust.anchors"), "{}", e.message());
+        assert!(e.message().contains("CN=Văn phòng"), "{}", e.message());
+
+        let e = err(verify_one(&signed, &TrustAnchors::empty()));
+        assert_eq!(e.reason(), Reason::UntrustedCertificate);
+        assert!(e.message().contains("no trust anchors"), "{}", e.message());
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_leaves_are_refused() {
+        let ca = ec_root();
+        let now = OffsetDateTime::now_utc();
+        for (validity, word) in [
+            (
+                (now - Duration::days(400), now - Duration::days(35)),
+                "expired on",
+            ),
+            (
+                (now + Duration::days(1), now + Duration::days(400)),
+                "not valid before",
+            ),
+        ] {
+            let issued = ok(ca.issue_signing("000.00.01.H35", "VP", KeyType::EcP256, validity));
+            let signed = sign(&issued, None);
+            let e = err(verify_one(&signed, &anchors(&ca)));
+            assert_eq!(e.reason(), Reason::CertificateExpired, "{}", e.message());
+            assert!(
+                e.message().contains(word) && e.message().contains("CN=VP"),
+                "{}",
+                e.message()
+            );
+        }
+    }
+
+    #[test]
+    fn intermediates_after_the_leaf_complete_the_chain() {
+        let root = ec_root();
+        let mid = ok(root.intermediate("Test Issuing CA", KeyType::EcP384));
+        let issued = leaf(&mid, KeyType::EcP256);
+        assert_eq!(issued.chain_der.len(), 2);
+        let signed = sign(&issued, None);
+        let v = ok(verify_one(&signed, &anchors(&root)));
+        assert_eq!(v.chain.len(), 2);
+        assert!(v.chain[0].contains("CN=Test Issuing CA"), "{:?}", v.chain);
+        assert!(v.chain[1].contains("CN=Test Root CA"), "{:?}", v.chain);
+
+        // Without the intermediate the leaf does not reach the root.
+        let key = ok(SigningKey::from_pkcs8_pem(&issued.key_pem, None));
+        let bare = ok(sign_envelope(&envelope(), &key, &issued.chain_der[..1]));
+        assert_eq!(
+            err(verify_one(&bare, &anchors(&root))).reason(),
+            Reason::UntrustedCertificate
+        );
+
+        // The intermediate itself as an anchor is enough.
+        assert!(verify_one(&bare, &anchors(&mid)).is_ok());
+    }
+
+    #[test]
+    fn an_expired_intermediate_is_named() {
+        let root = ec_root();
+        let now = OffsetDateTime::now_utc();
+        let mid = ok(root.intermediate_with_validity(
+            "Old Issuing CA",
+            KeyType::EcP256,
+            (now - Duration::days(800), now - Duration::days(1)),
+        ));
+        let signed = sign(&leaf(&mid, KeyType::EcP256), None);
+        let e = err(verify_one(&signed, &anchors(&root)));
+        assert_eq!(e.reason(), Reason::CertificateExpired, "{}", e.message());
+        assert!(
+            e.message()
+                .contains("intermediate CA certificate of CN=Old Issuing CA"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn a_leaf_whose_key_usage_forbids_signing_is_refused() {
+        let ca = ec_root();
+        let issued = ok(ca.issue_with_key_usage(
+            "000.00.01.H35",
+            "VP",
+            KeyType::EcP256,
+            valid_now(),
+            &[KeyUsagePurpose::KeyCertSign],
+        ));
+        let e = err(verify_one(&sign(&issued, None), &anchors(&ca)));
+        assert_eq!(e.reason(), Reason::BadSignature);
+        assert!(e.message().contains("KeyUsage"), "{}", e.message());
+
+        // Non-repudiation alone is a signing certificate.
+        let nr = ok(ca.issue_with_key_usage(
+            "000.00.01.H35",
+            "VP",
+            KeyType::EcP256,
+            valid_now(),
+            &[KeyUsagePurpose::ContentCommitment],
+        ));
+        assert!(verify_one(&sign(&nr, None), &anchors(&ca)).is_ok());
+    }
+
+    #[test]
+    fn the_leaf_is_not_judged_by_its_eku_or_missing_key_usage() {
+        let ca = ec_root();
+        for eku in [
+            vec![],
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            vec![ExtendedKeyUsagePurpose::EmailProtection],
+        ] {
+            let issued =
+                ok(
+                    ca.issue_with("000.00.01.H35", "VP", KeyType::EcP256, valid_now(), |p| {
+                        p.extended_key_usages = eku.clone();
+                        p.key_usages.clear();
+                    }),
+                );
+            let r = verify_one(&sign(&issued, None), &anchors(&ca));
+            assert!(r.is_ok(), "{eku:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn signatures_without_or_with_unusable_certificates_are_bad() {
+        let ca = ec_root();
+        let signed = sign(&leaf(&ca, KeyType::EcP256), None);
+        let a = anchors(&ca);
+
+        let mut none = signed.clone();
+        none.signatures[0].certificates.clear();
+        let e = err(verify_one(&none, &a));
+        assert_eq!(e.reason(), Reason::BadSignature);
+        assert!(e.message().contains("no certificate"), "{}", e.message());
+
+        let mut pem = signed.clone();
+        pem.signatures[0].certificates = vec![Bytes::from(ca.cert_pem().as_bytes().to_vec())];
+        let e = err(verify_one(&pem, &a));
+        assert_eq!(e.reason(), Reason::BadSignature);
+        assert!(e.message().contains("not a DER X.509"), "{}", e.message());
+
+        let mut many = signed.clone();
+        many.signatures[0].certificates = vec![Bytes::from(ca.cert_der().to_vec()); 20];
+        assert_eq!(err(verify_one(&many, &a)).reason(), Reason::BadSignature);
+
+        let mut unknown = signed;
+        unknown.signatures[0].algorithm = "HS256".into();
+        let e = err(verify_one(&unknown, &a));
+        assert_eq!(e.reason(), Reason::BadSignature);
+        assert!(e.message().contains("\"HS256\""), "{}", e.message());
+    }
+
+    #[test]
+    fn a_ca_certificate_as_leaf_is_refused() {
+        let root = ec_root();
+        let mid = ok(root.intermediate("Mid", KeyType::EcP256));
+        let key = ok(SigningKey::from_pkcs8_pem(mid.key_pem(), None));
+        let signed = ok(sign_envelope(&envelope(), &key, &[mid.cert_der().to_vec()]));
+        let e = err(verify_one(&signed, &anchors(&root)));
+        assert_eq!(e.reason(), Reason::BadSignature, "{}", e.message());
+    }
+
+    #[test]
+    fn a_second_signature_is_added_and_every_one_must_verify() {
+        let ca = ec_root();
+        let signer = leaf(&ca, KeyType::EcP256);
+        let seal = ok(ca.issue_signing("000.00.01.H35", "Con dấu", KeyType::EcP384, valid_now()));
+        let mut signed = sign(&signer, None);
+        let seal_key = ok(SigningKey::from_pkcs8_pem(&seal.key_pem, None));
+        ok(add_signature(&mut signed, &seal_key, &seal.chain_der));
+        let all = ok(verify_envelope_signatures(
+            &signed,
+            &anchors(&ca),
+            UnixTime::now(),
+        ));
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].algorithm, Algorithm::Es384);
+
+        signed.signatures[1].value = Bytes::from(vec![1u8; 96]);
+        let e = err(verify_envelope_signatures(
+            &signed,
+            &anchors(&ca),
+            UnixTime::now(),
+        ));
+        assert_eq!(e.reason(), Reason::BadSignature);
+
+        signed.signatures.clear();
+        let e = err(verify_envelope_signatures(
+            &signed,
+            &anchors(&ca),
+            UnixTime::now(),
+        ));
+        assert!(e.message().contains("no signature"), "{}", e.message());
+    }
+
+    #[test]
+    fn status_envelopes_sign_too() {
+        let ca = ec_root();
+        let issued = leaf(&ca, KeyType::EcP256);
+        let key = ok(SigningKey::from_pkcs8_pem(&issued.key_pem, None));
+        let env = Envelope {
+            body: Some(Body::Status(StatusNotice {
+                code: "03".into(),
+                ..Default::default()
+            })),
+            ..envelope()
+        };
+        let signed = ok(sign_envelope(&env, &key, &issued.chain_der));
+        assert!(verify_one(&signed, &anchors(&ca)).is_ok());
+    }
+
+    #[test]
+    fn signing_keys_refuse_wrong_forms_and_mismatches() {
+        let ca = ec_root();
+        let p256 = leaf(&ca, KeyType::EcP256);
+        let e = err(SigningKey::from_pkcs8_pem(
+            &p256.key_pem,
+            Some(Algorithm::Es384),
+        ));
+        assert!(
+            e.message().contains("P-256") && e.message().contains("ES256"),
+            "{}",
+            e.message()
+        );
+        assert!(SigningKey::from_pkcs8_pem(&p256.key_pem, Some(Algorithm::Rs256)).is_err());
+
+        let rsa = leaf(shared_rsa_root(), KeyType::Rsa2048);
+        assert!(SigningKey::from_pkcs8_pem(&rsa.key_pem, Some(Algorithm::Es256)).is_err());
+        assert_eq!(
+            ok(SigningKey::from_pkcs8_pem(&rsa.key_pem, None)).algorithm(),
+            Algorithm::Rs256
+        );
+
+        let pkcs1 = rsa.key_pem.replace("PRIVATE KEY", "RSA PRIVATE KEY");
+        let e = err(SigningKey::from_pkcs8_pem(&pkcs1, None));
+        assert!(
+            e.message().contains("openssl pkcs8 -topk8"),
+            "{}",
+            e.message()
+        );
+
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(
+            err(SigningKey::from_pkcs8_pem(enc, None))
+                .message()
+                .contains("encrypted")
+        );
+        assert!(SigningKey::from_pkcs8_pem("", None).is_err());
+
+        // A key with somebody else's certificate.
+        let other = leaf(&ca, KeyType::EcP256);
+        let key = ok(SigningKey::from_pkcs8_pem(&p256.key_pem, None));
+        let e = err(sign_envelope(&envelope(), &key, &other.chain_der));
+        assert!(e.message().contains("does not belong"), "{}", e.message());
+        assert!(format!("{key:?}").contains("Es256"));
+    }
+
+    #[test]
+    fn anchors_load_from_files_with_errors_naming_them() {
+        let dir = ok(tempfile::tempdir().map_err(Error::from));
+        let ca = ec_root();
+        let mid = ok(ca.intermediate("Mid", KeyType::EcP256));
+        let both = dir.path().join("both.pem");
+        ok(
+            std::fs::write(&both, format!("{}{}", ca.cert_pem(), mid.cert_pem()))
+                .map_err(Error::from),
+        );
+        let der = dir.path().join("ca.cer");
+        ok(std::fs::write(&der, ca.cert_der()).map_err(Error::from));
+        let a = ok(TrustAnchors::from_pem_files(&[both.clone(), der.clone()]));
+        assert_eq!(a.len(), 2, "the DER copy of the root is the same anchor");
+        assert!(!a.is_empty());
+        assert!(a.subjects()[1].contains("CN=Mid"));
+        assert_eq!(a.certificates_der().count(), 2);
+
+        let missing = dir.path().join("nope.pem");
+        let e = err(TrustAnchors::from_pem_files(&[missing]));
+        assert!(e.message().contains("nope.pem"), "{}", e.message());
+
+        let empty = dir.path().join("empty.pem");
+        ok(std::fs::write(
+            &empty,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .map_err(Error::from));
+        let e = err(TrustAnchors::from_pem_files(&[empty]));
+        assert!(
+            e.message().contains("empty.pem") && e.message().contains("no certificate"),
+            "{}",
+            e.message()
+        );
+
+        let junk = dir.path().join("junk.pem");
+        ok(std::fs::write(&junk, b"\x00\x01not a cert").map_err(Error::from));
+        assert!(
+            err(TrustAnchors::from_pem_files(&[junk]))
+                .message()
+                .contains("junk.pem")
+        );
+
+        assert_eq!(ok(TrustAnchors::from_pem(ca.cert_pem())).len(), 1);
+        assert!(TrustAnchors::from_pem("hello").is_err());
+
+        assert_eq!(ok(load_certificate_pem(&both)), ca.cert_der());
+        assert_eq!(ok(load_certificates_pem(&both)).len(), 2);
+    }
+
+    #[test]
+    fn the_government_ca_samples_load_as_anchors() {
+        let dir = Path::new("/work/shared/samples/trust");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            println!("skipped: {} is not here", dir.display());
+            return;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            .collect();
+        files.sort();
+        let a = ok(TrustAnchors::from_pem_files(&files));
+        assert!(a.len() >= files.len(), "{:?}", a.subjects());
+        for f in &files {
+            let info = ok(describe_certificate(&ok(load_certificate_pem(f))));
+            assert!(!info.subject.is_empty());
+            assert!(info.not_before < info.not_after);
+        }
+    }
+
+    #[test]
+    fn describe_certificate_reports_names_dates_and_key() {
+        let ca = ec_root();
+        let now = OffsetDateTime::now_utc();
+        let validity = (now - Duration::hours(1), now + Duration::days(30));
+        let issued = ok(ca.issue_signing("000.00.12.H35", "Sở KH&CN", KeyType::EcP256, validity));
+        let info = ok(describe_certificate(&issued.cert_der));
+        assert!(info.subject.contains("CN=Sở KH&CN"), "{}", info.subject);
+        assert!(info.issuer.contains("CN=Test Root CA"), "{}", info.issuer);
+        assert_eq!(info.not_after.unix_timestamp(), validity.1.unix_timestamp());
+        assert_eq!(info.spki_sha256, ok(spki_sha256(&issued.cert_der)));
+        assert_ne!(info.spki_sha256, ok(spki_sha256(ca.cert_der())));
+        assert_eq!(info.serial.len(), 32);
+        assert!(describe_certificate(b"garbage").is_err_and(|e| e.reason() == Reason::Malformed));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn garbage_never_panics(
+            alg in "(RS256|PS256|ES256|ES384|[A-Z0-9]{0,6})",
+            value in proptest::collection::vec(any::<u8>(), 0..600),
+            certs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..4),
+            msg in proptest::collection::vec(any::<u8>(), 0..100),
+            text in "\\PC{0,200}",
+        ) {
+            let sig = Signature {
+                algorithm: alg,
+                value: Bytes::from(value),
+                certificates: certs.iter().cloned().map(Bytes::from).collect(),
+            };
+            let r = verify_signature(&sig, &msg, &TrustAnchors::empty(), UnixTime::now());
+            prop_assert!(r.is_err());
+            let _ = SigningKey::from_pkcs8_pem(&text, None);
+            let _ = SigningKey::from_pkcs8_der(&msg, None);
+            let _ = TrustAnchors::from_pem(&text);
+            let _ = TrustAnchors::from_der_certs(&certs);
+            for c in &certs {
+                let _ = describe_certificate(c);
+                let _ = spki_sha256(c);
+            }
+        }
+
+        #[test]
+        fn a_valid_chain_with_a_garbled_byte_never_panics(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            static CA: std::sync::OnceLock<Option<(DevCa, Issued)>> = std::sync::OnceLock::new();
+            let Some((ca, issued)) = CA.get_or_init(|| {
+                let ca = DevCa::generate("Fuzz Root", KeyType::EcP256).ok()?;
+                let issued = ca.issue_signing("000.00.01.H35", "VP", KeyType::EcP256, valid_now()).ok()?;
+                Some((ca, issued))
+            }) else {
+                return Err(TestCaseError::fail("no PKI"));
+            };
+            let mut signed = sign(issued, None);
+            let mut cert = signed.signatures[0].certificates[0].to_vec();
+            let i = pos.index(cert.len());
+            cert[i] ^= 1 << bit;
+            signed.signatures[0].certificates[0] = Bytes::from(cert);
+            // Most flips break the certificate; none may panic or verify
+            // unless the flip is in a part nothing covers.
+            let _ = verify_one(&signed, &anchors(ca));
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Operator commands that work on the database directly: the directory,
+//! the transfer log, and the throwaway PKI for trying the gateway out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use lienthong_core::devpki::{self, KeyType};
+use lienthong_core::directory;
+use lienthong_core::organ_id::{IdPolicy, OrganId};
+use lienthong_core::pipeline::{Gateway, Settings};
+use lienthong_core::signing::TrustAnchors;
+use lienthong_core::store::Store;
+use lienthong_proto::v1::TraceEvent;
+
+use crate::config::Config;
+
+#[derive(Subcommand, Debug)]
+pub enum DirectoryCommand {
+    /// Import agencies from a CSV file (header: organ_id,name,... ; an
+    /// optional signing_cert column names a PEM file to bind).
+    Import {
+        file: PathBuf,
+        /// Import the good rows even when some rows are bad.
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Accept test-system identifiers such as vxp.saas.03.
+        #[arg(long)]
+        lenient: bool,
+    },
+    /// Bind a document-signing certificate to an agency.
+    BindCert { organ_id: String, cert: PathBuf },
+    /// List the agencies.
+    List {
+        /// Only this agency and those under it.
+        #[arg(long)]
+        under: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DevPkiArgs {
+    /// Directory to write into (created if missing).
+    pub out_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = KeyTypeArg::EcP256)]
+    pub key_type: KeyTypeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyTypeArg {
+    EcP256,
+    EcP384,
+    Rsa2048,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    pub message_id: String,
+    /// The sender, when several agencies used the same message_id.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn store(cfg: &Config) -> Result<Store> {
+    Store::connect(&cfg.database.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))
+}
+
+pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
+    let store = store(&cfg).await?;
+    match cmd {
+        DirectoryCommand::Import {
+            file,
+            skip_invalid,
+            lenient,
+        } => {
+            let policy = if lenient {
+                IdPolicy::Lenient
+            } else {
+                IdPolicy::Strict
+            };
+            let out = directory::import_csv(&store, &file, skip_invalid, policy)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+            for p in &out.problems {
+                eprintln!(
+                    "{}:{}: {}: {}",
+                    file.display(),
+                    p.line,
+                    p.organ_id,
+                    p.reason
+                );
+            }
+            if !out.applied {
+                eprintln!(
+                    "{} bad row(s); nothing was imported. Fix them, or pass --skip-invalid to import the good rows only.",
+                    out.problems.len()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "imported {} agencies, bound {} signing certificate(s){}",
+                out.imported,
+                out.certificates_bound,
+                if out.problems.is_empty() {
+                    String::new()
+                } else {
+                    format!(", skipped {} bad row(s)", out.problems.len())
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::BindCert { organ_id, cert } => {
+            let row = directory::bind_signing_cert(&store, &organ_id, &cert)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            println!(
+                "bound {} (key sha256 {}) to {}",
+                row.subject, row.spki_sha256, row.organ_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::List { under, json } => {
+            let under = match under {
+                Some(u) => Some(
+                    OrganId::parse_with(&u, IdPolicy::Lenient)
+                        .map_err(|e| anyhow::anyhow!("{}", e.message()))?,
+                ),
+                None => None,
+            };
+            for a in store
+                .agencies()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?
+            {
+                if let Some(u) = &under {
+                    let inside = OrganId::parse_with(&a.organ_id, IdPolicy::Lenient)
+                        .map(|id| id.is_under(u))
+                        .unwrap_or(false);
+                    if !inside {
+                        continue;
+                    }
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "organ_id": a.organ_id, "name": a.name, "parent": a.parent,
+                            "email": a.email, "channel": a.channel, "active": a.active,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}\t{}\t{}",
+                        a.organ_id,
+                        if a.active { "active" } else { "inactive" },
+                        a.name
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn dev_pki(args: DevPkiArgs) -> Result<ExitCode> {
+    let kt = match args.key_type {
+        KeyTypeArg::EcP256 => KeyType::EcP256,
+        KeyTypeArg::EcP384 => KeyType::EcP384,
+        KeyTypeArg::Rsa2048 => KeyType::Rsa2048,
+    };
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let out = std::fs::canonicalize(&args.out_dir)?;
+    let agencies = devpki::default_agencies();
+    devpki::write_dev_pki(&out, &agencies, kt).map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let toml = format!(
+        r#"# A configuration to try lienthong out with the throwaway PKI in this folder.
+# Not for production: auth.mode "dev-header" believes whatever agency the caller names.
+[gateway]
+id = "lienthong-dev"
+
+[grpc]
+listen = "127.0.0.1:50051"
+
+[database]
+url = "sqlite://{dir}/data/lienthong.db"
+
+[storage]
+path = "{dir}/data/blobs"
+
+[trust]
+anchors = ["{dir}/ca.pem"]
+
+[auth]
+mode = "dev-header"
+"#,
+        dir = out.display()
+    );
+    std::fs::write(out.join("lienthong.toml"), toml)?;
+    println!("wrote a throwaway PKI to {}:", out.display());
+    println!("  ca.pem, ca.key.pem            the certification authority (trust anchor)");
+    for (id, name) in &agencies {
+        println!("  {id}.pem, {id}.key.pem   {name}");
+    }
+    println!("  directory.csv                 the agencies, with their signing certificates");
+    println!("  lienthong.toml                a configuration that trusts ca.pem");
+    println!();
+    println!(
+        "next: lienthong --config {0}/lienthong.toml directory import {0}/directory.csv",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
+    let store = store(&cfg).await?;
+    let blobs = lienthong_core::blobs::BlobStore::open(&cfg.storage.path)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let gw = Gateway::from_parts(
+        store,
+        blobs,
+        Settings {
+            gateway_id: cfg.gateway.id.clone(),
+            database_url: cfg.database.url.clone(),
+            storage_path: cfg.storage.path.clone(),
+            anchors: TrustAnchors::default(),
+            limits: cfg.limits.to_limits(),
+        },
+    );
+    let events = match &args.from {
+        Some(from) => gw.trace(None, from, &args.message_id).await,
+        None => gw.trace_any(&args.message_id).await,
+    };
+    let events = match events {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{}", e.message());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for e in events {
+        if args.json {
+            println!("{}", trace_json(&e));
+        } else {
+            println!(
+                "{:>6}  {}  {:<15} {} {}{}{}  {}",
+                e.seq,
+                format_time(e.at.as_ref()),
+                e.kind,
+                e.from,
+                e.message_id,
+                if e.to.is_empty() {
+                    String::new()
+                } else {
+                    format!(" → {}", e.to)
+                },
+                if e.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", e.reason)
+                },
+                e.detail
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn trace_json(e: &TraceEvent) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq,
+        "at": format_time(e.at.as_ref()),
+        "kind": e.kind,
+        "message_id": e.message_id,
+        "from": e.from,
+        "to": e.to,
+        "reason": e.reason,
+        "detail": e.detail,
+    })
+}
+
+/// RFC 3339 in UTC.
+pub fn format_time(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else {
+        return String::new();
+    };
+    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

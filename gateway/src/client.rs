@@ -1,0 +1,501 @@
+//! `lienthong send` and `lienthong receive`: a small agency client over
+//! gRPC, doing what agency software does.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lienthong_core::signing::{self, Algorithm, SigningKey};
+use lienthong_proto::v1::{
+    self as pb, Envelope, SendRequest, exchange_client::ExchangeClient, send_request::Item,
+};
+use prost::Message as _;
+use ring::digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::admin::format_time;
+use crate::config::Config;
+
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Gateway address (default: from grpc.listen).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The sending agency's code.
+    #[arg(long)]
+    pub from: String,
+    /// A receiving agency's code (repeat, or separate with commas).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub to: Vec<String>,
+    /// The sender's signing key (PKCS#8 PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The sender's signing certificate (PEM; intermediates may follow).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// RS256 or PS256 for an RSA key (ECDSA keys choose their own).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// Default: a new UUID.
+    #[arg(long)]
+    pub message_id: Option<String>,
+    /// Trích yếu.
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    /// Số, e.g. 15.
+    #[arg(long, default_value = "")]
+    pub code_number: String,
+    /// Ký hiệu, e.g. QĐ-UBND.
+    #[arg(long, default_value = "")]
+    pub code_notation: String,
+    /// Default: {from},{date},{number}/{notation} or the message id.
+    #[arg(long)]
+    pub document_id: Option<String>,
+    /// A file to attach (repeat).
+    #[arg(long)]
+    pub attach: Vec<PathBuf>,
+    /// Send a status notice with this code (01..16) instead of a document.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// With --status: the agency that sent the document answered.
+    #[arg(long)]
+    pub document_from: Option<String>,
+    /// With --status: a description.
+    #[arg(long, default_value = "")]
+    pub description: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiveArgs {
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The receiving agency's code.
+    #[arg(long = "as")]
+    pub as_agency: String,
+    /// Acknowledge each delivery once it is written (and its attachments verified).
+    #[arg(long)]
+    pub ack: bool,
+    /// Write each delivery to DIR/<message_id>/ with its attachments.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Keep waiting for new deliveries.
+    #[arg(long)]
+    pub follow: bool,
+    /// Stop after N deliveries.
+    #[arg(long, default_value_t = 0)]
+    pub max: u32,
+}
+
+async fn connect(cfg: &Config, server: &Option<String>) -> Result<ExchangeClient<Channel>> {
+    let url = server.clone().unwrap_or_else(|| cfg.grpc_client_url());
+    let ch = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("{url} is not a valid gateway address"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {url}"))?;
+    Ok(ExchangeClient::new(ch)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(16 * 1024 * 1024))
+}
+
+fn with_identity<T>(msg: T, organ_id: &str) -> Result<Request<T>> {
+    let mut req = Request::new(msg);
+    let v =
+        MetadataValue::try_from(organ_id).context("the agency code is not a valid header value")?;
+    req.metadata_mut().insert("x-organ-id", v);
+    Ok(req)
+}
+
+fn describe_status(st: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let reason = st
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_else(|| format!("{:?}", st.code()));
+    format!("{reason}: {}", st.message())
+}
+
+/// Size and SHA-256 of a file, read once in chunks.
+async fn digest_file(path: &Path) -> Result<(u64, Vec<u8>)> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, ctx.finish().as_ref().to_vec()))
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("pdf") => "application/pdf",
+        Some("doc") => "application/msword",
+        Some("docx") => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        Some("xls") => "application/vnd.ms-excel",
+        Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        Some("zip") => "application/zip",
+        Some("xml") => "application/xml",
+        Some("txt") => "text/plain",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: now.subsec_nanos() as i32,
+    }
+}
+
+pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
+    let key_pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read the key {}", args.key.display()))?;
+    let prefer = match args.algorithm.as_deref() {
+        None => None,
+        Some(a) => Some(Algorithm::parse(a).with_context(|| format!("unknown algorithm {a}"))?),
+    };
+    let key = SigningKey::from_pkcs8_pem(&key_pem, prefer)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let chain = signing::load_certificates_pem(&args.cert)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let message_id = args
+        .message_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let body = match &args.status {
+        Some(code) => {
+            let Some(document_id) = args.document_id.clone() else {
+                bail!("--status needs --document-id (the document it answers)");
+            };
+            let Some(document_from) = args.document_from.clone() else {
+                bail!("--status needs --document-from (the agency that sent the document)");
+            };
+            if !args.attach.is_empty() {
+                bail!("a status notice carries no attachments");
+            }
+            pb::envelope::Body::Status(pb::StatusNotice {
+                document_id,
+                document_from,
+                code: code.clone(),
+                description: args.description.clone(),
+                staff: None,
+                at: Some(now_ts()),
+            })
+        }
+        None => {
+            let mut attachments = Vec::new();
+            for p in &args.attach {
+                let (size, sha) = digest_file(p).await?;
+                attachments.push(pb::AttachmentRef {
+                    name: p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "attachment".to_owned()),
+                    content_type: content_type(p).to_owned(),
+                    size,
+                    sha256: sha.into(),
+                    description: String::new(),
+                });
+            }
+            let today = time::OffsetDateTime::now_utc().date();
+            let date = format!(
+                "{:04}-{:02}-{:02}",
+                today.year(),
+                today.month() as u8,
+                today.day()
+            );
+            let document_id = args.document_id.clone().unwrap_or_else(|| {
+                if args.code_number.is_empty() {
+                    message_id.clone()
+                } else {
+                    format!(
+                        "{},{},{}/{}",
+                        args.from,
+                        date.replace('-', "/"),
+                        args.code_number,
+                        args.code_notation
+                    )
+                }
+            });
+            pb::envelope::Body::Document(pb::Document {
+                document_id,
+                code_number: args.code_number.clone(),
+                code_notation: args.code_notation.clone(),
+                promulgation_date: date,
+                subject: args.subject.clone(),
+                attachments,
+                ..Default::default()
+            })
+        }
+    };
+    let envelope = Envelope {
+        message_id: message_id.clone(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        created_at: Some(now_ts()),
+        body: Some(body),
+    };
+    let document_id = match &envelope.body {
+        Some(pb::envelope::Body::Document(d)) => d.document_id.clone(),
+        Some(pb::envelope::Body::Status(s)) => s.document_id.clone(),
+        None => String::new(),
+    };
+    let signed = signing::sign_envelope(&envelope, &key, &chain)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+
+    let mut client = connect(&cfg, &args.server).await?;
+    let (tx, rx) = mpsc::channel::<SendRequest>(4);
+    let files = args.attach.clone();
+    let feeder = tokio::spawn(async move {
+        if tx
+            .send(SendRequest {
+                item: Some(Item::Envelope(signed)),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        for (i, p) in files.iter().enumerate() {
+            let mut f = tokio::fs::File::open(p).await?;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                let chunk = pb::AttachmentChunk {
+                    index: i as u32,
+                    data: buf.into(),
+                };
+                if tx
+                    .send(SendRequest {
+                        item: Some(Item::Chunk(chunk)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    // The gateway answered early (a refusal): stop reading.
+                    return Ok(());
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let req = with_identity(ReceiverStream::new(rx), &args.from)?;
+    let result = client.send(req).await;
+    feeder.await??;
+    match result {
+        Ok(resp) => {
+            let r = resp.into_inner();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "message_id": r.message_id,
+                    "from": r.from,
+                    "document_id": document_id,
+                    "accepted_at": format_time(r.accepted_at.as_ref()),
+                    "envelope_sha256": hex::encode(&r.envelope_sha256),
+                    "duplicate": r.duplicate,
+                    "recipients": r.recipients.iter().map(|x| serde_json::json!({"organ_id": x.organ_id, "route": x.route})).collect::<Vec<_>>(),
+                    "gateway": r.gateway,
+                })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(st) => {
+            eprintln!("refused: {}", describe_status(&st));
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
+    let mut client = connect(&cfg, &args.server).await?;
+    let req = with_identity(
+        pb::ReceiveRequest {
+            follow: args.follow,
+            max: args.max,
+        },
+        &args.as_agency,
+    )?;
+    let mut stream = match client.receive(req).await {
+        Ok(r) => r.into_inner(),
+        Err(st) => {
+            eprintln!("refused: {}", describe_status(&st));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    while let Some(item) = stream.next().await {
+        let d = match item {
+            Ok(d) => d,
+            Err(st) => {
+                eprintln!("the stream broke: {}", describe_status(&st));
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let Some(signed) = d.envelope.clone() else {
+            continue;
+        };
+        let env = Envelope::decode(signed.payload.clone())
+            .context("a delivery's payload is not an Envelope")?;
+        let mut summary = serde_json::json!({
+            "delivery_id": d.delivery_id,
+            "message_id": env.message_id,
+            "from": env.from,
+            "to": env.to,
+            "accepted_at": format_time(d.accepted_at.as_ref()),
+            "attempt": d.attempt,
+            "verified": d.verification.as_ref().map(|v| v.summary.clone()).unwrap_or_default(),
+        });
+        match &env.body {
+            Some(pb::envelope::Body::Document(doc)) => {
+                summary["kind"] = "document".into();
+                summary["document_id"] = doc.document_id.clone().into();
+                summary["subject"] = doc.subject.clone().into();
+                summary["attachments"] = doc
+                    .attachments
+                    .iter()
+                    .map(|a| serde_json::json!({"name": a.name, "size": a.size, "sha256": hex::encode(&a.sha256)}))
+                    .collect::<Vec<_>>()
+                    .into();
+                if let Some(out) = &args.out {
+                    let dir = out.join(safe_name(&env.message_id));
+                    tokio::fs::create_dir_all(&dir).await?;
+                    tokio::fs::write(dir.join("envelope.pb"), signed.encode_to_vec()).await?;
+                    for (i, a) in doc.attachments.iter().enumerate() {
+                        let path = dir.join(safe_name(&a.name));
+                        fetch_to_file(&mut client, &args.as_agency, &env, i as u32, a, &path)
+                            .await?;
+                    }
+                    summary["saved_to"] = dir.display().to_string().into();
+                }
+            }
+            Some(pb::envelope::Body::Status(st)) => {
+                summary["kind"] = "status".into();
+                summary["document_id"] = st.document_id.clone().into();
+                summary["status_code"] = st.code.clone().into();
+                summary["description"] = st.description.clone().into();
+            }
+            None => {}
+        }
+        println!("{summary}");
+        if args.ack {
+            let req = with_identity(
+                pb::AckRequest {
+                    delivery_id: d.delivery_id.clone(),
+                },
+                &args.as_agency,
+            )?;
+            if let Err(st) = client.ack(req).await {
+                eprintln!("ack of {} refused: {}", d.delivery_id, describe_status(&st));
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams an attachment to a file and checks it against the signed digest.
+async fn fetch_to_file(
+    client: &mut ExchangeClient<Channel>,
+    me: &str,
+    env: &Envelope,
+    index: u32,
+    a: &pb::AttachmentRef,
+    path: &Path,
+) -> Result<()> {
+    let req = with_identity(
+        pb::FetchAttachmentRequest {
+            message_id: env.message_id.clone(),
+            from: env.from.clone(),
+            index,
+        },
+        me,
+    )?;
+    let mut stream = client
+        .fetch_attachment(req)
+        .await
+        .map_err(|st| anyhow::anyhow!("fetching {}: {}", a.name, describe_status(&st)))?
+        .into_inner();
+    let part = path.with_extension("part");
+    let mut f = tokio::fs::File::create(&part).await?;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|st| anyhow::anyhow!("fetching {}: {}", a.name, describe_status(&st)))?;
+        ctx.update(&chunk.data);
+        size += chunk.data.len() as u64;
+        f.write_all(&chunk.data).await?;
+    }
+    f.sync_all().await?;
+    if size != a.size || ctx.finish().as_ref() != a.sha256.as_ref() {
+        let _ = tokio::fs::remove_file(&part).await;
+        bail!(
+            "attachment {} does not match its signed size and SHA-256",
+            a.name
+        );
+    }
+    tokio::fs::rename(&part, path).await?;
+    Ok(())
+}
+
+/// A file name that stays inside its directory.
+fn safe_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match cleaned.trim() {
+        "" | "." | ".." => "unnamed".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_inside() {
+        assert_eq!(safe_name("../../etc/passwd"), ".._.._etc_passwd");
+        assert_eq!(safe_name(".."), "unnamed");
+        assert_eq!(safe_name("Quyết định.pdf"), "Quyết định.pdf");
+    }
+}

@@ -1,0 +1,101 @@
+//! The command line as an operator meets it: help, configuration errors,
+//! and the directory import's row-by-row report. (Having an integration test
+//! here also makes `cargo test` build the `lienthong` binary that the
+//! end-to-end suite in tests/ starts.)
+
+use std::process::Command;
+
+fn lienthong() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lienthong"));
+    c.env_remove("LIENTHONG_CONFIG");
+    c
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = lienthong().arg("--help").output().expect("run lienthong");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "directory", "dev-pki", "send", "receive", "trace"] {
+        assert!(text.contains(cmd), "--help does not mention {cmd}:\n{text}");
+    }
+}
+
+#[test]
+fn a_typo_in_the_configuration_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("l.toml");
+    std::fs::write(&cfg, "[databse]\nurl = \"sqlite://x.db\"\n").expect("write");
+    let out = lienthong()
+        .args(["--config"])
+        .arg(&cfg)
+        .args(["directory", "list"])
+        .output()
+        .expect("run lienthong");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("databse"), "stderr: {err}");
+}
+
+#[test]
+fn directory_import_reports_bad_rows_and_imports_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("l.db");
+    let csv = dir.path().join("dir.csv");
+    std::fs::write(
+        &csv,
+        "organ_id,name\n000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu\n000.1137.H35,Sai mã\n000.00.01.H35,Văn phòng UBND tỉnh\n",
+    )
+    .expect("write");
+    let run = |extra: &[&str]| {
+        lienthong()
+            .env(
+                "LIENTHONG_DATABASE__URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .args(["directory", "import"])
+            .arg(&csv)
+            .args(extra)
+            .output()
+            .expect("run lienthong")
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":3:") && err.contains("000.1137.H35"),
+        "stderr: {err}"
+    );
+    assert!(err.contains("nothing was imported"), "stderr: {err}");
+
+    let list = lienthong()
+        .env(
+            "LIENTHONG_DATABASE__URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .args(["directory", "list"])
+        .output()
+        .expect("run lienthong");
+    assert!(String::from_utf8_lossy(&list.stdout).trim().is_empty());
+
+    let out = run(&["--skip-invalid"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = lienthong()
+        .env(
+            "LIENTHONG_DATABASE__URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .args(["directory", "list"])
+        .output()
+        .expect("run lienthong");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("000.00.00.H35") && text.contains("000.00.01.H35"),
+        "{text}"
+    );
+    assert!(!text.contains("1137"), "{text}");
+}
