@@ -208,6 +208,7 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
                 description: args.description.clone(),
                 staff: None,
                 at: Some(now_ts()),
+                ..Default::default()
             })
         }
         None => {
@@ -223,6 +224,7 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
                     size,
                     sha256: sha.into(),
                     description: String::new(),
+                    ..Default::default()
                 });
             }
             let today = time::OffsetDateTime::now_utc().date();
@@ -262,6 +264,7 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
         to: args.to.clone(),
         created_at: Some(now_ts()),
         body: Some(body),
+        ..Default::default()
     };
     let document_id = match &envelope.body {
         Some(pb::envelope::Body::Document(d)) => d.document_id.clone(),

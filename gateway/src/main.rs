@@ -50,7 +50,7 @@ enum Command {
     /// a few agencies, with a directory.csv and a lienthong.toml to try it out.
     DevPki(admin::DevPkiArgs),
     /// Send a signed document (or a status notice) to a running gateway.
-    Send(client::SendArgs),
+    Send(Box<client::SendArgs>),
     /// Receive an agency's deliveries from a running gateway.
     Receive(client::ReceiveArgs),
     /// Show the transfer log of a message (reads the database directly).
@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(cfg, args).await,
         Command::Directory(cmd) => admin::directory(cfg, cmd).await,
         Command::DevPki(args) => admin::dev_pki(args),
-        Command::Send(args) => client::send(cfg, args).await,
+        Command::Send(args) => client::send(cfg, *args).await,
         Command::Receive(args) => client::receive(cfg, args).await,
         Command::Trace(args) => admin::trace(cfg, args).await,
     }

@@ -972,6 +972,7 @@ mod tests {
                 subject: "Về việc triển khai liên thông văn bản".into(),
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 
