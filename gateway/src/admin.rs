@@ -57,6 +57,13 @@ pub enum KeyTypeArg {
     Rsa2048,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum LogCommand {
+    /// Walk the transfer log's hash chain and report the first broken link
+    /// (an event edited or removed after it was written). Exit 1 if broken.
+    Verify,
+}
+
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     pub message_id: String,
@@ -219,6 +226,39 @@ mode = "dev-header"
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
+    let store = store(&cfg).await?;
+    match cmd {
+        LogCommand::Verify => {
+            let v = store
+                .verify_log()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+            match v.first_broken {
+                None => {
+                    println!(
+                        "the transfer log is intact: {} chained event(s){}",
+                        v.checked,
+                        if v.unchained > 0 {
+                            format!(", {} written before the chain existed", v.unchained)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some((seq, what)) => {
+                    println!(
+                        "the transfer log is BROKEN at event {seq}: {what} ({} event(s) before it are intact)",
+                        v.checked
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
 }
 
 pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {

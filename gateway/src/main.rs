@@ -55,6 +55,9 @@ enum Command {
     Receive(client::ReceiveArgs),
     /// Show the transfer log of a message (reads the database directly).
     Trace(admin::TraceArgs),
+    /// Check the transfer log.
+    #[command(subcommand)]
+    Log(admin::LogCommand),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => client::send(cfg, *args).await,
         Command::Receive(args) => client::receive(cfg, args).await,
         Command::Trace(args) => admin::trace(cfg, args).await,
+        Command::Log(cmd) => admin::log(cfg, cmd).await,
     }
 }
 

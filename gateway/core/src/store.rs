@@ -14,13 +14,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lienthong_schema::Migrator;
 use lienthong_schema::MigratorTrait;
-use lienthong_schema::entity::{agency, attachment, delivery, event, message, signing_cert};
+use lienthong_schema::entity::{
+    agency, attachment, delivery, event, log_head, message, signing_cert,
+};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
-    TransactionTrait,
+    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    SqlErr, Statement, TransactionTrait,
 };
 
 use crate::error::{Error, Reason, Result};
@@ -74,7 +76,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    fn into_active(self, at: i64) -> event::ActiveModel {
+    fn into_active(self, at: i64, seq: i64, prev_hash: String, hash: String) -> event::ActiveModel {
         event::ActiveModel {
             at: Set(at),
             kind: Set(self.kind.as_str().to_owned()),
@@ -85,9 +87,133 @@ impl NewEvent {
             detail: Set(self.detail),
             actor: Set(self.actor),
             transport: Set(self.transport),
+            chain_seq: Set(Some(seq)),
+            prev_hash: Set(Some(prev_hash)),
+            hash: Set(Some(hash)),
             ..Default::default()
         }
     }
+}
+
+/// The hash of one transfer-log event, chained to the one before it.
+///
+/// Every field is length-prefixed so that no two different events encode
+/// the same bytes; `None` and `Some("")` differ.
+#[allow(clippy::too_many_arguments)]
+pub fn chain_hash(
+    prev_hash: &str,
+    seq: i64,
+    at: i64,
+    kind: &str,
+    sender: &str,
+    message_id: &str,
+    recipient: Option<&str>,
+    reason: Option<&str>,
+    detail: &str,
+    actor: Option<&str>,
+    transport: &str,
+) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"lienthong-log-v1\n");
+    let mut field = |v: Option<&str>| match v {
+        Some(v) => {
+            ctx.update(format!("{}:", v.len()).as_bytes());
+            ctx.update(v.as_bytes());
+        }
+        None => ctx.update(b"-:"),
+    };
+    field(Some(prev_hash));
+    field(Some(&seq.to_string()));
+    field(Some(&at.to_string()));
+    field(Some(kind));
+    field(Some(sender));
+    field(Some(message_id));
+    field(recipient);
+    field(reason);
+    field(Some(detail));
+    field(actor);
+    field(Some(transport));
+    hex::encode(ctx.finish())
+}
+
+fn event_hash(e: &event::Model) -> Option<String> {
+    Some(chain_hash(
+        e.prev_hash.as_deref()?,
+        e.chain_seq?,
+        e.at,
+        &e.kind,
+        &e.sender,
+        &e.message_id,
+        e.recipient.as_deref(),
+        e.reason.as_deref(),
+        &e.detail,
+        e.actor.as_deref(),
+        &e.transport,
+    ))
+}
+
+/// Appends events to the hash chain inside the caller's transaction. The
+/// head row is updated first: it serialises appenders (a row lock in
+/// PostgreSQL, the write lock in SQLite), so the chain follows commit order.
+async fn append_events<C: ConnectionTrait>(
+    c: &C,
+    events: Vec<NewEvent>,
+    at: i64,
+) -> Result<(), DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len() as i64;
+    let backend = c.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash"
+        }
+        _ => "UPDATE log_head SET seq = seq + ? WHERE id = 1 RETURNING seq, hash",
+    };
+    let row = c
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, [n.into()]))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the transfer log's head row is missing".to_owned()))?;
+    let end: i64 = row.try_get("", "seq")?;
+    let mut prev: String = row.try_get("", "hash")?;
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let seq = end - n + 1 + i as i64;
+        let hash = chain_hash(
+            &prev,
+            seq,
+            at,
+            e.kind.as_str(),
+            &e.sender,
+            &e.message_id,
+            e.recipient.as_deref(),
+            e.reason.as_deref(),
+            &e.detail,
+            e.actor.as_deref(),
+            &e.transport,
+        );
+        rows.push(e.into_active(at, seq, prev, hash.clone()));
+        prev = hash;
+    }
+    event::Entity::insert_many(rows).exec(c).await?;
+    log_head::Entity::update_many()
+        .col_expr(log_head::Column::Hash, Expr::value(prev))
+        .filter(log_head::Column::Id.eq(1))
+        .exec(c)
+        .await?;
+    Ok(())
+}
+
+/// What `lienthong log verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogVerification {
+    /// Chained events checked.
+    pub checked: u64,
+    /// Events written before the chain existed (no hash to check).
+    pub unchained: u64,
+    /// The first broken link, if any: the chain position and what is wrong.
+    pub first_broken: Option<(i64, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -473,8 +599,7 @@ impl Store {
                 ..base.clone()
             });
         }
-        event::Entity::insert_many(events.into_iter().map(|e| e.into_active(m.accepted_at)))
-            .exec(&txn)
+        append_events(&txn, events, m.accepted_at)
             .await
             .map_err(AcceptError::Db)?;
         txn.commit().await.map_err(AcceptError::Db)?;
@@ -483,9 +608,9 @@ impl Store {
 
     /// Appends one event to the transfer log.
     pub async fn log(&self, e: NewEvent) -> Result<()> {
-        event::Entity::insert(e.into_active(now_micros()))
-            .exec(&self.db)
-            .await?;
+        let txn = self.db.begin().await?;
+        append_events(&txn, vec![e], now_micros()).await?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -561,8 +686,9 @@ impl Store {
             .exec(&txn)
             .await?;
         let attempt = d.attempts + 1;
-        event::Entity::insert(
-            NewEvent {
+        append_events(
+            &txn,
+            vec![NewEvent {
                 kind: EventKind::Delivered,
                 sender: sender.to_owned(),
                 message_id: message_id.to_owned(),
@@ -571,10 +697,9 @@ impl Store {
                 detail: format!("attempt {attempt} via {}", d.route),
                 actor: Some(d.recipient.clone()),
                 transport: transport.to_owned(),
-            }
-            .into_active(now),
+            }],
+            now,
         )
-        .exec(&txn)
         .await?;
         txn.commit().await?;
         Ok(attempt)
@@ -588,30 +713,40 @@ impl Store {
         delivery_id: &str,
         transport: &str,
     ) -> Result<Option<AckOutcome>> {
-        let txn = self.db.begin().await?;
-        let Some(d) = delivery::Entity::find()
-            .filter(delivery::Column::DeliveryId.eq(delivery_id))
-            .filter(delivery::Column::Recipient.eq(recipient))
-            .one(&txn)
-            .await?
-        else {
-            return Ok(None);
-        };
-        if d.state == "acked" {
-            return Ok(Some(AckOutcome::AlreadyAcknowledged));
-        }
         let now = now_micros();
-        delivery::Entity::update_many()
+        let txn = self.db.begin().await?;
+        // Write first: a SQLite transaction that reads before it writes can
+        // fail to upgrade its lock under concurrent writers.
+        let changed = delivery::Entity::update_many()
             .col_expr(delivery::Column::State, Expr::value("acked"))
             .col_expr(delivery::Column::AckedAt, Expr::value(now))
-            .filter(delivery::Column::Id.eq(d.id))
+            .filter(delivery::Column::DeliveryId.eq(delivery_id))
+            .filter(delivery::Column::Recipient.eq(recipient))
             .filter(delivery::Column::State.eq("pending"))
             .exec(&txn)
+            .await?
+            .rows_affected;
+        if changed == 0 {
+            txn.rollback().await?;
+            let known = delivery::Entity::find()
+                .filter(delivery::Column::DeliveryId.eq(delivery_id))
+                .filter(delivery::Column::Recipient.eq(recipient))
+                .one(&self.db)
+                .await?;
+            return Ok(known.map(|_| AckOutcome::AlreadyAcknowledged));
+        }
+        let d = delivery::Entity::find()
+            .filter(delivery::Column::DeliveryId.eq(delivery_id))
+            .one(&txn)
             .await?;
-        let msg = message::Entity::find_by_id(d.message_pk).one(&txn).await?;
+        let msg = match &d {
+            Some(d) => message::Entity::find_by_id(d.message_pk).one(&txn).await?,
+            None => None,
+        };
         let (sender, message_id) = msg.map(|m| (m.sender, m.message_id)).unwrap_or_default();
-        event::Entity::insert(
-            NewEvent {
+        append_events(
+            &txn,
+            vec![NewEvent {
                 kind: EventKind::Acknowledged,
                 sender,
                 message_id,
@@ -620,13 +755,96 @@ impl Store {
                 detail: format!("delivery {delivery_id} acknowledged"),
                 actor: Some(recipient.to_owned()),
                 transport: transport.to_owned(),
-            }
-            .into_active(now),
+            }],
+            now,
         )
-        .exec(&txn)
         .await?;
         txn.commit().await?;
         Ok(Some(AckOutcome::Acknowledged))
+    }
+
+    /// Walks the transfer log's hash chain from the start and reports the
+    /// first broken link: an edited event (its hash no longer matches), a
+    /// removed one (a gap in the positions), or a removed tail (the head
+    /// names a later position). Reads in pages: memory stays flat.
+    pub async fn verify_log(&self) -> Result<LogVerification> {
+        let unchained = event::Entity::find()
+            .filter(event::Column::ChainSeq.is_null())
+            .count(&self.db)
+            .await?;
+        let mut out = LogVerification {
+            checked: 0,
+            unchained,
+            first_broken: None,
+        };
+        let mut expected_prev = lienthong_schema::migration::GENESIS.to_owned();
+        let mut expected_seq = 1i64;
+        loop {
+            let page = event::Entity::find()
+                .filter(event::Column::ChainSeq.gte(expected_seq))
+                .order_by_asc(event::Column::ChainSeq)
+                .limit(1000)
+                .all(&self.db)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                let seq = e.chain_seq.unwrap_or(-1);
+                if seq != expected_seq {
+                    out.first_broken = Some((
+                        expected_seq,
+                        format!("event {expected_seq} is missing (the next one is {seq})"),
+                    ));
+                    return Ok(out);
+                }
+                if e.prev_hash.as_deref() != Some(expected_prev.as_str()) {
+                    out.first_broken = Some((
+                        seq,
+                        format!(
+                            "event {seq} (id {}) does not follow the event before it",
+                            e.id
+                        ),
+                    ));
+                    return Ok(out);
+                }
+                let Some(h) = event_hash(&e) else {
+                    out.first_broken = Some((seq, format!("event {seq} has no hash")));
+                    return Ok(out);
+                };
+                if e.hash.as_deref() != Some(h.as_str()) {
+                    out.first_broken = Some((
+                        seq,
+                        format!(
+                            "event {seq} (id {}, {} of {} {}) was changed after it was written",
+                            e.id, e.kind, e.sender, e.message_id
+                        ),
+                    ));
+                    return Ok(out);
+                }
+                out.checked += 1;
+                expected_prev = h;
+                expected_seq += 1;
+            }
+        }
+        let head = log_head::Entity::find_by_id(1).one(&self.db).await?;
+        match head {
+            Some(h) if h.seq == expected_seq - 1 && h.hash == expected_prev => {}
+            Some(h) => {
+                out.first_broken = Some((
+                    expected_seq,
+                    format!(
+                        "the log ends at event {} but its head names event {}: events were removed from the end",
+                        expected_seq - 1,
+                        h.seq
+                    ),
+                ));
+            }
+            None => {
+                out.first_broken = Some((0, "the log's head row is missing".to_owned()));
+            }
+        }
+        Ok(out)
     }
 
     // ----- transfer log ----------------------------------------------------
@@ -843,6 +1061,81 @@ mod tests {
             s.pending("B", 0, Some(now_micros() + 1), 10).await?.len(),
             1
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn transfer_log_is_a_hash_chain_and_tampering_is_found() -> Result<()> {
+        let (_d, s) = store().await?;
+        s.accept(new_message("A", "m1", &["B", "C"])).await?;
+        let p = s.pending("B", 0, None, 10).await?;
+        s.mark_delivered(&p[0].delivery, "A", "m1", "test").await?;
+        s.ack("B", &p[0].delivery.delivery_id, "test").await?;
+        s.accept(new_message("A", "m2", &["B"])).await?;
+        let v = s.verify_log().await?;
+        assert_eq!(v.first_broken, None, "{v:?}");
+        assert_eq!(v.checked, 7);
+
+        // An edited detail is found at its position.
+        s.execute_sql("UPDATE events SET detail = 'nothing to see' WHERE chain_seq = 5")
+            .await?;
+        let v = s.verify_log().await?;
+        assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(5), "{v:?}");
+        assert!(
+            v.first_broken
+                .as_ref()
+                .is_some_and(|b| b.1.contains("changed"))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn removed_events_are_found() -> Result<()> {
+        let (_d, s) = store().await?;
+        for i in 0..3 {
+            s.accept(new_message("A", &format!("m{i}"), &["B"])).await?;
+        }
+        assert_eq!(s.verify_log().await?.first_broken, None);
+        s.execute_sql("DELETE FROM events WHERE chain_seq = (SELECT MAX(chain_seq) FROM events)")
+            .await?;
+        let v = s.verify_log().await?;
+        assert!(
+            v.first_broken
+                .as_ref()
+                .is_some_and(|b| b.1.contains("removed")),
+            "{v:?}"
+        );
+        s.execute_sql("DELETE FROM events WHERE chain_seq = 2")
+            .await?;
+        let v = s.verify_log().await?;
+        assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(2), "{v:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_chain_survives_later_migrations() -> Result<()> {
+        use lienthong_schema::{Migrator, MigratorTrait};
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+        let db = sea_orm::Database::connect(&url).await?;
+        // Up to and including the migration that starts the chain.
+        let chain_at = Migrator::migrations()
+            .iter()
+            .position(|m| m.name().contains("log_chain"))
+            .map(|i| i as u32 + 1)
+            .unwrap_or(0);
+        assert!(chain_at > 0, "no log_chain migration");
+        Migrator::up(&db, Some(chain_at)).await?;
+        let s = Store { db };
+        s.accept(new_message("A", "before", &["B"])).await?;
+        let before = s.verify_log().await?;
+        assert_eq!(before.first_broken, None);
+        // Every later migration, then more traffic: the chain still holds.
+        Migrator::up(&s.db, None).await?;
+        s.accept(new_message("A", "after", &["B"])).await?;
+        let after = s.verify_log().await?;
+        assert_eq!(after.first_broken, None, "{after:?}");
+        assert_eq!(after.checked, before.checked + 2);
         Ok(())
     }
 }

@@ -22,6 +22,13 @@ pub struct Model {
     pub actor: Option<String>,
     /// The transport it came through: grpc, amqp, cli.
     pub transport: String,
+    /// Position in the gateway's hash chain (1, 2, 3, ...).
+    pub chain_seq: Option<i64>,
+    /// Hash of the event at `chain_seq - 1` (the genesis hash for the first).
+    pub prev_hash: Option<String>,
+    /// SHA-256 over `prev_hash` and this event's fields (see the core's
+    /// `store::chain_hash`).
+    pub hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

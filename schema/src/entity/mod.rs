@@ -4,5 +4,6 @@ pub mod agency;
 pub mod attachment;
 pub mod delivery;
 pub mod event;
+pub mod log_head;
 pub mod message;
 pub mod signing_cert;
