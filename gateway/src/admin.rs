@@ -57,6 +57,15 @@ pub enum KeyTypeArg {
     Rsa2048,
 }
 
+#[derive(Args, Debug)]
+pub struct VerifyReceiptArgs {
+    /// The receipt file (protobuf SendReceipt).
+    pub file: PathBuf,
+    /// PEM files of the authorities to trust instead of trust.anchors.
+    #[arg(long)]
+    pub anchors: Vec<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LogCommand {
     /// Walk the transfer log's hash chain and report the first broken link
@@ -207,6 +216,10 @@ path = "{dir}/data/blobs"
 [trust]
 anchors = ["{dir}/ca.pem"]
 
+[receipts]
+key = "{dir}/gateway.key.pem"
+cert = "{dir}/gateway.pem"
+
 [auth]
 mode = "dev-header"
 "#,
@@ -218,6 +231,7 @@ mode = "dev-header"
     for (id, name) in &agencies {
         println!("  {id}.pem, {id}.key.pem   {name}");
     }
+    println!("  gateway.pem, gateway.key.pem  the gateway's receipt-signing certificate");
     println!("  directory.csv                 the agencies, with their signing certificates");
     println!("  lienthong.toml                a configuration that trusts ca.pem");
     println!();
@@ -226,6 +240,45 @@ mode = "dev-header"
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify_receipt(cfg: Config, args: VerifyReceiptArgs) -> Result<ExitCode> {
+    use prost::Message as _;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let receipt = lienthong_proto::v1::SendReceipt::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not a lienthong receipt", args.file.display()))?;
+    let anchors = if args.anchors.is_empty() {
+        cfg.anchors()?
+    } else {
+        TrustAnchors::from_pem_files(&args.anchors)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+    };
+    let base = serde_json::json!({
+        "message_id": receipt.message_id,
+        "from": receipt.from,
+        "accepted_at": format_time(receipt.accepted_at.as_ref()),
+        "envelope_sha256": hex::encode(&receipt.envelope_sha256),
+        "gateway": receipt.gateway,
+    });
+    match lienthong_core::receipts::verify_receipt(&receipt, &anchors) {
+        Ok(signer) => {
+            let mut out = base;
+            out["valid"] = true.into();
+            out["signed_by"] = signer.subject.into();
+            out["trust_anchor"] = signer.trust_anchor.into();
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let mut out = base;
+            out["valid"] = false.into();
+            out["reason"] = e.reason().as_str().into();
+            out["error"] = e.message().into();
+            println!("{out}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
@@ -275,6 +328,7 @@ pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
             storage_path: cfg.storage.path.clone(),
             anchors: TrustAnchors::default(),
             limits: cfg.limits.to_limits(),
+            receipt_signer: None,
         },
     );
     let events = match &args.from {

@@ -72,6 +72,10 @@ pub struct SendArgs {
     /// With --status: a description.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Save the gateway's signed receipt (protobuf) to this file, for
+    /// `lienthong verify-receipt`.
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +324,10 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
     match result {
         Ok(resp) => {
             let r = resp.into_inner();
+            if let Some(path) = &args.receipt {
+                std::fs::write(path, r.encode_to_vec())
+                    .with_context(|| format!("cannot write the receipt to {}", path.display()))?;
+            }
             println!(
                 "{}",
                 serde_json::json!({
@@ -331,6 +339,7 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
                     "duplicate": r.duplicate,
                     "recipients": r.recipients.iter().map(|x| serde_json::json!({"organ_id": x.organ_id, "route": x.route})).collect::<Vec<_>>(),
                     "gateway": r.gateway,
+                    "receipt_signed": r.signature.is_some(),
                 })
             );
             Ok(ExitCode::SUCCESS)

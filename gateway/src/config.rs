@@ -22,6 +22,17 @@ pub struct Config {
     pub trust: TrustSection,
     pub auth: AuthSection,
     pub limits: LimitsSection,
+    pub receipts: ReceiptsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiptsSection {
+    /// The gateway's receipt-signing key (PKCS#8 PEM). Without it receipts
+    /// are unsigned.
+    pub key: Option<PathBuf>,
+    /// Its certificate chain (PEM, leaf first).
+    pub cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

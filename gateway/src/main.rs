@@ -55,6 +55,10 @@ enum Command {
     Receive(client::ReceiveArgs),
     /// Show the transfer log of a message (reads the database directly).
     Trace(admin::TraceArgs),
+    /// Check a receipt saved by `send --receipt`: the gateway's signature,
+    /// its certificate chain to trust.anchors (or --anchors), and that the
+    /// receipt's fields are the signed ones.
+    VerifyReceipt(admin::VerifyReceiptArgs),
     /// Check the transfer log.
     #[command(subcommand)]
     Log(admin::LogCommand),
@@ -96,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Receive(args) => client::receive(cfg, args).await,
         Command::Trace(args) => admin::trace(cfg, args).await,
         Command::Log(cmd) => admin::log(cfg, cmd).await,
+        Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),
     }
 }
 

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use std::sync::Arc;
+
 use lienthong_core::pipeline::{Gateway, Settings};
+use lienthong_core::receipts::ReceiptSigner;
 use lienthong_grpc::{AuthMode, GrpcServer};
 use tokio::net::TcpListener;
 
@@ -42,12 +45,27 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             "no trust.anchors configured: every signed envelope will be refused as UNTRUSTED_CERTIFICATE"
         );
     }
+    let receipt_signer = match (&cfg.receipts.key, &cfg.receipts.cert) {
+        (Some(key), Some(cert)) => Some(Arc::new(
+            ReceiptSigner::load(key, cert)
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))
+                .context("loading receipts.key / receipts.cert")?,
+        )),
+        (None, None) => {
+            tracing::warn!(
+                "no receipts.key configured: receipts are not signed, senders get no proof of acceptance"
+            );
+            None
+        }
+        _ => anyhow::bail!("receipts.key and receipts.cert go together: set both or neither"),
+    };
     let gw = Gateway::open(Settings {
         gateway_id: cfg.gateway.id.clone(),
         database_url: cfg.database.url.clone(),
         storage_path: cfg.storage.path.clone(),
         anchors,
         limits: cfg.limits.to_limits(),
+        receipt_signer,
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.chain()))

@@ -11,6 +11,9 @@ pub mod v1 {
     /// The payload type of a `SignedEnvelope` whose payload is an `Envelope`.
     pub const ENVELOPE_PAYLOAD_TYPE: &str = "application/vnd.lienthong.envelope.v1+protobuf";
 
+    /// The payload type of a signed `ReceiptPayload`.
+    pub const RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.lienthong.receipt.v1+protobuf";
+
     /// Encoded `FileDescriptorSet` for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/lienthong_descriptor.bin"));

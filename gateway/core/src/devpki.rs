@@ -383,6 +383,10 @@ pub struct DevPkiFiles {
     /// A directory file for `lienthong directory import`.
     pub directory_csv: PathBuf,
     pub agencies: Vec<AgencyFiles>,
+    /// The gateway's own receipt-signing certificate and key
+    /// (`receipts.cert`, `receipts.key`).
+    pub gateway_cert: PathBuf,
+    pub gateway_key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -468,12 +472,22 @@ pub fn write_dev_pki(
     let directory_csv = out_dir.join("directory.csv");
     write_file(&directory_csv, &csv_bytes, false)?;
 
+    // The gateway signs receipts with a certificate of its own, issued by
+    // the same throwaway CA so that senders can check them with ca.pem.
+    let gw = ca.issue_signing("lienthong", "lienthong dev gateway", key_type, validity)?;
+    let gateway_cert = out_dir.join("gateway.pem");
+    let gateway_key = out_dir.join("gateway.key.pem");
+    write_file(&gateway_cert, gw.cert_pem.as_bytes(), false)?;
+    write_file(&gateway_key, gw.key_pem.as_bytes(), true)?;
+
     Ok(DevPkiFiles {
         dir: out_dir.to_path_buf(),
         ca_cert,
         ca_key,
         directory_csv,
         agencies: files,
+        gateway_cert,
+        gateway_key,
     })
 }
 

@@ -5,5 +5,6 @@ pub mod directory_csv;
 pub mod error;
 pub mod organ_id;
 pub mod pipeline;
+pub mod receipts;
 pub mod signing;
 pub mod store;

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use crate::blobs::{BlobReader, BlobStore, BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
+use crate::receipts::ReceiptSigner;
 use crate::signing::{self, TrustAnchors};
 use crate::store::{
     AcceptError, EventKind, NewAttachment, NewEvent, NewMessage, PendingDelivery, Store, now_micros,
@@ -75,6 +76,21 @@ pub struct Settings {
     pub storage_path: PathBuf,
     pub anchors: TrustAnchors,
     pub limits: Limits,
+    /// The gateway's key for signing receipts; receipts are unsigned without it.
+    pub receipt_signer: Option<Arc<ReceiptSigner>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            gateway_id: "lienthong".to_owned(),
+            database_url: "sqlite://./data/lienthong.db".to_owned(),
+            storage_path: PathBuf::from("./data/blobs"),
+            anchors: TrustAnchors::empty(),
+            limits: Limits::default(),
+            receipt_signer: None,
+        }
+    }
 }
 
 /// The transport a request came through, for the transfer log.
@@ -142,6 +158,7 @@ struct Inner {
     gateway_id: String,
     limits: Limits,
     inboxes: Inboxes,
+    receipt_signer: Option<Arc<ReceiptSigner>>,
 }
 
 /// The gateway core. Cheap to clone.
@@ -176,6 +193,7 @@ impl Gateway {
                 gateway_id: settings.gateway_id,
                 limits: settings.limits,
                 inboxes: Inboxes::default(),
+                receipt_signer: settings.receipt_signer,
             }),
         }
     }
@@ -486,21 +504,12 @@ impl Gateway {
 
     async fn receipt_for(&self, m: &message::Model, duplicate: bool) -> Result<SendReceipt> {
         let deliveries = self.inner.store.deliveries_of(m.id).await?;
-        Ok(SendReceipt {
-            message_id: m.message_id.clone(),
-            from: m.sender.clone(),
-            accepted_at: Some(timestamp(m.accepted_at)),
-            envelope_sha256: hex::decode(&m.envelope_sha256).unwrap_or_default().into(),
+        Ok(make_receipt(
+            m,
+            deliveries,
             duplicate,
-            recipients: deliveries
-                .into_iter()
-                .map(|d| pb::RecipientRoute {
-                    organ_id: d.recipient,
-                    route: d.route,
-                })
-                .collect(),
-            gateway: self.inner.gateway_id.clone(),
-        })
+            &self.inner.gateway_id,
+        ))
     }
 
     /// The caller's inbox, oldest first.
@@ -737,6 +746,18 @@ impl Gateway {
 }
 
 impl Inner {
+    /// Signs a receipt with the gateway's key, when it has one. The message
+    /// is durable by now: a signing failure is logged, never turned into a
+    /// refusal of an accepted message.
+    fn seal_receipt(&self, mut receipt: SendReceipt) -> SendReceipt {
+        if let Some(signer) = &self.receipt_signer
+            && let Err(e) = signer.sign(&mut receipt)
+        {
+            tracing::error!(message_id = %receipt.message_id, error = %e.chain(), "could not sign a receipt");
+        }
+        receipt
+    }
+
     async fn log_refusal(&self, subject: &Subject, err: &Error) {
         tracing::warn!(
             message_id = %subject.message_id,
@@ -851,12 +872,12 @@ impl Submission {
     pub async fn finish(mut self) -> Result<SendReceipt> {
         let state = std::mem::replace(&mut self.state, State::Closed);
         match state {
-            State::Duplicate(r) => Ok(*r),
+            State::Duplicate(r) => Ok(self.gw.seal_receipt(*r)),
             State::Closed => Err(Error::malformed("the submission is already closed")),
             State::Open(open) => {
                 let subject = open.subject.clone();
                 match open.finish(&self.gw).await {
-                    Ok(receipt) => Ok(receipt),
+                    Ok(receipt) => Ok(self.gw.seal_receipt(receipt)),
                     Err(e) => {
                         self.gw.log_refusal(&subject, &e).await;
                         Err(e)
@@ -1028,21 +1049,7 @@ impl Open {
                     transport = self.caller.transport.as_str(),
                     "accepted"
                 );
-                Ok(SendReceipt {
-                    message_id: m.message_id,
-                    from: m.sender,
-                    accepted_at: Some(timestamp(m.accepted_at)),
-                    envelope_sha256: self.envelope_sha.to_vec().into(),
-                    duplicate: false,
-                    recipients: deliveries
-                        .into_iter()
-                        .map(|d| pb::RecipientRoute {
-                            organ_id: d.recipient,
-                            route: d.route,
-                        })
-                        .collect(),
-                    gateway: gw.gateway_id.clone(),
-                })
+                Ok(make_receipt(&m, deliveries, false, &gw.gateway_id))
             }
             Err(AcceptError::AlreadyExists) => {
                 // A concurrent submission of the same message_id won the race.
@@ -1050,21 +1057,7 @@ impl Open {
                 match existing {
                     Some(e) if e.envelope_sha256 == hex::encode(self.envelope_sha) => {
                         let deliveries = gw.store.deliveries_of(e.id).await?;
-                        Ok(SendReceipt {
-                            message_id: e.message_id,
-                            from: e.sender,
-                            accepted_at: Some(timestamp(e.accepted_at)),
-                            envelope_sha256: self.envelope_sha.to_vec().into(),
-                            duplicate: true,
-                            recipients: deliveries
-                                .into_iter()
-                                .map(|d| pb::RecipientRoute {
-                                    organ_id: d.recipient,
-                                    route: d.route,
-                                })
-                                .collect(),
-                            gateway: gw.gateway_id.clone(),
-                        })
+                        Ok(make_receipt(&e, deliveries, true, &gw.gateway_id))
                     }
                     _ => {
                         remove_unreferenced(gw, &created).await;
@@ -1297,6 +1290,31 @@ fn validate_status(st: &pb::StatusNotice) -> Result<OrganId> {
             format!("the status notice's document_from: {}", e.message()),
         )
     })
+}
+
+/// The receipt of an accepted message, as stored.
+fn make_receipt(
+    m: &message::Model,
+    deliveries: Vec<lienthong_schema::entity::delivery::Model>,
+    duplicate: bool,
+    gateway: &str,
+) -> SendReceipt {
+    SendReceipt {
+        message_id: m.message_id.clone(),
+        from: m.sender.clone(),
+        accepted_at: Some(timestamp(m.accepted_at)),
+        envelope_sha256: hex::decode(&m.envelope_sha256).unwrap_or_default().into(),
+        duplicate,
+        recipients: deliveries
+            .into_iter()
+            .map(|d| pb::RecipientRoute {
+                organ_id: d.recipient,
+                route: d.route,
+            })
+            .collect(),
+        gateway: gateway.to_owned(),
+        ..Default::default()
+    }
 }
 
 fn trace_event(e: event::Model) -> TraceEvent {

@@ -1,0 +1,183 @@
+//! Signed receipts: the sender's proof that the gateway accepted a message.
+//!
+//! The gateway signs, with its own key, DSSE's pre-authentication encoding
+//! of a `ReceiptPayload` (message_id, from, SHA-256 of the signed envelope,
+//! accepted_at, gateway, recipients). Anyone holding the gateway's trust
+//! anchor can check it later, like an AS4 non-repudiation receipt.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lienthong_proto::v1::{self as pb, ReceiptPayload, SendReceipt};
+use prost::Message as _;
+use rustls_pki_types::UnixTime;
+
+use crate::error::{Error, Reason, Result};
+use crate::signing::{self, SigningKey, TrustAnchors, VerifiedSigner};
+
+/// The gateway's receipt key and certificate chain.
+#[derive(Debug)]
+pub struct ReceiptSigner {
+    key: SigningKey,
+    chain: Vec<Vec<u8>>,
+}
+
+impl ReceiptSigner {
+    /// Loads a PKCS#8 PEM key and its PEM certificate chain (leaf first).
+    pub fn load(key: &Path, cert: &Path) -> Result<ReceiptSigner> {
+        let (key, chain) = signing::load_signer(key, cert, None)?;
+        Ok(ReceiptSigner { key, chain })
+    }
+
+    pub fn new(key: SigningKey, chain: Vec<Vec<u8>>) -> ReceiptSigner {
+        ReceiptSigner { key, chain }
+    }
+
+    /// Fills `receipt_payload` and `signature` from the receipt's fields.
+    pub fn sign(&self, receipt: &mut SendReceipt) -> Result<()> {
+        let payload = ReceiptPayload {
+            message_id: receipt.message_id.clone(),
+            from: receipt.from.clone(),
+            envelope_sha256: receipt.envelope_sha256.clone(),
+            accepted_at: receipt.accepted_at,
+            gateway: receipt.gateway.clone(),
+            recipients: receipt.recipients.clone(),
+        }
+        .encode_to_vec();
+        let pae = signing::pae(pb::RECEIPT_PAYLOAD_TYPE, &payload);
+        let value = self.key.sign(&pae)?;
+        receipt.receipt_payload = payload.into();
+        receipt.signature = Some(pb::Signature {
+            algorithm: self.key.algorithm().as_str().to_owned(),
+            value: value.into(),
+            certificates: self.chain.iter().map(|c| c.clone().into()).collect(),
+        });
+        Ok(())
+    }
+}
+
+/// Checks a receipt: the gateway's signature over its payload, the
+/// certificate chain to `anchors` as it stood when the message was accepted,
+/// and that the fields shown outside the signature are the signed ones.
+pub fn verify_receipt(receipt: &SendReceipt, anchors: &TrustAnchors) -> Result<VerifiedSigner> {
+    let Some(sig) = &receipt.signature else {
+        return Err(Error::new(
+            Reason::BadSignature,
+            "the receipt is not signed (the gateway had no receipt key configured)",
+        ));
+    };
+    let payload = ReceiptPayload::decode(receipt.receipt_payload.clone()).map_err(|e| {
+        Error::new(
+            Reason::BadSignature,
+            "the receipt's signed payload is not a ReceiptPayload",
+        )
+        .with_source(e)
+    })?;
+    let at = payload.accepted_at.unwrap_or_default();
+    let when = UnixTime::since_unix_epoch(Duration::from_secs(at.seconds.max(0) as u64));
+    let pae = signing::pae(pb::RECEIPT_PAYLOAD_TYPE, &receipt.receipt_payload);
+    let signer = signing::verify_signature(sig, &pae, anchors, when)?;
+    let mismatch = |what: &str| {
+        Err(Error::new(
+            Reason::BadSignature,
+            format!(
+                "the receipt's {what} differs from the {what} the gateway signed: the receipt was altered"
+            ),
+        ))
+    };
+    if payload.message_id != receipt.message_id {
+        return mismatch("message_id");
+    }
+    if payload.from != receipt.from {
+        return mismatch("sender");
+    }
+    if payload.envelope_sha256 != receipt.envelope_sha256 {
+        return mismatch("envelope SHA-256");
+    }
+    if payload.accepted_at != receipt.accepted_at {
+        return mismatch("acceptance time");
+    }
+    if payload.gateway != receipt.gateway {
+        return mismatch("gateway");
+    }
+    if payload.recipients != receipt.recipients {
+        return mismatch("recipient list");
+    }
+    Ok(signer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devpki::{DevCa, KeyType};
+
+    fn signer_and_anchors() -> Result<(ReceiptSigner, TrustAnchors)> {
+        let ca = DevCa::generate("Receipt Test CA", KeyType::EcP256)?;
+        let now = time::OffsetDateTime::now_utc();
+        let issued = ca.issue_signing(
+            "000.00.00.H35",
+            "Cổng liên thông tỉnh Lai Châu",
+            KeyType::EcP256,
+            (
+                now - time::Duration::days(1),
+                now + time::Duration::days(365),
+            ),
+        )?;
+        let key = SigningKey::from_pkcs8_pem(&issued.key_pem, None)?;
+        let anchors = TrustAnchors::from_der_certs([ca.cert_der()])?;
+        Ok((ReceiptSigner::new(key, issued.chain_der), anchors))
+    }
+
+    fn receipt() -> SendReceipt {
+        SendReceipt {
+            message_id: "m-1".into(),
+            from: "000.00.01.H35".into(),
+            accepted_at: Some(prost_types::Timestamp {
+                seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                nanos: 5,
+            }),
+            envelope_sha256: vec![7u8; 32].into(),
+            gateway: "lienthong-h35".into(),
+            recipients: vec![pb::RecipientRoute {
+                organ_id: "000.00.12.H35".into(),
+                route: "local".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_signed_receipt_verifies_and_an_altered_one_does_not() -> Result<()> {
+        let (signer, anchors) = signer_and_anchors()?;
+        let mut r = receipt();
+        signer.sign(&mut r)?;
+        let v = verify_receipt(&r, &anchors)?;
+        assert!(v.subject.contains("Cổng liên thông"), "{}", v.subject);
+
+        let mut altered = r.clone();
+        altered.envelope_sha256 = vec![8u8; 32].into();
+        let e = verify_receipt(&altered, &anchors).err();
+        assert_eq!(e.map(|e| e.reason()), Some(Reason::BadSignature));
+
+        let mut forged = r.clone();
+        let mut payload = ReceiptPayload::decode(forged.receipt_payload.clone())
+            .map_err(|e| Error::malformed("decode").with_source(e))?;
+        payload.message_id = "m-2".into();
+        forged.receipt_payload = payload.encode_to_vec().into();
+        forged.message_id = "m-2".into();
+        let e = verify_receipt(&forged, &anchors).err();
+        assert_eq!(e.map(|e| e.reason()), Some(Reason::BadSignature));
+
+        let other =
+            TrustAnchors::from_der_certs([DevCa::generate("Other", KeyType::EcP256)?.cert_der()])?;
+        let e = verify_receipt(&r, &other).err();
+        assert_eq!(e.map(|e| e.reason()), Some(Reason::UntrustedCertificate));
+        Ok(())
+    }
+
+    #[test]
+    fn an_unsigned_receipt_says_so() {
+        let e = verify_receipt(&receipt(), &TrustAnchors::empty()).err();
+        assert!(e.is_some_and(|e| e.message().contains("not signed")));
+    }
+}
