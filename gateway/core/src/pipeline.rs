@@ -276,6 +276,14 @@ impl Gateway {
         let inner = &self.inner;
         let limits = &inner.limits;
         if encoded_len > limits.max_envelope_bytes {
+            // The bytes are in memory already (the transport bounds them):
+            // read the ids so that the refusal can be traced by message_id.
+            if let Ok(env) = Envelope::decode(signed.payload.clone()) {
+                subject.message_id = truncate(&env.message_id, MAX_MESSAGE_ID).to_owned();
+                if !env.from.is_empty() {
+                    subject.sender = truncate(&env.from, 64).to_owned();
+                }
+            }
             return Err(Error::new(
                 Reason::SizeLimit,
                 format!(
