@@ -44,7 +44,7 @@ fn directory_import_reports_bad_rows_and_imports_nothing() {
     let csv = dir.path().join("dir.csv");
     std::fs::write(
         &csv,
-        "organ_id,name\n000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu\n000.1137.H35,Sai mã\n000.00.01.H35,Văn phòng UBND tỉnh\n",
+        "organ_id,name\n000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu\n000.1137.H35,Sai mã\n000.00.01.H35,Văn phòng UBND tỉnh\n000.00.00.H35,UBND tỉnh (lặp lại)\n",
     )
     .expect("write");
     let run = |extra: &[&str]| {
@@ -67,6 +67,10 @@ fn directory_import_reports_bad_rows_and_imports_nothing() {
         "stderr: {err}"
     );
     assert!(err.contains("nothing was imported"), "stderr: {err}");
+    assert!(
+        err.contains(":5:") && err.contains("line 2"),
+        "the repeated organ_id is not reported against its first line: {err}"
+    );
 
     let list = lienthong()
         .env(
@@ -98,4 +102,9 @@ fn directory_import_reports_bad_rows_and_imports_nothing() {
         "{text}"
     );
     assert!(!text.contains("1137"), "{text}");
+    // A repeated organ_id drops the repeat, not the agency.
+    assert!(
+        text.contains("Ủy ban nhân dân tỉnh Lai Châu") && !text.contains("lặp lại"),
+        "{text}"
+    );
 }

@@ -73,24 +73,13 @@ pub async fn import_csv(
             ..Default::default()
         });
     }
-    let bad_ids: std::collections::HashSet<&str> =
-        problems.iter().map(|p| p.organ_id.as_str()).collect();
-    let good: Vec<AgencyRow> = good
-        .into_iter()
-        .filter(|r| !bad_ids.contains(r.organ_id.as_str()))
-        .collect();
-    let certs: Vec<signing_cert::Model> = certs
-        .into_iter()
-        .filter(|c| !bad_ids.contains(c.organ_id.as_str()))
-        .collect();
+    // Rows with problems are not in `good` (nor their certificates in
+    // `certs`): a repeated organ_id drops the repeat, not the first row.
     let now = now_micros();
     let models: Vec<agency::Model> = good.iter().map(|r| agency_model(r, now)).collect();
     let imported = models.len();
-    store.upsert_agencies(models).await?;
     let certificates_bound = certs.len();
-    for c in certs {
-        store.bind_signing_cert(c).await?;
-    }
+    store.import_directory(models, certs).await?;
     Ok(ImportOutcome {
         imported,
         certificates_bound,

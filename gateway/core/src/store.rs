@@ -351,8 +351,13 @@ impl Store {
             .await?)
     }
 
-    /// Inserts or replaces every row in one transaction.
-    pub async fn upsert_agencies(&self, rows: Vec<agency::Model>) -> Result<()> {
+    /// Inserts or replaces every agency and binds the certificates, all in
+    /// one transaction: an import happens whole or not at all.
+    pub async fn import_directory(
+        &self,
+        rows: Vec<agency::Model>,
+        certs: Vec<signing_cert::Model>,
+    ) -> Result<()> {
         let txn = self.db.begin().await?;
         for chunk in rows.chunks(200) {
             let models: Vec<agency::ActiveModel> = chunk
@@ -395,36 +400,16 @@ impl Store {
                 .exec(&txn)
                 .await?;
         }
+        for c in certs {
+            bind_cert(&txn, c).await?;
+        }
         txn.commit().await?;
         Ok(())
     }
 
     /// Binds a signing certificate's key to an agency (re-binding moves it).
     pub async fn bind_signing_cert(&self, row: signing_cert::Model) -> Result<()> {
-        signing_cert::Entity::insert(signing_cert::ActiveModel {
-            spki_sha256: Set(row.spki_sha256),
-            organ_id: Set(row.organ_id),
-            subject: Set(row.subject),
-            issuer: Set(row.issuer),
-            not_after: Set(row.not_after),
-            cert_der: Set(row.cert_der),
-            bound_at: Set(row.bound_at),
-        })
-        .on_conflict(
-            OnConflict::column(signing_cert::Column::SpkiSha256)
-                .update_columns([
-                    signing_cert::Column::OrganId,
-                    signing_cert::Column::Subject,
-                    signing_cert::Column::Issuer,
-                    signing_cert::Column::NotAfter,
-                    signing_cert::Column::CertDer,
-                    signing_cert::Column::BoundAt,
-                ])
-                .to_owned(),
-        )
-        .exec(&self.db)
-        .await?;
-        Ok(())
+        Ok(bind_cert(&self.db, row).await?)
     }
 
     pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<signing_cert::Model>> {
@@ -905,6 +890,34 @@ impl Store {
     pub async fn execute_sql(&self, sql: &str) -> Result<u64> {
         Ok(self.db.execute_unprepared(sql).await?.rows_affected())
     }
+}
+
+/// Binds a signing certificate's key to an agency (re-binding moves it).
+async fn bind_cert<C: ConnectionTrait>(c: &C, row: signing_cert::Model) -> Result<(), DbErr> {
+    signing_cert::Entity::insert(signing_cert::ActiveModel {
+        spki_sha256: Set(row.spki_sha256),
+        organ_id: Set(row.organ_id),
+        subject: Set(row.subject),
+        issuer: Set(row.issuer),
+        not_after: Set(row.not_after),
+        cert_der: Set(row.cert_der),
+        bound_at: Set(row.bound_at),
+    })
+    .on_conflict(
+        OnConflict::column(signing_cert::Column::SpkiSha256)
+            .update_columns([
+                signing_cert::Column::OrganId,
+                signing_cert::Column::Subject,
+                signing_cert::Column::Issuer,
+                signing_cert::Column::NotAfter,
+                signing_cert::Column::CertDer,
+                signing_cert::Column::BoundAt,
+            ])
+            .to_owned(),
+    )
+    .exec(c)
+    .await?;
+    Ok(())
 }
 
 /// The directory of a `sqlite:` URL's database file, when it has one.
