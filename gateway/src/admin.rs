@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use lienthong_core::devpki::{self, KeyType};
-use lienthong_core::directory;
+use lienthong_core::directory::{self, ClientRole};
 use lienthong_core::organ_id::{IdPolicy, OrganId};
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::signing::TrustAnchors;
@@ -31,6 +31,11 @@ pub enum DirectoryCommand {
     },
     /// Bind a document-signing certificate to an agency.
     BindCert { organ_id: String, cert: PathBuf },
+    /// Bind a client (system) certificate for mutual TLS to an agency: its
+    /// software then connects as that agency.
+    BindClientCert { organ_id: String, cert: PathBuf },
+    /// Bind a client certificate for mutual TLS to an operator of the gateway.
+    BindOperator { name: String, cert: PathBuf },
     /// List the agencies.
     List {
         /// Only this agency and those under it.
@@ -123,7 +128,7 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             println!(
-                "imported {} agencies, bound {} signing certificate(s){}",
+                "imported {} agencies, bound {} certificate(s){}",
                 out.imported,
                 out.certificates_bound,
                 if out.problems.is_empty() {
@@ -140,6 +145,26 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             println!(
                 "bound {} (key sha256 {}) to {}",
+                row.subject, row.spki_sha256, row.organ_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::BindClientCert { organ_id, cert } => {
+            let row = directory::bind_client_cert(&store, &organ_id, &cert, ClientRole::Agency)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            println!(
+                "bound the client certificate {} (key sha256 {}) to {}",
+                row.subject, row.spki_sha256, row.organ_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::BindOperator { name, cert } => {
+            let row = directory::bind_client_cert(&store, &name, &cert, ClientRole::Operator)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            println!(
+                "bound the client certificate {} (key sha256 {}) to operator {}",
                 row.subject, row.spki_sha256, row.organ_id
             );
             Ok(ExitCode::SUCCESS)
@@ -203,6 +228,7 @@ pub fn dev_pki(args: DevPkiArgs) -> Result<ExitCode> {
 # Not for production: auth.mode "dev-header" believes whatever agency the caller names.
 [gateway]
 id = "lienthong-dev"
+organ_id = "000.00.00.H35"
 
 [grpc]
 listen = "127.0.0.1:50051"
@@ -225,7 +251,20 @@ mode = "dev-header"
 "#,
         dir = out.display()
     );
-    std::fs::write(out.join("lienthong.toml"), toml)?;
+    std::fs::write(out.join("lienthong.toml"), &toml)?;
+    let mtls = toml
+        .replace(
+            "# Not for production: auth.mode \"dev-header\" believes whatever agency the caller names.",
+            "# Mutual TLS: each agency's software presents its <organ_id>.client.pem.",
+        )
+        .replace(
+            "[auth]\nmode = \"dev-header\"\n",
+            &format!(
+                "[auth]\nmode = \"mtls\"\n\n[tls]\ncert = \"{dir}/server.pem\"\nkey = \"{dir}/server.key.pem\"\nclient_anchors = [\"{dir}/ca.pem\"]\n",
+                dir = out.display()
+            ),
+        );
+    std::fs::write(out.join("lienthong-mtls.toml"), mtls)?;
     println!("wrote a throwaway PKI to {}:", out.display());
     println!("  ca.pem, ca.key.pem            the certification authority (trust anchor)");
     for (id, name) in &agencies {
@@ -233,7 +272,16 @@ mode = "dev-header"
     }
     println!("  gateway.pem, gateway.key.pem  the gateway's receipt-signing certificate");
     println!("  directory.csv                 the agencies, with their signing certificates");
-    println!("  lienthong.toml                a configuration that trusts ca.pem");
+    println!(
+        "  <organ_id>.client.pem, .client.key.pem   each agency software's TLS client certificate"
+    );
+    println!(
+        "  server.pem, server.key.pem    the gateway's TLS certificate (localhost, 127.0.0.1)"
+    );
+    println!(
+        "  lienthong.toml                a configuration that trusts ca.pem (dev-header identities)"
+    );
+    println!("  lienthong-mtls.toml           the same with mutual TLS");
     println!();
     println!(
         "next: lienthong --config {0}/lienthong.toml directory import {0}/directory.csv",
@@ -316,9 +364,9 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
 
 pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
     let store = store(&cfg).await?;
-    let blobs = lienthong_core::blobs::BlobStore::open(&cfg.storage.path)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    // The transfer log only: opening the store would clean its tmp/ under
+    // a serving gateway's uploads.
+    let blobs = lienthong_core::blobs::BlobStore::unopened(&cfg.storage.path);
     let gw = Gateway::from_parts(
         store,
         blobs,

@@ -18,18 +18,38 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::admin::format_time;
 use crate::config::Config;
 
 const CHUNK: usize = 256 * 1024;
 
-#[derive(Args, Debug)]
-pub struct SendArgs {
-    /// Gateway address (default: from grpc.listen).
+/// How to reach the gateway.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Gateway address, http://HOST:PORT or https://HOST:PORT for mutual
+    /// TLS (default: from grpc.listen and auth.mode).
     #[arg(long)]
     pub server: Option<String>,
+    /// With https: the authority that issued the gateway's certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// With https: this agency software's client certificate (PEM).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// With https: its private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// With https: the name the gateway's certificate carries.
+    #[arg(long, default_value = "localhost")]
+    pub tls_domain: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// The sending agency's code.
     #[arg(long)]
     pub from: String,
@@ -80,8 +100,8 @@ pub struct SendArgs {
 
 #[derive(Args, Debug)]
 pub struct ReceiveArgs {
-    #[arg(long)]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// The receiving agency's code.
     #[arg(long = "as")]
     pub as_agency: String,
@@ -97,12 +117,38 @@ pub struct ReceiveArgs {
     /// Stop after N deliveries.
     #[arg(long, default_value_t = 0)]
     pub max: u32,
+    /// With --out: also save each delivery as an edXML package
+    /// (DIR/<message_id>/package.edxml), rendered by the gateway.
+    #[arg(long)]
+    pub edxml: bool,
 }
 
-async fn connect(cfg: &Config, server: &Option<String>) -> Result<ExchangeClient<Channel>> {
-    let url = server.clone().unwrap_or_else(|| cfg.grpc_client_url());
-    let ch = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("{url} is not a valid gateway address"))?
+pub(crate) async fn connect(cfg: &Config, c: &ConnectArgs) -> Result<ExchangeClient<Channel>> {
+    let url = c.server.clone().unwrap_or_else(|| cfg.grpc_client_url());
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("{url} is not a valid gateway address"))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().domain_name(c.tls_domain.clone());
+        if let Some(ca) = &c.tls_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => {
+                let cert = std::fs::read(cert)
+                    .with_context(|| format!("cannot read {}", cert.display()))?;
+                let key =
+                    std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            (None, None) => {}
+            _ => bail!("--tls-cert and --tls-key go together"),
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("the TLS settings are not usable")?;
+    }
+    let ch = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach the gateway at {url}"))?;
@@ -111,7 +157,7 @@ async fn connect(cfg: &Config, server: &Option<String>) -> Result<ExchangeClient
         .max_encoding_message_size(16 * 1024 * 1024))
 }
 
-fn with_identity<T>(msg: T, organ_id: &str) -> Result<Request<T>> {
+pub(crate) fn with_identity<T>(msg: T, organ_id: &str) -> Result<Request<T>> {
     let mut req = Request::new(msg);
     let v =
         MetadataValue::try_from(organ_id).context("the agency code is not a valid header value")?;
@@ -119,7 +165,7 @@ fn with_identity<T>(msg: T, organ_id: &str) -> Result<Request<T>> {
     Ok(req)
 }
 
-fn describe_status(st: &tonic::Status) -> String {
+pub(crate) fn describe_status(st: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     let reason = st
         .get_error_details()
@@ -278,7 +324,7 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
     let signed = signing::sign_envelope(&envelope, &key, &chain)
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
 
-    let mut client = connect(&cfg, &args.server).await?;
+    let mut client = connect(&cfg, &args.connect).await?;
     let (tx, rx) = mpsc::channel::<SendRequest>(4);
     let files = args.attach.clone();
     let feeder = tokio::spawn(async move {
@@ -352,11 +398,16 @@ pub async fn send(cfg: Config, args: SendArgs) -> Result<ExitCode> {
 }
 
 pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
-    let mut client = connect(&cfg, &args.server).await?;
+    let mut client = connect(&cfg, &args.connect).await?;
     let req = with_identity(
         pb::ReceiveRequest {
             follow: args.follow,
             max: args.max,
+            format: if args.edxml {
+                pb::DeliveryFormat::Edxml as i32
+            } else {
+                pb::DeliveryFormat::Envelope as i32
+            },
         },
         &args.as_agency,
     )?;
@@ -404,6 +455,9 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
                     let dir = out.join(safe_name(&env.message_id));
                     tokio::fs::create_dir_all(&dir).await?;
                     tokio::fs::write(dir.join("envelope.pb"), signed.encode_to_vec()).await?;
+                    if !d.edxml.is_empty() {
+                        tokio::fs::write(dir.join("package.edxml"), &d.edxml).await?;
+                    }
                     for (i, a) in doc.attachments.iter().enumerate() {
                         let path = dir.join(safe_name(&a.name));
                         fetch_to_file(&mut client, &args.as_agency, &env, i as u32, a, &path)

@@ -23,6 +23,41 @@ pub struct Config {
     pub auth: AuthSection,
     pub limits: LimitsSection,
     pub receipts: ReceiptsSection,
+    pub tls: TlsSection,
+    pub edxml: EdxmlSection,
+    /// issue 7: the HTTP listener (dashboard, metrics, health, report downloads).
+    pub http: HttpSection,
+    /// issue 7: reports and the monthly report.
+    pub reports: ReportsSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdxmlSection {
+    /// `lenient` (what real producers send: test-system ids, missing
+    /// names, day-first dates) or `strict` (QCVN 102 and Decree 30 to the
+    /// letter).
+    pub policy: crate::edxml_cmd::PolicySetting,
+}
+
+impl Default for EdxmlSection {
+    fn default() -> Self {
+        EdxmlSection {
+            policy: crate::edxml_cmd::PolicySetting::Lenient,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// The gateway's TLS certificate chain (PEM, leaf first).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// PEM files of the authorities that issue the agencies' client
+    /// (system) certificates.
+    pub client_anchors: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -40,12 +75,16 @@ pub struct ReceiptsSection {
 pub struct GatewaySection {
     /// This gateway's name in traces and receipts.
     pub id: String,
+    /// The agency code this gateway writes in the TraceHeader of the edXML
+    /// it renders (e.g. the province's office, 000.00.01.H35). Default: `id`.
+    pub organ_id: Option<String>,
 }
 
 impl Default for GatewaySection {
     fn default() -> Self {
         GatewaySection {
             id: "lienthong".to_owned(),
+            organ_id: None,
         }
     }
 }
@@ -84,22 +123,89 @@ impl Default for DatabaseSection {
 pub struct StorageSection {
     /// Where attachments are kept, content-addressed.
     pub path: PathBuf,
+    /// issue 4: a file of `KEYID:BASE64` lines (the first is the current
+    /// key): attachments are then encrypted at rest with AES-256-GCM.
+    pub encryption_key_file: Option<PathBuf>,
+    /// issue 4: the same keys as text, meant for the environment
+    /// (`LIENTHONG_STORAGE__ENCRYPTION_KEY`); never printed.
+    pub encryption_key: Option<Secret>,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
             path: PathBuf::from("./data/blobs"),
+            encryption_key_file: None,
+            encryption_key: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// A secret from the configuration: `Debug` never shows it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrustSection {
     /// PEM files of the certification authorities whose signing
     /// certificates this gateway trusts.
     pub anchors: Vec<PathBuf>,
+    /// issue 4: revocation lists (DER or PEM) of those authorities, read
+    /// again when the files change.
+    pub crls: Vec<PathBuf>,
+    /// issue 4: a revocation list past its nextUpdate: `warn` (accept, with
+    /// a warning in the delivery's verification report) or `refuse`.
+    pub stale_crl: StaleCrlSetting,
+    /// issue 4: refuse a certificate whose issuer has no revocation list in
+    /// `crls` (else it is accepted, "revocation not checked").
+    pub require_revocation: bool,
+    /// issue 4: refuse chains with a certificate signed with SHA-1.
+    pub refuse_sha1: bool,
+}
+
+impl Default for TrustSection {
+    fn default() -> Self {
+        let p = lienthong_core::signing::CertPolicy::default();
+        TrustSection {
+            anchors: Vec::new(),
+            crls: Vec::new(),
+            stale_crl: match p.stale_crl {
+                lienthong_core::signing::StaleCrlPolicy::Refuse => StaleCrlSetting::Refuse,
+                lienthong_core::signing::StaleCrlPolicy::Warn => StaleCrlSetting::Warn,
+            },
+            require_revocation: p.require_revocation,
+            refuse_sha1: p.refuse_sha1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaleCrlSetting {
+    Refuse,
+    Warn,
+}
+
+impl TrustSection {
+    pub fn policy(&self) -> lienthong_core::signing::CertPolicy {
+        use lienthong_core::signing::{CertPolicy, StaleCrlPolicy};
+        CertPolicy {
+            refuse_sha1: self.refuse_sha1,
+            stale_crl: match self.stale_crl {
+                StaleCrlSetting::Refuse => StaleCrlPolicy::Refuse,
+                StaleCrlSetting::Warn => StaleCrlPolicy::Warn,
+            },
+            require_revocation: self.require_revocation,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,6 +213,9 @@ pub struct TrustSection {
 pub enum AuthModeSetting {
     /// The caller names itself in the `x-organ-id` header. For trying it out.
     DevHeader,
+    /// Mutual TLS: the caller is the agency its client certificate is bound
+    /// to (`lienthong directory bind-client-cert`).
+    Mtls,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,13 +299,115 @@ impl Config {
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        format!("http://{addr}")
+        let scheme = if self.auth.mode == AuthModeSetting::Mtls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
     }
 
+    /// The trust anchors with the certificate policy and the revocation
+    /// lists of `[trust]`.
     pub fn anchors(&self) -> Result<lienthong_core::signing::TrustAnchors> {
         lienthong_core::signing::TrustAnchors::from_pem_files(&self.trust.anchors)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
-            .context("loading trust.anchors")
+            .context("loading trust.anchors")?
+            .with_policy(self.trust.policy())
+            .with_crl_files(&self.trust.crls)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))
+            .context("loading trust.crls")
+    }
+}
+
+// ----- issue 7: the HTTP listener and reports ------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Serve the HTTP listener at all.
+    pub enabled: bool,
+    /// Dashboard, /metrics, /health/*, report downloads. No authentication
+    /// yet: keep it on loopback or a trusted network.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsSection {
+    /// Where the monthly report (CSV and XLSX) is written.
+    pub dir: PathBuf,
+    /// Write last month's report on the first day of each month.
+    pub monthly: bool,
+    /// The part of the directory the monthly report covers: empty for
+    /// every agency, a code (that agency and those under it), or a pattern
+    /// such as `#.H35`.
+    pub under: String,
+    /// Column headers of the monthly report: `vi` or `en`.
+    pub lang: String,
+    /// A document is counted "without a 03" after this many working hours.
+    pub accept_within_hours: f64,
+    pub working_hours: lienthong_core::reports::WorkingHours,
+    /// Agencies to send the monthly report to as a document: not done yet;
+    /// a warning is logged when set.
+    pub send_to: Vec<String>,
+}
+
+impl Default for ReportsSection {
+    fn default() -> Self {
+        ReportsSection {
+            dir: PathBuf::from("./data/reports"),
+            monthly: true,
+            under: String::new(),
+            lang: "vi".to_owned(),
+            accept_within_hours: 8.0,
+            working_hours: Default::default(),
+            send_to: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// How reports judge lateness, checked.
+    pub fn report_settings(&self) -> Result<lienthong_core::reports::ReportSettings> {
+        let r = &self.reports;
+        if !(r.accept_within_hours.is_finite() && r.accept_within_hours >= 0.0) {
+            anyhow::bail!(
+                "reports.accept_within_hours = {} is not a number of hours (0 or more)",
+                r.accept_within_hours
+            );
+        }
+        let calendar = r
+            .working_hours
+            .calendar()
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        Ok(lienthong_core::reports::ReportSettings {
+            calendar,
+            accept_within_hours: r.accept_within_hours,
+        })
+    }
+
+    /// The monthly report task's settings.
+    pub fn monthly_reports(&self) -> Result<lienthong_core::reports::MonthlyReports> {
+        let scope = lienthong_core::reports::Scope::parse(&self.reports.under)
+            .map_err(|e| anyhow::anyhow!("reports.under: {}", e.message()))?;
+        let lang = lienthong_core::reports::Lang::parse(&self.reports.lang)
+            .map_err(|e| anyhow::anyhow!("reports.lang: {}", e.message()))?;
+        Ok(lienthong_core::reports::MonthlyReports {
+            dir: self.reports.dir.clone(),
+            scope,
+            settings: self.report_settings()?,
+            lang,
+        })
     }
 }
 
@@ -230,6 +441,45 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("lisen"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn trust_policy_and_storage_keys() -> Result<()> {
+        use lienthong_core::signing::{CertPolicy, StaleCrlPolicy};
+        let c = Config::load(None)?;
+        assert_eq!(c.trust.policy(), CertPolicy::default());
+        assert!(c.trust.refuse_sha1);
+        assert!(c.storage.encryption_key_file.is_none());
+
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(
+            &f,
+            "[storage]\nencryption_key_file = \"/etc/lienthong/storage.keys\"\n\
+             encryption_key = \"k1:c2VjcmV0\"\n\
+             [trust]\ncrls = [\"/etc/lienthong/trust/g2.crl\"]\nstale_crl = \"refuse\"\n\
+             require_revocation = true\nrefuse_sha1 = false\n",
+        )?;
+        let c = Config::load(Some(&f))?;
+        assert_eq!(c.trust.crls.len(), 1);
+        assert_eq!(
+            c.trust.policy(),
+            CertPolicy {
+                refuse_sha1: false,
+                stale_crl: StaleCrlPolicy::Refuse,
+                require_revocation: true,
+            }
+        );
+        assert!(c.storage.encryption_key_file.is_some());
+        assert!(!format!("{c:?}").contains("c2VjcmV0"), "a key in Debug");
+
+        std::fs::write(&f, "[trust]\nstale_crl = \"ignore\"\n")?;
+        let err = Config::load(Some(&f))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ignore"), "{err}");
         Ok(())
     }
 }

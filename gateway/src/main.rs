@@ -7,7 +7,10 @@
 mod admin;
 mod client;
 mod config;
+mod edxml_cmd;
+mod report; // issue 7
 mod serve;
+mod storage; // issue 4
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,9 +62,18 @@ enum Command {
     /// its certificate chain to trust.anchors (or --anchors), and that the
     /// receipt's fields are the signed ones.
     VerifyReceipt(admin::VerifyReceiptArgs),
+    /// edXML packages (QCVN 102:2016): inspect, convert, send.
+    #[command(subcommand)]
+    Edxml(edxml_cmd::EdxmlCommand),
     /// Check the transfer log.
     #[command(subcommand)]
     Log(admin::LogCommand),
+    /// Encryption keys of the attachment store: make one, rotate to it.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
+    /// Report who sent and received what over a period (reads the database
+    /// directly): CSV, JSON or XLSX, headers in Vietnamese or English.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Receive(args) => client::receive(cfg, args).await,
         Command::Trace(args) => admin::trace(cfg, args).await,
         Command::Log(cmd) => admin::log(cfg, cmd).await,
+        Command::Edxml(cmd) => edxml_cmd::run(cfg, cmd).await,
+        Command::Storage(cmd) => storage::run(cfg, cmd).await,
+        Command::Report(args) => report::run(cfg, args).await,
         Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::receipts::ReceiptSigner;
+use lienthong_grpc::tls::{ReloadingTls, TlsFiles};
 use lienthong_grpc::{AuthMode, GrpcServer};
 use tokio::net::TcpListener;
 
@@ -38,6 +39,22 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             );
             AuthMode::DevHeader
         }
+        AuthModeSetting::Mtls => {
+            let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) else {
+                anyhow::bail!(
+                    "auth.mode = \"mtls\" needs tls.cert and tls.key (the gateway's certificate and key) \
+                     and tls.client_anchors (the authorities of the agencies' client certificates)"
+                );
+            };
+            let tls = ReloadingTls::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_anchors: cfg.tls.client_anchors.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("loading the TLS configuration")?;
+            AuthMode::Mtls(tls)
+        }
     };
     let anchors = cfg.anchors()?;
     if anchors.is_empty() {
@@ -59,33 +76,125 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }
         _ => anyhow::bail!("receipts.key and receipts.cert go together: set both or neither"),
     };
-    let gw = Gateway::open(Settings {
-        gateway_id: cfg.gateway.id.clone(),
-        database_url: cfg.database.url.clone(),
-        storage_path: cfg.storage.path.clone(),
-        anchors,
-        limits: cfg.limits.to_limits(),
-        receipt_signer,
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{}", e.chain()))
-    .context("opening the database and the attachment store")?;
+    // issue 4: the attachment store opens with the storage keys, and refuses
+    // wrong ones before anything else is touched.
+    let blobs = crate::storage::open_blob_store(&cfg).await?;
+    let store = lienthong_core::store::Store::connect(&cfg.database.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))
+        .context("opening the database")?;
+    let gw = Gateway::from_parts(
+        store,
+        blobs,
+        Settings {
+            gateway_id: cfg.gateway.id.clone(),
+            database_url: cfg.database.url.clone(),
+            storage_path: cfg.storage.path.clone(),
+            anchors,
+            limits: cfg.limits.to_limits(),
+            receipt_signer,
+        },
+    );
 
     let listener = TcpListener::bind(cfg.grpc.listen)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
+    // issue 7: the HTTP listener (dashboard, metrics, health) and the monthly
+    // report run beside gRPC; one shutdown signal stops them all, and any
+    // server that stops stops the others.
+    let report_settings = cfg.report_settings()?;
+    let monthly = cfg.monthly_reports()?;
+    let http = if cfg.http.enabled {
+        let l = TcpListener::bind(cfg.http.listen).await.with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (http.listen; set http.enabled = false to run without the dashboard and /metrics)",
+                cfg.http.listen
+            )
+        })?;
+        if !cfg.http.listen.ip().is_loopback() {
+            tracing::warn!(http = %cfg.http.listen, "the HTTP listener has no authentication yet: keep it on a trusted network");
+        }
+        Some(l)
+    } else {
+        None
+    };
+    let http_addr = match &http {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    if !cfg.reports.send_to.is_empty() {
+        tracing::warn!(
+            "reports.send_to is set, but sending the monthly report as a document is not implemented yet; the report is only written to reports.dir"
+        );
+    }
     tracing::info!(
         grpc = %addr,
+        http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned()),
         gateway = %cfg.gateway.id,
         database = %lienthong_core::store::redact(&cfg.database.url),
         storage = %cfg.storage.path.display(),
         "lienthong is serving"
     );
-    GrpcServer::new(gw, auth)
-        .serve(listener, shutdown_signal())
-        .await
-        .context("the gRPC server stopped")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |rx: &tokio::sync::watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let signal = {
+        let tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        })
+    };
+    let reports_task = cfg.reports.monthly.then(|| {
+        tokio::spawn(lienthong_core::reports::run_monthly_reports(
+            gw.clone(),
+            monthly,
+            stopped(&stop_rx),
+        ))
+    });
+    let grpc = {
+        let (gw, tx, stop) = (gw.clone(), stop_tx.clone(), stopped(&stop_rx));
+        async move {
+            let r = GrpcServer::new(gw, auth)
+                .with_edxml_policy(cfg.edxml.policy.policy())
+                .with_trace_organ_id(cfg.gateway.organ_id.as_deref().unwrap_or(&cfg.gateway.id))
+                .serve(listener, stop)
+                .await;
+            let _ = tx.send(true);
+            r.context("the gRPC server stopped")
+        }
+    };
+    let web = {
+        let (tx, stop) = (stop_tx.clone(), stopped(&stop_rx));
+        async move {
+            let r = match http {
+                Some(l) => {
+                    lienthong_http::serve(l, lienthong_http::router(gw, report_settings), stop)
+                        .await
+                        .context("the HTTP server stopped")
+                }
+                None => {
+                    // No HTTP listener: nothing to stop the others for.
+                    stop.await;
+                    return Ok(());
+                }
+            };
+            let _ = tx.send(true);
+            r
+        }
+    };
+    let (grpc, web) = tokio::join!(grpc, web);
+    signal.abort();
+    if let Some(t) = reports_task {
+        let _ = t.await;
+    }
+    grpc?;
+    web?;
     tracing::info!("lienthong stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -280,6 +280,10 @@ pub struct GatewayOptions {
     pub extra_anchors: Vec<PathBuf>,
     /// Import the dev-pki `directory.csv` before `serve`.
     pub import_directory: bool,
+    /// `auth.mode = "mtls"`: the gateway's TLS certificate and the agencies'
+    /// client certificates come from dev-pki; each agency's software
+    /// connects with its `<organ_id>.client.pem`.
+    pub mtls: bool,
 }
 
 impl Default for GatewayOptions {
@@ -291,6 +295,7 @@ impl Default for GatewayOptions {
             key_type: None,
             extra_anchors: Vec::new(),
             import_directory: true,
+            mtls: false,
         }
     }
 }
@@ -306,6 +311,8 @@ pub struct TestGateway {
     pub storage_path: PathBuf,
     pub db_url: String,
     pub backend: Backend,
+    /// Whether the gateway runs with mutual TLS.
+    pub mtls: bool,
     /// `http.listen`, when the binary has an HTTP listener.
     pub http_addr: Option<SocketAddr>,
     http_section: bool,
@@ -401,6 +408,7 @@ impl TestGateway {
             storage_path,
             db_url,
             backend: opts.backend,
+            mtls: opts.mtls,
             http_addr: None,
             http_section,
             starts: 0,
@@ -473,9 +481,7 @@ path = {storage}
 [trust]
 anchors = [{anchors}]
 
-[auth]
-mode = "dev-header"
-
+{auth}
 [limits]
 max_envelope_bytes = {menv}
 max_attachment_bytes = {matt}
@@ -486,6 +492,16 @@ max_attachment_bytes = {matt}
             storage = toml_str(&self.storage_path.display().to_string()),
             menv = opts.max_envelope_bytes,
             matt = opts.max_attachment_bytes,
+            auth = if opts.mtls {
+                format!(
+                    "[auth]\nmode = \"mtls\"\n\n[tls]\ncert = {}\nkey = {}\nclient_anchors = [{}]\n",
+                    toml_str(&self.pki_dir.join("server.pem").display().to_string()),
+                    toml_str(&self.pki_dir.join("server.key.pem").display().to_string()),
+                    toml_str(&self.pki_dir.join("ca.pem").display().to_string()),
+                )
+            } else {
+                "[auth]\nmode = \"dev-header\"\n".to_string()
+            },
         );
         fs::write(&self.config_path, text).expect("write config");
     }
@@ -533,10 +549,13 @@ max_attachment_bytes = {matt}
                     tail(&self.stdout_path, 20)
                 ));
             }
-            let ep = Endpoint::from_shared(format!("http://{}", self.grpc_addr))
+            let mut ep = Endpoint::from_shared(format!("{}://{}", self.scheme(), self.grpc_addr))
                 .unwrap()
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(Duration::from_secs(2));
+            if self.mtls {
+                ep = ep.tls_config(self.client_tls(A)).unwrap();
+            }
             match ep.connect().await {
                 Ok(ch) => {
                     match HealthClient::new(ch)
@@ -652,13 +671,53 @@ max_attachment_bytes = {matt}
             .collect()
     }
 
-    /// A client for `organ_id`, with the key and certificate `dev-pki` wrote.
+    fn scheme(&self) -> &'static str {
+        if self.mtls { "https" } else { "http" }
+    }
+
+    /// TLS settings of `organ_id`'s software: the dev CA for the server and
+    /// the agency's client certificate.
+    pub fn client_tls(&self, organ_id: &str) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |name: String| {
+            fs::read(self.pki_dir.join(&name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+        };
+        ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(read("ca.pem".into())))
+            .identity(Identity::from_pem(
+                read(format!("{organ_id}.client.pem")),
+                read(format!("{organ_id}.client.key.pem")),
+            ))
+    }
+
+    /// A client for `organ_id`, with the key and certificate `dev-pki` wrote
+    /// (and, under mutual TLS, its client certificate).
     pub fn agency(&self, organ_id: &str) -> Agency {
         let key = self.pki_dir.join(format!("{organ_id}.key.pem"));
         let cert = self.pki_dir.join(format!("{organ_id}.pem"));
         let signer = Signer::from_pkcs8_pem_file(&key);
         let cert_der = pki::load_cert_der(&cert);
-        Agency::new(self.grpc_addr, organ_id, Arc::new(signer), vec![cert_der])
+        if self.mtls {
+            Agency::with_tls(
+                self.grpc_addr,
+                organ_id,
+                Arc::new(signer),
+                vec![cert_der],
+                self.client_tls(organ_id),
+            )
+        } else {
+            Agency::new(self.grpc_addr, organ_id, Arc::new(signer), vec![cert_der])
+        }
+    }
+
+    /// A client for an agency that has no key of its own in dev-pki: it can
+    /// receive and acknowledge (its calls carry its code), not sign.
+    pub fn agency_without_key(&self, organ_id: &str) -> Agency {
+        let mut a = self.agency(A);
+        a.organ_id = organ_id.to_string();
+        a.caller = Some(organ_id.to_string());
+        a
     }
 
     /// Files under `storage.path` (excluding its `tmp/`), and the files under `tmp/`.
@@ -1100,6 +1159,31 @@ impl Agency {
         }
     }
 
+    /// A client over mutual TLS: its identity is its client certificate; it
+    /// sends no `x-organ-id`.
+    pub fn with_tls(
+        addr: SocketAddr,
+        organ_id: &str,
+        signer: Arc<Signer>,
+        chain: Vec<Vec<u8>>,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Agency {
+        let channel = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .connect_lazy();
+        Agency {
+            organ_id: organ_id.to_string(),
+            caller: None,
+            signer,
+            chain,
+            channel,
+        }
+    }
+
     /// The same client, sending another `x-organ-id` (or none).
     pub fn with_caller(&self, caller: Option<&str>) -> Agency {
         let mut a = self.clone();
@@ -1316,7 +1400,11 @@ impl Agency {
         let fut = async {
             let mut stream = self
                 .exchange()
-                .receive(self.request(ReceiveRequest { follow: false, max }))
+                .receive(self.request(ReceiveRequest {
+                    follow: false,
+                    max,
+                    ..Default::default()
+                }))
                 .await?
                 .into_inner();
             let mut out = Vec::new();

@@ -41,6 +41,25 @@ async fn exchange_postgres() {
     .await;
 }
 
+/// The same scenario with mutual TLS: every agency's software connects with
+/// its own client certificate and sends no identity header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_sqlite_mtls() {
+    let opts = GatewayOptions {
+        mtls: true,
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("exchange_sqlite_mtls", opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(600),
+        "the exchange scenario over mutual TLS",
+        exchange(&gw),
+    )
+    .await;
+}
+
 fn check_delivery(who: &str, d: &Delivery, sent: &Sent, attempt: u32) {
     let env = d
         .envelope

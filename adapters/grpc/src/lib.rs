@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lienthong_core::error::{Error, Reason};
@@ -18,14 +19,20 @@ use lienthong_proto::v1::{
     send_request::Item,
 };
 use prost::Message as _;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Extensions;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
+
+use lienthong_edxml as edxml;
+pub use lienthong_edxml::Policy;
 
 /// The metadata key that names the caller in `dev-header` mode.
 pub const ORGAN_ID_HEADER: &str = "x-organ-id";
@@ -34,11 +41,16 @@ pub const ORGAN_ID_HEADER: &str = "x-organ-id";
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
+pub mod tls;
+
 /// How the caller's identity is established.
 #[derive(Debug, Clone)]
 pub enum AuthMode {
     /// Trust the `x-organ-id` request header. For trying it out only.
     DevHeader,
+    /// Mutual TLS: the identity comes only from the directory's binding of
+    /// the client certificate's key.
+    Mtls(Arc<tls::ReloadingTls>),
 }
 
 /// The core's error as a gRPC status with `ErrorInfo`.
@@ -77,12 +89,43 @@ pub fn code_of(r: Reason) -> Code {
 struct Shared {
     gw: Gateway,
     auth: AuthMode,
+    edxml_policy: Policy,
+    /// The agency code this gateway writes in an edXML TraceHeader.
+    trace_organ_id: String,
 }
+
+/// Largest edXML package put inline in a `Delivery` (DELIVERY_FORMAT_EDXML).
+const INLINE_EDXML_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
 impl Shared {
     /// The authenticated caller, or a refusal that is logged too.
-    async fn caller(&self, meta: &MetadataMap) -> Result<Caller, Status> {
-        match self.auth {
+    async fn caller(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Status> {
+        match &self.auth {
+            AuthMode::Mtls(tls) => {
+                let certs = ext
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|i| i.peer_certs());
+                let chain: &[CertificateDer<'static>] =
+                    certs.as_deref().map(Vec::as_slice).unwrap_or(&[]);
+                let spki = match tls.verify_client(chain) {
+                    Ok(spki) => spki,
+                    Err(sentence) => {
+                        let err = Error::new(Reason::PermissionDenied, sentence);
+                        let err = self.gw.refuse(None, "", err).await;
+                        return Err(unauthenticated(&err));
+                    }
+                };
+                self.gw
+                    .identify_client(&spki, Transport::Grpc)
+                    .await
+                    .map_err(|e| {
+                        if e.reason() == Reason::PermissionDenied {
+                            unauthenticated(&e)
+                        } else {
+                            status_of(&e)
+                        }
+                    })
+            }
             AuthMode::DevHeader => {
                 let id = meta
                     .get(ORGAN_ID_HEADER)
@@ -97,23 +140,21 @@ impl Shared {
                             "no caller identity: send your agency code in the x-organ-id request header",
                         );
                         let err = self.gw.refuse(None, "", err).await;
-                        let mut st = status_of(&err);
-                        // Keep the reason, but say "who are you" with the code.
-                        st = Status::with_error_details(
-                            Code::Unauthenticated,
-                            st.message(),
-                            ErrorDetails::with_error_info(
-                                Reason::PermissionDenied.as_str(),
-                                "lienthong",
-                                HashMap::new(),
-                            ),
-                        );
-                        Err(st)
+                        Err(unauthenticated(&err))
                     }
                 }
             }
         }
     }
+}
+
+/// "Who are you" refusals keep their reason but travel as UNAUTHENTICATED.
+fn unauthenticated(e: &Error) -> Status {
+    Status::with_error_details(
+        Code::Unauthenticated,
+        e.message(),
+        ErrorDetails::with_error_info(e.reason().as_str(), "lienthong", HashMap::new()),
+    )
 }
 
 /// `lienthong.v1.Exchange`.
@@ -135,7 +176,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         request: Request<Streaming<pb::SendRequest>>,
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
-        let caller = s.caller(request.metadata()).await?;
+        let caller = s.caller(request.metadata(), request.extensions()).await?;
         let mut stream = request.into_inner();
         let first = match stream.message().await {
             Ok(Some(pb::SendRequest {
@@ -192,17 +233,26 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
-        let caller = self.shared.caller(request.metadata()).await?;
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
         let req = request.into_inner();
         let mut inbox = self.shared.gw.inbox(&caller, req.follow);
         let (tx, rx) = mpsc::channel(4);
+        let as_edxml = req.format == pb::DeliveryFormat::Edxml as i32;
+        let gw = self.shared.gw.clone();
+        let hop = self.shared.trace_organ_id.clone();
         tokio::spawn(async move {
             let mut sent: u32 = 0;
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,
                     next = inbox.next() => match next {
-                        Ok(Some(d)) => {
+                        Ok(Some(mut d)) => {
+                            if as_edxml {
+                                render_inline(&gw, &hop, &caller, &mut d).await;
+                            }
                             if tx.send(Ok(d)).await.is_err() {
                                 break;
                             }
@@ -227,7 +277,10 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let caller = self.shared.caller(request.metadata()).await?;
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
         let req = request.into_inner();
         self.shared
             .gw
@@ -243,7 +296,10 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::FetchAttachmentRequest>,
     ) -> Result<Response<Self::FetchAttachmentStream>, Status> {
-        let caller = self.shared.caller(request.metadata()).await?;
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
         let req = request.into_inner();
         let mut reader = self
             .shared
@@ -276,11 +332,99 @@ impl pb::exchange_server::Exchange for ExchangeService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn send_edxml(
+        &self,
+        request: Request<Streaming<pb::EdxmlChunk>>,
+    ) -> Result<Response<pb::SendReceipt>, Status> {
+        let s = &self.shared;
+        let caller = s.caller(request.metadata(), request.extensions()).await?;
+        let mut stream = request.into_inner();
+        let (tx, reader) = edxml::gateway::chunk_channel(8);
+        // The first chunk may name the message_id; read it before decoding.
+        let first = match stream.message().await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let e = Error::malformed("the SendEdxml stream is empty; send the package's bytes");
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+            Err(st) => {
+                let e = transport_error(&st, "the first chunk of the edXML package");
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+        };
+        let message_id = Some(first.message_id.clone()).filter(|m| !m.is_empty());
+        let feeder = tokio::spawn(async move {
+            if tx.send(Ok(first.data)).await.is_err() {
+                return;
+            }
+            loop {
+                match stream.message().await {
+                    Ok(Some(c)) => {
+                        if tx.send(Ok(c.data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(st) => {
+                        let _ = tx
+                            .send(Err(format!("the stream broke: {}", st.message())))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        let result =
+            edxml::gateway::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
+        feeder.abort();
+        result.map(Response::new).map_err(|e| status_of(&e))
+    }
+
+    type FetchEdxmlStream = ReceiverStream<Result<pb::EdxmlChunk, Status>>;
+
+    async fn fetch_edxml(
+        &self,
+        request: Request<pb::FetchEdxmlRequest>,
+    ) -> Result<Response<Self::FetchEdxmlStream>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let req = request.into_inner();
+        let mut rx = edxml::gateway::render(
+            &self.shared.gw,
+            &caller,
+            &req.from,
+            &req.message_id,
+            &self.shared.trace_organ_id,
+        )
+        .await
+        .map_err(|e| status_of(&e))?;
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                let msg = item
+                    .map(|data| pb::EdxmlChunk {
+                        data,
+                        message_id: String::new(),
+                    })
+                    .map_err(|e| status_of(&e));
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
     async fn trace(
         &self,
         request: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
-        let caller = self.shared.caller(request.metadata()).await?;
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
         let req = request.into_inner();
         let events = self
             .shared
@@ -298,7 +442,9 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::Agency>, Status> {
-        self.shared.caller(request.metadata()).await?;
+        self.shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
         let req = request.into_inner();
         let a = self
             .shared
@@ -313,7 +459,9 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.shared.caller(request.metadata()).await?;
+        self.shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
         let req = request.into_inner();
         let (agencies, next_page_token) = self
             .shared
@@ -325,6 +473,34 @@ impl pb::directory_server::Directory for DirectoryService {
             agencies,
             next_page_token,
         }))
+    }
+}
+
+/// Puts the delivery's edXML rendering in `edxml` when it fits in one
+/// message; otherwise the client fetches it with FetchEdxml.
+async fn render_inline(gw: &Gateway, hop: &str, caller: &Caller, d: &mut pb::Delivery) {
+    let Some(env) = d
+        .envelope
+        .as_ref()
+        .and_then(|s| pb::Envelope::decode(s.payload.clone()).ok())
+    else {
+        return;
+    };
+    match edxml::gateway::render_small(
+        gw,
+        caller,
+        &env.from,
+        &env.message_id,
+        hop,
+        INLINE_EDXML_BYTES,
+    )
+    .await
+    {
+        Ok(Some(x)) => d.edxml = x.into(),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(message_id = %env.message_id, error = %e.chain(), "could not render a delivery as edXML");
+        }
     }
 }
 
@@ -362,7 +538,13 @@ pub struct GrpcServer {
 impl GrpcServer {
     pub fn new(gw: Gateway, auth: AuthMode) -> Self {
         let max_message = gw.limits().max_envelope_bytes.max(MAX_CHUNK_BYTES) + 64 * 1024;
-        let shared = Shared { gw, auth };
+        let gw_id = gw.gateway_id().to_owned();
+        let shared = Shared {
+            gw,
+            auth,
+            edxml_policy: Policy::Lenient,
+            trace_organ_id: gw_id,
+        };
         GrpcServer {
             exchange: ExchangeService {
                 shared: shared.clone(),
@@ -370,6 +552,22 @@ impl GrpcServer {
             directory: DirectoryService { shared },
             max_message,
         }
+    }
+
+    /// The policy edXML packages are checked with (lenient by default: what
+    /// real producers send).
+    pub fn with_edxml_policy(mut self, policy: Policy) -> Self {
+        self.exchange.shared.edxml_policy = policy;
+        self.directory.shared.edxml_policy = policy;
+        self
+    }
+
+    /// The agency code written in the TraceHeader of rendered edXML
+    /// (default: the gateway's id).
+    pub fn with_trace_organ_id(mut self, organ_id: &str) -> Self {
+        self.exchange.shared.trace_organ_id = organ_id.to_owned();
+        self.directory.shared.trace_organ_id = organ_id.to_owned();
+        self
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls.
@@ -380,6 +578,10 @@ impl GrpcServer {
     ) -> Result<(), tonic::transport::Error> {
         let (health, health_svc) = tonic_health::server::health_reporter();
         let gw = self.exchange.shared.gw.clone();
+        let tls = match &self.exchange.shared.auth {
+            AuthMode::Mtls(tls) => Some(tls.clone()),
+            AuthMode::DevHeader => None,
+        };
         tokio::spawn(readiness(gw, health));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -400,9 +602,19 @@ impl GrpcServer {
             Ok(r) => router = router.add_service(r),
             Err(e) => tracing::warn!(error = %e, "gRPC reflection is not available"),
         }
-        router
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-            .await
+        match tls {
+            Some(tls) => {
+                tls.spawn_watcher(Duration::from_secs(5));
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                    .await
+            }
+        }
     }
 }
 

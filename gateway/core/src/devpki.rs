@@ -387,6 +387,10 @@ pub struct DevPkiFiles {
     /// (`receipts.cert`, `receipts.key`).
     pub gateway_cert: PathBuf,
     pub gateway_key: PathBuf,
+    /// The gateway's TLS server certificate (localhost, 127.0.0.1) and key
+    /// (`tls.cert`, `tls.key`).
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +400,10 @@ pub struct AgencyFiles {
     pub cert: PathBuf,
     /// Its PKCS#8 key, readable by the owner only.
     pub key: PathBuf,
+    /// The agency software's client (system) certificate for mutual TLS,
+    /// separate from the document-signing one, and its key.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 /// Four Lai Châu agencies (province, its office, a department, a city) for
@@ -443,7 +451,14 @@ pub fn write_dev_pki(
     let mut csv_out = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| Error::malformed(format!("could not write directory.csv: {e}"));
     csv_out
-        .write_record(["organ_id", "name", "parent", "email", "signing_cert"])
+        .write_record([
+            "organ_id",
+            "name",
+            "parent",
+            "email",
+            "signing_cert",
+            "client_cert",
+        ])
         .map_err(csv_err)?;
     for (organ_id, name) in agencies {
         let issued = ca.issue_signing(organ_id.as_str(), name, key_type, validity)?;
@@ -456,14 +471,32 @@ pub fn write_dev_pki(
         }
         write_file(&cert_path, pem.as_bytes(), false)?;
         write_file(&key_path, issued.key_pem.as_bytes(), true)?;
+        let client = ca.issue_with(organ_id.as_str(), name, key_type, validity, |p| {
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        })?;
+        let client_name = format!("{organ_id}.client.pem");
+        let client_cert = out_dir.join(&client_name);
+        let client_key = out_dir.join(format!("{organ_id}.client.key.pem"));
+        write_file(&client_cert, client.cert_pem.as_bytes(), false)?;
+        write_file(&client_key, client.key_pem.as_bytes(), true)?;
         let parent = organ_id.parent().map(String::from).unwrap_or_default();
         csv_out
-            .write_record([organ_id.as_str(), name, &parent, "", &cert_name])
+            .write_record([
+                organ_id.as_str(),
+                name,
+                &parent,
+                "",
+                &cert_name,
+                &client_name,
+            ])
             .map_err(csv_err)?;
         files.push(AgencyFiles {
             organ_id: organ_id.clone(),
             cert: cert_path,
             key: key_path,
+            client_cert,
+            client_key,
         });
     }
     let csv_bytes = csv_out
@@ -480,7 +513,33 @@ pub fn write_dev_pki(
     write_file(&gateway_cert, gw.cert_pem.as_bytes(), false)?;
     write_file(&gateway_key, gw.key_pem.as_bytes(), true)?;
 
+    let server = ca.issue_with(
+        "lienthong",
+        "lienthong dev gateway",
+        key_type,
+        validity,
+        |p| {
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::V4(
+                std::net::Ipv4Addr::LOCALHOST,
+            ))];
+            if let Ok(name) = "localhost".to_owned().try_into() {
+                p.subject_alt_names.push(rcgen::SanType::DnsName(name));
+            }
+        },
+    )?;
+    let server_cert = out_dir.join("server.pem");
+    let server_key = out_dir.join("server.key.pem");
+    write_file(&server_cert, server.cert_pem.as_bytes(), false)?;
+    write_file(&server_key, server.key_pem.as_bytes(), true)?;
+
     Ok(DevPkiFiles {
+        server_cert,
+        server_key,
         dir: out_dir.to_path_buf(),
         ca_cert,
         ca_key,
@@ -684,7 +743,17 @@ pub(crate) mod tests {
         let out = dir.path().join("pki");
         let files = ok(write_dev_pki(&out, &default_agencies(), KeyType::EcP256));
         assert_eq!(files.agencies.len(), 4);
-        for p in [&files.ca_cert, &files.ca_key, &files.directory_csv] {
+        for p in [
+            &files.ca_cert,
+            &files.ca_key,
+            &files.directory_csv,
+            &files.server_cert,
+            &files.server_key,
+            &files.gateway_cert,
+            &files.gateway_key,
+            &files.agencies[0].client_cert,
+            &files.agencies[0].client_key,
+        ] {
             assert!(p.is_file(), "{}", p.display());
         }
         let first = &files.agencies[0];
@@ -702,16 +771,18 @@ pub(crate) mod tests {
         let mut lines = csv_text.lines();
         assert_eq!(
             lines.next(),
-            Some("organ_id,name,parent,email,signing_cert")
-        );
-        assert_eq!(
-            lines.next(),
-            Some("000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu,,,000.00.00.H35.pem")
+            Some("organ_id,name,parent,email,signing_cert,client_cert")
         );
         assert_eq!(
             lines.next(),
             Some(
-                "000.00.01.H35,Văn phòng Ủy ban nhân dân tỉnh Lai Châu,000.00.00.H35,,000.00.01.H35.pem"
+                "000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu,,,000.00.00.H35.pem,000.00.00.H35.client.pem"
+            )
+        );
+        assert_eq!(
+            lines.next(),
+            Some(
+                "000.00.01.H35,Văn phòng Ủy ban nhân dân tỉnh Lai Châu,000.00.00.H35,,000.00.01.H35.pem,000.00.01.H35.client.pem"
             )
         );
 

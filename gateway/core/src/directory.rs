@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lienthong_schema::entity::{agency, signing_cert};
+use lienthong_schema::entity::{agency, client_cert, signing_cert};
 
 use crate::directory_csv::{AgencyRow, RowProblem, read_directory_csv};
 use crate::error::{Error, Reason, Result};
@@ -19,7 +19,7 @@ use crate::store::{Store, now_micros};
 pub struct ImportOutcome {
     /// Rows written (0 when the import was refused).
     pub imported: usize,
-    /// Signing certificates bound from the `signing_cert` column.
+    /// Certificates bound from the `signing_cert` and `client_cert` columns.
     pub certificates_bound: usize,
     /// Every bad row, with its line number and reason.
     pub problems: Vec<RowProblem>,
@@ -50,20 +50,29 @@ pub async fn import_csv(
     // file is a row problem, not a half-done import.
     let mut good = Vec::with_capacity(rows.len());
     let mut certs = Vec::new();
+    let mut clients = Vec::new();
     for row in rows {
-        match &row.signing_cert {
-            None => good.push(row),
-            Some(p) => match certificate_row(&row.organ_id, p) {
-                Ok(c) => {
-                    certs.push(c);
-                    good.push(row);
-                }
-                Err(e) => problems.push(RowProblem {
-                    line: row.line,
-                    organ_id: row.organ_id.as_str().to_owned(),
-                    reason: e.message().to_owned(),
-                }),
-            },
+        let signing = row
+            .signing_cert
+            .as_deref()
+            .map(|p| certificate_row(&row.organ_id, p))
+            .transpose();
+        let client = row
+            .client_cert
+            .as_deref()
+            .map(|p| client_row(row.organ_id.as_str(), p, ClientRole::Agency))
+            .transpose();
+        match (signing, client) {
+            (Ok(sc), Ok(cc)) => {
+                certs.extend(sc);
+                clients.extend(cc);
+                good.push(row);
+            }
+            (Err(e), _) | (_, Err(e)) => problems.push(RowProblem {
+                line: row.line,
+                organ_id: row.organ_id.as_str().to_owned(),
+                reason: e.message().to_owned(),
+            }),
         }
     }
     problems.sort_by_key(|p| p.line);
@@ -78,8 +87,8 @@ pub async fn import_csv(
     let now = now_micros();
     let models: Vec<agency::Model> = good.iter().map(|r| agency_model(r, now)).collect();
     let imported = models.len();
-    let certificates_bound = certs.len();
-    store.import_directory(models, certs).await?;
+    let certificates_bound = certs.len() + clients.len();
+    store.import_directory(models, certs, clients).await?;
     Ok(ImportOutcome {
         imported,
         certificates_bound,
@@ -123,6 +132,21 @@ fn certificate_row(organ_id: &OrganId, pem: &Path) -> Result<signing_cert::Model
     })
 }
 
+fn client_row(name: &str, pem: &Path, role: ClientRole) -> Result<client_cert::Model> {
+    let der = load_certificate_pem(pem)?;
+    let info = describe_certificate(&der)?;
+    Ok(client_cert::Model {
+        spki_sha256: hex::encode(info.spki_sha256),
+        organ_id: name.to_owned(),
+        role: role.as_str().to_owned(),
+        subject: info.subject,
+        issuer: info.issuer,
+        not_after: info.not_after.unix_timestamp(),
+        cert_der: der,
+        bound_at: now_micros(),
+    })
+}
+
 /// Binds a document-signing certificate to an agency of the directory.
 pub async fn bind_signing_cert(
     store: &Store,
@@ -139,4 +163,67 @@ pub async fn bind_signing_cert(
     let row = certificate_row(&id, pem)?;
     store.bind_signing_cert(row.clone()).await?;
     Ok(row)
+}
+
+/// Binds a client (system) certificate, for mutual TLS, to an agency of the
+/// directory (`role = "agency"`) or to an operator (`role = "operator"`,
+/// any name).
+pub async fn bind_client_cert(
+    store: &Store,
+    organ_id: &str,
+    pem: &Path,
+    role: ClientRole,
+) -> Result<client_cert::Model> {
+    let name = match role {
+        ClientRole::Agency => {
+            let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
+            if store.agency(id.as_str()).await?.is_none() {
+                return Err(Error::new(
+                    Reason::NotFound,
+                    format!(
+                        "{id} is not in the directory; import it first (`lienthong directory import`)"
+                    ),
+                ));
+            }
+            id.as_str().to_owned()
+        }
+        ClientRole::Operator => {
+            let name = organ_id.trim();
+            if name.is_empty() || name.len() > 100 {
+                return Err(Error::malformed(
+                    "an operator needs a name of 1 to 100 characters",
+                ));
+            }
+            name.to_owned()
+        }
+    };
+    let row = client_row(&name, pem, role)?;
+    store.bind_client_cert(row.clone()).await?;
+    Ok(row)
+}
+
+/// Who a client certificate speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRole {
+    /// An agency's document-management software.
+    Agency,
+    /// The gateway's operators (reports, all traces, the directory).
+    Operator,
+}
+
+impl ClientRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientRole::Agency => "agency",
+            ClientRole::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ClientRole> {
+        match s {
+            "agency" => Some(ClientRole::Agency),
+            "operator" => Some(ClientRole::Operator),
+            _ => None,
+        }
+    }
 }

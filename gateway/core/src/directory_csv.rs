@@ -71,6 +71,9 @@ pub struct AgencyRow {
     pub active: bool,
     /// Resolved against the CSV's directory; not read here.
     pub signing_cert: Option<PathBuf>,
+    /// A PEM file (relative to the CSV) holding the client (system)
+    /// certificate the agency's software presents under mutual TLS.
+    pub client_cert: Option<PathBuf>,
     /// Columns the gateway does not know, by their header as written
     /// (non-empty values only).
     pub extra: BTreeMap<String, String>,
@@ -111,6 +114,7 @@ enum Col {
     Channel,
     Active,
     SigningCert,
+    ClientCert,
 }
 
 impl Col {
@@ -126,6 +130,7 @@ impl Col {
             Col::Channel => "channel",
             Col::Active => "active",
             Col::SigningCert => "signing_cert",
+            Col::ClientCert => "client_cert",
         }
     }
 
@@ -153,6 +158,7 @@ impl Col {
             "channel" => Col::Channel,
             "active" => Col::Active,
             "signing_cert" | "signing_certificate" | "cert" | "certificate" => Col::SigningCert,
+            "client_cert" | "client_certificate" | "tls_cert" => Col::ClientCert,
             _ => return None,
         })
     }
@@ -429,6 +435,7 @@ fn check_row(
     let address = get(Col::Address, &mut non_utf8);
     let website = get(Col::Website, &mut non_utf8);
     let cert = get(Col::SigningCert, &mut non_utf8);
+    let client = get(Col::ClientCert, &mut non_utf8);
     let mut extra = BTreeMap::new();
     for (i, key) in &header.extra {
         let v = field(*i, &mut non_utf8);
@@ -519,14 +526,16 @@ fn check_row(
             true
         }
     };
-    let signing_cert = opt(cert).map(|c| {
+    let relative = |c: String| {
         let p = Path::new(&c);
         if p.is_absolute() {
             p.to_path_buf()
         } else {
             base_dir.join(p)
         }
-    });
+    };
+    let signing_cert = opt(cert).map(relative);
+    let client_cert = opt(client).map(relative);
 
     let row = organ_id.map(|organ_id| AgencyRow {
         line,
@@ -540,6 +549,7 @@ fn check_row(
         channel,
         active,
         signing_cert,
+        client_cert,
         extra,
     });
     Pending {

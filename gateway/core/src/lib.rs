@@ -1,10 +1,13 @@
 pub mod blobs;
+pub mod crl;
 pub mod devpki;
 pub mod directory;
 pub mod directory_csv;
 pub mod error;
+pub mod metrics; // issue 7
 pub mod organ_id;
 pub mod pipeline;
 pub mod receipts;
+pub mod reports; // issue 7
 pub mod signing;
 pub mod store;

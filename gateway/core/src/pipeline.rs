@@ -167,6 +167,18 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+/// What vouches for an envelope's origin.
+#[derive(Debug)]
+enum Proof {
+    /// Its signatures, chained to the trust anchors and bound to `from`.
+    Signatures,
+    /// The transport's authentication of the caller (edXML submissions).
+    CallerIdentity {
+        policy: IdPolicy,
+        notes: Vec<String>,
+    },
+}
+
 /// Where a refusal is logged: who sent what, as far as it could be read.
 #[derive(Debug, Clone)]
 struct Subject {
@@ -251,13 +263,56 @@ impl Gateway {
         signed: SignedEnvelope,
         encoded_len: usize,
     ) -> Result<Submission> {
+        self.begin(caller, signed, encoded_len, &Proof::Signatures)
+            .await
+    }
+
+    /// Starts a submission of an envelope that carries no signature this
+    /// gateway can verify (an edXML package): it is accepted on the caller's
+    /// authenticated identity alone — `from` must be the caller — and the
+    /// delivery's verification report says so, with `notes` (what the
+    /// package's own signature element showed). Identifiers are checked with
+    /// `policy`: real producers send test-system ids such as `vxp.saas.03`.
+    pub async fn begin_send_unsigned(
+        &self,
+        caller: &Caller,
+        envelope: &Envelope,
+        policy: IdPolicy,
+        notes: Vec<String>,
+    ) -> Result<Submission> {
+        let payload = envelope.encode_to_vec();
+        let len = payload.len();
+        let signed = SignedEnvelope {
+            payload: payload.into(),
+            payload_type: pb::ENVELOPE_PAYLOAD_TYPE.to_owned(),
+            signatures: Vec::new(),
+        };
+        self.begin(
+            caller,
+            signed,
+            len,
+            &Proof::CallerIdentity { policy, notes },
+        )
+        .await
+    }
+
+    async fn begin(
+        &self,
+        caller: &Caller,
+        signed: SignedEnvelope,
+        encoded_len: usize,
+        proof: &Proof,
+    ) -> Result<Submission> {
         let mut subject = Subject {
             sender: caller.organ_id.clone(),
             message_id: String::new(),
             actor: Some(caller.organ_id.clone()),
             transport: caller.transport,
         };
-        match self.check(caller, signed, encoded_len, &mut subject).await {
+        match self
+            .check(caller, signed, encoded_len, proof, &mut subject)
+            .await
+        {
             Ok(sub) => Ok(sub),
             Err(err) => {
                 self.inner.log_refusal(&subject, &err).await;
@@ -271,9 +326,14 @@ impl Gateway {
         caller: &Caller,
         signed: SignedEnvelope,
         encoded_len: usize,
+        proof: &Proof,
         subject: &mut Subject,
     ) -> Result<Submission> {
         let inner = &self.inner;
+        let policy = match proof {
+            Proof::Signatures => IdPolicy::Strict,
+            Proof::CallerIdentity { policy, .. } => *policy,
+        };
         let limits = &inner.limits;
         if encoded_len > limits.max_envelope_bytes {
             // The bytes are in memory already (the transport bounds them):
@@ -310,7 +370,7 @@ impl Gateway {
             subject.sender = truncate(&envelope.from, 64).to_owned();
         }
         validate_message_id(&envelope.message_id)?;
-        let from = OrganId::parse_with(&envelope.from, IdPolicy::Strict).map_err(|e| {
+        let from = OrganId::parse_with(&envelope.from, policy).map_err(|e| {
             Error::new(
                 Reason::BadIdentifier,
                 format!("the envelope's `from`: {}", e.message()),
@@ -326,7 +386,7 @@ impl Gateway {
             ));
         }
         subject.sender = from.as_str().to_owned();
-        let recipients = validate_recipients(&envelope.to, limits.max_recipients)?;
+        let recipients = validate_recipients(&envelope.to, limits.max_recipients, policy)?;
 
         // Dedupe before the expensive checks: a repeat of accepted bytes is
         // answered with the first receipt.
@@ -385,7 +445,28 @@ impl Gateway {
             ));
         }
 
-        let verification = self.verify_signatures(&signed, &from).await?;
+        let verification = match proof {
+            Proof::Signatures => {
+                self.verify_signatures(&signed, &from, signing::signed_at_of(&envelope))
+                    .await?
+            }
+            Proof::CallerIdentity { notes, .. } => {
+                let mut summary = format!(
+                    "not signed in a form this gateway verifies (edXML); accepted on the authenticated identity of {from}"
+                );
+                for n in notes {
+                    summary.push_str("; ");
+                    summary.push_str(n);
+                }
+                Verification {
+                    signatures: Vec::new(),
+                    attachments_verified: false,
+                    checked_at: Some(timestamp(now_micros())),
+                    summary,
+                    warnings: Vec::new(),
+                }
+            }
+        };
 
         let body = envelope.body.as_ref().ok_or_else(|| {
             Error::malformed("the envelope has neither a document nor a status notice")
@@ -402,7 +483,7 @@ impl Gateway {
                 )
             }
             Body::Status(st) => {
-                let doc_from = validate_status(st)?;
+                let doc_from = validate_status(st, policy)?;
                 (
                     "status",
                     st.document_id.clone(),
@@ -450,6 +531,7 @@ impl Gateway {
         &self,
         signed: &SignedEnvelope,
         from: &OrganId,
+        signed_at: Option<UnixTime>,
     ) -> Result<Verification> {
         if signed.signatures.is_empty() {
             return Err(Error::new(
@@ -463,7 +545,12 @@ impl Gateway {
         let mut bound_to_sender = false;
         let mut unbound_subject = None;
         for sig in &signed.signatures {
-            let v = signing::verify_signature(sig, &pae, &self.inner.anchors, now)?;
+            let v = signing::verify_signature_with(
+                sig,
+                &pae,
+                &self.inner.anchors,
+                &signing::VerifyOptions::at(now).signed_at(signed_at),
+            )?;
             let spki = hex::encode(v.spki_sha256);
             let bound = self.inner.store.signing_cert(&spki).await?;
             let bound_to = bound.map(|b| b.organ_id).unwrap_or_default();
@@ -484,6 +571,22 @@ impl Gateway {
                     seconds: v.not_after.unix_timestamp(),
                     nanos: 0,
                 }),
+                revocation: v.revocation.as_ref().map(|r| pb::RevocationCheck {
+                    source: r.source.clone(),
+                    issuer: r.issuer.clone(),
+                    this_update: Some(prost_types::Timestamp {
+                        seconds: r.this_update.unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    next_update: Some(prost_types::Timestamp {
+                        seconds: r.next_update.unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    crl_number: r.crl_number.clone().unwrap_or_default(),
+                    stale: r.stale,
+                }),
+                warnings: v.warnings.clone(),
+                serial: v.serial.clone(),
             });
         }
         if !bound_to_sender {
@@ -500,13 +603,20 @@ impl Gateway {
             .find(|c| c.bound_to == from.as_str())
             .map(|c| c.signer_subject.clone())
             .unwrap_or_default();
+        let warnings: Vec<String> = checks.iter().flat_map(|c| c.warnings.clone()).collect();
+        let mut summary = format!(
+            "signed by {signer}, a certificate bound to {from} and trusted by this gateway"
+        );
+        for w in &warnings {
+            summary.push_str("; warning: ");
+            summary.push_str(w);
+        }
         Ok(Verification {
             signatures: checks,
             attachments_verified: false,
             checked_at: Some(timestamp(now_micros())),
-            summary: format!(
-                "signed by {signer}, a certificate bound to {from} and trusted by this gateway"
-            ),
+            summary,
+            warnings,
         })
     }
 
@@ -550,6 +660,20 @@ impl Gateway {
                 ),
             )),
         }
+    }
+
+    /// The signed envelope of a message the caller sent or received, exactly
+    /// as it was accepted.
+    pub async fn envelope_of(
+        &self,
+        caller: &Caller,
+        from: &str,
+        message_id: &str,
+    ) -> Result<SignedEnvelope> {
+        let m = self.authorised_message(caller, from, message_id).await?;
+        SignedEnvelope::decode(m.signed_envelope.as_slice()).map_err(|e| {
+            Error::new(Reason::Unavailable, "a stored envelope could not be read").with_source(e)
+        })
     }
 
     /// Opens an attachment of a message the caller sent or received.
@@ -745,6 +869,34 @@ impl Gateway {
             String::new()
         };
         Ok((page, next))
+    }
+
+    /// The caller a verified client certificate speaks for: the directory's
+    /// binding of its key is the only source of identity under mutual TLS.
+    pub async fn identify_client(
+        &self,
+        spki_sha256: &[u8; 32],
+        transport: Transport,
+    ) -> Result<Caller> {
+        let hex = hex::encode(spki_sha256);
+        let Some(binding) = self.inner.store.client_cert(&hex).await? else {
+            return Err(self
+                .refuse(
+                    None,
+                    "",
+                    Error::new(
+                        Reason::PermissionDenied,
+                        format!(
+                            "this client certificate (key sha256 {hex}) is not bound to any agency; ask the operators to run `lienthong directory bind-client-cert ORGAN_ID CERT.pem`"
+                        ),
+                    ),
+                )
+                .await);
+        };
+        Ok(Caller {
+            organ_id: binding.organ_id,
+            transport,
+        })
     }
 
     /// Readiness: the database answers.
@@ -1192,6 +1344,7 @@ impl Inbox {
             accepted_at: Some(timestamp(p.message.accepted_at)),
             verification,
             attempt: attempt.max(1) as u32,
+            edxml: Default::default(),
         })
     }
 }
@@ -1210,7 +1363,7 @@ fn validate_message_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_recipients(to: &[String], max: usize) -> Result<Vec<OrganId>> {
+fn validate_recipients(to: &[String], max: usize, policy: IdPolicy) -> Result<Vec<OrganId>> {
     if to.is_empty() {
         return Err(Error::malformed("the envelope has no recipient in `to`"));
     }
@@ -1226,7 +1379,7 @@ fn validate_recipients(to: &[String], max: usize) -> Result<Vec<OrganId>> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(to.len());
     for t in to {
-        let id = OrganId::parse_with(t, IdPolicy::Strict).map_err(|e| {
+        let id = OrganId::parse_with(t, policy).map_err(|e| {
             Error::new(
                 Reason::BadIdentifier,
                 format!("a recipient in `to`: {}", e.message()),
@@ -1279,7 +1432,7 @@ fn validate_document(doc: &pb::Document, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-fn validate_status(st: &pb::StatusNotice) -> Result<OrganId> {
+fn validate_status(st: &pb::StatusNotice, policy: IdPolicy) -> Result<OrganId> {
     if !STATUS_CODES.contains(&st.code.as_str()) {
         return Err(Error::malformed(format!(
             "status code {:?} is not one of {}",
@@ -1292,7 +1445,7 @@ fn validate_status(st: &pb::StatusNotice) -> Result<OrganId> {
             "the status notice does not name the document it answers (document_id)",
         ));
     }
-    OrganId::parse_with(&st.document_from, IdPolicy::Strict).map_err(|e| {
+    OrganId::parse_with(&st.document_from, policy).map_err(|e| {
         Error::new(
             Reason::BadIdentifier,
             format!("the status notice's document_from: {}", e.message()),

@@ -5,10 +5,17 @@
 //! A signature carries its certificate chain (DER, leaf first); verification
 //! checks the value with the leaf's key, then builds a path from the leaf to
 //! one of the configured trust anchors with webpki.
+//!
+//! The certificate policy for document-signing certificates lives here too
+//! ([`CertPolicy`]): key sizes (RSA of 2048 bits or more, EC P-256/P-384),
+//! no SHA-1 in the chain unless the operator allows it, revocation by the
+//! lists of `trust.crls` ([`crate::crl`]), and validity both now and at the
+//! signing time the envelope claims.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use lienthong_proto::v1::{ENVELOPE_PAYLOAD_TYPE, Envelope, Signature, SignedEnvelope};
 use prost::Message;
@@ -17,13 +24,15 @@ use ring::rand::SystemRandom;
 use ring::signature::{self as rsig, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{
-    CertificateDer, PrivatePkcs8KeyDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
+    AlgorithmIdentifier, CertificateDer, InvalidSignature, PrivatePkcs8KeyDer,
+    SignatureVerificationAlgorithm, TrustAnchor, UnixTime, alg_id,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use crate::crl::{CrlSet, CrlSnapshot, LoadedCrl};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::quote;
 
@@ -345,11 +354,51 @@ struct Anchor {
     subject: String,
 }
 
-/// The CA certificates signatures must chain to (`trust.anchors`).
+/// What to do with a revocation list past its nextUpdate
+/// (`trust.stale_crl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleCrlPolicy {
+    /// Refuse the signature (`UNTRUSTED_CERTIFICATE`): the gateway cannot
+    /// tell whether the certificate was revoked since the list was issued.
+    Refuse,
+    /// Accept it, checked against the old list, with a warning in the
+    /// verification report.
+    Warn,
+}
+
+/// The certificate policy for document-signing certificates
+/// (`trust.refuse_sha1`, `trust.stale_crl`, `trust.require_revocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertPolicy {
+    /// Refuse chains with a certificate signed with SHA-1.
+    pub refuse_sha1: bool,
+    pub stale_crl: StaleCrlPolicy,
+    /// Refuse a certificate whose issuer has no revocation list configured
+    /// (else: accepted, with "revocation not checked" in the report).
+    pub require_revocation: bool,
+}
+
+impl Default for CertPolicy {
+    fn default() -> Self {
+        CertPolicy {
+            refuse_sha1: true,
+            // Lists are put in place by hand (no fetching yet): a late copy
+            // should show in every report, not stop the province's mail.
+            stale_crl: StaleCrlPolicy::Warn,
+            require_revocation: false,
+        }
+    }
+}
+
+/// The CA certificates signatures must chain to (`trust.anchors`), with the
+/// certificate policy and the revocation lists (`trust.crls`) that go with
+/// them. Clones share the revocation lists, so a reload is seen by all.
 #[derive(Debug, Clone, Default)]
 pub struct TrustAnchors {
     anchors: Vec<Anchor>,
     webpki: Vec<TrustAnchor<'static>>,
+    policy: CertPolicy,
+    crls: Option<Arc<CrlSet>>,
 }
 
 impl TrustAnchors {
@@ -433,6 +482,40 @@ impl TrustAnchors {
         Ok(())
     }
 
+    /// The same anchors under `policy`.
+    pub fn with_policy(mut self, policy: CertPolicy) -> TrustAnchors {
+        self.policy = policy;
+        self
+    }
+
+    /// The same anchors with the revocation lists of these files
+    /// (`trust.crls`, DER or PEM), checked against the anchors and read
+    /// again when they change. Call it after every anchor is in. No files:
+    /// no revocation checking.
+    pub fn with_crl_files(self, paths: &[PathBuf]) -> Result<TrustAnchors> {
+        if paths.is_empty() {
+            return Ok(self);
+        }
+        let set = CrlSet::load(paths, &self)?;
+        Ok(self.with_crls(set))
+    }
+
+    /// The same anchors with an already loaded set of revocation lists.
+    pub fn with_crls(mut self, crls: CrlSet) -> TrustAnchors {
+        self.crls = Some(Arc::new(crls));
+        self
+    }
+
+    pub fn policy(&self) -> CertPolicy {
+        self.policy
+    }
+
+    /// The revocation lists in force (re-read if a file changed), e.g. for
+    /// `serve`'s start-up report; `None` without `trust.crls`.
+    pub fn crls(&self) -> Option<Arc<CrlSnapshot>> {
+        self.crls.as_ref().map(|c| c.snapshot())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.anchors.is_empty()
     }
@@ -490,6 +573,78 @@ pub struct VerifiedSigner {
     /// The leaf's serial number, hex.
     pub serial: String,
     pub not_after: OffsetDateTime,
+    /// The revocation list the leaf was checked against; `None` when no
+    /// list of its issuer is configured (then `warnings` says the
+    /// revocation was not checked).
+    pub revocation: Option<RevocationInfo>,
+    /// What the receiving clerk should know although the signature was
+    /// accepted: a stale revocation list, revocation not checked.
+    pub warnings: Vec<String>,
+}
+
+/// Where a certificate's revocation status came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationInfo {
+    /// `crl:` and the path of the file in `trust.crls`.
+    pub source: String,
+    /// The list's issuer (the certificate's CA).
+    pub issuer: String,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+    /// The list's CRL number (decimal), when it has one.
+    pub crl_number: Option<String>,
+    /// The list was past its nextUpdate at the check (accepted under
+    /// `trust.stale_crl = "warn"`).
+    pub stale: bool,
+}
+
+impl RevocationInfo {
+    fn of(crl: &LoadedCrl, now: i64) -> RevocationInfo {
+        RevocationInfo {
+            source: format!("crl:{}", crl.source().display()),
+            issuer: crl.issuer().to_owned(),
+            this_update: crl.this_update(),
+            next_update: crl.next_update(),
+            crl_number: crl.crl_number().map(str::to_owned),
+            stale: crl.is_stale_at(now),
+        }
+    }
+}
+
+/// When a signature is judged.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyOptions {
+    /// The chain must be valid, and not revoked, now.
+    pub now: UnixTime,
+    /// The signing time the envelope claims (its `created_at`): every
+    /// certificate of the chain must have been valid then as well. A
+    /// document signed before its certificate existed, or after it
+    /// expired, is refused even if the certificate is valid today.
+    pub signed_at: Option<UnixTime>,
+}
+
+impl VerifyOptions {
+    pub fn at(now: UnixTime) -> VerifyOptions {
+        VerifyOptions {
+            now,
+            signed_at: None,
+        }
+    }
+
+    pub fn signed_at(mut self, at: Option<UnixTime>) -> VerifyOptions {
+        self.signed_at = at;
+        self
+    }
+}
+
+/// The envelope's `created_at` as a verification time (`None` when it is
+/// absent or before 1970).
+pub fn signed_at_of(envelope: &Envelope) -> Option<UnixTime> {
+    let t = envelope.created_at.as_ref()?;
+    let secs = u64::try_from(t.seconds).ok()?;
+    Some(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        secs,
+    )))
 }
 
 /// At most this many certificates per signature: real chains have two or
@@ -497,13 +652,26 @@ pub struct VerifiedSigner {
 const MAX_CERTIFICATES: usize = 8;
 
 /// Verifies one signature over `signed_bytes` (the PAE) and its chain to
-/// `anchors` at time `now`.
+/// `anchors` at time `now`, under the anchors' certificate policy.
 pub fn verify_signature(
     sig: &Signature,
     signed_bytes: &[u8],
     anchors: &TrustAnchors,
     now: UnixTime,
 ) -> Result<VerifiedSigner> {
+    verify_signature_with(sig, signed_bytes, anchors, &VerifyOptions::at(now))
+}
+
+/// Like [`verify_signature`], also checking the chain at the claimed
+/// signing time when `opts.signed_at` is given.
+pub fn verify_signature_with(
+    sig: &Signature,
+    signed_bytes: &[u8],
+    anchors: &TrustAnchors,
+    opts: &VerifyOptions,
+) -> Result<VerifiedSigner> {
+    let now = opts.now;
+    let policy = anchors.policy;
     let algorithm =
         Algorithm::parse(&sig.algorithm).ok_or_else(|| unknown_algorithm(&sig.algorithm))?;
     let Some(leaf_der) = sig.certificates.first() else {
@@ -540,6 +708,14 @@ pub fn verify_signature(
             kind.describe(),
             kind.algorithms()
         )));
+    }
+
+    // Before the signature: a 1024-bit key would otherwise only show as a
+    // signature that "does not verify", which sends the signer looking for
+    // a changed payload.
+    check_key_strength(&parsed)?;
+    if policy.refuse_sha1 {
+        refuse_sha1_links(&parsed)?;
     }
 
     // No KeyUsage extension means no restriction (RFC 5280 §4.2.1.3).
@@ -593,7 +769,25 @@ pub fn verify_signature(
         .iter()
         .map(|c| CertificateDer::from(c.as_ref()))
         .collect();
-    let algs = chain_algorithms();
+    let algs = chain_algorithms(!policy.refuse_sha1);
+    let snapshot = anchors.crls.as_ref().map(|c| c.snapshot());
+    let lists = snapshot
+        .as_deref()
+        .map(CrlSnapshot::webpki_lists)
+        .unwrap_or_default();
+    let revocation = webpki::RevocationOptionsBuilder::new(&lists).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(if policy.require_revocation {
+                webpki::UnknownStatusPolicy::Deny
+            } else {
+                webpki::UnknownStatusPolicy::Allow
+            })
+            .with_expiration_policy(match policy.stale_crl {
+                StaleCrlPolicy::Refuse => webpki::ExpirationPolicy::Enforce,
+                StaleCrlPolicy::Warn => webpki::ExpirationPolicy::Ignore,
+            })
+            .build()
+    });
     let path = ee
         .verify_for_usage(
             &algs,
@@ -601,22 +795,87 @@ pub fn verify_signature(
             &intermediates,
             now,
             AnyExtendedKeyUsage,
-            None,
+            revocation,
             None,
         )
-        .map_err(|e| chain_refusal(e, &parsed, now))?;
+        .map_err(|e| chain_refusal(e, &parsed, now, snapshot.as_deref()))?;
 
+    // The certificates of the path webpki chose (the signer may have sent
+    // more), leaf first, as parsed above.
+    let mut path_certs: Vec<&X509Certificate<'_>> = vec![leaf];
     let mut chain = Vec::new();
     for c in path.intermediate_certificates() {
         let der = c.der();
-        chain.push(
-            parse_cert(der.as_ref())
-                .map(|c| c.subject().to_string())
-                .unwrap_or_default(),
-        );
+        let found = sig
+            .certificates
+            .iter()
+            .position(|s| s.as_ref() == der.as_ref())
+            .and_then(|i| parsed.get(i));
+        if let Some(p) = found {
+            path_certs.push(p);
+        }
+        chain.push(found.map(|c| c.subject().to_string()).unwrap_or_default());
     }
     let trust_anchor = anchors.subject_of(path.anchor());
     chain.push(trust_anchor.clone());
+
+    if let Some(at) = opts.signed_at {
+        check_validity_at_signing(&path_certs, at)?;
+    }
+
+    let now_s = unix_secs(now);
+    let mut warnings = Vec::new();
+    let mut revocation = None;
+    match snapshot.as_deref().filter(|s| !s.is_empty()) {
+        None if policy.require_revocation => {
+            return Err(Error::new(
+                Reason::UntrustedCertificate,
+                format!(
+                    "the revocation status of the certificate of {who} is unknown: no revocation \
+                     list of {} is configured and this gateway requires one \
+                     (trust.require_revocation); nothing was accepted: the gateway's operators \
+                     must add that CA's list to trust.crls",
+                    leaf.issuer()
+                ),
+            ));
+        }
+        None => warnings.push(format!(
+            "the revocation of the certificate of {who} was not checked: no revocation list of \
+             {} is configured on this gateway (trust.crls)",
+            leaf.issuer()
+        )),
+        Some(s) => {
+            for (i, c) in path_certs.iter().enumerate() {
+                let role = if i == 0 { "" } else { "intermediate CA " };
+                match s.for_issuer(c.issuer().as_raw()) {
+                    Some(crl) => {
+                        if crl.is_stale_at(now_s) {
+                            crl.log_stale_use();
+                            warnings.push(format!(
+                                "the revocation list of {} ({}) expired on {}: the {role}\
+                                 certificate of {} was checked against it, but a revocation \
+                                 after {} would not be known to the gateway",
+                                crl.issuer(),
+                                crl.source().display(),
+                                fmt_time(crl.next_update().unix_timestamp()),
+                                display_name(c),
+                                fmt_time(crl.this_update().unix_timestamp()),
+                            ));
+                        }
+                        if i == 0 {
+                            revocation = Some(RevocationInfo::of(crl, now_s));
+                        }
+                    }
+                    None => warnings.push(format!(
+                        "the revocation of the {role}certificate of {} was not checked: no \
+                         revocation list of {} is configured on this gateway (trust.crls)",
+                        display_name(c),
+                        c.issuer()
+                    )),
+                }
+            }
+        }
+    }
 
     Ok(VerifiedSigner {
         algorithm,
@@ -626,6 +885,8 @@ pub fn verify_signature(
         spki_sha256: sha256(leaf.public_key().raw),
         serial: hex::encode(leaf.raw_serial()),
         not_after: to_datetime(leaf.validity().not_after.timestamp()),
+        revocation,
+        warnings,
     })
 }
 
@@ -643,11 +904,26 @@ pub fn verify_envelope_signatures(
              with the agency's certificate",
         ));
     }
+    verify_envelope_signatures_with(signed, anchors, &VerifyOptions::at(now))
+}
+
+/// Like [`verify_envelope_signatures`] with the signing time too.
+pub fn verify_envelope_signatures_with(
+    signed: &SignedEnvelope,
+    anchors: &TrustAnchors,
+    opts: &VerifyOptions,
+) -> Result<Vec<VerifiedSigner>> {
+    if signed.signatures.is_empty() {
+        return Err(bad_signature(
+            "the envelope carries no signature; sign it (DSSE over payload_type and payload) \
+             with the agency's certificate",
+        ));
+    }
     let msg = pae(&signed.payload_type, &signed.payload);
     signed
         .signatures
         .iter()
-        .map(|s| verify_signature(s, &msg, anchors, now))
+        .map(|s| verify_signature_with(s, &msg, anchors, opts))
         .collect()
 }
 
@@ -669,10 +945,14 @@ impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
     }
 }
 
-/// What CA certificates may be signed with (chain links, not envelopes).
-fn chain_algorithms() -> [&'static dyn SignatureVerificationAlgorithm; 12] {
+/// What CA certificates and revocation lists may be signed with (chain
+/// links, not envelopes); SHA-1 (RSA PKCS#1 only: ring verifies no ECDSA
+/// with SHA-1) only when `allow_sha1`.
+pub(crate) fn chain_algorithms(
+    allow_sha1: bool,
+) -> Vec<&'static dyn SignatureVerificationAlgorithm> {
     use webpki::ring as w;
-    [
+    let mut algs: Vec<&'static dyn SignatureVerificationAlgorithm> = vec![
         w::RSA_PKCS1_2048_8192_SHA256,
         w::RSA_PKCS1_2048_8192_SHA384,
         w::RSA_PKCS1_2048_8192_SHA512,
@@ -685,11 +965,188 @@ fn chain_algorithms() -> [&'static dyn SignatureVerificationAlgorithm; 12] {
         w::ECDSA_P384_SHA256,
         w::ECDSA_P384_SHA384,
         w::ED25519,
-    ]
+    ];
+    if allow_sha1 {
+        algs.push(RSA_PKCS1_SHA1);
+    }
+    algs
 }
 
-fn chain_refusal(e: webpki::Error, certs: &[X509Certificate<'_>], now: UnixTime) -> Error {
+/// `sha1WithRSAEncryption` with its NULL parameters, as certificates carry it.
+const SHA1_WITH_RSA: [u8; 13] = [
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05, 0x05, 0x00,
+];
+
+/// RSA PKCS#1 v1.5 with SHA-1, for `trust.refuse_sha1 = false`: webpki has
+/// none, ring keeps one for legacy verification.
+#[derive(Debug)]
+struct RsaPkcs1Sha1;
+
+impl SignatureVerificationAlgorithm for RsaPkcs1Sha1 {
+    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+        alg_id::RSA_ENCRYPTION
+    }
+
+    fn signature_alg_id(&self) -> AlgorithmIdentifier {
+        AlgorithmIdentifier::from_slice(&SHA1_WITH_RSA)
+    }
+
+    fn verify_signature(
+        &self,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> std::result::Result<(), InvalidSignature> {
+        rsig::UnparsedPublicKey::new(
+            &rsig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+            public_key,
+        )
+        .verify(message, signature)
+        .map_err(|_| InvalidSignature)
+    }
+}
+
+static RSA_PKCS1_SHA1: &dyn SignatureVerificationAlgorithm = &RsaPkcs1Sha1;
+
+/// The SHA-1 signature algorithms a CA may have signed a certificate with.
+const SHA1_SIGNATURE_OIDS: [(&str, &str); 4] = [
+    ("1.2.840.113549.1.1.5", "sha1WithRSAEncryption"),
+    ("1.3.14.3.2.29", "sha1WithRSASignature"),
+    ("1.2.840.10045.4.1", "ecdsa-with-SHA1"),
+    ("1.2.840.10040.4.3", "dsa-with-sha1"),
+];
+
+/// The name of the SHA-1 algorithm `cert` is signed with, if it is.
+fn sha1_signature(cert: &X509Certificate<'_>) -> Option<&'static str> {
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    SHA1_SIGNATURE_OIDS
+        .iter()
+        .find(|(o, _)| *o == oid)
+        .map(|(_, name)| *name)
+}
+
+/// `trust.refuse_sha1`: every link the signer sends (the leaf and its
+/// intermediates; an anchor's self-signature proves nothing and is not
+/// judged) must be signed with SHA-2.
+fn refuse_sha1_links(certs: &[X509Certificate<'_>]) -> Result<()> {
+    for (i, c) in certs.iter().enumerate() {
+        if let Some(alg) = sha1_signature(c) {
+            let role = if i == 0 { "" } else { "intermediate CA " };
+            return Err(Error::new(
+                Reason::UntrustedCertificate,
+                format!(
+                    "the {role}certificate of {} is signed by its CA with SHA-1 ({alg}), which \
+                     can be forged; this gateway refuses SHA-1 chains (trust.refuse_sha1): ask \
+                     the CA for a certificate signed with SHA-256",
+                    display_name(c)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The smallest RSA modulus accepted anywhere in a chain.
+const MIN_RSA_BITS: usize = 2048;
+
+/// RSA keys of at least [`MIN_RSA_BITS`], EC keys on P-256 or P-384 only,
+/// for the leaf and every intermediate sent.
+fn check_key_strength(certs: &[X509Certificate<'_>]) -> Result<()> {
+    for (i, c) in certs.iter().enumerate() {
+        let role = if i == 0 { "" } else { "intermediate CA " };
+        match key_kind(c) {
+            KeyKind::Rsa => {
+                let bits = rsa_modulus_bits(c).unwrap_or(0);
+                if bits < MIN_RSA_BITS {
+                    let key = if bits == 0 {
+                        "an RSA key that cannot be read".to_owned()
+                    } else {
+                        format!("RSA-{bits}")
+                    };
+                    return Err(Error::new(
+                        Reason::UntrustedCertificate,
+                        format!(
+                            "the key of the {role}certificate of {} is {key}; at least \
+                             {MIN_RSA_BITS} bits are required: ask the CA for a certificate with \
+                             a 2048-bit or larger key",
+                            display_name(c)
+                        ),
+                    ));
+                }
+            }
+            KeyKind::P256 | KeyKind::P384 => {}
+            // A leaf of another type was already refused for its algorithm.
+            KeyKind::Other => {
+                return Err(Error::new(
+                    Reason::UntrustedCertificate,
+                    format!(
+                        "the {role}certificate of {} holds {}; only RSA (2048 bits or more), EC \
+                         P-256 and EC P-384 keys are accepted",
+                        display_name(c),
+                        KeyKind::Other.describe()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rsa_modulus_bits(cert: &X509Certificate<'_>) -> Option<usize> {
+    match cert.public_key().parsed().ok()? {
+        x509_parser::public_key::PublicKey::RSA(k) => {
+            let m = k.modulus;
+            let start = m.iter().position(|&b| b != 0)?;
+            let m = &m[start..];
+            let first = *m.first()?;
+            Some(m.len() * 8 - first.leading_zeros() as usize)
+        }
+        _ => None,
+    }
+}
+
+/// `signed_at` must fall inside every certificate's validity period.
+fn check_validity_at_signing(certs: &[&X509Certificate<'_>], signed_at: UnixTime) -> Result<()> {
+    let at = unix_secs(signed_at);
+    for (i, c) in certs.iter().enumerate() {
+        let role = if i == 0 { "" } else { "intermediate CA " };
+        let nb = c.validity().not_before.timestamp();
+        let na = c.validity().not_after.timestamp();
+        let when = if at < nb {
+            format!("was not valid yet (it is valid from {})", fmt_time(nb))
+        } else if at > na {
+            format!("had expired (on {})", fmt_time(na))
+        } else {
+            continue;
+        };
+        return Err(Error::new(
+            Reason::CertificateExpired,
+            format!(
+                "the envelope says it was signed at {} (created_at), when the {role}certificate of \
+                 {} {when}; sign with a certificate valid at the signing time, and set created_at \
+                 to the time of signing",
+                fmt_time(at),
+                display_name(c)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn unix_secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn chain_refusal(
+    e: webpki::Error,
+    certs: &[X509Certificate<'_>],
+    now: UnixTime,
+    crls: Option<&CrlSnapshot>,
+) -> Error {
     use webpki::Error as W;
+    if is_revocation_error(&e) {
+        return revocation_refusal(e, certs, now, crls);
+    }
     let who = certs.first().map(display_name).unwrap_or_default();
     let issuer = certs
         .first()
@@ -699,10 +1156,6 @@ fn chain_refusal(e: webpki::Error, certs: &[X509Certificate<'_>], now: UnixTime)
         W::CertExpired { .. } | W::CertNotValidYet { .. } => {
             Error::new(Reason::CertificateExpired, validity_sentence(certs, now))
         }
-        W::CertRevoked => Error::new(
-            Reason::CertificateRevoked,
-            format!("the certificate of {who} is revoked; sign with a current certificate"),
-        ),
         W::CaUsedAsEndEntity => bad_signature(format!(
             "the first certificate ({who}) is a CA certificate; put the signer's own certificate \
              first in Signature.certificates"
@@ -728,6 +1181,150 @@ fn chain_refusal(e: webpki::Error, certs: &[X509Certificate<'_>], now: UnixTime)
                  gateway operator to add the issuing CA to trust.anchors"
             ),
         ),
+    }
+}
+
+#[allow(deprecated)]
+fn is_revocation_error(e: &webpki::Error) -> bool {
+    use webpki::Error as W;
+    matches!(
+        e,
+        W::CertRevoked
+            | W::CrlExpired { .. }
+            | W::UnknownRevocationStatus
+            | W::InvalidCrlSignatureForPublicKey
+            | W::IssuerNotCrlSigner
+            | W::InvalidCrlNumber
+            | W::UnsupportedCrlIssuingDistributionPoint
+            | W::UnsupportedCrlVersion
+            | W::UnsupportedDeltaCrl
+            | W::UnsupportedIndirectCrl
+            | W::UnsupportedRevocationReason
+            | W::UnsupportedRevocationReasonsPartitioning
+            | W::UnsupportedCrlSignatureAlgorithm
+            | W::UnsupportedCrlSignatureAlgorithmContext(_)
+            | W::UnsupportedCrlSignatureAlgorithmForPublicKey
+            | W::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
+    )
+}
+
+/// webpki says what went wrong with revocation, not for which certificate
+/// or list: find them in the chain sent and the lists in force.
+fn revocation_refusal(
+    e: webpki::Error,
+    certs: &[X509Certificate<'_>],
+    now: UnixTime,
+    crls: Option<&CrlSnapshot>,
+) -> Error {
+    use webpki::Error as W;
+    let who = certs.first().map(display_name).unwrap_or_default();
+    let role = |i: usize| if i == 0 { "" } else { "intermediate CA " };
+    let list_of = |c: &X509Certificate<'_>| crls.and_then(|s| s.for_issuer(c.issuer().as_raw()));
+    let now_s = unix_secs(now);
+    match e {
+        W::CertRevoked => {
+            for (i, c) in certs.iter().enumerate() {
+                let Some(crl) = list_of(c) else { continue };
+                let Some(entry) = crl.find_revoked(c.raw_serial()) else {
+                    continue;
+                };
+                let reason = entry
+                    .reason
+                    .map(|r| format!(" (reason: {r})"))
+                    .unwrap_or_default();
+                return Error::new(
+                    Reason::CertificateRevoked,
+                    format!(
+                        "the {}certificate of {} (serial {}) was revoked by {} on {}{reason}, \
+                         according to the revocation list {} issued {}; sign with a current \
+                         certificate",
+                        role(i),
+                        display_name(c),
+                        hex::encode(c.raw_serial()),
+                        crl.issuer(),
+                        fmt_time(entry.revocation_date),
+                        crl.source().display(),
+                        fmt_time(crl.this_update().unix_timestamp()),
+                    ),
+                );
+            }
+            Error::new(
+                Reason::CertificateRevoked,
+                format!("the certificate of {who} is revoked; sign with a current certificate"),
+            )
+        }
+        W::CrlExpired { .. } => {
+            for c in certs {
+                let Some(crl) = list_of(c).filter(|l| l.is_stale_at(now_s)) else {
+                    continue;
+                };
+                return Error::new(
+                    Reason::UntrustedCertificate,
+                    format!(
+                        "the revocation list of {} ({}) expired on {}; the gateway cannot tell \
+                         whether the certificate of {} is revoked. Nothing was accepted: the \
+                         gateway's operators must put a current list in place (trust.crls), then \
+                         send again",
+                        crl.issuer(),
+                        crl.source().display(),
+                        fmt_time(crl.next_update().unix_timestamp()),
+                        display_name(c),
+                    ),
+                );
+            }
+            Error::new(
+                Reason::UntrustedCertificate,
+                format!(
+                    "a revocation list needed to check the certificate of {who} has expired; the \
+                     gateway's operators must put a current list in place (trust.crls)"
+                ),
+            )
+        }
+        W::UnknownRevocationStatus => {
+            let Some((i, c)) = certs
+                .iter()
+                .enumerate()
+                .find(|(_, c)| list_of(c).is_none())
+                .or_else(|| certs.first().map(|c| (0, c)))
+            else {
+                return Error::new(
+                    Reason::UntrustedCertificate,
+                    "the revocation status of the certificate is unknown (trust.require_revocation)",
+                );
+            };
+            Error::new(
+                Reason::UntrustedCertificate,
+                format!(
+                    "the revocation status of the {}certificate of {} is unknown: no revocation \
+                     list of {} is configured and this gateway requires one \
+                     (trust.require_revocation); nothing was accepted: the gateway's operators \
+                     must add that CA's list to trust.crls",
+                    role(i),
+                    display_name(c),
+                    c.issuer()
+                ),
+            )
+        }
+        other => {
+            let list = certs.iter().find_map(list_of);
+            let which = list
+                .map(|l| {
+                    format!(
+                        "the revocation list of {} ({})",
+                        l.issuer(),
+                        l.source().display()
+                    )
+                })
+                .unwrap_or_else(|| "a revocation list in trust.crls".to_owned());
+            Error::new(
+                Reason::UntrustedCertificate,
+                format!(
+                    "{which} cannot be used to check the certificate of {who} ({other}): it is not \
+                     signed by the key of the CA it names, or it uses a form or algorithm this \
+                     gateway refuses; nothing was accepted: the gateway's operators must replace it"
+                ),
+            )
+        }
     }
 }
 
@@ -1482,6 +2079,227 @@ mod tests {
         assert_ne!(info.spki_sha256, ok(spki_sha256(ca.cert_der())));
         assert_eq!(info.serial.len(), 32);
         assert!(describe_certificate(b"garbage").is_err_and(|e| e.reason() == Reason::Malformed));
+    }
+
+    /// The `rsa` crate's RNG interface over ring (as devpki does).
+    struct TestRng;
+
+    impl rsa::rand_core::TryRng for TestRng {
+        type Error = std::convert::Infallible;
+        fn try_next_u32(&mut self) -> std::result::Result<u32, Self::Error> {
+            let mut b = [0u8; 4];
+            self.try_fill_bytes(&mut b)?;
+            Ok(u32::from_le_bytes(b))
+        }
+        fn try_next_u64(&mut self) -> std::result::Result<u64, Self::Error> {
+            let mut b = [0u8; 8];
+            self.try_fill_bytes(&mut b)?;
+            Ok(u64::from_le_bytes(b))
+        }
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> std::result::Result<(), Self::Error> {
+            use ring::rand::SecureRandom;
+            if SystemRandom::new().fill(dst).is_err() {
+                panic!("no randomness");
+            }
+            Ok(())
+        }
+    }
+
+    impl rsa::rand_core::TryCryptoRng for TestRng {}
+
+    /// PKCS#1 v1.5 over a DigestInfo prefix and digest, with the `rsa`
+    /// crate (ring signs with no key under 2048 bits and never with SHA-1).
+    fn rsa_sign(key: &rsa::PrivateKey, digest_info_prefix: &[u8], digest: &[u8]) -> Vec<u8> {
+        let info = [digest_info_prefix, digest].concat();
+        match key.sign(rsa::Pkcs1v15Sign::new_unprefixed(), &info) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    const SHA256_INFO: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    const SHA1_INFO: [u8; 15] = [
+        0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14,
+    ];
+
+    /// An RSA public key for rcgen to put in a certificate.
+    struct RsaPublic(Vec<u8>);
+
+    impl rcgen::PublicKeyData for RsaPublic {
+        fn der_bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &rcgen::PKCS_RSA_SHA256
+        }
+    }
+
+    #[test]
+    fn an_rsa_1024_signing_key_is_an_untrusted_certificate() {
+        use rsa::pkcs1::EncodeRsaPublicKey;
+        let ca = ec_root();
+        let key = match rsa::PrivateKey::new(&mut TestRng, 1024) {
+            Ok(k) => k,
+            Err(e) => panic!("{e}"),
+        };
+        let public = match rsa::PublicKey::from(&key).to_pkcs1_der() {
+            Ok(d) => d.as_bytes().to_vec(),
+            Err(e) => panic!("{e}"),
+        };
+        let cert = (|| {
+            let issuer = rcgen::Issuer::from_ca_cert_der(
+                &CertificateDer::from(ca.cert_der()),
+                rcgen::KeyPair::from_pem(ca.key_pem())?,
+            )?;
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            (params.not_before, params.not_after) = valid_now();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "VP RSA-1024");
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.signed_by(&RsaPublic(public), &issuer)
+        })();
+        let cert = match cert {
+            Ok(c) => c.der().to_vec(),
+            Err(e) => panic!("{e}"),
+        };
+        let payload = envelope().encode_to_vec();
+        let msg = pae(ENVELOPE_PAYLOAD_TYPE, &payload);
+        let sig = Signature {
+            algorithm: "RS256".into(),
+            value: Bytes::from(rsa_sign(&key, &SHA256_INFO, &sha256(&msg))),
+            certificates: vec![Bytes::from(cert)],
+        };
+        let e = err(verify_signature(&sig, &msg, &anchors(&ca), UnixTime::now()));
+        // Not BAD_SIGNATURE: the signature itself is sound; what is refused is
+        // trusting a certificate whose key is too weak to prove anything.
+        assert_eq!(e.reason(), Reason::UntrustedCertificate, "{}", e.message());
+        assert!(
+            e.message()
+                .contains("the key of the certificate of CN=VP RSA-1024 is RSA-1024; at least 2048 bits are required"),
+            "{}",
+            e.message()
+        );
+    }
+
+    /// `issued` as if its CA had signed it with SHA-1: the signature
+    /// algorithm (in the to-be-signed part and outside it) becomes
+    /// sha1WithRSAEncryption, and the CA's key signs the new bytes.
+    fn resigned_with_sha1(issued: &Issued, ca: &DevCa) -> Vec<u8> {
+        use rsa::pkcs8::DecodePrivateKey;
+        let sha256_rsa = [
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+        ];
+        let mut der = issued.cert_der.clone();
+        let mut found = 0;
+        for i in 0..der.len() - sha256_rsa.len() {
+            if der[i..i + sha256_rsa.len()] == sha256_rsa {
+                der[i + sha256_rsa.len() - 1] = 0x05;
+                found += 1;
+            }
+        }
+        assert_eq!(found, 2, "both algorithm identifiers");
+        let Some((_, _, body, _)) = crate::crl::der_next(&der) else {
+            panic!("not DER");
+        };
+        let Some((_, tbs, _, _)) = crate::crl::der_next(body) else {
+            panic!("no tbs");
+        };
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, tbs);
+        let key = match rsa::PrivateKey::from_pkcs8_pem(ca.key_pem()) {
+            Ok(k) => k,
+            Err(e) => panic!("{e}"),
+        };
+        let sig = rsa_sign(&key, &SHA1_INFO, sha1.as_ref());
+        let at = der.len() - sig.len();
+        der[at..].copy_from_slice(&sig);
+        der
+    }
+
+    #[test]
+    fn sha1_chains_are_refused_unless_allowed() {
+        let ca = shared_rsa_root();
+        let issued = leaf(ca, KeyType::EcP256);
+        let old = resigned_with_sha1(&issued, ca);
+        let key = ok(SigningKey::from_pkcs8_pem(&issued.key_pem, None));
+        let signed = ok(sign_envelope(&envelope(), &key, std::slice::from_ref(&old)));
+
+        let e = err(verify_one(&signed, &anchors(ca)));
+        assert_eq!(e.reason(), Reason::UntrustedCertificate, "{}", e.message());
+        assert!(
+            e.message()
+                .contains("signed by its CA with SHA-1 (sha1WithRSAEncryption)")
+                && e.message().contains("trust.refuse_sha1"),
+            "{}",
+            e.message()
+        );
+
+        // The operator may accept such chains: the SHA-1 link then verifies
+        // (and a wrong one would not).
+        let lax = anchors(ca).with_policy(CertPolicy {
+            refuse_sha1: false,
+            ..CertPolicy::default()
+        });
+        let v = ok(verify_one(&signed, &lax));
+        assert!(v.subject.contains("CN=Văn phòng"), "{}", v.subject);
+        let mut broken = old.clone();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        let bad = ok(sign_envelope(&envelope(), &key, &[broken]));
+        assert_eq!(
+            err(verify_one(&bad, &lax)).reason(),
+            Reason::UntrustedCertificate
+        );
+    }
+
+    #[test]
+    fn the_chain_must_be_valid_at_the_claimed_signing_time_too() {
+        let ca = ec_root();
+        let now = OffsetDateTime::now_utc();
+        let issued = ok(ca.issue_signing(
+            "000.00.01.H35",
+            "VP",
+            KeyType::EcP256,
+            (now - Duration::days(1), now + Duration::days(30)),
+        ));
+        let signed = sign(&issued, None);
+        let msg = pae(&signed.payload_type, &signed.payload);
+        let at = |t: OffsetDateTime| {
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
+        };
+        let opts = |signed_at| VerifyOptions::at(UnixTime::now()).signed_at(Some(signed_at));
+        let check = |o: &VerifyOptions| {
+            verify_signature_with(&signed.signatures[0], &msg, &anchors(&ca), o)
+        };
+
+        assert!(check(&opts(at(now - Duration::hours(2)))).is_ok());
+        assert!(check(&VerifyOptions::at(UnixTime::now())).is_ok());
+
+        let e = err(check(&opts(at(now - Duration::days(3)))));
+        assert_eq!(e.reason(), Reason::CertificateExpired, "{}", e.message());
+        assert!(
+            e.message().contains("created_at") && e.message().contains("was not valid yet"),
+            "{}",
+            e.message()
+        );
+        let e = err(check(&opts(at(now + Duration::days(31)))));
+        assert!(e.message().contains("had expired"), "{}", e.message());
+
+        let env = Envelope {
+            created_at: Some(prost_types::Timestamp {
+                seconds: now.unix_timestamp(),
+                nanos: 0,
+            }),
+            ..envelope()
+        };
+        assert_eq!(
+            signed_at_of(&env).map(|t| t.as_secs()),
+            Some(now.unix_timestamp() as u64)
+        );
+        assert!(signed_at_of(&envelope()).is_none());
     }
 
     proptest! {

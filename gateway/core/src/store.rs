@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lienthong_schema::Migrator;
 use lienthong_schema::MigratorTrait;
 use lienthong_schema::entity::{
-    agency, attachment, delivery, event, log_head, message, signing_cert,
+    agency, attachment, client_cert, delivery, event, log_head, message, signing_cert,
 };
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -357,6 +357,7 @@ impl Store {
         &self,
         rows: Vec<agency::Model>,
         certs: Vec<signing_cert::Model>,
+        clients: Vec<client_cert::Model>,
     ) -> Result<()> {
         let txn = self.db.begin().await?;
         for chunk in rows.chunks(200) {
@@ -403,6 +404,9 @@ impl Store {
         for c in certs {
             bind_cert(&txn, c).await?;
         }
+        for c in clients {
+            bind_client(&txn, c).await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -414,6 +418,17 @@ impl Store {
 
     pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<signing_cert::Model>> {
         Ok(signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Binds a client (system) certificate's key to an agency or operator.
+    pub async fn bind_client_cert(&self, row: client_cert::Model) -> Result<()> {
+        Ok(bind_client(&self.db, row).await?)
+    }
+
+    pub async fn client_cert(&self, spki_sha256_hex: &str) -> Result<Option<client_cert::Model>> {
+        Ok(client_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
             .one(&self.db)
             .await?)
     }
@@ -912,6 +927,36 @@ async fn bind_cert<C: ConnectionTrait>(c: &C, row: signing_cert::Model) -> Resul
                 signing_cert::Column::NotAfter,
                 signing_cert::Column::CertDer,
                 signing_cert::Column::BoundAt,
+            ])
+            .to_owned(),
+    )
+    .exec(c)
+    .await?;
+    Ok(())
+}
+
+/// Binds a client certificate's key (re-binding moves it).
+async fn bind_client<C: ConnectionTrait>(c: &C, row: client_cert::Model) -> Result<(), DbErr> {
+    client_cert::Entity::insert(client_cert::ActiveModel {
+        spki_sha256: Set(row.spki_sha256),
+        organ_id: Set(row.organ_id),
+        role: Set(row.role),
+        subject: Set(row.subject),
+        issuer: Set(row.issuer),
+        not_after: Set(row.not_after),
+        cert_der: Set(row.cert_der),
+        bound_at: Set(row.bound_at),
+    })
+    .on_conflict(
+        OnConflict::column(client_cert::Column::SpkiSha256)
+            .update_columns([
+                client_cert::Column::OrganId,
+                client_cert::Column::Role,
+                client_cert::Column::Subject,
+                client_cert::Column::Issuer,
+                client_cert::Column::NotAfter,
+                client_cert::Column::CertDer,
+                client_cert::Column::BoundAt,
             ])
             .to_owned(),
     )

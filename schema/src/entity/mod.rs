@@ -2,6 +2,7 @@
 
 pub mod agency;
 pub mod attachment;
+pub mod client_cert;
 pub mod delivery;
 pub mod event;
 pub mod log_head;

@@ -4,7 +4,9 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_core;
+mod m20261124_000002_reports; // issue 7: report columns and indexes
 mod m20261124_000003_log_chain;
+mod m20261124_000004_client_certs;
 
 pub use m20261124_000003_log_chain::GENESIS;
 
@@ -15,7 +17,9 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m20261124_000001_core::Migration),
+            Box::new(m20261124_000002_reports::Migration),
             Box::new(m20261124_000003_log_chain::Migration),
+            Box::new(m20261124_000004_client_certs::Migration),
         ]
     }
 }

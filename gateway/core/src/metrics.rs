@@ -1,0 +1,265 @@
+//! Prometheus metrics (DESIGN.md §5): counters and a histogram the pipeline
+//! feeds through the plain functions below, and gauges computed when
+//! `/metrics` is scraped (inbox depths with one SQL query, database health).
+//!
+//! The exposition is the OpenMetrics text format (`prometheus-client`),
+//! which Prometheus scrapes natively; serve it with [`CONTENT_TYPE`].
+//!
+//! Label values are bounded: routes (from the configuration), reason codes
+//! (a closed list), and the 20 deepest inboxes plus `other` — never a
+//! document or message id.
+
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::error::Reason;
+use crate::pipeline::Gateway;
+use crate::reports::inbox_depths;
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How many agencies get their own inbox series; the rest are `other`.
+pub const TOP_INBOXES: usize = 20;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgencyLabel {
+    agency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+struct Metrics {
+    /// Held only while scrape-time gauges are set and the text is encoded;
+    /// never across an await.
+    registry: Mutex<Registry>,
+    accepted: Family<RouteLabel, Counter>,
+    refused: Family<ReasonLabel, Counter>,
+    handed_out: Counter,
+    acknowledged: Counter,
+    accept_seconds: Histogram,
+    inbox_depth: Family<AgencyLabel, Gauge>,
+    inbox_oldest: Family<AgencyLabel, Gauge<f64, AtomicU64>>,
+    database_up: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut r = Registry::default();
+    let accepted = Family::<RouteLabel, Counter>::default();
+    r.register(
+        "lienthong_messages_accepted",
+        "Messages (documents and status notices) accepted, by route of their deliveries",
+        accepted.clone(),
+    );
+    let refused = Family::<ReasonLabel, Counter>::default();
+    r.register(
+        "lienthong_messages_refused",
+        "Submissions refused, by reason code",
+        refused.clone(),
+    );
+    let handed_out = Counter::default();
+    r.register(
+        "lienthong_deliveries_handed_out",
+        "Deliveries handed to a recipient (each attempt)",
+        handed_out.clone(),
+    );
+    let acknowledged = Counter::default();
+    r.register(
+        "lienthong_deliveries_acknowledged",
+        "Deliveries acknowledged by their recipient",
+        acknowledged.clone(),
+    );
+    // 1 ms … about 33 s.
+    let accept_seconds = Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]);
+    r.register(
+        "lienthong_accept_seconds",
+        "Time from the start of a submission to its durable acceptance",
+        accept_seconds.clone(),
+    );
+    let inbox_depth = Family::<AgencyLabel, Gauge>::default();
+    r.register(
+        "lienthong_inbox_depth",
+        "Unacknowledged deliveries per agency (the 20 deepest inboxes, the rest as other)",
+        inbox_depth.clone(),
+    );
+    let inbox_oldest = Family::<AgencyLabel, Gauge<f64, AtomicU64>>::default();
+    r.register(
+        "lienthong_inbox_oldest_unacknowledged_seconds",
+        "Age of the oldest unacknowledged delivery per agency (the 20 deepest inboxes, the rest as other)",
+        inbox_oldest.clone(),
+    );
+    let database_up = Gauge::default();
+    r.register(
+        "lienthong_database_up",
+        "1 when the database answered at the last scrape, else 0",
+        database_up.clone(),
+    );
+    r.register(
+        "lienthong_build",
+        "The running version",
+        Info::new(VersionLabel {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }),
+    );
+    Metrics {
+        registry: Mutex::new(r),
+        accepted,
+        refused,
+        handed_out,
+        acknowledged,
+        accept_seconds,
+        inbox_depth,
+        inbox_oldest,
+        database_up,
+    }
+});
+
+/// A route as a label value: `local`, or `exchange:<name>` from the
+/// configured routes (a bounded set); anything else is `other`.
+fn route_label(route: &str) -> String {
+    let ok = route == "local"
+        || route.strip_prefix("exchange:").is_some_and(|n| {
+            !n.is_empty()
+                && n.len() <= 100
+                && n.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        route.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// A message was accepted; call once per distinct route of its deliveries.
+pub fn message_accepted(route: &str) {
+    METRICS
+        .accepted
+        .get_or_create(&RouteLabel {
+            route: route_label(route),
+        })
+        .inc();
+}
+
+/// A submission was refused.
+pub fn message_refused(reason: Reason) {
+    METRICS
+        .refused
+        .get_or_create(&ReasonLabel {
+            reason: reason.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A delivery was handed to its recipient (every attempt counts).
+pub fn delivery_handed_out() {
+    METRICS.handed_out.inc();
+}
+
+/// A delivery was acknowledged (the first time only).
+pub fn delivery_acknowledged() {
+    METRICS.acknowledged.inc();
+}
+
+/// How long a submission took from `begin_send` to its durable acceptance.
+pub fn accept_seconds(seconds: f64) {
+    if seconds.is_finite() && seconds >= 0.0 {
+        METRICS.accept_seconds.observe(seconds);
+    }
+}
+
+/// The metrics text: the counters, and the gauges read now (one query for
+/// the inboxes; a database that does not answer gives
+/// `lienthong_database_up 0` and no inbox series, not an error).
+pub async fn render(gw: &Gateway) -> String {
+    let up = gw.ready().await.is_ok();
+    let depths = if up {
+        match inbox_depths(gw.store()).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "metrics: cannot read the inbox depths");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let m = &*METRICS;
+    let registry = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+    m.database_up.set(i64::from(up));
+    // Unknown depths are absent rather than stale.
+    m.inbox_depth.clear();
+    m.inbox_oldest.clear();
+    if let Some(depths) = depths {
+        let mut other: Option<(u64, f64)> = None;
+        for (i, d) in depths.iter().enumerate() {
+            if i < TOP_INBOXES {
+                let l = AgencyLabel {
+                    agency: d.organ_id.clone(),
+                };
+                m.inbox_depth
+                    .get_or_create(&l)
+                    .set(d.depth.min(i64::MAX as u64) as i64);
+                m.inbox_oldest.get_or_create(&l).set(d.oldest_seconds);
+            } else {
+                let o = other.get_or_insert((0, 0.0));
+                o.0 += d.depth;
+                o.1 = o.1.max(d.oldest_seconds);
+            }
+        }
+        if let Some((depth, oldest)) = other {
+            let l = AgencyLabel {
+                agency: "other".to_owned(),
+            };
+            m.inbox_depth
+                .get_or_create(&l)
+                .set(depth.min(i64::MAX as u64) as i64);
+            m.inbox_oldest.get_or_create(&l).set(oldest);
+        }
+    }
+    let mut out = String::with_capacity(4096);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "metrics: cannot encode");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_bounded() {
+        assert_eq!(route_label("local"), "local");
+        assert_eq!(
+            route_label("exchange:lienthong.documents"),
+            "exchange:lienthong.documents"
+        );
+        assert_eq!(route_label("exchange:"), "other");
+        assert_eq!(route_label("exchange:a b\"c"), "other");
+        assert_eq!(route_label("000.00.01.H35"), "other");
+    }
+}

@@ -1,0 +1,693 @@
+//! Reports from the transfer log: who sent and received what, and how it
+//! went, for a period and a part of the directory (issue 7).
+//!
+//! Everything is counted by SQL aggregation over `messages`, `deliveries`
+//! and `events` (the transfer log); no event is loaded into memory. The
+//! queries are the same text on SQLite and PostgreSQL.
+//!
+//! What each figure means (per agency of the scope, over the documents
+//! *accepted in the period*, as the tables stand when the report is made):
+//!
+//! - `sent`: documents the agency sent that the gateway accepted.
+//! - `received`: deliveries of documents created for the agency.
+//! - `delivered`: of those, handed to the agency's software at least once.
+//! - `acknowledged`: of those, acknowledged by the agency's software.
+//! - `refused`: submissions from the agency refused in the period (the
+//!   `rejected` events, by reason code).
+//! - `statuses_received`: status notices addressed to the agency in the
+//!   period (answers to its documents), by status code.
+//! - `without_03`: documents received that have no 03 (nor a later 04, 05
+//!   or 06) from the agency after `accept_within_hours` working hours.
+//! - `overdue`: documents received whose DueDate has passed (Vietnam date)
+//!   without a 06 from the agency.
+//! - `accept_to_delivery`: acceptance → first hand-out to the agency.
+//! - `delivery_to_03`: first hand-out → the agency's first 03 (or later
+//!   status) for it. Percentiles are nearest-rank.
+//! - `signatures_verified_share`: documents accepted / (documents accepted +
+//!   submissions refused for a signature or certificate reason).
+
+mod dashboard;
+mod period;
+mod render;
+mod schedule;
+mod sql;
+
+use std::collections::{BTreeMap, HashMap};
+
+use lienthong_proto::v1::{Envelope, SignedEnvelope, envelope::Body};
+use prost::Message as _;
+use sea_orm::TransactionTrait;
+use serde::Serialize;
+
+use crate::error::{Error, Reason, Result};
+use crate::organ_id::{IdPolicy, OrganId, TopicPattern};
+use crate::pipeline::{Gateway, truncate};
+use crate::store::{Store, now_micros};
+
+pub use dashboard::{
+    Health, InboxDepth, OverdueDocument, Overview, Refusal, SearchHit, TraceLine, Traffic,
+    inbox_depths, overview, recent_refusals, search,
+};
+pub use period::{
+    Period, VIETNAM, WorkingCalendar, WorkingHours, format_local, format_rfc3339, local_date,
+    parse_date,
+};
+pub use render::{Format, report_file_name, to_csv, to_json, to_xlsx};
+pub use schedule::{MonthlyReports, run_monthly_reports, write_monthly_report};
+use sql::{Filter, Sql, int, text};
+
+/// Status codes that mean the recipient registered the document (03) or
+/// went further with it.
+const REGISTERED_OR_LATER: &str = "('03', '04', '05', '06')";
+
+/// Refusals that mean a signature or certificate did not verify.
+pub const SIGNATURE_REASONS: [Reason; 7] = [
+    Reason::BadSignature,
+    Reason::UntrustedCertificate,
+    Reason::CertificateExpired,
+    Reason::CertificateRevoked,
+    Reason::CertificateNotBound,
+    Reason::DocumentUnsigned,
+    Reason::DocumentSignatureInvalid,
+];
+
+/// The status codes of DESIGN.md §2, in the order reports show them.
+pub const STATUS_CODES: [&str; 9] = crate::pipeline::STATUS_CODES;
+
+/// The language of column headers and words in report files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    Vi,
+    En,
+}
+
+impl Lang {
+    pub fn parse(s: &str) -> Result<Lang> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "vi" | "vn" => Ok(Lang::Vi),
+            "en" => Ok(Lang::En),
+            other => Err(Error::malformed(format!(
+                "the language {:?} is not known; use vi (Vietnamese) or en (English)",
+                truncate(other, 20)
+            ))),
+        }
+    }
+}
+
+/// A part of the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every agency in the directory.
+    All,
+    /// One agency.
+    Agency(OrganId),
+    /// An agency and every agency under it (the parent rule of the code).
+    Under(OrganId),
+    /// An AMQP-style pattern over codes: `#.H35` is a whole province,
+    /// `*.*.31.H53` one district's children.
+    Pattern(TopicPattern),
+}
+
+impl Scope {
+    /// `""`/`*`/`#`: everything; a pattern with `#` or `*`; `=CODE`: one
+    /// agency; `CODE`: the agency and everything under it.
+    pub fn parse(s: &str) -> Result<Scope> {
+        let t = s.trim();
+        if t.is_empty() || t == "*" || t == "#" {
+            return Ok(Scope::All);
+        }
+        if let Some(one) = t.strip_prefix('=') {
+            return Ok(Scope::Agency(OrganId::parse_with(one, IdPolicy::Lenient)?));
+        }
+        if t.contains(['#', '*']) {
+            return TopicPattern::parse(t).map(Scope::Pattern).map_err(|e| {
+                Error::malformed(format!(
+                    "the scope {:?} is not a pattern like #.H35 or *.*.31.H53: {}",
+                    truncate(t, 40),
+                    e.message()
+                ))
+            });
+        }
+        Ok(Scope::Under(OrganId::parse_with(t, IdPolicy::Lenient)?))
+    }
+
+    /// One agency only.
+    pub fn agency(code: &str) -> Result<Scope> {
+        Ok(Scope::Agency(OrganId::parse_with(code, IdPolicy::Lenient)?))
+    }
+
+    fn contains(&self, code: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Agency(id) => id.as_str() == code,
+            Scope::Under(id) => OrganId::parse_with(code, IdPolicy::Lenient)
+                .map(|c| c.is_under(id))
+                .unwrap_or(false),
+            Scope::Pattern(p) => p.matches(code),
+        }
+    }
+
+    /// The agencies of the directory in this scope, ordered by code.
+    /// `NotFound` when the named agency is not in the directory or the
+    /// pattern matches none.
+    pub async fn resolve(&self, store: &Store) -> Result<Vec<(String, String)>> {
+        let all = store.agencies().await?;
+        if let Scope::Agency(id) | Scope::Under(id) = self
+            && !all.iter().any(|a| a.organ_id == id.as_str())
+        {
+            return Err(Error::new(
+                Reason::NotFound,
+                format!(
+                    "{id} is not in this gateway's directory; check the code (lienthong directory list)"
+                ),
+            ));
+        }
+        let rows: Vec<(String, String)> = all
+            .into_iter()
+            .filter(|a| self.contains(&a.organ_id))
+            .map(|a| (a.organ_id, a.name))
+            .collect();
+        if rows.is_empty()
+            && let Scope::Pattern(p) = self
+        {
+            return Err(Error::new(
+                Reason::NotFound,
+                format!("no agency in this gateway's directory matches {p}"),
+            ));
+        }
+        Ok(rows)
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::All => f.write_str("#"),
+            Scope::Agency(id) => write!(f, "={id}"),
+            Scope::Under(id) => write!(f, "{id}"),
+            Scope::Pattern(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// How reports judge lateness.
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    pub calendar: WorkingCalendar,
+    /// A document is "without a 03" after this many working hours.
+    pub accept_within_hours: f64,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            calendar: WorkingCalendar::default(),
+            accept_within_hours: 8.0,
+        }
+    }
+}
+
+/// Median and 95th percentile of a duration, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// How many durations were measured.
+    pub count: u64,
+    pub median_seconds: Option<f64>,
+    pub p95_seconds: Option<f64>,
+}
+
+/// One agency's line of a report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AgencyRow {
+    pub organ_id: String,
+    pub name: String,
+    pub sent: u64,
+    pub received: u64,
+    pub delivered: u64,
+    pub acknowledged: u64,
+    pub refused: u64,
+    pub refused_by_reason: BTreeMap<String, u64>,
+    pub statuses_received: BTreeMap<String, u64>,
+    pub without_03: u64,
+    pub overdue: u64,
+    pub accept_to_delivery: Latency,
+    pub delivery_to_03: Latency,
+    /// Submissions refused for a signature or certificate reason.
+    pub signature_refused: u64,
+    /// sent / (sent + signature_refused); `None` when both are zero.
+    pub signatures_verified_share: Option<f64>,
+}
+
+impl AgencyRow {
+    fn new(organ_id: &str, name: &str) -> AgencyRow {
+        AgencyRow {
+            organ_id: organ_id.to_owned(),
+            name: name.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn add(&mut self, o: &AgencyRow) {
+        self.sent += o.sent;
+        self.received += o.received;
+        self.delivered += o.delivered;
+        self.acknowledged += o.acknowledged;
+        self.refused += o.refused;
+        for (k, v) in &o.refused_by_reason {
+            *self.refused_by_reason.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.statuses_received {
+            *self.statuses_received.entry(k.clone()).or_default() += v;
+        }
+        self.without_03 += o.without_03;
+        self.overdue += o.overdue;
+        self.signature_refused += o.signature_refused;
+    }
+
+    fn finish(&mut self) {
+        let n = self.sent + self.signature_refused;
+        self.signatures_verified_share = (n > 0).then(|| self.sent as f64 / n as f64);
+    }
+}
+
+/// A report over a period and a scope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// As given: `2026-11`, `2026-Q4`, …
+    pub period: String,
+    /// First and last day (Vietnam dates).
+    pub from: String,
+    pub to: String,
+    pub scope: String,
+    /// When the report was made (RFC 3339, Vietnam time).
+    pub generated_at: String,
+    /// The instant "still without a 03" and "past DueDate" are judged at.
+    pub as_of: String,
+    pub accept_within_working_hours: f64,
+    pub agencies: Vec<AgencyRow>,
+    /// Refusals whose sender is not an agency of the directory (unknown or
+    /// unreadable senders); only in a report over the whole directory.
+    pub unattributed_refusals: BTreeMap<String, u64>,
+    /// The sum of the rows; the latencies are over every row's durations.
+    pub total: AgencyRow,
+}
+
+/// The report of a period and scope, judged now.
+pub async fn summary(
+    gw: &Gateway,
+    period: Period,
+    scope: &Scope,
+    settings: &ReportSettings,
+) -> Result<Report> {
+    summary_in(gw.store(), period, scope, settings, now_micros()).await
+}
+
+/// The report, judged at `as_of` (Unix microseconds): the instant from
+/// which "N working hours" and "past DueDate" are counted.
+pub async fn summary_in(
+    store: &Store,
+    period: Period,
+    scope: &Scope,
+    settings: &ReportSettings,
+    as_of: i64,
+) -> Result<Report> {
+    index_documents(store).await?;
+    let agencies = scope.resolve(store).await?;
+    let (t0, t1) = period.bounds();
+    let (d0, d1) = period.days();
+    let filter = match scope {
+        Scope::All => Filter::All,
+        _ => Filter::of(Some(agencies.iter().map(|a| a.0.clone()).collect())),
+    };
+    let mut rows: BTreeMap<String, AgencyRow> = agencies
+        .iter()
+        .map(|(id, name)| (id.clone(), AgencyRow::new(id, name)))
+        .collect();
+    let backend = store.backend();
+    let cutoff = settings
+        .calendar
+        .cutoff(as_of, settings.accept_within_hours);
+    let today = period::iso_date(local_date(as_of));
+
+    // Documents sent.
+    let mut q = Sql::new(backend);
+    q.push("SELECT sender AS agency, COUNT(*) AS n FROM messages WHERE kind = 'document' AND accepted_at >= ")
+        .bind(t0)
+        .push(" AND accepted_at < ")
+        .bind(t1)
+        .filter("sender", &filter)
+        .push(" GROUP BY sender");
+    for r in q.all(store).await? {
+        if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
+            row.sent = int(&r, "n")?.max(0) as u64;
+        }
+    }
+
+    // Documents received, delivered, acknowledged, late.
+    let mut q = Sql::new(backend);
+    q.push(
+        "SELECT d.recipient AS agency, COUNT(*) AS received, \
+         SUM(CASE WHEN d.last_delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered, \
+         SUM(CASE WHEN d.state = 'acked' THEN 1 ELSE 0 END) AS acknowledged, \
+         SUM(CASE WHEN d.created_at <= ",
+    )
+    .bind(cutoff)
+    .push(
+        " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
+         AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+         AND s.status_code IN ",
+    )
+    .push(REGISTERED_OR_LATER)
+    .push(" AND s.accepted_at <= ")
+    .bind(as_of)
+    .push(
+        ") THEN 1 ELSE 0 END) AS without_03, \
+         SUM(CASE WHEN m.due_date IS NOT NULL AND m.due_date <> '' AND m.due_date < ",
+    )
+    .bind(today.clone())
+    .push(
+        " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
+         AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+         AND s.status_code = '06' AND s.accepted_at <= ",
+    )
+    .bind(as_of)
+    .push(
+        ") THEN 1 ELSE 0 END) AS overdue \
+         FROM deliveries d JOIN messages m ON m.id = d.message_pk \
+         WHERE m.kind = 'document' AND d.created_at >= ",
+    )
+    .bind(t0)
+    .push(" AND d.created_at < ")
+    .bind(t1)
+    .filter("d.recipient", &filter)
+    .push(" GROUP BY d.recipient");
+    for r in q.all(store).await? {
+        if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
+            row.received = int(&r, "received")?.max(0) as u64;
+            row.delivered = int(&r, "delivered")?.max(0) as u64;
+            row.acknowledged = int(&r, "acknowledged")?.max(0) as u64;
+            row.without_03 = int(&r, "without_03")?.max(0) as u64;
+            row.overdue = int(&r, "overdue")?.max(0) as u64;
+        }
+    }
+
+    // Statuses addressed to the agency.
+    let mut q = Sql::new(backend);
+    q.push(
+        "SELECT d.recipient AS agency, m.status_code AS code, COUNT(*) AS n \
+         FROM deliveries d JOIN messages m ON m.id = d.message_pk \
+         WHERE m.kind = 'status' AND d.created_at >= ",
+    )
+    .bind(t0)
+    .push(" AND d.created_at < ")
+    .bind(t1)
+    .filter("d.recipient", &filter)
+    .push(" GROUP BY d.recipient, m.status_code");
+    for r in q.all(store).await? {
+        if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
+            let n = int(&r, "n")?.max(0) as u64;
+            *row.statuses_received.entry(text(&r, "code")?).or_default() += n;
+        }
+    }
+
+    // Refusals, by sender and reason.
+    let mut unattributed = BTreeMap::new();
+    let mut q = Sql::new(backend);
+    q.push(
+        "SELECT sender AS agency, reason, COUNT(*) AS n FROM events \
+         WHERE kind = 'rejected' AND at >= ",
+    )
+    .bind(t0)
+    .push(" AND at < ")
+    .bind(t1)
+    .filter("sender", &filter)
+    .push(" GROUP BY sender, reason");
+    for r in q.all(store).await? {
+        let reason = text(&r, "reason")?;
+        let n = int(&r, "n")?.max(0) as u64;
+        let signature = Reason::parse(&reason).is_some_and(|x| SIGNATURE_REASONS.contains(&x));
+        match rows.get_mut(&text(&r, "agency")?) {
+            Some(row) => {
+                row.refused += n;
+                *row.refused_by_reason.entry(reason).or_default() += n;
+                if signature {
+                    row.signature_refused += n;
+                }
+            }
+            None if *scope == Scope::All => *unattributed.entry(reason).or_default() += n,
+            None => {}
+        }
+    }
+
+    // Latencies: per agency and over the whole scope ('*').
+    let mut latencies = latencies(store, t0, t1, &filter).await?;
+    let mut total = AgencyRow::new("", "");
+    for row in rows.values_mut() {
+        if let Some(l) = latencies.remove(&("d".to_owned(), row.organ_id.clone())) {
+            row.accept_to_delivery = l;
+        }
+        if let Some(l) = latencies.remove(&("a".to_owned(), row.organ_id.clone())) {
+            row.delivery_to_03 = l;
+        }
+        row.finish();
+        total.add(row);
+    }
+    total.accept_to_delivery = latencies
+        .remove(&("d".to_owned(), "*".to_owned()))
+        .unwrap_or_default();
+    total.delivery_to_03 = latencies
+        .remove(&("a".to_owned(), "*".to_owned()))
+        .unwrap_or_default();
+    total.finish();
+    if !matches!(scope, Scope::All | Scope::Agency(_)) {
+        // Under a filter larger than the IN list the '*' rows covered more
+        // than the scope: keep them only when the filter was exact.
+        if let Filter::All = filter {
+            total.accept_to_delivery = Latency::default();
+            total.delivery_to_03 = Latency::default();
+        }
+    }
+
+    Ok(Report {
+        period: period.to_string(),
+        from: period::iso_date(d0),
+        to: period::iso_date(d1),
+        scope: scope.to_string(),
+        generated_at: format_rfc3339(now_micros()),
+        as_of: format_rfc3339(as_of),
+        accept_within_working_hours: settings.accept_within_hours,
+        agencies: rows.into_values().collect(),
+        unattributed_refusals: unattributed,
+        total,
+    })
+}
+
+/// Median and p95 per (metric, agency): `d` acceptance → first hand-out,
+/// `a` first hand-out → first 03-or-later status. Agency `*` is the scope.
+async fn latencies(
+    store: &Store,
+    t0: i64,
+    t1: i64,
+    filter: &Filter,
+) -> Result<HashMap<(String, String), Latency>> {
+    let mut q = Sql::new(store.backend());
+    q.push(
+        "WITH fd AS (SELECT sender, message_id, recipient, MIN(at) AS first_at FROM events \
+         WHERE kind = 'delivered' AND at >= ",
+    )
+    .bind(t0)
+    .push(
+        " GROUP BY sender, message_id, recipient), \
+         s3 AS (SELECT sender, ref_from, document_id, MIN(accepted_at) AS at3 FROM messages \
+         WHERE kind = 'status' AND status_code IN ",
+    )
+    .push(REGISTERED_OR_LATER)
+    .push(" AND accepted_at >= ")
+    .bind(t0)
+    .push(
+        " GROUP BY sender, ref_from, document_id), \
+         base AS (SELECT d.recipient AS agency, fd.first_at - d.created_at AS dv, \
+         CASE WHEN s3.at3 IS NULL THEN NULL WHEN s3.at3 > fd.first_at THEN s3.at3 - fd.first_at ELSE 0 END AS av \
+         FROM deliveries d JOIN messages m ON m.id = d.message_pk \
+         JOIN fd ON fd.sender = m.sender AND fd.message_id = m.message_id AND fd.recipient = d.recipient \
+         LEFT JOIN s3 ON s3.sender = d.recipient AND s3.ref_from = m.sender AND s3.document_id = m.document_id \
+         WHERE m.kind = 'document' AND d.created_at >= ",
+    )
+    .bind(t0)
+    .push(" AND d.created_at < ")
+    .bind(t1)
+    .filter("d.recipient", filter)
+    .push(
+        "), v AS (SELECT 'd' AS metric, agency, dv AS v FROM base \
+         UNION ALL SELECT 'd', '*', dv FROM base \
+         UNION ALL SELECT 'a', agency, av FROM base WHERE av IS NOT NULL \
+         UNION ALL SELECT 'a', '*', av FROM base WHERE av IS NOT NULL), \
+         r AS (SELECT metric, agency, v, \
+         ROW_NUMBER() OVER (PARTITION BY metric, agency ORDER BY v) AS rn, \
+         COUNT(*) OVER (PARTITION BY metric, agency) AS n FROM v) \
+         SELECT metric, agency, n, rn, v FROM r \
+         WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100",
+    );
+    let mut out: HashMap<(String, String), Latency> = HashMap::new();
+    for r in q.all(store).await? {
+        let n = int(&r, "n")?.max(0);
+        let rn = int(&r, "rn")?;
+        let v = int(&r, "v")?.max(0) as f64 / 1e6;
+        let l = out
+            .entry((text(&r, "metric")?, text(&r, "agency")?))
+            .or_default();
+        l.count = n as u64;
+        if rn == (n * 50 + 99) / 100 {
+            l.median_seconds = Some(v);
+        }
+        if rn == (n * 95 + 99) / 100 {
+            l.p95_seconds = Some(v);
+        }
+    }
+    Ok(out)
+}
+
+/// What [`index_documents`] reads out of a document's envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DocumentFacts {
+    /// `yyyy-MM-dd`, or empty when the document has no (valid) DueDate.
+    pub due_date: String,
+    /// Số/ký hiệu, `15/QĐ-UBND`; empty when the document has neither.
+    pub code: String,
+    /// Trích yếu, at most 500 bytes.
+    pub subject: String,
+}
+
+impl DocumentFacts {
+    /// The facts of an envelope's document (`None` for a status notice).
+    pub fn of(envelope: &Envelope) -> Option<DocumentFacts> {
+        let Some(Body::Document(doc)) = &envelope.body else {
+            return None;
+        };
+        let due_date = parse_date(&doc.due_date)
+            .map(period::iso_date)
+            .unwrap_or_default();
+        let (n, k) = (doc.code_number.trim(), doc.code_notation.trim());
+        let code = match (n.is_empty(), k.is_empty()) {
+            (false, false) => format!("{n}/{k}"),
+            (false, true) => n.to_owned(),
+            (true, false) => k.to_owned(),
+            (true, true) => String::new(),
+        };
+        Some(DocumentFacts {
+            due_date,
+            code: truncate(&code, 60).to_owned(),
+            subject: truncate(doc.subject.trim(), 500).to_owned(),
+        })
+    }
+
+    /// The facts of a stored `SignedEnvelope`; unreadable bytes give empty facts.
+    pub fn of_signed(bytes: &[u8]) -> DocumentFacts {
+        SignedEnvelope::decode(bytes)
+            .ok()
+            .and_then(|s| Envelope::decode(s.payload).ok())
+            .and_then(|e| DocumentFacts::of(&e))
+            .unwrap_or_default()
+    }
+}
+
+/// Copies DueDate, số/ký hiệu and trích yếu out of the envelopes of
+/// documents that do not have them in their columns yet (`due_date IS
+/// NULL`), a page at a time. Returns how many documents it indexed.
+pub async fn index_documents(store: &Store) -> Result<u64> {
+    let backend = store.backend();
+    let mut done = 0u64;
+    loop {
+        let mut q = Sql::new(backend);
+        q.push(
+            "SELECT id, signed_envelope FROM messages WHERE kind = 'document' \
+             AND due_date IS NULL ORDER BY id LIMIT 200",
+        );
+        let page = q.all(store).await?;
+        if page.is_empty() {
+            return Ok(done);
+        }
+        let txn = store.connection().begin().await?;
+        for r in &page {
+            let id: i64 = r.try_get("", "id")?;
+            let bytes: Vec<u8> = r.try_get("", "signed_envelope")?;
+            let f = DocumentFacts::of_signed(&bytes);
+            let mut u = Sql::new(backend);
+            u.push("UPDATE messages SET due_date = ")
+                .bind(f.due_date)
+                .push(", code = ")
+                .bind(f.code)
+                .push(", subject = ")
+                .bind(f.subject)
+                .push(" WHERE id = ")
+                .bind(id);
+            sea_orm::ConnectionTrait::execute_raw(&txn, u.statement()).await?;
+        }
+        txn.commit().await?;
+        done += page.len() as u64;
+    }
+}
+
+/// A reason code in plain Vietnamese, for the office.
+pub fn reason_vi(code: &str) -> &'static str {
+    match Reason::parse(code) {
+        Some(r) => match r {
+            Reason::BadIdentifier => "Mã định danh cơ quan không đúng quy định",
+            Reason::UnknownRecipient => "Cơ quan nhận không có trong danh bạ của trục liên thông",
+            Reason::UnknownSender => "Cơ quan gửi không có trong danh bạ hoặc đã ngừng hoạt động",
+            Reason::SenderMismatch => "Cơ quan gửi ghi trong văn bản khác với cơ quan đã đăng nhập",
+            Reason::BadSignature => "Chữ ký số của gói tin không hợp lệ hoặc bị thiếu",
+            Reason::UntrustedCertificate => {
+                "Chứng thư số không do tổ chức chứng thực được tin cậy cấp"
+            }
+            Reason::CertificateExpired => "Chứng thư số đã hết hạn",
+            Reason::CertificateRevoked => "Chứng thư số đã bị thu hồi",
+            Reason::CertificateNotBound => {
+                "Chứng thư số chưa được gắn với cơ quan gửi trong danh bạ"
+            }
+            Reason::DigestMismatch => "Tệp đính kèm bị thay đổi, không khớp với bản đã ký",
+            Reason::SizeLimit => "Văn bản hoặc tệp đính kèm vượt quá dung lượng cho phép",
+            Reason::Malformed => "Gói tin sai cấu trúc hoặc thiếu thông tin bắt buộc",
+            Reason::SecretDocument => "Văn bản mật không được gửi qua trục liên thông",
+            Reason::DuplicateConflict => "Trùng mã gói tin với một văn bản khác đã gửi trước đó",
+            Reason::NotFound => "Không tìm thấy đối tượng được yêu cầu",
+            Reason::PermissionDenied => "Không có quyền thực hiện thao tác này",
+            Reason::NotRoutable => "Không tìm được đường chuyển đến cơ quan nhận",
+            Reason::RateLimited => "Gửi quá nhiều trong thời gian ngắn, cần gửi lại sau",
+            Reason::DocumentUnsigned => "Văn bản chưa được ký số",
+            Reason::DocumentSignatureInvalid => "Chữ ký số trên văn bản không hợp lệ",
+            Reason::Unavailable => "Trục liên thông tạm thời gián đoạn, cần gửi lại sau",
+        },
+        None => "Lý do khác",
+    }
+}
+
+/// A status code in words.
+pub fn status_words(code: &str, lang: Lang) -> &'static str {
+    match (code, lang) {
+        ("01", Lang::Vi) => "Đã đến",
+        ("02", Lang::Vi) => "Từ chối tiếp nhận",
+        ("03", Lang::Vi) => "Đã tiếp nhận",
+        ("04", Lang::Vi) => "Phân công",
+        ("05", Lang::Vi) => "Đang xử lý",
+        ("06", Lang::Vi) => "Hoàn thành",
+        ("13", Lang::Vi) => "Đề nghị lấy lại/cập nhật",
+        ("15", Lang::Vi) => "Đồng ý lấy lại/cập nhật",
+        ("16", Lang::Vi) => "Từ chối lấy lại/cập nhật",
+        ("01", Lang::En) => "arrived",
+        ("02", Lang::En) => "refused",
+        ("03", Lang::En) => "accepted",
+        ("04", Lang::En) => "assigned",
+        ("05", Lang::En) => "in progress",
+        ("06", Lang::En) => "completed",
+        ("13", Lang::En) => "take back/update asked",
+        ("15", Lang::En) => "take back/update agreed",
+        ("16", Lang::En) => "take back/update refused",
+        (_, Lang::Vi) => "Trạng thái khác",
+        (_, Lang::En) => "other status",
+    }
+}
+
+#[cfg(test)]
+mod tests;

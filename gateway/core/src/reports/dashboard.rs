@@ -1,0 +1,498 @@
+//! What the dashboard and the metrics read: traffic today and this month,
+//! inbox depths, recent refusals, overdue documents, and a message's trace.
+
+use std::collections::HashMap;
+
+use lienthong_proto::v1::TraceEvent;
+use serde::Serialize;
+
+use super::period::{self, day_start_micros, local_date};
+use super::sql::{Sql, int, like_escape, text};
+use super::{Period, REGISTERED_OR_LATER, ReportSettings, index_documents, reason_vi};
+use crate::error::{Error, Reason, Result};
+use crate::pipeline::{Gateway, truncate};
+use crate::store::{Store, now_micros};
+
+/// Counts over a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    /// Documents accepted.
+    pub documents: u64,
+    /// Status notices accepted.
+    pub statuses: u64,
+    /// Deliveries created (one per recipient).
+    pub deliveries: u64,
+    /// Deliveries acknowledged by their recipients.
+    pub acknowledged: u64,
+    /// Submissions refused.
+    pub refused: u64,
+}
+
+/// An agency's unacknowledged deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboxDepth {
+    pub organ_id: String,
+    pub name: String,
+    pub depth: u64,
+    /// When the oldest unacknowledged delivery was created (RFC 3339).
+    pub oldest_at: String,
+    pub oldest_seconds: f64,
+}
+
+/// A refused submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub at: String,
+    pub sender: String,
+    pub sender_name: String,
+    pub message_id: String,
+    pub reason: String,
+    /// The reason in plain Vietnamese.
+    pub reason_text: String,
+    /// The sentence the sender was given.
+    pub detail: String,
+}
+
+/// A document past its DueDate without a 06 from a recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverdueDocument {
+    pub sender: String,
+    pub sender_name: String,
+    pub recipient: String,
+    pub recipient_name: String,
+    pub message_id: String,
+    pub code: String,
+    pub subject: String,
+    pub due_date: String,
+    pub days_overdue: i64,
+}
+
+/// Whether the gateway's dependencies answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub database: bool,
+    /// `None`: no message broker is configured in this version.
+    pub broker: Option<bool>,
+    pub checked_at: String,
+}
+
+/// The dashboard's first screen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overview {
+    pub gateway: String,
+    pub version: String,
+    pub now: String,
+    pub today: String,
+    pub month: String,
+    pub today_traffic: Traffic,
+    pub month_traffic: Traffic,
+    /// The agencies with the most unacknowledged deliveries (at most 10).
+    pub inboxes: Vec<InboxDepth>,
+    pub refusals: Vec<Refusal>,
+    /// Documents past their DueDate without a 06 (the 20 most overdue of
+    /// those accepted in the last year).
+    pub overdue: Vec<OverdueDocument>,
+    pub overdue_total: u64,
+    /// Deliveries of the last 30 days without a 03 after the configured
+    /// working hours.
+    pub without_03_total: u64,
+    pub accept_within_working_hours: f64,
+    pub health: Health,
+}
+
+const DAY: i64 = 86_400_000_000;
+
+async fn names(store: &Store) -> Result<HashMap<String, String>> {
+    Ok(store
+        .agencies()
+        .await?
+        .into_iter()
+        .map(|a| (a.organ_id, a.name))
+        .collect())
+}
+
+fn name_of(names: &HashMap<String, String>, code: &str) -> String {
+    names.get(code).cloned().unwrap_or_default()
+}
+
+async fn traffic(store: &Store, p: Period) -> Result<Traffic> {
+    let (t0, t1) = p.bounds();
+    let mut q = Sql::new(store.backend());
+    q.push("SELECT (SELECT COUNT(*) FROM messages WHERE kind = 'document' AND accepted_at >= ")
+        .bind(t0)
+        .push(" AND accepted_at < ")
+        .bind(t1)
+        .push(") AS documents, (SELECT COUNT(*) FROM messages WHERE kind = 'status' AND accepted_at >= ")
+        .bind(t0)
+        .push(" AND accepted_at < ")
+        .bind(t1)
+        .push(") AS statuses, (SELECT COUNT(*) FROM deliveries WHERE created_at >= ")
+        .bind(t0)
+        .push(" AND created_at < ")
+        .bind(t1)
+        .push(") AS deliveries, (SELECT COUNT(*) FROM events WHERE kind = 'acknowledged' AND at >= ")
+        .bind(t0)
+        .push(" AND at < ")
+        .bind(t1)
+        .push(") AS acknowledged, (SELECT COUNT(*) FROM events WHERE kind = 'rejected' AND at >= ")
+        .bind(t0)
+        .push(" AND at < ")
+        .bind(t1)
+        .push(") AS refused");
+    let Some(r) = q.one(store).await? else {
+        return Ok(Traffic::default());
+    };
+    let n = |c: &str| int(&r, c).map(|v| v.max(0) as u64);
+    Ok(Traffic {
+        documents: n("documents")?,
+        statuses: n("statuses")?,
+        deliveries: n("deliveries")?,
+        acknowledged: n("acknowledged")?,
+        refused: n("refused")?,
+    })
+}
+
+/// Every agency with unacknowledged deliveries, the deepest inbox first
+/// (one query; the metrics keep the top 20 and sum the rest).
+pub async fn inbox_depths(store: &Store) -> Result<Vec<InboxDepth>> {
+    let now = now_micros();
+    let mut q = Sql::new(store.backend());
+    q.push(
+        "SELECT recipient, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries \
+         WHERE state = 'pending' GROUP BY recipient",
+    );
+    let mut out = Vec::new();
+    for r in q.all(store).await? {
+        let oldest = int(&r, "oldest")?;
+        out.push(InboxDepth {
+            organ_id: text(&r, "recipient")?,
+            name: String::new(),
+            depth: int(&r, "n")?.max(0) as u64,
+            oldest_at: period::format_rfc3339(oldest),
+            oldest_seconds: ((now - oldest).max(0) as f64) / 1e6,
+        });
+    }
+    out.sort_by(|a, b| {
+        b.depth
+            .cmp(&a.depth)
+            .then(b.oldest_seconds.total_cmp(&a.oldest_seconds))
+            .then(a.organ_id.cmp(&b.organ_id))
+    });
+    Ok(out)
+}
+
+/// The latest refusals, newest first (`limit` is kept within 1..=200).
+pub async fn recent_refusals(gw: &Gateway, limit: u32) -> Result<Vec<Refusal>> {
+    let store = gw.store();
+    let names = names(store).await?;
+    refusals_in(store, &names, limit).await
+}
+
+async fn refusals_in(
+    store: &Store,
+    names: &HashMap<String, String>,
+    limit: u32,
+) -> Result<Vec<Refusal>> {
+    let limit = limit.clamp(1, 200) as i64;
+    let mut q = Sql::new(store.backend());
+    q.push(
+        "SELECT at, sender, message_id, reason, detail FROM events WHERE kind = 'rejected' \
+         ORDER BY at DESC, id DESC LIMIT ",
+    )
+    .bind(limit);
+    let mut out = Vec::new();
+    for r in q.all(store).await? {
+        let reason = text(&r, "reason")?;
+        let sender = text(&r, "sender")?;
+        out.push(Refusal {
+            at: period::format_rfc3339(int(&r, "at")?),
+            sender_name: name_of(names, &sender),
+            sender,
+            message_id: text(&r, "message_id")?,
+            reason_text: reason_vi(&reason).to_owned(),
+            reason,
+            detail: truncate(&text(&r, "detail")?, 500).to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Traffic, inboxes, refusals, overdue documents and health, for the
+/// dashboard's first screen.
+pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overview> {
+    let store = gw.store();
+    let now = now_micros();
+    let database = store.ping().await.is_ok();
+    if !database {
+        return Err(Error::new(
+            Reason::Unavailable,
+            "the database does not answer; the figures cannot be read right now",
+        ));
+    }
+    index_documents(store).await?;
+    let names = names(store).await?;
+    let today = Period::day_of(now);
+    let month = Period::month_of(now);
+    let today_traffic = traffic(store, today).await?;
+    let month_traffic = traffic(store, month).await?;
+    let mut inboxes = inbox_depths(store).await?;
+    inboxes.truncate(10);
+    for i in &mut inboxes {
+        i.name = name_of(&names, &i.organ_id);
+    }
+    let refusals = refusals_in(store, &names, 10).await?;
+
+    let today_date = local_date(now);
+    let today_iso = period::iso_date(today_date);
+    let year_ago = now - 365 * DAY;
+    let overdue_where = |q: &mut Sql| {
+        q.push(
+            " FROM deliveries d JOIN messages m ON m.id = d.message_pk \
+             WHERE m.kind = 'document' AND m.accepted_at >= ",
+        )
+        .bind(year_ago)
+        .push(" AND m.due_date IS NOT NULL AND m.due_date <> '' AND m.due_date < ")
+        .bind(today_iso.clone())
+        .push(
+            " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
+             AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+             AND s.status_code = '06')",
+        );
+    };
+    let mut q = Sql::new(store.backend());
+    q.push("SELECT COUNT(*) AS n");
+    overdue_where(&mut q);
+    let overdue_total = match q.one(store).await? {
+        Some(r) => int(&r, "n")?.max(0) as u64,
+        None => 0,
+    };
+    let mut q = Sql::new(store.backend());
+    q.push("SELECT m.sender, m.message_id, m.code, m.subject, m.due_date, d.recipient");
+    overdue_where(&mut q);
+    q.push(" ORDER BY m.due_date, d.id LIMIT 20");
+    let mut overdue = Vec::new();
+    for r in q.all(store).await? {
+        let due = text(&r, "due_date")?;
+        let days = period::parse_date(&due)
+            .map(|d| (day_start_micros(today_date) - day_start_micros(d)) / DAY)
+            .unwrap_or(0);
+        let sender = text(&r, "sender")?;
+        let recipient = text(&r, "recipient")?;
+        overdue.push(OverdueDocument {
+            sender_name: name_of(&names, &sender),
+            recipient_name: name_of(&names, &recipient),
+            sender,
+            recipient,
+            message_id: text(&r, "message_id")?,
+            code: text(&r, "code")?,
+            subject: text(&r, "subject")?,
+            due_date: due,
+            days_overdue: days,
+        });
+    }
+
+    let cutoff = settings.calendar.cutoff(now, settings.accept_within_hours);
+    let mut q = Sql::new(store.backend());
+    q.push(
+        "SELECT COUNT(*) AS n FROM deliveries d JOIN messages m ON m.id = d.message_pk \
+         WHERE m.kind = 'document' AND d.created_at >= ",
+    )
+    .bind(now - 30 * DAY)
+    .push(" AND d.created_at <= ")
+    .bind(cutoff)
+    .push(
+        " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
+         AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+         AND s.status_code IN ",
+    )
+    .push(REGISTERED_OR_LATER)
+    .push(")");
+    let without_03_total = match q.one(store).await? {
+        Some(r) => int(&r, "n")?.max(0) as u64,
+        None => 0,
+    };
+
+    Ok(Overview {
+        gateway: gw.gateway_id().to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        now: period::format_rfc3339(now),
+        today: today.to_string(),
+        month: month.to_string(),
+        today_traffic,
+        month_traffic,
+        inboxes,
+        refusals,
+        overdue,
+        overdue_total,
+        without_03_total,
+        accept_within_working_hours: settings.accept_within_hours,
+        health: Health {
+            database,
+            broker: None,
+            checked_at: period::format_rfc3339(now),
+        },
+    })
+}
+
+/// One line of a trace, with Vietnamese words for the office.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceLine {
+    pub at: String,
+    pub kind: String,
+    pub kind_text: String,
+    pub message_id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub reason_text: String,
+    pub detail: String,
+}
+
+/// A message found by a search, with its trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchHit {
+    pub message_id: String,
+    pub sender: String,
+    pub sender_name: String,
+    /// `document`, `status`, or `refused` (a submission that was never accepted).
+    pub kind: String,
+    pub document_id: String,
+    pub code: String,
+    pub subject: String,
+    pub accepted_at: String,
+    pub trace: Vec<TraceLine>,
+}
+
+fn kind_text(kind: &str, reason: &str) -> String {
+    match kind {
+        "accepted" => "Trục liên thông đã tiếp nhận".to_owned(),
+        "routed" => "Đã chuyển vào hộp thư của cơ quan nhận".to_owned(),
+        "delivered" => "Cơ quan nhận đã tải về".to_owned(),
+        "acknowledged" => "Cơ quan nhận đã xác nhận nhận".to_owned(),
+        "status_received" => format!(
+            "Nhận trạng thái {reason} ({})",
+            super::status_words(reason, super::Lang::Vi)
+        ),
+        "rejected" => "Bị từ chối".to_owned(),
+        "duplicate" => "Gửi lặp lại (trả lại biên nhận lần đầu)".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn trace_line(e: TraceEvent) -> TraceLine {
+    let at =
+        e.at.map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+            .unwrap_or(0);
+    let reason_text = if e.kind == "rejected" {
+        reason_vi(&e.reason).to_owned()
+    } else {
+        String::new()
+    };
+    TraceLine {
+        at: period::format_rfc3339(at),
+        kind_text: kind_text(&e.kind, &e.reason),
+        kind: e.kind,
+        message_id: e.message_id,
+        from: e.from,
+        to: e.to,
+        reason: e.reason,
+        reason_text,
+        detail: e.detail,
+    }
+}
+
+/// Finds messages by message_id, số/ký hiệu (`15/QĐ-UBND`), document_id,
+/// or a part of the số/ký hiệu, document_id or trích yếu, newest first (at
+/// most 10), each with its trace. A refused submission is found by its
+/// message_id. `NotFound` when nothing matches.
+pub async fn search(gw: &Gateway, q: &str) -> Result<Vec<SearchHit>> {
+    let q = q.trim();
+    if q.is_empty() {
+        return Err(Error::malformed(
+            "Hãy nhập mã gói tin (message_id) hoặc số/ký hiệu văn bản để tìm.",
+        ));
+    }
+    if q.chars().count() > 200 {
+        return Err(Error::malformed(
+            "Nội dung tìm kiếm quá dài (tối đa 200 ký tự).",
+        ));
+    }
+    let store = gw.store();
+    index_documents(store).await?;
+    let names = names(store).await?;
+    let cols = "SELECT id, sender, message_id, kind, document_id, code, subject, accepted_at FROM messages";
+    let mut exact = Sql::new(store.backend());
+    exact
+        .push(cols)
+        .push(" WHERE message_id = ")
+        .bind(q.to_owned())
+        .push(" OR code = ")
+        .bind(q.to_owned())
+        .push(" ORDER BY id DESC LIMIT 10");
+    let mut rows = exact.all(store).await?;
+    if rows.is_empty() {
+        let pat = format!("%{}%", like_escape(q));
+        let mut like = Sql::new(store.backend());
+        like.push(cols)
+            .push(" WHERE kind = 'document' AND (code LIKE ")
+            .bind(pat.clone())
+            .push(" ESCAPE '\\' OR document_id LIKE ")
+            .bind(pat.clone())
+            .push(" ESCAPE '\\' OR subject LIKE ")
+            .bind(pat)
+            .push(" ESCAPE '\\') ORDER BY id DESC LIMIT 10");
+        rows = like.all(store).await?;
+    }
+    let mut hits = Vec::new();
+    for r in rows {
+        let sender = text(&r, "sender")?;
+        let message_id = text(&r, "message_id")?;
+        let trace = match gw.trace(None, &sender, &message_id).await {
+            Ok(t) => t.into_iter().map(trace_line).collect(),
+            Err(e) if e.reason() == Reason::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        hits.push(SearchHit {
+            sender_name: name_of(&names, &sender),
+            sender,
+            message_id,
+            kind: text(&r, "kind")?,
+            document_id: text(&r, "document_id")?,
+            code: text(&r, "code")?,
+            subject: text(&r, "subject")?,
+            accepted_at: period::format_rfc3339(int(&r, "accepted_at")?),
+            trace,
+        });
+    }
+    if hits.is_empty() {
+        // A refused submission has events but no message row.
+        match gw.trace_any(q).await {
+            Ok(events) => {
+                let sender = events.first().map(|e| e.from.clone()).unwrap_or_default();
+                hits.push(SearchHit {
+                    sender_name: name_of(&names, &sender),
+                    sender,
+                    message_id: q.to_owned(),
+                    kind: "refused".to_owned(),
+                    document_id: String::new(),
+                    code: String::new(),
+                    subject: String::new(),
+                    accepted_at: String::new(),
+                    trace: events.into_iter().map(trace_line).collect(),
+                });
+            }
+            Err(e) if e.reason() == Reason::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if hits.is_empty() {
+        return Err(Error::new(
+            Reason::NotFound,
+            format!(
+                "Không tìm thấy văn bản hay gói tin nào có mã gói tin hoặc số/ký hiệu «{}».",
+                truncate(q, 80)
+            ),
+        ));
+    }
+    Ok(hits)
+}

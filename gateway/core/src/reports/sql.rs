@@ -1,0 +1,139 @@
+//! A small builder for the report queries: the same SQL text for SQLite
+//! and PostgreSQL, with placeholders written the way each engine wants.
+
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+
+use crate::error::Result;
+use crate::store::Store;
+
+/// Above this many agencies a scope is filtered after aggregation (the
+/// grouped rows are few) instead of by a long `IN` list.
+const MAX_IN_LIST: usize = 2000;
+
+/// Which agencies a query keeps.
+#[derive(Debug, Clone)]
+pub(crate) enum Filter {
+    All,
+    Codes(Vec<String>),
+}
+
+impl Filter {
+    pub(crate) fn of(codes: Option<Vec<String>>) -> Filter {
+        match codes {
+            Some(c) if c.len() <= MAX_IN_LIST => Filter::Codes(c),
+            _ => Filter::All,
+        }
+    }
+}
+
+pub(crate) struct Sql {
+    backend: DbBackend,
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    pub(crate) fn new(backend: DbBackend) -> Sql {
+        Sql {
+            backend,
+            text: String::with_capacity(512),
+            values: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, s: &str) -> &mut Sql {
+        self.text.push_str(s);
+        self
+    }
+
+    /// Appends a placeholder bound to `v`.
+    pub(crate) fn bind(&mut self, v: impl Into<Value>) -> &mut Sql {
+        self.values.push(v.into());
+        match self.backend {
+            DbBackend::Postgres => {
+                let n = self.values.len();
+                self.text.push('$');
+                self.text.push_str(&n.to_string());
+            }
+            _ => self.text.push('?'),
+        }
+        self
+    }
+
+    /// ` AND col IN (…)` for a scope (nothing for every agency).
+    pub(crate) fn filter(&mut self, col: &str, f: &Filter) -> &mut Sql {
+        match f {
+            Filter::All => {}
+            Filter::Codes(codes) if codes.is_empty() => {
+                self.push(" AND 1 = 0");
+            }
+            Filter::Codes(codes) if codes.len() == 1 => {
+                self.push(" AND ")
+                    .push(col)
+                    .push(" = ")
+                    .bind(codes[0].clone());
+            }
+            Filter::Codes(codes) => {
+                self.push(" AND ").push(col).push(" IN (");
+                for (i, c) in codes.iter().enumerate() {
+                    if i > 0 {
+                        self.push(", ");
+                    }
+                    self.bind(c.clone());
+                }
+                self.push(")");
+            }
+        }
+        self
+    }
+
+    pub(crate) fn statement(self) -> Statement {
+        Statement::from_sql_and_values(self.backend, self.text, self.values)
+    }
+
+    pub(crate) async fn all(self, store: &Store) -> Result<Vec<QueryResult>> {
+        Ok(store.connection().query_all_raw(self.statement()).await?)
+    }
+
+    pub(crate) async fn one(self, store: &Store) -> Result<Option<QueryResult>> {
+        Ok(store.connection().query_one_raw(self.statement()).await?)
+    }
+}
+
+/// A column as `i64` (COUNT, SUM and times are 64-bit integers on both engines).
+pub(crate) fn int(row: &QueryResult, col: &str) -> Result<i64> {
+    Ok(row.try_get::<Option<i64>>("", col)?.unwrap_or(0))
+}
+
+pub(crate) fn text(row: &QueryResult, col: &str) -> Result<String> {
+    Ok(row.try_get::<Option<String>>("", col)?.unwrap_or_default())
+}
+
+/// `s` made safe inside a `LIKE` pattern with `ESCAPE '\'`.
+pub(crate) fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_the_engine() {
+        let codes = Filter::Codes(vec!["a".into(), "b".into()]);
+        let mut q = Sql::new(DbBackend::Postgres);
+        q.push("SELECT 1 WHERE x = ").bind(1i64).filter("y", &codes);
+        assert_eq!(q.text, "SELECT 1 WHERE x = $1 AND y IN ($2, $3)");
+        let mut q = Sql::new(DbBackend::Sqlite);
+        q.push("SELECT 1 WHERE x = ").bind(1i64).filter("y", &codes);
+        assert_eq!(q.text, "SELECT 1 WHERE x = ? AND y IN (?, ?)");
+        assert_eq!(like_escape("50%_a\\"), "50\\%\\_a\\\\");
+    }
+}

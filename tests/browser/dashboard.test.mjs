@@ -1,0 +1,202 @@
+// The dashboard as the province office sees it: the real `lienthong`
+// binary (dev PKI, directory import, serve on free ports), documents and a
+// refused one sent with `lienthong send`, then the page in headless
+// Chromium (Debian's /usr/bin/chromium, driven by playwright-core).
+// A screenshot is kept in tests/artifacts/dashboard.png.
+//
+// Run with tests/browser/run.sh (it installs what is missing).
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { mkdtemp, mkdir, rm, writeFile, readFile } from "node:fs/promises";
+import { existsSync, openSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const run = promisify(execFile);
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "..", "..");
+const bin = process.env.LIENTHONG_BIN || join(root, "target", "debug", "lienthong");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const artifacts = join(root, "tests", "artifacts");
+
+const A = "000.00.01.H35"; // Văn phòng UBND tỉnh
+const B = "000.00.12.H35"; // Sở Khoa học và Công nghệ
+const C = "000.00.31.H35"; // UBND thành phố Lai Châu
+
+let dir, env, grpc, http, server, browser;
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = net.createServer();
+    s.unref();
+    s.on("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+// The environment of every lienthong command: only our own LIENTHONG_ keys.
+function cleanEnv(extra) {
+  const e = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith("LIENTHONG_")) e[k] = v;
+  }
+  return { ...e, NO_COLOR: "1", ...extra };
+}
+
+async function lt(args) {
+  try {
+    return await run(bin, args, { env, cwd: dir, maxBuffer: 16 << 20 });
+  } catch (e) {
+    throw new Error(`lienthong ${args.join(" ")} failed (${e.code}):\n${e.stdout}\n${e.stderr}`);
+  }
+}
+
+async function send(from, to, extra) {
+  const { stdout } = await lt([
+    "send", "--server", `http://127.0.0.1:${grpc}`, "--from", from, "--to", to,
+    "--key", join(dir, "pki", `${from}.key.pem`), "--cert", join(dir, "pki", `${from}.pem`),
+    ...extra,
+  ]);
+  return JSON.parse(stdout.trim().split("\n").pop());
+}
+
+async function waitReady(url, ms) {
+  const end = Date.now() + ms;
+  let last = "";
+  while (Date.now() < end) {
+    if (server.exitCode !== null) break;
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+      last = `HTTP ${r.status}`;
+    } catch (e) {
+      last = e.message;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const log = await readFile(join(dir, "serve.log"), "utf8").catch(() => "");
+  throw new Error(`lienthong serve was not ready at ${url} (${last}); its log:\n${log.slice(-4000)}`);
+}
+
+before(async () => {
+  assert.ok(existsSync(bin), `the lienthong binary is not at ${bin}: run \`cargo build -p lienthong\` first, or set LIENTHONG_BIN`);
+  assert.ok(existsSync(chromiumPath), `Chromium is not at ${chromiumPath}: apt-get install -y chromium (tests/browser/run.sh does it)`);
+  dir = await mkdtemp(join(tmpdir(), "lienthong-browser-"));
+  grpc = await freePort();
+  http = await freePort();
+  env = cleanEnv({
+    LIENTHONG_CONFIG: join(dir, "pki", "lienthong.toml"),
+    LIENTHONG_GRPC__LISTEN: `127.0.0.1:${grpc}`,
+    LIENTHONG_HTTP__LISTEN: `127.0.0.1:${http}`,
+    LIENTHONG_REPORTS__DIR: join(dir, "reports"),
+  });
+  // dev-pki writes the configuration the other commands read.
+  await run(bin, ["dev-pki", join(dir, "pki")], { env: cleanEnv({}), cwd: dir });
+  await lt(["directory", "import", join(dir, "pki", "directory.csv")]);
+  const log = openSync(join(dir, "serve.log"), "a");
+  server = spawn(bin, ["serve"], { env, cwd: dir, stdio: ["ignore", log, log] });
+  await waitReady(`http://127.0.0.1:${http}/health/ready`, 30000);
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  if (server && server.exitCode === null) {
+    const done = new Promise((ok) => server.once("exit", ok));
+    server.kill("SIGTERM");
+    await Promise.race([done, new Promise((ok) => setTimeout(ok, 10000))]);
+    if (server.exitCode === null) server.kill("SIGKILL");
+  }
+  if (dir && !process.env.LIENTHONG_KEEP) await rm(dir, { recursive: true, force: true });
+});
+
+test("the dashboard shows today's traffic, a refusal in plain words, and a trace", async () => {
+  const d1 = await send(A, B, ["--code-number", "15", "--code-notation", "QĐ-UBND",
+    "--subject", "Quyết định phê duyệt kế hoạch chuyển đổi số năm 2027"]);
+  await send(A, C, ["--code-number", "16", "--code-notation", "QĐ-UBND", "--subject", "Quyết định về công tác văn thư"]);
+  await send(B, A, ["--code-number", "42", "--code-notation", "BC-SKHCN", "--subject", "Báo cáo tình hình ứng dụng CNTT"]);
+  assert.equal(d1.from, A);
+  // One refused: the recipient is not in the directory.
+  let refusedId = "";
+  try {
+    await send(A, "000.00.99.H35", ["--subject", "Gửi nhầm cơ quan"]);
+    assert.fail("a document to an unknown agency was accepted");
+  } catch (e) {
+    assert.match(e.message, /UNKNOWN_RECIPIENT/);
+  }
+  // B takes its document and registers it (status 03).
+  await lt(["receive", "--server", `http://127.0.0.1:${grpc}`, "--as", B, "--ack"]);
+  await send(B, A, ["--status", "03", "--document-from", A, "--document-id", d1.document_id]);
+
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const page = await browser.newPage({ viewport: { width: 1440, height: 1800 }, locale: "vi-VN" });
+  const failed = [];
+  page.on("requestfailed", (r) => failed.push(r.url()));
+  page.on("pageerror", (e) => failed.push(String(e)));
+  await page.goto(`http://127.0.0.1:${http}/`);
+
+  const text = (sel) => page.locator(sel).innerText();
+  await page.waitForFunction(() => document.getElementById("today-documents").textContent === "3", null, { timeout: 15000 });
+  assert.equal(await text("#today-documents"), "3");
+  assert.equal(await text("#today-refused"), "1");
+  assert.equal(await text("#today-statuses"), "1");
+  assert.equal(await text("#month-documents"), "3");
+  assert.match(await text("#health-db"), /hoạt động bình thường/);
+  const refusals = await text("#refusals");
+  assert.match(refusals, /Cơ quan nhận không có trong danh bạ của trục liên thông/);
+  assert.match(refusals, /Văn phòng Ủy ban nhân dân tỉnh Lai Châu/);
+  refusedId = await page.locator("#refusals tbody tr[data-reason=UNKNOWN_RECIPIENT] a").first().innerText();
+  assert.ok(refusedId.length > 0, "the refused message's id is shown");
+  // C has not taken its document: the inbox table names it.
+  assert.match(await text("#inboxes"), /Ủy ban nhân dân thành phố Lai Châu/);
+
+  // Live: a new document shows up without reloading the page.
+  await send(C, A, ["--code-number", "7", "--code-notation", "TB-UBND", "--subject", "Thông báo lịch họp"]);
+  await page.waitForFunction(() => document.getElementById("today-documents").textContent === "4", null, { timeout: 15000 });
+
+  // Search by số/ký hiệu shows the trace in Vietnamese words.
+  await page.fill("#search-q", "15/QĐ-UBND");
+  await page.click("#search-form button");
+  await page.waitForSelector("#search-result .hit", { timeout: 10000 });
+  const found = await text("#search-result");
+  assert.match(found, /Quyết định phê duyệt kế hoạch chuyển đổi số năm 2027/);
+  assert.match(found, /Trục liên thông đã tiếp nhận/);
+  assert.match(found, /Cơ quan nhận đã xác nhận nhận/);
+  assert.match(found, /Nhận trạng thái 03 \(Đã tiếp nhận\)/);
+
+  // Something that does not exist gets a sentence, not an empty page.
+  await page.fill("#search-q", "không-có-văn-bản-này");
+  await page.click("#search-form button");
+  await page.waitForSelector("#search-result .error", { timeout: 10000 });
+  assert.match(await text("#search-result"), /Không tìm thấy/);
+
+  // The refused message, found from its link, with its reason.
+  await page.click(`#refusals a >> text=${refusedId}`);
+  await page.waitForFunction(() => /Gói tin bị từ chối/.test(document.getElementById("search-result").innerText), null, { timeout: 10000 });
+  assert.match(await text("#search-result"), /Cơ quan nhận không có trong danh bạ/);
+
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await mkdir(artifacts, { recursive: true });
+  await page.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
+  assert.deepEqual(failed, [], "every request of the page succeeded");
+
+  // The report download behind the page's link is a real workbook.
+  const r = await fetch(`http://127.0.0.1:${http}/reports/summary.xlsx`);
+  assert.equal(r.status, 200);
+  const bytes = Buffer.from(await r.arrayBuffer());
+  assert.equal(bytes.subarray(0, 2).toString(), "PK");
+  await writeFile(join(artifacts, "bao-cao.xlsx"), bytes);
+});

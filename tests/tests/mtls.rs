@@ -1,0 +1,182 @@
+//! Mutual TLS: the caller is the agency its client certificate is bound to,
+//! and nobody else. Each refusal is a gRPC status with a reason and a
+//! sentence, not a bare TLS alert.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lienthong_e2e::*;
+use rcgen::KeyPair;
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+fn tls_with(gw: &TestGateway, cert_pem: &str, key_pem: &str) -> ClientTlsConfig {
+    let ca = std::fs::read(gw.pki_dir.join("ca.pem")).unwrap();
+    ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert_pem, key_pem))
+}
+
+/// `organ_id`'s signing identity, connecting with another client certificate.
+fn agency_with_client(gw: &TestGateway, organ_id: &str, cert_pem: &str, key_pem: &str) -> Agency {
+    let a = gw.agency(organ_id);
+    Agency::with_tls(
+        gw.grpc_addr,
+        organ_id,
+        Arc::clone(&a.signer),
+        a.chain.clone(),
+        tls_with(gw, cert_pem, key_pem),
+    )
+}
+
+fn read(gw: &TestGateway, name: &str) -> String {
+    std::fs::read_to_string(gw.pki_dir.join(name)).unwrap()
+}
+
+async fn assert_refused(a: &Agency, code: Code, reason: &str, words: &str) {
+    let err = a
+        .receive_all(0)
+        .await
+        .expect_err("the call should be refused");
+    assert_eq!(err.code(), code, "{err:?}");
+    assert_eq!(reason_of(&err).as_deref(), Some(reason), "{err:?}");
+    assert!(
+        err.message().contains(words),
+        "the sentence should say {words:?}: {}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_comes_only_from_the_bound_client_certificate() {
+    let opts = GatewayOptions {
+        mtls: true,
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("mtls_identity", opts).await else {
+        return;
+    };
+    within(Duration::from_secs(120), "the mTLS refusals", async {
+        let a = gw.agency(A);
+        let b = gw.agency(B);
+
+        // A's software, with its own certificate, sends and B's receives.
+        let sent = a
+            .send_document(&[B], "Công văn qua TLS hai chiều", &[])
+            .await
+            .expect("A sends over mTLS");
+        let got = b.receive_all(0).await.expect("B receives over mTLS");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            decode_envelope(got[0].envelope.as_ref().unwrap()).message_id,
+            sent.message_id()
+        );
+
+        // B's software cannot send as A, whatever header it adds.
+        let b_as_a = agency_with_client(
+            &gw,
+            A,
+            &read(&gw, &format!("{B}.client.pem")),
+            &read(&gw, &format!("{B}.client.key.pem")),
+        )
+        .with_caller(Some(A));
+        let err = b_as_a
+            .send_document(&[C], "giả danh", &[])
+            .await
+            .expect_err("B's certificate sending as A must be refused");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(reason_of(&err).as_deref(), Some("SENDER_MISMATCH"));
+
+        // A's key in a certificate from a CA the gateway does not trust.
+        let a_key = KeyPair::from_pem(&read(&gw, &format!("{A}.client.key.pem"))).unwrap();
+        let a_client_der = pki::load_cert_der(&gw.pki_dir.join(format!("{A}.client.pem")));
+        let now = time::OffsetDateTime::now_utc();
+        let rogue = pki::Ca::generate("Rogue CA");
+        let (_, rogue_pem) = rogue.reissue_pem(
+            &a_client_der,
+            &a_key,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        let other_ca = agency_with_client(
+            &gw,
+            A,
+            &rogue_pem,
+            &read(&gw, &format!("{A}.client.key.pem")),
+        );
+        assert_refused(
+            &other_ca,
+            Code::Unauthenticated,
+            "PERMISSION_DENIED",
+            "not issued by an authority",
+        )
+        .await;
+
+        // A's key in an expired certificate from the trusted CA.
+        let dev_ca = pki::Ca::load(&gw.pki_dir.join("ca.pem"), &gw.pki_dir.join("ca.key.pem"));
+        let (_, expired_pem) = dev_ca.reissue_pem(
+            &a_client_der,
+            &a_key,
+            now - time::Duration::days(60),
+            now - time::Duration::days(1),
+        );
+        let expired = agency_with_client(
+            &gw,
+            A,
+            &expired_pem,
+            &read(&gw, &format!("{A}.client.key.pem")),
+        );
+        assert_refused(
+            &expired,
+            Code::Unauthenticated,
+            "PERMISSION_DENIED",
+            "expired",
+        )
+        .await;
+
+        // A valid certificate from the trusted CA whose key is bound to nobody.
+        let new_key = KeyPair::generate().unwrap();
+        let (_, unbound_pem) = dev_ca.reissue_pem(
+            &a_client_der,
+            &new_key,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        let unbound = agency_with_client(&gw, A, &unbound_pem, &new_key.serialize_pem());
+        assert_refused(
+            &unbound,
+            Code::Unauthenticated,
+            "PERMISSION_DENIED",
+            "not bound",
+        )
+        .await;
+
+        // Once an operator binds it to C, it speaks for C — and sees C's inbox.
+        let pem_path = gw.dir.join("c-new-client.pem");
+        std::fs::write(&pem_path, &unbound_pem).unwrap();
+        let out = gw
+            .run_cli(&[
+                "directory".as_ref(),
+                "bind-client-cert".as_ref(),
+                C.as_ref(),
+                pem_path.as_os_str(),
+            ])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let as_c = agency_with_client(&gw, C, &unbound_pem, &new_key.serialize_pem());
+        assert!(as_c.receive_all(0).await.expect("bound now").is_empty());
+        let a_over_c = agency_with_client(&gw, A, &unbound_pem, &new_key.serialize_pem());
+        let err = a_over_c
+            .send_document(&[B], "thư của A qua kết nối của C", &[])
+            .await
+            .expect_err("A's envelope over C's connection must be refused");
+        assert_eq!(
+            reason_of(&err).as_deref(),
+            Some("SENDER_MISMATCH"),
+            "{err:?}"
+        );
+    })
+    .await;
+}
