@@ -445,7 +445,7 @@ impl Gateway {
             ));
         }
 
-        let verification = match proof {
+        let mut verification = match proof {
             Proof::Signatures => {
                 self.verify_signatures(&signed, &from, signing::signed_at_of(&envelope))
                     .await?
@@ -468,6 +468,7 @@ impl Gateway {
             }
         };
 
+        let mut unknown_document = false;
         let body = envelope.body.as_ref().ok_or_else(|| {
             Error::malformed("the envelope has neither a document nor a status notice")
         })?;
@@ -484,6 +485,27 @@ impl Gateway {
             }
             Body::Status(st) => {
                 let doc_from = validate_status(st, policy)?;
+                // A status answers a document. Under the strict policy it
+                // must be one this gateway carried; real producers (lenient)
+                // also answer documents that reached them another way, so
+                // there it is carried and the report says so.
+                let known = inner
+                    .store
+                    .document(doc_from.as_str(), &st.document_id)
+                    .await?
+                    .is_some();
+                if !known {
+                    if policy == IdPolicy::Strict {
+                        return Err(Error::new(
+                            Reason::NotFound,
+                            format!(
+                                "the status answers document {} of {doc_from}, which this gateway has not carried; check ResponseFor (document_from, document_id)",
+                                truncate(&st.document_id, 200)
+                            ),
+                        ));
+                    }
+                    unknown_document = true;
+                }
                 (
                     "status",
                     st.document_id.clone(),
@@ -493,6 +515,12 @@ impl Gateway {
                 )
             }
         };
+
+        if unknown_document {
+            verification
+                .summary
+                .push_str("; it answers a document this gateway has not carried");
+        }
 
         Ok(Submission {
             gw: inner.clone(),
