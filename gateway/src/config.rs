@@ -240,6 +240,12 @@ pub struct LimitsSection {
     pub max_attachments: usize,
     pub max_recipients: usize,
     pub redelivery_after_secs: u64,
+    /// Sustained calls per second one agency may make (0: no limit).
+    pub calls_per_second: f64,
+    /// Calls above that rate an agency may make at once.
+    pub burst: f64,
+    /// Streams one agency may have open at once (0: no limit).
+    pub max_streams_per_agency: usize,
 }
 
 impl Default for LimitsSection {
@@ -251,11 +257,22 @@ impl Default for LimitsSection {
             max_attachments: l.max_attachments,
             max_recipients: l.max_recipients,
             redelivery_after_secs: l.redelivery_after.as_secs(),
+            calls_per_second: 200.0,
+            burst: 400.0,
+            max_streams_per_agency: 32,
         }
     }
 }
 
 impl LimitsSection {
+    pub fn agency_limits(&self) -> lienthong_grpc::limits::AgencyLimits {
+        lienthong_grpc::limits::AgencyLimits {
+            calls_per_second: self.calls_per_second.max(0.0),
+            burst: self.burst.max(1.0),
+            max_streams: self.max_streams_per_agency,
+        }
+    }
+
     pub fn to_limits(&self) -> Limits {
         Limits {
             max_envelope_bytes: self.max_envelope_bytes,

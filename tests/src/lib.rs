@@ -284,6 +284,8 @@ pub struct GatewayOptions {
     /// client certificates come from dev-pki; each agency's software
     /// connects with its `<organ_id>.client.pem`.
     pub mtls: bool,
+    /// More `key = value` lines for the `[limits]` section.
+    pub extra_limits: String,
 }
 
 impl Default for GatewayOptions {
@@ -296,6 +298,7 @@ impl Default for GatewayOptions {
             extra_anchors: Vec::new(),
             import_directory: true,
             mtls: false,
+            extra_limits: String::new(),
         }
     }
 }
@@ -485,11 +488,13 @@ anchors = [{anchors}]
 [limits]
 max_envelope_bytes = {menv}
 max_attachment_bytes = {matt}
+{extra_limits}
 {http}"#,
             name = self.name,
             grpc = self.grpc_addr,
             db = toml_str(&self.db_url),
             storage = toml_str(&self.storage_path.display().to_string()),
+            extra_limits = opts.extra_limits,
             menv = opts.max_envelope_bytes,
             matt = opts.max_attachment_bytes,
             auth = if opts.mtls {

@@ -41,6 +41,7 @@ pub const ORGAN_ID_HEADER: &str = "x-organ-id";
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
+pub mod limits;
 pub mod tls;
 
 /// How the caller's identity is established.
@@ -92,14 +93,35 @@ struct Shared {
     edxml_policy: Policy,
     /// The agency code this gateway writes in an edXML TraceHeader.
     trace_organ_id: String,
+    limiter: Arc<limits::AgencyLimiter>,
 }
 
 /// Largest edXML package put inline in a `Delivery` (DELIVERY_FORMAT_EDXML).
 const INLINE_EDXML_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
 impl Shared {
-    /// The authenticated caller, or a refusal that is logged too.
+    /// The authenticated caller, within its rate limit, or a refusal that is
+    /// logged too.
     async fn caller(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Status> {
+        let caller = self.identify(meta, ext).await?;
+        if let Err(e) = self.limiter.call(&caller.organ_id) {
+            return Err(status_of(&self.gw.refuse(Some(&caller), "", e).await));
+        }
+        Ok(caller)
+    }
+
+    /// A slot for one more open stream of the caller's.
+    async fn stream_slot(
+        &self,
+        caller: &Caller,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+        match self.limiter.stream(&caller.organ_id) {
+            Ok(p) => Ok(p),
+            Err(e) => Err(status_of(&self.gw.refuse(Some(caller), "", e).await)),
+        }
+    }
+
+    async fn identify(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Status> {
         match &self.auth {
             AuthMode::Mtls(tls) => {
                 let certs = ext
@@ -177,6 +199,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let caller = s.caller(request.metadata(), request.extensions()).await?;
+        let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let first = match stream.message().await {
             Ok(Some(pb::SendRequest {
@@ -241,9 +264,11 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let mut inbox = self.shared.gw.inbox(&caller, req.follow);
         let (tx, rx) = mpsc::channel(4);
         let as_edxml = req.format == pb::DeliveryFormat::Edxml as i32;
+        let slot = self.shared.stream_slot(&caller).await?;
         let gw = self.shared.gw.clone();
         let hop = self.shared.trace_organ_id.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut sent: u32 = 0;
             loop {
                 tokio::select! {
@@ -309,7 +334,9 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .map_err(|e| status_of(&e))?;
         let (tx, rx) = mpsc::channel(4);
         let index = req.index;
+        let slot = self.shared.stream_slot(&caller).await?;
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 match reader.next_chunk(FETCH_CHUNK_BYTES).await {
                     Ok(Some(data)) => {
@@ -338,6 +365,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let caller = s.caller(request.metadata(), request.extensions()).await?;
+        let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let (tx, reader) = edxml::gateway::chunk_channel(8);
         // The first chunk may name the message_id; read it before decoding.
@@ -401,7 +429,9 @@ impl pb::exchange_server::Exchange for ExchangeService {
         .await
         .map_err(|e| status_of(&e))?;
         let (tx, out) = mpsc::channel(4);
+        let slot = self.shared.stream_slot(&caller).await?;
         tokio::spawn(async move {
+            let _slot = slot;
             while let Some(item) = rx.recv().await {
                 let msg = item
                     .map(|data| pb::EdxmlChunk {
@@ -544,6 +574,7 @@ impl GrpcServer {
             auth,
             edxml_policy: Policy::Lenient,
             trace_organ_id: gw_id,
+            limiter: Arc::new(limits::AgencyLimiter::new(limits::AgencyLimits::default())),
         };
         GrpcServer {
             exchange: ExchangeService {
@@ -559,6 +590,14 @@ impl GrpcServer {
     pub fn with_edxml_policy(mut self, policy: Policy) -> Self {
         self.exchange.shared.edxml_policy = policy;
         self.directory.shared.edxml_policy = policy;
+        self
+    }
+
+    /// Per-agency call rate and concurrent-stream limits.
+    pub fn with_agency_limits(mut self, l: limits::AgencyLimits) -> Self {
+        let limiter = Arc::new(limits::AgencyLimiter::new(l));
+        self.exchange.shared.limiter = limiter.clone();
+        self.directory.shared.limiter = limiter;
         self
     }
 

@@ -1,0 +1,74 @@
+//! Limits against abuse: an agency calling too fast, or holding too many
+//! streams open, gets RATE_LIMITED (RESOURCE_EXHAUSTED) with a sentence,
+//! while other agencies go on unhindered.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lienthong_e2e::v1::ReceiveRequest;
+use lienthong_e2e::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agency_over_its_limits_is_slowed_down_not_the_others() {
+    let opts = GatewayOptions {
+        extra_limits: "calls_per_second = 1.0\nburst = 3.0\nmax_streams_per_agency = 1\n".into(),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("limits", opts).await else {
+        return;
+    };
+    within(Duration::from_secs(120), "the limits", async {
+        let a = gw.agency(A);
+        let b = gw.agency(B);
+
+        // One stream at a time for A: a following Receive holds its slot.
+        let mut open = a
+            .exchange()
+            .receive(a.request(ReceiveRequest {
+                follow: true,
+                ..Default::default()
+            }))
+            .await
+            .expect("the first stream is allowed")
+            .into_inner();
+        let err = a
+            .receive_all(0)
+            .await
+            .expect_err("a second stream is over the limit");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert_eq!(reason_of(&err).as_deref(), Some("RATE_LIMITED"));
+        assert!(err.message().contains("streams open"), "{}", err.message());
+
+        // A's bucket holds 3 calls and refills one per second: a quick
+        // series of calls runs it dry.
+        let mut refused = None;
+        for _ in 0..6 {
+            if let Err(e) = a.lookup(B).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        let err = refused.expect("A was never slowed down");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert_eq!(reason_of(&err).as_deref(), Some("RATE_LIMITED"), "{err:?}");
+        assert!(
+            err.message().contains("calls per second"),
+            "{}",
+            err.message()
+        );
+
+        // B is not affected.
+        assert!(b.lookup(A).await.is_ok());
+
+        // Closing the stream frees the slot; after a pause A may call again.
+        drop(open.message());
+        drop(open);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(
+            a.receive_all(0).await.is_ok(),
+            "A's slot and tokens are back"
+        );
+    })
+    .await;
+}
