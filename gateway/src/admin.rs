@@ -36,6 +36,14 @@ pub enum DirectoryCommand {
     BindClientCert { organ_id: String, cert: PathBuf },
     /// Bind a client certificate for mutual TLS to an operator of the gateway.
     BindOperator { name: String, cert: PathBuf },
+    /// Let AGENT send documents in the name of PRINCIPAL (e.g. Văn phòng
+    /// UBND tỉnh for UBND tỉnh); --revoke ends it.
+    Represent {
+        agent: String,
+        principal: String,
+        #[arg(long)]
+        revoke: bool,
+    },
     /// List the agencies.
     List {
         /// Only this agency and those under it.
@@ -167,6 +175,37 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
                 "bound the client certificate {} (key sha256 {}) to operator {}",
                 row.subject, row.spki_sha256, row.organ_id
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::Represent {
+            agent,
+            principal,
+            revoke,
+        } => {
+            let err = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.message());
+            let agent = OrganId::parse_with(&agent, IdPolicy::Lenient).map_err(err)?;
+            let principal = OrganId::parse_with(&principal, IdPolicy::Lenient).map_err(err)?;
+            for id in [&agent, &principal] {
+                if store.agency(id.as_str()).await.map_err(err)?.is_none() {
+                    anyhow::bail!("{id} is not in the directory; import it first");
+                }
+            }
+            if revoke {
+                let had = store
+                    .revoke_representation(agent.as_str(), principal.as_str())
+                    .await
+                    .map_err(err)?;
+                println!(
+                    "{agent} {} sends in the name of {principal}",
+                    if had { "no longer" } else { "did not" }
+                );
+            } else {
+                store
+                    .grant_representation(agent.as_str(), principal.as_str())
+                    .await
+                    .map_err(err)?;
+                println!("{agent} may now send in the name of {principal}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::List { under, json } => {

@@ -88,7 +88,17 @@ pub async fn import_csv(
     let models: Vec<agency::Model> = good.iter().map(|r| agency_model(r, now)).collect();
     let imported = models.len();
     let certificates_bound = certs.len() + clients.len();
-    store.import_directory(models, certs, clients).await?;
+    let representations: Vec<(String, String)> = good
+        .iter()
+        .flat_map(|r| {
+            r.represents
+                .iter()
+                .map(|p| (r.organ_id.as_str().to_owned(), p.as_str().to_owned()))
+        })
+        .collect();
+    store
+        .import_directory(models, certs, clients, representations)
+        .await?;
     Ok(ImportOutcome {
         imported,
         certificates_bound,

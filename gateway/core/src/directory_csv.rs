@@ -74,6 +74,9 @@ pub struct AgencyRow {
     /// A PEM file (relative to the CSV) holding the client (system)
     /// certificate the agency's software presents under mutual TLS.
     pub client_cert: Option<PathBuf>,
+    /// Agencies this one may send in the name of (the `represents` column,
+    /// codes separated by `;`), e.g. Văn phòng UBND tỉnh for UBND tỉnh.
+    pub represents: Vec<OrganId>,
     /// Columns the gateway does not know, by their header as written
     /// (non-empty values only).
     pub extra: BTreeMap<String, String>,
@@ -115,6 +118,7 @@ enum Col {
     Active,
     SigningCert,
     ClientCert,
+    Represents,
 }
 
 impl Col {
@@ -131,6 +135,7 @@ impl Col {
             Col::Active => "active",
             Col::SigningCert => "signing_cert",
             Col::ClientCert => "client_cert",
+            Col::Represents => "represents",
         }
     }
 
@@ -159,6 +164,7 @@ impl Col {
             "active" => Col::Active,
             "signing_cert" | "signing_certificate" | "cert" | "certificate" => Col::SigningCert,
             "client_cert" | "client_certificate" | "tls_cert" => Col::ClientCert,
+            "represents" | "dai_dien" | "đại_diện" => Col::Represents,
             _ => return None,
         })
     }
@@ -436,6 +442,7 @@ fn check_row(
     let website = get(Col::Website, &mut non_utf8);
     let cert = get(Col::SigningCert, &mut non_utf8);
     let client = get(Col::ClientCert, &mut non_utf8);
+    let raw_represents = get(Col::Represents, &mut non_utf8);
     let mut extra = BTreeMap::new();
     for (i, key) in &header.extra {
         let v = field(*i, &mut non_utf8);
@@ -535,6 +542,17 @@ fn check_row(
         }
     };
     let signing_cert = opt(cert).map(relative);
+    let mut represents = Vec::new();
+    for part in raw_represents
+        .split([';', ' ', '|'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match OrganId::parse_with(part, policy) {
+            Ok(id) => represents.push(id),
+            Err(e) => problems.push(format!("represents: {}", e.message())),
+        }
+    }
     let client_cert = opt(client).map(relative);
 
     let row = organ_id.map(|organ_id| AgencyRow {
@@ -550,6 +568,7 @@ fn check_row(
         active,
         signing_cert,
         client_cert,
+        represents,
         extra,
     });
     Pending {

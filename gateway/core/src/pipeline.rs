@@ -111,11 +111,22 @@ impl Transport {
     }
 }
 
-/// An authenticated caller: the agency the transport vouches for.
+/// Who a caller is to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An agency's software: its own messages, its own inbox.
+    Agency,
+    /// The gateway's operators: every trace, reports, the directory.
+    Operator,
+}
+
+/// An authenticated caller: the agency (or operator) the transport vouches
+/// for.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub organ_id: String,
     pub transport: Transport,
+    pub role: Role,
 }
 
 impl Caller {
@@ -123,7 +134,12 @@ impl Caller {
         Caller {
             organ_id: organ_id.into(),
             transport,
+            role: Role::Agency,
         }
+    }
+
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
     }
 }
 
@@ -376,11 +392,17 @@ impl Gateway {
                 format!("the envelope's `from`: {}", e.message()),
             )
         })?;
-        if from.as_str() != caller.organ_id {
+        if from.as_str() != caller.organ_id
+            && !(caller.role == Role::Agency
+                && inner
+                    .store
+                    .represents(&caller.organ_id, from.as_str())
+                    .await?)
+        {
             return Err(Error::new(
                 Reason::SenderMismatch,
                 format!(
-                    "the envelope is from {from} but you are authenticated as {}; an agency sends only as itself",
+                    "the envelope is from {from} but you are authenticated as {}; an agency sends only as itself or as an agency it represents (`lienthong directory represent`)",
                     caller.organ_id
                 ),
             ));
@@ -751,7 +773,7 @@ impl Gateway {
         let Some(m) = self.inner.store.message(from, message_id).await? else {
             return Err(not_found());
         };
-        if m.sender == caller.organ_id {
+        if m.sender == caller.organ_id || caller.is_operator() {
             return Ok(m);
         }
         let deliveries = self.inner.store.deliveries_of(m.id).await?;
@@ -921,9 +943,15 @@ impl Gateway {
                 )
                 .await);
         };
+        let role = if binding.role == "operator" {
+            Role::Operator
+        } else {
+            Role::Agency
+        };
         Ok(Caller {
             organ_id: binding.organ_id,
             transport,
+            role,
         })
     }
 

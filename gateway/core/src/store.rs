@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lienthong_schema::Migrator;
 use lienthong_schema::MigratorTrait;
 use lienthong_schema::entity::{
-    agency, attachment, client_cert, delivery, event, log_head, message, signing_cert,
+    agency, attachment, client_cert, delivery, event, log_head, message, representation,
+    signing_cert,
 };
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -358,6 +359,7 @@ impl Store {
         rows: Vec<agency::Model>,
         certs: Vec<signing_cert::Model>,
         clients: Vec<client_cert::Model>,
+        representations: Vec<(String, String)>,
     ) -> Result<()> {
         let txn = self.db.begin().await?;
         for chunk in rows.chunks(200) {
@@ -407,6 +409,24 @@ impl Store {
         for c in clients {
             bind_client(&txn, c).await?;
         }
+        let now = now_micros();
+        for (agent, principal) in representations {
+            representation::Entity::insert(representation::ActiveModel {
+                agent: Set(agent),
+                principal: Set(principal),
+                granted_at: Set(now),
+            })
+            .on_conflict(
+                OnConflict::columns([
+                    representation::Column::Agent,
+                    representation::Column::Principal,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        }
         txn.commit().await?;
         Ok(())
     }
@@ -425,6 +445,46 @@ impl Store {
     /// Binds a client (system) certificate's key to an agency or operator.
     pub async fn bind_client_cert(&self, row: client_cert::Model) -> Result<()> {
         Ok(bind_client(&self.db, row).await?)
+    }
+
+    /// Lets `agent` send in the name of `principal` (idempotent).
+    pub async fn grant_representation(&self, agent: &str, principal: &str) -> Result<()> {
+        representation::Entity::insert(representation::ActiveModel {
+            agent: Set(agent.to_owned()),
+            principal: Set(principal.to_owned()),
+            granted_at: Set(now_micros()),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                representation::Column::Agent,
+                representation::Column::Principal,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a representation; whether there was one.
+    pub async fn revoke_representation(&self, agent: &str, principal: &str) -> Result<bool> {
+        let r = representation::Entity::delete_many()
+            .filter(representation::Column::Agent.eq(agent))
+            .filter(representation::Column::Principal.eq(principal))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    /// Whether `agent` may send in the name of `principal`.
+    pub async fn represents(&self, agent: &str, principal: &str) -> Result<bool> {
+        Ok(
+            representation::Entity::find_by_id((agent.to_owned(), principal.to_owned()))
+                .one(&self.db)
+                .await?
+                .is_some(),
+        )
     }
 
     pub async fn client_cert(&self, spki_sha256_hex: &str) -> Result<Option<client_cert::Model>> {

@@ -7,4 +7,5 @@ pub mod delivery;
 pub mod event;
 pub mod log_head;
 pub mod message;
+pub mod representation;
 pub mod signing_cert;

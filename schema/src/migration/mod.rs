@@ -7,6 +7,7 @@ mod m20261124_000001_core;
 mod m20261124_000002_reports; // issue 7: report columns and indexes
 mod m20261124_000003_log_chain;
 mod m20261124_000004_client_certs;
+mod m20261124_000005_representations;
 
 pub use m20261124_000003_log_chain::GENESIS;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_reports::Migration),
             Box::new(m20261124_000003_log_chain::Migration),
             Box::new(m20261124_000004_client_certs::Migration),
+            Box::new(m20261124_000005_representations::Migration),
         ]
     }
 }

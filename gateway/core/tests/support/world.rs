@@ -104,7 +104,9 @@ impl World {
                 chain: issued.chain_der,
             });
         }
-        gw.store().import_directory(rows, certs, Vec::new()).await?;
+        gw.store()
+            .import_directory(rows, certs, Vec::new(), Vec::new())
+            .await?;
         Ok(World { gw, agents })
     }
 
