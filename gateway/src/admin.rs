@@ -148,7 +148,9 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::BindCert { organ_id, cert } => {
-            let row = directory::bind_signing_cert(&store, &organ_id, &cert)
+            let der = lienthong_core::signing::load_certificate_pem(&cert)
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let row = directory::bind_signing_cert(&store, &organ_id, der)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             println!(
@@ -158,7 +160,9 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::BindClientCert { organ_id, cert } => {
-            let row = directory::bind_client_cert(&store, &organ_id, &cert, ClientRole::Agency)
+            let der = lienthong_core::signing::load_certificate_pem(&cert)
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let row = directory::bind_client_cert(&store, &organ_id, der, ClientRole::Agency)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             println!(
@@ -168,7 +172,9 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::BindOperator { name, cert } => {
-            let row = directory::bind_client_cert(&store, &name, &cert, ClientRole::Operator)
+            let der = lienthong_core::signing::load_certificate_pem(&cert)
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let row = directory::bind_client_cert(&store, &name, der, ClientRole::Operator)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             println!(

@@ -2,9 +2,10 @@
 //! agency software would (gRPC with `x-organ-id`), and as an operator would
 //! (the command line).
 //!
-//! * [`TestGateway`] — a gateway in its own temp dir: `dev-pki`, a config file,
-//!   `directory import`, then `serve` on free loopback ports, on SQLite or on a
-//!   fresh PostgreSQL database of its own.
+//! * [`TestGateway`] — a gateway in its own temp dir: `dev-pki` (or a PKI
+//!   made elsewhere, e.g. by [`openssl_pki`]), a config file, `directory
+//!   import`, then `serve` on free loopback ports, on SQLite or on a fresh
+//!   PostgreSQL database of its own.
 //! * [`Agency`] — a gRPC client with an agency's identity, key and certificate.
 //! * [`Signer`], [`pae`], [`sign_envelope`] — an independent implementation
 //!   of the signing contract (DSSE PAE, JOSE algorithms) on `ring`.
@@ -105,6 +106,45 @@ pub fn require_services() -> bool {
 pub fn notice(line: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{line}");
+}
+
+/// A PKI made by OpenSSL's command line (`tests/openssl-pki.sh`: root CA →
+/// intermediate CA → leaves) in `lienthong dev-pki`'s file layout, for
+/// [`GatewayOptions::pki`]. `None` (with a SKIPPED line) when there is no
+/// `openssl`, unless services are required.
+pub fn openssl_pki(test: &str) -> Option<tempfile::TempDir> {
+    if let Err(e) = StdCommand::new("openssl").arg("version").output() {
+        if require_services() {
+            panic!(
+                "{test}: openssl not found ({e}), and LIENTHONG_REQUIRE_SERVICES=1 says it must \
+                 be there; install it (Debian: apt-get install openssl)"
+            );
+        }
+        notice(&format!(
+            "SKIPPED: {test}: openssl not found ({e}); install it, or set \
+             LIENTHONG_REQUIRE_SERVICES=1 to make this a failure"
+        ));
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("lienthong-e2e-{test}-openssl-"))
+        .tempdir()
+        .expect("temp dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("openssl-pki.sh");
+    let out = StdCommand::new("bash")
+        .arg(&script)
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run bash {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "`{} {}` failed:\n{}",
+        script.display(),
+        dir.path().display(),
+        describe_output(&out)
+    );
+    Some(dir)
 }
 
 /// PostgreSQL admin URL.
@@ -284,6 +324,10 @@ pub struct GatewayOptions {
     /// client certificates come from dev-pki; each agency's software
     /// connects with its `<organ_id>.client.pem`.
     pub mtls: bool,
+    /// A directory in `lienthong dev-pki`'s file layout, made elsewhere
+    /// (e.g. by [`openssl_pki`]): copied into the gateway's temp dir instead
+    /// of running `dev-pki`.
+    pub pki: Option<PathBuf>,
     /// More `key = value` lines for the `[limits]` section.
     pub extra_limits: String,
 }
@@ -298,6 +342,7 @@ impl Default for GatewayOptions {
             extra_anchors: Vec::new(),
             import_directory: true,
             mtls: false,
+            pki: None,
             extra_limits: String::new(),
         }
     }
@@ -371,11 +416,16 @@ impl TestGateway {
             if with_probe {
                 cmd.arg("--config").arg(&probe);
             }
-            cmd.arg("dev-pki").arg(&pki_dir);
-            if let Some(kt) = &opts.key_type {
+            match &opts.pki {
+                // A PKI made elsewhere: only the probe, with a command that
+                // reads the config and then fails on a file that is not there.
+                Some(_) => cmd.arg("verify-receipt").arg(dir.join("no-receipt.pb")),
+                None => cmd.arg("dev-pki").arg(&pki_dir),
+            };
+            if let (None, Some(kt)) = (&opts.pki, &opts.key_type) {
                 cmd.arg("--key-type").arg(kt);
             }
-            cmd.output().expect("run lienthong dev-pki")
+            cmd.output().expect("run lienthong")
         };
         let mut http_section = true;
         let mut out = dev_pki(true);
@@ -385,16 +435,25 @@ impl TestGateway {
             out = dev_pki(false);
         }
         let _ = fs::remove_file(&probe);
-        assert!(
-            out.status.success(),
-            "`lienthong dev-pki {}` failed:\n{}",
-            pki_dir.display(),
-            describe_output(&out)
-        );
+        let made_by = match &opts.pki {
+            Some(src) => {
+                copy_dir(src, &pki_dir);
+                format!("the PKI copied from {}", src.display())
+            }
+            None => {
+                assert!(
+                    out.status.success(),
+                    "`lienthong dev-pki {}` failed:\n{}",
+                    pki_dir.display(),
+                    describe_output(&out)
+                );
+                "`lienthong dev-pki`".to_string()
+            }
+        };
         for f in ["ca.pem", "ca.key.pem", "directory.csv"] {
             assert!(
                 pki_dir.join(f).is_file(),
-                "`lienthong dev-pki` did not write {f} in {}",
+                "{made_by} has no {f} in {}",
                 pki_dir.display()
             );
         }
@@ -697,22 +756,23 @@ max_attachment_bytes = {matt}
     }
 
     /// A client for `organ_id`, with the key and certificate `dev-pki` wrote
-    /// (and, under mutual TLS, its client certificate).
+    /// (and, under mutual TLS, its client certificate). It signs with every
+    /// certificate of `<organ_id>.pem`: the leaf, then its intermediates.
     pub fn agency(&self, organ_id: &str) -> Agency {
         let key = self.pki_dir.join(format!("{organ_id}.key.pem"));
         let cert = self.pki_dir.join(format!("{organ_id}.pem"));
         let signer = Signer::from_pkcs8_pem_file(&key);
-        let cert_der = pki::load_cert_der(&cert);
+        let chain = pki::load_certs_der(&cert);
         if self.mtls {
             Agency::with_tls(
                 self.grpc_addr,
                 organ_id,
                 Arc::new(signer),
-                vec![cert_der],
+                chain,
                 self.client_tls(organ_id),
             )
         } else {
-            Agency::new(self.grpc_addr, organ_id, Arc::new(signer), vec![cert_der])
+            Agency::new(self.grpc_addr, organ_id, Arc::new(signer), chain)
         }
     }
 
@@ -785,6 +845,22 @@ fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// Copies the files under `src` to `dst` (created), keeping the layout.
+fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap_or_else(|e| panic!("create {}: {e}", dst.display()));
+    let entries = fs::read_dir(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    for e in entries {
+        let e = e.unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_dir(&from, &to);
+        } else {
+            fs::copy(&from, &to)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        }
+    }
 }
 
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
@@ -1219,6 +1295,11 @@ impl Agency {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// The underlying channel, for services the harness does not wrap.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn directory(&self) -> DirectoryClient<Channel> {
         DirectoryClient::new(self.channel.clone())
     }
@@ -1596,12 +1677,25 @@ pub mod pki {
 
     pub use rcgen::date_time_ymd;
 
+    /// The first certificate of a PEM file.
     pub fn load_cert_der(path: &Path) -> Vec<u8> {
         use rustls_pki_types::CertificateDer;
         use rustls_pki_types::pem::PemObject;
         CertificateDer::from_pem_file(path)
             .unwrap_or_else(|e| panic!("read certificate {}: {e:?}", path.display()))
             .to_vec()
+    }
+
+    /// Every certificate of a PEM file, in order (a leaf, then its
+    /// intermediates).
+    pub fn load_certs_der(path: &Path) -> Vec<Vec<u8>> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.map(|c| c.map(|c| c.to_vec())).collect())
+            .unwrap_or_else(|e| panic!("read certificates {}: {e:?}", path.display()));
+        assert!(!certs.is_empty(), "{} holds no certificate", path.display());
+        certs
     }
 
     /// A certificate authority whose key we hold.

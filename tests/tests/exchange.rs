@@ -5,6 +5,7 @@
 //! answered as the contract says; the gateway's memory stays bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lienthong_e2e::v1::{Delivery, envelope};
@@ -58,6 +59,130 @@ async fn exchange_sqlite_mtls() {
         exchange(&gw),
     )
     .await;
+}
+
+/// The same scenario with a PKI the gateway did not make: OpenSSL's command
+/// line (`tests/openssl-pki.sh`: root CA → intermediate CA → leaves, RSA-2048
+/// and EC P-256 keys, Vietnamese names), for signing and for mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_sqlite_mtls_openssl() {
+    let name = "exchange_sqlite_mtls_openssl";
+    let Some(pki) = openssl_pki(name) else {
+        return;
+    };
+    let opts = GatewayOptions {
+        mtls: true,
+        pki: Some(pki.path().to_path_buf()),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with(name, opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(600),
+        "the exchange scenario over mutual TLS with OpenSSL's certificates",
+        exchange(&gw),
+    )
+    .await;
+    within(
+        Duration::from_secs(120),
+        "the OpenSSL chain checks",
+        intermediate_chains(&gw),
+    )
+    .await;
+}
+
+/// Signing certificates issued through an intermediate: the signer sends
+/// the leaf and the intermediate (`Signature.certificates`, leaf first), the
+/// gateway builds the chain to the root and says so in the delivery's
+/// `Verification`; the leaf alone does not chain, since only the root is a
+/// trust anchor.
+async fn intermediate_chains(gw: &TestGateway) {
+    let subject_cn = |der: &[u8]| -> String {
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        c.subject()
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok())
+            .collect()
+    };
+    let intermediate = pki::load_cert_der(&gw.pki_dir.join("intermediate.pem"));
+    let intermediate_cn = subject_cn(&intermediate);
+    let root_cn = subject_cn(&pki::load_cert_der(&gw.pki_dir.join("ca.pem")));
+    let a = gw.agency(A);
+    let b = gw.agency(B);
+    assert_eq!(
+        a.chain.len(),
+        2,
+        "A signs with the leaf and the intermediate of {A}.pem"
+    );
+    assert_eq!(a.chain[1], intermediate, "A's second certificate");
+    // Both key types of the OpenSSL PKI sign.
+    assert_eq!(a.signer.algorithm(), "RS256", "A's key is RSA-2048");
+    assert_eq!(b.signer.algorithm(), "ES256", "B's key is EC P-256");
+
+    let sent = a
+        .send_document(&[B], "Công văn ký bằng chứng thư do OpenSSL cấp", &[])
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "A's Send with an OpenSSL leaf and intermediate was refused: {s:?} (reason {:?})",
+                reason_of(&s)
+            )
+        });
+    assert_eq!(sent.signed.signatures[0].certificates.len(), 2);
+    let got = b.receive_all(0).await.unwrap();
+    let d = got
+        .iter()
+        .find(|d| decode_envelope(d.envelope.as_ref().unwrap()).message_id == sent.message_id())
+        .unwrap_or_else(|| panic!("B did not receive {}", sent.message_id()));
+    let v = d
+        .verification
+        .as_ref()
+        .expect("delivery without Verification");
+    let s = v
+        .signatures
+        .first()
+        .unwrap_or_else(|| panic!("Verification without signatures: {v:?}"));
+    assert!(
+        s.valid && s.bound_to == A && s.algorithm == "RS256",
+        "{s:?}"
+    );
+    assert!(
+        s.signer_subject
+            .contains("Văn phòng Ủy ban nhân dân tỉnh Lai Châu"),
+        "SignatureCheck.signer_subject should name A in Vietnamese: {s:?}"
+    );
+    assert_eq!(
+        s.chain.len(),
+        2,
+        "SignatureCheck.chain should be the intermediate, then the root: {s:?}"
+    );
+    assert!(
+        s.chain[0].contains(&intermediate_cn) && s.chain[1].contains(&root_cn),
+        "SignatureCheck.chain should be [{intermediate_cn}, {root_cn}]: {s:?}"
+    );
+    assert!(
+        s.trust_anchor.contains(&root_cn),
+        "SignatureCheck.trust_anchor should be the root ({root_cn}): {s:?}"
+    );
+    eprintln!("TMPDEBUG {s:#?}");
+    b.ack(&d.delivery_id).await.unwrap();
+
+    let leaf_only = a.with_key(Arc::clone(&a.signer), vec![a.chain[0].clone()]);
+    let err = leaf_only
+        .send_document(&[B], "Công văn thiếu chứng thư trung gian", &[])
+        .await
+        .expect_err("a leaf without its intermediate was accepted");
+    assert_eq!(
+        reason_of(&err).as_deref(),
+        Some("UNTRUSTED_CERTIFICATE"),
+        "{err:?}"
+    );
+    eprintln!("TMPDEBUG {err:?}");
+    assert!(
+        b.receive_all(0).await.unwrap().is_empty(),
+        "the refused Send reached B"
+    );
 }
 
 fn check_delivery(who: &str, d: &Delivery, sent: &Sent, attempt: u32) {

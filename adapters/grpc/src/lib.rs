@@ -15,8 +15,8 @@ use std::time::Duration;
 use lienthong_core::error::{Error, Reason};
 use lienthong_core::pipeline::{Caller, Gateway, Transport};
 use lienthong_proto::v1::{
-    self as pb, directory_server::DirectoryServer, exchange_server::ExchangeServer,
-    send_request::Item,
+    self as pb, admin_server::AdminServer, directory_server::DirectoryServer,
+    exchange_server::ExchangeServer, send_request::Item,
 };
 use prost::Message as _;
 use rustls_pki_types::CertificateDer;
@@ -189,6 +189,106 @@ pub struct ExchangeService {
 #[derive(Clone)]
 pub struct DirectoryService {
     shared: Shared,
+}
+
+/// `lienthong.v1.Admin`: operators only.
+#[derive(Clone)]
+pub struct AdminService {
+    shared: Shared,
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn upsert_agency(
+        &self,
+        request: Request<pb::Agency>,
+    ) -> Result<Response<pb::Agency>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        self.shared
+            .gw
+            .admin_upsert_agency(&caller, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
+    }
+
+    async fn bind_signing_cert(
+        &self,
+        request: Request<pb::BindCertRequest>,
+    ) -> Result<Response<pb::BoundCert>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let r = request.into_inner();
+        self.shared
+            .gw
+            .admin_bind_signing_cert(&caller, &r.organ_id, &r.certificate)
+            .await
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
+    }
+
+    async fn bind_client_cert(
+        &self,
+        request: Request<pb::BindCertRequest>,
+    ) -> Result<Response<pb::BoundCert>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let r = request.into_inner();
+        self.shared
+            .gw
+            .admin_bind_client_cert(&caller, &r.organ_id, &r.certificate)
+            .await
+            .map(Response::new)
+            .map_err(|e| status_of(&e))
+    }
+
+    async fn represent(
+        &self,
+        request: Request<pb::RepresentRequest>,
+    ) -> Result<Response<pb::RepresentResponse>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let r = request.into_inner();
+        self.shared
+            .gw
+            .admin_represent(&caller, &r.agent, &r.principal, r.revoke)
+            .await
+            .map(|changed| Response::new(pb::RepresentResponse { changed }))
+            .map_err(|e| status_of(&e))
+    }
+
+    async fn verify_log(
+        &self,
+        request: Request<pb::VerifyLogRequest>,
+    ) -> Result<Response<pb::VerifyLogResponse>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let v = self
+            .shared
+            .gw
+            .admin_verify_log(&caller)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
+        Ok(Response::new(pb::VerifyLogResponse {
+            intact: problem.is_empty(),
+            checked: v.checked,
+            unchained: v.unchained,
+            broken_at,
+            problem,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -562,6 +662,7 @@ fn transport_error(st: &Status, what: &str) -> Error {
 pub struct GrpcServer {
     exchange: ExchangeService,
     directory: DirectoryService,
+    admin: AdminService,
     max_message: usize,
 }
 
@@ -580,7 +681,10 @@ impl GrpcServer {
             exchange: ExchangeService {
                 shared: shared.clone(),
             },
-            directory: DirectoryService { shared },
+            directory: DirectoryService {
+                shared: shared.clone(),
+            },
+            admin: AdminService { shared },
             max_message,
         }
     }
@@ -590,6 +694,7 @@ impl GrpcServer {
     pub fn with_edxml_policy(mut self, policy: Policy) -> Self {
         self.exchange.shared.edxml_policy = policy;
         self.directory.shared.edxml_policy = policy;
+        self.admin.shared.edxml_policy = policy;
         self
     }
 
@@ -597,7 +702,8 @@ impl GrpcServer {
     pub fn with_agency_limits(mut self, l: limits::AgencyLimits) -> Self {
         let limiter = Arc::new(limits::AgencyLimiter::new(l));
         self.exchange.shared.limiter = limiter.clone();
-        self.directory.shared.limiter = limiter;
+        self.directory.shared.limiter = limiter.clone();
+        self.admin.shared.limiter = limiter;
         self
     }
 
@@ -606,6 +712,7 @@ impl GrpcServer {
     pub fn with_trace_organ_id(mut self, organ_id: &str) -> Self {
         self.exchange.shared.trace_organ_id = organ_id.to_owned();
         self.directory.shared.trace_organ_id = organ_id.to_owned();
+        self.admin.shared.trace_organ_id = organ_id.to_owned();
         self
     }
 
@@ -636,6 +743,7 @@ impl GrpcServer {
                     .max_encoding_message_size(self.max_message),
             )
             .add_service(DirectoryServer::new(self.directory))
+            .add_service(AdminServer::new(self.admin))
             .add_service(health_svc);
         match reflection {
             Ok(r) => router = router.add_service(r),
@@ -672,6 +780,7 @@ async fn readiness(gw: Gateway, health: tonic_health::server::HealthReporter) {
             for name in [
                 <ExchangeServer<ExchangeService> as NamedService>::NAME,
                 <DirectoryServer<DirectoryService> as NamedService>::NAME,
+                <AdminServer<AdminService> as NamedService>::NAME,
             ] {
                 health.set_service_status(name, status).await;
             }

@@ -129,7 +129,10 @@ fn agency_model(r: &AgencyRow, now: i64) -> agency::Model {
 }
 
 fn certificate_row(organ_id: &OrganId, pem: &Path) -> Result<signing_cert::Model> {
-    let der = load_certificate_pem(pem)?;
+    signing_row(organ_id, load_certificate_pem(pem)?)
+}
+
+fn signing_row(organ_id: &OrganId, der: Vec<u8>) -> Result<signing_cert::Model> {
     let info = describe_certificate(&der)?;
     Ok(signing_cert::Model {
         spki_sha256: hex::encode(info.spki_sha256),
@@ -143,7 +146,10 @@ fn certificate_row(organ_id: &OrganId, pem: &Path) -> Result<signing_cert::Model
 }
 
 fn client_row(name: &str, pem: &Path, role: ClientRole) -> Result<client_cert::Model> {
-    let der = load_certificate_pem(pem)?;
+    client_row_der(name, load_certificate_pem(pem)?, role)
+}
+
+fn client_row_der(name: &str, der: Vec<u8>, role: ClientRole) -> Result<client_cert::Model> {
     let info = describe_certificate(&der)?;
     Ok(client_cert::Model {
         spki_sha256: hex::encode(info.spki_sha256),
@@ -161,7 +167,7 @@ fn client_row(name: &str, pem: &Path, role: ClientRole) -> Result<client_cert::M
 pub async fn bind_signing_cert(
     store: &Store,
     organ_id: &str,
-    pem: &Path,
+    der: Vec<u8>,
 ) -> Result<signing_cert::Model> {
     let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
     if store.agency(id.as_str()).await?.is_none() {
@@ -170,7 +176,7 @@ pub async fn bind_signing_cert(
             format!("{id} is not in the directory; import it first (`lienthong directory import`)"),
         ));
     }
-    let row = certificate_row(&id, pem)?;
+    let row = signing_row(&id, der)?;
     store.bind_signing_cert(row.clone()).await?;
     Ok(row)
 }
@@ -181,7 +187,7 @@ pub async fn bind_signing_cert(
 pub async fn bind_client_cert(
     store: &Store,
     organ_id: &str,
-    pem: &Path,
+    der: Vec<u8>,
     role: ClientRole,
 ) -> Result<client_cert::Model> {
     let name = match role {
@@ -207,7 +213,7 @@ pub async fn bind_client_cert(
             name.to_owned()
         }
     };
-    let row = client_row(&name, pem, role)?;
+    let row = client_row_der(&name, der, role)?;
     store.bind_client_cert(row.clone()).await?;
     Ok(row)
 }

@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod blobs;
 pub mod crl;
 pub mod devpki;

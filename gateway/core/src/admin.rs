@@ -1,0 +1,184 @@
+//! What operators may do through the gateway (the gRPC `Admin` service):
+//! manage the directory and check the transfer log. Every call first checks
+//! that the caller is an operator; a refusal is `PERMISSION_DENIED`, logged.
+
+use lienthong_proto::v1::{Agency, BoundCert};
+use lienthong_schema::entity::agency;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::directory::{self, ClientRole};
+use crate::error::{Error, Reason, Result};
+use crate::organ_id::{IdPolicy, OrganId};
+use crate::pipeline::{Caller, Gateway};
+use crate::store::{LogVerification, now_micros};
+
+impl Gateway {
+    async fn require_operator(&self, caller: &Caller, what: &str) -> Result<()> {
+        if caller.is_operator() {
+            return Ok(());
+        }
+        let err = Error::new(
+            Reason::PermissionDenied,
+            format!(
+                "{what} is for the gateway's operators; {} is an agency",
+                caller.organ_id
+            ),
+        );
+        Err(self.refuse(Some(caller), "", err).await)
+    }
+
+    /// Adds or replaces an agency of the directory.
+    pub async fn admin_upsert_agency(&self, caller: &Caller, a: Agency) -> Result<Agency> {
+        self.require_operator(caller, "changing the directory")
+            .await?;
+        let id = OrganId::parse_with(&a.organ_id, IdPolicy::Lenient)?;
+        if a.name.trim().is_empty() {
+            return Err(Error::malformed("an agency needs a name"));
+        }
+        let parent = if a.parent.is_empty() {
+            id.parent().map(|p| p.as_str().to_owned())
+        } else {
+            Some(
+                OrganId::parse_with(&a.parent, IdPolicy::Lenient)?
+                    .as_str()
+                    .to_owned(),
+            )
+        };
+        let channel = match a.channel.as_str() {
+            "" | "grpc" => "grpc",
+            "amqp" => "amqp",
+            other => {
+                return Err(Error::malformed(format!(
+                    "channel {other:?} is neither grpc nor amqp"
+                )));
+            }
+        };
+        let row = agency::Model {
+            organ_id: id.as_str().to_owned(),
+            name: a.name.trim().to_owned(),
+            parent,
+            email: a.email,
+            telephone: a.telephone,
+            address: a.address,
+            website: a.website,
+            channel: channel.to_owned(),
+            active: a.active,
+            extra: "{}".to_owned(),
+            updated_at: now_micros(),
+        };
+        self.store()
+            .import_directory(vec![row], Vec::new(), Vec::new(), Vec::new())
+            .await?;
+        self.lookup(id.as_str()).await
+    }
+
+    /// Binds a document-signing certificate to an agency.
+    pub async fn admin_bind_signing_cert(
+        &self,
+        caller: &Caller,
+        organ_id: &str,
+        certificate: &[u8],
+    ) -> Result<BoundCert> {
+        self.require_operator(caller, "binding certificates")
+            .await?;
+        let row =
+            directory::bind_signing_cert(self.store(), organ_id, der_of(certificate)?).await?;
+        Ok(bound(
+            row.organ_id,
+            row.subject,
+            row.spki_sha256,
+            row.not_after,
+        ))
+    }
+
+    /// Binds a client (system) certificate for mutual TLS to an agency.
+    pub async fn admin_bind_client_cert(
+        &self,
+        caller: &Caller,
+        organ_id: &str,
+        certificate: &[u8],
+    ) -> Result<BoundCert> {
+        self.require_operator(caller, "binding certificates")
+            .await?;
+        let row = directory::bind_client_cert(
+            self.store(),
+            organ_id,
+            der_of(certificate)?,
+            ClientRole::Agency,
+        )
+        .await?;
+        Ok(bound(
+            row.organ_id,
+            row.subject,
+            row.spki_sha256,
+            row.not_after,
+        ))
+    }
+
+    /// Grants or revokes a representation; whether anything changed.
+    pub async fn admin_represent(
+        &self,
+        caller: &Caller,
+        agent: &str,
+        principal: &str,
+        revoke: bool,
+    ) -> Result<bool> {
+        self.require_operator(caller, "changing representations")
+            .await?;
+        let agent = OrganId::parse_with(agent, IdPolicy::Lenient)?;
+        let principal = OrganId::parse_with(principal, IdPolicy::Lenient)?;
+        for id in [&agent, &principal] {
+            if self.store().agency(id.as_str()).await?.is_none() {
+                return Err(Error::new(
+                    Reason::NotFound,
+                    format!("{id} is not in the directory"),
+                ));
+            }
+        }
+        if revoke {
+            self.store()
+                .revoke_representation(agent.as_str(), principal.as_str())
+                .await
+        } else {
+            let had = self
+                .store()
+                .represents(agent.as_str(), principal.as_str())
+                .await?;
+            self.store()
+                .grant_representation(agent.as_str(), principal.as_str())
+                .await?;
+            Ok(!had)
+        }
+    }
+
+    /// Walks the transfer log's hash chain.
+    pub async fn admin_verify_log(&self, caller: &Caller) -> Result<LogVerification> {
+        self.require_operator(caller, "checking the transfer log")
+            .await?;
+        self.store().verify_log().await
+    }
+}
+
+/// A certificate given as DER or as PEM text.
+fn der_of(bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.starts_with(b"-----BEGIN") {
+        CertificateDer::from_pem_slice(bytes)
+            .map(|c| c.to_vec())
+            .map_err(|e| Error::malformed(format!("the certificate is not readable PEM: {e}")))
+    } else {
+        Ok(bytes.to_vec())
+    }
+}
+
+fn bound(organ_id: String, subject: String, spki: String, not_after: i64) -> BoundCert {
+    BoundCert {
+        organ_id,
+        subject,
+        spki_sha256: spki,
+        not_after: Some(prost_types::Timestamp {
+            seconds: not_after,
+            nanos: 0,
+        }),
+    }
+}
