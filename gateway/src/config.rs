@@ -246,6 +246,8 @@ pub struct LimitsSection {
     pub burst: f64,
     /// Streams one agency may have open at once (0: no limit).
     pub max_streams_per_agency: usize,
+    /// An upload stream silent this long is given up (MALFORMED, logged).
+    pub idle_stream_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -260,6 +262,7 @@ impl Default for LimitsSection {
             calls_per_second: 200.0,
             burst: 400.0,
             max_streams_per_agency: 32,
+            idle_stream_secs: 60,
         }
     }
 }

@@ -163,6 +163,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             let r = GrpcServer::new(gw, auth)
                 .with_edxml_policy(cfg.edxml.policy.policy())
                 .with_agency_limits(cfg.limits.agency_limits())
+                .with_idle_timeout(std::time::Duration::from_secs(
+                    cfg.limits.idle_stream_secs.max(1),
+                ))
                 .with_trace_organ_id(cfg.gateway.organ_id.as_deref().unwrap_or(&cfg.gateway.id))
                 .serve(listener, stop)
                 .await;

@@ -165,7 +165,6 @@ async fn intermediate_chains(gw: &TestGateway) {
         s.trust_anchor.contains(&root_cn),
         "SignatureCheck.trust_anchor should be the root ({root_cn}): {s:?}"
     );
-    eprintln!("TMPDEBUG {s:#?}");
     b.ack(&d.delivery_id).await.unwrap();
 
     let leaf_only = a.with_key(Arc::clone(&a.signer), vec![a.chain[0].clone()]);
@@ -178,7 +177,6 @@ async fn intermediate_chains(gw: &TestGateway) {
         Some("UNTRUSTED_CERTIFICATE"),
         "{err:?}"
     );
-    eprintln!("TMPDEBUG {err:?}");
     assert!(
         b.receive_all(0).await.unwrap().is_empty(),
         "the refused Send reached B"

@@ -72,3 +72,46 @@ async fn an_agency_over_its_limits_is_slowed_down_not_the_others() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_given_up_and_leaves_nothing() {
+    use lienthong_e2e::v1::{SendRequest, send_request};
+    let opts = GatewayOptions {
+        extra_limits: "idle_stream_secs = 1\n".into(),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("limits_idle", opts).await else {
+        return;
+    };
+    within(Duration::from_secs(60), "the idle upload", async {
+        let a = gw.agency(A);
+        let draft = a.draft_document(
+            &[B],
+            "Tải lên bị treo",
+            &[AttachmentSpec::text("a.txt", "nội dung")],
+        );
+        let signed = a.sign(&draft.envelope);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(SendRequest {
+            item: Some(send_request::Item::Envelope(signed)),
+        })
+        .await
+        .unwrap();
+        // The envelope, then silence: the attachment never comes, the
+        // stream stays open.
+        let started = std::time::Instant::now();
+        let err = a
+            .exchange()
+            .send(a.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .expect_err("a stalled upload is given up");
+        drop(tx);
+        assert_eq!(reason_of(&err).as_deref(), Some("MALFORMED"), "{err:?}");
+        assert!(err.message().contains("idle"), "{}", err.message());
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let (_, tmp) = gw.storage_files();
+        assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+        assert!(gw.agency(B).receive_all(0).await.unwrap().is_empty());
+    })
+    .await;
+}

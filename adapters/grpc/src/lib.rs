@@ -94,6 +94,8 @@ struct Shared {
     /// The agency code this gateway writes in an edXML TraceHeader.
     trace_organ_id: String,
     limiter: Arc<limits::AgencyLimiter>,
+    /// How long an upload stream may go without a message.
+    idle: Duration,
 }
 
 /// Largest edXML package put inline in a `Delivery` (DELIVERY_FORMAT_EDXML).
@@ -326,7 +328,17 @@ impl pb::exchange_server::Exchange for ExchangeService {
                 .await
                 .map_err(|e| status_of(&e))?;
         loop {
-            match stream.message().await {
+            let next = match tokio::time::timeout(s.idle, stream.message()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let e = Error::malformed(format!(
+                        "the Send stream was idle for {} s; nothing was accepted, send the message again",
+                        s.idle.as_secs()
+                    ));
+                    return Err(status_of(&sub.abort(e).await));
+                }
+            };
+            match next {
                 Ok(Some(pb::SendRequest {
                     item: Some(Item::Chunk(c)),
                 })) => sub
@@ -481,12 +493,22 @@ impl pb::exchange_server::Exchange for ExchangeService {
             }
         };
         let message_id = Some(first.message_id.clone()).filter(|m| !m.is_empty());
+        let idle = s.idle;
         let feeder = tokio::spawn(async move {
             if tx.send(Ok(first.data)).await.is_err() {
                 return;
             }
             loop {
-                match stream.message().await {
+                let next = match tokio::time::timeout(idle, stream.message()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let _ = tx
+                            .send(Err(format!("the stream was idle for {} s", idle.as_secs())))
+                            .await;
+                        return;
+                    }
+                };
+                match next {
                     Ok(Some(c)) => {
                         if tx.send(Ok(c.data)).await.is_err() {
                             return;
@@ -676,6 +698,7 @@ impl GrpcServer {
             edxml_policy: Policy::Lenient,
             trace_organ_id: gw_id,
             limiter: Arc::new(limits::AgencyLimiter::new(limits::AgencyLimits::default())),
+            idle: Duration::from_secs(60),
         };
         GrpcServer {
             exchange: ExchangeService {
@@ -695,6 +718,19 @@ impl GrpcServer {
         self.exchange.shared.edxml_policy = policy;
         self.directory.shared.edxml_policy = policy;
         self.admin.shared.edxml_policy = policy;
+        self
+    }
+
+    /// How long an upload stream (Send, SendEdxml) may stay silent before
+    /// it is given up.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        for shared in [
+            &mut self.exchange.shared,
+            &mut self.directory.shared,
+            &mut self.admin.shared,
+        ] {
+            shared.idle = idle;
+        }
         self
     }
 
