@@ -9,7 +9,6 @@
 
 use std::io::{self, Read, Write};
 
-use lienthong_core::blobs::BlobReader;
 use lienthong_core::error::{Error, Reason, Result};
 use lienthong_core::organ_id::IdPolicy;
 use lienthong_core::pipeline::{Caller, Gateway};
@@ -183,7 +182,7 @@ impl Write for ChunkWriter {
 /// A stored attachment as a blocking `Read`, digest-checked at its end.
 struct BlobRead {
     handle: Handle,
-    reader: BlobReader,
+    reader: lienthong_core::pipeline::AttachmentReader,
     current: Vec<u8>,
     pos: usize,
 }

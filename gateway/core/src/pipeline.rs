@@ -733,7 +733,7 @@ impl Gateway {
         from: &str,
         message_id: &str,
         index: u32,
-    ) -> Result<BlobReader> {
+    ) -> Result<AttachmentReader> {
         let m = self.authorised_message(caller, from, message_id).await?;
         let atts = self.inner.store.attachments(m.id).await?;
         let Some(a) = atts.get(index as usize) else {
@@ -745,13 +745,31 @@ impl Gateway {
                 ),
             ));
         };
-        self.inner
+        let subject = Subject {
+            sender: m.sender.clone(),
+            message_id: m.message_id.clone(),
+            actor: Some(caller.organ_id.clone()),
+            transport: caller.transport,
+        };
+        let opened = self
+            .inner
             .blobs
             .open_blob(&a.sha256, a.size.max(0) as u64)
-            .await
-            .inspect_err(|e| {
+            .await;
+        let reader = match opened {
+            Ok(r) => r,
+            Err(e) => {
                 tracing::error!(message_id, from, index, error = %e.chain(), "cannot read a stored attachment");
-            })
+                self.inner.log_integrity(&subject, index, &e).await;
+                return Err(e);
+            }
+        };
+        Ok(AttachmentReader {
+            gw: self.inner.clone(),
+            subject,
+            index,
+            reader,
+        })
     }
 
     async fn authorised_message(
@@ -961,7 +979,44 @@ impl Gateway {
     }
 }
 
+/// A stored attachment being read for a caller. A failed digest check is
+/// written to the transfer log (`integrity_failed`) before it is returned.
+#[derive(Debug)]
+pub struct AttachmentReader {
+    gw: Arc<Inner>,
+    subject: Subject,
+    index: u32,
+    reader: BlobReader,
+}
+
+impl AttachmentReader {
+    /// The next chunk of at most `max` bytes; `None` at the end, after the
+    /// digest has been checked.
+    pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        match self.reader.next_chunk(max).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.gw.log_integrity(&self.subject, self.index, &e).await;
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Inner {
+    async fn log_integrity(&self, subject: &Subject, index: u32, err: &Error) {
+        if err.reason() != Reason::DigestMismatch {
+            return;
+        }
+        self.log_event(
+            subject,
+            EventKind::IntegrityFailed,
+            Some(err.reason().as_str()),
+            &format!("attachment {index}: {}", err.message()),
+        )
+        .await;
+    }
+
     /// Signs a receipt with the gateway's key, when it has one. The message
     /// is durable by now: a signing failure is logged, never turned into a
     /// refusal of an accepted message.

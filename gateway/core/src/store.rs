@@ -47,6 +47,8 @@ pub enum EventKind {
     Acknowledged,
     StatusReceived,
     Duplicate,
+    /// A stored attachment failed its digest check when it was read.
+    IntegrityFailed,
 }
 
 impl EventKind {
@@ -59,6 +61,7 @@ impl EventKind {
             EventKind::Acknowledged => "acknowledged",
             EventKind::StatusReceived => "status_received",
             EventKind::Duplicate => "duplicate",
+            EventKind::IntegrityFailed => "integrity_failed",
         }
     }
 }
