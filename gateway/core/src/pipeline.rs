@@ -571,6 +571,7 @@ impl Gateway {
                 current: 0,
                 writer: None,
                 sealed: Vec::new(),
+                started: std::time::Instant::now(),
             })),
         })
     }
@@ -701,7 +702,12 @@ impl Gateway {
             .ack(&caller.organ_id, delivery_id, caller.transport.as_str())
             .await?
         {
-            Some(_) => Ok(()),
+            Some(outcome) => {
+                if outcome == crate::store::AckOutcome::Acknowledged {
+                    crate::metrics::delivery_acknowledged();
+                }
+                Ok(())
+            }
             None => Err(Error::new(
                 Reason::NotFound,
                 format!(
@@ -1030,6 +1036,7 @@ impl Inner {
     }
 
     async fn log_refusal(&self, subject: &Subject, err: &Error) {
+        crate::metrics::message_refused(err.reason());
         tracing::warn!(
             message_id = %subject.message_id,
             from = %subject.sender,
@@ -1098,6 +1105,7 @@ struct Open {
     current: usize,
     writer: Option<BlobWriter>,
     sealed: Vec<SealedBlob>,
+    started: std::time::Instant,
 }
 
 impl Submission {
@@ -1313,6 +1321,11 @@ impl Open {
                 for r in &recipients {
                     gw.inboxes.notify(r);
                 }
+                let routes: HashSet<&str> = deliveries.iter().map(|d| d.route.as_str()).collect();
+                for route in routes {
+                    crate::metrics::message_accepted(route);
+                }
+                crate::metrics::accept_seconds(self.started.elapsed().as_secs_f64());
                 tracing::info!(
                     message_id = %m.message_id,
                     from = %m.sender,
@@ -1394,6 +1407,7 @@ impl Inbox {
                         self.caller.transport.as_str(),
                     )
                     .await?;
+                crate::metrics::delivery_handed_out();
                 return Ok(Some(self.delivery(p, attempt)?));
             }
             // Mark the current notification seen before looking, so a
