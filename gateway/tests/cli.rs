@@ -108,3 +108,24 @@ fn directory_import_reports_bad_rows_and_imports_nothing() {
         "{text}"
     );
 }
+
+#[test]
+fn dev_header_mode_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = lienthong()
+        .current_dir(dir.path())
+        .env("LIENTHONG_GRPC__LISTEN", "0.0.0.0:0")
+        .env(
+            "LIENTHONG_DATABASE__URL",
+            format!("sqlite://{}/l.db", dir.path().display()),
+        )
+        .arg("serve")
+        .output()
+        .expect("run lienthong");
+    assert!(!out.status.success(), "serve must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dev-header") && err.contains("--insecure-allow-remote"),
+        "stderr: {err}"
+    );
+}

@@ -180,3 +180,58 @@ async fn identity_comes_only_from_the_bound_client_certificate() {
     })
     .await;
 }
+
+/// The TLS files are re-read without a restart: an authority added to
+/// `tls.client_anchors` is trusted within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_anchors_reload_without_a_restart() {
+    let opts = GatewayOptions {
+        mtls: true,
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("mtls_reload", opts).await else {
+        return;
+    };
+    within(Duration::from_secs(120), "the TLS reload", async {
+        // The anchors file the configuration names.
+        let anchors = gw.pki_dir.join("ca.pem");
+        let a_key_pem = read(&gw, &format!("{A}.client.key.pem"));
+        let a_key = KeyPair::from_pem(&a_key_pem).unwrap();
+        let a_client_der = pki::load_cert_der(&gw.pki_dir.join(format!("{A}.client.pem")));
+        let now = time::OffsetDateTime::now_utc();
+        let other = pki::Ca::generate("Another provincial CA");
+        let (_, pem) = other.reissue_pem(
+            &a_client_der,
+            &a_key,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        let client = agency_with_client(&gw, A, &pem, &a_key_pem);
+        assert_refused(
+            &client,
+            Code::Unauthenticated,
+            "PERMISSION_DENIED",
+            "not issued by an authority",
+        )
+        .await;
+
+        // The operators add that authority to the anchors file.
+        let mut text = std::fs::read_to_string(&anchors).unwrap();
+        text.push_str(&other.cert_pem);
+        std::fs::write(&anchors, text).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Same key as A's bound client certificate: once the new
+            // authority is trusted, the call goes through as A.
+            match client.receive_all(0).await {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.message().contains("not issued"), "{e:?}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("the new anchor was not picked up: {e:?}"),
+            }
+        }
+    })
+    .await;
+}
