@@ -79,13 +79,13 @@ async fn load(store: &Store, docs: i64) {
         .unwrap_or_else(|e| fail("period", e.message()));
     let span = t0.1 - t0.0;
     let steps = [
-        ("agency numbers", "CREATE TEMP TABLE IF NOT EXISTS ag AS SELECT (ROW_NUMBER() OVER (ORDER BY organ_id) - 1)::int AS k, organ_id FROM agencies".to_owned()),
+        ("agency numbers", "CREATE TABLE IF NOT EXISTS bench_ag AS SELECT (ROW_NUMBER() OVER (ORDER BY organ_id) - 1)::int AS k, organ_id FROM agencies".to_owned()),
         ("documents", format!(
             "INSERT INTO messages (id, sender, message_id, kind, document_id, ref_from, status_code, envelope_sha256, signed_envelope, verification, accepted_at, attachment_count, due_date, code, subject) \
-             SELECT g, a.organ_id, 'd' || g, 'document', 'doc-' || g, NULL, NULL, '', ''::bytea, ''::bytea, {start} + (g * {span} / {docs}), 0, \
-             CASE WHEN g % 3 = 0 THEN to_char(to_timestamp(({start} + (g * {span} / {docs})) / 1000000.0) + interval '10 days', 'YYYY-MM-DD') ELSE '' END, \
+             SELECT g, a.organ_id, 'd' || g, 'document', 'doc-' || g, NULL, NULL, '', ''::bytea, ''::bytea, {start} + (g * ({span} / {docs})), 0, \
+             CASE WHEN g % 3 = 0 THEN to_char(to_timestamp(({start} + (g * ({span} / {docs}))) / 1000000.0) + interval '10 days', 'YYYY-MM-DD') ELSE '' END, \
              g || '/CV-UBND', 'Công văn số ' || g \
-             FROM generate_series(1, {docs}) g JOIN ag a ON a.k = (g * 7919) % 500",
+             FROM generate_series(1::bigint, {docs}) g JOIN bench_ag a ON a.k = (g * 7919) % 500",
             start = t0.0
         )),
         ("document deliveries", 
@@ -93,7 +93,7 @@ async fn load(store: &Store, docs: i64) {
              SELECT m.id, 'dd' || m.id, m.id, r.organ_id, 'local', CASE WHEN m.id % 33 = 0 THEN 'pending' ELSE 'acked' END, 1, m.accepted_at, \
              m.accepted_at + ((m.id * 37) % 600 + 1) * 1000000, \
              CASE WHEN m.id % 33 = 0 THEN NULL ELSE m.accepted_at + ((m.id * 37) % 600 + 5) * 1000000 END \
-             FROM messages m JOIN ag r ON r.k = ((m.id * 7919) % 500 + 1 + (m.id % 499)) % 500 \
+             FROM messages m JOIN bench_ag r ON r.k = ((m.id * 7919) % 500 + 1 + (m.id % 499)) % 500 \
              WHERE m.kind = 'document'"
             .to_owned()),
         ("status 03", format!(
@@ -123,9 +123,9 @@ async fn load(store: &Store, docs: i64) {
              SELECT d.acked_at, 'acknowledged', m.sender, m.message_id, d.recipient, NULL, 'acknowledged', d.recipient, 'grpc' FROM deliveries d JOIN messages m ON m.id = d.message_pk WHERE d.acked_at IS NOT NULL".to_owned()),
         ("events: rejected", format!(
             "INSERT INTO events (at, kind, sender, message_id, recipient, reason, detail, actor, transport) \
-             SELECT {start} + (g * {span} / ({docs} / 50)), 'rejected', a.organ_id, 'r' || g, NULL, \
+             SELECT {start} + (g * ({span} / ({docs} / 50))), 'rejected', a.organ_id, 'r' || g, NULL, \
              (ARRAY['UNKNOWN_RECIPIENT','CERTIFICATE_NOT_BOUND','MALFORMED','CERTIFICATE_EXPIRED','DIGEST_MISMATCH'])[g % 5 + 1], 'refused', a.organ_id, 'grpc' \
-             FROM generate_series(1, {docs} / 50) g JOIN ag a ON a.k = (g * 104729) % 500",
+             FROM generate_series(1::bigint, {docs} / 50) g JOIN bench_ag a ON a.k = (g * 104729) % 500",
             start = t0.0
         )),
         ("analyze", "ANALYZE".to_owned()),

@@ -36,7 +36,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use lienthong_proto::v1::{Envelope, SignedEnvelope, envelope::Body};
 use prost::Message as _;
-use sea_orm::TransactionTrait;
 use serde::Serialize;
 
 use crate::error::{Error, Reason, Result};
@@ -56,6 +55,11 @@ pub use render::{Format, report_file_name, to_csv, to_json, to_xlsx};
 pub use schedule::{MonthlyReports, run_monthly_reports, write_monthly_report};
 use sql::{Filter, Sql, int, text};
 
+/// The answers of a document are found through `messages_answers`
+/// (ref_from, document_id). In those subqueries `s.kind || ''` and
+/// `s.accepted_at + 0` keep the planner (SQLite's, without statistics) from
+/// scanning every status by (kind, accepted_at) instead.
+///
 /// Status codes that mean the recipient registered the document (03) or
 /// went further with it.
 const REGISTERED_OR_LATER: &str = "('03', '04', '05', '06')";
@@ -329,6 +333,7 @@ pub async fn summary_in(
         .calendar
         .cutoff(as_of, settings.accept_within_hours);
     let today = period::iso_date(local_date(as_of));
+    let txn = sql::snapshot(store).await?;
 
     // Documents sent.
     let mut q = Sql::new(backend);
@@ -338,7 +343,7 @@ pub async fn summary_in(
         .bind(t1)
         .filter("sender", &filter)
         .push(" GROUP BY sender");
-    for r in q.all(store).await? {
+    for r in q.all(&txn).await? {
         if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
             row.sent = int(&r, "n")?.max(0) as u64;
         }
@@ -355,11 +360,11 @@ pub async fn summary_in(
     .bind(cutoff)
     .push(
         " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-         AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+         AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
          AND s.status_code IN ",
     )
     .push(REGISTERED_OR_LATER)
-    .push(" AND s.accepted_at <= ")
+    .push(" AND s.accepted_at + 0 <= ")
     .bind(as_of)
     .push(
         ") THEN 1 ELSE 0 END) AS without_03, \
@@ -368,8 +373,8 @@ pub async fn summary_in(
     .bind(today.clone())
     .push(
         " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-         AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
-         AND s.status_code = '06' AND s.accepted_at <= ",
+         AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
+         AND s.status_code = '06' AND s.accepted_at + 0 <= ",
     )
     .bind(as_of)
     .push(
@@ -382,7 +387,7 @@ pub async fn summary_in(
     .bind(t1)
     .filter("d.recipient", &filter)
     .push(" GROUP BY d.recipient");
-    for r in q.all(store).await? {
+    for r in q.all(&txn).await? {
         if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
             row.received = int(&r, "received")?.max(0) as u64;
             row.delivered = int(&r, "delivered")?.max(0) as u64;
@@ -404,7 +409,7 @@ pub async fn summary_in(
     .bind(t1)
     .filter("d.recipient", &filter)
     .push(" GROUP BY d.recipient, m.status_code");
-    for r in q.all(store).await? {
+    for r in q.all(&txn).await? {
         if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
             let n = int(&r, "n")?.max(0) as u64;
             *row.statuses_received.entry(text(&r, "code")?).or_default() += n;
@@ -423,7 +428,7 @@ pub async fn summary_in(
     .bind(t1)
     .filter("sender", &filter)
     .push(" GROUP BY sender, reason");
-    for r in q.all(store).await? {
+    for r in q.all(&txn).await? {
         let reason = text(&r, "reason")?;
         let n = int(&r, "n")?.max(0) as u64;
         let signature = Reason::parse(&reason).is_some_and(|x| SIGNATURE_REASONS.contains(&x));
@@ -441,7 +446,8 @@ pub async fn summary_in(
     }
 
     // Latencies: per agency and over the whole scope ('*').
-    let mut latencies = latencies(store, t0, t1, &filter).await?;
+    let mut latencies = latencies(&txn, backend, t0, t1, &filter).await?;
+    txn.commit().await?;
     let mut total = AgencyRow::new("", "");
     for row in rows.values_mut() {
         if let Some(l) = latencies.remove(&("d".to_owned(), row.organ_id.clone())) {
@@ -485,13 +491,14 @@ pub async fn summary_in(
 
 /// Median and p95 per (metric, agency): `d` acceptance → first hand-out,
 /// `a` first hand-out → first 03-or-later status. Agency `*` is the scope.
-async fn latencies(
-    store: &Store,
+async fn latencies<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    backend: sea_orm::DbBackend,
     t0: i64,
     t1: i64,
     filter: &Filter,
 ) -> Result<HashMap<(String, String), Latency>> {
-    let mut q = Sql::new(store.backend());
+    let mut q = Sql::new(backend);
     q.push(
         "WITH fd AS (SELECT sender, message_id, recipient, MIN(at) AS first_at FROM events \
          WHERE kind = 'delivered' AND at >= ",
@@ -530,7 +537,7 @@ async fn latencies(
          WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100",
     );
     let mut out: HashMap<(String, String), Latency> = HashMap::new();
-    for r in q.all(store).await? {
+    for r in q.all(c).await? {
         let n = int(&r, "n")?.max(0);
         let rn = int(&r, "rn")?;
         let v = int(&r, "v")?.max(0) as f64 / 1e6;
@@ -604,27 +611,33 @@ pub async fn index_documents(store: &Store) -> Result<u64> {
             "SELECT id, signed_envelope FROM messages WHERE kind = 'document' \
              AND due_date IS NULL ORDER BY id LIMIT 200",
         );
-        let page = q.all(store).await?;
+        let page = q.all(store.connection()).await?;
         if page.is_empty() {
             return Ok(done);
         }
-        let txn = store.connection().begin().await?;
-        for r in &page {
+        // One statement per page (WITH … VALUES, UPDATE … FROM: PostgreSQL
+        // and SQLite 3.33+ alike).
+        let mut u = Sql::new(backend);
+        u.push("WITH v (id, d, c, s) AS (VALUES ");
+        for (i, r) in page.iter().enumerate() {
             let id: i64 = r.try_get("", "id")?;
             let bytes: Vec<u8> = r.try_get("", "signed_envelope")?;
             let f = DocumentFacts::of_signed(&bytes);
-            let mut u = Sql::new(backend);
-            u.push("UPDATE messages SET due_date = ")
+            u.push(if i == 0 { "(CAST(" } else { ", (CAST(" })
+                .bind(id)
+                .push(" AS BIGINT), ")
                 .bind(f.due_date)
-                .push(", code = ")
+                .push(", ")
                 .bind(f.code)
-                .push(", subject = ")
+                .push(", ")
                 .bind(f.subject)
-                .push(" WHERE id = ")
-                .bind(id);
-            sea_orm::ConnectionTrait::execute_raw(&txn, u.statement()).await?;
+                .push(")");
         }
-        txn.commit().await?;
+        u.push(
+            ") UPDATE messages SET due_date = v.d, code = v.c, subject = v.s \
+             FROM v WHERE messages.id = v.id",
+        );
+        sea_orm::ConnectionTrait::execute_raw(store.connection(), u.statement()).await?;
         done += page.len() as u64;
     }
 }

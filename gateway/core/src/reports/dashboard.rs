@@ -139,7 +139,7 @@ async fn traffic(store: &Store, p: Period) -> Result<Traffic> {
         .push(" AND at < ")
         .bind(t1)
         .push(") AS refused");
-    let Some(r) = q.one(store).await? else {
+    let Some(r) = q.one(store.connection()).await? else {
         return Ok(Traffic::default());
     };
     let n = |c: &str| int(&r, c).map(|v| v.max(0) as u64);
@@ -162,7 +162,7 @@ pub async fn inbox_depths(store: &Store) -> Result<Vec<InboxDepth>> {
          WHERE state = 'pending' GROUP BY recipient",
     );
     let mut out = Vec::new();
-    for r in q.all(store).await? {
+    for r in q.all(store.connection()).await? {
         let oldest = int(&r, "oldest")?;
         out.push(InboxDepth {
             organ_id: text(&r, "recipient")?,
@@ -201,7 +201,7 @@ async fn refusals_in(
     )
     .bind(limit);
     let mut out = Vec::new();
-    for r in q.all(store).await? {
+    for r in q.all(store.connection()).await? {
         let reason = text(&r, "reason")?;
         let sender = text(&r, "sender")?;
         out.push(Refusal {
@@ -255,14 +255,14 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
         .bind(today_iso.clone())
         .push(
             " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-             AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+             AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
              AND s.status_code = '06')",
         );
     };
     let mut q = Sql::new(store.backend());
     q.push("SELECT COUNT(*) AS n");
     overdue_where(&mut q);
-    let overdue_total = match q.one(store).await? {
+    let overdue_total = match q.one(store.connection()).await? {
         Some(r) => int(&r, "n")?.max(0) as u64,
         None => 0,
     };
@@ -271,7 +271,7 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
     overdue_where(&mut q);
     q.push(" ORDER BY m.due_date, d.id LIMIT 20");
     let mut overdue = Vec::new();
-    for r in q.all(store).await? {
+    for r in q.all(store.connection()).await? {
         let due = text(&r, "due_date")?;
         let days = period::parse_date(&due)
             .map(|d| (day_start_micros(today_date) - day_start_micros(d)) / DAY)
@@ -302,12 +302,12 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
     .bind(cutoff)
     .push(
         " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-         AND s.document_id = m.document_id AND s.kind = 'status' AND s.sender = d.recipient \
+         AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
          AND s.status_code IN ",
     )
     .push(REGISTERED_OR_LATER)
     .push(")");
-    let without_03_total = match q.one(store).await? {
+    let without_03_total = match q.one(store.connection()).await? {
         Some(r) => int(&r, "n")?.max(0) as u64,
         None => 0,
     };
@@ -429,7 +429,7 @@ pub async fn search(gw: &Gateway, q: &str) -> Result<Vec<SearchHit>> {
         .push(" OR code = ")
         .bind(q.to_owned())
         .push(" ORDER BY id DESC LIMIT 10");
-    let mut rows = exact.all(store).await?;
+    let mut rows = exact.all(store.connection()).await?;
     if rows.is_empty() {
         let pat = format!("%{}%", like_escape(q));
         let mut like = Sql::new(store.backend());
@@ -441,7 +441,7 @@ pub async fn search(gw: &Gateway, q: &str) -> Result<Vec<SearchHit>> {
             .push(" ESCAPE '\\' OR subject LIKE ")
             .bind(pat)
             .push(" ESCAPE '\\') ORDER BY id DESC LIMIT 10");
-        rows = like.all(store).await?;
+        rows = like.all(store.connection()).await?;
     }
     let mut hits = Vec::new();
     for r in rows {

@@ -1,7 +1,10 @@
 //! A small builder for the report queries: the same SQL text for SQLite
 //! and PostgreSQL, with placeholders written the way each engine wants.
 
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+use sea_orm::{
+    AccessMode, ConnectionTrait, DatabaseTransaction, DbBackend, IsolationLevel, QueryResult,
+    Statement, TransactionTrait, Value,
+};
 
 use crate::error::Result;
 use crate::store::Store;
@@ -91,12 +94,36 @@ impl Sql {
         Statement::from_sql_and_values(self.backend, self.text, self.values)
     }
 
-    pub(crate) async fn all(self, store: &Store) -> Result<Vec<QueryResult>> {
-        Ok(store.connection().query_all_raw(self.statement()).await?)
+    pub(crate) async fn all<C: ConnectionTrait>(self, c: &C) -> Result<Vec<QueryResult>> {
+        Ok(c.query_all_raw(self.statement()).await?)
     }
 
-    pub(crate) async fn one(self, store: &Store) -> Result<Option<QueryResult>> {
-        Ok(store.connection().query_one_raw(self.statement()).await?)
+    pub(crate) async fn one<C: ConnectionTrait>(self, c: &C) -> Result<Option<QueryResult>> {
+        Ok(c.query_one_raw(self.statement()).await?)
+    }
+}
+
+/// A read-only transaction for a report's queries: they all see the same
+/// snapshot. On PostgreSQL nested-loop joins are turned off inside it: the
+/// report joins large aggregates on several columns, PostgreSQL
+/// underestimates such joins badly, and a nested loop over them goes
+/// quadratic (minutes instead of seconds); hash joins keep every query
+/// linear in the rows of the period.
+pub(crate) async fn snapshot(store: &Store) -> Result<DatabaseTransaction> {
+    let db = store.connection();
+    match store.backend() {
+        DbBackend::Postgres => {
+            let txn = db
+                .begin_with_config(
+                    Some(IsolationLevel::RepeatableRead),
+                    Some(AccessMode::ReadOnly),
+                )
+                .await?;
+            txn.execute_unprepared("SET LOCAL enable_nestloop = off")
+                .await?;
+            Ok(txn)
+        }
+        _ => Ok(db.begin().await?),
     }
 }
 
