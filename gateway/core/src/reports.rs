@@ -349,54 +349,6 @@ pub async fn summary_in(
         }
     }
 
-    // Documents received, delivered, acknowledged, late.
-    let mut q = Sql::new(backend);
-    q.push(
-        "SELECT d.recipient AS agency, COUNT(*) AS received, \
-         SUM(CASE WHEN d.last_delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered, \
-         SUM(CASE WHEN d.state = 'acked' THEN 1 ELSE 0 END) AS acknowledged, \
-         SUM(CASE WHEN d.created_at <= ",
-    )
-    .bind(cutoff)
-    .push(
-        " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-         AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
-         AND s.status_code IN ",
-    )
-    .push(REGISTERED_OR_LATER)
-    .push(" AND s.accepted_at + 0 <= ")
-    .bind(as_of)
-    .push(
-        ") THEN 1 ELSE 0 END) AS without_03, \
-         SUM(CASE WHEN m.due_date IS NOT NULL AND m.due_date <> '' AND m.due_date < ",
-    )
-    .bind(today.clone())
-    .push(
-        " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-         AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
-         AND s.status_code = '06' AND s.accepted_at + 0 <= ",
-    )
-    .bind(as_of)
-    .push(
-        ") THEN 1 ELSE 0 END) AS overdue \
-         FROM deliveries d JOIN messages m ON m.id = d.message_pk \
-         WHERE m.kind = 'document' AND d.created_at >= ",
-    )
-    .bind(t0)
-    .push(" AND d.created_at < ")
-    .bind(t1)
-    .filter("d.recipient", &filter)
-    .push(" GROUP BY d.recipient");
-    for r in q.all(&txn).await? {
-        if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
-            row.received = int(&r, "received")?.max(0) as u64;
-            row.delivered = int(&r, "delivered")?.max(0) as u64;
-            row.acknowledged = int(&r, "acknowledged")?.max(0) as u64;
-            row.without_03 = int(&r, "without_03")?.max(0) as u64;
-            row.overdue = int(&r, "overdue")?.max(0) as u64;
-        }
-    }
-
     // Statuses addressed to the agency.
     let mut q = Sql::new(backend);
     q.push(
@@ -445,11 +397,31 @@ pub async fn summary_in(
         }
     }
 
-    // Latencies: per agency and over the whole scope ('*').
-    let mut latencies = latencies(&txn, backend, t0, t1, &filter).await?;
+    // Documents received, delivered, acknowledged, late, and the latencies
+    // (per agency and over the whole scope, '*').
+    let (counts, mut latencies) = deliveries(
+        &txn,
+        backend,
+        Window {
+            t0,
+            t1,
+            cutoff,
+            as_of,
+            today,
+        },
+        &filter,
+    )
+    .await?;
     txn.commit().await?;
     let mut total = AgencyRow::new("", "");
     for row in rows.values_mut() {
+        if let Some(c) = counts.get(&row.organ_id) {
+            row.received = c[0];
+            row.delivered = c[1];
+            row.acknowledged = c[2];
+            row.without_03 = c[3];
+            row.overdue = c[4];
+        }
         if let Some(l) = latencies.remove(&("d".to_owned(), row.organ_id.clone())) {
             row.accept_to_delivery = l;
         }
@@ -489,70 +461,166 @@ pub async fn summary_in(
     })
 }
 
-/// Median and p95 per (metric, agency): `d` acceptance → first hand-out,
-/// `a` first hand-out → first 03-or-later status. Agency `*` is the scope.
-async fn latencies<C: sea_orm::ConnectionTrait>(
-    c: &C,
-    backend: sea_orm::DbBackend,
+/// The instants the delivery figures are judged by.
+struct Window {
     t0: i64,
     t1: i64,
+    /// Deliveries created at or before it have waited N working hours.
+    cutoff: i64,
+    as_of: i64,
+    /// The Vietnam date of `as_of`, `yyyy-MM-dd`.
+    today: String,
+}
+
+/// Per recipient: [received, delivered, acknowledged, without_03, overdue];
+/// and median and p95 per (metric, agency): `d` acceptance → first
+/// hand-out, `a` first hand-out → first 03-or-later status, agency `*` for
+/// the whole scope (the same rows, ranked without the agency). One statement: the deliveries of the period's
+/// documents are joined once with the first answers of their recipients.
+///
+/// A delivery handed out once (`attempts = 1`) was first handed out at
+/// `last_delivered_at` (the same instant as its `delivered` event); only
+/// redelivered ones look their first `delivered` event up in the log.
+async fn deliveries<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    backend: sea_orm::DbBackend,
+    w: Window,
     filter: &Filter,
-) -> Result<HashMap<(String, String), Latency>> {
+) -> Result<(
+    HashMap<String, [u64; 5]>,
+    HashMap<(String, String), Latency>,
+)> {
     let mut q = Sql::new(backend);
     q.push(
-        "WITH fd AS (SELECT sender, message_id, recipient, MIN(at) AS first_at FROM events \
-         WHERE kind = 'delivered' AND at >= ",
-    )
-    .bind(t0)
-    .push(
-        " GROUP BY sender, message_id, recipient), \
-         s3 AS (SELECT sender, ref_from, document_id, MIN(accepted_at) AS at3 FROM messages \
-         WHERE kind = 'status' AND status_code IN ",
+        "WITH ans AS (SELECT sender, ref_from, document_id, \
+         MIN(CASE WHEN status_code IN ",
     )
     .push(REGISTERED_OR_LATER)
-    .push(" AND accepted_at >= ")
-    .bind(t0)
+    .push(
+        " THEN accepted_at END) AS at3, \
+         MIN(CASE WHEN status_code = '06' THEN accepted_at END) AS at6 \
+         FROM messages WHERE kind = 'status' AND accepted_at >= ",
+    )
+    .bind(w.t0)
     .push(
         " GROUP BY sender, ref_from, document_id), \
-         base AS (SELECT d.recipient AS agency, fd.first_at - d.created_at AS dv, \
-         CASE WHEN s3.at3 IS NULL THEN NULL WHEN s3.at3 > fd.first_at THEN s3.at3 - fd.first_at ELSE 0 END AS av \
+         base AS (SELECT d.recipient AS agency, d.created_at, d.state, d.last_delivered_at, \
+         m.due_date, a.at3, a.at6, \
+         CASE WHEN d.last_delivered_at IS NULL THEN NULL \
+         WHEN d.attempts <= 1 THEN d.last_delivered_at \
+         ELSE (SELECT MIN(e.at) FROM events e WHERE e.sender = m.sender \
+         AND e.message_id = m.message_id AND e.kind = 'delivered' AND e.recipient = d.recipient) \
+         END AS first_at \
          FROM deliveries d JOIN messages m ON m.id = d.message_pk \
-         JOIN fd ON fd.sender = m.sender AND fd.message_id = m.message_id AND fd.recipient = d.recipient \
-         LEFT JOIN s3 ON s3.sender = d.recipient AND s3.ref_from = m.sender AND s3.document_id = m.document_id \
+         LEFT JOIN ans a ON a.sender = d.recipient AND a.ref_from = m.sender \
+         AND a.document_id = m.document_id \
          WHERE m.kind = 'document' AND d.created_at >= ",
     )
-    .bind(t0)
+    .bind(w.t0)
     .push(" AND d.created_at < ")
-    .bind(t1)
+    .bind(w.t1)
     .filter("d.recipient", filter)
     .push(
-        "), v AS (SELECT 'd' AS metric, agency, dv AS v FROM base \
-         UNION ALL SELECT 'd', '*', dv FROM base \
-         UNION ALL SELECT 'a', agency, av FROM base WHERE av IS NOT NULL \
-         UNION ALL SELECT 'a', '*', av FROM base WHERE av IS NOT NULL), \
-         r AS (SELECT metric, agency, v, \
-         ROW_NUMBER() OVER (PARTITION BY metric, agency ORDER BY v) AS rn, \
-         COUNT(*) OVER (PARTITION BY metric, agency) AS n FROM v) \
-         SELECT metric, agency, n, rn, v FROM r \
-         WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100",
+        "), counts AS (SELECT agency, COUNT(*) AS received, \
+         SUM(CASE WHEN last_delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered, \
+         SUM(CASE WHEN state = 'acked' THEN 1 ELSE 0 END) AS acknowledged, \
+         SUM(CASE WHEN created_at <= ",
+    )
+    .bind(w.cutoff)
+    .push(" AND (at3 IS NULL OR at3 > ")
+    .bind(w.as_of)
+    .push(
+        ") THEN 1 ELSE 0 END) AS without_03, \
+         SUM(CASE WHEN due_date IS NOT NULL AND due_date <> '' AND due_date < ",
+    )
+    .bind(w.today)
+    .push(" AND (at6 IS NULL OR at6 > ")
+    .bind(w.as_of)
+    .push(
+        ") THEN 1 ELSE 0 END) AS overdue FROM base GROUP BY agency), \
+         timed AS (SELECT agency, first_at - created_at AS dv, \
+         CASE WHEN at3 IS NULL THEN NULL WHEN at3 > first_at THEN at3 - first_at ELSE 0 END AS av \
+         FROM base WHERE first_at IS NOT NULL), \
+         ",
     );
+    // Nearest-rank percentiles: rank ceil(p × n) of the sorted durations.
+    // PostgreSQL sorts each group's durations once in an ordered aggregate;
+    // SQLite ranks them with window functions.
+    match backend {
+        sea_orm::DbBackend::Postgres => q.push(
+            "g AS (SELECT CAST(0 AS BIGINT) AS metric, agency, COUNT(*) AS n, \
+             (array_agg(dv ORDER BY dv))[(COUNT(*) * 50 + 99) / 100] AS p50, \
+             (array_agg(dv ORDER BY dv))[(COUNT(*) * 95 + 99) / 100] AS p95 \
+             FROM timed GROUP BY agency \
+             UNION ALL SELECT 0, '*', COUNT(*), \
+             (array_agg(dv ORDER BY dv))[(COUNT(*) * 50 + 99) / 100], \
+             (array_agg(dv ORDER BY dv))[(COUNT(*) * 95 + 99) / 100] FROM timed \
+             UNION ALL SELECT 1, agency, COUNT(*), \
+             (array_agg(av ORDER BY av))[(COUNT(*) * 50 + 99) / 100], \
+             (array_agg(av ORDER BY av))[(COUNT(*) * 95 + 99) / 100] \
+             FROM timed WHERE av IS NOT NULL GROUP BY agency \
+             UNION ALL SELECT 1, '*', COUNT(*), \
+             (array_agg(av ORDER BY av))[(COUNT(*) * 50 + 99) / 100], \
+             (array_agg(av ORDER BY av))[(COUNT(*) * 95 + 99) / 100] \
+             FROM timed WHERE av IS NOT NULL) ",
+        ),
+        _ => q.push(
+            "v AS (SELECT 0 AS metric, agency, dv AS v FROM timed \
+             UNION ALL SELECT 1, agency, av FROM timed WHERE av IS NOT NULL), \
+             r AS (SELECT metric, agency, v, \
+             ROW_NUMBER() OVER (PARTITION BY metric, agency ORDER BY v) AS rn, \
+             COUNT(*) OVER (PARTITION BY metric, agency) AS n, \
+             ROW_NUMBER() OVER (PARTITION BY metric ORDER BY v) AS trn, \
+             COUNT(*) OVER (PARTITION BY metric) AS tn FROM v), \
+             g AS (SELECT metric, agency, MAX(n) AS n, \
+             MAX(CASE WHEN rn = (n * 50 + 99) / 100 THEN v END) AS p50, \
+             MAX(CASE WHEN rn = (n * 95 + 99) / 100 THEN v END) AS p95 \
+             FROM r GROUP BY metric, agency \
+             UNION ALL SELECT metric, '*', MAX(tn), \
+             MAX(CASE WHEN trn = (tn * 50 + 99) / 100 THEN v END), \
+             MAX(CASE WHEN trn = (tn * 95 + 99) / 100 THEN v END) \
+             FROM r GROUP BY metric) ",
+        ),
+    };
+    q.push(
+        "SELECT metric, agency, n, p50, p95, 0 AS delivered, 0 AS acknowledged, \
+         0 AS without_03, 0 AS overdue FROM g \
+         UNION ALL SELECT 2, agency, received, 0, 0, delivered, acknowledged, without_03, overdue \
+         FROM counts",
+    );
+    let mut counts: HashMap<String, [u64; 5]> = HashMap::new();
     let mut out: HashMap<(String, String), Latency> = HashMap::new();
+    let u = |x: i64| x.max(0) as u64;
     for r in q.all(c).await? {
+        let metric = match int(&r, "metric")? {
+            0 => "d",
+            1 => "a",
+            _ => "c",
+        };
         let n = int(&r, "n")?.max(0);
-        let rn = int(&r, "rn")?;
-        let v = int(&r, "v")?.max(0) as f64 / 1e6;
-        let l = out
-            .entry((text(&r, "metric")?, text(&r, "agency")?))
-            .or_default();
-        l.count = n as u64;
-        if rn == (n * 50 + 99) / 100 {
-            l.median_seconds = Some(v);
+        if metric == "c" {
+            counts.insert(
+                text(&r, "agency")?,
+                [
+                    u(n),
+                    u(int(&r, "delivered")?),
+                    u(int(&r, "acknowledged")?),
+                    u(int(&r, "without_03")?),
+                    u(int(&r, "overdue")?),
+                ],
+            );
+            continue;
         }
-        if rn == (n * 95 + 99) / 100 {
-            l.p95_seconds = Some(v);
-        }
+        out.insert(
+            (metric.to_owned(), text(&r, "agency")?),
+            Latency {
+                count: n as u64,
+                median_seconds: Some(int(&r, "p50")?.max(0) as f64 / 1e6),
+                p95_seconds: Some(int(&r, "p95")?.max(0) as f64 / 1e6),
+            },
+        );
     }
-    Ok(out)
+    Ok((counts, out))
 }
 
 /// What [`index_documents`] reads out of a document's envelope.

@@ -115,9 +115,9 @@ fn name_of(names: &HashMap<String, String>, code: &str) -> String {
     names.get(code).cloned().unwrap_or_default()
 }
 
-async fn traffic(store: &Store, p: Period) -> Result<Traffic> {
+async fn traffic<C: sea_orm::ConnectionTrait>(c: &C, p: Period) -> Result<Traffic> {
     let (t0, t1) = p.bounds();
-    let mut q = Sql::new(store.backend());
+    let mut q = Sql::new(c.get_database_backend());
     q.push("SELECT (SELECT COUNT(*) FROM messages WHERE kind = 'document' AND accepted_at >= ")
         .bind(t0)
         .push(" AND accepted_at < ")
@@ -139,7 +139,7 @@ async fn traffic(store: &Store, p: Period) -> Result<Traffic> {
         .push(" AND at < ")
         .bind(t1)
         .push(") AS refused");
-    let Some(r) = q.one(store.connection()).await? else {
+    let Some(r) = q.one(c).await? else {
         return Ok(Traffic::default());
     };
     let n = |c: &str| int(&r, c).map(|v| v.max(0) as u64);
@@ -233,8 +233,8 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
     let names = names(store).await?;
     let today = Period::day_of(now);
     let month = Period::month_of(now);
-    let today_traffic = traffic(store, today).await?;
-    let month_traffic = traffic(store, month).await?;
+    let today_traffic = traffic(store.connection(), today).await?;
+    let month_traffic = traffic(store.connection(), month).await?;
     let mut inboxes = inbox_depths(store).await?;
     inboxes.truncate(10);
     for i in &mut inboxes {

@@ -108,7 +108,8 @@ impl Sql {
 /// report joins large aggregates on several columns, PostgreSQL
 /// underestimates such joins badly, and a nested loop over them goes
 /// quadratic (minutes instead of seconds); hash joins keep every query
-/// linear in the rows of the period.
+/// linear in the rows of the period. `work_mem` is raised for this
+/// transaction only.
 pub(crate) async fn snapshot(store: &Store) -> Result<DatabaseTransaction> {
     let db = store.connection();
     match store.backend() {
@@ -120,6 +121,9 @@ pub(crate) async fn snapshot(store: &Store) -> Result<DatabaseTransaction> {
                 )
                 .await?;
             txn.execute_unprepared("SET LOCAL enable_nestloop = off")
+                .await?;
+            // Sorts and hashes of a year's deliveries stay in memory.
+            txn.execute_unprepared("SET LOCAL work_mem = '256MB'")
                 .await?;
             Ok(txn)
         }
