@@ -319,6 +319,9 @@ impl Gateway {
         encoded_len: usize,
         proof: &Proof,
     ) -> Result<Submission> {
+        // lienthong_accept_seconds covers the whole submission, signature
+        // checks included.
+        let started = std::time::Instant::now();
         let mut subject = Subject {
             sender: caller.organ_id.clone(),
             message_id: String::new(),
@@ -329,7 +332,12 @@ impl Gateway {
             .check(caller, signed, encoded_len, proof, &mut subject)
             .await
         {
-            Ok(sub) => Ok(sub),
+            Ok(mut sub) => {
+                if let State::Open(open) = &mut sub.state {
+                    open.started = started;
+                }
+                Ok(sub)
+            }
             Err(err) => {
                 self.inner.log_refusal(&subject, &err).await;
                 Err(err)
