@@ -267,7 +267,10 @@ pub fn dev_pki(args: DevPkiArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let out = std::fs::canonicalize(&args.out_dir)?;
     let agencies = devpki::default_agencies();
-    devpki::write_dev_pki(&out, &agencies, kt).map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    // The gateway's own agency (gateway.organ_id below): UBND tỉnh.
+    let gateway_agency = agencies.first().map(|(id, _)| id.clone());
+    devpki::write_dev_pki(&out, &agencies, kt, gateway_agency.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let toml = format!(
         r#"# A configuration to try lienthong out with the throwaway PKI in this folder.
 # Not for production: auth.mode "dev-header" believes whatever agency the caller names.
@@ -290,6 +293,13 @@ anchors = ["{dir}/ca.pem"]
 [receipts]
 key = "{dir}/gateway.key.pem"
 cert = "{dir}/gateway.pem"
+
+[reports]
+# The monthly report is written to reports.dir; to also send it as a document
+# from gateway.organ_id (signed with receipts.key, bound to it in
+# directory.csv), name the recipients:
+# send_to = ["000.00.01.H35"]
+dir = "{dir}/data/reports"
 
 [auth]
 mode = "dev-header"
@@ -315,7 +325,9 @@ mode = "dev-header"
     for (id, name) in &agencies {
         println!("  {id}.pem, {id}.key.pem   {name}");
     }
-    println!("  gateway.pem, gateway.key.pem  the gateway's receipt-signing certificate");
+    println!(
+        "  gateway.pem, gateway.key.pem  the gateway's certificate (receipts, the monthly report), bound to 000.00.00.H35"
+    );
     println!("  directory.csv                 the agencies, with their signing certificates");
     println!(
         "  <organ_id>.client.pem, .client.key.pem   each agency software's TLS client certificate"
@@ -422,6 +434,7 @@ pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
             anchors: TrustAnchors::default(),
             limits: cfg.limits.to_limits(),
             receipt_signer: None,
+            ..Settings::default()
         },
     );
     let events = match &args.from {

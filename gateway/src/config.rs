@@ -29,6 +29,11 @@ pub struct Config {
     pub http: HttpSection,
     /// issue 7: reports and the monthly report.
     pub reports: ReportsSection,
+    /// issue 5: the national exchange (RabbitMQ); off without `amqp.url`.
+    pub amqp: lienthong_amqp::AmqpConfig,
+    /// issue 5: where each recipient's copy goes, most specific pattern
+    /// first. Empty: every code is local.
+    pub routes: Vec<lienthong_core::routing::RouteSpec>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,6 +293,24 @@ impl LimitsSection {
 }
 
 impl Config {
+    /// issue 5: the route table, checked against `amqp.url`.
+    pub fn route_table(&self) -> Result<lienthong_core::routing::RouteTable> {
+        let table = lienthong_core::routing::RouteTable::new(&self.routes)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))
+            .context("reading [[routes]]")?;
+        if self.amqp.url.is_none() && !table.exchanges().is_empty() {
+            tracing::warn!(
+                "[[routes]] name exchanges but amqp.url is not set: recipients routed there are refused (UNKNOWN_RECIPIENT)"
+            );
+        }
+        if self.amqp.url.is_some() && table.local_patterns().next().is_none() {
+            anyhow::bail!(
+                "amqp.url is set but no route says to = \"local\": the inbound queue would be bound to nothing; add e.g. [[routes]] pattern = \"#.H35\" to = \"local\""
+            );
+        }
+        Ok(table)
+    }
+
     /// Defaults, then the file (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
@@ -377,9 +400,15 @@ pub struct ReportsSection {
     /// A document is counted "without a 03" after this many working hours.
     pub accept_within_hours: f64,
     pub working_hours: lienthong_core::reports::WorkingHours,
-    /// Agencies to send the monthly report to as a document: not done yet;
-    /// a warning is logged when set.
+    /// Agencies to send the monthly report to, as a signed document from
+    /// `gateway.organ_id` with the CSV and XLSX attached.
     pub send_to: Vec<String>,
+    /// The key that signs that document (PKCS#8 PEM). Default:
+    /// `receipts.key`.
+    pub signing_key: Option<PathBuf>,
+    /// Its certificate chain (PEM, leaf first), bound to `gateway.organ_id`
+    /// as a signing certificate in the directory. Default: `receipts.cert`.
+    pub signing_cert: Option<PathBuf>,
 }
 
 impl Default for ReportsSection {
@@ -392,6 +421,8 @@ impl Default for ReportsSection {
             accept_within_hours: 8.0,
             working_hours: Default::default(),
             send_to: Vec::new(),
+            signing_key: None,
+            signing_cert: None,
         }
     }
 }
@@ -427,7 +458,43 @@ impl Config {
             scope,
             settings: self.report_settings()?,
             lang,
+            send: None,
         })
+    }
+
+    /// `reports.send_to` with the gateway's agency and signing key, or
+    /// `None` when it is empty. The binding of the certificate in the
+    /// directory is checked by `ReportSending::check` once the database is
+    /// open.
+    pub fn report_sending(&self) -> Result<Option<lienthong_core::reports::ReportSending>> {
+        let r = &self.reports;
+        if r.send_to.is_empty() {
+            return Ok(None);
+        }
+        let Some(from) = self.gateway.organ_id.as_deref() else {
+            anyhow::bail!(
+                "reports.send_to is set but gateway.organ_id is not: the monthly report is sent \
+                 as a document from the gateway's own agency; set gateway.organ_id to its code"
+            );
+        };
+        let (key, cert, which) = match (&r.signing_key, &r.signing_cert) {
+            (Some(k), Some(c)) => (k, c, "reports.signing_key / reports.signing_cert"),
+            (None, None) => match (&self.receipts.key, &self.receipts.cert) {
+                (Some(k), Some(c)) => (k, c, "receipts.key / receipts.cert"),
+                _ => anyhow::bail!(
+                    "reports.send_to is set but there is no key to sign the monthly report with: \
+                     set reports.signing_key and reports.signing_cert (or receipts.key and \
+                     receipts.cert) to a key and certificate bound to {from} in the directory"
+                ),
+            },
+            _ => anyhow::bail!(
+                "reports.signing_key and reports.signing_cert go together: set both or neither"
+            ),
+        };
+        let sending = lienthong_core::reports::ReportSending::load(from, &r.send_to, key, cert)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))
+            .with_context(|| format!("reports.send_to: loading {which}"))?;
+        Ok(Some(sending))
     }
 }
 
@@ -500,6 +567,42 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("ignore"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn reports_send_to_needs_an_agency_and_a_key() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        let err_of = |text: &str| -> Result<String> {
+            std::fs::write(&f, text)?;
+            let c = Config::load(Some(&f))?;
+            Ok(match c.report_sending() {
+                Ok(s) => format!("ok: {}", s.is_some()),
+                Err(e) => format!("{e:#}"),
+            })
+        };
+        assert_eq!(err_of("")?, "ok: false");
+        let e = err_of("[reports]\nsend_to = [\"000.00.12.H35\"]\n")?;
+        assert!(e.contains("gateway.organ_id"), "{e}");
+        let e = err_of(
+            "[gateway]\norgan_id = \"000.00.01.H35\"\n[reports]\nsend_to = [\"000.00.12.H35\"]\n",
+        )?;
+        assert!(
+            e.contains("reports.signing_key") && e.contains("receipts.key"),
+            "{e}"
+        );
+        let e = err_of(
+            "[gateway]\norgan_id = \"000.00.01.H35\"\n[reports]\nsend_to = [\"000.00.12.H35\"]\n\
+             signing_key = \"/nonexistent/k.pem\"\n",
+        )?;
+        assert!(e.contains("go together"), "{e}");
+        // The receipts key is the default; a missing file is named.
+        let e = err_of(
+            "[gateway]\norgan_id = \"000.00.01.H35\"\n[receipts]\nkey = \"/nonexistent/k.pem\"\n\
+             cert = \"/nonexistent/c.pem\"\n[reports]\nsend_to = [\"000.00.12.H35\"]\n",
+        )?;
+        assert!(e.contains("receipts.key / receipts.cert"), "{e}");
         Ok(())
     }
 }

@@ -83,6 +83,18 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
         .context("opening the database")?;
+    // issue 7: the monthly report's sender is checked against the directory below.
+    let report_sending = cfg.report_sending()?;
+    let report_anchors = report_sending.as_ref().map(|_| anchors.clone());
+    // issue 5: routes and the national exchange.
+    let routes = cfg.route_table()?;
+    let exchange = cfg
+        .amqp
+        .url
+        .as_ref()
+        .map(|_| lienthong_core::pipeline::ExchangeSettings {
+            max_message_bytes: cfg.amqp.max_message_bytes,
+        });
     let gw = Gateway::from_parts(
         store,
         blobs,
@@ -93,6 +105,8 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             anchors,
             limits: cfg.limits.to_limits(),
             receipt_signer,
+            routes: routes.clone(),
+            exchange,
         },
     );
 
@@ -104,7 +118,20 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // report run beside gRPC; one shutdown signal stops them all, and any
     // server that stops stops the others.
     let report_settings = cfg.report_settings()?;
-    let monthly = cfg.monthly_reports()?;
+    let grpc_report_settings = report_settings.clone();
+    let mut monthly = cfg.monthly_reports()?;
+    if let (Some(sending), Some(anchors)) = (report_sending, report_anchors) {
+        sending
+            .check(&gw, &anchors)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        if !cfg.reports.monthly {
+            tracing::warn!(
+                "reports.send_to is set but reports.monthly = false: no monthly report is written or sent"
+            );
+        }
+        monthly.send = Some(sending);
+    }
     let http = if cfg.http.enabled {
         let l = TcpListener::bind(cfg.http.listen).await.with_context(|| {
             format!(
@@ -123,11 +150,6 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
-    if !cfg.reports.send_to.is_empty() {
-        tracing::warn!(
-            "reports.send_to is set, but sending the monthly report as a document is not implemented yet; the report is only written to reports.dir"
-        );
-    }
     tracing::info!(
         grpc = %addr,
         http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned()),
@@ -150,6 +172,21 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             let _ = tx.send(true);
         })
     };
+    // issue 5: the AMQP adapter keeps its own connection (reconnecting as
+    // needed) until shutdown; health checks read its state.
+    let amqp_task = cfg.amqp.url.as_ref().map(|url| {
+        tracing::info!(broker = %lienthong_core::store::redact(url), queue = %cfg.amqp.queue, "AMQP on");
+        let (state, task) =
+            lienthong_amqp::spawn(gw.clone(), cfg.amqp.clone(), routes, stop_rx.clone());
+        gw.attach_broker(Arc::new(move || {
+            if state.is_up() {
+                Ok(())
+            } else {
+                Err(state.last_error())
+            }
+        }));
+        task
+    });
     let reports_task = cfg.reports.monthly.then(|| {
         tokio::spawn(lienthong_core::reports::run_monthly_reports(
             gw.clone(),
@@ -167,6 +204,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
                     cfg.limits.idle_stream_secs.max(1),
                 ))
                 .with_trace_organ_id(cfg.gateway.organ_id.as_deref().unwrap_or(&cfg.gateway.id))
+                .with_report_settings(grpc_report_settings)
                 .serve(listener, stop)
                 .await;
             let _ = tx.send(true);
@@ -195,6 +233,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let (grpc, web) = tokio::join!(grpc, web);
     signal.abort();
     if let Some(t) = reports_task {
+        let _ = t.await;
+    }
+    if let Some(t) = amqp_task {
         let _ = t.await;
     }
     grpc?;

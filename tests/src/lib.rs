@@ -330,6 +330,8 @@ pub struct GatewayOptions {
     pub pki: Option<PathBuf>,
     /// More `key = value` lines for the `[limits]` section.
     pub extra_limits: String,
+    /// More sections appended to the configuration (`[amqp]`, `[[routes]]`).
+    pub extra_config: String,
 }
 
 impl Default for GatewayOptions {
@@ -344,6 +346,7 @@ impl Default for GatewayOptions {
             mtls: false,
             pki: None,
             extra_limits: String::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -548,12 +551,14 @@ anchors = [{anchors}]
 max_envelope_bytes = {menv}
 max_attachment_bytes = {matt}
 {extra_limits}
-{http}"#,
+{http}
+{extra_config}"#,
             name = self.name,
             grpc = self.grpc_addr,
             db = toml_str(&self.db_url),
             storage = toml_str(&self.storage_path.display().to_string()),
             extra_limits = opts.extra_limits,
+            extra_config = opts.extra_config,
             menv = opts.max_envelope_bytes,
             matt = opts.max_attachment_bytes,
             auth = if opts.mtls {
@@ -1666,6 +1671,8 @@ pub async fn within<T>(
 // ---------------------------------------------------------------------------
 // Certificates the gateway must refuse
 // ---------------------------------------------------------------------------
+
+pub mod amqp;
 
 pub mod pki {
     use super::*;

@@ -16,7 +16,7 @@ use lienthong_core::error::{Error, Reason};
 use lienthong_core::pipeline::{Caller, Gateway, Transport};
 use lienthong_proto::v1::{
     self as pb, admin_server::AdminServer, directory_server::DirectoryServer,
-    exchange_server::ExchangeServer, send_request::Item,
+    exchange_server::ExchangeServer, reports_server::ReportsServer, send_request::Item,
 };
 use prost::Message as _;
 use rustls_pki_types::CertificateDer;
@@ -42,6 +42,7 @@ pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
 pub mod limits;
+pub mod reports;
 pub mod tls;
 
 /// How the caller's identity is established.
@@ -685,6 +686,7 @@ pub struct GrpcServer {
     exchange: ExchangeService,
     directory: DirectoryService,
     admin: AdminService,
+    report_settings: lienthong_core::reports::ReportSettings,
     max_message: usize,
 }
 
@@ -708,6 +710,7 @@ impl GrpcServer {
                 shared: shared.clone(),
             },
             admin: AdminService { shared },
+            report_settings: Default::default(),
             max_message,
         }
     }
@@ -752,6 +755,15 @@ impl GrpcServer {
         self
     }
 
+    /// How `Reports.Summary` judges lateness (working hours, N).
+    pub fn with_report_settings(
+        mut self,
+        settings: lienthong_core::reports::ReportSettings,
+    ) -> Self {
+        self.report_settings = settings;
+        self
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(
         self,
@@ -765,6 +777,7 @@ impl GrpcServer {
             AuthMode::DevHeader => None,
         };
         tokio::spawn(readiness(gw, health));
+        let reports = reports::ReportsService::new(self.admin.shared.clone(), self.report_settings);
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -780,6 +793,7 @@ impl GrpcServer {
             )
             .add_service(DirectoryServer::new(self.directory))
             .add_service(AdminServer::new(self.admin))
+            .add_service(ReportsServer::new(reports))
             .add_service(health_svc);
         match reflection {
             Ok(r) => router = router.add_service(r),
@@ -817,6 +831,7 @@ async fn readiness(gw: Gateway, health: tonic_health::server::HealthReporter) {
                 <ExchangeServer<ExchangeService> as NamedService>::NAME,
                 <DirectoryServer<DirectoryService> as NamedService>::NAME,
                 <AdminServer<AdminService> as NamedService>::NAME,
+                <ReportsServer<reports::ReportsService> as NamedService>::NAME,
             ] {
                 health.set_service_status(name, status).await;
             }

@@ -13,7 +13,7 @@
 //! | --- | --- |
 //! | `/` | the dashboard (Vietnamese), HTML/CSS/JS embedded in the binary |
 //! | `/health/live` | 200 while the process runs |
-//! | `/health/ready` | 200 while the database answers, else 503 |
+//! | `/health/ready` | 200 while the database answers and, with AMQP, the broker is connected; else 503 |
 //! | `/metrics` | Prometheus (OpenMetrics text) |
 //! | `/reports/summary.{csv,json,xlsx}?period=&under=&agency=&lang=` | a report file |
 //! | `/api/overview` | the dashboard's figures |
@@ -167,7 +167,27 @@ async fn live() -> Response {
 
 async fn ready(State(app): State<App>) -> Result<Response, ApiError> {
     app.gw.ready().await?;
-    Ok(axum::Json(serde_json::json!({"status": "ready"})).into_response())
+    match app.gw.broker_status() {
+        None => Ok(
+            axum::Json(serde_json::json!({"status": "ready", "database": "up"})).into_response(),
+        ),
+        Some(Ok(())) => Ok(axum::Json(
+            serde_json::json!({"status": "ready", "database": "up", "broker": "up"}),
+        )
+        .into_response()),
+        // Agencies can still send and receive here (the outbox keeps what
+        // leaves), but the national exchange is cut off: not ready.
+        Some(Err(why)) => Ok((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "unavailable",
+                "database": "up",
+                "broker": "down",
+                "reason": format!("the AMQP broker is not connected: {why}"),
+            })),
+        )
+            .into_response()),
+    }
 }
 
 async fn metrics(State(app): State<App>) -> Response {

@@ -14,7 +14,7 @@ use crate::pipeline::{Caller, Gateway};
 use crate::store::{LogVerification, now_micros};
 
 impl Gateway {
-    async fn require_operator(&self, caller: &Caller, what: &str) -> Result<()> {
+    pub(crate) async fn require_operator(&self, caller: &Caller, what: &str) -> Result<()> {
         if caller.is_operator() {
             return Ok(());
         }

@@ -424,13 +424,31 @@ pub fn default_agencies() -> Vec<(OrganId, String)> {
 /// `<organ_id>.pem` and `<organ_id>.key.pem` (keys mode 0600 on unix), and a
 /// `directory.csv` naming each agency's certificate.
 ///
+/// `gateway_organ_id` is the gateway's own agency (`gateway.organ_id`), one
+/// of `agencies`: the gateway's certificate (`gateway.pem`, which signs
+/// receipts and the monthly report) is issued for it and bound to it in
+/// `directory.csv` as a second signing certificate, so that
+/// `reports.send_to` works out of the box.
+///
 /// Refuses a directory that already holds a dev CA key: replacing it would
 /// silently invalidate every certificate a running gateway trusts.
 pub fn write_dev_pki(
     out_dir: &Path,
     agencies: &[(OrganId, String)],
     key_type: KeyType,
+    gateway_organ_id: Option<&OrganId>,
 ) -> Result<DevPkiFiles> {
+    let gateway_agency = match gateway_organ_id {
+        Some(g) => match agencies.iter().find(|(id, _)| id == g) {
+            Some(a) => Some(a),
+            None => {
+                return Err(Error::malformed(format!(
+                    "the gateway's agency {g} is not one of the agencies of the dev PKI"
+                )));
+            }
+        },
+        None => None,
+    };
     let ca_cert = out_dir.join("ca.pem");
     let ca_key = out_dir.join("ca.key.pem");
     if ca_key.exists() {
@@ -447,6 +465,25 @@ pub fn write_dev_pki(
 
     let now = OffsetDateTime::now_utc();
     let validity = (now - Duration::hours(1), now + Duration::days(2 * 365));
+    // The gateway signs receipts (and the monthly report) with a certificate
+    // of its own, issued by the same throwaway CA so that senders can check
+    // them with ca.pem; when it has an agency, the certificate names it.
+    let gw = match gateway_agency {
+        Some((id, name)) => ca.issue_with(id.as_str(), name, key_type, validity, |p| {
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CountryName, "VN");
+            dn.push(DnType::OrganizationName, name.as_str());
+            dn.push(DnType::OrganizationalUnitName, id.as_str());
+            dn.push(DnType::CommonName, "lienthong dev gateway");
+            p.distinguished_name = dn;
+        })?,
+        None => ca.issue_signing("lienthong", "lienthong dev gateway", key_type, validity)?,
+    };
+    let gateway_cert = out_dir.join("gateway.pem");
+    let gateway_key = out_dir.join("gateway.key.pem");
+    write_file(&gateway_cert, gw.cert_pem.as_bytes(), false)?;
+    write_file(&gateway_key, gw.key_pem.as_bytes(), true)?;
+
     let mut files = Vec::with_capacity(agencies.len());
     let mut csv_out = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| Error::malformed(format!("could not write directory.csv: {e}"));
@@ -481,15 +518,13 @@ pub fn write_dev_pki(
         write_file(&client_cert, client.cert_pem.as_bytes(), false)?;
         write_file(&client_key, client.key_pem.as_bytes(), true)?;
         let parent = organ_id.parent().map(String::from).unwrap_or_default();
+        let signing = if gateway_organ_id == Some(organ_id) {
+            format!("{cert_name};gateway.pem")
+        } else {
+            cert_name
+        };
         csv_out
-            .write_record([
-                organ_id.as_str(),
-                name,
-                &parent,
-                "",
-                &cert_name,
-                &client_name,
-            ])
+            .write_record([organ_id.as_str(), name, &parent, "", &signing, &client_name])
             .map_err(csv_err)?;
         files.push(AgencyFiles {
             organ_id: organ_id.clone(),
@@ -504,14 +539,6 @@ pub fn write_dev_pki(
         .map_err(|e| Error::malformed(format!("could not write directory.csv: {e}")))?;
     let directory_csv = out_dir.join("directory.csv");
     write_file(&directory_csv, &csv_bytes, false)?;
-
-    // The gateway signs receipts with a certificate of its own, issued by
-    // the same throwaway CA so that senders can check them with ca.pem.
-    let gw = ca.issue_signing("lienthong", "lienthong dev gateway", key_type, validity)?;
-    let gateway_cert = out_dir.join("gateway.pem");
-    let gateway_key = out_dir.join("gateway.key.pem");
-    write_file(&gateway_cert, gw.cert_pem.as_bytes(), false)?;
-    write_file(&gateway_key, gw.key_pem.as_bytes(), true)?;
 
     let server = ca.issue_with(
         "lienthong",
@@ -741,7 +768,13 @@ pub(crate) mod tests {
     fn write_dev_pki_writes_everything_and_refuses_to_overwrite() {
         let dir = ok(tempfile::tempdir().map_err(Error::from));
         let out = dir.path().join("pki");
-        let files = ok(write_dev_pki(&out, &default_agencies(), KeyType::EcP256));
+        let agencies = default_agencies();
+        let files = ok(write_dev_pki(
+            &out,
+            &agencies,
+            KeyType::EcP256,
+            Some(&agencies[0].0),
+        ));
         assert_eq!(files.agencies.len(), 4);
         for p in [
             &files.ca_cert,
@@ -776,7 +809,7 @@ pub(crate) mod tests {
         assert_eq!(
             lines.next(),
             Some(
-                "000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu,,,000.00.00.H35.pem,000.00.00.H35.client.pem"
+                "000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu,,,000.00.00.H35.pem;gateway.pem,000.00.00.H35.client.pem"
             )
         );
         assert_eq!(
@@ -786,7 +819,12 @@ pub(crate) mod tests {
             )
         );
 
-        let again = write_dev_pki(&out, &default_agencies(), KeyType::EcP256);
+        // The gateway's certificate names its agency.
+        let gw_der = ok(crate::signing::load_certificate_pem(&files.gateway_cert));
+        let info = ok(crate::signing::describe_certificate(&gw_der));
+        assert!(info.subject.contains("000.00.00.H35"), "{}", info.subject);
+
+        let again = write_dev_pki(&out, &default_agencies(), KeyType::EcP256, None);
         assert!(again.is_err_and(|e| e.message().contains("already holds a dev CA key")));
     }
 }

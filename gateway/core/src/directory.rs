@@ -52,11 +52,11 @@ pub async fn import_csv(
     let mut certs = Vec::new();
     let mut clients = Vec::new();
     for row in rows {
-        let signing = row
+        let signing: Result<Vec<_>> = row
             .signing_cert
-            .as_deref()
+            .iter()
             .map(|p| certificate_row(&row.organ_id, p))
-            .transpose();
+            .collect();
         let client = row
             .client_cert
             .as_deref()

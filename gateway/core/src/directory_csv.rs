@@ -69,8 +69,11 @@ pub struct AgencyRow {
     pub website: String,
     pub channel: Channel,
     pub active: bool,
-    /// Resolved against the CSV's directory; not read here.
-    pub signing_cert: Option<PathBuf>,
+    /// Document-signing certificates (PEM files), resolved against the
+    /// CSV's directory; not read here. The column may name several,
+    /// separated by `;` (a key rollover, or the gateway's own certificate
+    /// beside the agency's).
+    pub signing_cert: Vec<PathBuf>,
     /// A PEM file (relative to the CSV) holding the client (system)
     /// certificate the agency's software presents under mutual TLS.
     pub client_cert: Option<PathBuf>,
@@ -541,7 +544,15 @@ fn check_row(
             base_dir.join(p)
         }
     };
-    let signing_cert = opt(cert).map(relative);
+    let signing_cert: Vec<PathBuf> = opt(cert)
+        .map(|c| {
+            c.split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| relative(p.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut represents = Vec::new();
     for part in raw_represents
         .split([';', ' ', '|'])
@@ -663,7 +674,7 @@ mod tests {
         assert!(r.active);
         assert_eq!(
             r.signing_cert,
-            Some(PathBuf::from("/etc/lienthong/certs/ubnd.pem"))
+            [PathBuf::from("/etc/lienthong/certs/ubnd.pem")]
         );
         assert_eq!(r.extra.get("Ghi chú").map(String::as_str), Some("tỉnh"));
         assert_eq!(
@@ -677,7 +688,7 @@ mod tests {
         assert_eq!(r.parent, Some(id("000.00.00.H35")));
         assert_eq!(r.channel, Channel::Amqp);
         assert!(!r.active);
-        assert_eq!(r.signing_cert, Some(PathBuf::from("/abs/vp.pem")));
+        assert_eq!(r.signing_cert, [PathBuf::from("/abs/vp.pem")]);
         assert_eq!(r.email, "");
 
         assert_eq!(

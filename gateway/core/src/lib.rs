@@ -10,5 +10,6 @@ pub mod organ_id;
 pub mod pipeline;
 pub mod receipts;
 pub mod reports; // issue 7
+pub mod routing; // issue 5
 pub mod signing;
 pub mod store;

@@ -46,6 +46,11 @@ struct AgencyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -62,6 +67,11 @@ struct Metrics {
     inbox_depth: Family<AgencyLabel, Gauge>,
     inbox_oldest: Family<AgencyLabel, Gauge<f64, AtomicU64>>,
     database_up: Gauge,
+    published: Family<ResultLabel, Counter>,
+    dead_lettered: Family<ReasonLabel, Counter>,
+    redelivered: Counter,
+    broker_up: Gauge,
+    outbox_depth: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -117,6 +127,36 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "1 when the database answered at the last scrape, else 0",
         database_up.clone(),
     );
+    let published = Family::<ResultLabel, Counter>::default();
+    r.register(
+        "lienthong_amqp_publishes",
+        "AMQP publications of the outbox relay by broker answer: confirmed, nacked, returned (no queue bound), failed (connection lost before the confirm)",
+        published.clone(),
+    );
+    let dead_lettered = Family::<ReasonLabel, Counter>::default();
+    r.register(
+        "lienthong_amqp_dead_lettered",
+        "Messages taken from the inbound queue and dead-lettered, by reason code",
+        dead_lettered.clone(),
+    );
+    let redelivered = Counter::default();
+    r.register(
+        "lienthong_amqp_redelivered",
+        "Messages the broker delivered again to the consumer (redelivered flag set)",
+        redelivered.clone(),
+    );
+    let broker_up = Gauge::default();
+    r.register(
+        "lienthong_broker_up",
+        "1 while the AMQP connection is up with its topology declared, else 0 (absent without amqp.url)",
+        broker_up.clone(),
+    );
+    let outbox_depth = Gauge::default();
+    r.register(
+        "lienthong_outbox_depth",
+        "Outbox rows waiting for the broker's confirm",
+        outbox_depth.clone(),
+    );
     r.register(
         "lienthong_build",
         "The running version",
@@ -134,12 +174,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         inbox_depth,
         inbox_oldest,
         database_up,
+        published,
+        dead_lettered,
+        redelivered,
+        broker_up,
+        outbox_depth,
     }
 });
 
 /// A route as a label value: `local`, or `exchange:<name>` from the
 /// configured routes (a bounded set); anything else is `other`.
 fn route_label(route: &str) -> String {
+    if route.starts_with("queue:") {
+        // One queue per agency: the agency is not a label value.
+        return "queue".to_owned();
+    }
     let ok = route == "local"
         || route.strip_prefix("exchange:").is_some_and(|n| {
             !n.is_empty()
@@ -184,6 +233,37 @@ pub fn delivery_acknowledged() {
     METRICS.acknowledged.inc();
 }
 
+/// The broker answered a publication of the outbox relay: `confirmed`,
+/// `nacked`, `returned` or `failed`.
+pub fn amqp_published(result: &'static str) {
+    METRICS
+        .published
+        .get_or_create(&ResultLabel {
+            result: result.to_owned(),
+        })
+        .inc();
+}
+
+/// A message of the inbound queue went to the dead-letter exchange.
+pub fn amqp_dead_lettered(reason: Reason) {
+    METRICS
+        .dead_lettered
+        .get_or_create(&ReasonLabel {
+            reason: reason.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// The broker delivered a message again.
+pub fn amqp_redelivered() {
+    METRICS.redelivered.inc();
+}
+
+/// The AMQP connection came up (topology declared) or went down.
+pub fn broker_up(up: bool) {
+    METRICS.broker_up.set(i64::from(up));
+}
+
 /// How long a submission took from `begin_send` to its durable acceptance.
 pub fn accept_seconds(seconds: f64) {
     if seconds.is_finite() && seconds >= 0.0 {
@@ -196,6 +276,11 @@ pub fn accept_seconds(seconds: f64) {
 /// `lienthong_database_up 0` and no inbox series, not an error).
 pub async fn render(gw: &Gateway) -> String {
     let up = gw.ready().await.is_ok();
+    let outbox = if up {
+        gw.outbox_depth().await.ok()
+    } else {
+        None
+    };
     let depths = if up {
         match inbox_depths(gw.store()).await {
             Ok(d) => Some(d),
@@ -210,6 +295,9 @@ pub async fn render(gw: &Gateway) -> String {
     let m = &*METRICS;
     let registry = m.registry.lock().unwrap_or_else(|p| p.into_inner());
     m.database_up.set(i64::from(up));
+    if let Some(depth) = outbox {
+        m.outbox_depth.set(depth.min(i64::MAX as u64) as i64);
+    }
     // Unknown depths are absent rather than stale.
     m.inbox_depth.clear();
     m.inbox_oldest.clear();

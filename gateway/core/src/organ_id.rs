@@ -293,6 +293,14 @@ pub struct Specificity {
 const PATTERN_MAX_LEN: usize = 255;
 
 impl TopicPattern {
+    /// `#`: every code.
+    pub fn any() -> TopicPattern {
+        TopicPattern {
+            text: "#".to_owned(),
+            words: vec![Word::Any],
+        }
+    }
+
     pub fn parse(s: &str) -> Result<TopicPattern> {
         let t = s.trim();
         let bad = |why: &str| {

@@ -22,7 +22,7 @@ use lienthong_proto::v1::{
     self as pb, Agency, AttachmentRef, Delivery, Envelope, SendReceipt, SignatureCheck,
     SignedEnvelope, TraceEvent, TraceHop, Verification, envelope::Body,
 };
-use lienthong_schema::entity::{agency, event, message};
+use lienthong_schema::entity::{agency, event, message, outbox};
 use prost::Message as _;
 use ring::digest;
 use rustls_pki_types::UnixTime;
@@ -32,6 +32,7 @@ use crate::blobs::{BlobReader, BlobStore, BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::receipts::ReceiptSigner;
+use crate::routing::{self, RouteTable, Target};
 use crate::signing::{self, TrustAnchors};
 use crate::store::{
     AcceptError, EventKind, NewAttachment, NewEvent, NewMessage, PendingDelivery, Store, now_micros,
@@ -78,6 +79,20 @@ pub struct Settings {
     pub limits: Limits,
     /// The gateway's key for signing receipts; receipts are unsigned without it.
     pub receipt_signer: Option<Arc<ReceiptSigner>>,
+    /// Where each recipient's copy goes.
+    pub routes: RouteTable,
+    /// The national exchange, when `amqp.url` is configured; without it,
+    /// recipients routed to an exchange are refused.
+    pub exchange: Option<ExchangeSettings>,
+}
+
+/// What the core must know of the AMQP side.
+#[derive(Debug, Clone)]
+pub struct ExchangeSettings {
+    /// The largest AMQP message the broker takes: a message for the exchange
+    /// travels whole (envelope and attachments), so larger ones are refused
+    /// at the door rather than stuck in the outbox.
+    pub max_message_bytes: u64,
 }
 
 impl Default for Settings {
@@ -89,6 +104,8 @@ impl Default for Settings {
             anchors: TrustAnchors::empty(),
             limits: Limits::default(),
             receipt_signer: None,
+            routes: RouteTable::default(),
+            exchange: None,
         }
     }
 }
@@ -118,6 +135,10 @@ pub enum Role {
     Agency,
     /// The gateway's operators: every trace, reports, the directory.
     Operator,
+    /// A publisher on the AMQP exchange (another gateway, or a queue-speaking
+    /// agency): the transport vouches for nobody, so only an envelope whose
+    /// signature is bound to its `from` is accepted.
+    Exchange,
 }
 
 /// An authenticated caller: the agency (or operator) the transport vouches
@@ -141,6 +162,33 @@ impl Caller {
     pub fn is_operator(&self) -> bool {
         self.role == Role::Operator
     }
+
+    /// A message taken from an AMQP queue; `publisher` names where it came
+    /// from for the transfer log (e.g. `exchange lienthong.documents`).
+    pub fn exchange(publisher: impl Into<String>) -> Self {
+        Caller {
+            organ_id: publisher.into(),
+            transport: Transport::Amqp,
+            role: Role::Exchange,
+        }
+    }
+}
+
+/// How a message taken from an AMQP queue reached this gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// The exchange it was published to (`""`: the default exchange).
+    pub exchange: String,
+    /// The hops it made before this gateway, oldest first.
+    pub upstream: Vec<TraceHop>,
+}
+
+/// The hops a message made before it reached this gateway, as stored in
+/// `messages.upstream` and carried in the AMQP header `x-lienthong-hops`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hops {
+    #[prost(message, repeated, tag = "1")]
+    pub hops: Vec<TraceHop>,
 }
 
 /// Wakes the live `Receive` streams of a recipient when a delivery lands.
@@ -175,7 +223,23 @@ struct Inner {
     limits: Limits,
     inboxes: Inboxes,
     receipt_signer: Option<Arc<ReceiptSigner>>,
+    routes: RouteTable,
+    exchange: Option<ExchangeSettings>,
+    /// Wakes the AMQP relay when the outbox gains rows.
+    outbox_wake: watch::Sender<u64>,
+    broker: std::sync::OnceLock<Probe>,
 }
+
+struct Probe(BrokerProbe);
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BrokerProbe")
+    }
+}
+
+/// Reports whether the AMQP broker is connected (see `Gateway::attach_broker`).
+pub type BrokerProbe = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
 /// The gateway core. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -222,6 +286,10 @@ impl Gateway {
                 limits: settings.limits,
                 inboxes: Inboxes::default(),
                 receipt_signer: settings.receipt_signer,
+                routes: settings.routes,
+                exchange: settings.exchange,
+                outbox_wake: watch::channel(0).0,
+                broker: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -279,8 +347,29 @@ impl Gateway {
         signed: SignedEnvelope,
         encoded_len: usize,
     ) -> Result<Submission> {
-        self.begin(caller, signed, encoded_len, &Proof::Signatures)
+        self.begin(caller, signed, encoded_len, &Proof::Signatures, None)
             .await
+    }
+
+    /// Starts a submission taken from an AMQP queue: the same checks as
+    /// [`Gateway::begin_send`], with the caller an [`Caller::exchange`]
+    /// publisher, and the loop rule of [`crate::routing`] applied with
+    /// `arrival.exchange`.
+    pub async fn begin_send_arrived(
+        &self,
+        caller: &Caller,
+        signed: SignedEnvelope,
+        encoded_len: usize,
+        arrival: Arrival,
+    ) -> Result<Submission> {
+        self.begin(
+            caller,
+            signed,
+            encoded_len,
+            &Proof::Signatures,
+            Some(arrival),
+        )
+        .await
     }
 
     /// Starts a submission of an envelope that carries no signature this
@@ -308,6 +397,7 @@ impl Gateway {
             signed,
             len,
             &Proof::CallerIdentity { policy, notes },
+            None,
         )
         .await
     }
@@ -318,6 +408,7 @@ impl Gateway {
         signed: SignedEnvelope,
         encoded_len: usize,
         proof: &Proof,
+        arrival: Option<Arrival>,
     ) -> Result<Submission> {
         // lienthong_accept_seconds covers the whole submission, signature
         // checks included.
@@ -329,7 +420,7 @@ impl Gateway {
             transport: caller.transport,
         };
         match self
-            .check(caller, signed, encoded_len, proof, &mut subject)
+            .check(caller, signed, encoded_len, proof, arrival, &mut subject)
             .await
         {
             Ok(mut sub) => {
@@ -351,6 +442,7 @@ impl Gateway {
         signed: SignedEnvelope,
         encoded_len: usize,
         proof: &Proof,
+        arrival: Option<Arrival>,
         subject: &mut Subject,
     ) -> Result<Submission> {
         let inner = &self.inner;
@@ -400,7 +492,15 @@ impl Gateway {
                 format!("the envelope's `from`: {}", e.message()),
             )
         })?;
-        if from.as_str() != caller.organ_id
+        if caller.role == Role::Exchange {
+            // Over AMQP only a signature bound to `from` proves the origin.
+            if !matches!(proof, Proof::Signatures) {
+                return Err(Error::new(
+                    Reason::BadSignature,
+                    "a message taken from the exchange must be a signed envelope; this gateway cannot verify the origin of anything else",
+                ));
+            }
+        } else if from.as_str() != caller.organ_id
             && !(caller.role == Role::Agency
                 && inner
                     .store
@@ -457,23 +557,15 @@ impl Gateway {
                 ),
             ));
         }
-        let mut unknown = Vec::new();
-        let mut routes = Vec::with_capacity(recipients.len());
-        for r in &recipients {
-            match inner.store.agency(r.as_str()).await? {
-                Some(a) if a.active => routes.push((r.as_str().to_owned(), "local".to_owned())),
-                _ => unknown.push(r.as_str().to_owned()),
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(Error::new(
-                Reason::UnknownRecipient,
-                format!(
-                    "no active agency {} in this gateway's directory; check the codes or ask the operators",
-                    unknown.join(", ")
-                ),
-            ));
-        }
+        let (routes, elsewhere) = self
+            .route(
+                &from,
+                &recipients,
+                arrival.as_ref(),
+                &refs_size(&envelope),
+                encoded_len,
+            )
+            .await?;
 
         let mut verification = match proof {
             Proof::Signatures => {
@@ -570,6 +662,16 @@ impl Gateway {
                     accepted_at: 0,
                     attachments: Vec::new(),
                     recipients: routes,
+                    elsewhere,
+                    upstream: arrival
+                        .as_ref()
+                        .filter(|a| !a.upstream.is_empty())
+                        .map(|a| {
+                            Hops {
+                                hops: a.upstream.clone(),
+                            }
+                            .encode_to_vec()
+                        }),
                     actor: caller.organ_id.clone(),
                     transport: caller.transport.as_str().to_owned(),
                 },
@@ -582,6 +684,109 @@ impl Gateway {
                 started: std::time::Instant::now(),
             })),
         })
+    }
+
+    /// Picks each recipient's route (see [`crate::routing`]). Returns the
+    /// (recipient, route) pairs that get a delivery here, and the recipients
+    /// left to the gateway that serves them (the loop rule).
+    async fn route(
+        &self,
+        from: &OrganId,
+        recipients: &[OrganId],
+        arrival: Option<&Arrival>,
+        attachments_size: &u64,
+        encoded_len: usize,
+    ) -> Result<(Vec<(String, String)>, Vec<String>)> {
+        let inner = &self.inner;
+        let from_here = inner.routes.is_local(from.as_str());
+        let mut unknown = Vec::new();
+        let mut no_exchange = Vec::new();
+        let mut no_route = Vec::new();
+        let mut routes = Vec::with_capacity(recipients.len());
+        let mut elsewhere = Vec::new();
+        for r in recipients {
+            let id = r.as_str().to_owned();
+            match inner.routes.resolve(r.as_str()).map(|r| &r.target) {
+                None => no_route.push(id),
+                Some(Target::Local) => match inner.store.agency(r.as_str()).await? {
+                    Some(a) if a.active => {
+                        let route = if a.channel == "amqp" && inner.exchange.is_some() {
+                            format!("queue:{}", routing::agency_queue(r.as_str()))
+                        } else {
+                            "local".to_owned()
+                        };
+                        routes.push((id, route));
+                    }
+                    _ => unknown.push(id),
+                },
+                Some(Target::Exchange(name)) => {
+                    // Straight into our queue (the default exchange) says
+                    // nothing of where else it went: treat it like the
+                    // exchange itself.
+                    let came_from_there =
+                        arrival.is_some_and(|a| a.exchange.is_empty() || &a.exchange == name);
+                    if came_from_there && !from_here {
+                        // Its sender's gateway published it for them already.
+                        elsewhere.push(id);
+                    } else if inner.exchange.is_none() {
+                        no_exchange.push(id);
+                    } else {
+                        routes.push((id, format!("exchange:{name}")));
+                    }
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Error::new(
+                Reason::UnknownRecipient,
+                format!(
+                    "no active agency {} in this gateway's directory; check the codes or ask the operators",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        if !no_exchange.is_empty() {
+            return Err(Error::new(
+                Reason::UnknownRecipient,
+                format!(
+                    "{} is served by another gateway, but the national exchange is not configured here (no amqp.url); ask the operators, or send to agencies of this gateway",
+                    no_exchange.join(", ")
+                ),
+            ));
+        }
+        if !no_route.is_empty() {
+            return Err(Error::new(
+                Reason::NotRoutable,
+                format!(
+                    "no route of this gateway covers {}; check the codes, or ask the operators to add a route",
+                    no_route.join(", ")
+                ),
+            ));
+        }
+        if routes.is_empty() {
+            return Err(Error::new(
+                Reason::NotRoutable,
+                format!(
+                    "none of the recipients ({}) is served by this gateway; the message reached the wrong gateway",
+                    elsewhere.join(", ")
+                ),
+            ));
+        }
+        if let Some(x) = &inner.exchange
+            && routes.iter().any(|(_, route)| route != "local")
+        {
+            let total = encoded_len as u64 + attachments_size;
+            if total > x.max_message_bytes {
+                return Err(Error::new(
+                    Reason::SizeLimit,
+                    format!(
+                        "the message is {total} bytes with its attachments; a message for another gateway or an agency's queue travels whole over AMQP, and the limit is {} bytes (amqp.max_message_bytes)",
+                        x.max_message_bytes
+                    ),
+                ));
+            }
+        }
+        Ok((routes, elsewhere))
     }
 
     /// Every signature must verify and chain to an anchor; at least one must
@@ -687,6 +892,89 @@ impl Gateway {
             duplicate,
             &self.inner.gateway_id,
         ))
+    }
+
+    // ----- the outbox, for the AMQP relay ----------------------------------
+
+    /// The agencies whose directory channel is `amqp` (they read their own
+    /// queue), for the AMQP adapter to declare those queues up front.
+    pub async fn queue_agencies(&self) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .store
+            .agencies()
+            .await?
+            .into_iter()
+            .filter(|a| a.active && a.channel == "amqp" && self.inner.routes.is_local(&a.organ_id))
+            .map(|a| a.organ_id)
+            .collect())
+    }
+
+    /// Changes whenever a commit adds rows to the outbox.
+    pub fn outbox_watch(&self) -> watch::Receiver<u64> {
+        self.inner.outbox_wake.subscribe()
+    }
+
+    /// Outbox rows still to publish with `id > after_id`, oldest first.
+    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<outbox::Model>> {
+        self.inner.store.outbox_pending(after_id, limit).await
+    }
+
+    pub async fn outbox_depth(&self) -> Result<u64> {
+        self.inner.store.outbox_depth().await
+    }
+
+    /// What an outbox row publishes: the signed envelope as accepted, its
+    /// attachments (read back and checked against their digests as they
+    /// stream), and the hops so far, this gateway's included.
+    pub async fn outbound(&self, row: outbox::Model) -> Result<Outbound> {
+        let inner = &self.inner;
+        let Some(m) = inner.store.message_by_pk(row.message_pk).await? else {
+            return Err(Error::new(
+                Reason::NotFound,
+                format!("outbox row {} names a missing message", row.id),
+            ));
+        };
+        let subject = Subject {
+            sender: m.sender.clone(),
+            message_id: m.message_id.clone(),
+            actor: Some(inner.gateway_id.clone()),
+            transport: Transport::Amqp,
+        };
+        let mut attachments = Vec::new();
+        for (i, a) in inner.store.attachments(m.id).await?.into_iter().enumerate() {
+            let reader = match inner.blobs.open_blob(&a.sha256, a.size.max(0) as u64).await {
+                Ok(r) => r,
+                Err(e) => {
+                    inner.log_integrity(&subject, i as u32, &e).await;
+                    return Err(e);
+                }
+            };
+            attachments.push(AttachmentReader {
+                gw: inner.clone(),
+                subject: subject.clone(),
+                index: i as u32,
+                reader,
+            });
+        }
+        Ok(Outbound {
+            hops: hops_of(&m, &inner.gateway_id),
+            sender: m.sender,
+            message_id: m.message_id,
+            signed_envelope: m.signed_envelope,
+            attachments,
+            row,
+        })
+    }
+
+    /// The broker confirmed the row: its delivery is handed over.
+    pub async fn outbox_sent(&self, row: &outbox::Model) -> Result<()> {
+        self.inner.store.outbox_sent(row).await
+    }
+
+    /// Publishing the row failed; it stays pending and is tried again.
+    pub async fn outbox_failed(&self, row: &outbox::Model, error: &str) -> Result<()> {
+        self.inner.store.outbox_failed(row.id, error).await
     }
 
     /// The caller's inbox, oldest first.
@@ -991,6 +1279,17 @@ impl Gateway {
     pub async fn ready(&self) -> Result<()> {
         self.inner.store.ping().await
     }
+
+    /// Lets health checks see the AMQP connection: `probe` answers `Err`
+    /// with the reason while the broker is unreachable.
+    pub fn attach_broker(&self, probe: BrokerProbe) {
+        let _ = self.inner.broker.set(Probe(probe));
+    }
+
+    /// The broker's state: `None` without AMQP.
+    pub fn broker_status(&self) -> Option<std::result::Result<(), String>> {
+        self.inner.broker.get().map(|p| (p.0)())
+    }
 }
 
 /// A stored attachment being read for a caller. A failed digest check is
@@ -1004,6 +1303,11 @@ pub struct AttachmentReader {
 }
 
 impl AttachmentReader {
+    /// The attachment's position in the document.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// The next chunk of at most `max` bytes; `None` at the end, after the
     /// digest has been checked.
     pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
@@ -1084,6 +1388,23 @@ impl Inner {
             tracing::error!(error = %err.chain(), kind = kind.as_str(), "could not write to the transfer log");
         }
     }
+}
+
+/// A row of the outbox (what the AMQP relay publishes).
+pub use lienthong_schema::entity::outbox::Model as OutboxRow;
+
+/// An outbox row with what it publishes.
+#[derive(Debug)]
+pub struct Outbound {
+    pub row: outbox::Model,
+    pub sender: String,
+    pub message_id: String,
+    /// The `SignedEnvelope` bytes as accepted.
+    pub signed_envelope: Vec<u8>,
+    /// The attachments in order.
+    pub attachments: Vec<AttachmentReader>,
+    /// Where the message has been, this gateway last.
+    pub hops: Vec<TraceHop>,
 }
 
 /// A submission between its envelope and its last attachment byte.
@@ -1329,6 +1650,9 @@ impl Open {
                 for r in &recipients {
                     gw.inboxes.notify(r);
                 }
+                if deliveries.iter().any(|d| d.route != "local") {
+                    gw.outbox_wake.send_modify(|v| *v = v.wrapping_add(1));
+                }
                 let routes: HashSet<&str> = deliveries.iter().map(|d| d.route.as_str()).collect();
                 for route in routes {
                     crate::metrics::message_accepted(route);
@@ -1469,16 +1793,36 @@ impl Inbox {
         Ok(Delivery {
             delivery_id: p.delivery.delivery_id,
             envelope: Some(envelope),
-            trace: vec![TraceHop {
-                gateway: self.gw.gateway_id.clone(),
-                event: "accepted".to_owned(),
-                at: Some(timestamp(p.message.accepted_at)),
-            }],
+            trace: hops_of(&p.message, &self.gw.gateway_id),
             accepted_at: Some(timestamp(p.message.accepted_at)),
             verification,
             attempt: attempt.max(1) as u32,
             edxml: Default::default(),
         })
+    }
+}
+
+/// A message's journey: the hops before this gateway, then its own.
+pub(crate) fn hops_of(m: &message::Model, gateway: &str) -> Vec<TraceHop> {
+    let mut hops = m
+        .upstream
+        .as_deref()
+        .and_then(|b| Hops::decode(b).ok())
+        .map(|h| h.hops)
+        .unwrap_or_default();
+    hops.push(TraceHop {
+        gateway: gateway.to_owned(),
+        event: "accepted".to_owned(),
+        at: Some(timestamp(m.accepted_at)),
+    });
+    hops
+}
+
+/// The attachments' signed sizes together.
+fn refs_size(envelope: &Envelope) -> u64 {
+    match &envelope.body {
+        Some(Body::Document(d)) => d.attachments.iter().map(|a| a.size).sum(),
+        _ => 0,
     }
 }
 

@@ -52,7 +52,10 @@ pub use period::{
     parse_date,
 };
 pub use render::{Format, report_file_name, to_csv, to_json, to_xlsx};
-pub use schedule::{MonthlyReports, run_monthly_reports, write_monthly_report};
+pub use schedule::{
+    MonthlyReports, ReportSending, Sending, run_monthly_job, run_monthly_reports,
+    send_monthly_report, write_monthly_report,
+};
 use sql::{Filter, Sql, int, text};
 
 /// The answers of a document are found through `messages_answers`
@@ -295,6 +298,69 @@ pub struct Report {
     pub unattributed_refusals: BTreeMap<String, u64>,
     /// The sum of the rows; the latencies are over every row's durations.
     pub total: AgencyRow,
+}
+
+/// What an operator asks for over the gateway's API (gRPC
+/// `Reports.Summary`): a period as [`Period::parse`] reads it, and at most
+/// one of one agency, an agency and what is under it (or a pattern), and a
+/// province's level-1 code (`H35`). Nothing: the whole directory.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryRequest {
+    pub period: String,
+    pub agency: String,
+    pub under: String,
+    pub province: String,
+}
+
+impl SummaryRequest {
+    /// The scope it names; `MALFORMED` with a sentence when it names more
+    /// than one or a malformed one.
+    pub fn scope(&self) -> Result<Scope> {
+        let (agency, under, province) =
+            (self.agency.trim(), self.under.trim(), self.province.trim());
+        let given = [agency, under, province]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .count();
+        if given > 1 {
+            return Err(Error::malformed(
+                "give at most one of agency, under and province (none: the whole directory)",
+            ));
+        }
+        if !agency.is_empty() {
+            return Scope::agency(agency);
+        }
+        if !province.is_empty() {
+            let b = province.as_bytes();
+            let ok =
+                b.len() == 3 && b[0].is_ascii_uppercase() && b[1..].iter().all(u8::is_ascii_digit);
+            if !ok {
+                return Err(Error::malformed(format!(
+                    "the province {:?} is not a level-1 code like H35 (one capital letter and two digits)",
+                    truncate(province, 20)
+                )));
+            }
+            return Scope::parse(&format!("#.{province}"));
+        }
+        Scope::parse(under)
+    }
+}
+
+/// The report an operator asks for (gRPC `Reports.Summary`): only the
+/// gateway's operators may read it (`PERMISSION_DENIED`, logged, for anyone
+/// else); then the period and scope are read (`MALFORMED` with a sentence
+/// saying the accepted forms; `NOT_FOUND` for an agency that is not in the
+/// directory). A period without traffic gives a report of zeros.
+pub async fn summary_for(
+    gw: &Gateway,
+    caller: &crate::pipeline::Caller,
+    request: &SummaryRequest,
+    settings: &ReportSettings,
+) -> Result<Report> {
+    gw.require_operator(caller, "reading reports").await?;
+    let period = Period::parse(&request.period)?;
+    let scope = request.scope()?;
+    summary(gw, period, &scope, settings).await
 }
 
 /// The report of a period and scope, judged now.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lienthong_schema::Migrator;
 use lienthong_schema::MigratorTrait;
 use lienthong_schema::entity::{
-    agency, attachment, client_cert, delivery, event, log_head, message, representation,
+    agency, attachment, client_cert, delivery, event, log_head, message, outbox, representation,
     signing_cert,
 };
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -242,8 +242,13 @@ pub struct NewMessage {
     pub verification: Vec<u8>,
     pub accepted_at: i64,
     pub attachments: Vec<NewAttachment>,
-    /// (recipient, route)
+    /// (recipient, route): `local`, `exchange:<name>` or `queue:<name>`.
     pub recipients: Vec<(String, String)>,
+    /// Recipients another gateway serves, that it got from elsewhere: traced,
+    /// not delivered (the loop rule of `routing`).
+    pub elsewhere: Vec<String>,
+    /// Serialized `pipeline::Hops`: where the message was before.
+    pub upstream: Option<Vec<u8>>,
     pub actor: String,
     pub transport: String,
 }
@@ -576,6 +581,7 @@ impl Store {
             verification: Set(m.verification),
             accepted_at: Set(m.accepted_at),
             attachment_count: Set(m.attachments.len() as i32),
+            upstream: Set(m.upstream.clone()),
             ..Default::default()
         }
         .insert(&txn)
@@ -625,6 +631,25 @@ impl Store {
             .insert(&txn)
             .await
             .map_err(AcceptError::Db)?;
+            // The outbox row commits with the message: what is accepted for
+            // another gateway or a queue is published, whatever happens next.
+            if let Some((exchange, routing_key)) = amqp_destination(route, recipient) {
+                outbox::ActiveModel {
+                    delivery_pk: Set(d.id),
+                    message_pk: Set(msg.id),
+                    exchange: Set(exchange),
+                    routing_key: Set(routing_key),
+                    state: Set("pending".to_owned()),
+                    attempts: Set(0),
+                    last_error: Set(None),
+                    created_at: Set(m.accepted_at),
+                    sent_at: Set(None),
+                    ..Default::default()
+                }
+                .insert(&txn)
+                .await
+                .map_err(AcceptError::Db)?;
+            }
             deliveries.push(d);
         }
         let base = NewEvent {
@@ -639,7 +664,8 @@ impl Store {
         };
         let mut events = vec![NewEvent {
             detail: format!(
-                "accepted for {} recipient(s), {} attachment(s), envelope sha256 {}",
+                "accepted over {} for {} recipient(s), {} attachment(s), envelope sha256 {}",
+                m.transport,
                 m.recipients.len(),
                 m.attachments.len(),
                 m.envelope_sha256_hex
@@ -662,6 +688,14 @@ impl Store {
                 ..base.clone()
             });
         }
+        for recipient in &m.elsewhere {
+            events.push(NewEvent {
+                kind: EventKind::Routed,
+                recipient: Some(recipient.clone()),
+                detail: "served by another gateway, which had it from the same exchange; not forwarded from here".to_owned(),
+                ..base.clone()
+            });
+        }
         append_events(&txn, events, m.accepted_at)
             .await
             .map_err(AcceptError::Db)?;
@@ -674,6 +708,129 @@ impl Store {
         let txn = self.db.begin().await?;
         append_events(&txn, vec![e], now_micros()).await?;
         txn.commit().await?;
+        Ok(())
+    }
+
+    // ----- outbox ----------------------------------------------------------
+
+    /// Outbox rows still to publish with `id > after_id`, oldest first.
+    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<outbox::Model>> {
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::State.eq("pending"))
+            .filter(outbox::Column::Id.gt(after_id))
+            .order_by_asc(outbox::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// How many outbox rows wait for the broker.
+    pub async fn outbox_depth(&self) -> Result<u64> {
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::State.eq("pending"))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Records the broker's confirm of an outbox row: the row is `sent`, and
+    /// its delivery is handed over — to another gateway (`sent`), or into an
+    /// agency's own queue, which is that agency's inbox (`acked`: what it
+    /// does with its queue is between it and the broker). Idempotent.
+    pub async fn outbox_sent(&self, row: &outbox::Model) -> Result<()> {
+        let now = now_micros();
+        let txn = self.db.begin().await?;
+        let changed = outbox::Entity::update_many()
+            .col_expr(outbox::Column::State, Expr::value("sent"))
+            .col_expr(outbox::Column::SentAt, Expr::value(now))
+            .col_expr(
+                outbox::Column::Attempts,
+                Expr::col(outbox::Column::Attempts).add(1),
+            )
+            .filter(outbox::Column::Id.eq(row.id))
+            .filter(outbox::Column::State.eq("pending"))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if changed == 0 {
+            txn.rollback().await?;
+            return Ok(());
+        }
+        let to_queue = row.exchange.is_empty();
+        let mut update = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::State,
+                Expr::value(if to_queue { "acked" } else { "sent" }),
+            )
+            .col_expr(
+                delivery::Column::Attempts,
+                Expr::col(delivery::Column::Attempts).add(1),
+            )
+            .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now));
+        if to_queue {
+            update = update.col_expr(delivery::Column::AckedAt, Expr::value(now));
+        }
+        update
+            .filter(delivery::Column::Id.eq(row.delivery_pk))
+            .exec(&txn)
+            .await?;
+        let d = delivery::Entity::find_by_id(row.delivery_pk)
+            .one(&txn)
+            .await?;
+        let m = message::Entity::find_by_id(row.message_pk)
+            .one(&txn)
+            .await?;
+        let (sender, message_id) = m.map(|m| (m.sender, m.message_id)).unwrap_or_default();
+        let recipient = d.map(|d| d.recipient).unwrap_or_default();
+        let base = NewEvent {
+            kind: EventKind::Delivered,
+            sender,
+            message_id,
+            recipient: Some(recipient.clone()),
+            reason: None,
+            detail: String::new(),
+            actor: Some(recipient),
+            transport: "amqp".to_owned(),
+        };
+        let events = if to_queue {
+            vec![
+                NewEvent {
+                    detail: format!(
+                        "published to the agency's queue {} (broker confirmed)",
+                        row.routing_key
+                    ),
+                    ..base.clone()
+                },
+                NewEvent {
+                    kind: EventKind::Acknowledged,
+                    detail: format!("the queue {} holds it for the agency", row.routing_key),
+                    ..base
+                },
+            ]
+        } else {
+            vec![NewEvent {
+                detail: format!(
+                    "published to exchange {} with routing key {} (broker confirmed)",
+                    row.exchange, row.routing_key
+                ),
+                ..base
+            }]
+        };
+        append_events(&txn, events, now).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Notes a failed publication; the row stays pending.
+    pub async fn outbox_failed(&self, id: i64, error: &str) -> Result<()> {
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::Attempts,
+                Expr::col(outbox::Column::Attempts).add(1),
+            )
+            .col_expr(outbox::Column::LastError, Expr::value(error.to_owned()))
+            .filter(outbox::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -691,6 +848,7 @@ impl Store {
     ) -> Result<Vec<PendingDelivery>> {
         let mut q = delivery::Entity::find()
             .filter(delivery::Column::Recipient.eq(recipient))
+            .filter(delivery::Column::Route.eq("local"))
             .filter(delivery::Column::State.eq("pending"))
             .filter(delivery::Column::Id.gt(after_id));
         if let Some(t) = delivered_before {
@@ -1029,6 +1187,19 @@ async fn bind_client<C: ConnectionTrait>(c: &C, row: client_cert::Model) -> Resu
 }
 
 /// The directory of a `sqlite:` URL's database file, when it has one.
+/// Where a delivery's route publishes: `(exchange, routing key)`, or `None`
+/// for the gateway's own inboxes. An exchange takes the recipient's code as
+/// routing key (the receiving gateway binds its patterns); an agency's queue
+/// is reached through the default exchange by its name.
+fn amqp_destination(route: &str, recipient: &str) -> Option<(String, String)> {
+    if let Some(name) = route.strip_prefix("exchange:") {
+        return Some((name.to_owned(), recipient.to_owned()));
+    }
+    route
+        .strip_prefix("queue:")
+        .map(|q| (String::new(), q.to_owned()))
+}
+
 fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -1124,6 +1295,8 @@ mod tests {
                 .iter()
                 .map(|r| (r.to_string(), "local".to_string()))
                 .collect(),
+            elsewhere: vec![],
+            upstream: None,
             actor: sender.into(),
             transport: "test".into(),
         }

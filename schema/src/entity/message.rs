@@ -23,6 +23,9 @@ pub struct Model {
     pub verification: Vec<u8>,
     pub accepted_at: i64,
     pub attachment_count: i32,
+    /// The hops made before this gateway (serialized `TraceHop`s), for
+    /// messages that came from another gateway.
+    pub upstream: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

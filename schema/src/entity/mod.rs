@@ -7,5 +7,6 @@ pub mod delivery;
 pub mod event;
 pub mod log_head;
 pub mod message;
+pub mod outbox;
 pub mod representation;
 pub mod signing_cert;

@@ -8,6 +8,7 @@ mod m20261124_000002_reports; // issue 7: report columns and indexes
 mod m20261124_000003_log_chain;
 mod m20261124_000004_client_certs;
 mod m20261124_000005_representations;
+mod m20261124_000006_outbox; // issue 5: the AMQP outbox, upstream hops
 
 pub use m20261124_000003_log_chain::GENESIS;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_log_chain::Migration),
             Box::new(m20261124_000004_client_certs::Migration),
             Box::new(m20261124_000005_representations::Migration),
+            Box::new(m20261124_000006_outbox::Migration),
         ]
     }
 }

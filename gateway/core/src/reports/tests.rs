@@ -5,6 +5,7 @@ use crate as lt;
 #[path = "../../tests/support/world.rs"]
 mod world;
 
+use prost::Message as _;
 use time::Duration;
 
 use super::*;
@@ -402,6 +403,7 @@ async fn the_monthly_report_is_written_once() -> Result<()> {
         scope: Scope::All,
         settings: ReportSettings::default(),
         lang: Lang::Vi,
+        send: None,
     };
     let files = write_monthly_report(s.world.gw.store(), &cfg, Period::parse("2026-10")?).await?;
     let names: Vec<String> = files
@@ -435,5 +437,172 @@ async fn the_monthly_report_is_written_once() -> Result<()> {
     assert!(want.exists(), "{} was not written", want.display());
     let _ = tx.send(());
     let _ = task.await;
+    Ok(())
+}
+
+/// Everything attachment `index` of `from`'s message holds, as `who` fetches it.
+async fn fetch(
+    gw: &Gateway,
+    who: &str,
+    from: &str,
+    message_id: &str,
+    index: u32,
+) -> Result<Vec<u8>> {
+    let caller = crate::pipeline::Caller::new(who, crate::pipeline::Transport::Grpc);
+    let mut r = gw
+        .fetch_attachment(&caller, from, message_id, index)
+        .await?;
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk(64 * 1024).await? {
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+/// The CSV report's figures by agency code and Vietnamese column header.
+fn csv_figures(bytes: &[u8]) -> HashMap<(String, String), String> {
+    let text = std::str::from_utf8(bytes).unwrap_or_default();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let headers: Vec<String> = r
+        .headers()
+        .map(|h| h.iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut out = HashMap::new();
+    for rec in r.records().flatten() {
+        let code = rec.get(0).unwrap_or_default().to_owned();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            out.insert((code.clone(), h.clone()), v.to_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_monthly_report_is_sent_once_to_send_to() -> Result<()> {
+    let s = small().await?;
+    let w = &s.world;
+    let out = tempfile::tempdir()?;
+    // The gateway's agency is A (Văn phòng UBND tỉnh), signing with its key;
+    // the report goes to B and to the district (named twice: sent once).
+    let (key, chain) = w.signing(A)?;
+    let to = [w.id(B).to_owned(), w.id(3).to_owned(), w.id(B).to_owned()];
+    let sending = ReportSending::new(w.id(A), &to, key, chain)?;
+    sending.check(&w.gw, w.anchors()).await?;
+    let cfg = MonthlyReports {
+        dir: out.path().join("reports"),
+        scope: Scope::All,
+        settings: ReportSettings::default(),
+        lang: Lang::Vi,
+        send: Some(sending),
+    };
+    let period = Period::month_of(now_micros());
+
+    let (written, sent) = run_monthly_job(&w.gw, &cfg, period).await?;
+    assert_eq!(written.len(), 2);
+    let receipt = match sent {
+        Some(Sending::Sent(r)) => r,
+        other => panic!("the report was not sent: {other:?}"),
+    };
+    assert_eq!(receipt.from, w.id(A));
+    let on_disk: Vec<Vec<u8>> = written
+        .iter()
+        .map(std::fs::read)
+        .collect::<std::io::Result<_>>()?;
+
+    // Run again, and again after a restart that lost reports.dir: the
+    // files are written again, the document is not sent again.
+    let (written, sent) = run_monthly_job(&w.gw, &cfg, period).await?;
+    assert!(written.is_empty());
+    let already = Some(Sending::AlreadySent {
+        message_id: receipt.message_id.clone(),
+    });
+    assert_eq!(sent, already);
+    std::fs::remove_dir_all(&cfg.dir)?;
+    let restarted = cfg.clone();
+    let (written, sent) = run_monthly_job(&w.gw, &restarted, period).await?;
+    assert_eq!(written.len(), 2);
+    assert_eq!(sent, already);
+
+    // Each recipient's inbox has the one document with both files.
+    for who in [B, 3] {
+        let got = w.drain(who, true).await?;
+        assert_eq!(got.len(), 1, "{}'s inbox", w.id(who));
+        let env = got[0]
+            .envelope
+            .as_ref()
+            .and_then(|e| Envelope::decode(e.payload.clone()).ok())
+            .unwrap_or_default();
+        assert_eq!(
+            (env.from.as_str(), env.message_id.as_str()),
+            (w.id(A), receipt.message_id.as_str())
+        );
+        let Some(Body::Document(doc)) = env.body else {
+            panic!("not a document: {env:?}");
+        };
+        assert!(doc.subject.contains("Báo cáo"), "{}", doc.subject);
+        let names: Vec<&str> = doc.attachments.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("bao-cao-lienthong-{period}.csv"),
+                format!("bao-cao-lienthong-{period}.xlsx")
+            ]
+        );
+        for (i, want) in on_disk.iter().enumerate() {
+            let bytes = fetch(&w.gw, w.id(who), w.id(A), &receipt.message_id, i as u32).await?;
+            assert!(
+                &bytes == want,
+                "attachment {i} differs from the file written"
+            );
+        }
+        assert!(on_disk[1].starts_with(b"PK"), "the XLSX is a zip");
+        // The figures are those of the traffic sent (see `small`).
+        let csv = fetch(&w.gw, w.id(who), w.id(A), &receipt.message_id, 0).await?;
+        let f = csv_figures(&csv);
+        let cell = |id: usize, col: &str| f.get(&(w.id(id).to_owned(), col.to_owned())).cloned();
+        assert_eq!(cell(A, "Văn bản đã gửi").as_deref(), Some("3"), "{f:?}");
+        assert_eq!(cell(A, "Gửi bị từ chối").as_deref(), Some("1"));
+        assert_eq!(cell(B, "Văn bản nhận được").as_deref(), Some("3"));
+        assert_eq!(cell(B, "Đã chuyển đến cơ quan").as_deref(), Some("3"));
+        assert_eq!(cell(B, "Cơ quan đã xác nhận nhận").as_deref(), Some("3"));
+        assert_eq!(cell(C, "Văn bản nhận được").as_deref(), Some("1"));
+        assert_eq!(cell(C, "Cơ quan đã xác nhận nhận").as_deref(), Some("0"));
+    }
+    assert!(w.drain(C, false).await?.len() == 1, "C's own document only");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sending_the_monthly_report_needs_a_bound_certificate() -> Result<()> {
+    let s = small().await?;
+    let w = &s.world;
+    // B's key, while the gateway's agency is A.
+    let (key, chain) = w.signing(B)?;
+    let sending = ReportSending::new(w.id(A), &[w.id(C).to_owned()], key, chain)?;
+    let err = match sending.check(&w.gw, w.anchors()).await {
+        Ok(()) => panic!("B's certificate is not A's"),
+        Err(e) => e,
+    };
+    assert_eq!(err.reason(), Reason::CertificateNotBound);
+    assert!(
+        err.message()
+            .contains("bound to 000.00.12.H35, not to gateway.organ_id 000.00.01.H35"),
+        "{}",
+        err.message()
+    );
+    // A recipient that is not in the directory.
+    let (key, chain) = w.signing(A)?;
+    let sending = ReportSending::new(w.id(A), &["000.00.77.H35".to_owned()], key, chain)?;
+    let err = match sending.check(&w.gw, w.anchors()).await {
+        Ok(()) => panic!("000.00.77.H35 is not in the directory"),
+        Err(e) => e,
+    };
+    assert_eq!(err.reason(), Reason::NotFound, "{}", err.message());
+    // Malformed codes and an empty list are refused before anything else.
+    let (key, chain) = w.signing(A)?;
+    assert!(ReportSending::new(w.id(A), &["không-phải-mã".to_owned()], key, chain).is_err());
+    let (key, chain) = w.signing(A)?;
+    assert!(ReportSending::new(w.id(A), &[], key, chain).is_err());
     Ok(())
 }

@@ -23,12 +23,15 @@ pub struct Agent {
     pub id: String,
     pub name: String,
     key: SigningKey,
+    /// The key as PKCS#8 PEM, for a second `SigningKey` of the agency.
+    key_pem: String,
     chain: Vec<Vec<u8>>,
 }
 
 pub struct World {
     pub gw: Gateway,
     pub agents: Vec<Agent>,
+    anchors: TrustAnchors,
 }
 
 /// What a generated document carries.
@@ -54,11 +57,12 @@ impl World {
         agencies: &[(String, String)],
     ) -> Result<World> {
         let ca = DevCa::generate("Lienthong test CA", KeyType::EcP256)?;
+        let anchors = TrustAnchors::from_der_certs([ca.cert_der()])?;
         let gw = Gateway::open(Settings {
             gateway_id: "lienthong-test".to_owned(),
             database_url: db_url.to_owned(),
             storage_path: storage.to_path_buf(),
-            anchors: TrustAnchors::from_der_certs([ca.cert_der()])?,
+            anchors: anchors.clone(),
             limits: Limits::default(),
             ..Settings::default()
         })
@@ -101,17 +105,36 @@ impl World {
                 id: id.clone(),
                 name: name.clone(),
                 key,
+                key_pem: issued.key_pem.clone(),
                 chain: issued.chain_der,
             });
         }
         gw.store()
             .import_directory(rows, certs, Vec::new(), Vec::new())
             .await?;
-        Ok(World { gw, agents })
+        Ok(World {
+            gw,
+            agents,
+            anchors,
+        })
     }
 
     pub fn id(&self, i: usize) -> &str {
         &self.agents[i].id
+    }
+
+    /// Agency `i`'s signing key and chain (leaf first), as its software holds them.
+    pub fn signing(&self, i: usize) -> Result<(SigningKey, Vec<Vec<u8>>)> {
+        let a = &self.agents[i];
+        Ok((
+            SigningKey::from_pkcs8_pem(&a.key_pem, None)?,
+            a.chain.clone(),
+        ))
+    }
+
+    /// The trust anchors the gateway was opened with (the test CA).
+    pub fn anchors(&self) -> &TrustAnchors {
+        &self.anchors
     }
 
     fn sign(&self, signer: usize, env: &Envelope) -> Result<SignedEnvelope> {

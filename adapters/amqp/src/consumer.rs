@@ -1,0 +1,235 @@
+//! The inbound queue → the pipeline, one message at a time, in order.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lienthong_core::error::{Error, Reason, Result};
+use lienthong_core::pipeline::{Arrival, Caller, Gateway, Hops, truncate};
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::wire::{self, HEADER_DETAIL, HEADER_HOPS, HEADER_REASON};
+use crate::{AmqpConfig, AmqpError};
+
+/// What became of one message.
+enum Outcome {
+    /// Durable in the gateway (or a repeat of what is): acknowledge it.
+    Accepted,
+    /// Can never be accepted: dead-letter it with this reason.
+    Refused(Error),
+}
+
+pub(crate) async fn run(
+    gw: &Gateway,
+    cfg: &AmqpConfig,
+    ch: &Channel,
+    dead: &Channel,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AmqpError> {
+    let mut consumer = ch
+        .basic_consume(
+            cfg.queue.as_str().into(),
+            format!("lienthong-{}", gw.gateway_id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        if delivery.redelivered {
+            lienthong_core::metrics::amqp_redelivered();
+        }
+        let outcome = match redelivery_limit(&delivery, cfg.max_redeliveries) {
+            Some(refusal) => {
+                let caller = caller_of(&delivery);
+                let id = message_id_of(&delivery);
+                Outcome::Refused(gw.refuse(Some(&caller), &id, refusal).await)
+            }
+            None => process_until_settled(gw, &delivery, &mut shutdown).await?,
+        };
+        if let Outcome::Refused(err) = &outcome {
+            dead_letter(dead, cfg, &delivery, err).await?;
+        }
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    Err(AmqpError::Setup(
+        "the broker ended the consumer (queue deleted or connection closed)".to_owned(),
+    ))
+}
+
+/// Tries a message until it is accepted or refused for good. A passing
+/// failure (the database is down) holds it — unacknowledged, so a crash
+/// hands it back to the broker — and tries again with backoff; taking the
+/// next message instead would reorder what one sender sent one recipient.
+async fn process_until_settled(
+    gw: &Gateway,
+    d: &Delivery,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Outcome, AmqpError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match process(gw, d).await {
+            Ok(()) => return Ok(Outcome::Accepted),
+            Err(e) if e.reason().is_retryable() => {
+                tracing::warn!(
+                    message_id = %message_id_of(d),
+                    error = %e.chain(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "AMQP message not accepted for a passing reason; holding it and trying again"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|s| *s) => {
+                        return Err(AmqpError::Setup("shutting down with a message held".to_owned()));
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Ok(Outcome::Refused(e)),
+        }
+    }
+}
+
+/// The one pipeline: decode the body, then the same submission as gRPC.
+async fn process(gw: &Gateway, d: &Delivery) -> Result<()> {
+    let caller = caller_of(d);
+    let content_type = d.properties.content_type().as_ref().map(|c| c.as_str());
+    let kind = match wire::kind(content_type) {
+        Ok(k) => k,
+        Err(e) => return Err(gw.refuse(Some(&caller), &message_id_of(d), e).await),
+    };
+    if kind == wire::Kind::Edxml {
+        let e = Error::new(
+            Reason::BadSignature,
+            "an edXML package carries no signature this gateway verifies, so over AMQP it cannot prove who sent it; publish a signed lienthong envelope, or send the edXML over gRPC (Exchange.SendEdxml) as an authenticated agency",
+        );
+        return Err(gw.refuse(Some(&caller), &message_id_of(d), e).await);
+    }
+    let decoded = match wire::decode(kind, d.data.clone()) {
+        Ok(x) => x,
+        Err(e) => return Err(gw.refuse(Some(&caller), &message_id_of(d), e).await),
+    };
+    let arrival = Arrival {
+        exchange: d.exchange.as_str().to_owned(),
+        upstream: hops_of(d),
+    };
+    let mut sub = gw
+        .begin_send_arrived(&caller, decoded.envelope, decoded.envelope_len, arrival)
+        .await?;
+    for c in decoded.chunks {
+        sub.write_chunk(c.index, &c.data).await?;
+    }
+    let receipt = sub.finish().await?;
+    tracing::debug!(message_id = %receipt.message_id, from = %receipt.from, duplicate = receipt.duplicate, "AMQP message accepted");
+    Ok(())
+}
+
+/// Who the transfer log names as having handed the message over.
+fn caller_of(d: &Delivery) -> Caller {
+    let via = if d.exchange.as_str().is_empty() {
+        "the default exchange".to_owned()
+    } else {
+        format!("exchange {}", d.exchange)
+    };
+    Caller::exchange(format!(
+        "amqp: {via}, routing key {}",
+        truncate(d.routing_key.as_str(), 100)
+    ))
+}
+
+fn message_id_of(d: &Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .map(|m| truncate(m.as_str(), 200).to_owned())
+        .unwrap_or_default()
+}
+
+fn header<'a>(d: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+}
+
+fn hops_of(d: &Delivery) -> Vec<lienthong_proto::v1::TraceHop> {
+    let bytes: &[u8] = match header(d, HEADER_HOPS) {
+        Some(AMQPValue::LongString(s)) => s.as_bytes(),
+        Some(AMQPValue::ByteArray(b)) => b.as_slice(),
+        _ => return Vec::new(),
+    };
+    // Informative only (the signature is what is trusted): a broken header
+    // loses the earlier hops, never the message.
+    Hops::decode(bytes).map(|h| h.hops).unwrap_or_default()
+}
+
+/// A quorum queue counts deliveries in `x-delivery-count`.
+fn redelivery_limit(d: &Delivery, max: u32) -> Option<Error> {
+    let count = match header(d, "x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    (count > i64::from(max)).then(|| {
+        Error::new(
+            Reason::Malformed,
+            format!(
+                "the message was delivered {} times without being accepted (amqp.max_redeliveries is {max}); it was set aside so that it stops holding up the queue — look for its message_id in the gateway's log",
+                count + 1
+            ),
+        )
+    })
+}
+
+/// Publishes a copy to the dead-letter exchange with the reason, and waits
+/// for the broker's confirm; only then may the original be acknowledged.
+async fn dead_letter(
+    ch: &Channel,
+    cfg: &AmqpConfig,
+    d: &Delivery,
+    err: &Error,
+) -> Result<(), AmqpError> {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        HEADER_REASON.into(),
+        AMQPValue::LongString(err.reason().as_str().into()),
+    );
+    headers.insert(
+        HEADER_DETAIL.into(),
+        AMQPValue::LongString(LongString::from(err.message().to_owned())),
+    );
+    headers.insert(
+        "x-lienthong-queue".into(),
+        AMQPValue::LongString(cfg.queue.as_str().into()),
+    );
+    let props = d.properties.clone().with_headers(headers);
+    let confirm = ch
+        .basic_publish(
+            cfg.dead_letter_exchange.as_str().into(),
+            d.routing_key.clone(),
+            BasicPublishOptions::default(),
+            &d.data,
+            props,
+        )
+        .await?
+        .await?;
+    if !confirm.is_ack() {
+        return Err(AmqpError::Setup(
+            "the broker refused a dead-lettered copy; the message stays in the queue".to_owned(),
+        ));
+    }
+    lienthong_core::metrics::amqp_dead_lettered(err.reason());
+    tracing::warn!(
+        message_id = %message_id_of(d),
+        reason = %err.reason(),
+        error = %err.message(),
+        "AMQP message dead-lettered"
+    );
+    Ok(())
+}

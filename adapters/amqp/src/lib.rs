@@ -1,0 +1,361 @@
+//! The AMQP adapter: the national exchange, other gateways, and agencies
+//! that would rather read a queue than call gRPC (DESIGN.md §4).
+//!
+//! A source and a sink around the one pipeline:
+//! - **consumer** (source): takes messages from the inbound queue in order,
+//!   feeds each to `Gateway::begin_send_arrived`, and acknowledges it to the
+//!   broker only after the pipeline made it durable. What can never be
+//!   accepted goes to the dead-letter exchange with its reason; what failed
+//!   for a passing reason (the database is down) is held and tried again,
+//!   unacknowledged, so nothing is lost and the order is kept.
+//! - **relay** (sink): publishes the outbox — rows written in the same
+//!   transaction that accepted their message — with publisher confirms, and
+//!   marks a row sent only on the broker's confirm.
+//!
+//! A supervisor owns the connection: it declares the topology, runs both,
+//! and when the broker goes away it reconnects with backoff and starts over.
+//! The adapter knows nothing of the database: it talks to the core only.
+
+mod consumer;
+mod relay;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::options::{
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lienthong_core::pipeline::Gateway;
+use lienthong_core::routing::RouteTable;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// The `[amqp]` section of the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:5672/vhost` or `amqps://…`. Without it AMQP
+    /// is off.
+    pub url: Option<String>,
+    /// The topic exchange documents travel on (routing key: the recipient).
+    pub exchange: String,
+    /// This gateway's inbound queue, bound with every `local` route pattern.
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// Unacknowledged messages the broker may hand the consumer at once.
+    pub prefetch: u16,
+    /// Publications the relay may have waiting for their confirm at once.
+    pub confirm_window: usize,
+    /// A message delivered more often than this without being accepted is
+    /// dead-lettered (it is poison: it keeps stopping the gateway).
+    pub max_redeliveries: u32,
+    /// The largest message published or taken: RabbitMQ's own limit
+    /// (`max_message_size`, 16 MiB by default since RabbitMQ 4).
+    pub max_message_bytes: u64,
+    /// The longest wait between two connection attempts.
+    pub reconnect_max_secs: u64,
+    pub tls: AmqpTls,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: None,
+            exchange: lienthong_core::routing::DOCUMENTS_EXCHANGE.to_owned(),
+            queue: "lienthong.inbound".to_owned(),
+            dead_letter_exchange: "lienthong.dead".to_owned(),
+            dead_letter_queue: "lienthong.dead".to_owned(),
+            prefetch: 32,
+            confirm_window: 64,
+            max_redeliveries: 10,
+            max_message_bytes: 16 * 1024 * 1024,
+            reconnect_max_secs: 30,
+            tls: AmqpTls::default(),
+        }
+    }
+}
+
+/// TLS for `amqps://` URLs (rustls with ring).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpTls {
+    /// PEM file of the authority that issued the broker's certificate
+    /// (default: the public web roots).
+    pub ca: Option<PathBuf>,
+    /// The gateway's client certificate chain (PEM) and key (PKCS#8 PEM),
+    /// for brokers that authenticate clients by certificate.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// What `/health/ready` and the metrics read.
+#[derive(Debug, Default)]
+pub struct BrokerState {
+    up: AtomicBool,
+    // Held only to copy a string in or out, never across an await.
+    last_error: std::sync::Mutex<String>,
+}
+
+impl BrokerState {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Why the connection is down, when it is.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    fn set_up(&self) {
+        self.up.store(true, Ordering::Relaxed);
+        lienthong_core::metrics::broker_up(true);
+    }
+
+    fn set_down(&self, why: &str) {
+        self.up.store(false, Ordering::Relaxed);
+        lienthong_core::metrics::broker_up(false);
+        if let Ok(mut s) = self.last_error.lock() {
+            *s = why.to_owned();
+        }
+    }
+}
+
+/// Why a run of the connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("the broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the gateway's database: {0}")]
+    Core(#[from] lienthong_core::error::Error),
+}
+
+/// Starts the adapter: a task that keeps a connection to the broker until
+/// `shutdown` turns true. Returns what health checks read.
+pub fn spawn(
+    gw: Gateway,
+    cfg: AmqpConfig,
+    routes: RouteTable,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Arc<BrokerState>, tokio::task::JoinHandle<()>) {
+    let state = Arc::new(BrokerState::default());
+    state.set_down("not connected yet");
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        let max = Duration::from_secs(cfg.reconnect_max_secs.max(1));
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut connected = false;
+            let run = run_once(&gw, &cfg, &routes, &st, &mut connected, shutdown.clone());
+            let ended = tokio::select! {
+                r = run => r,
+                _ = shutdown.wait_for(|s| *s) => Ok(()),
+            };
+            match ended {
+                Ok(()) => {
+                    st.set_down("shut down");
+                    return;
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    st.set_down(&why);
+                    if connected {
+                        backoff = Duration::from_millis(200);
+                    }
+                    tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "AMQP connection lost or refused; reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|s| *s) => {
+                    st.set_down("shut down");
+                    return;
+                }
+            }
+            backoff = (backoff * 2).min(max);
+        }
+    });
+    (state, task)
+}
+
+async fn run_once(
+    gw: &Gateway,
+    cfg: &AmqpConfig,
+    routes: &RouteTable,
+    state: &BrokerState,
+    connected: &mut bool,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AmqpError> {
+    let url = cfg
+        .url
+        .as_deref()
+        .ok_or_else(|| AmqpError::Setup("amqp.url is not set".to_owned()))?;
+    let conn = connect(url, &cfg.tls).await?;
+    let topology = conn.create_channel().await?;
+    declare(&topology, cfg, routes).await?;
+    // Agencies that read a queue get it now, so they can subscribe before
+    // their first document (the relay declares newer ones as it goes).
+    for id in gw.queue_agencies().await? {
+        declare_agency_queue(&topology, &lienthong_core::routing::agency_queue(&id)).await?;
+    }
+    let consume_ch = conn.create_channel().await?;
+    consume_ch
+        .basic_qos(cfg.prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let dead_ch = conn.create_channel().await?;
+    dead_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let relay_ch = conn.create_channel().await?;
+    relay_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    *connected = true;
+    state.set_up();
+    tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, "AMQP connected; topology declared");
+    let result = tokio::select! {
+        r = consumer::run(gw, cfg, &consume_ch, &dead_ch, shutdown.clone()) => r,
+        r = relay::run(gw, cfg, &relay_ch, &topology) => r,
+    };
+    // Best effort: the broker requeues what was not acknowledged.
+    let _ = conn.close(200, "lienthong: reconnecting".into()).await;
+    result
+}
+
+async fn connect(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_client_property(
+        "connection_name".into(),
+        LongString::from(format!("lienthong {}", env!("CARGO_PKG_VERSION"))),
+    );
+    if !url.starts_with("amqps://") {
+        return Ok(Connection::connect(url, props).await?);
+    }
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| AmqpError::Setup(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut config = lapin::tcp::OwnedTLSConfig::default();
+    if let Some(ca) = &tls.ca {
+        config.cert_chain = Some(
+            String::from_utf8(read(ca)?)
+                .map_err(|_| AmqpError::Setup(format!("{} is not PEM text", ca.display())))?,
+        );
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            config.identity = Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read(cert)?,
+                key: read(key)?,
+            });
+        }
+        (None, None) => {}
+        _ => {
+            return Err(AmqpError::Setup(
+                "amqp.tls.cert and amqp.tls.key go together; set both or neither".to_owned(),
+            ));
+        }
+    }
+    let runtime = lapin::runtime::default_runtime()
+        .map_err(|e| AmqpError::Setup(format!("no async runtime for AMQP: {e}")))?;
+    Ok(Connection::connect_with_config(url, props, config, runtime).await?)
+}
+
+/// Quorum queues replicate and survive restarts; the dead-letter exchange
+/// takes what the broker itself gives up on, too.
+fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(dlx) = dead_letter_exchange {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.into()),
+        );
+    }
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn declare(ch: &Channel, cfg: &AmqpConfig, routes: &RouteTable) -> Result<(), AmqpError> {
+    let ex = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        cfg.exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ex,
+        FieldTable::default(),
+    )
+    .await?;
+    for name in routes.exchanges() {
+        if name != cfg.exchange {
+            ch.exchange_declare(name.into(), ExchangeKind::Topic, ex, FieldTable::default())
+                .await?;
+        }
+    }
+    ch.exchange_declare(
+        cfg.dead_letter_exchange.as_str().into(),
+        ExchangeKind::Fanout,
+        ex,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        cfg.dead_letter_queue.as_str().into(),
+        durable(),
+        quorum_args(None),
+    )
+    .await?;
+    ch.queue_bind(
+        cfg.dead_letter_queue.as_str().into(),
+        cfg.dead_letter_exchange.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        cfg.queue.as_str().into(),
+        durable(),
+        quorum_args(Some(&cfg.dead_letter_exchange)),
+    )
+    .await?;
+    for pattern in routes.local_patterns() {
+        ch.queue_bind(
+            cfg.queue.as_str().into(),
+            cfg.exchange.as_str().into(),
+            pattern.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Declares an agency's own queue (before the first publication to it on a
+/// connection: the default exchange drops what has no queue).
+async fn declare_agency_queue(ch: &Channel, name: &str) -> Result<(), AmqpError> {
+    ch.queue_declare(name.into(), durable(), quorum_args(None))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The outbox → the broker, with publisher confirms.
+//!
+//! Order: a routing key (a recipient, or an agency's queue) has at most one
+//! publication waiting for its confirm, and its rows go in `id` order, so a
+//! nack or a lost connection can never let a later message of a sender to a
+//! recipient overtake an earlier one. Different keys go in parallel, up to
+//! `amqp.confirm_window` at once.
+//!
+//! At-least-once: a row is marked sent only after the broker's confirm; a
+//! connection lost in between publishes it again. The receiving gateway
+//! drops the repeat by (sender, message_id); an agency reading its own
+//! queue does the same with the message_id property.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use lienthong_core::pipeline::{Gateway, Hops, Outbound, OutboxRow};
+use prost::Message as _;
+
+use crate::wire::{self, CONTENT_TYPE_ENVELOPE, CONTENT_TYPE_STREAM, HEADER_GATEWAY, HEADER_HOPS};
+use crate::{AmqpConfig, AmqpError, declare_agency_queue};
+
+type Key = (String, String);
+type Confirmed = (OutboxRow, Key, usize, lapin::Result<Confirmation>);
+
+const READ_CHUNK: usize = 256 * 1024;
+
+pub(crate) async fn run(
+    gw: &Gateway,
+    cfg: &AmqpConfig,
+    ch: &Channel,
+    topology: &Channel,
+) -> Result<(), AmqpError> {
+    let window = cfg.confirm_window.max(1);
+    let budget = usize::try_from(cfg.max_message_bytes.saturating_mul(4)).unwrap_or(usize::MAX);
+    let scan = (window * 8).max(256) as u64;
+    let mut wake = gw.outbox_watch();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Confirmed>> = FuturesUnordered::new();
+    let mut busy: HashSet<Key> = HashSet::new();
+    let mut busy_rows: HashSet<i64> = HashSet::new();
+    let mut retry_at: HashMap<Key, Instant> = HashMap::new();
+    let mut declared: HashSet<String> = HashSet::new();
+    let mut bytes_in_flight = 0usize;
+    loop {
+        if in_flight.len() < window && bytes_in_flight < budget {
+            let rows = match gw.outbox_pending(0, scan).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The database is away: what is in flight still settles;
+                    // new rows wait for it.
+                    tracing::warn!(error = %e.chain(), "outbox: cannot read pending rows");
+                    Vec::new()
+                }
+            };
+            let now = Instant::now();
+            let mut blocked: HashSet<Key> = HashSet::new();
+            for row in rows {
+                if in_flight.len() >= window || bytes_in_flight >= budget {
+                    break;
+                }
+                let key = (row.exchange.clone(), row.routing_key.clone());
+                if busy_rows.contains(&row.id)
+                    || busy.contains(&key)
+                    || blocked.contains(&key)
+                    || retry_at.get(&key).is_some_and(|t| *t > now)
+                {
+                    // Later rows of the key wait behind this one.
+                    blocked.insert(key);
+                    continue;
+                }
+                let out = match gw.outbound(row.clone()).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(outbox_id = row.id, error = %e.chain(), "outbox: cannot read a message to publish");
+                        let _ = gw.outbox_failed(&row, e.message()).await;
+                        retry_at.insert(key.clone(), now + backoff(row.attempts));
+                        blocked.insert(key);
+                        continue;
+                    }
+                };
+                let message_id = out.message_id.clone();
+                let (content_type, body) = match body_of(out).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(outbox_id = row.id, error = %e.chain(), "outbox: cannot read an attachment to publish");
+                        let _ = gw.outbox_failed(&row, e.message()).await;
+                        retry_at.insert(key.clone(), now + backoff(row.attempts));
+                        blocked.insert(key);
+                        continue;
+                    }
+                };
+                if row.exchange.is_empty() && !declared.contains(&row.routing_key) {
+                    declare_agency_queue(topology, &row.routing_key).await?;
+                    declared.insert(row.routing_key.clone());
+                }
+                let props = properties(gw, &message_id, content_type, &body.1);
+                let confirm = ch
+                    .basic_publish(
+                        row.exchange.as_str().into(),
+                        row.routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &body.0,
+                        props,
+                    )
+                    .await?;
+                let len = body.0.len();
+                bytes_in_flight += len;
+                busy.insert(key.clone());
+                busy_rows.insert(row.id);
+                in_flight.push(async move { (row, key, len, confirm.await) }.boxed());
+            }
+        }
+        tokio::select! {
+            Some((row, key, len, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                busy.remove(&key);
+                busy_rows.remove(&row.id);
+                bytes_in_flight = bytes_in_flight.saturating_sub(len);
+                settle(gw, &row, &key, answer, &mut retry_at).await?;
+            }
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    return Err(AmqpError::Setup("the gateway core stopped".to_owned()));
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+async fn settle(
+    gw: &Gateway,
+    row: &OutboxRow,
+    key: &Key,
+    answer: lapin::Result<Confirmation>,
+    retry_at: &mut HashMap<Key, Instant>,
+) -> Result<(), AmqpError> {
+    let failed = |why: String| async move {
+        tracing::warn!(outbox_id = row.id, exchange = %row.exchange, routing_key = %row.routing_key, error = %why, "outbox: not published; will try again");
+        if let Err(e) = gw.outbox_failed(row, &why).await {
+            tracing::warn!(error = %e.chain(), "outbox: cannot note a failed publication");
+        }
+    };
+    match answer {
+        Ok(Confirmation::Ack(None)) => {
+            lienthong_core::metrics::amqp_published("confirmed");
+            retry_at.remove(key);
+            if let Err(e) = gw.outbox_sent(row).await {
+                // It stays pending and goes again; the receiver drops the
+                // repeat by (sender, message_id).
+                tracing::warn!(outbox_id = row.id, error = %e.chain(), "outbox: confirmed but cannot mark it sent");
+            }
+        }
+        Ok(Confirmation::Ack(Some(_))) => {
+            lienthong_core::metrics::amqp_published("returned");
+            failed(format!(
+                "no queue is bound for routing key {} on exchange {}: no gateway serves that code yet",
+                row.routing_key, row.exchange
+            ))
+            .await;
+            retry_at.insert(key.clone(), Instant::now() + backoff(row.attempts));
+        }
+        Ok(Confirmation::Nack(_)) | Ok(Confirmation::NotRequested) => {
+            lienthong_core::metrics::amqp_published("nacked");
+            failed("the broker did not take the message (nack)".to_owned()).await;
+            retry_at.insert(key.clone(), Instant::now() + backoff(row.attempts));
+        }
+        Err(e) => {
+            lienthong_core::metrics::amqp_published("failed");
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// 1 s, 2 s, 4 s … at most a minute between tries of one key.
+fn backoff(attempts: i32) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(0, 6).unsigned_abs())
+}
+
+/// The body: the envelope alone, or the envelope and its attachments as a
+/// send stream. Attachments are read back through their digest check.
+async fn body_of(
+    mut out: Outbound,
+) -> lienthong_core::error::Result<(&'static str, (Vec<u8>, Hops))> {
+    let hops = Hops {
+        hops: std::mem::take(&mut out.hops),
+    };
+    if out.attachments.is_empty() {
+        return Ok((CONTENT_TYPE_ENVELOPE, (out.signed_envelope, hops)));
+    }
+    let mut body = wire::stream_start(&out.signed_envelope, 0);
+    for reader in &mut out.attachments {
+        let index = reader.index();
+        while let Some(chunk) = reader.next_chunk(READ_CHUNK).await? {
+            wire::stream_push(&mut body, index, &chunk);
+        }
+    }
+    Ok((CONTENT_TYPE_STREAM, (body, hops)))
+}
+
+fn properties(gw: &Gateway, message_id: &str, content_type: &str, hops: &Hops) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_HOPS.into(),
+        AMQPValue::LongString(LongString::from(hops.encode_to_vec())),
+    );
+    headers.insert(
+        HEADER_GATEWAY.into(),
+        AMQPValue::LongString(gw.gateway_id().into()),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    BasicProperties::default()
+        .with_content_type(content_type.into())
+        .with_delivery_mode(2)
+        .with_timestamp(now)
+        .with_app_id("lienthong".into())
+        .with_message_id(message_id.into())
+        .with_headers(headers)
+}

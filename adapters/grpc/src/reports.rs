@@ -1,0 +1,100 @@
+//! `lienthong.v1.Reports`: the report of a period over a part of the
+//! directory, for the gateway's operators only.
+//!
+//! The caller is authenticated like every other call ([`Shared::caller`]);
+//! the core then checks the operator role (`PERMISSION_DENIED`, logged),
+//! reads the period and scope, and computes the report by SQL aggregation.
+//! This module only turns the core's [`Report`] into protobuf.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lienthong_core::reports::{self, AgencyRow, Latency, Report, ReportSettings, SummaryRequest};
+use lienthong_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::{Shared, status_of};
+
+/// `lienthong.v1.Reports`: operators only.
+#[derive(Clone)]
+pub struct ReportsService {
+    shared: Shared,
+    settings: ReportSettings,
+}
+
+impl ReportsService {
+    pub(crate) fn new(shared: Shared, settings: ReportSettings) -> Self {
+        ReportsService { shared, settings }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::reports_server::Reports for ReportsService {
+    async fn summary(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let r = request.into_inner();
+        let ask = SummaryRequest {
+            period: r.period,
+            agency: r.agency,
+            under: r.under,
+            province: r.province,
+        };
+        let report = reports::summary_for(&self.shared.gw, &caller, &ask, &self.settings)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(response(report)))
+    }
+}
+
+/// The core's report as protobuf, field for field.
+pub fn response(r: Report) -> pb::ReportResponse {
+    pb::ReportResponse {
+        period: r.period,
+        from: r.from,
+        to: r.to,
+        scope: r.scope,
+        generated_at: r.generated_at,
+        as_of: r.as_of,
+        accept_within_working_hours: r.accept_within_working_hours,
+        agencies: r.agencies.into_iter().map(row).collect(),
+        unattributed_refusals: map(r.unattributed_refusals),
+        total: Some(row(r.total)),
+    }
+}
+
+fn row(a: AgencyRow) -> pb::AgencyReport {
+    pb::AgencyReport {
+        organ_id: a.organ_id,
+        name: a.name,
+        sent: a.sent,
+        received: a.received,
+        delivered: a.delivered,
+        acknowledged: a.acknowledged,
+        refused: a.refused,
+        refused_by_reason: map(a.refused_by_reason),
+        statuses_received: map(a.statuses_received),
+        without_03: a.without_03,
+        overdue: a.overdue,
+        accept_to_delivery: Some(latency(a.accept_to_delivery)),
+        delivery_to_03: Some(latency(a.delivery_to_03)),
+        signature_refused: a.signature_refused,
+        signatures_verified_share: a.signatures_verified_share,
+    }
+}
+
+fn latency(l: Latency) -> pb::ReportLatency {
+    pb::ReportLatency {
+        count: l.count,
+        median_seconds: l.median_seconds,
+        p95_seconds: l.p95_seconds,
+    }
+}
+
+fn map(m: BTreeMap<String, u64>) -> HashMap<String, u64> {
+    m.into_iter().collect()
+}

@@ -1,0 +1,314 @@
+//! RabbitMQ for the end-to-end tests: a virtual host per test (so tests run
+//! in parallel and leave the broker as they found it), an AMQP client that
+//! plays the other side (another gateway, a queue-speaking agency, the
+//! operator reading the dead-letter queue), and a PKI with a second
+//! province for federation.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::{notice, require_services};
+
+pub const BROKER: &str = "127.0.0.1:5672";
+pub const EXCHANGE: &str = "lienthong.documents";
+pub const DEAD_LETTERS: &str = "lienthong.dead";
+pub const CONTENT_TYPE_ENVELOPE: &str = "application/x-protobuf";
+pub const CONTENT_TYPE_STREAM: &str = "application/vnd.lienthong.send-stream.v1+protobuf";
+
+/// Agencies of a second province (H36) served by a second gateway.
+pub const X: &str = "000.00.01.H36";
+pub const Y: &str = "000.00.12.H36";
+
+/// A virtual host of one test, deleted when dropped.
+pub struct Vhost {
+    pub name: String,
+    /// `amqp://guest:guest@127.0.0.1:5672/<name>`.
+    pub url: String,
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let out = StdCommand::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("rabbitmqctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl Vhost {
+    /// `None` (with a SKIPPED line) when RabbitMQ is not running here,
+    /// unless services are required.
+    pub fn create_or_skip(test: &str) -> Option<Vhost> {
+        let reachable = std::net::TcpStream::connect_timeout(
+            &BROKER.parse().expect("broker address"),
+            Duration::from_secs(2),
+        )
+        .is_ok();
+        let made = reachable
+            .then(|| {
+                let name = format!(
+                    "lt-{test}-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                );
+                rabbitmqctl(&["add_vhost", &name])?;
+                rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
+                Ok::<_, String>(name)
+            })
+            .transpose();
+        match made {
+            Ok(Some(name)) => Some(Vhost {
+                url: format!("amqp://guest:guest@{BROKER}/{name}"),
+                name,
+            }),
+            Ok(None) | Err(_) => {
+                let why = match made {
+                    Err(e) => e,
+                    _ => format!("RabbitMQ is not reachable on {BROKER}"),
+                };
+                if require_services() {
+                    panic!("LIENTHONG_REQUIRE_SERVICES=1 but {why}");
+                }
+                notice(&format!("SKIPPED {test}: {why}"));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        if let Err(e) = rabbitmqctl(&["delete_vhost", &self.name]) {
+            notice(&format!("could not delete vhost {}: {e}", self.name));
+        }
+    }
+}
+
+/// The `[amqp]` and `[[routes]]` sections of a gateway serving `province`
+/// (e.g. `H35`) on `vhost`, everything else to the national exchange.
+pub fn config(vhost: &Vhost, province: &str, extra: &str) -> String {
+    let p = province.to_lowercase();
+    format!(
+        r##"
+[amqp]
+url = "{url}"
+queue = "lienthong.inbound.{p}"
+dead_letter_queue = "lienthong.dead.{p}"
+{extra}
+
+[[routes]]
+pattern = "#.{province}"
+to = "local"
+
+[[routes]]
+pattern = "#"
+to = "exchange:{EXCHANGE}"
+"##,
+        url = vhost.url
+    )
+}
+
+/// An AMQP client of the test.
+pub struct Client {
+    pub conn: Connection,
+    pub ch: Channel,
+}
+
+impl Client {
+    pub async fn connect(vhost: &Vhost) -> Client {
+        let conn = Connection::connect(&vhost.url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        Client { conn, ch }
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+        message_id: Option<&str>,
+    ) {
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if let Some(ct) = content_type {
+            props = props.with_content_type(ct.into());
+        }
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        let confirm = self
+            .ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker refused the test's message");
+    }
+
+    /// Takes up to `n` messages from `queue`, waiting up to `limit` for them.
+    pub async fn take(
+        &self,
+        queue: &str,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<lapin::message::Delivery> {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let mut consumer = ch
+            .basic_consume(
+                queue.into(),
+                format!("test-{}", uuid::Uuid::new_v4().simple()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    out.push(d);
+                }
+                _ => break,
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        out
+    }
+
+    /// Gets one message and gives it back (`nack` with requeue): a consumer
+    /// that fails on it, as a crashing gateway would.
+    pub async fn get_and_return(&self, queue: &str) -> bool {
+        match self
+            .ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            Some(m) => {
+                m.delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("nack");
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A header of a message as text.
+pub fn header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    let h = d.properties.headers().as_ref()?;
+    match h.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Runs `lienthong dev-pki` into `dir`, then adds the agencies of a second
+/// province (X, Y: H36) issued by the same CA, and sets the directory
+/// `channel` of `amqp_agencies` to `amqp`. Both gateways of a federation
+/// test use it (each imports the national directory; routes decide who is
+/// local).
+pub fn federated_pki(dir: &Path, amqp_agencies: &[&str]) {
+    let out = StdCommand::new(crate::bin_path())
+        .arg("dev-pki")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run lienthong dev-pki");
+    assert!(out.status.success(), "{}", crate::describe_output(&out));
+    let ca = crate::pki::Ca::load(&dir.join("ca.pem"), &dir.join("ca.key.pem"));
+    let template = crate::pki::load_cert_der(&dir.join(format!("{}.pem", crate::A)));
+    let now = time::OffsetDateTime::now_utc();
+    for id in [X, Y] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let (_, pem) = ca.reissue_pem(
+            &template,
+            &key,
+            now - time::Duration::days(1),
+            now + time::Duration::days(365),
+        );
+        fs::write(dir.join(format!("{id}.pem")), pem).expect("write cert");
+        fs::write(dir.join(format!("{id}.key.pem")), key.serialize_pem()).expect("write key");
+    }
+    let csv_path = dir.join("directory.csv");
+    let text = fs::read_to_string(&csv_path).expect("read directory.csv");
+    let mut lines = text.lines();
+    let header = lines.next().expect("header").to_owned();
+    let cols: Vec<&str> = header.split(',').collect();
+    let col = |name: &str| cols.iter().position(|c| *c == name);
+    let (id_col, sign_col) = (col("organ_id").expect("organ_id"), col("signing_cert"));
+    let mut out = format!("{header},channel\n");
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let id = line.split(',').nth(id_col).unwrap_or_default();
+        let channel = if amqp_agencies.contains(&id) {
+            "amqp"
+        } else {
+            "grpc"
+        };
+        out.push_str(&format!("{line},{channel}\n"));
+    }
+    for (id, name) in [
+        (X, "Văn phòng UBND tỉnh thứ hai"),
+        (Y, "Sở Khoa học tỉnh thứ hai"),
+    ] {
+        let mut row = vec![String::new(); cols.len()];
+        row[id_col] = id.to_owned();
+        if let Some(n) = col("name") {
+            row[n] = name.to_owned();
+        }
+        if let Some(s) = sign_col {
+            row[s] = format!("{id}.pem");
+        }
+        out.push_str(&format!("{},grpc\n", row.join(",")));
+    }
+    fs::write(&csv_path, out).expect("write directory.csv");
+}
+
+/// A temp dir with [`federated_pki`] in it.
+pub fn federated_pki_dir(amqp_agencies: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::Builder::new()
+        .prefix("lienthong-e2e-federation-")
+        .tempdir()
+        .expect("temp dir");
+    let dir = t.path().join("pki");
+    federated_pki(&dir, amqp_agencies);
+    (t, dir)
+}

@@ -1,0 +1,667 @@
+//! The national exchange over AMQP (issue 5), against the real RabbitMQ:
+//! each test has its own virtual host; the broker-restart test takes the
+//! broker for itself (the others hold the read side of `BROKER`).
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use lienthong_e2e::amqp::{
+    self, CONTENT_TYPE_ENVELOPE, CONTENT_TYPE_STREAM, Client, DEAD_LETTERS, EXCHANGE, Vhost, X, Y,
+};
+use lienthong_e2e::v1::{Delivery, SignedEnvelope};
+use lienthong_e2e::*;
+use prost::Message as _;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::RwLock;
+
+static BROKER: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
+
+/// A gateway for `province` on `vhost` sharing the PKI in `pki`.
+async fn gateway(
+    name: &str,
+    province: &str,
+    vhost: &Vhost,
+    pki: &std::path::Path,
+    backend: Backend,
+    extra_amqp: &str,
+) -> Option<TestGateway> {
+    TestGateway::start_with(
+        name,
+        GatewayOptions {
+            backend,
+            pki: Some(pki.to_path_buf()),
+            extra_config: amqp::config(vhost, province, extra_amqp),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Receives until `n` deliveries have come (acknowledging each), or fails
+/// after `limit`.
+async fn receive_n(agency: &Agency, n: usize, limit: Duration) -> Vec<Delivery> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = agency.receive_all(0).await.expect("receive");
+        for d in batch {
+            agency.ack(&d.delivery_id).await.expect("ack");
+            got.push(d);
+        }
+        if got.len() >= n {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} got {} of {n} deliveries within {limit:?}",
+            agency.organ_id,
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got
+}
+
+fn dead_letter_queue(province: &str) -> String {
+    format!("{DEAD_LETTERS}.{}", province.to_lowercase())
+}
+
+/// What a dead-lettered message says: (reason, detail).
+fn reasons(dls: &[lapin::message::Delivery]) -> HashMap<String, (String, String)> {
+    dls.iter()
+        .map(|d| {
+            (
+                d.properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str().to_owned())
+                    .unwrap_or_default(),
+                (
+                    amqp::header(d, "x-lienthong-reason").unwrap_or_default(),
+                    amqp::header(d, "x-lienthong-detail").unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_envelope_published_by_an_independent_client_reaches_a_grpc_inbox() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("independent") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(gw) = gateway("amqp-independent", "H35", &vhost, &pki, Backend::Sqlite, "").await
+    else {
+        return;
+    };
+    let a = gw.agency(A);
+    let b = gw.agency(B);
+    let draft = a.draft_document(&[B], "Gửi qua hàng đợi", &[]);
+    let signed = a.sign(&draft.envelope).encode_to_vec();
+
+    // amqp-publish (Debian's amqp-tools) reads the body from stdin.
+    let mut child = tokio::process::Command::new("amqp-publish")
+        .args([
+            &format!("--url={}", vhost.url),
+            "--exchange",
+            EXCHANGE,
+            "--routing-key",
+            B,
+            "--content-type",
+            CONTENT_TYPE_ENVELOPE,
+            "--persistent",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run amqp-publish (Debian package amqp-tools; .ci/run installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&signed).await.expect("write body");
+    drop(stdin);
+    let status = child.wait().await.expect("amqp-publish");
+    assert!(status.success(), "amqp-publish failed: {status}");
+
+    let got = receive_n(&b, 1, Duration::from_secs(20)).await;
+    let env = decode_envelope(got[0].envelope.as_ref().expect("envelope"));
+    assert_eq!(env.message_id, draft.envelope.message_id);
+    assert_eq!(env.from, A);
+    // The envelope arrives byte for byte as signed, and verifies.
+    verify_signed(got[0].envelope.as_ref().unwrap()).expect("signature");
+    let v = got[0].verification.as_ref().expect("verification");
+    assert!(v.summary.contains(A), "{}", v.summary);
+    let events = gw.trace_json(&draft.envelope.message_id, Some(A)).await;
+    let accepted = events
+        .iter()
+        .find(|e| e["kind"] == "accepted")
+        .expect("accepted event");
+    assert!(
+        accepted["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("over amqp"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_exchange_documents_and_statuses_and_queue_agencies_take_part() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("federation") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[C]);
+    let Some(g35) = gateway("amqp-fed-h35", "H35", &vhost, &pki, Backend::Sqlite, "").await else {
+        return;
+    };
+    let Some(g36) = gateway("amqp-fed-h36", "H36", &vhost, &pki, Backend::Sqlite, "").await else {
+        return;
+    };
+    let (a, b) = (g35.agency(A), g35.agency(B));
+    let x = g36.agency(X);
+
+    // One document for a local agency and an agency of the other province:
+    // split per route, with its attachment travelling whole.
+    let attachment = AttachmentSpec::generated("bao-cao.pdf", 300_000, 7);
+    let sent = a
+        .send_document(&[B, X], "Văn bản liên tỉnh", &[attachment.clone()])
+        .await
+        .expect("send");
+    let routes: HashMap<_, _> = sent
+        .receipt
+        .recipients
+        .iter()
+        .map(|r| (r.organ_id.as_str(), r.route.as_str()))
+        .collect();
+    assert_eq!(routes[B], "local");
+    assert_eq!(routes[X], format!("exchange:{EXCHANGE}"));
+
+    let at_b = receive_n(&b, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        decode_envelope(at_b[0].envelope.as_ref().unwrap()).message_id,
+        sent.message_id()
+    );
+    let at_x = receive_n(&x, 1, Duration::from_secs(30)).await;
+    let env = decode_envelope(at_x[0].envelope.as_ref().unwrap());
+    assert_eq!(env.message_id, sent.message_id());
+    verify_signed(at_x[0].envelope.as_ref().unwrap()).expect("signature as A made it");
+    // Each gateway wrote its hop: H35's, then H36's.
+    let hops: Vec<_> = at_x[0].trace.iter().map(|h| h.event.as_str()).collect();
+    assert_eq!(hops.len(), 2, "{:?}", at_x[0].trace);
+    // The attachment arrived whole, with its digest.
+    let (size, sha) = attachment.digest();
+    let fetched = x
+        .fetch_attachment_sha256(sent.message_id(), A, 0)
+        .await
+        .expect("fetch at H36");
+    assert_eq!(fetched, (size, sha));
+
+    // X answers with 03 (accepted); it goes back over the exchange to A.
+    let doc_id = sent.document().document_id.clone();
+    x.send_status(A, &doc_id, "03")
+        .await
+        .expect("status from X");
+    let at_a = receive_n(&a, 1, Duration::from_secs(30)).await;
+    let st = decode_envelope(at_a[0].envelope.as_ref().unwrap());
+    assert_eq!(st.from, X);
+    match st.body {
+        Some(v1::envelope::Body::Status(s)) => assert_eq!(s.code, "03"),
+        other => panic!("expected a status, got {other:?}"),
+    }
+
+    // Both logs tell the journey: H35 published it for X; H36 accepted it
+    // from the exchange and delivered it.
+    let t35 = g35.trace_json(sent.message_id(), Some(A)).await;
+    assert!(
+        t35.iter().any(|e| e["kind"] == "delivered"
+            && e["to"] == X
+            && e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("broker confirmed")),
+        "{t35:#?}"
+    );
+    let t36 = g36.trace_json(sent.message_id(), Some(A)).await;
+    assert!(
+        t36.iter()
+            .any(|e| e["kind"] == "accepted"
+                && e["detail"].as_str().unwrap_or("").contains("over amqp")),
+        "{t36:#?}"
+    );
+    assert!(
+        t36.iter().any(|e| e["kind"] == "routed"
+            && e["to"] == B
+            && e["detail"].as_str().unwrap_or("").contains("not forwarded")),
+        "H36 must not forward A's copy for B: {t36:#?}"
+    );
+    // B got it once: the H36 gateway did not send it back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b.receive_all(0).await.unwrap().is_empty());
+
+    // C reads a queue: its deliveries are published to lienthong.agency.C.
+    let client = Client::connect(&vhost).await;
+    let for_c = a
+        .send_document(&[C], "Cho cơ quan đọc hàng đợi", &[])
+        .await
+        .unwrap();
+    let queue = format!("lienthong.agency.{C}");
+    let msgs = client.take(&queue, 1, Duration::from_secs(20)).await;
+    assert_eq!(msgs.len(), 1, "nothing on {queue}");
+    let signed = SignedEnvelope::decode(&msgs[0].data[..]).expect("a SignedEnvelope body");
+    assert_eq!(decode_envelope(&signed).message_id, for_c.message_id());
+    assert_eq!(
+        msgs[0].properties.message_id().as_ref().map(|m| m.as_str()),
+        Some(for_c.message_id())
+    );
+    // ... and C sends by publishing its own signed envelope, routed by its
+    // own code to its gateway, which treats it as a submission.
+    let c = g35.agency(C);
+    let draft = c.draft_document(&[B, Y], "Từ hàng đợi của C", &[]);
+    client
+        .publish(
+            EXCHANGE,
+            C,
+            &c.sign(&draft.envelope).encode_to_vec(),
+            Some(CONTENT_TYPE_ENVELOPE),
+            Some(&draft.envelope.message_id),
+        )
+        .await;
+    let at_b = receive_n(&b, 1, Duration::from_secs(20)).await;
+    assert_eq!(decode_envelope(at_b[0].envelope.as_ref().unwrap()).from, C);
+    let at_y = receive_n(&g36.agency(Y), 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        decode_envelope(at_y[0].envelope.as_ref().unwrap()).message_id,
+        draft.envelope.message_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_can_never_be_accepted_is_dead_lettered_with_its_reason() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("deadletter") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(gw) = gateway("amqp-deadletter", "H35", &vhost, &pki, Backend::Sqlite, "").await
+    else {
+        return;
+    };
+    let client = Client::connect(&vhost).await;
+    let a = gw.agency(A);
+    let x = gw.agency(X); // an H36 agency known to the directory, served elsewhere
+    let mut expected = HashMap::new();
+
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            b"<not> a protobuf",
+            Some("text/plain"),
+            Some("m-text"),
+        )
+        .await;
+    expected.insert("m-text", "MALFORMED");
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            b"\xff\xff\xff garbage",
+            Some(CONTENT_TYPE_ENVELOPE),
+            Some("m-garbage"),
+        )
+        .await;
+    expected.insert("m-garbage", "MALFORMED");
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            b"\x05\x0a",
+            Some(CONTENT_TYPE_STREAM),
+            Some("m-stream"),
+        )
+        .await;
+    expected.insert("m-stream", "MALFORMED");
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            b"<edXML/>",
+            Some("application/xml"),
+            Some("m-edxml"),
+        )
+        .await;
+    expected.insert("m-edxml", "BAD_SIGNATURE");
+
+    // Signed by A, but the payload changed after signing.
+    let d = a.draft_document(&[B], "Bị sửa", &[]);
+    let mut signed = a.sign(&d.envelope);
+    let mut env = d.envelope.clone();
+    env.to = vec![C.to_owned()];
+    signed.payload = env.encode_to_vec().into();
+    client
+        .publish(EXCHANGE, B, &signed.encode_to_vec(), None, Some("m-badsig"))
+        .await;
+    expected.insert("m-badsig", "BAD_SIGNATURE");
+
+    // A local code nobody has.
+    let d = a.draft_document(&["000.00.99.H35"], "Không ai nhận", &[]);
+    client
+        .publish(
+            EXCHANGE,
+            "000.00.99.H35",
+            &a.sign(&d.envelope).encode_to_vec(),
+            None,
+            Some("m-unknown"),
+        )
+        .await;
+    expected.insert("m-unknown", "UNKNOWN_RECIPIENT");
+
+    // From another province, for a code this gateway does not serve: sent
+    // straight to its queue, and by the exchange with a misleading key.
+    let d = x.draft_document(&["000.00.01.H37"], "Sai cổng", &[]);
+    client
+        .publish(
+            "",
+            "lienthong.inbound.h35",
+            &x.sign(&d.envelope).encode_to_vec(),
+            None,
+            Some("m-wrong-gw"),
+        )
+        .await;
+    expected.insert("m-wrong-gw", "NOT_ROUTABLE");
+    let d = x.draft_document(&[Y], "Sai khóa định tuyến", &[]);
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            &x.sign(&d.envelope).encode_to_vec(),
+            None,
+            Some("m-wrong-key"),
+        )
+        .await;
+    expected.insert("m-wrong-key", "NOT_ROUTABLE");
+
+    // A good one among them still goes through.
+    let good = a.draft_document(&[B], "Hợp lệ", &[]);
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            &a.sign(&good.envelope).encode_to_vec(),
+            None,
+            Some(&good.envelope.message_id),
+        )
+        .await;
+
+    let dls = client
+        .take(
+            &dead_letter_queue("H35"),
+            expected.len(),
+            Duration::from_secs(30),
+        )
+        .await;
+    let got = reasons(&dls);
+    for (id, reason) in &expected {
+        let (r, detail) = got
+            .get(*id)
+            .unwrap_or_else(|| panic!("{id} was not dead-lettered: {got:#?}"));
+        assert_eq!(r, reason, "{id}: {detail}");
+        assert!(detail.len() > 20, "{id} has no sentence: {detail:?}");
+    }
+    assert_eq!(dls.len(), expected.len(), "{got:#?}");
+    let at_b = receive_n(&gw.agency(B), 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        decode_envelope(at_b[0].envelope.as_ref().unwrap()).message_id,
+        good.envelope.message_id
+    );
+    // The refusals are in the transfer log too.
+    let events = gw.trace_json(&d.envelope.message_id, Some(X)).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "rejected" && e["reason"] == "NOT_ROUTABLE"),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_amqp_remote_recipients_are_refused_with_a_sentence() {
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(gw) = TestGateway::start_with(
+        "amqp-off",
+        GatewayOptions {
+            pki: Some(pki.clone()),
+            extra_config: "[[routes]]\npattern = \"#.H35\"\nto = \"local\"\n\n[[routes]]\npattern = \"#\"\nto = \"exchange:lienthong.documents\"\n".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let err = gw
+        .agency(A)
+        .send_document(&[B, X], "Ra ngoài tỉnh", &[])
+        .await
+        .expect_err("X is not reachable");
+    assert_eq!(reason_of(&err).as_deref(), Some("UNKNOWN_RECIPIENT"));
+    assert!(
+        err.message()
+            .contains("national exchange is not configured"),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains(X), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_keeps_failing_is_set_aside_after_max_redeliveries() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("poison") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(mut gw) = gateway(
+        "amqp-poison",
+        "H35",
+        &vhost,
+        &pki,
+        Backend::Sqlite,
+        "max_redeliveries = 3",
+    )
+    .await
+    else {
+        return;
+    };
+    // The gateway is down; a consumer takes the message and fails on it
+    // again and again, as a gateway crashing on it would.
+    gw.kill_9();
+    let client = Client::connect(&vhost).await;
+    let a = gw.agency(A);
+    let d = a.draft_document(&[B], "Thư độc", &[]);
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            &a.sign(&d.envelope).encode_to_vec(),
+            None,
+            Some(&d.envelope.message_id),
+        )
+        .await;
+    for _ in 0..4 {
+        assert!(client.get_and_return("lienthong.inbound.h35").await);
+    }
+    gw.restart().await;
+    let dls = client
+        .take(&dead_letter_queue("H35"), 1, Duration::from_secs(20))
+        .await;
+    let got = reasons(&dls);
+    let (reason, detail) = &got[d.envelope.message_id.as_str()];
+    assert_eq!(reason, "MALFORMED");
+    assert!(detail.contains("max_redeliveries"), "{detail}");
+    assert!(gw.agency(B).receive_all(0).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_wait_unacknowledged_while_the_database_is_away() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("dbdown") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(gw) = gateway("amqp-dbdown", "H35", &vhost, &pki, Backend::Postgres, "").await else {
+        return;
+    };
+    let db = gw.db_url.rsplit('/').next().unwrap().to_owned();
+    let admin = pg_admin(&db).await;
+    use sea_orm::ConnectionTrait;
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .unwrap();
+
+    let client = Client::connect(&vhost).await;
+    let a = gw.agency(A);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let d = a.draft_document(&[B], &format!("Khi CSDL ngừng {i}"), &[]);
+        client
+            .publish(
+                EXCHANGE,
+                B,
+                &a.sign(&d.envelope).encode_to_vec(),
+                None,
+                Some(&d.envelope.message_id),
+            )
+            .await;
+        ids.push(d.envelope.message_id);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing was given up on.
+    assert!(
+        client
+            .take(&dead_letter_queue("H35"), 1, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let got = receive_n(&gw.agency(B), 20, Duration::from_secs(60)).await;
+    let order: Vec<String> = got
+        .iter()
+        .map(|d| decode_envelope(d.envelope.as_ref().unwrap()).message_id)
+        .collect();
+    assert_eq!(order, ids, "every message, once, in the order published");
+}
+
+async fn pg_admin(db: &str) -> sea_orm::DatabaseConnection {
+    let _ = db;
+    sea_orm::Database::connect(pg_admin_url())
+        .await
+        .expect("connect to PostgreSQL as admin")
+}
+
+/// The broker restarts (`rabbitmqctl stop_app`/`start_app`) while 10,000
+/// messages flow both ways between two gateways: each arrives exactly once,
+/// in order per sender and recipient.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
+    let _exclusive = BROKER.write().await;
+    let Some(vhost) = Vhost::create_or_skip("restart") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(g35) = gateway("amqp-restart-h35", "H35", &vhost, &pki, Backend::Sqlite, "").await
+    else {
+        return;
+    };
+    let Some(g36) = gateway("amqp-restart-h36", "H36", &vhost, &pki, Backend::Sqlite, "").await
+    else {
+        return;
+    };
+    const EACH_WAY: usize = 5_000;
+    // Two pairs each way, sent in sequence per pair.
+    let pairs = [
+        (g35.agency(A), X),
+        (g35.agency(B), Y),
+        (g36.agency(X), A),
+        (g36.agency(Y), B),
+    ];
+    let mut senders = Vec::new();
+    for (from, to) in pairs.iter() {
+        let from = from.clone();
+        let to = to.to_string();
+        senders.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(EACH_WAY / 2);
+            for i in 0..EACH_WAY / 2 {
+                let sent = from
+                    .send_document(&[&to], &format!("Thư {i}"), &[])
+                    .await
+                    .expect("send");
+                ids.push(sent.message_id().to_owned());
+            }
+            (from.organ_id.clone(), to, ids)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ctl = |arg: &str| {
+        let out = std::process::Command::new("rabbitmqctl")
+            .arg(arg)
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {arg}: {}",
+            describe_output(&out)
+        );
+    };
+    ctl("stop_app");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ctl("start_app");
+
+    let mut sent: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for s in senders {
+        let (from, to, ids) = s.await.unwrap();
+        sent.insert((from, to), ids);
+    }
+    let receivers = [
+        (g36.agency(X), X),
+        (g36.agency(Y), Y),
+        (g35.agency(A), A),
+        (g35.agency(B), B),
+    ];
+    for (agency, code) in receivers.iter() {
+        let got = receive_n(agency, EACH_WAY / 2, Duration::from_secs(600)).await;
+        let mut by_sender: HashMap<String, Vec<String>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for d in &got {
+            let env = decode_envelope(d.envelope.as_ref().unwrap());
+            assert!(
+                seen.insert(env.message_id.clone()),
+                "{code} got {} twice",
+                env.message_id
+            );
+            by_sender.entry(env.from).or_default().push(env.message_id);
+        }
+        for (from, ids) in by_sender {
+            assert_eq!(
+                &ids,
+                &sent[&(from.clone(), code.to_string())],
+                "{from} → {code}: missing, extra or out of order"
+            );
+        }
+        // Nothing more comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(agency.receive_all(0).await.unwrap().is_empty());
+    }
+}
