@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The national exchange over AMQP (issue 5), against the real RabbitMQ:
 //! each test has its own virtual host; the broker-restart test takes the
 //! broker for itself (the others hold the read side of `BROKER`).
@@ -166,7 +167,11 @@ async fn two_gateways_exchange_documents_and_statuses_and_queue_agencies_take_pa
     // split per route, with its attachment travelling whole.
     let attachment = AttachmentSpec::generated("bao-cao.pdf", 300_000, 7);
     let sent = a
-        .send_document(&[B, X], "Văn bản liên tỉnh", &[attachment.clone()])
+        .send_document(
+            &[B, X],
+            "Văn bản liên tỉnh",
+            std::slice::from_ref(&attachment),
+        )
         .await
         .expect("send");
     let routes: HashMap<_, _> = sent
@@ -663,5 +668,14 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
         // Nothing more comes.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(agency.receive_all(0).await.unwrap().is_empty());
+    }
+    // The restart did cut both gateways off mid-flow, and they came back.
+    for gw in [&g35, &g36] {
+        let logs = gw.log_tails(1_000_000);
+        assert!(
+            logs.contains("AMQP connection lost or refused; reconnecting"),
+            "{} never lost the broker: the test did not test a restart",
+            gw.name
+        );
     }
 }
