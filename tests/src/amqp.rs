@@ -312,3 +312,134 @@ pub fn federated_pki_dir(amqp_agencies: &[&str]) -> (tempfile::TempDir, PathBuf)
     federated_pki(&dir, amqp_agencies);
     (t, dir)
 }
+
+/// `GET path` on the gateway's HTTP listener: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect HTTP");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A RabbitMQ node of its own that speaks only AMQP over TLS and requires
+/// a client certificate (RabbitMQ's `verify_peer` + `fail_if_no_peer_cert`),
+/// with the server certificate and CA of a dev-pki directory. Stopped when
+/// dropped.
+pub struct TlsBroker {
+    pub node: String,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsBroker {
+    /// `None` (with a SKIPPED line) without `rabbitmq-server`, unless
+    /// services are required.
+    pub async fn start_or_skip(test: &str, pki: &Path) -> Option<TlsBroker> {
+        if StdCommand::new("rabbitmq-server")
+            .arg("--help")
+            .output()
+            .is_err()
+            && which("rabbitmq-server").is_none()
+        {
+            if require_services() {
+                panic!("LIENTHONG_REQUIRE_SERVICES=1 but rabbitmq-server is not installed");
+            }
+            notice(&format!("SKIPPED {test}: rabbitmq-server is not installed"));
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lienthong-e2e-tlsbroker-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path();
+        // The broker runs as its own user: it must read the certificates.
+        for f in ["ca.pem", "server.pem", "server.key.pem"] {
+            fs::copy(pki.join(f), d.join(f)).expect("copy certificate");
+        }
+        let port = crate::free_port();
+        let dist = crate::free_port();
+        let node = format!(
+            "lt-tls-{}@localhost",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\nssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = true\nloopback_users = none\n",
+                ca = d.join("ca.pem").display(),
+                cert = d.join("server.pem").display(),
+                key = d.join("server.key.pem").display(),
+            ),
+        )
+        .expect("write rabbitmq.conf");
+        fs::write(d.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        for sub in ["mnesia", "log"] {
+            fs::create_dir_all(d.join(sub)).expect("mkdir");
+        }
+        let _ = StdCommand::new("chmod")
+            .arg("-R")
+            .arg("a+rwX")
+            .arg(d)
+            .status();
+        let status = StdCommand::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .status()
+            .expect("run rabbitmq-server");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        let broker = TlsBroker {
+            node,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS broker {} did not listen on {port} within 60 s",
+                broker.node
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Some(broker)
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(cmd))
+            .find(|p| p.is_file())
+    })
+}

@@ -241,6 +241,22 @@ async fn two_gateways_exchange_documents_and_statuses_and_queue_agencies_take_pa
             && e["detail"].as_str().unwrap_or("").contains("not forwarded")),
         "H36 must not forward A's copy for B: {t36:#?}"
     );
+    // Health and metrics see the broker and the relay.
+    let http = g35.http_addr.expect("HTTP listener");
+    let (code, body) = amqp::http_get(http, "/health/ready").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"broker\":\"up\""), "{body}");
+    let (_, metrics) = amqp::http_get(http, "/metrics").await;
+    for line in [
+        "lienthong_broker_up 1",
+        "lienthong_outbox_depth 0",
+        "lienthong_amqp_publishes_total{result=\"confirmed\"}",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "no {line:?} in /metrics:\n{metrics}"
+        );
+    }
     // B got it once: the H36 gateway did not send it back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(b.receive_all(0).await.unwrap().is_empty());
@@ -631,8 +647,21 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
         );
     };
     ctl("stop_app");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Readiness says so while the broker is away (agencies still send: the
+    // outbox keeps what leaves).
+    let http = g35.http_addr.expect("HTTP listener");
+    let mut seen_down = false;
+    for _ in 0..50 {
+        let (code, body) = amqp::http_get(http, "/health/ready").await;
+        if code == 503 && body.contains("\"broker\":\"down\"") {
+            seen_down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     ctl("start_app");
+    assert!(seen_down, "/health/ready never reported the broker down");
 
     let mut sent: HashMap<(String, String), Vec<String>> = HashMap::new();
     for s in senders {
@@ -678,4 +707,95 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
             gw.name
         );
     }
+}
+
+/// `amqps://` with rustls: the gateway proves itself with a client
+/// certificate to a broker that requires one, and publishes over TLS; without
+/// the certificate the broker refuses it and readiness says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_talks_to_a_tls_broker_with_its_client_certificate() {
+    let (_t, pki) = amqp::federated_pki_dir(&[C]);
+    let Some(broker) = amqp::TlsBroker::start_or_skip("amqps", &pki).await else {
+        return;
+    };
+    let tls = |with_cert: bool| {
+        let p = |f: &str| pki.join(f).display().to_string();
+        let cert = if with_cert {
+            format!(
+                ", cert = \"{}\", key = \"{}\"",
+                p(&format!("{PROVINCE}.client.pem")),
+                p(&format!("{PROVINCE}.client.key.pem"))
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[amqp]\nurl = \"amqps://guest:guest@localhost:{}/%2f\"\nreconnect_max_secs = 1\ntls = {{ ca = \"{}\"{cert} }}\n\n[[routes]]\npattern = \"#.H35\"\nto = \"local\"\n",
+            broker.port,
+            p("ca.pem")
+        )
+    };
+    let Some(gw) = TestGateway::start_with(
+        "amqps",
+        GatewayOptions {
+            pki: Some(pki.clone()),
+            extra_config: tls(true),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let http = gw.http_addr.expect("HTTP listener");
+    let mut ready = (0, String::new());
+    for _ in 0..100 {
+        ready = amqp::http_get(http, "/health/ready").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert!(ready.1.contains("\"broker\":\"up\""), "{}", ready.1);
+    // C reads a queue: its copy is published over TLS, confirmed.
+    let sent = gw
+        .agency(A)
+        .send_document(&[C], "Qua TLS", &[])
+        .await
+        .expect("send");
+    let mut confirmed = false;
+    for _ in 0..100 {
+        let events = gw.trace_json(sent.message_id(), Some(A)).await;
+        if events.iter().any(|e| {
+            e["kind"] == "delivered"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("broker confirmed")
+        }) {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(confirmed, "no confirmed publication over amqps");
+    drop(gw);
+
+    let Some(gw) = TestGateway::start_with(
+        "amqps-nocert",
+        GatewayOptions {
+            pki: Some(pki.clone()),
+            extra_config: tls(false),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, body) = amqp::http_get(gw.http_addr.expect("HTTP"), "/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"broker\":\"down\""), "{body}");
 }

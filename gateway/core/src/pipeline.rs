@@ -310,7 +310,12 @@ impl Gateway {
     /// transport that could not even decode the request) and returns it.
     pub async fn refuse(&self, caller: Option<&Caller>, message_id: &str, err: Error) -> Error {
         let subject = Subject {
-            sender: caller.map(|c| c.organ_id.clone()).unwrap_or_default(),
+            // A publisher on the exchange is no agency: the sender stays
+            // unknown until an envelope names it.
+            sender: caller
+                .filter(|c| c.role != Role::Exchange)
+                .map(|c| c.organ_id.clone())
+                .unwrap_or_default(),
             message_id: message_id.to_owned(),
             actor: caller.map(|c| c.organ_id.clone()),
             transport: caller.map(|c| c.transport).unwrap_or(Transport::Grpc),
@@ -414,7 +419,11 @@ impl Gateway {
         // checks included.
         let started = std::time::Instant::now();
         let mut subject = Subject {
-            sender: caller.organ_id.clone(),
+            sender: if caller.role == Role::Exchange {
+                String::new()
+            } else {
+                caller.organ_id.clone()
+            },
             message_id: String::new(),
             actor: Some(caller.organ_id.clone()),
             transport: caller.transport,
