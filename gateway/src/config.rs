@@ -303,6 +303,14 @@ impl Config {
                 "[[routes]] name exchanges but amqp.url is not set: recipients routed there are refused (UNKNOWN_RECIPIENT)"
             );
         }
+        if self.amqp.url.is_some() && self.routes.is_empty() {
+            anyhow::bail!(
+                "amqp.url is set but there are no [[routes]]: without them every code is local and the inbound queue would take every province's documents; add the local patterns and the exchange route, e.g. [[routes]] pattern = \"#.H35\" to = \"local\" and [[routes]] pattern = \"#\" to = \"exchange:lienthong.documents\" (docs/amqp.md)"
+            );
+        }
+        if let Err(e) = lienthong_amqp::check(&self.amqp) {
+            anyhow::bail!("{e}");
+        }
         if self.amqp.url.is_some() && table.local_patterns().next().is_none() {
             anyhow::bail!(
                 "amqp.url is set but no route says to = \"local\": the inbound queue would be bound to nothing; add e.g. [[routes]] pattern = \"#.H35\" to = \"local\""

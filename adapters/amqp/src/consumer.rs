@@ -208,11 +208,21 @@ async fn dead_letter(
         "x-lienthong-queue".into(),
         AMQPValue::LongString(cfg.queue.as_str().into()),
     );
+    // The dead-letter exchange routes by inbound queue (one dead-letter
+    // queue per gateway); the original key is kept in a header.
+    headers.insert(
+        "x-lienthong-routing-key".into(),
+        AMQPValue::LongString(d.routing_key.as_str().into()),
+    );
+    headers.insert(
+        "x-lienthong-exchange".into(),
+        AMQPValue::LongString(d.exchange.as_str().into()),
+    );
     let props = d.properties.clone().with_headers(headers);
     let confirm = ch
         .basic_publish(
             cfg.dead_letter_exchange.as_str().into(),
-            d.routing_key.clone(),
+            cfg.queue.as_str().into(),
             BasicPublishOptions::default(),
             &d.data,
             props,

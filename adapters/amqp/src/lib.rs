@@ -270,21 +270,53 @@ async fn connect(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
     Ok(Connection::connect_with_config(url, props, config, runtime).await?)
 }
 
-/// Quorum queues replicate and survive restarts; the dead-letter exchange
-/// takes what the broker itself gives up on, too.
-fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
+/// Quorum queues replicate and survive restarts. An inbound queue names
+/// the dead-letter exchange and, as routing key, its own name: what the
+/// broker itself gives up on lands in this gateway's dead-letter queue,
+/// not in those of other gateways sharing the exchange.
+fn quorum_args(dead_letter: Option<(&str, &str)>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    if let Some(dlx) = dead_letter_exchange {
+    if let Some((dlx, key)) = dead_letter {
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dlx.into()),
         );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(key.into()),
+        );
     }
     args
+}
+
+/// Checks what can be checked before connecting: the URL's scheme and the
+/// TLS files, so that a typo stops the start instead of a silent retry loop.
+pub fn check(cfg: &AmqpConfig) -> Result<(), String> {
+    let Some(url) = &cfg.url else {
+        return Ok(());
+    };
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err("amqp.url must start with amqp:// or amqps://".to_owned());
+    }
+    let t = &cfg.tls;
+    if t.cert.is_some() != t.key.is_some() {
+        return Err("amqp.tls.cert and amqp.tls.key go together; set both or neither".to_owned());
+    }
+    for (key, path) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+        if let Some(p) = path
+            && let Err(e) = std::fs::read(p)
+        {
+            return Err(format!("amqp.tls.{key}: cannot read {}: {e}", p.display()));
+        }
+    }
+    if !url.starts_with("amqps://") && (t.ca.is_some() || t.cert.is_some()) {
+        return Err("amqp.tls.* is set but amqp.url is not amqps://".to_owned());
+    }
+    Ok(())
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -314,7 +346,7 @@ async fn declare(ch: &Channel, cfg: &AmqpConfig, routes: &RouteTable) -> Result<
     }
     ch.exchange_declare(
         cfg.dead_letter_exchange.as_str().into(),
-        ExchangeKind::Fanout,
+        ExchangeKind::Direct,
         ex,
         FieldTable::default(),
     )
@@ -328,7 +360,7 @@ async fn declare(ch: &Channel, cfg: &AmqpConfig, routes: &RouteTable) -> Result<
     ch.queue_bind(
         cfg.dead_letter_queue.as_str().into(),
         cfg.dead_letter_exchange.as_str().into(),
-        "".into(),
+        cfg.queue.as_str().into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -336,7 +368,7 @@ async fn declare(ch: &Channel, cfg: &AmqpConfig, routes: &RouteTable) -> Result<
     ch.queue_declare(
         cfg.queue.as_str().into(),
         durable(),
-        quorum_args(Some(&cfg.dead_letter_exchange)),
+        quorum_args(Some((&cfg.dead_letter_exchange, &cfg.queue))),
     )
     .await?;
     for pattern in routes.local_patterns() {

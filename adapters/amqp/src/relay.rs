@@ -39,7 +39,9 @@ pub(crate) async fn run(
 ) -> Result<(), AmqpError> {
     let window = cfg.confirm_window.max(1);
     let budget = usize::try_from(cfg.max_message_bytes.saturating_mul(4)).unwrap_or(usize::MAX);
-    let scan = (window * 8).max(256) as u64;
+    // Heads of keys: one row per recipient or queue that has something to
+    // send; generous, since keys waiting for a retry take places too.
+    let scan = (window * 16).max(4096) as u64;
     let mut wake = gw.outbox_watch();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Confirmed>> = FuturesUnordered::new();
     let mut busy: HashSet<Key> = HashSet::new();
@@ -49,7 +51,7 @@ pub(crate) async fn run(
     let mut bytes_in_flight = 0usize;
     loop {
         if in_flight.len() < window && bytes_in_flight < budget {
-            let rows = match gw.outbox_pending(0, scan).await {
+            let rows = match gw.outbox_heads(scan).await {
                 Ok(r) => r,
                 Err(e) => {
                     // The database is away: what is in flight still settles;
@@ -181,7 +183,7 @@ async fn settle(
     Ok(())
 }
 
-/// 1 s, 2 s, 4 s … at most a minute between tries of one key.
+/// 1 s, 2 s, 4 s … at most 64 s between tries of one key.
 fn backoff(attempts: i32) -> Duration {
     Duration::from_secs(1u64 << attempts.clamp(0, 6).unsigned_abs())
 }

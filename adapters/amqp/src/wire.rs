@@ -234,3 +234,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Whatever a publisher sends, decoding answers; it never panics.
+        #[test]
+        fn any_bytes_decode_or_are_refused(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode(Kind::Envelope, body.clone());
+            let _ = decode(Kind::Stream, body);
+        }
+
+        /// A stream written by the relay is read back as written.
+        #[test]
+        fn written_streams_read_back(
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            parts in proptest::collection::vec((0u32..4, proptest::collection::vec(any::<u8>(), 0..2000)), 0..6),
+        ) {
+            let env = SignedEnvelope {
+                payload: payload.into(),
+                payload_type: "application/vnd.lienthong.envelope.v1+protobuf".to_owned(),
+                signatures: Vec::new(),
+            };
+            let bytes = env.encode_to_vec();
+            let mut body = stream_start(&bytes, 0);
+            for (i, d) in &parts {
+                stream_push(&mut body, *i, d);
+            }
+            let got = decode(Kind::Stream, body).unwrap();
+            prop_assert_eq!(&got.envelope, &env);
+            prop_assert_eq!(got.envelope_len, bytes.len());
+            let expected: Vec<(u32, Vec<u8>)> = parts.into_iter().filter(|(_, d)| !d.is_empty()).collect();
+            let read: Vec<(u32, Vec<u8>)> = got.chunks.iter().map(|c| (c.index, c.data.to_vec())).collect();
+            prop_assert_eq!(read, expected);
+        }
+    }
+}

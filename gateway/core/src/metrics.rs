@@ -148,7 +148,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let broker_up = Gauge::default();
     r.register(
         "lienthong_broker_up",
-        "1 while the AMQP connection is up with its topology declared, else 0 (absent without amqp.url)",
+        "1 while the AMQP connection is up with its topology declared, else 0 (always 0 without amqp.url)",
         broker_up.clone(),
     );
     let outbox_depth = Gauge::default();

@@ -575,6 +575,15 @@ impl Gateway {
                 encoded_len,
             )
             .await?;
+        if matches!(proof, Proof::CallerIdentity { .. })
+            && routes.iter().any(|(_, r)| r.starts_with("exchange:"))
+        {
+            // Another gateway verifies the sender by its signature alone.
+            return Err(Error::new(
+                Reason::BadSignature,
+                "an edXML package carries no signature another gateway can verify, and some recipients are served by other gateways; send it to them as a signed envelope (Exchange.Send), or send the edXML only to this gateway's agencies",
+            ));
+        }
 
         let mut verification = match proof {
             Proof::Signatures => {
@@ -784,7 +793,8 @@ impl Gateway {
         if let Some(x) = &inner.exchange
             && routes.iter().any(|(_, route)| route != "local")
         {
-            let total = encoded_len as u64 + attachments_size;
+            // The send stream's framing adds a few bytes per 256 KiB.
+            let total = encoded_len as u64 + attachments_size + attachments_size / 16_384 + 1024;
             if total > x.max_message_bytes {
                 return Err(Error::new(
                     Reason::SizeLimit,
@@ -927,6 +937,12 @@ impl Gateway {
     /// Outbox rows still to publish with `id > after_id`, oldest first.
     pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<outbox::Model>> {
         self.inner.store.outbox_pending(after_id, limit).await
+    }
+
+    /// The next row of each routing key, oldest first (see
+    /// `Store::outbox_heads`).
+    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<outbox::Model>> {
+        self.inner.store.outbox_heads(limit).await
     }
 
     pub async fn outbox_depth(&self) -> Result<u64> {

@@ -6,10 +6,13 @@
 //! gateway's own inboxes (`local`) or to an AMQP exchange
 //! (`exchange:<name>`), where the gateway that serves the code picks it up.
 //!
-//! Loop rule: a gateway forwards to an exchange only what its own agencies
-//! send. A message from elsewhere that also names recipients routed away
-//! from here was already published for them by the gateway of its sender,
-//! so here those recipients get nothing (and the log says so).
+//! Loop rule: a message that came from an exchange (or straight into this
+//! gateway's queue) is not published back to that same exchange unless its
+//! sender is one of this gateway's own agencies: the sender's gateway
+//! already published it there for those recipients, so here they get
+//! nothing (and the log says so). A route to a *different* exchange is
+//! followed — that is how a province passes national traffic on to a
+//! district gateway.
 
 use std::fmt;
 

@@ -724,6 +724,31 @@ impl Store {
             .await?)
     }
 
+    /// The oldest pending row of each (exchange, routing key), oldest first:
+    /// the only rows the relay may publish next (a key's rows go in order),
+    /// so keys held back by a retry never hide the others.
+    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<outbox::Model>> {
+        let ids: Vec<i64> = outbox::Entity::find()
+            .select_only()
+            .column_as(outbox::Column::Id.min(), "head")
+            .filter(outbox::Column::State.eq("pending"))
+            .group_by(outbox::Column::Exchange)
+            .group_by(outbox::Column::RoutingKey)
+            .order_by_asc(outbox::Column::Id.min())
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::Id.is_in(ids))
+            .order_by_asc(outbox::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
     /// How many outbox rows wait for the broker.
     pub async fn outbox_depth(&self) -> Result<u64> {
         Ok(outbox::Entity::find()
