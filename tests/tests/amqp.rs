@@ -799,3 +799,96 @@ async fn the_gateway_talks_to_a_tls_broker_with_its_client_certificate() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"broker\":\"down\""), "{body}");
 }
+
+/// A code that no gateway serves yet: the broker returns its copies, they
+/// wait in the outbox (in order, without holding up other recipients), and
+/// go as soon as a gateway binds a queue for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_for_a_gateway_not_yet_bound_wait_in_order_and_go_when_it_binds() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("unbound") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[B]);
+    let routes = "[[routes]]\npattern = \"*.*.31.H35\"\nto = \"exchange:district31\"\n";
+    let Some(gw) = TestGateway::start_with(
+        "amqp-unbound",
+        GatewayOptions {
+            pki: Some(pki.clone()),
+            extra_config: format!("{}{routes}", amqp::config(&vhost, "H35", "")),
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let a = gw.agency(A);
+    let mut for_c = Vec::new();
+    for i in 0..5 {
+        let sent = a
+            .send_document(&[C], &format!("Cho quận {i}"), &[])
+            .await
+            .expect("send");
+        assert_eq!(sent.receipt.recipients[0].route, "exchange:district31");
+        for_c.push(sent.message_id().to_owned());
+    }
+    // B reads its queue: its copy is not held up behind C's.
+    let for_b = a.send_document(&[B], "Cho B", &[]).await.expect("send");
+    let client = Client::connect(&vhost).await;
+    let got = client
+        .take(&format!("lienthong.agency.{B}"), 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].properties.message_id().as_ref().map(|m| m.as_str()),
+        Some(for_b.message_id())
+    );
+    let http = gw.http_addr.expect("HTTP");
+    let (_, metrics) = amqp::http_get(http, "/metrics").await;
+    assert!(
+        metrics.contains("lienthong_amqp_publishes_total{result=\"returned\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("lienthong_outbox_depth 0"),
+        "C's copies wait: {metrics}"
+    );
+    // The district's gateway comes: a queue bound on its exchange.
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    client
+        .ch
+        .queue_declare(
+            "district31".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    client
+        .ch
+        .queue_bind(
+            "district31".into(),
+            "district31".into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let got = client.take("district31", 5, Duration::from_secs(90)).await;
+    let ids: Vec<String> = got
+        .iter()
+        .map(|d| {
+            d.properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ids, for_c, "every copy, in order");
+}
