@@ -46,9 +46,26 @@ async fn receive_n(agency: &Agency, n: usize, limit: Duration) -> Vec<Delivery> 
     let deadline = tokio::time::Instant::now() + limit;
     let mut got = Vec::new();
     while got.len() < n {
-        let batch = agency.receive_all(0).await.expect("receive");
+        // Agency software that respects the gateway's per-agency rate limit:
+        // RATE_LIMITED means "slow down", so it waits and tries again.
+        let batch = match agency.receive_all(0).await {
+            Ok(b) => b,
+            Err(s) if reason_of(&s).as_deref() == Some("RATE_LIMITED") => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(s) => panic!("receive: {s:?}"),
+        };
         for d in batch {
-            agency.ack(&d.delivery_id).await.expect("ack");
+            loop {
+                match agency.ack(&d.delivery_id).await {
+                    Ok(()) => break,
+                    Err(s) if reason_of(&s).as_deref() == Some("RATE_LIMITED") => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(s) => panic!("ack: {s:?}"),
+                }
+            }
             got.push(d);
         }
         if got.len() >= n {
@@ -625,10 +642,16 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
         senders.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(EACH_WAY / 2);
             for i in 0..EACH_WAY / 2 {
-                let sent = from
-                    .send_document(&[&to], &format!("Thư {i}"), &[])
-                    .await
-                    .expect("send");
+                let draft = from.draft_document(&[&to], &format!("Thư {i}"), &[]);
+                let sent = loop {
+                    match from.send_draft(&draft).await {
+                        Ok(s) => break s,
+                        Err(s) if reason_of(&s).as_deref() == Some("RATE_LIMITED") => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(s) => panic!("send: {s:?}"),
+                    }
+                };
                 ids.push(sent.message_id().to_owned());
             }
             (from.organ_id.clone(), to, ids)
