@@ -5,6 +5,7 @@
 //! to a running gateway exactly as agency software would.
 
 mod admin;
+mod bench; // issue 9
 mod client;
 mod config;
 mod edxml_cmd;
@@ -74,6 +75,10 @@ enum Command {
     /// Report who sent and received what over a period (reads the database
     /// directly): CSV, JSON or XLSX, headers in Vietnamese or English.
     Report(report::ReportArgs),
+    /// Load generator: starts a throwaway gateway, drives it as many
+    /// agencies at once, and prints throughput, latency and errors.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Storage(cmd) => storage::run(cfg, cmd).await,
         Command::Report(args) => report::run(cfg, args).await,
         Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),
+        Command::Bench(cmd) => bench::run(cfg, cmd).await,
     }
 }
 

@@ -129,3 +129,37 @@ fn dev_header_mode_refuses_a_non_loopback_address() {
         "stderr: {err}"
     );
 }
+
+/// issue 9: the load generator starts its own gateway, carries 200 signed
+/// documents end to end, and accounts for every one of them.
+#[test]
+fn bench_grpc_carries_every_document() {
+    let out = lienthong()
+        .args([
+            "bench",
+            "grpc",
+            "--docs",
+            "200",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .output()
+        .expect("run lienthong bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(r["accepted"], 200, "{r}");
+    assert_eq!(r["delivered"], 200, "{r}");
+    assert_eq!(r["acknowledged"], 200, "{r}");
+    assert_eq!(r["error_count"], 0, "{r}");
+    for key in ["accept_latency_ms", "accept_to_deliver_ms"] {
+        assert!(r[key]["p99"].is_number(), "no {key}.p99 in {r}");
+    }
+    assert!(r["gateway"]["peak_rss_kb"].is_number(), "{r}");
+}

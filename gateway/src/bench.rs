@@ -1,0 +1,1133 @@
+//! `lienthong bench`: a load generator (issue 9). It makes a throwaway
+//! gateway of its own (dev PKI, directory, `lienthong serve` as a child
+//! process on free ports), drives it as many agency systems at once, checks
+//! every delivered document against what was sent, and prints throughput,
+//! latency percentiles, the gateway's RSS and CPU, errors by reason, and the
+//! database's own fsync'd insert rate beside them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgAction, Args, Subcommand};
+use futures::StreamExt as _;
+use lienthong_core::devpki;
+use lienthong_core::signing::{self, SigningKey};
+use lienthong_proto::v1::{
+    self as pb, Envelope, SendRequest, exchange_client::ExchangeClient, send_request::Item,
+};
+use ring::digest;
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+
+use crate::admin::KeyTypeArg;
+use crate::client::{ConnectArgs, connect, with_identity};
+use crate::config::Config;
+
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Agency → agency through gRPC in one gateway.
+    Grpc(GrpcArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpcArgs {
+    /// Documents to send (default 2000 unless --duration).
+    #[arg(long, conflicts_with = "duration")]
+    pub docs: Option<u64>,
+    /// Send for this many seconds instead of a number of documents.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Size of each document's signed content (bytes).
+    #[arg(long, default_value_t = 4096)]
+    pub payload_bytes: usize,
+    /// Size of one attachment per document (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub attachment_bytes: usize,
+    /// Recipients per document (1..=3).
+    #[arg(long, default_value_t = 1)]
+    pub recipients: usize,
+    /// Signing keys of the throwaway PKI.
+    #[arg(long, value_enum, default_value_t = KeyTypeArg::EcP256)]
+    pub key_type: KeyTypeArg,
+    /// `sqlite`, or a PostgreSQL URL whose server the bench makes (and
+    /// drops) a database of its own on.
+    #[arg(long, default_value = "sqlite")]
+    pub database: String,
+    /// Keep the temporary directory (and PostgreSQL database).
+    #[arg(long)]
+    pub keep: bool,
+    /// Also measure the database's fsync'd single-row insert rate.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub baseline: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(cfg: Config, cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Grpc(args) => grpc(cfg, args).await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ----- the throwaway gateway -----------------------------------------------
+
+struct Gateway {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    pki: PathBuf,
+    url: String,
+    db_url: String,
+    pg: Option<PgScratch>,
+    keep: bool,
+}
+
+struct PgScratch {
+    admin_url: String,
+    name: String,
+}
+
+impl Gateway {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if self.keep {
+            eprintln!("bench: kept {}", self.dir.display());
+            if let Some(pg) = &self.pg {
+                eprintln!("bench: kept the PostgreSQL database {}", pg.name);
+            }
+            return;
+        }
+        if let Some(pg) = self.pg.take() {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", pg.name);
+            if let Err(e) = pg_exec(&pg.admin_url, &sql).await {
+                eprintln!("bench: could not drop the database {}: {e:#}", pg.name);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+fn lienthong_cmd(exe: &Path, dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.current_dir(dir);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LIENTHONG_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+fn run_checked(mut cmd: std::process::Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn key_type_name(k: KeyTypeArg) -> &'static str {
+    match k {
+        KeyTypeArg::EcP256 => "ec-p256",
+        KeyTypeArg::EcP384 => "ec-p384",
+        KeyTypeArg::Rsa2048 => "rsa2048",
+    }
+}
+
+/// `url` with its database name replaced by `db`.
+fn pg_url_with_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..path_start], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+async fn pg_exec(url: &str, sql: &str) -> Result<()> {
+    use sea_orm::ConnectionTrait;
+    let db = tokio::time::timeout(Duration::from_secs(10), sea_orm::Database::connect(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))??;
+    let r = db
+        .execute_unprepared(sql)
+        .await
+        .map(|_| ())
+        .with_context(|| format!("{sql} failed"));
+    let _ = db.close().await;
+    r
+}
+
+async fn start_gateway(args: &GrpcArgs) -> Result<Gateway> {
+    let exe = std::env::current_exe().context("cannot find the lienthong executable")?;
+    let dir = std::env::temp_dir().join(format!("lienthong-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let pki = dir.join("pki");
+    let mut gw = Gateway {
+        child: None,
+        dir: dir.clone(),
+        pki: pki.clone(),
+        url: String::new(),
+        db_url: String::new(),
+        pg: None,
+        keep: args.keep,
+    };
+    match setup(&mut gw, &exe, args).await {
+        Ok(()) => Ok(gw),
+        Err(e) => {
+            gw.stop().await;
+            Err(e)
+        }
+    }
+}
+
+async fn setup(gw: &mut Gateway, exe: &Path, args: &GrpcArgs) -> Result<()> {
+    let dir = gw.dir.clone();
+    gw.db_url = if args.database == "sqlite" {
+        format!("sqlite://{}", dir.join("gateway.db").display())
+    } else if args.database.starts_with("postgres://") || args.database.starts_with("postgresql://")
+    {
+        let name = format!("lienthong_bench_{}", uuid::Uuid::new_v4().simple());
+        pg_exec(&args.database, &format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("cannot create a database on {}", args.database))?;
+        let url = pg_url_with_db(&args.database, &name);
+        gw.pg = Some(PgScratch {
+            admin_url: args.database.clone(),
+            name,
+        });
+        url
+    } else {
+        bail!("--database is `sqlite` or a postgres:// URL");
+    };
+
+    let mut cmd = lienthong_cmd(exe, &dir);
+    cmd.arg("dev-pki")
+        .arg(&gw.pki)
+        .arg("--key-type")
+        .arg(key_type_name(args.key_type));
+    run_checked(cmd, "lienthong dev-pki")?;
+
+    let grpc = free_port()?;
+    let http = free_port()?;
+    let config = dir.join("lienthong.toml");
+    let p = |f: &str| toml_str(&gw.pki.join(f).display().to_string());
+    let text = format!(
+        r#"# written by `lienthong bench grpc`
+[gateway]
+id = "lienthong-bench"
+organ_id = "000.00.00.H35"
+
+[grpc]
+listen = "127.0.0.1:{grpc}"
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[database]
+url = {db}
+
+[storage]
+path = {storage}
+
+[trust]
+anchors = [{ca}]
+
+[receipts]
+key = {rkey}
+cert = {rcert}
+
+[auth]
+mode = "dev-header"
+
+[limits]
+# The bench is many agencies' software at once: no per-agency rate limit.
+calls_per_second = 0.0
+max_streams_per_agency = 0
+redelivery_after_secs = 600
+max_attachment_bytes = {matt}
+"#,
+        db = toml_str(&gw.db_url),
+        storage = toml_str(&dir.join("blobs").display().to_string()),
+        ca = p("ca.pem"),
+        rkey = p("gateway.key.pem"),
+        rcert = p("gateway.pem"),
+        matt = (args.attachment_bytes as u64).max(1 << 20) * 2,
+    );
+    std::fs::write(&config, text)?;
+
+    let mut cmd = lienthong_cmd(exe, &dir);
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("directory")
+        .arg("import")
+        .arg(gw.pki.join("directory.csv"));
+    run_checked(cmd, "lienthong directory import")?;
+
+    let stdout = std::fs::File::create(dir.join("gateway.stdout.log"))?;
+    let stderr = std::fs::File::create(dir.join("gateway.stderr.log"))?;
+    let mut cmd = lienthong_cmd(exe, &dir);
+    cmd.env("RUST_LOG", "warn")
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    gw.child = Some(cmd.spawn().context("cannot start lienthong serve")?);
+    gw.url = format!("http://127.0.0.1:{grpc}");
+    wait_serving(gw).await
+}
+
+async fn wait_serving(gw: &mut Gateway) -> Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(child) = gw.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            gw.child = None;
+            let err =
+                std::fs::read_to_string(gw.dir.join("gateway.stderr.log")).unwrap_or_default();
+            bail!("lienthong serve exited ({status}) before it was ready:\n{err}");
+        }
+        let ep = tonic::transport::Endpoint::from_shared(gw.url.clone())?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2));
+        if let Ok(ch) = ep.connect().await
+            && let Ok(r) = HealthClient::new(ch)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && r.into_inner().status == ServingStatus::Serving as i32
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway at {} did not become SERVING in 60 s", gw.url);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ----- process figures -------------------------------------------------------
+
+/// Peak resident set (kB), from VmHWM.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime in seconds (clock ticks of 1/100 s, as on Linux).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+// ----- the database baseline -----------------------------------------------
+
+struct Baseline {
+    inserts: u64,
+    secs: f64,
+}
+
+async fn db_baseline(gw: &Gateway, args: &GrpcArgs, n: u64) -> Result<Baseline> {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
+    let sqlite = gw.db_url.starts_with("sqlite:");
+    let (url, conns) = if sqlite {
+        (
+            format!("sqlite://{}?mode=rwc", gw.dir.join("baseline.db").display()),
+            1,
+        )
+    } else {
+        (gw.db_url.clone(), args.concurrency.max(1) as u32)
+    };
+    let mut opts = ConnectOptions::new(url);
+    opts.sqlx_logging(false)
+        .max_connections(conns)
+        .min_connections(conns);
+    let db = Database::connect(opts).await?;
+    let backend = db.get_database_backend();
+    if sqlite {
+        // As the gateway's store: WAL, synchronous=FULL (fsync per commit).
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        db.execute_unprepared("PRAGMA synchronous=FULL").await?;
+        db.execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS bench_baseline (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+        )
+        .await?;
+    } else {
+        db.execute_unprepared(
+            "CREATE TABLE IF NOT EXISTS bench_baseline (id BIGSERIAL PRIMARY KEY, body BYTEA NOT NULL)",
+        )
+        .await?;
+    }
+    let sql = if sqlite {
+        "INSERT INTO bench_baseline (body) VALUES (?)"
+    } else {
+        "INSERT INTO bench_baseline (body) VALUES ($1)"
+    };
+    let payload = vec![b'x'; args.payload_bytes];
+    let next = AtomicU64::new(0);
+    let workers = args.concurrency.max(1);
+    let start = Instant::now();
+    let results = futures::future::join_all((0..workers).map(|_| async {
+        while next.fetch_add(1, Ordering::Relaxed) < n {
+            let st = Statement::from_sql_and_values(backend, sql, [payload.clone().into()]);
+            db.execute_raw(st).await?;
+        }
+        Ok::<(), sea_orm::DbErr>(())
+    }))
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    for r in results {
+        r?;
+    }
+    let _ = db.execute_unprepared("DROP TABLE bench_baseline").await;
+    let _ = db.close().await;
+    if sqlite {
+        for f in ["baseline.db", "baseline.db-wal", "baseline.db-shm"] {
+            let _ = std::fs::remove_file(gw.dir.join(f));
+        }
+    }
+    Ok(Baseline { inserts: n, secs })
+}
+
+// ----- the load ----------------------------------------------------------------
+
+struct Agency {
+    id: String,
+    key: SigningKey,
+    chain: Vec<Vec<u8>>,
+}
+
+struct Sent {
+    sha: Vec<u8>,
+    to: Vec<String>,
+    accepted_at: Option<SystemTime>,
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: HashMap<String, Sent>,
+    delivered: HashMap<(String, String), SystemTime>,
+    errors: BTreeMap<String, u64>,
+    accept_latency: Vec<Duration>,
+    accepted: u64,
+    expected_deliveries: u64,
+    delivered_ok: u64,
+    acked: u64,
+    last_accept: Option<Instant>,
+    last_deliver: Option<Instant>,
+    last_ack: Option<Instant>,
+}
+
+impl Tally {
+    fn error(&mut self, reason: impl Into<String>) {
+        *self.errors.entry(reason.into()).or_insert(0) += 1;
+    }
+}
+
+fn reason_of(st: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let reason = st
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_else(|| "-".to_owned());
+    format!("{:?}/{reason}", st.code())
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, b).as_ref().to_vec()
+}
+
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn from_ts(t: &prost_types::Timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::new(
+            t.seconds.max(0) as u64,
+            t.nanos.clamp(0, 999_999_999) as u32,
+        )
+}
+
+struct Load {
+    agencies: Vec<Agency>,
+    args: GrpcArgs,
+    content: String,
+    attachment: Option<(Arc<Vec<u8>>, Vec<u8>)>,
+    next: AtomicU64,
+    tally: Mutex<Tally>,
+    progress: Notify,
+}
+
+impl Load {
+    fn recipients(&self, i: u64) -> (usize, Vec<String>) {
+        let n = self.agencies.len();
+        let from = (i as usize) % n;
+        let to = (1..=self.args.recipients)
+            .map(|k| self.agencies[(from + k) % n].id.clone())
+            .collect();
+        (from, to)
+    }
+
+    fn envelope(&self, i: u64) -> Result<(String, String, pb::SignedEnvelope, Vec<String>)> {
+        let (from, to) = self.recipients(i);
+        let agency = &self.agencies[from];
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let attachments = match &self.attachment {
+            Some((data, sha)) => vec![pb::AttachmentRef {
+                name: "bench.bin".to_owned(),
+                content_type: "application/octet-stream".to_owned(),
+                size: data.len() as u64,
+                sha256: sha.clone().into(),
+                description: String::new(),
+                ..Default::default()
+            }],
+            None => Vec::new(),
+        };
+        let envelope = Envelope {
+            message_id: message_id.clone(),
+            from: agency.id.clone(),
+            to: to.clone(),
+            created_at: Some(ts(SystemTime::now())),
+            body: Some(pb::envelope::Body::Document(pb::Document {
+                document_id: message_id.clone(),
+                code_number: i.to_string(),
+                code_notation: "BENCH".to_owned(),
+                promulgation_date: "2026-01-01".to_owned(),
+                subject: format!("bench document {i}"),
+                content: self.content.clone(),
+                attachments,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let signed = signing::sign_envelope(&envelope, &agency.key, &agency.chain)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        Ok((message_id, agency.id.clone(), signed, to))
+    }
+
+    fn more(&self, deadline: Option<Instant>, total: u64) -> Option<u64> {
+        if let Some(d) = deadline {
+            if Instant::now() >= d {
+                return None;
+            }
+            return Some(self.next.fetch_add(1, Ordering::Relaxed));
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < total).then_some(i)
+    }
+}
+
+async fn sender(
+    load: Arc<Load>,
+    mut client: ExchangeClient<Channel>,
+    deadline: Option<Instant>,
+    total: u64,
+) -> Result<()> {
+    while let Some(i) = load.more(deadline, total) {
+        let (message_id, from, signed, to) = load.envelope(i)?;
+        lock(&load.tally).sent.insert(
+            message_id.clone(),
+            Sent {
+                sha: sha256(&signed.payload),
+                to: to.clone(),
+                accepted_at: None,
+            },
+        );
+        let mut items = vec![SendRequest {
+            item: Some(Item::Envelope(signed)),
+        }];
+        if let Some((data, _)) = &load.attachment {
+            for c in data.chunks(CHUNK) {
+                items.push(SendRequest {
+                    item: Some(Item::Chunk(pb::AttachmentChunk {
+                        index: 0,
+                        data: c.to_vec().into(),
+                    })),
+                });
+            }
+        }
+        let req = with_identity(tokio_stream::iter(items), &from)?;
+        let started = Instant::now();
+        let result = client.send(req).await;
+        let now = Instant::now();
+        let mut t = lock(&load.tally);
+        match result {
+            Ok(r) => {
+                let r = r.into_inner();
+                t.accepted += 1;
+                t.expected_deliveries += to.len() as u64;
+                t.accept_latency.push(now - started);
+                t.last_accept = Some(now);
+                let at = r.accepted_at.as_ref().map(from_ts);
+                if let Some(s) = t.sent.get_mut(&message_id) {
+                    s.accepted_at = at;
+                }
+                if r.duplicate {
+                    t.error("duplicate_receipt");
+                }
+            }
+            Err(st) => {
+                t.sent.remove(&message_id);
+                t.error(format!("send:{}", reason_of(&st)));
+            }
+        }
+        drop(t);
+        load.progress.notify_waiters();
+    }
+    Ok(())
+}
+
+async fn receiver(load: Arc<Load>, mut client: ExchangeClient<Channel>, me: String) -> Result<()> {
+    let req = with_identity(
+        pb::ReceiveRequest {
+            follow: true,
+            max: 0,
+            format: pb::DeliveryFormat::Envelope as i32,
+        },
+        &me,
+    )?;
+    let mut stream = match client.receive(req).await {
+        Ok(r) => r.into_inner(),
+        Err(st) => {
+            lock(&load.tally).error(format!("receive:{}", reason_of(&st)));
+            return Ok(());
+        }
+    };
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::channel::<(String, String, String)>(1024);
+    let acker = {
+        let load = load.clone();
+        let client = client.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            tokio_stream::wrappers::ReceiverStream::new(ack_rx)
+                .for_each_concurrent(16, |(delivery_id, message_id, from)| {
+                    let load = load.clone();
+                    let mut client = client.clone();
+                    let me = me.clone();
+                    async move {
+                        if let Some((data, sha)) = &load.attachment
+                            && let Err(reason) = fetch_and_check(
+                                &mut client,
+                                &me,
+                                &message_id,
+                                &from,
+                                data.len(),
+                                sha,
+                            )
+                            .await
+                        {
+                            lock(&load.tally).error(reason);
+                        }
+                        let r = match with_identity(pb::AckRequest { delivery_id }, &me) {
+                            Ok(req) => client.ack(req).await.map_err(|st| reason_of(&st)),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let mut t = lock(&load.tally);
+                        match r {
+                            Ok(_) => {
+                                t.acked += 1;
+                                t.last_ack = Some(Instant::now());
+                            }
+                            Err(reason) => t.error(format!("ack:{reason}")),
+                        }
+                        drop(t);
+                        load.progress.notify_waiters();
+                    }
+                })
+                .await
+        })
+    };
+    while let Some(item) = stream.next().await {
+        let d = match item {
+            Ok(d) => d,
+            Err(st) => {
+                lock(&load.tally).error(format!("receive_stream:{}", reason_of(&st)));
+                break;
+            }
+        };
+        let now = SystemTime::now();
+        let Some(signed) = d.envelope.as_ref() else {
+            lock(&load.tally).error("delivery_without_envelope");
+            continue;
+        };
+        let sha = sha256(&signed.payload);
+        let (message_id, from) = match <Envelope as prost::Message>::decode(signed.payload.clone())
+        {
+            Ok(e) => (e.message_id, e.from),
+            Err(_) => (String::new(), String::new()),
+        };
+        {
+            let mut t = lock(&load.tally);
+            let verdict = match t.sent.get(&message_id) {
+                None => Some("unknown_delivery"),
+                Some(s) if s.sha != sha => Some("corrupted"),
+                Some(s) if !s.to.contains(&me) => Some("misrouted"),
+                Some(_) => None,
+            };
+            match verdict {
+                Some(v) => t.error(v),
+                None => {
+                    let key = (message_id.clone(), me.clone());
+                    let fresh = match t.delivered.entry(key) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(now);
+                            true
+                        }
+                        std::collections::hash_map::Entry::Occupied(_) => false,
+                    };
+                    if fresh {
+                        t.delivered_ok += 1;
+                        t.last_deliver = Some(Instant::now());
+                    } else {
+                        t.error("duplicated");
+                    }
+                }
+            }
+        }
+        load.progress.notify_waiters();
+        if ack_tx
+            .send((d.delivery_id, message_id, from))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(ack_tx);
+    let _ = acker.await;
+    Ok(())
+}
+
+/// Fetches a delivery's attachment and checks its size and SHA-256 against
+/// what was sent; the error is a reason for the tally.
+async fn fetch_and_check(
+    client: &mut ExchangeClient<Channel>,
+    me: &str,
+    message_id: &str,
+    from: &str,
+    size: usize,
+    sha: &[u8],
+) -> std::result::Result<(), String> {
+    let req = with_identity(
+        pb::FetchAttachmentRequest {
+            message_id: message_id.to_owned(),
+            from: from.to_owned(),
+            index: 0,
+        },
+        me,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut stream = client
+        .fetch_attachment(req)
+        .await
+        .map_err(|st| format!("fetch:{}", reason_of(&st)))?
+        .into_inner();
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut got = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|st| format!("fetch:{}", reason_of(&st)))?;
+        ctx.update(&chunk.data);
+        got += chunk.data.len();
+    }
+    if got != size || ctx.finish().as_ref() != sha {
+        return Err("attachment_corrupted".to_owned());
+    }
+    Ok(())
+}
+
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn percentiles(mut v: Vec<Duration>) -> Option<Percentiles> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let at = |q: f64| {
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i].as_secs_f64() * 1000.0
+    };
+    Some(Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    })
+}
+
+fn pjson(p: &Option<Percentiles>) -> serde_json::Value {
+    match p {
+        Some(p) => serde_json::json!({"p50": p.p50, "p95": p.p95, "p99": p.p99, "max": p.max}),
+        None => serde_json::Value::Null,
+    }
+}
+
+async fn grpc(cfg: Config, args: GrpcArgs) -> Result<ExitCode> {
+    if !(1..=3).contains(&args.recipients) {
+        bail!("--recipients is 1, 2 or 3 (the throwaway PKI has four agencies)");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency is at least 1");
+    }
+    let mut gw = start_gateway(&args).await?;
+    let r = drive(&cfg, &args, &gw).await;
+    gw.stop().await;
+    let report = r?;
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    let errors = report["error_count"].as_u64().unwrap_or(1);
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
+    let total = args.docs.unwrap_or(2000);
+    let deadline_len = args.duration.map(Duration::from_secs_f64);
+    let baseline = if args.baseline {
+        let n = if deadline_len.is_some() {
+            2000
+        } else {
+            total.min(2000)
+        };
+        Some(db_baseline(gw, args, n).await?)
+    } else {
+        None
+    };
+
+    let mut agencies = Vec::new();
+    for (id, _) in devpki::default_agencies() {
+        let id = id.to_string();
+        let pem = std::fs::read_to_string(gw.pki.join(format!("{id}.key.pem")))?;
+        let key = SigningKey::from_pkcs8_pem(&pem, None)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let chain = signing::load_certificates_pem(&gw.pki.join(format!("{id}.pem")))
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        agencies.push(Agency { id, key, chain });
+    }
+    let attachment = (args.attachment_bytes > 0).then(|| {
+        let data: Vec<u8> = (0..args.attachment_bytes)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let sha = sha256(&data);
+        (Arc::new(data), sha)
+    });
+    let load = Arc::new(Load {
+        agencies,
+        args: args.clone(),
+        content: "x".repeat(args.payload_bytes),
+        attachment,
+        next: AtomicU64::new(0),
+        tally: Mutex::new(Tally::default()),
+        progress: Notify::new(),
+    });
+    let connect_args = ConnectArgs {
+        server: Some(gw.url.clone()),
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        tls_domain: "localhost".to_owned(),
+    };
+
+    let pid = gw.pid().context("the gateway is not running")?;
+    let cpu_before = cpu_secs(pid);
+
+    let mut receivers = Vec::new();
+    for a in &load.agencies {
+        let client = connect(cfg, &connect_args).await?;
+        receivers.push(tokio::spawn(receiver(load.clone(), client, a.id.clone())));
+    }
+    // Let the receive streams open before the first document.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let start = Instant::now();
+    let deadline = deadline_len.map(|d| start + d);
+    let mut senders = Vec::new();
+    for _ in 0..args.concurrency {
+        let client = connect(cfg, &connect_args).await?;
+        senders.push(tokio::spawn(sender(load.clone(), client, deadline, total)));
+    }
+    for s in senders {
+        s.await??;
+    }
+    // Drain: until everything accepted is delivered and acknowledged, or
+    // nothing moves for 30 s.
+    loop {
+        let notified = load.progress.notified();
+        {
+            let t = lock(&load.tally);
+            if t.delivered_ok >= t.expected_deliveries && t.acked >= t.expected_deliveries {
+                break;
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(30), notified)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    for r in &receivers {
+        r.abort();
+    }
+    let cpu_after = cpu_secs(pid);
+    let rss = peak_rss_kb(pid);
+
+    let mut t = lock(&load.tally);
+    let missing = t.expected_deliveries.saturating_sub(t.delivered_ok);
+    if missing > 0 {
+        *t.errors.entry("missing".to_owned()).or_insert(0) += missing;
+    }
+    let unacked = t.delivered_ok.saturating_sub(t.acked);
+    if unacked > 0 {
+        *t.errors.entry("not_acknowledged".to_owned()).or_insert(0) += unacked;
+    }
+    let mut a2d = Vec::with_capacity(t.delivered.len());
+    for ((mid, _), at) in &t.delivered {
+        if let Some(acc) = t.sent.get(mid).and_then(|s| s.accepted_at) {
+            a2d.push(at.duration_since(acc).unwrap_or_default());
+        }
+    }
+    let rate = |n: u64, last: Option<Instant>| match last {
+        Some(l) if l > start => n as f64 / (l - start).as_secs_f64(),
+        _ => 0.0,
+    };
+    let accepted_per_sec = rate(t.accepted, t.last_accept);
+    let error_count: u64 = t.errors.values().sum();
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let baseline_json = match &baseline {
+        Some(b) => {
+            let per_sec = b.inserts as f64 / b.secs.max(1e-9);
+            serde_json::json!({
+                "db_inserts": b.inserts,
+                "db_inserts_per_sec": per_sec,
+                "gateway_accepted_ratio": accepted_per_sec / per_sec,
+            })
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(serde_json::json!({
+        "mode": "grpc",
+        "database": if gw.pg.is_some() { "postgres" } else { "sqlite" },
+        "key_type": key_type_name(args.key_type),
+        "concurrency": args.concurrency,
+        "payload_bytes": args.payload_bytes,
+        "attachment_bytes": args.attachment_bytes,
+        "recipients": args.recipients,
+        "sent": t.accepted + t.errors.iter().filter(|(k, _)| k.starts_with("send:")).map(|(_, v)| *v).sum::<u64>(),
+        "accepted": t.accepted,
+        "expected_deliveries": t.expected_deliveries,
+        "delivered": t.delivered_ok,
+        "acknowledged": t.acked,
+        "window_secs": t.last_ack.or(t.last_accept).map(|l| (l - start).as_secs_f64()).unwrap_or(0.0),
+        "accepted_per_sec": accepted_per_sec,
+        "delivered_per_sec": rate(t.delivered_ok, t.last_deliver),
+        "acknowledged_per_sec": rate(t.acked, t.last_ack),
+        "accept_latency_ms": pjson(&percentiles(std::mem::take(&mut t.accept_latency))),
+        "accept_to_deliver_ms": pjson(&percentiles(a2d)),
+        "errors": t.errors,
+        "error_count": error_count,
+        "gateway": {
+            "pid": pid,
+            "peak_rss_kb": rss,
+            "cpu_secs": cpu,
+            "cpu_secs_per_1000_docs": cpu.filter(|_| t.accepted > 0).map(|c| c * 1000.0 / t.accepted as f64),
+        },
+        "baseline": baseline_json,
+    }))
+}
+
+fn print_table(r: &serde_json::Value) {
+    let f = |v: &serde_json::Value| match v.as_f64() {
+        Some(x) => format!("{x:.1}"),
+        None => "-".to_owned(),
+    };
+    println!(
+        "lienthong bench grpc: {} database, {} keys, concurrency {}, {} B content, {} B attachment, {} recipient(s)",
+        r["database"].as_str().unwrap_or("?"),
+        r["key_type"].as_str().unwrap_or("?"),
+        r["concurrency"],
+        r["payload_bytes"],
+        r["attachment_bytes"],
+        r["recipients"],
+    );
+    println!();
+    println!("{:<34} {:>12}", "documents accepted", r["accepted"]);
+    println!(
+        "{:<34} {:>12}",
+        "deliveries expected", r["expected_deliveries"]
+    );
+    println!("{:<34} {:>12}", "deliveries delivered", r["delivered"]);
+    println!(
+        "{:<34} {:>12}",
+        "deliveries acknowledged", r["acknowledged"]
+    );
+    println!("{:<34} {:>12}", "window (s)", f(&r["window_secs"]));
+    println!("{:<34} {:>12}", "accepted / s", f(&r["accepted_per_sec"]));
+    println!("{:<34} {:>12}", "delivered / s", f(&r["delivered_per_sec"]));
+    println!(
+        "{:<34} {:>12}",
+        "acknowledged / s",
+        f(&r["acknowledged_per_sec"])
+    );
+    println!();
+    println!(
+        "{:<24} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "p50", "p95", "p99", "max"
+    );
+    for (name, key) in [
+        ("accept", "accept_latency_ms"),
+        ("accept → deliver", "accept_to_deliver_ms"),
+    ] {
+        let p = &r[key];
+        println!(
+            "{:<24} {:>9} {:>9} {:>9} {:>9}",
+            name,
+            f(&p["p50"]),
+            f(&p["p95"]),
+            f(&p["p99"]),
+            f(&p["max"])
+        );
+    }
+    println!();
+    let g = &r["gateway"];
+    println!(
+        "{:<34} {:>12}",
+        "gateway peak RSS (MB)",
+        g["peak_rss_kb"]
+            .as_f64()
+            .map(|k| format!("{:.1}", k / 1024.0))
+            .unwrap_or_else(|| "-".to_owned())
+    );
+    println!("{:<34} {:>12}", "gateway CPU (s)", f(&g["cpu_secs"]));
+    println!(
+        "{:<34} {:>12}",
+        "gateway CPU s / 1,000 documents",
+        match g["cpu_secs_per_1000_docs"].as_f64() {
+            Some(x) => format!("{x:.2}"),
+            None => "-".to_owned(),
+        }
+    );
+    let b = &r["baseline"];
+    if !b.is_null() {
+        println!(
+            "{:<34} {:>12}",
+            "baseline: db fsync'd inserts / s",
+            f(&b["db_inserts_per_sec"])
+        );
+        println!(
+            "{:<34} {:>12}",
+            "accepted / s ÷ baseline",
+            match b["gateway_accepted_ratio"].as_f64() {
+                Some(x) => format!("{x:.2}"),
+                None => "-".to_owned(),
+            }
+        );
+    }
+    println!();
+    println!("{:<34} {:>12}", "errors", r["error_count"]);
+    if let Some(errs) = r["errors"].as_object() {
+        for (k, v) in errs {
+            println!("  {k:<32} {v:>12}");
+        }
+    }
+}
