@@ -9,6 +9,7 @@ mod bench; // issue 9
 mod client;
 mod config;
 mod edxml_cmd;
+mod pdf_cmd; // issue 8
 mod report; // issue 7
 mod serve;
 mod storage; // issue 4
@@ -66,6 +67,9 @@ enum Command {
     /// edXML packages (QCVN 102:2016): inspect, convert, send.
     #[command(subcommand)]
     Edxml(edxml_cmd::EdxmlCommand),
+    /// The signatures inside PDF documents (PAdES).
+    #[command(subcommand)]
+    Pdf(pdf_cmd::PdfCommand),
     /// Check the transfer log.
     #[command(subcommand)]
     Log(admin::LogCommand),
@@ -118,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => admin::trace(cfg, args).await,
         Command::Log(cmd) => admin::log(cfg, cmd).await,
         Command::Edxml(cmd) => edxml_cmd::run(cfg, cmd).await,
+        Command::Pdf(cmd) => pdf_cmd::run(cfg, cmd),
         Command::Storage(cmd) => storage::run(cfg, cmd).await,
         Command::Report(args) => report::run(cfg, args).await,
         Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),

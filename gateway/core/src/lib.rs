@@ -7,6 +7,7 @@ pub mod directory_csv;
 pub mod error;
 pub mod metrics; // issue 7
 pub mod organ_id;
+pub mod pades; // issue 8
 pub mod pipeline;
 pub mod receipts;
 pub mod reports; // issue 7

@@ -539,7 +539,7 @@ impl TrustAnchors {
         &self.webpki
     }
 
-    fn subject_of(&self, anchor: &TrustAnchor<'_>) -> String {
+    pub(crate) fn subject_of(&self, anchor: &TrustAnchor<'_>) -> String {
         self.webpki
             .iter()
             .zip(&self.anchors)
@@ -934,7 +934,7 @@ fn bad_signature(msg: impl Into<String>) -> Error {
 /// Document-signing certificates carry clientAuth, emailProtection, vendor
 /// EKUs or none: the gateway does not judge a leaf by its EKU, only by its
 /// KeyUsage (checked separately).
-struct AnyExtendedKeyUsage;
+pub(crate) struct AnyExtendedKeyUsage;
 
 impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
     fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {

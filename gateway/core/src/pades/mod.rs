@@ -1,0 +1,1294 @@
+//! The legal signatures inside PDF documents (PAdES), judged once at the
+//! gateway for every clerk who will open the document.
+//!
+//! [`verify`] finds every signature field of the newest revision, checks
+//! that each signature's /ByteRange covers a whole revision of the file
+//! except exactly its /Contents hole, hashes all the ranges in one
+//! streaming pass, checks the CMS signature and its embedded RFC 3161
+//! timestamp, builds the signer's chain to `trust.anchors` at the signing
+//! time, looks the signer up in the configured CRLs, and says what the
+//! later incremental updates changed: nothing, signatures, annotations and
+//! form fields, or content.
+//!
+//! No transport knowledge lives here: the pipeline calls it on a stored
+//! attachment, `lienthong pdf verify` on a file.
+//!
+//! Architecture invariant: memory does not grow with the file. The parser
+//! reads pages on demand ([`pdf::Pages`]); the hashing reads the file once,
+//! in bounded chunks, feeding every signature's digest at the same time.
+
+pub mod cms;
+pub mod pdf;
+
+use std::collections::HashSet;
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde::Serialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::signing::TrustAnchors;
+use pdf::{Dict, Entry, Obj, Pdf, PdfError, Source};
+
+pub use pdf::{FileSource, PdfError as Error};
+pub use rustls_pki_types::UnixTime as Time;
+
+/// What the gateway concluded about a document's signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every signature holds, chains to a trust anchor, and nothing but
+    /// signatures, annotations or form fields changed after it.
+    Valid,
+    /// Some signature is broken, revoked, expired when made, or the
+    /// content changed after it.
+    Invalid,
+    /// No signature.
+    Unsigned,
+    /// Intact, but not provably trusted: an unknown CA, or a revocation
+    /// that cannot be placed before or after the signing.
+    Indeterminate,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+            Verdict::Unsigned => "unsigned",
+            Verdict::Indeterminate => "indeterminate",
+        }
+    }
+}
+
+/// What the revisions after a signature changed, from harmless to not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Changes {
+    None,
+    /// Later signatures (fields, widgets, their appearances, DSS,
+    /// metadata).
+    Signatures,
+    /// Annotations added or changed, form fields filled.
+    Annotations,
+    /// Anything else: the document was altered after signing.
+    Content,
+}
+
+impl Changes {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Changes::None => "none",
+            Changes::Signatures => "signatures",
+            Changes::Annotations => "annotations",
+            Changes::Content => "content",
+        }
+    }
+}
+
+/// One signature as `lienthong pdf verify` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignatureReport {
+    pub field: String,
+    pub signer_subject: String,
+    pub signer_organization: Option<String>,
+    /// RFC 3339: the timestamp's time when there is a verified one, else
+    /// the signer's claimed time (signed attribute, then /M).
+    pub signing_time: Option<String>,
+    pub timestamped: bool,
+    pub algorithm: String,
+    pub digest_ok: bool,
+    pub signature_ok: bool,
+    pub chain_ok: bool,
+    pub trusted_anchor: Option<String>,
+    /// `None` when no revocation list of the signer's CA is configured.
+    pub revoked: Option<bool>,
+    pub expired_at_signing: bool,
+    /// 1-based; 0 when the byte ranges end at no revision.
+    pub covers_revision: usize,
+    pub changes_after: Changes,
+    /// The signer's common name (for the Decree 30 checks).
+    #[serde(skip)]
+    pub signer_common_name: Option<String>,
+    #[serde(skip)]
+    pub signing_time_unix: Option<i64>,
+}
+
+impl SignatureReport {
+    /// Whether the certificate looks like an organisation's (its CN is the
+    /// organisation's name) rather than a person's.
+    pub fn is_organisation(&self) -> bool {
+        match (&self.signer_common_name, &self.signer_organization) {
+            (Some(cn), Some(o)) => normalise(cn) == normalise(o),
+            _ => false,
+        }
+    }
+}
+
+/// The whole result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PdfReport {
+    pub signatures: Vec<SignatureReport>,
+    pub revisions: usize,
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+}
+
+impl PdfReport {
+    /// One sentence for a clerk, e.g. "đã ký số hợp lệ bởi Nguyễn Văn An,
+    /// Sở Nội vụ (2 signatures, valid)".
+    pub fn summary(&self) -> String {
+        let who: Vec<String> = self
+            .signatures
+            .iter()
+            .map(|s| {
+                s.signer_common_name
+                    .clone()
+                    .unwrap_or_else(|| s.signer_subject.clone())
+            })
+            .collect();
+        match self.verdict {
+            Verdict::Unsigned => "chưa ký số (no digital signature)".to_owned(),
+            Verdict::Valid => format!("đã ký số hợp lệ bởi {} (signatures valid)", who.join(", ")),
+            Verdict::Invalid => format!(
+                "chữ ký số không hợp lệ (signature invalid): {}",
+                self.reasons.first().cloned().unwrap_or_default()
+            ),
+            Verdict::Indeterminate => format!(
+                "chưa xác định được chữ ký số (signature not provably trusted): {}",
+                self.reasons.first().cloned().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The signatures of a PDF, judged against `anchors` (and their CRLs);
+/// `now` is used when a signature names no time. `Err` only when the file
+/// cannot be read as a PDF at all.
+pub fn verify(
+    src: &dyn Source,
+    anchors: &TrustAnchors,
+    now: UnixTime,
+) -> Result<PdfReport, PdfError> {
+    let mut doc = Pdf::open(src)?;
+    let last = doc.last();
+    let revision_ends: Vec<u64> = doc.revisions.iter().map(|r| r.end).collect();
+    let found = find_signatures(&mut doc, last)?;
+
+    // Decode every signature first: their digest algorithms decide the
+    // hashing, which then reads the file once for all of them.
+    let mut work: Vec<Work> = Vec::new();
+    for f in found {
+        work.push(prepare(&mut doc, f, &revision_ends));
+    }
+    hash_ranges(src, &mut work)?;
+
+    let mut signatures = Vec::new();
+    let mut reasons = Vec::new();
+    let mut any_invalid = false;
+    let mut any_indeterminate = false;
+    for w in work {
+        let (report, problems) = judge(&mut doc, w, anchors, now, &revision_ends);
+        for p in problems {
+            match p {
+                Problem::Invalid(s) => {
+                    any_invalid = true;
+                    reasons.push(s);
+                }
+                Problem::Indeterminate(s) => {
+                    any_indeterminate = true;
+                    reasons.push(s);
+                }
+                Problem::Note(s) => reasons.push(s),
+            }
+        }
+        signatures.push(report);
+    }
+    let verdict = if signatures.is_empty() {
+        Verdict::Unsigned
+    } else if any_invalid {
+        Verdict::Invalid
+    } else if any_indeterminate {
+        Verdict::Indeterminate
+    } else {
+        Verdict::Valid
+    };
+    Ok(PdfReport {
+        signatures,
+        revisions: revision_ends.len(),
+        verdict,
+        reasons,
+    })
+}
+
+/// The Decree 30 observations on a verified document: reported to the
+/// clerk, never refused. `envelope_signer` is the envelope's
+/// Signer.FullName when it has one.
+pub fn decree30_warnings(report: &PdfReport, envelope_signer: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if report.signatures.is_empty() {
+        return out;
+    }
+    let people: Vec<&SignatureReport> = report
+        .signatures
+        .iter()
+        .filter(|s| !s.is_organisation())
+        .collect();
+    if !report
+        .signatures
+        .iter()
+        .any(SignatureReport::is_organisation)
+    {
+        let who = people
+            .first()
+            .and_then(|s| s.signer_common_name.clone())
+            .unwrap_or_default();
+        out.push(format!(
+            "the document is signed by {who} but carries no signature of the organisation: \
+             Decree 30/2020/NĐ-CP (art. 8) expects the issuing organisation's digital signature \
+             beside its leader's on an issued document"
+        ));
+    }
+    if let Some(name) = envelope_signer.map(str::trim).filter(|n| !n.is_empty()) {
+        let matches = people.iter().any(|s| {
+            s.signer_common_name
+                .as_deref()
+                .is_some_and(|cn| normalise(cn) == normalise(name))
+        });
+        if !people.is_empty() && !matches {
+            let signers: Vec<String> = people
+                .iter()
+                .filter_map(|s| s.signer_common_name.clone())
+                .collect();
+            out.push(format!(
+                "the PDF is signed by {} but the envelope names {name} as its signer",
+                signers.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+fn normalise(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+// ---------------------------------------------------------------------------
+// Finding the signatures
+// ---------------------------------------------------------------------------
+
+struct FoundField {
+    name: String,
+    sig_num: u32,
+}
+
+fn find_signatures(doc: &mut Pdf<'_>, rev: usize) -> Result<Vec<FoundField>, PdfError> {
+    let trailer = doc.revisions[rev].trailer.clone();
+    let Some(root) = trailer.get(b"Root").cloned() else {
+        return Err(PdfError(
+            "the file's trailer names no document catalog (/Root)".into(),
+        ));
+    };
+    let catalog = doc.resolve(rev, &root)?;
+    let Some(catalog) = catalog.as_dict() else {
+        return Err(PdfError("the document catalog is not a dictionary".into()));
+    };
+    let Some(acroform) = catalog.get(b"AcroForm").cloned() else {
+        return Ok(Vec::new());
+    };
+    let acroform = doc.resolve(rev, &acroform)?;
+    let Some(fields) = acroform.as_dict().and_then(|d| d.get(b"Fields")).cloned() else {
+        return Ok(Vec::new());
+    };
+    let fields = doc.resolve(rev, &fields)?;
+    let Obj::Array(fields) = fields else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack: Vec<(Obj, String, Option<Vec<u8>>, usize)> = fields
+        .into_iter()
+        .rev()
+        .map(|f| (f, String::new(), None, 0))
+        .collect();
+    while let Some((f, parent, inherited_ft, depth)) = stack.pop() {
+        if depth > 32 || out.len() > 1000 {
+            break;
+        }
+        if let Obj::Ref(n, _) = f
+            && !seen.insert(n)
+        {
+            continue;
+        }
+        let obj = doc.resolve(rev, &f)?;
+        let Some(d) = obj.as_dict() else {
+            continue;
+        };
+        let own = match d.get(b"T") {
+            Some(Obj::Str(t)) => Some(text(t)),
+            _ => None,
+        };
+        let name = match (&own, parent.is_empty()) {
+            (Some(t), true) => t.clone(),
+            (Some(t), false) => format!("{parent}.{t}"),
+            (None, _) => parent.clone(),
+        };
+        let ft = d.name(b"FT").map(<[u8]>::to_vec).or(inherited_ft);
+        if ft.as_deref() == Some(b"Sig")
+            && let Some(Obj::Ref(n, _)) = d.get(b"V")
+        {
+            out.push(FoundField {
+                name: name.clone(),
+                sig_num: *n,
+            });
+        }
+        if let Some(kids) = d.get(b"Kids").cloned()
+            && let Obj::Array(kids) = doc.resolve(rev, &kids)?
+        {
+            for k in kids.into_iter().rev() {
+                stack.push((k, name.clone(), ft.clone(), depth + 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A PDF text string: UTF-16BE with its BOM, else PDFDocEncoding (read as
+/// Latin-1, which it equals for the characters field names use).
+fn text(b: &[u8]) -> String {
+    if let Some(rest) = b.strip_prefix(&[0xfe, 0xff]) {
+        let units: Vec<u16> = rest
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        return String::from_utf16_lossy(&units);
+    }
+    if let Some(rest) = b.strip_prefix(&[0xef, 0xbb, 0xbf]) {
+        return String::from_utf8_lossy(rest).into_owned();
+    }
+    b.iter().map(|&c| char::from(c)).collect()
+}
+
+// ---------------------------------------------------------------------------
+// One signature
+// ---------------------------------------------------------------------------
+
+enum Kind {
+    /// A CMS signature over the byte ranges (adbe.pkcs7.detached,
+    /// ETSI.CAdES.detached).
+    Detached,
+    /// A document timestamp (ETSI.RFC3161): a token over the byte ranges.
+    DocTimestamp,
+}
+
+struct Work {
+    field: String,
+    kind: Kind,
+    ranges: Option<[(u64, u64); 2]>,
+    covers_revision: usize,
+    claimed_m: Option<i64>,
+    cms: Result<cms::Signed, String>,
+    /// Problems with the dictionary or ranges found before hashing.
+    structure: Vec<String>,
+    hasher: Option<ring::digest::Context>,
+    digest: Option<Vec<u8>>,
+}
+
+fn prepare(doc: &mut Pdf<'_>, f: FoundField, revision_ends: &[u64]) -> Work {
+    let mut w = Work {
+        field: f.name.clone(),
+        kind: Kind::Detached,
+        ranges: None,
+        covers_revision: 0,
+        claimed_m: None,
+        cms: Err("the signature could not be read".into()),
+        structure: Vec::new(),
+        hasher: None,
+        digest: None,
+    };
+    let last = doc.last();
+    let (dict, contents_span) = match doc.entry(last, f.sig_num) {
+        Some(Entry::At(off, _)) => match doc.object_at(last, off, f.sig_num) {
+            Ok((_, Obj::Dict(d))) => {
+                let span = d.span_of(b"Contents");
+                (d, span)
+            }
+            Ok(_) => {
+                w.structure.push(format!(
+                    "signature field {} points to an object that is not a signature dictionary",
+                    f.name
+                ));
+                return w;
+            }
+            Err(e) => {
+                w.structure.push(format!(
+                    "the signature dictionary of field {} cannot be read: {e}",
+                    f.name
+                ));
+                return w;
+            }
+        },
+        _ => {
+            w.structure.push(format!(
+                "the signature dictionary of field {} is not stored directly in the file (it must \
+                 be, for its byte ranges to be checked)",
+                f.name
+            ));
+            return w;
+        }
+    };
+    if dict.name(b"SubFilter") == Some(b"ETSI.RFC3161") || dict.is_type(b"DocTimeStamp") {
+        w.kind = Kind::DocTimestamp;
+    } else if let Some(sf) = dict.name(b"SubFilter")
+        && sf != b"adbe.pkcs7.detached"
+        && sf != b"ETSI.CAdES.detached"
+    {
+        w.cms = Err(format!(
+            "the signature uses the {} format, which is obsolete or not a PAdES format; \
+                 sign again as ETSI.CAdES.detached",
+            String::from_utf8_lossy(sf)
+        ));
+    }
+    if let Some(Obj::Str(m)) = dict.get(b"M") {
+        w.claimed_m = pdf_date(m);
+    }
+    let contents = match dict.get(b"Contents") {
+        Some(Obj::Str(c)) => c.clone(),
+        _ => {
+            w.structure
+                .push(format!("signature {} has no /Contents string", f.name));
+            return w;
+        }
+    };
+    let br: Option<Vec<i64>> = match dict.get(b"ByteRange") {
+        Some(Obj::Array(a)) => a.iter().map(Obj::as_int).collect(),
+        _ => None,
+    };
+    match (br.as_deref(), contents_span) {
+        (Some(&[s0, l0, s1, l1]), Some(span)) if s0 == 0 && l0 >= 0 && s1 >= l0 && l1 >= 0 => {
+            let (a, b, c) = (l0 as u64, s1 as u64, l1 as u64);
+            w.ranges = Some([(0, a), (b, b.saturating_add(c))]);
+            if a != span.start || b != span.end {
+                w.structure.push(format!(
+                    "the byte ranges of signature {} leave out bytes {a}..{b}, which is not exactly \
+                     its /Contents ({}..{}): bytes outside the signature are unsigned",
+                    f.name, span.start, span.end
+                ));
+            }
+            let end = b.saturating_add(c);
+            match revision_ends.iter().position(|e| *e == end) {
+                Some(i) => w.covers_revision = i + 1,
+                None => w.structure.push(format!(
+                    "the byte ranges of signature {} end at byte {end}, which is not the end of a \
+                     revision of the file: part of the file is unsigned",
+                    f.name
+                )),
+            }
+        }
+        _ => {
+            w.structure.push(format!(
+                "signature {} has a malformed /ByteRange (it must be [0 a b c] around its /Contents)",
+                f.name
+            ));
+            return w;
+        }
+    }
+    if w.cms.as_ref().err().is_some_and(|e| e.contains("format")) {
+        return w;
+    }
+    w.cms = cms::decode(&contents);
+    let digest = match (&w.kind, &w.cms) {
+        (Kind::Detached, Ok(s)) => Some(s.digest),
+        (Kind::DocTimestamp, Ok(s)) => s
+            .content
+            .as_deref()
+            .and_then(|c| cms::decode_tst_info(c).ok())
+            .map(|t| t.imprint_digest),
+        _ => None,
+    };
+    w.hasher = digest.map(|d| ring::digest::Context::new(d.ring()));
+    w
+}
+
+/// Hashes every signature's two ranges in one pass over the file.
+fn hash_ranges(src: &dyn Source, work: &mut [Work]) -> Result<(), PdfError> {
+    let end = work
+        .iter()
+        .filter(|w| w.hasher.is_some())
+        .filter_map(|w| w.ranges.map(|r| r[1].1))
+        .max()
+        .unwrap_or(0)
+        .min(src.len());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = src
+            .read_at(pos, &mut buf[..want])
+            .map_err(|e| PdfError(format!("the file could not be read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = (pos, pos + n as u64);
+        for w in work.iter_mut() {
+            let (Some(h), Some(ranges)) = (w.hasher.as_mut(), w.ranges) else {
+                continue;
+            };
+            for (s, e) in ranges {
+                let from = s.max(chunk.0);
+                let to = e.min(chunk.1);
+                if from < to {
+                    h.update(&buf[(from - pos) as usize..(to - pos) as usize]);
+                }
+            }
+        }
+        pos += n as u64;
+    }
+    let file_len = src.len();
+    for w in work.iter_mut() {
+        if let Some(h) = w.hasher.take() {
+            if w.ranges.is_some_and(|r| r[1].1 > file_len) {
+                w.structure.push(format!(
+                    "the byte ranges of signature {} reach past the end of the file: it was truncated",
+                    w.field
+                ));
+            } else {
+                w.digest = Some(h.finish().as_ref().to_vec());
+            }
+        }
+    }
+    Ok(())
+}
+
+enum Problem {
+    Invalid(String),
+    Indeterminate(String),
+    Note(String),
+}
+
+fn judge(
+    doc: &mut Pdf<'_>,
+    w: Work,
+    anchors: &TrustAnchors,
+    now: UnixTime,
+    revision_ends: &[u64],
+) -> (SignatureReport, Vec<Problem>) {
+    let mut problems: Vec<Problem> = w.structure.iter().cloned().map(Problem::Invalid).collect();
+    let mut r = SignatureReport {
+        field: w.field.clone(),
+        signer_subject: String::new(),
+        signer_organization: None,
+        signing_time: None,
+        timestamped: false,
+        algorithm: "unknown".into(),
+        digest_ok: false,
+        signature_ok: false,
+        chain_ok: false,
+        trusted_anchor: None,
+        revoked: None,
+        expired_at_signing: false,
+        covers_revision: w.covers_revision,
+        changes_after: Changes::None,
+        signer_common_name: None,
+        signing_time_unix: None,
+    };
+    if w.covers_revision > 0 {
+        match changes_after(doc, w.covers_revision - 1) {
+            Ok(c) => r.changes_after = c,
+            Err(e) => {
+                r.changes_after = Changes::Content;
+                problems.push(Problem::Invalid(format!(
+                    "what changed after signature {} cannot be told: {e}",
+                    w.field
+                )));
+            }
+        }
+        if r.changes_after == Changes::Content {
+            problems.push(Problem::Invalid(format!(
+                "the document's content was changed after signature {} was made (revision {} of {})",
+                w.field,
+                w.covers_revision,
+                revision_ends.len()
+            )));
+        }
+    }
+    let signed = match w.cms {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(Problem::Invalid(format!("signature {}: {e}", w.field)));
+            return (r, problems);
+        }
+    };
+    r.algorithm = signed.algorithm_name();
+    describe_signer(&signed.signer_cert, &mut r);
+
+    // The digest over the byte ranges.
+    match (&w.kind, &w.digest) {
+        (Kind::Detached, Some(d)) => {
+            r.digest_ok = *d == signed.message_digest;
+            if !r.digest_ok {
+                problems.push(Problem::Invalid(format!(
+                    "signature {}: the signed bytes of the file were changed after signing (their \
+                     digest differs from the one the signer signed)",
+                    w.field
+                )));
+            }
+        }
+        (Kind::DocTimestamp, Some(d)) => {
+            match signed.content.as_deref().map(cms::decode_tst_info) {
+                Some(Ok(tst)) => {
+                    r.digest_ok = tst.imprint == *d;
+                    r.timestamped = r.digest_ok;
+                    r.signing_time_unix = Some(tst.gen_time);
+                }
+                _ => problems.push(Problem::Invalid(format!(
+                    "document timestamp {} holds no readable TSTInfo",
+                    w.field
+                ))),
+            }
+            if !r.digest_ok {
+                problems.push(Problem::Invalid(format!(
+                    "document timestamp {}: the file's bytes differ from what was timestamped",
+                    w.field
+                )));
+            }
+        }
+        (_, None) => {}
+    }
+    if matches!(w.kind, Kind::DocTimestamp) {
+        // The token's own signed attributes cover the TSTInfo.
+        let content_ok = signed.content.as_deref().is_some_and(|c| {
+            ring::digest::digest(signed.digest.ring(), c).as_ref() == signed.message_digest
+        });
+        if !content_ok {
+            r.digest_ok = false;
+            problems.push(Problem::Invalid(format!(
+                "document timestamp {}: its TSTInfo was changed after the authority signed it",
+                w.field
+            )));
+        }
+    }
+    match signed.verify_signature() {
+        Ok(()) => r.signature_ok = true,
+        Err(e) => problems.push(Problem::Invalid(format!("signature {}: {e}", w.field))),
+    }
+
+    // The time the chain is judged at: a verified timestamp, else what the
+    // signer claims.
+    let mut validation_time = r.signing_time_unix;
+    if matches!(w.kind, Kind::Detached) {
+        if let Some(token) = &signed.timestamp_token {
+            match check_timestamp(token, &signed.signature, anchors) {
+                Ok(t) => {
+                    r.timestamped = true;
+                    validation_time = Some(t);
+                }
+                Err(e) => problems.push(Problem::Indeterminate(format!(
+                    "the timestamp of signature {} cannot be relied on: {e}",
+                    w.field
+                ))),
+            }
+        }
+        if validation_time.is_none() {
+            validation_time = signed.signing_time.or(w.claimed_m);
+            if validation_time.is_some() {
+                problems.push(Problem::Note(format!(
+                    "signature {}: its signing time is the signer's own claim (no timestamp); it \
+                     was judged at that time",
+                    w.field
+                )));
+            }
+        }
+    }
+    r.signing_time_unix = validation_time;
+    r.signing_time = validation_time.and_then(rfc3339);
+
+    let at = validation_time.map(unix_time).unwrap_or(now);
+    if let Ok((_, leaf)) = X509Certificate::from_der(&signed.signer_cert)
+        && let Some(t) = validation_time
+    {
+        let v = leaf.validity();
+        if t < v.not_before.timestamp() || t > v.not_after.timestamp() {
+            r.expired_at_signing = true;
+            problems.push(Problem::Invalid(format!(
+                "signature {}: the signer's certificate was not valid at the signing time {} \
+                     (valid {} to {})",
+                w.field,
+                rfc3339(t).unwrap_or_default(),
+                rfc3339(v.not_before.timestamp()).unwrap_or_default(),
+                rfc3339(v.not_after.timestamp()).unwrap_or_default()
+            )));
+        }
+    }
+    let chain = check_chain(
+        &signed.signer_cert,
+        &signed.other_certs,
+        anchors,
+        at,
+        r.expired_at_signing,
+    );
+    r.chain_ok = chain.ok;
+    r.trusted_anchor = chain.anchor;
+    r.revoked = chain.revoked;
+    for p in chain.problems {
+        problems.push(match p {
+            ChainProblem::Untrusted(s) => {
+                Problem::Indeterminate(format!("signature {}: {s}", w.field))
+            }
+            ChainProblem::Revoked(s) => Problem::Invalid(format!("signature {}: {s}", w.field)),
+            ChainProblem::Note(s) => Problem::Note(format!("signature {}: {s}", w.field)),
+        });
+    }
+    (r, problems)
+}
+
+fn describe_signer(cert_der: &[u8], r: &mut SignatureReport) {
+    if let Ok((_, c)) = X509Certificate::from_der(cert_der) {
+        r.signer_subject = c.subject().to_string();
+        r.signer_organization = c
+            .subject()
+            .iter_organization()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned);
+        r.signer_common_name = c
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_owned);
+    }
+}
+
+/// Verifies an RFC 3161 signature timestamp over `signature_value`;
+/// returns its time.
+fn check_timestamp(
+    token: &[u8],
+    signature_value: &[u8],
+    anchors: &TrustAnchors,
+) -> Result<i64, String> {
+    let ts = cms::decode(token)?;
+    if ts.content_type != cms::ID_CT_TST_INFO {
+        return Err("the token does not hold a TSTInfo".into());
+    }
+    let Some(content) = ts.content.as_deref() else {
+        return Err("the token holds no TSTInfo".into());
+    };
+    if ring::digest::digest(ts.digest.ring(), content).as_ref() != ts.message_digest {
+        return Err("its TSTInfo was changed after the authority signed it".into());
+    }
+    ts.verify_signature()?;
+    let tst = cms::decode_tst_info(content)?;
+    if ring::digest::digest(tst.imprint_digest.ring(), signature_value).as_ref() != tst.imprint {
+        return Err("it was made for another signature value".into());
+    }
+    let chain = check_chain(
+        &ts.signer_cert,
+        &ts.other_certs,
+        anchors,
+        unix_time(tst.gen_time),
+        false,
+    );
+    if !chain.ok {
+        let why = chain
+            .problems
+            .into_iter()
+            .map(|p| match p {
+                ChainProblem::Untrusted(s) | ChainProblem::Revoked(s) | ChainProblem::Note(s) => s,
+            })
+            .next()
+            .unwrap_or_default();
+        return Err(format!("its authority is not trusted: {why}"));
+    }
+    Ok(tst.gen_time)
+}
+
+enum ChainProblem {
+    Untrusted(String),
+    Revoked(String),
+    Note(String),
+}
+
+struct ChainCheck {
+    ok: bool,
+    anchor: Option<String>,
+    revoked: Option<bool>,
+    problems: Vec<ChainProblem>,
+}
+
+/// Builds the chain of `leaf` to the anchors at `at`, then looks the leaf
+/// up in its CA's revocation list.
+fn check_chain(
+    leaf: &[u8],
+    others: &[Vec<u8>],
+    anchors: &TrustAnchors,
+    at: UnixTime,
+    expired: bool,
+) -> ChainCheck {
+    let mut out = ChainCheck {
+        ok: false,
+        anchor: None,
+        revoked: None,
+        problems: Vec::new(),
+    };
+    let Ok((_, parsed)) = X509Certificate::from_der(leaf) else {
+        out.problems.push(ChainProblem::Untrusted(
+            "the signer's certificate cannot be parsed".into(),
+        ));
+        return out;
+    };
+    if anchors.is_empty() {
+        out.problems.push(ChainProblem::Untrusted(
+            "no trust anchors are configured (trust.anchors or --anchors), so no signer can be trusted".into(),
+        ));
+        return out;
+    }
+    let leaf_der = CertificateDer::from(leaf);
+    let Ok(ee) = webpki::EndEntityCert::try_from(&leaf_der) else {
+        out.problems.push(ChainProblem::Untrusted(
+            "the signer's certificate cannot be used for verification".into(),
+        ));
+        return out;
+    };
+    let intermediates: Vec<CertificateDer<'_>> = others
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let algs = crate::signing::chain_algorithms(!anchors.policy().refuse_sha1);
+    let snapshot = anchors.crls();
+    let lists = snapshot
+        .as_deref()
+        .map(|s| s.webpki_lists())
+        .unwrap_or_default();
+    let revocation = webpki::RevocationOptionsBuilder::new(&lists).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build()
+    });
+    // An expired-at-signing certificate is judged for trust at its own
+    // validity, so the report says "expired", not also "untrusted".
+    let chain_at = if expired {
+        let nb = parsed.validity().not_before.timestamp();
+        unix_time(nb.saturating_add(1))
+    } else {
+        at
+    };
+    let verify = |rev| {
+        ee.verify_for_usage(
+            &algs,
+            anchors.webpki_anchors(),
+            &intermediates,
+            chain_at,
+            crate::signing::AnyExtendedKeyUsage,
+            rev,
+            None,
+        )
+    };
+    let mut listed = false;
+    let path = match verify(revocation) {
+        Ok(p) => Ok(p),
+        Err(webpki::Error::CertRevoked) => {
+            listed = true;
+            verify(None)
+        }
+        Err(e) => Err(e),
+    };
+    match path {
+        Ok(p) => {
+            out.ok = true;
+            out.anchor = Some(anchors.subject_of(p.anchor()));
+        }
+        Err(e) => {
+            out.problems.push(ChainProblem::Untrusted(format!(
+                "the signer's certificate ({}) does not chain to a trusted CA: {}",
+                parsed.subject(),
+                describe_webpki(&e)
+            )));
+            return out;
+        }
+    }
+    // Revocation of the leaf, at the signing time.
+    let Some(snapshot) = snapshot.filter(|s| !s.is_empty()) else {
+        return out;
+    };
+    let Some(crl) = snapshot.for_issuer(parsed.issuer().as_raw()) else {
+        if listed {
+            out.revoked = Some(true);
+            out.problems.push(ChainProblem::Revoked(
+                "a CA certificate of the signer's chain is revoked".into(),
+            ));
+        }
+        return out;
+    };
+    let at_s = i64::try_from(at.as_secs()).unwrap_or(i64::MAX);
+    match crl.find_revoked(parsed.raw_serial()) {
+        Some(entry) if entry.revocation_date <= at_s => {
+            out.revoked = Some(true);
+            out.problems.push(ChainProblem::Revoked(format!(
+                "the signer's certificate was revoked on {} ({}), before the signing time, per {}",
+                rfc3339(entry.revocation_date).unwrap_or_default(),
+                entry.reason.unwrap_or("unspecified"),
+                crl.source().display()
+            )));
+        }
+        Some(entry) => {
+            out.revoked = Some(false);
+            out.problems.push(ChainProblem::Note(format!(
+                "the signer's certificate was revoked on {}, after the signing time",
+                rfc3339(entry.revocation_date).unwrap_or_default()
+            )));
+        }
+        None if listed => {
+            out.revoked = Some(true);
+            out.problems.push(ChainProblem::Revoked(
+                "a CA certificate of the signer's chain is revoked".into(),
+            ));
+        }
+        None => out.revoked = Some(false),
+    }
+    out
+}
+
+fn describe_webpki(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::UnknownIssuer => "its issuer is not among the trust anchors".into(),
+        webpki::Error::CertExpired { .. } => {
+            "a certificate of its chain had expired at the signing time".into()
+        }
+        webpki::Error::CertNotValidYet { .. } => {
+            "a certificate of its chain was not yet valid at the signing time".into()
+        }
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "a certificate of its chain is not signed by its issuer".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn unix_time(secs: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(secs).unwrap_or(0),
+    ))
+}
+
+fn rfc3339(secs: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// A PDF date `D:YYYYMMDDHHmmSSOHH'mm'` as Unix seconds.
+fn pdf_date(b: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(b).ok()?;
+    let s = s.strip_prefix("D:").unwrap_or(s);
+    let num = |r: std::ops::Range<usize>, default: i64| -> Option<i64> {
+        match s.get(r) {
+            Some(v) if !v.is_empty() => v.parse().ok(),
+            _ => Some(default),
+        }
+    };
+    let y = num(0..4, 0)?;
+    let mo = num(4..6, 1)?;
+    let d = num(6..8, 1)?;
+    let h = num(8..10, 0)?;
+    let mi = num(10..12, 0)?;
+    let sec = num(12..14, 0)?;
+    let date = time::Date::from_calendar_date(
+        i32::try_from(y).ok()?,
+        time::Month::try_from(u8::try_from(mo).ok()?).ok()?,
+        u8::try_from(d).ok()?,
+    )
+    .ok()?;
+    let t = time::Time::from_hms(
+        u8::try_from(h).ok()?,
+        u8::try_from(mi).ok()?,
+        u8::try_from(sec).ok()?,
+    )
+    .ok()?;
+    let mut unix = time::PrimitiveDateTime::new(date, t)
+        .assume_utc()
+        .unix_timestamp();
+    let tz = s.get(14..).unwrap_or("");
+    let mut chars = tz.chars();
+    if let Some(sign @ ('+' | '-')) = chars.next() {
+        let rest: String = chars.filter(|c| c.is_ascii_digit()).collect();
+        let oh: i64 = rest.get(0..2).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let om: i64 = rest.get(2..4).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let off = oh * 3600 + om * 60;
+        unix += if sign == '+' { -off } else { off };
+    }
+    Some(unix)
+}
+
+// ---------------------------------------------------------------------------
+// What changed after a revision
+// ---------------------------------------------------------------------------
+
+/// The worst change made by the revisions after `rev` (0-based).
+fn changes_after(doc: &mut Pdf<'_>, rev: usize) -> Result<Changes, PdfError> {
+    let mut worst = Changes::None;
+    for later in rev + 1..doc.revisions.len() {
+        worst = worst.max(changes_in(doc, later)?);
+        if worst == Changes::Content {
+            break;
+        }
+    }
+    Ok(worst)
+}
+
+/// What revision `rev` changed relative to `rev - 1`.
+fn changes_in(doc: &mut Pdf<'_>, rev: usize) -> Result<Changes, PdfError> {
+    let prev = rev - 1;
+    let written: Vec<(u32, Entry)> = doc.revisions[rev]
+        .entries
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let structural = doc.revisions[rev].structural.clone();
+    let info_refs: HashSet<u32> = [prev, rev]
+        .iter()
+        .filter_map(|r| doc.revisions[*r].trailer.get(b"Info").and_then(Obj::as_ref))
+        .map(|(n, _)| n)
+        .collect();
+    let mut worst = Changes::None;
+    for (num, entry) in written {
+        if structural.contains(&num) {
+            continue;
+        }
+        let old_entry = doc.entry(prev, num);
+        let existed = matches!(old_entry, Some(Entry::At(..) | Entry::InStream(..)));
+        let level = if matches!(entry, Entry::Free) {
+            if existed {
+                let old = doc.object(prev, num)?;
+                if is_annotation(&old) {
+                    Changes::Annotations
+                } else {
+                    Changes::Content
+                }
+            } else {
+                Changes::None
+            }
+        } else if !existed {
+            let new = doc.object(rev, num)?;
+            if is_object_stream(&new) {
+                Changes::None
+            } else if is_annotation(&new) && !is_sig_related(doc, rev, &new)? {
+                Changes::Annotations
+            } else {
+                Changes::Signatures
+            }
+        } else {
+            let old = doc.object(prev, num)?;
+            let new = doc.object(rev, num)?;
+            if old == new || is_object_stream(&new) {
+                Changes::None
+            } else if info_refs.contains(&num) {
+                Changes::Signatures
+            } else {
+                modified(doc, rev, prev, &old, &new)?
+            }
+        };
+        worst = worst.max(level);
+    }
+    Ok(worst)
+}
+
+fn is_object_stream(o: &Obj) -> bool {
+    matches!(o, Obj::Stream(d, _) if d.is_type(b"ObjStm") || d.is_type(b"XRef"))
+}
+
+fn is_annotation(o: &Obj) -> bool {
+    o.as_dict().is_some_and(|d| {
+        d.is_type(b"Annot") || (d.get(b"Subtype").is_some() && d.get(b"Rect").is_some())
+    })
+}
+
+fn is_widget(d: &Dict) -> bool {
+    d.name(b"Subtype") == Some(b"Widget")
+}
+
+/// A signature dictionary, a signature field or its widget.
+fn is_sig_related(doc: &mut Pdf<'_>, rev: usize, o: &Obj) -> Result<bool, PdfError> {
+    let Some(d) = o.as_dict() else {
+        return Ok(false);
+    };
+    if d.is_type(b"Sig") || d.is_type(b"DocTimeStamp") || d.name(b"FT") == Some(b"Sig") {
+        return Ok(true);
+    }
+    if is_widget(d)
+        && let Some(p) = d.get(b"Parent").cloned()
+    {
+        let parent = doc.resolve(rev, &p)?;
+        return Ok(parent
+            .as_dict()
+            .is_some_and(|p| p.name(b"FT") == Some(b"Sig")));
+    }
+    Ok(false)
+}
+
+/// Keys whose values differ between two dictionaries.
+fn changed_keys<'a>(old: &'a Dict, new: &'a Dict) -> Vec<&'a [u8]> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for (k, v) in &new.entries {
+        if old.get(k) != Some(v) {
+            out.push(k);
+        }
+    }
+    for (k, _) in &old.entries {
+        if new.get(k).is_none() {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Catalog entries a signing tool may add or change.
+const CATALOG_SIGNING_KEYS: &[&[u8]] = &[
+    b"AcroForm",
+    b"DSS",
+    b"Perms",
+    b"Metadata",
+    b"Version",
+    b"Extensions",
+];
+const ACROFORM_SIGNING_KEYS: &[&[u8]] = &[b"Fields", b"SigFlags", b"DR", b"DA", b"NeedAppearances"];
+const FIELD_FILL_KEYS: &[&[u8]] = &[
+    b"V", b"AP", b"AS", b"F", b"MK", b"Ff", b"Lock", b"SV", b"DV",
+];
+
+fn modified(
+    doc: &mut Pdf<'_>,
+    rev: usize,
+    prev: usize,
+    old: &Obj,
+    new: &Obj,
+) -> Result<Changes, PdfError> {
+    let within = |keys: &[&[u8]], allowed: &[&[u8]]| keys.iter().all(|k| allowed.contains(k));
+    match (old, new) {
+        (Obj::Dict(o), Obj::Dict(n)) => {
+            let keys = changed_keys(o, n);
+            if o.is_type(b"Sig") || o.is_type(b"DocTimeStamp") {
+                return Ok(Changes::Content);
+            }
+            if o.is_type(b"Catalog") {
+                return Ok(if within(&keys, CATALOG_SIGNING_KEYS) {
+                    Changes::Signatures
+                } else {
+                    Changes::Content
+                });
+            }
+            if o.is_type(b"DSS") {
+                return Ok(Changes::Signatures);
+            }
+            if o.is_type(b"Page") {
+                if !within(&keys, &[b"Annots"]) {
+                    return Ok(Changes::Content);
+                }
+                let old_a = annots_of(doc, prev, o)?;
+                let new_a = annots_of(doc, rev, n)?;
+                return added_refs(doc, rev, &old_a, &new_a);
+            }
+            if o.get(b"Fields").is_some() && within(&keys, ACROFORM_SIGNING_KEYS) {
+                return Ok(Changes::Signatures);
+            }
+            let is_field = o.get(b"FT").is_some() || o.get(b"T").is_some() || is_widget(o);
+            if is_field {
+                let sig = is_sig_related(doc, prev, old)?;
+                if within(&keys, FIELD_FILL_KEYS) {
+                    // Signing an empty signature field is a signature; a
+                    // signed field signed over again is not harmless.
+                    if sig {
+                        return Ok(if o.get(b"V").is_some() && keys.contains(&&b"V"[..]) {
+                            Changes::Content
+                        } else {
+                            Changes::Signatures
+                        });
+                    }
+                    return Ok(Changes::Annotations);
+                }
+                if within(&keys, &[b"Kids"]) {
+                    return Ok(if sig {
+                        Changes::Signatures
+                    } else {
+                        Changes::Annotations
+                    });
+                }
+                return Ok(Changes::Content);
+            }
+            if is_annotation(old) {
+                return Ok(Changes::Annotations);
+            }
+            Ok(Changes::Content)
+        }
+        (Obj::Stream(o, _), Obj::Stream(n, _)) => {
+            if o.is_type(b"Metadata") && n.is_type(b"Metadata") {
+                return Ok(Changes::Signatures);
+            }
+            Ok(Changes::Content)
+        }
+        (Obj::Array(o), Obj::Array(n)) => {
+            // An indirect /Annots or /Fields array that grew.
+            if o.iter().all(|x| n.contains(x)) && n.iter().all(|x| matches!(x, Obj::Ref(..))) {
+                return added_refs(doc, rev, o, n);
+            }
+            Ok(Changes::Content)
+        }
+        _ => Ok(Changes::Content),
+    }
+}
+
+fn annots_of(doc: &mut Pdf<'_>, rev: usize, page: &Dict) -> Result<Vec<Obj>, PdfError> {
+    match page.get(b"Annots") {
+        None => Ok(Vec::new()),
+        Some(a) => match doc.resolve(rev, a)? {
+            Obj::Array(v) => Ok(v),
+            _ => Ok(Vec::new()),
+        },
+    }
+}
+
+/// Signatures when every element added is signature-related; annotations
+/// when some other annotation came; content when something was removed.
+fn added_refs(
+    doc: &mut Pdf<'_>,
+    rev: usize,
+    old: &[Obj],
+    new: &[Obj],
+) -> Result<Changes, PdfError> {
+    if !old.iter().all(|x| new.contains(x)) {
+        // Something removed: an annotation deleted at least.
+        return Ok(Changes::Annotations);
+    }
+    let mut worst = Changes::None;
+    for x in new.iter().filter(|x| !old.contains(x)) {
+        let o = doc.resolve(rev, x)?;
+        worst = worst.max(if is_sig_related(doc, rev, &o)? {
+            Changes::Signatures
+        } else {
+            Changes::Annotations
+        });
+    }
+    Ok(worst.max(Changes::Signatures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pdf_dates() {
+        assert_eq!(pdf_date(b"D:20260302010000Z"), Some(1_772_413_200));
+        assert_eq!(pdf_date(b"D:20260302080000+07'00'"), Some(1_772_413_200));
+        assert_eq!(pdf_date(b"D:2026"), Some(1_767_225_600));
+        assert_eq!(pdf_date(b"garbage"), None);
+    }
+
+    #[test]
+    fn text_strings() {
+        assert_eq!(text(b"Signature1"), "Signature1");
+        assert_eq!(text(&[0xfe, 0xff, 0x00, 0x4b, 0x00, 0xfd]), "Ký");
+    }
+}
