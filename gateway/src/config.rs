@@ -34,6 +34,34 @@ pub struct Config {
     /// issue 5: where each recipient's copy goes, most specific pattern
     /// first. Empty: every code is local.
     pub routes: Vec<lienthong_core::routing::RouteSpec>,
+    /// issue 8: the digital signatures inside PDF attachments (PAdES).
+    pub signatures: SignaturesSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignaturesSection {
+    /// `report` (check every PDF attachment and tell the recipients) or
+    /// `require` (also refuse a document whose main PDF is not validly
+    /// signed: DOCUMENT_UNSIGNED, DOCUMENT_SIGNATURE_INVALID).
+    pub pdf: PdfSetting,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PdfSetting {
+    #[default]
+    Report,
+    Require,
+}
+
+impl PdfSetting {
+    pub fn policy(self) -> lienthong_core::pipeline::PdfPolicy {
+        match self {
+            PdfSetting::Report => lienthong_core::pipeline::PdfPolicy::Report,
+            PdfSetting::Require => lienthong_core::pipeline::PdfPolicy::Require,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

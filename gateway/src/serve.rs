@@ -107,6 +107,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             receipt_signer,
             routes: routes.clone(),
             exchange,
+            pdf_policy: cfg.signatures.pdf.policy(),
         },
     );
 

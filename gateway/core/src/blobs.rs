@@ -1226,6 +1226,159 @@ pub struct SealedBlob {
     encrypted: bool,
 }
 
+/// Random access to the plaintext of a sealed blob that is not yet in
+/// place, for checks that must seek (the PDF signature verifier): blocking
+/// positioned reads, one segment decrypted at a time. Use it from a
+/// blocking task.
+pub struct BlobSource {
+    file: std::fs::File,
+    size: u64,
+    opener: Option<SegmentOpener>,
+    /// The last segment opened: (index, plaintext).
+    cache: std::sync::Mutex<Option<(u64, Vec<u8>)>>,
+}
+
+struct SegmentOpener {
+    key: LessSafeKey,
+    header: Header,
+    segments: u64,
+    last_len: usize,
+}
+
+impl std::fmt::Debug for BlobSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobSource")
+            .field("size", &self.size)
+            .field("encrypted", &self.opener.is_some())
+            .finish()
+    }
+}
+
+impl BlobStore {
+    /// Opens a sealed temporary blob for random-access reading.
+    pub fn source_of(&self, blob: &SealedBlob) -> Result<BlobSource> {
+        let Some(path) = blob.guard.0.as_ref() else {
+            return Err(Error::new(
+                Reason::Unavailable,
+                "a temporary attachment was lost before it could be checked",
+            ));
+        };
+        let file = std::fs::File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let opener = if blob.encrypted {
+            use std::os::unix::fs::FileExt;
+            let mut buf =
+                vec![0u8; MAX_HEADER.min(usize::try_from(file_len).unwrap_or(MAX_HEADER))];
+            file.read_exact_at(&mut buf, 0)?;
+            let header = Header::parse(&buf).ok_or_else(|| {
+                Error::new(
+                    Reason::Unavailable,
+                    "a temporary attachment has no readable header",
+                )
+            })?;
+            let key = self.key_for(&header.key_id)?.key.clone();
+            let Some((segments, last_len, plain)) = header.layout(file_len) else {
+                return Err(Error::new(
+                    Reason::Unavailable,
+                    "a temporary attachment does not have the length it was written with",
+                ));
+            };
+            if plain != blob.size {
+                return Err(Error::new(
+                    Reason::Unavailable,
+                    "a temporary attachment does not have the length it was written with",
+                ));
+            }
+            Some(SegmentOpener {
+                key,
+                header,
+                segments,
+                last_len,
+            })
+        } else {
+            None
+        };
+        Ok(BlobSource {
+            file,
+            size: blob.size,
+            opener,
+            cache: std::sync::Mutex::new(None),
+        })
+    }
+}
+
+impl BlobSource {
+    fn segment(&self, op: &SegmentOpener, index: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let last = index + 1 == op.segments;
+        let full = op.header.segment + TAG_BYTES;
+        let len = if last { op.last_len } else { full };
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, op.header.len() + index * full as u64)?;
+        let counter =
+            u32::try_from(index).map_err(|_| std::io::Error::other("segment out of range"))?;
+        let aad = op.header.aad(counter, last);
+        let n = op
+            .key
+            .open_in_place(
+                op.header.nonce(counter),
+                Aad::from(aad.as_slice()),
+                &mut buf,
+            )
+            .map_err(|_| {
+                std::io::Error::other("a segment of the attachment does not authenticate")
+            })?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+impl crate::pades::pdf::Source for BlobSource {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
+        let Some(op) = &self.opener else {
+            self.file.read_exact_at(&mut buf[..want], offset)?;
+            return Ok(want);
+        };
+        let seg = op.header.segment as u64;
+        let mut done = 0usize;
+        while done < want {
+            let pos = offset + done as u64;
+            let index = pos / seg;
+            let within = (pos % seg) as usize;
+            let mut cache = self
+                .cache
+                .lock()
+                .map_err(|_| std::io::Error::other("the segment cache is poisoned"))?;
+            if cache.as_ref().is_none_or(|(i, _)| *i != index) {
+                *cache = Some((index, self.segment(op, index)?));
+            }
+            let Some((_, plain)) = cache.as_ref() else {
+                break;
+            };
+            if within >= plain.len() {
+                break;
+            }
+            let take = (plain.len() - within).min(want - done);
+            buf[done..done + take].copy_from_slice(&plain[within..within + take]);
+            done += take;
+        }
+        Ok(done)
+    }
+}
+
 /// Reads a stored blob chunk by chunk (decrypting it when it is encrypted)
 /// and checks, at the end, that the bytes still have the digest they were
 /// stored under (a blob edited on disk is caught on fetch; an encrypted one

@@ -51,6 +51,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -69,6 +74,7 @@ struct Metrics {
     database_up: Gauge,
     published: Family<ResultLabel, Counter>,
     dead_lettered: Family<ReasonLabel, Counter>,
+    pdf_verified: Family<VerdictLabel, Counter>,
     redelivered: Counter,
     broker_up: Gauge,
     outbox_depth: Gauge,
@@ -139,6 +145,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Messages taken from the inbound queue and dead-lettered, by reason code",
         dead_lettered.clone(),
     );
+    let pdf_verified = Family::<VerdictLabel, Counter>::default();
+    r.register(
+        "lienthong_pdf_verifications",
+        "PDF attachments whose signatures were checked, by verdict: valid, invalid, unsigned, indeterminate",
+        pdf_verified.clone(),
+    );
     let redelivered = Counter::default();
     r.register(
         "lienthong_amqp_redelivered",
@@ -176,6 +188,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         database_up,
         published,
         dead_lettered,
+        pdf_verified,
         redelivered,
         broker_up,
         outbox_depth,
@@ -250,6 +263,17 @@ pub fn amqp_dead_lettered(reason: Reason) {
         .dead_lettered
         .get_or_create(&ReasonLabel {
             reason: reason.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A PDF attachment's signatures were checked (`verdict` is one of the
+/// four verdicts, so the label stays bounded).
+pub fn pdf_verified(verdict: crate::pades::Verdict) {
+    METRICS
+        .pdf_verified
+        .get_or_create(&VerdictLabel {
+            verdict: verdict.as_str().to_owned(),
         })
         .inc();
 }

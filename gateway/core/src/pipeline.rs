@@ -84,6 +84,18 @@ pub struct Settings {
     /// The national exchange, when `amqp.url` is configured; without it,
     /// recipients routed to an exchange are refused.
     pub exchange: Option<ExchangeSettings>,
+    /// What to do with the signatures inside PDF attachments.
+    pub pdf_policy: PdfPolicy,
+}
+
+/// `signatures.pdf`: every PDF attachment's signatures are checked and the
+/// result goes to the recipients; `Require` also refuses a document whose
+/// main PDF (its first PDF attachment) is not validly signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PdfPolicy {
+    #[default]
+    Report,
+    Require,
 }
 
 /// What the core must know of the AMQP side.
@@ -106,6 +118,7 @@ impl Default for Settings {
             receipt_signer: None,
             routes: RouteTable::default(),
             exchange: None,
+            pdf_policy: PdfPolicy::default(),
         }
     }
 }
@@ -225,6 +238,7 @@ struct Inner {
     receipt_signer: Option<Arc<ReceiptSigner>>,
     routes: RouteTable,
     exchange: Option<ExchangeSettings>,
+    pdf_policy: PdfPolicy,
     /// Wakes the AMQP relay when the outbox gains rows.
     outbox_wake: watch::Sender<u64>,
     broker: std::sync::OnceLock<Probe>,
@@ -288,6 +302,7 @@ impl Gateway {
                 receipt_signer: settings.receipt_signer,
                 routes: settings.routes,
                 exchange: settings.exchange,
+                pdf_policy: settings.pdf_policy,
                 outbox_wake: watch::channel(0).0,
                 broker: std::sync::OnceLock::new(),
             }),
@@ -604,6 +619,7 @@ impl Gateway {
                     checked_at: Some(timestamp(now_micros())),
                     summary,
                     warnings: Vec::new(),
+                    pdf: Vec::new(),
                 }
             }
         };
@@ -661,6 +677,12 @@ impl Gateway {
                 .summary
                 .push_str("; it answers a document this gateway has not carried");
         }
+        let pdf_check = match body {
+            Body::Document(doc) => Some(PdfCheck {
+                signer_name: doc.signer.as_ref().map(|s| s.full_name.clone()),
+            }),
+            Body::Status(_) => None,
+        };
 
         Ok(Submission {
             gw: inner.clone(),
@@ -700,6 +722,7 @@ impl Gateway {
                 writer: None,
                 sealed: Vec::new(),
                 started: std::time::Instant::now(),
+                pdf_check,
             })),
         })
     }
@@ -900,6 +923,7 @@ impl Gateway {
             checked_at: Some(timestamp(now_micros())),
             summary,
             warnings,
+            pdf: Vec::new(),
         })
     }
 
@@ -1460,6 +1484,15 @@ struct Open {
     writer: Option<BlobWriter>,
     sealed: Vec<SealedBlob>,
     started: std::time::Instant,
+    /// Documents (not status notices) get their PDF attachments' signatures
+    /// checked.
+    pdf_check: Option<PdfCheck>,
+}
+
+#[derive(Debug)]
+struct PdfCheck {
+    /// The envelope's Signer.FullName, for the Decree 30 comparison.
+    signer_name: Option<String>,
 }
 
 impl Submission {
@@ -1637,6 +1670,24 @@ impl Open {
         while self.current < self.refs.len() {
             self.close_current(gw, true).await?;
         }
+        // The signatures inside PDF attachments, read back from the sealed
+        // temporary files (a PDF's byte ranges are known only once its end
+        // has arrived), before anything is committed: under `require` an
+        // unsigned document is refused here and nothing of it is kept.
+        if let Some(check) = &self.pdf_check {
+            let pdf =
+                check_pdfs(gw, &self.refs, &self.sealed, check.signer_name.as_deref()).await?;
+            if gw.pdf_policy == PdfPolicy::Require {
+                require_signed_pdf(&self.refs, &pdf)?;
+            }
+            for p in &pdf {
+                self.verification.summary.push_str(&format!(
+                    "; PDF {} ({}): {}",
+                    p.attachment_index, p.attachment_name, p.summary
+                ));
+            }
+            self.verification.pdf = pdf;
+        }
         // Blobs go into place first: a crash before the commit leaves an
         // unreferenced blob, never a message whose bytes are missing.
         let mut created = Vec::new();
@@ -1715,6 +1766,172 @@ impl Open {
                 remove_unreferenced(gw, &created).await;
                 Err(Error::from(e))
             }
+        }
+    }
+}
+
+/// Whether an attachment is a PDF, by what its sender declared (type,
+/// manifest type or file name); the verifier then checks the bytes.
+fn is_pdf(r: &AttachmentRef) -> bool {
+    let pdf_type = |t: &str| t.trim().eq_ignore_ascii_case("application/pdf");
+    pdf_type(&r.content_type)
+        || r.manifest
+            .as_ref()
+            .is_some_and(|m| pdf_type(&m.content_type))
+        || r.name.to_ascii_lowercase().ends_with(".pdf")
+}
+
+/// Checks every PDF attachment's signatures (on a blocking thread: it reads
+/// the file with positioned reads).
+async fn check_pdfs(
+    gw: &Arc<Inner>,
+    refs: &[AttachmentRef],
+    sealed: &[SealedBlob],
+    signer_name: Option<&str>,
+) -> Result<Vec<pb::PdfVerification>> {
+    let mut out = Vec::new();
+    for (i, (r, blob)) in refs.iter().zip(sealed).enumerate() {
+        if !is_pdf(r) {
+            continue;
+        }
+        let source = gw.blobs.source_of(blob)?;
+        let anchors = gw.anchors.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            crate::pades::verify(&source, &anchors, rustls_pki_types::UnixTime::now())
+        })
+        .await
+        .map_err(|_| {
+            Error::new(
+                Reason::Unavailable,
+                "the PDF signature check stopped unexpectedly; send the document again",
+            )
+        })?;
+        let v = match result {
+            Ok(report) => {
+                let warnings = crate::pades::decree30_warnings(&report, signer_name);
+                crate::metrics::pdf_verified(report.verdict);
+                pdf_verification(i, r, &report, warnings)
+            }
+            Err(e) => {
+                // Declared a PDF but not one: the clerk is told, and
+                // `require` refuses it as unsigned-or-invalid below.
+                crate::metrics::pdf_verified(crate::pades::Verdict::Invalid);
+                pb::PdfVerification {
+                    attachment_index: i as u32,
+                    attachment_name: r.name.clone(),
+                    verdict: crate::pades::Verdict::Invalid.as_str().to_owned(),
+                    revisions: 0,
+                    signatures: Vec::new(),
+                    reasons: vec![format!(
+                        "it is declared a PDF but cannot be read as one: {e}"
+                    )],
+                    warnings: Vec::new(),
+                    summary: "không đọc được tệp PDF (not a readable PDF)".to_owned(),
+                }
+            }
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn pdf_verification(
+    index: usize,
+    r: &AttachmentRef,
+    report: &crate::pades::PdfReport,
+    warnings: Vec<String>,
+) -> pb::PdfVerification {
+    pb::PdfVerification {
+        attachment_index: index as u32,
+        attachment_name: r.name.clone(),
+        verdict: report.verdict.as_str().to_owned(),
+        revisions: report.revisions as u32,
+        signatures: report
+            .signatures
+            .iter()
+            .map(|s| pb::PdfSignature {
+                field: s.field.clone(),
+                signer_subject: s.signer_subject.clone(),
+                signer_organization: s.signer_organization.clone().unwrap_or_default(),
+                signing_time: s.signing_time_unix.map(|t| prost_types::Timestamp {
+                    seconds: t,
+                    nanos: 0,
+                }),
+                timestamped: s.timestamped,
+                algorithm: s.algorithm.clone(),
+                digest_ok: s.digest_ok,
+                signature_ok: s.signature_ok,
+                chain_ok: s.chain_ok,
+                trusted_anchor: s.trusted_anchor.clone().unwrap_or_default(),
+                revocation: match s.revoked {
+                    Some(true) => "revoked",
+                    Some(false) => "not_revoked",
+                    None => "unknown",
+                }
+                .to_owned(),
+                expired_at_signing: s.expired_at_signing,
+                covers_revision: s.covers_revision as u32,
+                changes_after: s.changes_after.as_str().to_owned(),
+            })
+            .collect(),
+        reasons: report.reasons.clone(),
+        warnings,
+        summary: report.summary(),
+    }
+}
+
+/// `signatures.pdf = "require"`: the main PDF (the first PDF attachment)
+/// must be validly signed.
+fn require_signed_pdf(refs: &[AttachmentRef], pdf: &[pb::PdfVerification]) -> Result<()> {
+    let Some(main) = pdf.first() else {
+        return Err(Error::new(
+            Reason::DocumentUnsigned,
+            format!(
+                "the document has no PDF attachment ({} attachment(s), none application/pdf), and \
+                 this gateway requires the document's digitally signed PDF (signatures.pdf = \
+                 \"require\"); attach the signed PDF and send again",
+                refs.len()
+            ),
+        ));
+    };
+    let what = format!(
+        "attachment {} ({})",
+        main.attachment_index, main.attachment_name
+    );
+    match main.verdict.as_str() {
+        "valid" => Ok(()),
+        "unsigned" => Err(Error::new(
+            Reason::DocumentUnsigned,
+            format!(
+                "the document's PDF, {what}, carries no digital signature, and this gateway \
+                 requires one (signatures.pdf = \"require\"); have it signed by the signer and \
+                 the organisation and send it again"
+            ),
+        )),
+        _ => {
+            let failed = main
+                .signatures
+                .iter()
+                .find(|s| {
+                    !(s.digest_ok && s.signature_ok && s.chain_ok)
+                        || s.revocation == "revoked"
+                        || s.expired_at_signing
+                        || s.changes_after == "content"
+                })
+                .map(|s| format!("signature {} of {}", s.field, s.signer_subject))
+                .unwrap_or_else(|| "its signature".to_owned());
+            Err(Error::new(
+                Reason::DocumentSignatureInvalid,
+                format!(
+                    "the document's PDF, {what}: {failed} is not valid ({}); this gateway requires \
+                     a valid signature (signatures.pdf = \"require\"); sign the unaltered PDF \
+                     again with a certificate of a trusted CA and send it again",
+                    main.reasons
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or(main.verdict.as_str())
+                ),
+            ))
         }
     }
 }

@@ -1,0 +1,256 @@
+//! PDF signatures in the pipeline: a document whose PDF attachment is signed
+//! (by pyHanko, an independent signer) reaches its recipient with the
+//! verification result in the Delivery; an unsigned or altered one is
+//! reported, and under `signatures.pdf = "require"` refused with its reason,
+//! logged, and nothing of it kept.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lienthong_e2e::*;
+use tonic::Code;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/pdf/pyhanko")
+        .join(name)
+}
+
+fn options(require: bool) -> GatewayOptions {
+    GatewayOptions {
+        extra_anchors: vec![fixture("root.pem")],
+        extra_config: if require {
+            "[signatures]\npdf = \"require\"\n".to_owned()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    }
+}
+
+/// A minimal PDF without any signature.
+fn unsigned_pdf() -> Vec<u8> {
+    let mut out = b"%PDF-1.7\n".to_vec();
+    let objs = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>",
+    ];
+    let mut offsets = Vec::new();
+    for (i, o) in objs.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(b"xref\n0 4\n0000000000 65535 f \n");
+    for o in offsets {
+        out.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!("trailer\n<< /Size 4 /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n").as_bytes(),
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_pdf_verification_reaches_the_recipient() {
+    let Some(gw) = TestGateway::start_with("pdf_pipeline_report", options(false)).await else {
+        return;
+    };
+    within(Duration::from_secs(120), "the PDF report scenario", async {
+        let a = gw.agency(A);
+        let b = gw.agency(B);
+        let signed = AttachmentSpec::file(&fixture("two-signatures.pdf"), "application/pdf");
+        let altered = AttachmentSpec::file(&fixture("changed-after.pdf"), "application/pdf");
+        let plain = AttachmentSpec::bytes("phu-luc.pdf", "application/pdf", unsigned_pdf());
+        let note = AttachmentSpec::text("ghi-chu.txt", "không phải PDF");
+        let sent = a
+            .send_document(
+                &[B],
+                "Quyết định có chữ ký số",
+                &[signed, note, altered, plain],
+            )
+            .await
+            .expect("accepted under the report policy, whatever the PDFs hold");
+        let deliveries = b.receive_all(10).await.unwrap();
+        let d = deliveries
+            .iter()
+            .find(|d| {
+                d.envelope
+                    .as_ref()
+                    .is_some_and(|e| e.payload == sent.signed.payload)
+            })
+            .expect("B received the document");
+        let v = d.verification.as_ref().expect("a verification report");
+        assert_eq!(
+            v.pdf.len(),
+            3,
+            "one report per PDF attachment, none for the .txt: {v:#?}"
+        );
+
+        let main = &v.pdf[0];
+        assert_eq!(main.attachment_index, 0);
+        assert_eq!(main.verdict, "valid", "{main:#?}");
+        assert_eq!(main.revisions, 3);
+        assert_eq!(main.signatures.len(), 2);
+        let (person, org) = (&main.signatures[0], &main.signatures[1]);
+        assert_eq!(person.field, "Signature1");
+        assert!(
+            person.signer_subject.contains("CN=Nguyễn Văn An"),
+            "{person:#?}"
+        );
+        assert_eq!(person.changes_after, "signatures");
+        assert_eq!(person.algorithm, "RSA-SHA256");
+        assert_eq!(org.field, "OrgSeal");
+        assert_eq!(org.algorithm, "ECDSA-P256-SHA256");
+        assert!(person.digest_ok && person.signature_ok && person.chain_ok);
+        assert_eq!(
+            person.trusted_anchor,
+            "C=VN, O=Lienthong Test PKI, CN=Lienthong pyHanko Test Root"
+        );
+        assert_eq!(
+            person.revocation, "unknown",
+            "no CRL of the pyHanko root is configured"
+        );
+        assert!(
+            main.summary.contains("đã ký số hợp lệ bởi Nguyễn Văn An"),
+            "{}",
+            main.summary
+        );
+        // The envelope names another signer: a Decree 30 warning, not a refusal.
+        assert!(
+            main.warnings
+                .iter()
+                .any(|w| w.contains("Nguyễn Văn A") && w.contains("envelope")),
+            "{:?}",
+            main.warnings
+        );
+
+        let altered = &v.pdf[1];
+        assert_eq!(altered.attachment_index, 2);
+        assert_eq!(altered.verdict, "invalid", "{altered:#?}");
+        assert_eq!(altered.signatures[0].changes_after, "content");
+        assert!(
+            altered.reasons.iter().any(|r| r.contains("changed after")),
+            "{:?}",
+            altered.reasons
+        );
+
+        let plain = &v.pdf[2];
+        assert_eq!(plain.attachment_index, 3);
+        assert_eq!(plain.verdict, "unsigned");
+        assert!(plain.signatures.is_empty());
+        assert!(
+            v.summary.contains("PDF 0 (two-signatures.pdf)"),
+            "{}",
+            v.summary
+        );
+
+        // The verdicts are counted.
+        let metrics = http_metrics(&gw).await;
+        if let Some(m) = metrics {
+            for verdict in ["valid", "invalid", "unsigned"] {
+                assert!(
+                    m.contains(&format!(
+                        "lienthong_pdf_verifications_total{{verdict=\"{verdict}\"}} 1"
+                    )),
+                    "metric for {verdict} in:\n{m}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_refuses_unsigned_and_altered_documents() {
+    let Some(gw) = TestGateway::start_with("pdf_pipeline_require", options(true)).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(120),
+        "the PDF require scenario",
+        async {
+            let a = gw.agency(A);
+            let b = gw.agency(B);
+
+            let cases = [
+                (
+                    AttachmentSpec::bytes("quyet-dinh.pdf", "application/pdf", unsigned_pdf()),
+                    "DOCUMENT_UNSIGNED",
+                    "carries no digital signature",
+                ),
+                (
+                    AttachmentSpec::file(&fixture("changed-after.pdf"), "application/pdf"),
+                    "DOCUMENT_SIGNATURE_INVALID",
+                    "Signature1",
+                ),
+                (
+                    AttachmentSpec::text("quyet-dinh.txt", "không có PDF"),
+                    "DOCUMENT_UNSIGNED",
+                    "no PDF attachment",
+                ),
+            ];
+            for (att, reason, sentence) in cases {
+                let draft = a.draft_document(&[B], "Văn bản phải có chữ ký số", &[att]);
+                let err = a
+                    .send_draft(&draft)
+                    .await
+                    .expect_err("refused under require");
+                assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+                assert_eq!(reason_of(&err).as_deref(), Some(reason), "{err:?}");
+                assert!(err.message().contains(sentence), "{}", err.message());
+                assert!(
+                    err.message().contains("signatures.pdf"),
+                    "the sentence names the rule: {}",
+                    err.message()
+                );
+                let events = gw.trace_json(&draft.envelope.message_id, Some(A)).await;
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| e["kind"] == "rejected" && e["reason"] == reason),
+                    "a `rejected` line in the transfer log: {events:?}"
+                );
+                assert!(
+                    events.iter().all(|e| e["kind"] == "rejected"),
+                    "nothing but the refusal is kept: {events:?}"
+                );
+            }
+            let (blobs, tmp) = gw.storage_files();
+            assert!(
+                blobs.is_empty() && tmp.is_empty(),
+                "no attachment kept: {blobs:?} {tmp:?}"
+            );
+
+            // A validly signed one goes through.
+            let ok = AttachmentSpec::file(&fixture("rsa-signed.pdf"), "application/pdf");
+            a.send_document(&[B], "Văn bản đã ký số", &[ok])
+                .await
+                .expect("a validly signed PDF is accepted under require");
+            let got = b.receive_all(10).await.unwrap();
+            assert_eq!(got.len(), 1, "B gets only the signed document");
+            let v = got[0].verification.as_ref().unwrap();
+            assert_eq!(v.pdf[0].verdict, "valid");
+            // Signed by a person only: Decree 30 expects the organisation too.
+            assert!(
+                v.pdf[0]
+                    .warnings
+                    .iter()
+                    .any(|w| w.contains("no signature of the organisation")),
+                "{:?}",
+                v.pdf[0].warnings
+            );
+        },
+    )
+    .await;
+}
+
+/// The gateway's metrics text, when the harness's gateway serves HTTP.
+async fn http_metrics(gw: &TestGateway) -> Option<String> {
+    let addr = gw.http_addr?;
+    let (status, body) = lienthong_e2e::amqp::http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    Some(body)
+}
