@@ -13,7 +13,8 @@ use crate::config::Config;
 
 #[derive(Subcommand, Debug)]
 pub enum PdfCommand {
-    /// Check every signature of a PDF: byte ranges, digest, CMS signature,
+    /// Check every signature of a PDF (or of the one PDF in a ZIP archive,
+    /// as edXML producers send them): byte ranges, digest, CMS signature,
     /// timestamp, chain to the trust anchors at the signing time,
     /// revocation, and what changed after it. Prints one JSON object; exit
     /// 0 whatever the verdict, 2 when the file is not a PDF it can read.
@@ -56,7 +57,7 @@ pub fn run(cfg: Config, cmd: PdfCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            match pades::verify(&src, &trust, pades::Time::now()) {
+            match pades::verify_attachment(&src, &trust, pades::Time::now()) {
                 Ok(report) => {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     Ok(ExitCode::SUCCESS)

@@ -1673,6 +1673,8 @@ pub async fn within<T>(
 // ---------------------------------------------------------------------------
 
 pub mod amqp;
+// The PDF signing toolkit of `lienthong pdf verify`'s tests.
+pub mod pdf;
 
 pub mod pki {
     use super::*;

@@ -1797,7 +1797,7 @@ async fn check_pdfs(
         let source = gw.blobs.source_of(blob)?;
         let anchors = gw.anchors.clone();
         let result = tokio::task::spawn_blocking(move || {
-            crate::pades::verify(&source, &anchors, rustls_pki_types::UnixTime::now())
+            crate::pades::verify_attachment(&source, &anchors, rustls_pki_types::UnixTime::now())
         })
         .await
         .map_err(|_| {
@@ -1827,6 +1827,7 @@ async fn check_pdfs(
                     )],
                     warnings: Vec::new(),
                     summary: "không đọc được tệp PDF (not a readable PDF)".to_owned(),
+                    zip_entry: String::new(),
                 }
             }
         };
@@ -1877,6 +1878,7 @@ fn pdf_verification(
         reasons: report.reasons.clone(),
         warnings,
         summary: report.summary(),
+        zip_entry: report.zip_entry.clone().unwrap_or_default(),
     }
 }
 

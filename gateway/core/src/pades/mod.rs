@@ -127,6 +127,9 @@ impl SignatureReport {
 /// The whole result.
 #[derive(Debug, Clone, Serialize)]
 pub struct PdfReport {
+    /// When the file was a ZIP archive holding the PDF: the PDF's name in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zip_entry: Option<String>,
     pub signatures: Vec<SignatureReport>,
     pub revisions: usize,
     pub verdict: Verdict,
@@ -213,11 +216,117 @@ pub fn verify(
         Verdict::Valid
     };
     Ok(PdfReport {
+        zip_entry: None,
         signatures,
         revisions: revision_ends.len(),
         verdict,
         reasons,
     })
+}
+
+/// Largest PDF unpacked from a ZIP attachment to be checked: ZIP entries
+/// cannot be read at an offset, so the PDF is held in memory (never written
+/// to disk in clear, whatever the storage encryption).
+pub const MAX_ZIPPED_PDF: u64 = 64 << 20;
+
+/// Like [`verify`], for an attachment as agencies send them: a PDF, or (as
+/// many edXML producers do) a ZIP archive holding one PDF (the report then
+/// names it in `zip_entry`).
+pub fn verify_attachment(
+    src: &dyn Source,
+    anchors: &TrustAnchors,
+    now: UnixTime,
+) -> Result<PdfReport, PdfError> {
+    let mut head = [0u8; 4];
+    let n = src
+        .read_at(0, &mut head)
+        .map_err(|e| PdfError(format!("the file could not be read: {e}")))?;
+    if n < 4 || head != *b"PK\x03\x04" {
+        return verify(src, anchors, now);
+    }
+    let mut archive = zip::ZipArchive::new(SourceReader { src, pos: 0 })
+        .map_err(|e| PdfError(format!("it is a ZIP archive that cannot be read ({e})")))?;
+    let files: Vec<usize> = (0..archive.len())
+        .filter(|&i| {
+            archive
+                .name_for_index(i)
+                .and_then(|n| n.ok())
+                .is_some_and(|n| !n.ends_with('/'))
+        })
+        .collect();
+    let [only] = files.as_slice() else {
+        return Err(PdfError(format!(
+            "it is a ZIP archive of {} files, not one PDF",
+            files.len()
+        )));
+    };
+    let mut entry = archive.by_index(*only).map_err(|e| {
+        PdfError(format!(
+            "the file inside the ZIP archive cannot be read ({e})"
+        ))
+    })?;
+    let name = match entry.name() {
+        Ok(n) => n.into_owned(),
+        Err(_) => String::from_utf8_lossy(entry.name_raw()).into_owned(),
+    };
+    if entry.size() > MAX_ZIPPED_PDF {
+        return Err(PdfError(format!(
+            "the PDF inside the ZIP archive ({name}) is larger than {} MiB; send it unzipped to \
+             have its signatures checked",
+            MAX_ZIPPED_PDF >> 20
+        )));
+    }
+    let mut pdf = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&mut entry, MAX_ZIPPED_PDF + 1),
+        &mut pdf,
+    )
+    .map_err(|e| {
+        PdfError(format!(
+            "the file inside the ZIP archive ({name}) cannot be unpacked ({e})"
+        ))
+    })?;
+    if pdf.len() as u64 > MAX_ZIPPED_PDF {
+        return Err(PdfError(format!(
+            "the PDF inside the ZIP archive ({name}) is larger than {} MiB",
+            MAX_ZIPPED_PDF >> 20
+        )));
+    }
+    verify(&pdf, anchors, now)
+        .map(|r| PdfReport {
+            zip_entry: Some(name.clone()),
+            ..r
+        })
+        .map_err(|e| PdfError(format!("{name} inside the ZIP archive: {e}")))
+}
+
+/// `Read + Seek` over a [`Source`], for the ZIP reader.
+struct SourceReader<'s> {
+    src: &'s dyn Source,
+    pos: u64,
+}
+
+impl std::io::Read for SourceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.src.read_at(self.pos, buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for SourceReader<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let len = self.src.len() as i128;
+        let new = match to {
+            std::io::SeekFrom::Start(p) => i128::from(p),
+            std::io::SeekFrom::End(d) => len + i128::from(d),
+            std::io::SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
+        };
+        self.pos = u64::try_from(new).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
 }
 
 /// The Decree 30 observations on a verified document: reported to the

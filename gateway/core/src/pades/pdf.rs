@@ -1001,10 +1001,17 @@ impl<'s> Pdf<'s> {
     /// Parses `n g obj … endobj` at `off`, checking it is object `num`.
     /// Returns the offset of the object body too.
     pub fn object_at(&mut self, rev: usize, off: u64, num: u32) -> PResult<(u64, Obj)> {
-        let (found, body_at, obj) = parse_indirect(&mut self.pages, off)?;
+        let (found, body_at, obj) = parse_indirect(&mut self.pages, off).map_err(|e| {
+            PdfError(format!(
+                "the cross-reference table says object {num} is at offset {off}, but it is not \
+                 there ({e}): the table is malformed or the file was altered after it was written"
+            ))
+        })?;
         if found != num {
             return err(format!(
-                "the cross-reference table says object {num} is at offset {off}, but object {found} is there"
+                "the cross-reference table says object {num} is at offset {off}, but object \
+                 {found} is there: the table is malformed or the file was altered after it was \
+                 written"
             ));
         }
         let obj = match obj {
@@ -1230,7 +1237,9 @@ fn read_section(pages: &mut Pages<'_>, off: u64) -> PResult<Section> {
     } else {
         read_xref_stream(pages, off).map_err(|e| {
             PdfError(format!(
-                "the cross-reference section at offset {off} is malformed: {e}"
+                "the cross-reference offset {off} points at neither a cross-reference table nor \
+                 a cross-reference stream ({e}): the file's offsets do not match its bytes, so it \
+                 was damaged or altered after it was written (e.g. copied as text)"
             ))
         })
     }
