@@ -176,6 +176,7 @@ pub fn verify(
     let last = doc.last();
     let revision_ends: Vec<u64> = doc.revisions.iter().map(|r| r.end).collect();
     let found = find_signatures(&mut doc, last)?;
+    let referenced: HashSet<u32> = found.iter().map(|f| f.sig_num).collect();
 
     // Decode every signature first: their digest algorithms decide the
     // hashing, which then reads the file once for all of them.
@@ -205,6 +206,36 @@ pub fn verify(
             }
         }
         signatures.push(report);
+    }
+    // A signature dictionary no field points to: a signature was unhooked
+    // from the form (an incremental update can do that), so what it would
+    // have said is not in the report.
+    for num in orphan_signatures(&mut doc, &referenced)? {
+        any_indeterminate = true;
+        reasons.push(format!(
+            "object {num} is a signature dictionary that no signature field refers to: a \
+             signature was removed from the form after it was made, and was not checked"
+        ));
+    }
+    // Bytes after the last revision's %%EOF belong to no revision, so no
+    // signature covers them; readers ignore them, but nobody vouches for
+    // them either.
+    if !signatures.is_empty() {
+        let end = revision_ends.last().copied().unwrap_or(0);
+        let len = src.len();
+        if len > end {
+            let mut tail = vec![0u8; (len - end).min(4096) as usize];
+            let n = src.read_at(end, &mut tail).unwrap_or(0);
+            let junk = len - end > 4096 || tail[..n].iter().any(|b| !b" \t\r\n\0\x0c".contains(b));
+            if junk {
+                any_indeterminate = true;
+                reasons.push(format!(
+                    "{} byte(s) follow the end of the file's last revision and are covered by no \
+                     signature",
+                    len - end
+                ));
+            }
+        }
     }
     let verdict = if signatures.is_empty() {
         Verdict::Unsigned
@@ -463,6 +494,46 @@ fn find_signatures(doc: &mut Pdf<'_>, rev: usize) -> Result<Vec<FoundField>, Pdf
     }
     Ok(out)
 }
+
+/// Signature dictionaries (objects with a /ByteRange and /Contents) in the
+/// newest table that no field refers to. Only revisions of at most
+/// [`ORPHAN_SCAN_LIMIT`] objects are looked through, which covers every
+/// incremental update and all but the largest originals.
+fn orphan_signatures(doc: &mut Pdf<'_>, referenced: &HashSet<u32>) -> Result<Vec<u32>, PdfError> {
+    let last = doc.last();
+    let mut candidates: Vec<u32> = Vec::new();
+    for r in &doc.revisions {
+        if r.entries.len() <= ORPHAN_SCAN_LIMIT {
+            candidates.extend(
+                r.entries
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Entry::At(..)))
+                    .map(|(n, _)| *n),
+            );
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut out = Vec::new();
+    for num in candidates {
+        if referenced.contains(&num) || !matches!(doc.entry(last, num), Some(Entry::At(..))) {
+            continue;
+        }
+        // An object that does not parse is not a signature we can name.
+        let Ok(obj) = doc.object(last, num) else {
+            continue;
+        };
+        if let Obj::Dict(d) = obj
+            && d.get(b"ByteRange").is_some()
+            && d.get(b"Contents").is_some()
+        {
+            out.push(num);
+        }
+    }
+    Ok(out)
+}
+
+const ORPHAN_SCAN_LIMIT: usize = 10_000;
 
 /// A PDF text string: UTF-16BE with its BOM, else PDFDocEncoding (read as
 /// Latin-1, which it equals for the characters field names use).
@@ -1301,7 +1372,9 @@ fn modified(
                 return added_refs(doc, rev, &old_a, &new_a);
             }
             if o.get(b"Fields").is_some() && within(&keys, ACROFORM_SIGNING_KEYS) {
-                return Ok(Changes::Signatures);
+                let old_f = array_of(doc, prev, o.get(b"Fields"))?;
+                let new_f = array_of(doc, rev, n.get(b"Fields"))?;
+                return added_refs(doc, rev, &old_f, &new_f);
             }
             let is_field = o.get(b"FT").is_some() || o.get(b"T").is_some() || is_widget(o);
             if is_field {
@@ -1350,7 +1423,11 @@ fn modified(
 }
 
 fn annots_of(doc: &mut Pdf<'_>, rev: usize, page: &Dict) -> Result<Vec<Obj>, PdfError> {
-    match page.get(b"Annots") {
+    array_of(doc, rev, page.get(b"Annots"))
+}
+
+fn array_of(doc: &mut Pdf<'_>, rev: usize, o: Option<&Obj>) -> Result<Vec<Obj>, PdfError> {
+    match o {
         None => Ok(Vec::new()),
         Some(a) => match doc.resolve(rev, a)? {
             Obj::Array(v) => Ok(v),
@@ -1374,10 +1451,17 @@ fn added_refs(
     let mut worst = Changes::None;
     for x in new.iter().filter(|x| !old.contains(x)) {
         let o = doc.resolve(rev, x)?;
+        let form_or_annotation = o.as_dict().is_some_and(|d| {
+            d.get(b"FT").is_some() || d.get(b"T").is_some() || d.get(b"Subtype").is_some()
+        });
         worst = worst.max(if is_sig_related(doc, rev, &o)? {
             Changes::Signatures
-        } else {
+        } else if form_or_annotation {
             Changes::Annotations
+        } else {
+            // Something that is neither a field nor an annotation listed
+            // as one: the structure was tampered with.
+            Changes::Content
         });
     }
     Ok(worst.max(Changes::Signatures))
@@ -1393,6 +1477,90 @@ mod tests {
         assert_eq!(pdf_date(b"D:20260302080000+07'00'"), Some(1_772_413_200));
         assert_eq!(pdf_date(b"D:2026"), Some(1_767_225_600));
         assert_eq!(pdf_date(b"garbage"), None);
+    }
+
+    /// A PDF signed by pyHanko (tests/fixtures), with its trust anchor.
+    fn pyhanko(name: &str) -> Vec<u8> {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/pdf/pyhanko/"
+        );
+        std::fs::read(format!("{dir}{name}")).expect("fixture")
+    }
+
+    fn pyhanko_anchors() -> TrustAnchors {
+        let pem = String::from_utf8(pyhanko("root.pem")).expect("PEM text");
+        TrustAnchors::from_pem(&pem).expect("anchor")
+    }
+
+    #[test]
+    fn a_zipped_pdf_is_unpacked_and_named() {
+        use std::io::Write;
+        let pdf = pyhanko("rsa-signed.pdf");
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zip.start_file("quyet-dinh.pdf", zip::write::SimpleFileOptions::default())
+            .expect("zip");
+        zip.write_all(&pdf).expect("zip");
+        let bytes = zip.finish().expect("zip").into_inner();
+        let report = verify_attachment(&bytes, &pyhanko_anchors(), Time::now()).expect("a report");
+        assert_eq!(report.zip_entry.as_deref(), Some("quyet-dinh.pdf"));
+        assert_eq!(report.verdict, Verdict::Valid, "{report:#?}");
+        // Unzipped, the same file has no entry name.
+        let report = verify_attachment(&pdf, &pyhanko_anchors(), Time::now()).expect("a report");
+        assert_eq!(report.zip_entry, None);
+    }
+
+    #[test]
+    fn the_organisation_and_signer_name_checks() {
+        let anchors = pyhanko_anchors();
+        let person = verify(&pyhanko("rsa-signed.pdf"), &anchors, Time::now()).expect("report");
+        let w = decree30_warnings(&person, Some("Nguyễn  văn AN"));
+        assert_eq!(w.len(), 1, "only the missing organisation signature: {w:?}");
+        assert!(w[0].contains("Decree 30"), "{w:?}");
+        let both = verify(&pyhanko("two-signatures.pdf"), &anchors, Time::now()).expect("report");
+        assert!(decree30_warnings(&both, Some("Nguyễn Văn An")).is_empty());
+        let w = decree30_warnings(&both, Some("Trần Thị Bình"));
+        assert!(w.len() == 1 && w[0].contains("Trần Thị Bình"), "{w:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Damaged signed PDFs (bytes overwritten, cut short) get a report
+        /// or a sentence, never a panic; a change inside the signed bytes
+        /// is never reported valid.
+        #[test]
+        fn damaged_pdfs_never_panic(at in 0usize..18_000, byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<bool>()) {
+            let mut pdf = pyhanko("two-signatures.pdf");
+            let at = at % pdf.len();
+            let original = pdf[at];
+            if cut {
+                pdf.truncate(at);
+            } else {
+                pdf[at] = byte;
+            }
+            let original_pdf = pyhanko("two-signatures.pdf");
+            // The /Contents holes: the only bytes no signature covers.
+            let mut holes = Vec::new();
+            let mut from = 0;
+            while let Some(i) = original_pdf[from..].windows(11).position(|w| w == b"/Contents <") {
+                let lt = from + i + 10;
+                let gt = lt + original_pdf[lt..].iter().position(|b| *b == b'>').unwrap_or(0);
+                holes.push(lt..=gt);
+                from = gt;
+            }
+            // Cut at the end of an earlier revision, the file is that
+            // revision: legitimately valid.
+            let ends: Vec<usize> = Pdf::open(&original_pdf)
+                .map(|p| p.revisions.iter().map(|r| r.end as usize).collect())
+                .unwrap_or_default();
+            if let Ok(report) = verify(&pdf, &pyhanko_anchors(), Time::now()) {
+                let in_hole = holes.iter().any(|h| h.contains(&at));
+                let earlier_revision = cut && ends.contains(&at);
+                if (cut || original != byte) && !in_hole && !earlier_revision {
+                    proptest::prop_assert_ne!(report.verdict, Verdict::Valid, "byte {} changed or cut", at);
+                }
+            }
+        }
     }
 
     #[test]
