@@ -129,7 +129,7 @@ fn unknown_algorithm(s: &str) -> Error {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
+pub(crate) enum KeyKind {
     Rsa,
     P256,
     P384,
@@ -1370,7 +1370,7 @@ fn to_datetime(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
+pub(crate) fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
     const RSA: &str = "1.2.840.113549.1.1.1";
     const EC: &str = "1.2.840.10045.2.1";
     const P256: &str = "1.2.840.10045.3.1.7";

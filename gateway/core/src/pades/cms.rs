@@ -11,6 +11,7 @@ use ring::signature as rsig;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::crl::der_next;
+use crate::signing::KeyKind;
 
 /// A DER OBJECT IDENTIFIER's contents.
 type Oid = &'static [u8];
@@ -40,8 +41,6 @@ const EC_PUBLIC_KEY: Oid = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const ECDSA_SHA256: Oid = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
 const ECDSA_SHA384: Oid = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
 const ECDSA_SHA512: Oid = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
-const P256: Oid = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const P384: Oid = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 
 /// The digests a signature may be made over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,36 +455,15 @@ impl Signed {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyKind {
-    Rsa,
-    P256,
-    P384,
-    Other,
-}
-
+/// The signer's key type; an RSASSA-PSS key (its own SPKI type) is RSA.
 fn key_kind(cert_der: &[u8]) -> KeyKind {
     let Ok((_, cert)) = X509Certificate::from_der(cert_der) else {
         return KeyKind::Other;
     };
-    let alg = &cert.public_key().algorithm;
-    let oid = alg.algorithm.as_bytes();
-    if oid == RSA_ENCRYPTION || oid == RSA_PSS {
+    if cert.public_key().algorithm.algorithm.as_bytes() == RSA_PSS {
         return KeyKind::Rsa;
     }
-    if oid == EC_PUBLIC_KEY {
-        let curve = alg
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map(|o| o.as_bytes().to_vec());
-        return match curve.as_deref() {
-            Some(P256) => KeyKind::P256,
-            Some(P384) => KeyKind::P384,
-            _ => KeyKind::Other,
-        };
-    }
-    KeyKind::Other
+    crate::signing::key_kind(&cert)
 }
 
 fn key_bits_rsa(rsa_public_key: &[u8]) -> usize {
