@@ -445,10 +445,28 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
                 summary["kind"] = "document".into();
                 summary["document_id"] = doc.document_id.clone().into();
                 summary["subject"] = doc.subject.clone().into();
+                let pdf = d
+                    .verification
+                    .as_ref()
+                    .map(|v| v.pdf.as_slice())
+                    .unwrap_or_default();
                 summary["attachments"] = doc
                     .attachments
                     .iter()
-                    .map(|a| serde_json::json!({"name": a.name, "size": a.size, "sha256": hex::encode(&a.sha256)}))
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let mut j = serde_json::json!({"name": a.name, "size": a.size, "sha256": hex::encode(&a.sha256)});
+                        // What the gateway found in the PDF's own signatures.
+                        if let Some(p) = pdf.iter().find(|p| p.attachment_index as usize == i) {
+                            j["pdf_signatures"] = serde_json::json!({
+                                "verdict": p.verdict,
+                                "summary": p.summary,
+                                "reasons": p.reasons,
+                                "warnings": p.warnings,
+                            });
+                        }
+                        j
+                    })
                     .collect::<Vec<_>>()
                     .into();
                 if let Some(out) = &args.out {

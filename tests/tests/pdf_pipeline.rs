@@ -147,6 +147,23 @@ async fn signed_pdf_verification_reaches_the_recipient() {
             v.summary
         );
 
+        // What a clerk using `lienthong receive` sees, per attachment.
+        let out = gw.run_cli(&["receive", "--as", B, "--max", "10"]).await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|j| j["message_id"] == sent.envelope.message_id)
+            .expect("the document in `lienthong receive`");
+        let atts = line["attachments"].as_array().expect("attachments");
+        assert_eq!(atts[0]["pdf_signatures"]["verdict"], "valid", "{line:#}");
+        assert!(
+            atts[1].get("pdf_signatures").is_none(),
+            "the .txt has no PDF report: {line:#}"
+        );
+        assert_eq!(atts[2]["pdf_signatures"]["verdict"], "invalid", "{line:#}");
+        assert_eq!(atts[3]["pdf_signatures"]["verdict"], "unsigned", "{line:#}");
+
         // The verdicts are counted.
         let metrics = http_metrics(&gw).await;
         if let Some(m) = metrics {
