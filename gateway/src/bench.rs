@@ -733,6 +733,10 @@ async fn receiver(load: Arc<Load>, mut client: ExchangeClient<Channel>, me: Stri
             }
         };
         let now = SystemTime::now();
+        if d.notice.is_some() {
+            // A gateway notice (maintenance): no message, nothing to ack.
+            continue;
+        }
         let Some(signed) = d.envelope.as_ref() else {
             lock(&load.tally).error("delivery_without_envelope");
             continue;

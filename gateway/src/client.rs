@@ -426,6 +426,11 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
+        // issue 6: a gateway notice (maintenance) is shown, never acknowledged.
+        if let Some(n) = &d.notice {
+            println!("{}", crate::maintenance_cmd::notice_json(n));
+            continue;
+        }
         let Some(signed) = d.envelope.clone() else {
             continue;
         };

@@ -9,6 +9,7 @@ mod bench; // issue 9
 mod client;
 mod config;
 mod edxml_cmd;
+mod maintenance_cmd; // issue 6
 mod pdf_cmd; // issue 8
 mod report; // issue 7
 mod serve;
@@ -83,6 +84,10 @@ enum Command {
     /// agencies at once, and prints throughput, latency and errors.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Operator announcements (reads and writes the database directly):
+    /// maintenance windows.
+    #[command(subcommand)]
+    Admin(maintenance_cmd::AdminCommand),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(args) => report::run(cfg, args).await,
         Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),
         Command::Bench(cmd) => bench::run(cfg, cmd).await,
+        Command::Admin(cmd) => maintenance_cmd::run(cfg, cmd).await,
     }
 }
 

@@ -108,6 +108,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             routes: routes.clone(),
             exchange,
             pdf_policy: cfg.signatures.pdf.policy(),
+            calendar: cfg.report_settings()?.calendar,
         },
     );
 
@@ -188,6 +189,13 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }));
         task
     });
+    // issue 6: maintenance windows announced by `lienthong admin maintenance`
+    // (another process) reach the following Receive streams through this poll.
+    let maintenance_task = tokio::spawn(lienthong_core::maintenance::watch_maintenance(
+        gw.clone(),
+        lienthong_core::maintenance::POLL_INTERVAL,
+        stopped(&stop_rx),
+    ));
     let reports_task = cfg.reports.monthly.then(|| {
         tokio::spawn(lienthong_core::reports::run_monthly_reports(
             gw.clone(),
@@ -233,6 +241,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     };
     let (grpc, web) = tokio::join!(grpc, web);
     signal.abort();
+    let _ = maintenance_task.await;
     if let Some(t) = reports_task {
         let _ = t.await;
     }

@@ -42,6 +42,7 @@ pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
 pub mod limits;
+mod notices; // issue 6: maintenance notices on Receive
 pub mod reports;
 pub mod tls;
 
@@ -380,8 +381,13 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let slot = self.shared.stream_slot(&caller).await?;
         let gw = self.shared.gw.clone();
         let hop = self.shared.trace_organ_id.clone();
+        let notices = self.shared.gw.notice_feed().await; // issue 6
         tokio::spawn(async move {
             let _slot = slot;
+            // Notices (maintenance windows) first, then beside the deliveries.
+            let Some(_following) = notices::start(notices, &tx, req.follow).await else {
+                return;
+            };
             let mut sent: u32 = 0;
             loop {
                 tokio::select! {
@@ -586,6 +592,24 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(pb::TraceResponse { events }))
+    }
+
+    async fn document_status(
+        &self,
+        request: Request<pb::DocumentStatusRequest>,
+    ) -> Result<Response<pb::DocumentStatusResponse>, Status> {
+        let caller = self
+            .shared
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        let req = request.into_inner();
+        let status = self
+            .shared
+            .gw
+            .document_status(&caller, &req.from, &req.document_id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(status))
     }
 }
 

@@ -131,7 +131,33 @@ function render(o) {
   $("updated").textContent = `Cập nhật lúc ${when(o.now)}`;
 }
 
+// Maintenance windows announced by the operators (issue 6): the same markup
+// the server puts in the page, built from /api/maintenance as text.
+function renderMaintenance(windows) {
+  const box = $("maintenance");
+  box.replaceChildren();
+  for (const w of windows) {
+    const item = el("div", null, "maintenance-item");
+    item.dataset.id = String(w.id);
+    const en = el("span", w.text_en, "maintenance-en");
+    en.lang = "en";
+    item.append(el("strong", w.text_vi), " ", el("span", w.message, "maintenance-message"),
+      el("br"), en);
+    box.append(item);
+  }
+}
+
+async function refreshMaintenance() {
+  try {
+    const res = await fetch("/api/maintenance", { cache: "no-store" });
+    if (res.ok) renderMaintenance(await res.json());
+  } catch (e) {
+    // Keep what is shown; the offline banner says the gateway is unreachable.
+  }
+}
+
 async function refresh() {
+  refreshMaintenance();
   try {
     const res = await fetch("/api/overview", { cache: "no-store" });
     const body = await res.json();

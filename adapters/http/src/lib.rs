@@ -19,6 +19,7 @@
 //! | `/api/overview` | the dashboard's figures |
 //! | `/api/refusals?limit=` | the latest refusals |
 //! | `/api/search?q=` | messages by message_id or số/ký hiệu, with their trace |
+//! | `/api/maintenance` | maintenance windows current or to come, with the banner's sentences |
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +33,8 @@ use lienthong_core::error::{Error, Reason};
 use lienthong_core::pipeline::Gateway;
 use lienthong_core::reports::{self, Format, Lang, Period, ReportSettings, Scope};
 use tokio::net::TcpListener;
+
+mod maintenance; // issue 6
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
@@ -61,6 +64,7 @@ pub fn router(gw: Gateway, settings: ReportSettings) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/refusals", get(refusals))
         .route("/api/search", get(search))
+        .route("/api/maintenance", get(maintenance::api))
         .fallback(not_found)
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(App { gw, settings })
@@ -137,10 +141,19 @@ fn param<'a>(p: &'a HashMap<String, String>, k: &str) -> &'a str {
     p.get(k).map(String::as_str).unwrap_or("").trim()
 }
 
-async fn index() -> Response {
+async fn index(State(app): State<App>) -> Response {
+    // issue 6: maintenance banners in the page itself. The page shows even
+    // when they cannot be read (dashboard.js tries again).
+    let banners = match app.gw.maintenance_windows().await {
+        Ok(w) => maintenance::banners_html(&w),
+        Err(e) => {
+            tracing::warn!(error = %e.chain(), "http: the maintenance windows could not be read");
+            String::new()
+        }
+    };
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX_HTML,
+        INDEX_HTML.replacen(maintenance::PLACEHOLDER, &banners, 1),
     )
         .into_response()
 }

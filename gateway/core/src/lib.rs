@@ -5,6 +5,8 @@ pub mod devpki;
 pub mod directory;
 pub mod directory_csv;
 pub mod error;
+pub mod lifecycle; // issue 6
+pub mod maintenance; // issue 6: maintenance notices
 pub mod metrics; // issue 7
 pub mod organ_id;
 pub mod pades; // issue 8

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::blobs::{BlobReader, BlobStore, BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
+use crate::lifecycle;
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::receipts::ReceiptSigner;
 use crate::routing::{self, RouteTable, Target};
@@ -86,6 +87,9 @@ pub struct Settings {
     pub exchange: Option<ExchangeSettings>,
     /// What to do with the signatures inside PDF attachments.
     pub pdf_policy: PdfPolicy,
+    /// Working days and hours (`reports.working_hours`): the same-day
+    /// sending rule and the deadlines count in them.
+    pub calendar: crate::reports::WorkingCalendar,
 }
 
 /// `signatures.pdf`: every PDF attachment's signatures are checked and the
@@ -119,6 +123,7 @@ impl Default for Settings {
             routes: RouteTable::default(),
             exchange: None,
             pdf_policy: PdfPolicy::default(),
+            calendar: crate::reports::WorkingCalendar::default(),
         }
     }
 }
@@ -239,9 +244,12 @@ struct Inner {
     routes: RouteTable,
     exchange: Option<ExchangeSettings>,
     pdf_policy: PdfPolicy,
+    calendar: crate::reports::WorkingCalendar,
     /// Wakes the AMQP relay when the outbox gains rows.
     outbox_wake: watch::Sender<u64>,
     broker: std::sync::OnceLock<Probe>,
+    /// issue 6: the maintenance windows for following `Receive` streams.
+    notices: crate::maintenance::Notices,
 }
 
 struct Probe(BrokerProbe);
@@ -303,8 +311,10 @@ impl Gateway {
                 routes: settings.routes,
                 exchange: settings.exchange,
                 pdf_policy: settings.pdf_policy,
+                calendar: settings.calendar,
                 outbox_wake: watch::channel(0).0,
                 broker: std::sync::OnceLock::new(),
+                notices: Default::default(),
             }),
         }
     }
@@ -315,6 +325,10 @@ impl Gateway {
 
     pub fn gateway_id(&self) -> &str {
         &self.inner.gateway_id
+    }
+
+    pub(crate) fn notices(&self) -> &crate::maintenance::Notices {
+        &self.inner.notices
     }
 
     pub fn limits(&self) -> &Limits {
@@ -581,7 +595,7 @@ impl Gateway {
                 ),
             ));
         }
-        let (routes, elsewhere) = self
+        let (mut routes, elsewhere) = self
             .route(
                 &from,
                 &recipients,
@@ -630,6 +644,20 @@ impl Gateway {
         })?;
         let (kind, document_id, ref_from, status_code, refs) = match body {
             Body::Document(doc) => {
+                if let Some(mark) = secret_classification(doc, &envelope.extensions) {
+                    // Refused here, before any attachment byte is read: of a
+                    // secret document nothing but this refusal is kept.
+                    return Err(Error::new(
+                        Reason::SecretDocument,
+                        format!(
+                            "the document is classified {mark:?} (độ mật): documents containing state \
+                             secrets must not be sent over this system (Law on Protection of State \
+                             Secrets No. 29/2018/QH14; Decree 30/2020/NĐ-CP does not apply to them); \
+                             nothing of it was kept: send it by the channel your agency uses for \
+                             classified documents"
+                        ),
+                    ));
+                }
                 validate_document(doc, limits)?;
                 (
                     "document",
@@ -651,7 +679,10 @@ impl Gateway {
                     .await?
                     .is_some();
                 if !known {
-                    if policy == IdPolicy::Strict {
+                    // From another gateway, a notice may overtake its
+                    // document: it is kept, and the lifecycle applies it
+                    // when the document arrives (see `lifecycle`).
+                    if policy == IdPolicy::Strict && caller.role != Role::Exchange {
                         return Err(Error::new(
                             Reason::NotFound,
                             format!(
@@ -676,6 +707,21 @@ impl Gateway {
             verification
                 .summary
                 .push_str("; it answers a document this gateway has not carried");
+        }
+        let effect = self
+            .check_lifecycle(caller, &from, &envelope.to, body)
+            .await?;
+        if let Some(r) = effect.routes.clone() {
+            routes = r;
+        }
+        if let Some(n) = &effect.note {
+            verification.summary.push_str("; ");
+            verification.summary.push_str(n);
+        }
+        if let (Body::Document(_), Some(n)) = (body, &effect.status_note) {
+            verification.warnings.push(n.clone());
+            verification.summary.push_str("; warning: ");
+            verification.summary.push_str(n);
         }
         let pdf_check = match body {
             Body::Document(doc) => Some(PdfCheck {
@@ -714,6 +760,12 @@ impl Gateway {
                         }),
                     actor: caller.organ_id.clone(),
                     transport: caller.transport.as_str().to_owned(),
+                    business_type: effect.business_type,
+                    replaces: effect.replaces,
+                    withdraw: effect.withdraw,
+                    status_note: effect.status_note,
+                    priority: effect.priority,
+                    due_at: effect.due_at,
                 },
                 verification,
                 envelope_sha,
@@ -925,6 +977,331 @@ impl Gateway {
             warnings,
             pdf: Vec::new(),
         })
+    }
+
+    // ----- the document lifecycle (issue 6) ------------------------------
+
+    /// Checks a document's business (recall, update, replace) or a status
+    /// notice against the lifecycle of the document it refers to, and says
+    /// what accepting it will do.
+    async fn check_lifecycle(
+        &self,
+        caller: &Caller,
+        from: &OrganId,
+        to: &[String],
+        body: &Body,
+    ) -> Result<LifecycleEffect> {
+        let inner = &self.inner;
+        let from_exchange = caller.role == Role::Exchange;
+        let mut effect = LifecycleEffect::default();
+        match body {
+            Body::Document(doc) => {
+                let bt = doc.business.as_ref().map(|b| b.r#type).unwrap_or(0);
+                effect.business_type = bt;
+                effect.priority = i32::try_from(doc.priority).unwrap_or(0);
+                effect.due_at = crate::reports::parse_date(&doc.due_date)
+                    .and_then(|d| d.next_day())
+                    .map(crate::reports::day_start_micros);
+                // Decree 30: a document is sent the day it is signed, or the
+                // next working day at the latest. Reported, not refused.
+                if let Some(promulgated) = crate::reports::parse_date(&doc.promulgation_date) {
+                    let today = crate::reports::local_date(now_micros());
+                    let late = inner.calendar.working_days_between(promulgated, today);
+                    if late > 1 && !from_exchange {
+                        effect.status_note = Some(format!(
+                            "sent {late} working days after its promulgation date {}: Decree 30/2020/NĐ-CP \
+                             (art. 16) asks for the same or the next working day",
+                            doc.promulgation_date
+                        ));
+                    }
+                }
+                if bt == lifecycle::BUSINESS_NEW {
+                    return Ok(effect);
+                }
+                let what = match bt {
+                    lifecycle::BUSINESS_RECALL => "recall",
+                    lifecycle::BUSINESS_UPDATE => "update",
+                    lifecycle::BUSINESS_REPLACE => "replacement",
+                    other => {
+                        return Err(Error::malformed(format!(
+                            "business.type {other} is not one of 0 (new), 1 (recall), 2 (update), 3 (replace)"
+                        )));
+                    }
+                };
+                let target = doc
+                    .business
+                    .as_ref()
+                    .map(|b| b.replaces.trim())
+                    .unwrap_or_default();
+                if target.is_empty() {
+                    return Err(Error::malformed(format!(
+                        "a {what} must name the document it refers to in business.replaces (its document_id)"
+                    )));
+                }
+                if target == doc.document_id {
+                    return Err(Error::malformed(format!(
+                        "a {what} needs a document_id of its own; business.replaces names the document it refers to"
+                    )));
+                }
+                effect.replaces = Some(target.to_owned());
+                let Some(original) = inner.store.document(from.as_str(), target).await? else {
+                    let others = inner.store.document_senders(target).await?;
+                    if let Some(owner) = others.iter().find(|o| o.as_str() != from.as_str()) {
+                        return Err(Error::new(
+                            Reason::PermissionDenied,
+                            format!(
+                                "document {target} was sent by {owner}; only its sender may send a {what} of it, and {from} is not its sender"
+                            ),
+                        ));
+                    }
+                    if from_exchange {
+                        // Overtook its document on the way: kept, and the
+                        // lifecycle applies it when the document arrives.
+                        effect.note = Some(format!(
+                            "a {what} of document {target}, which has not arrived here yet"
+                        ));
+                        return Ok(effect);
+                    }
+                    return Err(Error::new(
+                        Reason::NotFound,
+                        format!(
+                            "the {what} refers to document {target} of {from}, which this gateway has not carried; check business.replaces"
+                        ),
+                    ));
+                };
+                if original.business_type == lifecycle::BUSINESS_RECALL {
+                    return Err(Error::malformed(format!(
+                        "document {target} is itself a recall; a recall cannot be recalled, updated or replaced (send a new document instead)"
+                    )));
+                }
+                let life = self.lifecycle_of(original).await?;
+                if let Some(at) = life.recalled_at {
+                    return Err(Error::malformed(format!(
+                        "document {target} of {from} was recalled on {}: the sender's copy is frozen, so no further {what} of it is accepted",
+                        crate::reports::format_local(at)
+                    )));
+                }
+                if bt != lifecycle::BUSINESS_RECALL {
+                    effect.note = Some(format!(
+                        "a{} {what} of document {target}",
+                        if what == "update" { "n" } else { "" }
+                    ));
+                    return Ok(effect);
+                }
+                // A recall goes to every recipient still holding a copy; the
+                // copies not yet handed out are withdrawn instead.
+                let deliveries = inner.store.deliveries_of(life.document.id).await?;
+                if !from_exchange {
+                    // The origin knows every recipient: the recall may name
+                    // only them (it goes to all of them anyway).
+                    if let Some(stranger) = to
+                        .iter()
+                        .find(|t| !deliveries.iter().any(|d| &d.recipient == *t))
+                    {
+                        return Err(Error::malformed(format!(
+                            "the recall is addressed to {stranger}, which was not a recipient of document {target}; a recall goes to the document's recipients"
+                        )));
+                    }
+                }
+                let mut routes = Vec::new();
+                for d in deliveries {
+                    match d.state.as_str() {
+                        "withdrawn" => {}
+                        "pending" if d.last_delivered_at.is_none() => {
+                            effect.withdraw.push((d.id, d.recipient, d.route))
+                        }
+                        _ => routes.push((d.recipient, d.route)),
+                    }
+                }
+                effect.note = Some(format!(
+                    "a recall of document {target}: sent to {} recipient(s) holding a copy, withdrawn from {} inbox(es) not yet delivered",
+                    routes.len(),
+                    effect.withdraw.len()
+                ));
+                effect.routes = Some(routes);
+                Ok(effect)
+            }
+            Body::Status(st) => {
+                let Some(original) = inner
+                    .store
+                    .document(&st.document_from, &st.document_id)
+                    .await?
+                else {
+                    return Ok(effect);
+                };
+                let code = st.code.as_str();
+                let deliveries = inner.store.deliveries_of(original.id).await?;
+                let is_recipient = deliveries.iter().any(|d| d.recipient == from.as_str());
+                let is_sender = original.sender == from.as_str();
+                if (code == "13" && !is_sender) || (code != "13" && !is_recipient) {
+                    // From another gateway, the document's recipients are
+                    // those of the other gateway too: only the origin knows
+                    // them all.
+                    if !(from_exchange && code != "13" && !is_sender) {
+                        return Err(lifecycle::not_a_party(from.as_str(), code, &original));
+                    }
+                    effect.note = Some(format!(
+                        "status {code} from {from}, a recipient served by another gateway"
+                    ));
+                    return Ok(effect);
+                }
+                let life = self.lifecycle_of(original).await?;
+                let name = format!(
+                    "document {} of {}",
+                    life.document.document_id, life.document.sender
+                );
+                let now = now_micros();
+                let recalled = life.recalled_at.is_some();
+                let concerned: Vec<String> = if code == "13" {
+                    life.recipients.keys().cloned().collect()
+                } else {
+                    vec![from.as_str().to_owned()]
+                };
+                let mut notes = Vec::new();
+                for who in concerned {
+                    let Some(r) = life.recipients.get(&who) else {
+                        continue;
+                    };
+                    match lifecycle::apply(&r.state, code, now, recalled, &who, &name)? {
+                        lifecycle::Outcome::Changed(s) => {
+                            notes.push(format!("{who}: {} → {}", r.state.label(), s.label()))
+                        }
+                        lifecycle::Outcome::Repeat => {
+                            notes.push(format!("{who}: {} (a repeat)", r.state.label()))
+                        }
+                        lifecycle::Outcome::Stale => notes.push(format!(
+                            "{who}: stays {} (status {code} comes after a later step)",
+                            r.state.label()
+                        )),
+                    }
+                }
+                effect.status_note = Some(notes.join("; "));
+                Ok(effect)
+            }
+        }
+    }
+
+    /// The lifecycle of one document, folded from the records.
+    async fn lifecycle_of(&self, document: message::Model) -> Result<lifecycle::DocumentLifecycle> {
+        let store = &self.inner.store;
+        let deliveries = store.deliveries_of(document.id).await?;
+        let mut statuses = Vec::new();
+        for m in store
+            .statuses_answering(&document.sender, &document.document_id)
+            .await?
+        {
+            let to = if m.status_code.as_deref() == Some("13") {
+                store
+                    .deliveries_of(m.id)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.recipient)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            statuses.push((m, to));
+        }
+        let mut referring = Vec::new();
+        for m in store
+            .documents_referring(&document.sender, &document.document_id)
+            .await?
+        {
+            let to = store
+                .deliveries_of(m.id)
+                .await?
+                .into_iter()
+                .map(|d| d.recipient)
+                .collect();
+            referring.push((m, to));
+        }
+        Ok(lifecycle::DocumentLifecycle::fold(lifecycle::Records {
+            document,
+            deliveries,
+            statuses,
+            referring,
+        }))
+    }
+
+    /// `Exchange.DocumentStatus`: where document `document_id` of
+    /// `doc_from` stands with each recipient. For its sender, its
+    /// recipients and operators.
+    pub async fn document_status(
+        &self,
+        caller: &Caller,
+        doc_from: &str,
+        document_id: &str,
+    ) -> Result<pb::DocumentStatusResponse> {
+        let store = &self.inner.store;
+        let not_found = || {
+            Error::new(
+                Reason::NotFound,
+                format!(
+                    "this gateway has carried no document {} from {}; check document_id and from",
+                    truncate(document_id, 200),
+                    truncate(doc_from, 64)
+                ),
+            )
+        };
+        let Some(document) = store.document(doc_from, document_id).await? else {
+            return Err(not_found());
+        };
+        let deliveries = store.deliveries_of(document.id).await?;
+        let allowed = caller.is_operator()
+            || caller.organ_id == document.sender
+            || deliveries.iter().any(|d| d.recipient == caller.organ_id)
+            || store.represents(&caller.organ_id, &document.sender).await?;
+        if !allowed {
+            // Not even whether it exists, to anyone else.
+            return Err(not_found());
+        }
+        let mut links = Vec::new();
+        if let Some(target) = &document.replaces {
+            let relation = match document.business_type {
+                lifecycle::BUSINESS_RECALL => "recalls",
+                lifecycle::BUSINESS_UPDATE => "updates",
+                _ => "replaces",
+            };
+            let target_msg = store.document(&document.sender, target).await?;
+            links.push(pb::DocumentLink {
+                relation: relation.to_owned(),
+                document_id: target.clone(),
+                message_id: target_msg
+                    .as_ref()
+                    .map(|m| m.message_id.clone())
+                    .unwrap_or_default(),
+                at: target_msg.map(|m| timestamp(m.accepted_at)),
+            });
+        }
+        for m in store
+            .documents_referring(&document.sender, &document.document_id)
+            .await?
+        {
+            let relation = match m.business_type {
+                lifecycle::BUSINESS_RECALL => "recalled_by",
+                lifecycle::BUSINESS_UPDATE => "updated_by",
+                _ => "replaced_by",
+            };
+            links.push(pb::DocumentLink {
+                relation: relation.to_owned(),
+                document_id: m.document_id.clone(),
+                message_id: m.message_id.clone(),
+                at: Some(timestamp(m.accepted_at)),
+            });
+        }
+        let due_date = Envelope::decode(
+            SignedEnvelope::decode(document.signed_envelope.as_slice())
+                .map(|s| s.payload)
+                .unwrap_or_default(),
+        )
+        .ok()
+        .and_then(|e| match e.body {
+            Some(Body::Document(d)) => Some(d.due_date),
+            _ => None,
+        })
+        .unwrap_or_default();
+        let life = self.lifecycle_of(document).await?;
+        Ok(life.to_pb(links, due_date))
     }
 
     async fn receipt_for(&self, m: &message::Model, duplicate: bool) -> Result<SendReceipt> {
@@ -1770,6 +2147,82 @@ impl Open {
     }
 }
 
+/// The security classification (độ mật) a document carries, if it carries
+/// one that makes it a state secret: the envelope's `confidentiality`, or
+/// an edXML element producers use for it (kept in `extensions`).
+fn secret_classification(doc: &pb::Document, extensions: &[pb::XmlExtension]) -> Option<String> {
+    let secret = |v: &str| {
+        let v = v.trim().to_lowercase();
+        !(v.is_empty()
+            || [
+                "0",
+                "thường",
+                "thuong",
+                "normal",
+                "none",
+                "không",
+                "khong",
+                "public",
+            ]
+            .contains(&v.as_str()))
+    };
+    if secret(&doc.confidentiality) {
+        return Some(doc.confidentiality.trim().to_owned());
+    }
+    const NAMES: [&str; 6] = [
+        "securitylevel",
+        "confidentiality",
+        "secretlevel",
+        "domat",
+        "secret",
+        "classification",
+    ];
+    for e in extensions {
+        let last = e.path.rsplit('/').next().unwrap_or_default();
+        let local = last.rsplit(':').next().unwrap_or(last).to_lowercase();
+        if !NAMES.contains(&local.as_str()) {
+            continue;
+        }
+        // The element's text, without its tags.
+        let text: String = {
+            let mut out = String::new();
+            let mut in_tag = false;
+            for c in e.xml.chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    c if !in_tag => out.push(c),
+                    _ => {}
+                }
+            }
+            out
+        };
+        if secret(&text) {
+            return Some(text.trim().to_owned());
+        }
+    }
+    None
+}
+
+/// What accepting a message will do to the lifecycle of the document it
+/// refers to.
+#[derive(Debug, Default)]
+struct LifecycleEffect {
+    business_type: i32,
+    replaces: Option<String>,
+    /// A recall: where it goes (every recipient still holding a copy),
+    /// instead of the envelope's `to`.
+    routes: Option<Vec<(String, String)>>,
+    withdraw: Vec<(i64, String, String)>,
+    /// For the verification summary.
+    note: Option<String>,
+    /// For the log line: a status's effect on each recipient's state
+    /// (before → after); a document sent late.
+    status_note: Option<String>,
+    priority: i32,
+    due_at: Option<i64>,
+}
+
 /// Whether an attachment is a PDF, by what its sender declared (type,
 /// manifest type or file name); the verifier then checks the bytes.
 fn is_pdf(r: &AttachmentRef) -> bool {
@@ -2042,6 +2495,7 @@ impl Inbox {
             verification,
             attempt: attempt.max(1) as u32,
             edxml: Default::default(),
+            notice: None,
         })
     }
 }

@@ -48,8 +48,8 @@ pub use dashboard::{
     inbox_depths, overview, recent_refusals, search,
 };
 pub use period::{
-    Period, VIETNAM, WorkingCalendar, WorkingHours, format_local, format_rfc3339, local_date,
-    parse_date,
+    Period, VIETNAM, WorkingCalendar, WorkingHours, day_start_micros, format_local, format_rfc3339,
+    local_date, parse_date,
 };
 pub use render::{Format, report_file_name, to_csv, to_json, to_xlsx};
 pub use schedule::{

@@ -49,6 +49,10 @@ pub enum EventKind {
     Duplicate,
     /// A stored attachment failed its digest check when it was read.
     IntegrityFailed,
+    /// issue 6: a recalled document taken out of an inbox before delivery.
+    Withdrawn,
+    /// issue 6: a deadline passed with a recipient not there yet.
+    Overdue,
 }
 
 impl EventKind {
@@ -62,6 +66,8 @@ impl EventKind {
             EventKind::StatusReceived => "status_received",
             EventKind::Duplicate => "duplicate",
             EventKind::IntegrityFailed => "integrity_failed",
+            EventKind::Withdrawn => "withdrawn",
+            EventKind::Overdue => "overdue",
         }
     }
 }
@@ -251,6 +257,20 @@ pub struct NewMessage {
     pub upstream: Option<Vec<u8>>,
     pub actor: String,
     pub transport: String,
+    /// `business.type` of a document (0 new, 1 recall, 2 update, 3 replace).
+    pub business_type: i32,
+    /// The document_id a recall, update or replacement refers to.
+    pub replaces: Option<String>,
+    /// A recall: the deliveries of the recalled document to take out of
+    /// their inboxes (delivery pk, recipient, route), if they still have
+    /// not been handed out when this commits; those that were meanwhile get
+    /// the recall delivered instead.
+    pub withdraw: Vec<(i64, String, String)>,
+    /// What the lifecycle says about it, for its log line: a status's
+    /// effect on the recipient's state; a document sent late.
+    pub status_note: Option<String>,
+    pub priority: i32,
+    pub due_at: Option<i64>,
 }
 
 /// Why an acceptance did not commit.
@@ -537,6 +557,51 @@ impl Store {
             .await?)
     }
 
+    /// The status notices answering document `document_id` of `doc_from`,
+    /// in acceptance order.
+    pub async fn statuses_answering(
+        &self,
+        doc_from: &str,
+        document_id: &str,
+    ) -> Result<Vec<message::Model>> {
+        Ok(message::Entity::find()
+            .filter(message::Column::RefFrom.eq(doc_from))
+            .filter(message::Column::DocumentId.eq(document_id))
+            .filter(message::Column::Kind.eq("status"))
+            .order_by_asc(message::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The recall, update and replacement documents `sender` sent about its
+    /// document `document_id`, in acceptance order.
+    pub async fn documents_referring(
+        &self,
+        sender: &str,
+        document_id: &str,
+    ) -> Result<Vec<message::Model>> {
+        Ok(message::Entity::find()
+            .filter(message::Column::Sender.eq(sender))
+            .filter(message::Column::Replaces.eq(document_id))
+            .filter(message::Column::Kind.eq("document"))
+            .order_by_asc(message::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The senders of documents with this document_id (whoever sent them).
+    pub async fn document_senders(&self, document_id: &str) -> Result<Vec<String>> {
+        let rows = message::Entity::find()
+            .filter(message::Column::DocumentId.eq(document_id))
+            .filter(message::Column::Kind.eq("document"))
+            .limit(20)
+            .all(&self.db)
+            .await?;
+        let mut out: Vec<String> = rows.into_iter().map(|m| m.sender).collect();
+        out.dedup();
+        Ok(out)
+    }
+
     pub async fn attachments(&self, message_pk: i64) -> Result<Vec<attachment::Model>> {
         Ok(attachment::Entity::find()
             .filter(attachment::Column::MessagePk.eq(message_pk))
@@ -582,6 +647,10 @@ impl Store {
             accepted_at: Set(m.accepted_at),
             attachment_count: Set(m.attachments.len() as i32),
             upstream: Set(m.upstream.clone()),
+            business_type: Set(m.business_type),
+            replaces: Set(m.replaces.clone()),
+            priority: Set(m.priority),
+            due_at: Set(m.due_at),
             ..Default::default()
         }
         .insert(&txn)
@@ -614,8 +683,36 @@ impl Store {
                 .await
                 .map_err(AcceptError::Db)?;
         }
-        let mut deliveries = Vec::with_capacity(m.recipients.len());
-        for (recipient, route) in &m.recipients {
+        // A recall takes the recalled document out of the inboxes that have
+        // not yet had it; a copy handed out meanwhile gets the recall.
+        let mut recipients = m.recipients.clone();
+        let mut withdrawn = Vec::new();
+        for (pk, recipient, route) in &m.withdraw {
+            let taken = delivery::Entity::update_many()
+                .col_expr(delivery::Column::State, Expr::value("withdrawn"))
+                .col_expr(delivery::Column::AckedAt, Expr::value(m.accepted_at))
+                .filter(delivery::Column::Id.eq(*pk))
+                .filter(delivery::Column::State.eq("pending"))
+                .filter(delivery::Column::LastDeliveredAt.is_null())
+                .exec(&txn)
+                .await
+                .map_err(AcceptError::Db)?
+                .rows_affected;
+            if taken == 1 {
+                outbox::Entity::update_many()
+                    .col_expr(outbox::Column::State, Expr::value("cancelled"))
+                    .filter(outbox::Column::DeliveryPk.eq(*pk))
+                    .filter(outbox::Column::State.eq("pending"))
+                    .exec(&txn)
+                    .await
+                    .map_err(AcceptError::Db)?;
+                withdrawn.push(recipient.clone());
+            } else if !recipients.iter().any(|(r, _)| r == recipient) {
+                recipients.push((recipient.clone(), route.clone()));
+            }
+        }
+        let mut deliveries = Vec::with_capacity(recipients.len());
+        for (recipient, route) in &recipients {
             let d = delivery::ActiveModel {
                 delivery_id: Set(uuid::Uuid::now_v7().simple().to_string()),
                 message_pk: Set(msg.id),
@@ -662,25 +759,46 @@ impl Store {
             actor: Some(m.actor.clone()),
             transport: m.transport.clone(),
         };
+        let mut accepted_detail = format!(
+            "accepted over {} for {} recipient(s), {} attachment(s), envelope sha256 {}",
+            m.transport,
+            recipients.len(),
+            m.attachments.len(),
+            m.envelope_sha256_hex
+        );
+        if let (None, Some(n)) = (&m.status_code, &m.status_note) {
+            accepted_detail.push_str("; ");
+            accepted_detail.push_str(n);
+        }
         let mut events = vec![NewEvent {
-            detail: format!(
-                "accepted over {} for {} recipient(s), {} attachment(s), envelope sha256 {}",
-                m.transport,
-                m.recipients.len(),
-                m.attachments.len(),
-                m.envelope_sha256_hex
-            ),
+            detail: accepted_detail,
             ..base.clone()
         }];
         if let (Some(code), Some(doc_from)) = (&m.status_code, &m.ref_from) {
+            let mut detail = format!("status {code} for document {} of {doc_from}", m.document_id);
+            if let Some(n) = &m.status_note {
+                detail.push_str(": ");
+                detail.push_str(n);
+            }
             events.push(NewEvent {
                 kind: EventKind::StatusReceived,
                 reason: Some(code.clone()),
-                detail: format!("status {code} for document {} of {doc_from}", m.document_id),
+                detail,
                 ..base.clone()
             });
         }
-        for (recipient, route) in &m.recipients {
+        for recipient in &withdrawn {
+            events.push(NewEvent {
+                kind: EventKind::Withdrawn,
+                recipient: Some(recipient.clone()),
+                detail: format!(
+                    "document {} recalled before it was delivered: taken out of the inbox",
+                    m.replaces.as_deref().unwrap_or_default()
+                ),
+                ..base.clone()
+            });
+        }
+        for (recipient, route) in &recipients {
             events.push(NewEvent {
                 kind: EventKind::Routed,
                 recipient: Some(recipient.clone()),
@@ -1324,6 +1442,12 @@ mod tests {
             upstream: None,
             actor: sender.into(),
             transport: "test".into(),
+            business_type: 0,
+            replaces: None,
+            withdraw: vec![],
+            status_note: None,
+            priority: 0,
+            due_at: None,
         }
     }
 

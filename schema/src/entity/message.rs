@@ -26,6 +26,14 @@ pub struct Model {
     /// The hops made before this gateway (serialized `TraceHop`s), for
     /// messages that came from another gateway.
     pub upstream: Option<Vec<u8>>,
+    /// 0 new, 1 recall, 2 update, 3 replace (`business.type`).
+    pub business_type: i32,
+    /// For a recall, update or replacement: the document_id it refers to.
+    pub replaces: Option<String>,
+    /// The document's priority (0 normal … 4 scheduled express).
+    pub priority: i32,
+    /// The end of its DueDate (Vietnam time), microseconds.
+    pub due_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

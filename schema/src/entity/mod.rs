@@ -6,6 +6,7 @@ pub mod client_cert;
 pub mod delivery;
 pub mod event;
 pub mod log_head;
+pub mod maintenance; // issue 6: maintenance notices
 pub mod message;
 pub mod outbox;
 pub mod representation;

@@ -9,6 +9,8 @@ mod m20261124_000003_log_chain;
 mod m20261124_000004_client_certs;
 mod m20261124_000005_representations;
 mod m20261124_000006_outbox; // issue 5: the AMQP outbox, upstream hops
+mod m20261125_000007_lifecycle; // issue 6: business type and references
+mod m20261125_000008_maintenance; // issue 6: maintenance notices
 
 pub use m20261124_000003_log_chain::GENESIS;
 
@@ -24,6 +26,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_client_certs::Migration),
             Box::new(m20261124_000005_representations::Migration),
             Box::new(m20261124_000006_outbox::Migration),
+            Box::new(m20261125_000007_lifecycle::Migration),
+            Box::new(m20261125_000008_maintenance::Migration),
         ]
     }
 }

@@ -349,7 +349,27 @@ impl Default for WorkingCalendar {
 }
 
 impl WorkingCalendar {
-    fn is_working_day(&self, d: Date) -> bool {
+    /// The working days after `from` up to and including `to` (0 when `to`
+    /// is not after `from`): "sent the same or the next working day" is at
+    /// most 1.
+    pub fn working_days_between(&self, from: Date, to: Date) -> i64 {
+        let mut n = 0;
+        let mut d = from;
+        let mut guard = 0;
+        while d < to && guard <= MAX_RANGE_DAYS {
+            match d.next_day() {
+                Some(next) => d = next,
+                None => break,
+            }
+            if self.is_working_day(d) {
+                n += 1;
+            }
+            guard += 1;
+        }
+        n
+    }
+
+    pub fn is_working_day(&self, d: Date) -> bool {
         let i = match d.weekday() {
             Weekday::Monday => 0,
             Weekday::Tuesday => 1,

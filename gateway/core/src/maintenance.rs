@@ -1,0 +1,555 @@
+//! Maintenance notices (issue 6): an operator announces a maintenance
+//! window (`lienthong admin maintenance`), agency software learns of it on
+//! its `Receive` stream ahead of time, and the dashboard shows it.
+//!
+//! A window is a row of `maintenance_windows`, written by the operator's
+//! command on the database directly (like the directory commands), never
+//! deleted: cancelling it sets `cancelled_at`.
+//!
+//! How a notice reaches the streams: `serve` runs [`watch_maintenance`],
+//! which reads the windows not yet over every [`POLL_INTERVAL`] and
+//! publishes them on a `watch` channel held by the [`Gateway`]. Each
+//! `Receive` call takes a [`NoticeFeed`] ([`Gateway::notice_feed`]): it first
+//! reads the table itself (so a new call is never staler than the
+//! database), then follows the channel and turns every window it has not
+//! told yet, and every cancellation of one it told, into a notice
+//! `Delivery` (no envelope, no `delivery_id`, never acknowledged). Notices
+//! travel beside the inbox, never through it: the order of deliveries,
+//! their acknowledgement and redelivery do not see them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lienthong_proto::v1::{Delivery, GatewayNotice};
+use lienthong_schema::entity::maintenance;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::{Error, Reason, Result};
+use crate::pipeline::{Gateway, timestamp};
+use crate::reports::format_rfc3339;
+use crate::store::{Store, now_micros};
+
+/// The longest message of a window, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// How often `serve` looks for windows announced or cancelled by the
+/// command line (another process, writing the database).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `GatewayNotice.kind` of a maintenance window.
+pub const KIND: &str = "maintenance";
+
+/// A maintenance window. Times are Unix microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub id: i64,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub message: String,
+    pub announced_at: i64,
+    pub cancelled_at: Option<i64>,
+}
+
+impl From<maintenance::Model> for Window {
+    fn from(m: maintenance::Model) -> Self {
+        Window {
+            id: m.id,
+            starts_at: m.starts_at,
+            ends_at: m.ends_at,
+            message: m.message,
+            announced_at: m.announced_at,
+            cancelled_at: m.cancelled_at,
+        }
+    }
+}
+
+/// A window as the command line and the dashboard's JSON show it: times in
+/// Vietnam time (RFC 3339, `+07:00`) and as Unix seconds.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WindowJson {
+    pub id: i64,
+    pub kind: &'static str,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub starts_at_unix: i64,
+    pub ends_at_unix: i64,
+    pub message: String,
+    pub announced_at: String,
+    pub cancelled: bool,
+    pub cancelled_at: Option<String>,
+    /// `upcoming`, `ongoing`, `over` or `cancelled`, at the time of asking.
+    pub state: &'static str,
+}
+
+impl Window {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled_at.is_some()
+    }
+
+    /// `upcoming`, `ongoing`, `over` or `cancelled` at `now`.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.is_cancelled() {
+            "cancelled"
+        } else if self.ends_at <= now {
+            "over"
+        } else if self.starts_at <= now {
+            "ongoing"
+        } else {
+            "upcoming"
+        }
+    }
+
+    /// The notice agencies receive.
+    pub fn notice(&self) -> GatewayNotice {
+        GatewayNotice {
+            id: self.id.to_string(),
+            kind: KIND.to_owned(),
+            starts_at: Some(timestamp(self.starts_at)),
+            ends_at: Some(timestamp(self.ends_at)),
+            message: self.message.clone(),
+            announced_at: Some(timestamp(self.announced_at)),
+            cancelled: self.is_cancelled(),
+        }
+    }
+
+    /// The notice as a `Delivery` of a `Receive` stream: no envelope, no
+    /// delivery_id, not to be acknowledged.
+    pub fn delivery(&self) -> Delivery {
+        Delivery {
+            notice: Some(self.notice()),
+            ..Default::default()
+        }
+    }
+
+    pub fn to_json(&self, now: i64) -> WindowJson {
+        WindowJson {
+            id: self.id,
+            kind: KIND,
+            starts_at: format_rfc3339(self.starts_at),
+            ends_at: format_rfc3339(self.ends_at),
+            starts_at_unix: self.starts_at.div_euclid(1_000_000),
+            ends_at_unix: self.ends_at.div_euclid(1_000_000),
+            message: self.message.clone(),
+            announced_at: format_rfc3339(self.announced_at),
+            cancelled: self.is_cancelled(),
+            cancelled_at: self.cancelled_at.map(format_rfc3339),
+            state: self.state(now),
+        }
+    }
+}
+
+/// Checks a window before it is announced; the error is a sentence for the
+/// operator. Returns the message as it will be stored (trimmed).
+pub fn validate(starts_at: i64, ends_at: i64, message: &str, now: i64) -> Result<String> {
+    if ends_at <= starts_at {
+        return Err(Error::malformed(format!(
+            "the maintenance must end after it starts: --to ({}) is not after --from ({})",
+            format_rfc3339(ends_at),
+            format_rfc3339(starts_at)
+        )));
+    }
+    if ends_at <= now {
+        return Err(Error::malformed(format!(
+            "the maintenance window is already over (--to is {}, now is {}); announce a window that ends in the future",
+            format_rfc3339(ends_at),
+            format_rfc3339(now)
+        )));
+    }
+    let message = message.trim();
+    if message.is_empty() {
+        return Err(Error::malformed(
+            "the maintenance needs a --message telling the agencies what to expect",
+        ));
+    }
+    let chars = message.chars().count();
+    if chars > MAX_MESSAGE_CHARS {
+        return Err(Error::malformed(format!(
+            "the message has {chars} characters; keep it to {MAX_MESSAGE_CHARS}"
+        )));
+    }
+    if message.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::malformed(
+            "the message holds control characters; write plain text (line breaks are fine)",
+        ));
+    }
+    Ok(message.to_owned())
+}
+
+/// Announces a window (after [`validate`]) and returns it as stored.
+pub async fn announce(
+    store: &Store,
+    starts_at: i64,
+    ends_at: i64,
+    message: &str,
+) -> Result<Window> {
+    let now = now_micros();
+    let message = validate(starts_at, ends_at, message, now)?;
+    let row = maintenance::ActiveModel {
+        starts_at: Set(starts_at),
+        ends_at: Set(ends_at),
+        message: Set(message),
+        announced_at: Set(now),
+        cancelled_at: Set(None),
+        ..Default::default()
+    }
+    .insert(store.connection())
+    .await?;
+    let w = Window::from(row);
+    tracing::info!(
+        id = w.id,
+        starts_at = %format_rfc3339(w.starts_at),
+        ends_at = %format_rfc3339(w.ends_at),
+        message = %w.message,
+        "maintenance window announced"
+    );
+    Ok(w)
+}
+
+/// Cancels a window that is not over yet. Cancelling it again is no error:
+/// the window is returned as it is.
+pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
+    let Some(row) = maintenance::Entity::find_by_id(id)
+        .one(store.connection())
+        .await?
+    else {
+        return Err(Error::new(
+            Reason::NotFound,
+            format!(
+                "there is no maintenance window {id}; `lienthong admin maintenance --list` shows them"
+            ),
+        ));
+    };
+    if row.cancelled_at.is_some() {
+        return Ok(row.into());
+    }
+    let now = now_micros();
+    if row.ends_at <= now {
+        return Err(Error::malformed(format!(
+            "maintenance window {id} ended at {}; there is nothing left to cancel",
+            format_rfc3339(row.ends_at)
+        )));
+    }
+    let mut active = row.into_active_model();
+    active.cancelled_at = Set(Some(now));
+    let w = Window::from(active.update(store.connection()).await?);
+    tracing::info!(id = w.id, message = %w.message, "maintenance window cancelled");
+    Ok(w)
+}
+
+/// The windows still current or to come (not cancelled, not over), soonest
+/// first.
+pub async fn current(store: &Store) -> Result<Vec<Window>> {
+    Ok(not_over(store)
+        .await?
+        .into_iter()
+        .filter(|w| !w.is_cancelled())
+        .collect())
+}
+
+/// The windows not over yet, cancelled ones included (a stream that told a
+/// window must learn that it was cancelled).
+async fn not_over(store: &Store) -> Result<Vec<Window>> {
+    Ok(maintenance::Entity::find()
+        .filter(maintenance::Column::EndsAt.gt(now_micros()))
+        .order_by_asc(maintenance::Column::StartsAt)
+        .order_by_asc(maintenance::Column::Id)
+        .all(store.connection())
+        .await?
+        .into_iter()
+        .map(Window::from)
+        .collect())
+}
+
+/// The windows not over yet, as last read by [`watch_maintenance`], for the
+/// `Receive` streams that follow. Held by the [`Gateway`].
+#[derive(Debug)]
+pub(crate) struct Notices {
+    tx: watch::Sender<Arc<Vec<Window>>>,
+}
+
+impl Default for Notices {
+    fn default() -> Self {
+        Notices {
+            tx: watch::channel(Arc::new(Vec::new())).0,
+        }
+    }
+}
+
+impl Notices {
+    /// Publishes `windows` if they differ from what was published; returns
+    /// whether they did.
+    fn publish(&self, windows: Vec<Window>) -> bool {
+        self.tx.send_if_modified(|cur| {
+            if **cur == windows {
+                false
+            } else {
+                *cur = Arc::new(windows);
+                true
+            }
+        })
+    }
+}
+
+impl Gateway {
+    /// The windows current or to come, soonest first (the dashboard).
+    pub async fn maintenance_windows(&self) -> Result<Vec<Window>> {
+        current(self.store()).await
+    }
+
+    /// Announces a window and tells the following streams at once.
+    pub async fn announce_maintenance(
+        &self,
+        starts_at: i64,
+        ends_at: i64,
+        message: &str,
+    ) -> Result<Window> {
+        let w = announce(self.store(), starts_at, ends_at, message).await?;
+        self.refresh_notices().await?;
+        Ok(w)
+    }
+
+    /// Cancels a window and tells the following streams at once.
+    pub async fn cancel_maintenance(&self, id: i64) -> Result<Window> {
+        let w = cancel(self.store(), id).await?;
+        self.refresh_notices().await?;
+        Ok(w)
+    }
+
+    /// Reads the windows not yet over and publishes them to the following
+    /// streams when they changed.
+    pub async fn refresh_notices(&self) -> Result<()> {
+        let windows = not_over(self.store()).await?;
+        self.notices().publish(windows);
+        Ok(())
+    }
+
+    /// The notices of one `Receive` call: [`NoticeFeed::initial`] first,
+    /// then, if it follows, [`NoticeFeed::changed`]. If the table cannot be
+    /// read the call goes on without the initial notices (they are no
+    /// reason to keep an agency from its documents); the failure is logged.
+    pub async fn notice_feed(&self) -> NoticeFeed {
+        // Subscribe before reading, so no change between the two is missed.
+        let mut rx = self.notices().tx.subscribe();
+        rx.borrow_and_update();
+        let mut feed = NoticeFeed {
+            rx,
+            told: HashMap::new(),
+            initial: Vec::new(),
+        };
+        match not_over(self.store()).await {
+            Ok(windows) => {
+                feed.initial = feed.learn(&windows, now_micros());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "maintenance windows could not be read for a Receive call")
+            }
+        }
+        feed
+    }
+}
+
+/// Polls the maintenance windows every `every` until `stop` completes, and
+/// publishes them to the following `Receive` streams (see the module
+/// documentation). `serve` runs it.
+pub async fn watch_maintenance(gw: Gateway, every: Duration, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut failing = false;
+    loop {
+        match not_over(gw.store()).await {
+            Ok(windows) => {
+                if failing {
+                    tracing::info!("maintenance windows are readable again");
+                    failing = false;
+                }
+                let summary: Vec<(i64, bool)> =
+                    windows.iter().map(|w| (w.id, w.is_cancelled())).collect();
+                if gw.notices().publish(windows) {
+                    tracing::info!(windows = ?summary, "maintenance windows changed; telling the following Receive streams");
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e.chain(), "cannot read the maintenance windows; retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The notices of one `Receive` call.
+#[derive(Debug)]
+pub struct NoticeFeed {
+    rx: watch::Receiver<Arc<Vec<Window>>>,
+    /// The windows this stream knows of: whether it knows them cancelled,
+    /// and when they end (to forget them then).
+    told: HashMap<i64, (bool, i64)>,
+    initial: Vec<Delivery>,
+}
+
+impl NoticeFeed {
+    /// The notices to send before any delivery: one per window current or
+    /// to come. Empty after the first call.
+    pub fn initial(&mut self) -> Vec<Delivery> {
+        std::mem::take(&mut self.initial)
+    }
+
+    /// Waits for windows announced or cancelled since; `None` when the
+    /// gateway is gone. Cancel-safe.
+    pub async fn changed(&mut self) -> Option<Vec<Delivery>> {
+        loop {
+            self.rx.changed().await.ok()?;
+            let windows = self.rx.borrow_and_update().clone();
+            let out = self.learn(&windows, now_micros());
+            if !out.is_empty() {
+                return Some(out);
+            }
+        }
+    }
+
+    /// The notices `windows` call for, given what this stream was told: a
+    /// window not told yet (unless it is cancelled already), the
+    /// cancellation of one told. A cancellation is final, so a stale list
+    /// never brings a cancelled window back.
+    fn learn(&mut self, windows: &[Window], now: i64) -> Vec<Delivery> {
+        self.told.retain(|_, (_, ends_at)| *ends_at > now);
+        let mut out = Vec::new();
+        for w in windows {
+            if w.ends_at <= now {
+                continue;
+            }
+            match self.told.get(&w.id) {
+                Some((true, _)) => {}
+                Some((false, _)) if !w.is_cancelled() => {}
+                Some((false, _)) => {
+                    out.push(w.delivery());
+                    self.told.insert(w.id, (true, w.ends_at));
+                }
+                None => {
+                    if !w.is_cancelled() {
+                        out.push(w.delivery());
+                    }
+                    self.told.insert(w.id, (w.is_cancelled(), w.ends_at));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const H: i64 = 3_600_000_000;
+
+    fn window(id: i64, starts_at: i64, ends_at: i64, cancelled: bool) -> Window {
+        Window {
+            id,
+            starts_at,
+            ends_at,
+            message: format!("bảo trì {id}"),
+            announced_at: 0,
+            cancelled_at: cancelled.then_some(1),
+        }
+    }
+
+    fn feed() -> NoticeFeed {
+        NoticeFeed {
+            rx: watch::channel(Arc::new(Vec::new())).1,
+            told: HashMap::new(),
+            initial: Vec::new(),
+        }
+    }
+
+    fn ids(ds: &[Delivery]) -> Vec<(String, bool)> {
+        ds.iter()
+            .map(|d| {
+                let n = d.notice.as_ref().unwrap();
+                assert!(d.delivery_id.is_empty() && d.envelope.is_none());
+                assert_eq!(n.kind, "maintenance");
+                (n.id.clone(), n.cancelled)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn validation_speaks_in_sentences() {
+        let now = 100 * H;
+        let e = validate(now + 2 * H, now + H, "x", now).unwrap_err();
+        assert_eq!(e.reason(), Reason::Malformed);
+        assert!(
+            e.message().contains("end after it starts"),
+            "{}",
+            e.message()
+        );
+        let e = validate(now - 3 * H, now - H, "x", now).unwrap_err();
+        assert!(e.message().contains("already over"), "{}", e.message());
+        let e = validate(now, now + H, "   ", now).unwrap_err();
+        assert!(e.message().contains("--message"), "{}", e.message());
+        let long = "ă".repeat(MAX_MESSAGE_CHARS + 1);
+        let e = validate(now, now + H, &long, now).unwrap_err();
+        assert!(e.message().contains("501 characters"), "{}", e.message());
+        let e = validate(now, now + H, "a\u{7}b", now).unwrap_err();
+        assert!(e.message().contains("control"), "{}", e.message());
+        // At the limit, and a window already begun, are fine.
+        let ok = "ă".repeat(MAX_MESSAGE_CHARS);
+        assert_eq!(validate(now - H, now + H, &ok, now).unwrap(), ok);
+        assert_eq!(
+            validate(now, now + H, "  hi\n there ", now).unwrap(),
+            "hi\n there"
+        );
+    }
+
+    #[test]
+    fn a_feed_tells_each_window_once_and_each_cancellation_once() {
+        let now = 100 * H;
+        let mut f = feed();
+        let w1 = window(1, now + H, now + 2 * H, false);
+        let w2 = window(2, now + H, now + 2 * H, true);
+        assert_eq!(
+            ids(&f.learn(&[w1.clone(), w2.clone()], now)),
+            [("1".into(), false)]
+        );
+        // The same list again: nothing new.
+        assert!(f.learn(&[w1.clone(), w2.clone()], now).is_empty());
+        // A new window, and the first cancelled.
+        let w3 = window(3, now + 3 * H, now + 4 * H, false);
+        let w1c = window(1, now + H, now + 2 * H, true);
+        assert_eq!(
+            ids(&f.learn(&[w1c.clone(), w2.clone(), w3.clone()], now)),
+            [("1".into(), true), ("3".into(), false)]
+        );
+        // A stale list showing window 1 uncancelled does not bring it back.
+        assert!(f.learn(&[w1.clone(), w3.clone()], now).is_empty());
+        // A window over is forgotten and never told.
+        let over = window(4, now - 2 * H, now - H, false);
+        assert!(f.learn(&[over], now).is_empty());
+        assert!(f.learn(&[w3], now + 5 * H).is_empty());
+        assert!(f.told.is_empty());
+    }
+
+    #[test]
+    fn json_is_in_vietnam_time() {
+        // 2026-11-30 15:00 UTC = 22:00 in Vietnam.
+        let start = 1_796_050_800 * 1_000_000;
+        let w = window(7, start, start + 2 * H, false);
+        let j = w.to_json(start - H);
+        assert_eq!(j.starts_at, "2026-11-30T22:00:00+07:00");
+        assert_eq!(j.ends_at, "2026-12-01T00:00:00+07:00");
+        assert_eq!(j.state, "upcoming");
+        assert_eq!(w.to_json(start + H).state, "ongoing");
+        assert_eq!(w.to_json(start + 3 * H).state, "over");
+    }
+}
