@@ -36,6 +36,66 @@ pub struct Config {
     pub routes: Vec<lienthong_core::routing::RouteSpec>,
     /// issue 8: the digital signatures inside PDF attachments (PAdES).
     pub signatures: SignaturesSection,
+    /// issue 6: deadlines of the document lifecycle.
+    pub lifecycle: LifecycleSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleSection {
+    /// Working hours (`reports.working_hours`) within which a recipient must
+    /// accept (03) a document, by priority: "1" khẩn, "2" thượng khẩn,
+    /// "3" hỏa tốc, "4" hỏa tốc hẹn giờ ("0", normal, may be set too).
+    pub accept_within_hours: std::collections::BTreeMap<String, f64>,
+    /// How often the deadlines are looked at.
+    pub check_every_secs: u64,
+    /// Documents older than this many days are no longer watched.
+    pub watch_days: i64,
+}
+
+impl Default for LifecycleSection {
+    fn default() -> Self {
+        let d = lienthong_core::lifecycle::Deadlines::default();
+        LifecycleSection {
+            accept_within_hours: d
+                .accept_within_hours
+                .iter()
+                .map(|(p, h)| (p.to_string(), *h))
+                .collect(),
+            check_every_secs: 60,
+            watch_days: d.watch_days,
+        }
+    }
+}
+
+impl LifecycleSection {
+    pub fn deadlines(&self) -> Result<lienthong_core::lifecycle::Deadlines> {
+        let mut accept_within_hours = std::collections::BTreeMap::new();
+        for (p, h) in &self.accept_within_hours {
+            let priority: i32 = match p.trim().parse() {
+                Ok(v) if (0..=4).contains(&v) => v,
+                _ => anyhow::bail!(
+                    "lifecycle.accept_within_hours: {p:?} is not a priority (0 normal, 1 khẩn, 2 thượng khẩn, 3 hỏa tốc, 4 hỏa tốc hẹn giờ)"
+                ),
+            };
+            if !(h.is_finite() && *h > 0.0) {
+                anyhow::bail!(
+                    "lifecycle.accept_within_hours.{p} = {h} is not a number of hours (more than 0)"
+                );
+            }
+            accept_within_hours.insert(priority, *h);
+        }
+        if self.watch_days < 1 {
+            anyhow::bail!(
+                "lifecycle.watch_days = {} must be 1 or more",
+                self.watch_days
+            );
+        }
+        Ok(lienthong_core::lifecycle::Deadlines {
+            accept_within_hours,
+            watch_days: self.watch_days,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

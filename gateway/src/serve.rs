@@ -196,6 +196,30 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         lienthong_core::maintenance::POLL_INTERVAL,
         stopped(&stop_rx),
     ));
+    // issue 6: deadlines — an `overdue` line when a recipient misses one.
+    let deadlines = cfg.lifecycle.deadlines()?;
+    let deadline_task = {
+        let (gw, mut stop) = (gw.clone(), stop_rx.clone());
+        let every = std::time::Duration::from_secs(cfg.lifecycle.check_every_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match gw
+                    .check_deadlines(&deadlines, lienthong_core::store::now_micros())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "recipients missed a deadline (overdue)"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the deadline check failed; it runs again later")
+                    }
+                }
+            }
+        })
+    };
     let reports_task = cfg.reports.monthly.then(|| {
         tokio::spawn(lienthong_core::reports::run_monthly_reports(
             gw.clone(),
@@ -242,6 +266,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let (grpc, web) = tokio::join!(grpc, web);
     signal.abort();
     let _ = maintenance_task.await;
+    let _ = deadline_task.await;
     if let Some(t) = reports_task {
         let _ = t.await;
     }

@@ -515,3 +515,101 @@ async fn documents_walk_their_lifecycle_across_two_gateways() {
     })
     .await;
 }
+
+/// Deadlines: a hỏa tốc document not accepted within its working hours and
+/// a document past its DueDate give `overdue` lines, once per recipient,
+/// shown by DocumentStatus; a recipient that answered in time is not
+/// flagged, and completing clears the flag.
+#[tokio::test(flavor = "multi_thread")]
+async fn missed_deadlines_are_logged_once_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let holidays = dir.path().join("holidays.txt");
+    std::fs::write(
+        &holidays,
+        "# Quốc khánh\n2026-09-02 Quốc khánh\n2026-09-01\n",
+    )
+    .unwrap();
+    let opts = GatewayOptions {
+        extra_config: format!(
+            "[lifecycle]\naccept_within_hours = {{ \"3\" = 0.001 }}\ncheck_every_secs = 1\n\n\
+             [reports.working_hours]\nstart = \"00:00\"\nend = \"23:59\"\n\
+             days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
+             holidays_file = {:?}\n",
+            holidays.display().to_string()
+        ),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("lifecycle_deadlines", opts).await else {
+        return;
+    };
+    within(Duration::from_secs(120), "the deadline scenario", async {
+        let (a, b, c) = (gw.agency(A), gw.agency(B), gw.agency(C));
+        let mut express = a.draft_document(&[B, C], "Hỏa tốc", &[]);
+        express.document_mut().priority = 3;
+        let sent = a.send_draft(&express).await.unwrap();
+        let d = sent.document().document_id.clone();
+        receive_message(&b, sent.message_id()).await;
+        status(&b, &[A], A, &d, "03").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        let s = loop {
+            let s = document_status(&a, A, &d).await.unwrap();
+            if s.recipients.iter().any(|r| r.organ_id == C && r.overdue) {
+                break s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "C never became overdue: {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let b_status = s.recipients.iter().find(|r| r.organ_id == B).unwrap();
+        assert!(!b_status.overdue, "B accepted in time: {b_status:#?}");
+        let c_status = s.recipients.iter().find(|r| r.organ_id == C).unwrap();
+        assert!(
+            c_status
+                .steps
+                .iter()
+                .any(|t| t.event == "overdue" && t.note.contains("hỏa tốc")),
+            "{c_status:#?}"
+        );
+        // Logged once, however often the check runs.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t = gw.trace_json(sent.message_id(), Some(A)).await;
+        let lines: Vec<_> = t.iter().filter(|e| e["kind"] == "overdue").collect();
+        assert_eq!(lines.len(), 1, "{t:#?}");
+        assert_eq!(lines[0]["to"], C);
+
+        // A due date that has passed: overdue until completed.
+        let mut due = a.draft_document(&[B], "Hạn xử lý đã qua", &[]);
+        due.document_mut().due_date = "2026-01-05".into();
+        let due_sent = a.send_draft(&due).await.unwrap();
+        let dd = due_sent.document().document_id.clone();
+        receive_message(&b, due_sent.message_id()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let s = document_status(&b, A, &dd).await.unwrap();
+            if s.recipients[0].overdue {
+                assert!(
+                    s.recipients[0]
+                        .steps
+                        .iter()
+                        .any(|t| t.event == "overdue" && t.note.contains("due date"))
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never overdue: {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        status(&b, &[A], A, &dd, "01").await.unwrap();
+        status(&b, &[A], A, &dd, "03").await.unwrap();
+        status(&b, &[A], A, &dd, "06").await.unwrap();
+        let s = document_status(&a, A, &dd).await.unwrap();
+        assert_eq!(s.recipients[0].state, "completed");
+        assert!(!s.recipients[0].overdue, "completing clears the flag");
+        let _ = c;
+    })
+    .await;
+}

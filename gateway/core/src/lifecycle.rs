@@ -108,6 +108,15 @@ impl RecipientState {
         }
     }
 
+    /// Still expected to move on: not completed, refused, withdrawn or
+    /// given back.
+    pub fn is_open(&self) -> bool {
+        !matches!(
+            self.processing,
+            Processing::Completed | Processing::Refused | Processing::Withdrawn
+        ) && self.recall != Some(Recall::Agreed)
+    }
+
     /// The state as `DocumentStatus` shows it.
     pub fn label(&self) -> &'static str {
         match (self.processing, self.recall) {
@@ -278,7 +287,45 @@ pub struct Records {
     /// Recall, update and replacement documents referring to it, in
     /// acceptance order, with their recipients.
     pub referring: Vec<(message::Model, Vec<String>)>,
+    /// Its `overdue` transfer-log events.
+    pub overdue: Vec<lienthong_schema::entity::event::Model>,
 }
+
+/// When a recipient is late (`[lifecycle]`): accepting (03) within so many
+/// working hours by priority, and completing (06) by the DueDate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deadlines {
+    /// Priority (0 normal … 4 scheduled express) → working hours.
+    pub accept_within_hours: BTreeMap<i32, f64>,
+    /// Documents older than this are no longer watched.
+    pub watch_days: i64,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            // hỏa tốc and hẹn giờ: 2 working hours; thượng khẩn: 4; khẩn: 8
+            // (a working day). Normal documents: their DueDate only.
+            accept_within_hours: BTreeMap::from([(1, 8.0), (2, 4.0), (3, 2.0), (4, 2.0)]),
+            watch_days: 60,
+        }
+    }
+}
+
+/// The Vietnamese name of a priority, for sentences.
+pub fn priority_name(p: i32) -> &'static str {
+    match p {
+        1 => "khẩn (urgent)",
+        2 => "thượng khẩn (very urgent)",
+        3 => "hỏa tốc (express)",
+        4 => "hỏa tốc hẹn giờ (scheduled express)",
+        _ => "thường (normal)",
+    }
+}
+
+/// Which deadline an overdue event is about (its `reason`).
+pub const OVERDUE_ACCEPT: &str = "accept";
+pub const OVERDUE_DUE: &str = "due";
 
 fn step(
     event: &str,
@@ -417,6 +464,16 @@ impl DocumentLifecycle {
                 }
             }
         }
+        for e in &r.overdue {
+            if let Some(rc) = e.recipient.as_ref().and_then(|w| recipients.get_mut(w)) {
+                let st = rc.state.clone();
+                rc.steps.push(step("overdue", &st, e.at, "", &e.detail));
+            }
+        }
+        for rc in recipients.values_mut() {
+            rc.steps
+                .sort_by_key(|s| s.at.as_ref().map(|t| (t.seconds, t.nanos)));
+        }
         DocumentLifecycle {
             document: r.document,
             recalled_at,
@@ -453,7 +510,7 @@ impl DocumentLifecycle {
                     } else {
                         r.route.clone()
                     },
-                    overdue: r.steps.iter().any(|s| s.event == "overdue"),
+                    overdue: r.steps.iter().any(|s| s.event == "overdue") && r.state.is_open(),
                     steps: r.steps.clone(),
                 })
                 .collect(),

@@ -51,6 +51,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadlineLabel {
+    deadline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabel {
     verdict: String,
 }
@@ -75,6 +80,7 @@ struct Metrics {
     published: Family<ResultLabel, Counter>,
     dead_lettered: Family<ReasonLabel, Counter>,
     pdf_verified: Family<VerdictLabel, Counter>,
+    overdue: Family<DeadlineLabel, Counter>,
     redelivered: Counter,
     broker_up: Gauge,
     outbox_depth: Gauge,
@@ -151,6 +157,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "PDF attachments whose signatures were checked, by verdict: valid, invalid, unsigned, indeterminate",
         pdf_verified.clone(),
     );
+    let overdue = Family::<DeadlineLabel, Counter>::default();
+    r.register(
+        "lienthong_documents_overdue",
+        "Recipients that missed a deadline, by deadline: accept (no 03 within the priority's working hours), due (no 06 by the DueDate)",
+        overdue.clone(),
+    );
     let redelivered = Counter::default();
     r.register(
         "lienthong_amqp_redelivered",
@@ -189,6 +201,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         published,
         dead_lettered,
         pdf_verified,
+        overdue,
         redelivered,
         broker_up,
         outbox_depth,
@@ -274,6 +287,16 @@ pub fn pdf_verified(verdict: crate::pades::Verdict) {
         .pdf_verified
         .get_or_create(&VerdictLabel {
             verdict: verdict.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A recipient missed a deadline (`accept` or `due`).
+pub fn document_overdue(deadline: &'static str) {
+    METRICS
+        .overdue
+        .get_or_create(&DeadlineLabel {
+            deadline: deadline.to_owned(),
         })
         .inc();
 }

@@ -1215,12 +1215,102 @@ impl Gateway {
                 .collect();
             referring.push((m, to));
         }
+        let overdue = store
+            .overdue_events(&document.sender, &document.message_id)
+            .await?;
         Ok(lifecycle::DocumentLifecycle::fold(lifecycle::Records {
             document,
             deliveries,
             statuses,
             referring,
+            overdue,
         }))
+    }
+
+    /// Writes an `overdue` line for each recipient that missed a deadline
+    /// since the last look: not accepted (03) within its priority's working
+    /// hours, or not completed (06) by the DueDate. Each deadline is logged
+    /// once per recipient. Returns how many lines it wrote.
+    pub async fn check_deadlines(&self, rules: &lifecycle::Deadlines, now: i64) -> Result<usize> {
+        let store = &self.inner.store;
+        let calendar = &self.inner.calendar;
+        let since = now - rules.watch_days.max(1) * 86_400_000_000;
+        let priorities: Vec<i32> = rules.accept_within_hours.keys().copied().collect();
+        let mut written = 0;
+        for doc in store
+            .deadline_candidates(since, now, &priorities, 5000)
+            .await?
+        {
+            let accept_by = rules
+                .accept_within_hours
+                .get(&doc.priority)
+                .map(|h| (calendar.cutoff(now, *h), *h));
+            let late_accept = accept_by.is_some_and(|(cut, _)| doc.accepted_at <= cut);
+            let past_due = doc.due_at.is_some_and(|d| d <= now);
+            if !late_accept && !past_due {
+                continue;
+            }
+            let (sender, message_id, document_id) = (
+                doc.sender.clone(),
+                doc.message_id.clone(),
+                doc.document_id.clone(),
+            );
+            let due_at = doc.due_at;
+            let priority = doc.priority;
+            let logged: HashSet<(String, String)> = store
+                .overdue_events(&sender, &message_id)
+                .await?
+                .into_iter()
+                .filter_map(|e| Some((e.recipient?, e.reason.unwrap_or_default())))
+                .collect();
+            let life = self.lifecycle_of(doc).await?;
+            for (who, r) in &life.recipients {
+                if !r.state.is_open() || life.recalled_at.is_some() {
+                    continue;
+                }
+                let mut lines = Vec::new();
+                if let Some((_, hours)) = accept_by.filter(|_| late_accept)
+                    && r.state.processing < lifecycle::Processing::Accepted
+                {
+                    lines.push((
+                        lifecycle::OVERDUE_ACCEPT,
+                        format!(
+                            "document {document_id} ({}) not accepted (03) by {who} within {hours} working hour(s)",
+                            lifecycle::priority_name(priority)
+                        ),
+                    ));
+                }
+                if past_due {
+                    lines.push((
+                        lifecycle::OVERDUE_DUE,
+                        format!(
+                            "document {document_id} not completed (06) by {who} by its due date ({})",
+                            due_at.map(|d| crate::reports::format_local(d - 1)).unwrap_or_default()
+                        ),
+                    ));
+                }
+                for (reason, detail) in lines {
+                    if logged.contains(&(who.clone(), reason.to_owned())) {
+                        continue;
+                    }
+                    store
+                        .log(NewEvent {
+                            kind: EventKind::Overdue,
+                            sender: sender.clone(),
+                            message_id: message_id.clone(),
+                            recipient: Some(who.clone()),
+                            reason: Some(reason.to_owned()),
+                            detail,
+                            actor: None,
+                            transport: "gateway".to_owned(),
+                        })
+                        .await?;
+                    crate::metrics::document_overdue(reason);
+                    written += 1;
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// `Exchange.DocumentStatus`: where document `document_id` of

@@ -1256,6 +1256,46 @@ impl Store {
         Ok(all)
     }
 
+    /// The overdue events of one message (issue 6).
+    pub async fn overdue_events(
+        &self,
+        sender: &str,
+        message_id: &str,
+    ) -> Result<Vec<event::Model>> {
+        Ok(event::Entity::find()
+            .filter(event::Column::Sender.eq(sender))
+            .filter(event::Column::MessageId.eq(message_id))
+            .filter(event::Column::Kind.eq(EventKind::Overdue.as_str()))
+            .order_by_asc(event::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Documents a deadline may concern: accepted since `since`, not
+    /// recalls, with a priority in `priorities` or a due time passed by
+    /// `now`. Oldest first, at most `limit`.
+    pub async fn deadline_candidates(
+        &self,
+        since: i64,
+        now: i64,
+        priorities: &[i32],
+        limit: u64,
+    ) -> Result<Vec<message::Model>> {
+        Ok(message::Entity::find()
+            .filter(message::Column::Kind.eq("document"))
+            .filter(message::Column::AcceptedAt.gte(since))
+            .filter(message::Column::BusinessType.ne(1))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(message::Column::Priority.is_in(priorities.iter().copied()))
+                    .add(message::Column::DueAt.lte(now)),
+            )
+            .order_by_asc(message::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
     /// Events whose message_id is this one, whoever sent it (operator view).
     pub async fn events_by_message_id(&self, message_id: &str) -> Result<Vec<event::Model>> {
         Ok(event::Entity::find()

@@ -245,6 +245,10 @@ pub struct WorkingHours {
     pub days: Vec<String>,
     /// Dates (`yyyy-MM-dd`) that are not working days.
     pub holidays: Vec<String>,
+    /// A holiday calendar file: one date (`yyyy-MM-dd`) per line, anything
+    /// after it and lines starting with `#` are comments. Read at start,
+    /// added to `holidays`.
+    pub holidays_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkingHours {
@@ -257,6 +261,7 @@ impl Default for WorkingHours {
                 .map(str::to_owned)
                 .collect(),
             holidays: Vec::new(),
+            holidays_file: None,
         }
     }
 }
@@ -316,6 +321,29 @@ impl WorkingHours {
             ));
         }
         let mut holidays = BTreeSet::new();
+        if let Some(path) = &self.holidays_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad(format!(
+                    "reports.working_hours.holidays_file {}: cannot be read ({e})",
+                    path.display()
+                ))
+            })?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let date = line.split_whitespace().next().unwrap_or_default();
+                let d = parse_date(date).ok_or_else(|| {
+                    bad(format!(
+                        "{} line {}: {date:?} is not a date (yyyy-MM-dd)",
+                        path.display(),
+                        i + 1
+                    ))
+                })?;
+                holidays.insert(d);
+            }
+        }
         for h in &self.holidays {
             let d = parse_date(h).ok_or_else(|| {
                 bad(format!(
@@ -447,6 +475,43 @@ impl WorkingCalendar {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn working_days_and_a_holiday_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("holidays.txt");
+        std::fs::write(&file, "# Quốc khánh\n2026-09-02 Quốc khánh\n\n2026-09-01\n")
+            .expect("write");
+        let cal = WorkingHours {
+            holidays_file: Some(file.clone()),
+            ..WorkingHours::default()
+        }
+        .calendar()
+        .expect("calendar");
+        let d = |s: &str| parse_date(s).expect("date");
+        // Mon 31 Aug → Thu 3 Sep 2026: 1 and 2 September are holidays.
+        assert_eq!(
+            cal.working_days_between(d("2026-08-31"), d("2026-09-03")),
+            1
+        );
+        // Fri → Mon: the weekend does not count.
+        assert_eq!(
+            cal.working_days_between(d("2026-11-20"), d("2026-11-23")),
+            1
+        );
+        assert_eq!(
+            cal.working_days_between(d("2026-11-23"), d("2026-11-23")),
+            0
+        );
+        std::fs::write(&file, "2026-13-01\n").expect("write");
+        let err = WorkingHours {
+            holidays_file: Some(file),
+            ..WorkingHours::default()
+        }
+        .calendar()
+        .expect_err("a bad date");
+        assert!(err.message().contains("line 1"), "{}", err.message());
+    }
+
     use super::*;
     use time::macros::date;
 
