@@ -275,6 +275,23 @@ pub struct Recipient {
     pub steps: Vec<pb::LifecycleStep>,
 }
 
+impl Recipient {
+    /// The state a notice from the recipient is judged against. A copy for
+    /// another gateway or a queue counts as delivered once anything comes
+    /// back from its recipient: the broker's confirm and the recipient's
+    /// first notices can cross.
+    pub fn as_seen_by_notice(&self) -> RecipientState {
+        if self.route != "local" && self.state.processing == Processing::Sent {
+            RecipientState {
+                processing: Processing::Delivered,
+                ..self.state.clone()
+            }
+        } else {
+            self.state.clone()
+        }
+    }
+}
+
 /// What the fold reads: the document, its deliveries, the statuses
 /// answering it and the documents referring to it, each with the
 /// recipients of its own deliveries (for 13 and recalls).
@@ -432,7 +449,14 @@ impl DocumentLifecycle {
                     continue;
                 };
                 let recalled = recalled_at.is_some_and(|t| t <= m.accepted_at);
-                match apply(&rc.state, &code, m.accepted_at, recalled, &who, &name) {
+                match apply(
+                    &rc.as_seen_by_notice(),
+                    &code,
+                    m.accepted_at,
+                    recalled,
+                    &who,
+                    &name,
+                ) {
                     Ok(Outcome::Changed(s)) => {
                         rc.state = s;
                         rc.steps

@@ -1153,7 +1153,20 @@ impl Gateway {
                 let now = now_micros();
                 let recalled = life.recalled_at.is_some();
                 let concerned: Vec<String> = if code == "13" {
-                    life.recipients.keys().cloned().collect()
+                    // The recipients it is addressed to; from another
+                    // gateway, those this gateway serves.
+                    if let Some(stranger) = to
+                        .iter()
+                        .find(|t| !from_exchange && !life.recipients.contains_key(t.as_str()))
+                    {
+                        return Err(Error::malformed(format!(
+                            "status 13 is addressed to {stranger}, which was not a recipient of {name}; ask only its recipients to give it back"
+                        )));
+                    }
+                    to.iter()
+                        .filter(|t| life.recipients.contains_key(t.as_str()))
+                        .cloned()
+                        .collect()
                 } else {
                     vec![from.as_str().to_owned()]
                 };
@@ -1162,7 +1175,14 @@ impl Gateway {
                     let Some(r) = life.recipients.get(&who) else {
                         continue;
                     };
-                    match lifecycle::apply(&r.state, code, now, recalled, &who, &name)? {
+                    match lifecycle::apply(
+                        &r.as_seen_by_notice(),
+                        code,
+                        now,
+                        recalled,
+                        &who,
+                        &name,
+                    )? {
                         lifecycle::Outcome::Changed(s) => {
                             notes.push(format!("{who}: {} → {}", r.state.label(), s.label()))
                         }
