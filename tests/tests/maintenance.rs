@@ -223,6 +223,15 @@ async fn scenario(gw: &TestGateway) {
     let again = receive_once(&b, 0).await;
     assert_eq!(again.len(), 1, "only the notice is left: {again:?}");
     assert_notice(&again[0], &id, false);
+    // `lienthong receive --ack` shows the notice and does not acknowledge it.
+    let cli = gw.run_cli(&["receive", "--as", B, "--ack"]).await;
+    assert!(cli.status.success(), "{}", describe_output(&cli));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&cli.stdout).trim()).unwrap();
+    assert_eq!(
+        (&line["notice"], &line["id"], &line["message"]),
+        (&"maintenance".into(), &id.clone().into(), &MESSAGE.into())
+    );
 
     // The dashboard shows it, in the page and in its JSON.
     let http = gw.http_addr.expect("the HTTP listener");
