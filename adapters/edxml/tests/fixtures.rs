@@ -148,6 +148,7 @@ fn document(
             attachment("ke-hoach.txt", "text/plain", "Kế hoạch", &plan, "cid:2"),
         ],
         direction: false,
+        confidentiality: String::new(),
     };
     let env = Envelope {
         message_id: format!("fixture-{number}"),

@@ -259,7 +259,7 @@ prop_compose! {
             promulgation_amount: pa, page_amount: pages,
             to_places: places, appendixes,
             response_for: rfs.into_iter().map(|(organ_id, code, promulgation_date, document_id)| ResponseFor { organ_id, code, promulgation_date, document_id }).collect(),
-            business, attachments: refs, direction,
+            business, attachments: refs, direction, confidentiality: String::new(),
         };
         let env = Envelope {
             message_id: id, from,
