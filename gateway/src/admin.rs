@@ -97,6 +97,17 @@ pub struct TraceArgs {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct DocumentStatusArgs {
+    pub document_id: String,
+    /// The agency that sent the document.
+    #[arg(long)]
+    pub from: String,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
 async fn store(cfg: &Config) -> Result<Store> {
     Store::connect(&cfg.database.url)
         .await
@@ -417,6 +428,96 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `lienthong document-status`: where a document stands with each recipient
+/// (the operator's view of `Exchange.DocumentStatus`, from the database).
+pub async fn document_status(cfg: Config, args: DocumentStatusArgs) -> Result<ExitCode> {
+    let store = store(&cfg).await?;
+    let blobs = lienthong_core::blobs::BlobStore::unopened(&cfg.storage.path);
+    let gw = Gateway::from_parts(
+        store,
+        blobs,
+        Settings {
+            gateway_id: cfg.gateway.id.clone(),
+            database_url: cfg.database.url.clone(),
+            storage_path: cfg.storage.path.clone(),
+            ..Settings::default()
+        },
+    );
+    let operator = lienthong_core::pipeline::Caller {
+        organ_id: "operator".to_owned(),
+        transport: lienthong_core::pipeline::Transport::Cli,
+        role: lienthong_core::pipeline::Role::Operator,
+    };
+    let s = match gw
+        .document_status(&operator, &args.from, &args.document_id)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}", e.message());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let recipients: Vec<serde_json::Value> = s
+        .recipients
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "organ_id": r.organ_id,
+                "state": r.state,
+                "last_code": r.last_code,
+                "updated_at": format_time(r.updated_at.as_ref()),
+                "route": r.route,
+                "overdue": r.overdue,
+                "steps": r.steps.iter().map(|t| serde_json::json!({
+                    "event": t.event,
+                    "state": t.state,
+                    "at": format_time(t.at.as_ref()),
+                    "message_id": t.message_id,
+                    "note": t.note,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if args.json {
+        let links: Vec<serde_json::Value> = s
+            .links
+            .iter()
+            .map(|l| serde_json::json!({"relation": l.relation, "document_id": l.document_id, "message_id": l.message_id}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "document_id": s.document_id,
+                "from": s.from,
+                "message_id": s.message_id,
+                "state": s.state,
+                "due_date": s.due_date,
+                "recipients": recipients,
+                "links": links,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} of {} ({}): {}",
+        s.document_id, s.from, s.message_id, s.state
+    );
+    for l in &s.links {
+        println!("  {} {}", l.relation, l.document_id);
+    }
+    for r in &s.recipients {
+        println!(
+            "  {:<15} {:<17} {}{}",
+            r.organ_id,
+            r.state,
+            format_time(r.updated_at.as_ref()),
+            if r.overdue { "  OVERDUE" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {

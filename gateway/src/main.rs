@@ -61,6 +61,9 @@ enum Command {
     Receive(client::ReceiveArgs),
     /// Show the transfer log of a message (reads the database directly).
     Trace(admin::TraceArgs),
+    /// Where a document stands with each recipient: states, trail, links
+    /// (reads the database directly).
+    DocumentStatus(admin::DocumentStatusArgs),
     /// Check a receipt saved by `send --receipt`: the gateway's signature,
     /// its certificate chain to trust.anchors (or --anchors), and that the
     /// receipt's fields are the signed ones.
@@ -125,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => client::send(cfg, *args).await,
         Command::Receive(args) => client::receive(cfg, args).await,
         Command::Trace(args) => admin::trace(cfg, args).await,
+        Command::DocumentStatus(args) => admin::document_status(cfg, args).await,
         Command::Log(cmd) => admin::log(cfg, cmd).await,
         Command::Edxml(cmd) => edxml_cmd::run(cfg, cmd).await,
         Command::Pdf(cmd) => pdf_cmd::run(cfg, cmd),

@@ -256,6 +256,32 @@ async fn documents_walk_their_lifecycle_across_two_gateways() {
         // H36 keeps the lifecycle of its own recipient too.
         wait_state(&x, A, &d, X, "accepted").await;
 
+        // The operator's view, from the database.
+        let out = g35
+            .run_cli(&["document-status", d.as_str(), "--from", A, "--json"])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let states: Vec<(String, String)> = j["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["organ_id"].as_str().unwrap().to_owned(),
+                    r["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert!(
+            states.contains(&(B.to_owned(), "completed".to_owned())),
+            "{j:#}"
+        );
+        assert!(
+            states.contains(&(X.to_owned(), "accepted".to_owned())),
+            "{j:#}"
+        );
+
         // --- Bad notices ------------------------------------------------------
         assert_refused(
             status(&c, &[A], A, &d, "06").await,

@@ -127,7 +127,15 @@ fn decode_stream(mut body: Bytes) -> Result<Decoded> {
             (Some(send_request::Item::Envelope(_)), true) => {
                 return Err(bad("it has a second envelope"));
             }
-            (Some(send_request::Item::Chunk(c)), true) => chunks.push(c),
+            // An empty chunk carries nothing, and the stream written back
+            // (the relay's `stream_push`) has no frame for it: dropped, so a
+            // decoded stream re-encodes to the same chunks (found by
+            // fuzz/amqp_body).
+            (Some(send_request::Item::Chunk(c)), true) => {
+                if !c.data.is_empty() {
+                    chunks.push(c);
+                }
+            }
             (Some(send_request::Item::Chunk(_)), false) => {
                 return Err(bad("attachment bytes come before the envelope"));
             }
@@ -202,6 +210,26 @@ mod tests {
             (d.chunks[2].index, &d.chunks[2].data[..]),
             (1, &b"second"[..])
         );
+    }
+
+    /// fuzz/amqp_body found it: an empty chunk frame decoded to a chunk the
+    /// stream written back has no frame for.
+    #[test]
+    fn an_empty_chunk_carries_nothing_and_is_dropped() {
+        let bytes = envelope().encode_to_vec();
+        let mut body = stream_start(&bytes, 0);
+        let empty = SendRequest {
+            item: Some(send_request::Item::Chunk(AttachmentChunk {
+                index: 0,
+                data: Bytes::new(),
+            })),
+        };
+        prost::encoding::encode_varint(empty.encoded_len() as u64, &mut body);
+        empty.encode(&mut body).unwrap();
+        stream_push(&mut body, 0, b"data");
+        let d = decode(Kind::Stream, body).unwrap();
+        assert_eq!(d.chunks.len(), 1);
+        assert_eq!(&d.chunks[0].data[..], b"data");
     }
 
     #[test]
