@@ -433,18 +433,7 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
 /// `lienthong document-status`: where a document stands with each recipient
 /// (the operator's view of `Exchange.DocumentStatus`, from the database).
 pub async fn document_status(cfg: Config, args: DocumentStatusArgs) -> Result<ExitCode> {
-    let store = store(&cfg).await?;
-    let blobs = lienthong_core::blobs::BlobStore::unopened(&cfg.storage.path);
-    let gw = Gateway::from_parts(
-        store,
-        blobs,
-        Settings {
-            gateway_id: cfg.gateway.id.clone(),
-            database_url: cfg.database.url.clone(),
-            storage_path: cfg.storage.path.clone(),
-            ..Settings::default()
-        },
-    );
+    let gw = log_reader(&cfg).await?;
     let operator = lienthong_core::pipeline::Caller {
         organ_id: "operator".to_owned(),
         transport: lienthong_core::pipeline::Transport::Cli,
@@ -520,12 +509,13 @@ pub async fn document_status(cfg: Config, args: DocumentStatusArgs) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
-    let store = store(&cfg).await?;
-    // The transfer log only: opening the store would clean its tmp/ under
-    // a serving gateway's uploads.
+/// A `Gateway` over the database for the operator's read-only views (the
+/// transfer log, document status). The attachment store stays unopened:
+/// opening it would clean its tmp/ under a serving gateway's uploads.
+async fn log_reader(cfg: &Config) -> Result<Gateway> {
+    let store = store(cfg).await?;
     let blobs = lienthong_core::blobs::BlobStore::unopened(&cfg.storage.path);
-    let gw = Gateway::from_parts(
+    Ok(Gateway::from_parts(
         store,
         blobs,
         Settings {
@@ -537,7 +527,11 @@ pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
             receipt_signer: None,
             ..Settings::default()
         },
-    );
+    ))
+}
+
+pub async fn trace(cfg: Config, args: TraceArgs) -> Result<ExitCode> {
+    let gw = log_reader(&cfg).await?;
     let events = match &args.from {
         Some(from) => gw.trace(None, from, &args.message_id).await,
         None => gw.trace_any(&args.message_id).await,
