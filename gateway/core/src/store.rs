@@ -27,6 +27,7 @@ use sea_orm::{
 };
 
 use crate::error::{Error, Reason, Result};
+use tokio::sync::{mpsc, oneshot};
 
 /// Now, as Unix microseconds (the schema's time unit).
 pub fn now_micros() -> i64 {
@@ -298,6 +299,94 @@ pub enum AckOutcome {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Group commit: acceptances queue here and one task writes them, as
+    /// many as are waiting, in one transaction (one fsync). `None` outside
+    /// a runtime (then each acceptance commits alone).
+    committer: Option<mpsc::Sender<AcceptJob>>,
+}
+
+/// One acceptance waiting for the group commit.
+struct AcceptJob {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<(message::Model, Vec<delivery::Model>), AcceptError>>,
+}
+
+impl std::fmt::Debug for AcceptJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptJob")
+            .field("message_id", &self.message.message_id)
+            .finish()
+    }
+}
+
+/// The most acceptances one transaction takes. A lone acceptance never
+/// waits for company: the committer takes what is queued when it is free.
+const MAX_GROUP: usize = 64;
+
+/// Acceptances queued for the committer before senders wait (backpressure).
+const COMMIT_QUEUE: usize = 256;
+
+async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<AcceptJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        commit_group(&db, group).await;
+    }
+}
+
+/// Writes a group of acceptances in one transaction, each in a savepoint of
+/// its own: one refused (a duplicate message_id) does not undo the others.
+/// Nobody hears "accepted" before the whole transaction has committed.
+async fn commit_group(db: &DatabaseConnection, group: Vec<AcceptJob>) {
+    let txn = match db.begin().await {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.to_string();
+            for j in group {
+                let _ = j
+                    .reply
+                    .send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for j in group {
+        let r = match txn.begin().await {
+            Ok(sp) => match accept_in(&sp, j.message).await {
+                Ok(done) => match sp.commit().await {
+                    Ok(()) => Ok(done),
+                    Err(e) => Err(AcceptError::Db(e)),
+                },
+                Err(e) => {
+                    let _ = sp.rollback().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(AcceptError::Db(e)),
+        };
+        results.push(r);
+        replies.push(j.reply);
+    }
+    match txn.commit().await {
+        Ok(()) => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+            }
+        }
+    }
 }
 
 impl Store {
@@ -349,7 +438,13 @@ impl Store {
         Migrator::up(&db, None).await.map_err(|e| {
             Error::new(Reason::Unavailable, "the database schema migration failed").with_source(e)
         })?;
-        Ok(Store { db })
+        // Group commit runs on the runtime that opened the store.
+        let committer = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
+            rt.spawn(commit_loop(db.clone(), rx));
+            tx
+        });
+        Ok(Store { db, committer })
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -628,12 +723,47 @@ impl Store {
     }
 
     /// Writes a message with everything that belongs to it in one
-    /// transaction. Returns the message row and its deliveries.
+    /// transaction — shared with the other acceptances waiting at that
+    /// moment (group commit). Returns, once committed, the message row and
+    /// its deliveries.
     pub async fn accept(
         &self,
         m: NewMessage,
     ) -> Result<(message::Model, Vec<delivery::Model>), AcceptError> {
+        if let Some(tx) = &self.committer {
+            let (reply, answer) = oneshot::channel();
+            match tx.send(AcceptJob { message: m, reply }).await {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(AcceptError::Db(DbErr::Custom(
+                            "the group committer stopped before answering".to_owned(),
+                        )))
+                    });
+                }
+                // The committer is gone (its runtime is shutting down):
+                // commit alone.
+                Err(mpsc::error::SendError(job)) => {
+                    let txn = self.db.begin().await.map_err(AcceptError::Db)?;
+                    let done = accept_in(&txn, job.message).await?;
+                    txn.commit().await.map_err(AcceptError::Db)?;
+                    return Ok(done);
+                }
+            }
+        }
         let txn = self.db.begin().await.map_err(AcceptError::Db)?;
+        let done = accept_in(&txn, m).await?;
+        txn.commit().await.map_err(AcceptError::Db)?;
+        Ok(done)
+    }
+}
+
+/// Everything one acceptance writes, inside the caller's transaction (or
+/// savepoint).
+async fn accept_in<C: ConnectionTrait>(
+    txn: &C,
+    m: NewMessage,
+) -> Result<(message::Model, Vec<delivery::Model>), AcceptError> {
+    {
         let inserted = message::ActiveModel {
             sender: Set(m.sender.clone()),
             message_id: Set(m.message_id.clone()),
@@ -653,7 +783,7 @@ impl Store {
             due_at: Set(m.due_at),
             ..Default::default()
         }
-        .insert(&txn)
+        .insert(txn)
         .await;
         let msg = match inserted {
             Ok(msg) => msg,
@@ -679,7 +809,7 @@ impl Store {
                     sha256: Set(a.sha256_hex.clone()),
                 });
             attachment::Entity::insert_many(rows)
-                .exec(&txn)
+                .exec(txn)
                 .await
                 .map_err(AcceptError::Db)?;
         }
@@ -694,7 +824,7 @@ impl Store {
                 .filter(delivery::Column::Id.eq(*pk))
                 .filter(delivery::Column::State.eq("pending"))
                 .filter(delivery::Column::LastDeliveredAt.is_null())
-                .exec(&txn)
+                .exec(txn)
                 .await
                 .map_err(AcceptError::Db)?
                 .rows_affected;
@@ -703,7 +833,7 @@ impl Store {
                     .col_expr(outbox::Column::State, Expr::value("cancelled"))
                     .filter(outbox::Column::DeliveryPk.eq(*pk))
                     .filter(outbox::Column::State.eq("pending"))
-                    .exec(&txn)
+                    .exec(txn)
                     .await
                     .map_err(AcceptError::Db)?;
                 withdrawn.push(recipient.clone());
@@ -725,7 +855,7 @@ impl Store {
                 acked_at: Set(None),
                 ..Default::default()
             }
-            .insert(&txn)
+            .insert(txn)
             .await
             .map_err(AcceptError::Db)?;
             // The outbox row commits with the message: what is accepted for
@@ -743,7 +873,7 @@ impl Store {
                     sent_at: Set(None),
                     ..Default::default()
                 }
-                .insert(&txn)
+                .insert(txn)
                 .await
                 .map_err(AcceptError::Db)?;
             }
@@ -814,13 +944,14 @@ impl Store {
                 ..base.clone()
             });
         }
-        append_events(&txn, events, m.accepted_at)
+        append_events(txn, events, m.accepted_at)
             .await
             .map_err(AcceptError::Db)?;
-        txn.commit().await.map_err(AcceptError::Db)?;
         Ok((msg, deliveries))
     }
+}
 
+impl Store {
     /// Appends one event to the transfer log.
     pub async fn log(&self, e: NewEvent) -> Result<()> {
         let txn = self.db.begin().await?;
@@ -1609,7 +1740,10 @@ mod tests {
             .unwrap_or(0);
         assert!(chain_at > 0, "no log_chain migration");
         Migrator::up(&db, Some(chain_at)).await?;
-        let s = Store { db };
+        let s = Store {
+            db,
+            committer: None,
+        };
         // Only the log itself: later migrations add columns that today's
         // entities write, so today's `accept` cannot run on the old schema.
         for kind in [EventKind::Accepted, EventKind::Routed] {
