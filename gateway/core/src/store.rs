@@ -1622,6 +1622,95 @@ mod tests {
         }
     }
 
+    /// Group commit: acceptances queued together share a transaction, a
+    /// duplicate among them is refused alone (its savepoint — on PostgreSQL
+    /// a failed statement would otherwise abort the whole transaction), and
+    /// the transfer log stays one unbroken chain.
+    async fn burst_with_a_duplicate(s: &Store) -> Result<()> {
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            // Message 7 is submitted twice, in the same burst.
+            let id = if i == 199 {
+                "m7".to_owned()
+            } else {
+                format!("m{i}")
+            };
+            tasks.push(tokio::spawn(async move {
+                s.accept(new_message("A", &id, &["B"])).await
+            }));
+        }
+        let mut accepted = 0;
+        let mut duplicates = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => accepted += 1,
+                Err(AcceptError::AlreadyExists) => duplicates += 1,
+                Err(AcceptError::Db(e)) => panic!("{e}"),
+            }
+        }
+        assert_eq!((accepted, duplicates), (199, 1));
+        assert_eq!(s.pending("B", 0, None, 1000).await?.len(), 199);
+        let log = s.verify_log().await?;
+        assert!(log.first_broken.is_none(), "{log:?}");
+        assert_eq!(
+            log.checked,
+            199 * 2,
+            "an accepted and a routed line per message"
+        );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_acceptances_share_commits_and_a_duplicate_fails_alone() -> Result<()> {
+        let (_d, s) = store().await?;
+        burst_with_a_duplicate(&s).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_on_postgres() -> Result<()> {
+        let admin = std::env::var("LIENTHONG_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let db = match Database::connect(&admin).await {
+            Ok(db) => db,
+            Err(e) => {
+                let required = matches!(
+                    std::env::var("LIENTHONG_REQUIRE_SERVICES").as_deref(),
+                    Ok("1") | Ok("true") | Ok("yes")
+                );
+                assert!(!required, "PostgreSQL at {admin} is unreachable: {e}");
+                eprintln!(
+                    "SKIPPED: group_commit_on_postgres: PostgreSQL at {admin} is unreachable ({e})"
+                );
+                return Ok(());
+            }
+        };
+        let name = format!("lienthong_group_commit_{}", std::process::id());
+        db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await?;
+        db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&admin)
+            .to_owned();
+        let url = format!("{base}/{name}");
+        let outcome = tokio::spawn(async move {
+            let s = Store::connect(&url).await?;
+            let r = burst_with_a_duplicate(&s).await;
+            s.db.clone().close().await.ok();
+            r
+        })
+        .await;
+        db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        match outcome {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     #[tokio::test]
     async fn accept_is_unique_per_sender_and_inbox_is_ordered() -> Result<()> {
         let (_d, s) = store().await?;
