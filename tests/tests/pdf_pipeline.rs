@@ -165,16 +165,14 @@ async fn signed_pdf_verification_reaches_the_recipient() {
         assert_eq!(atts[3]["pdf_signatures"]["verdict"], "unsigned", "{line:#}");
 
         // The verdicts are counted.
-        let metrics = http_metrics(&gw).await;
-        if let Some(m) = metrics {
-            for verdict in ["valid", "invalid", "unsigned"] {
-                assert!(
-                    m.contains(&format!(
-                        "lienthong_pdf_verifications_total{{verdict=\"{verdict}\"}} 1"
-                    )),
-                    "metric for {verdict} in:\n{m}"
-                );
-            }
+        let m = http_metrics(&gw).await;
+        for verdict in ["valid", "invalid", "unsigned"] {
+            assert!(
+                m.contains(&format!(
+                    "lienthong_pdf_verifications_total{{verdict=\"{verdict}\"}} 1"
+                )),
+                "metric for {verdict} in:\n{m}"
+            );
         }
     })
     .await;
@@ -264,10 +262,10 @@ async fn require_refuses_unsigned_and_altered_documents() {
     .await;
 }
 
-/// The gateway's metrics text, when the harness's gateway serves HTTP.
-async fn http_metrics(gw: &TestGateway) -> Option<String> {
-    let addr = gw.http_addr?;
+/// The gateway's metrics text (the harness's gateways serve HTTP).
+async fn http_metrics(gw: &TestGateway) -> String {
+    let addr = gw.http_addr.expect("the test gateway serves HTTP");
     let (status, body) = lienthong_e2e::amqp::http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "GET /metrics: {body}");
-    Some(body)
+    body
 }

@@ -693,6 +693,7 @@ impl Store {
             .all(&self.db)
             .await?;
         let mut out: Vec<String> = rows.into_iter().map(|m| m.sender).collect();
+        out.sort();
         out.dedup();
         Ok(out)
     }
