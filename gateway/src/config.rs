@@ -341,6 +341,9 @@ pub struct LimitsSection {
     pub max_streams_per_agency: usize,
     /// An upload stream silent this long is given up (MALFORMED, logged).
     pub idle_stream_secs: u64,
+    /// Submissions taken at once by the whole gateway; one more gets
+    /// UNAVAILABLE ("send again in a moment") instead of queueing.
+    pub max_submissions_in_flight: usize,
 }
 
 impl Default for LimitsSection {
@@ -356,6 +359,7 @@ impl Default for LimitsSection {
             burst: 400.0,
             max_streams_per_agency: 32,
             idle_stream_secs: 60,
+            max_submissions_in_flight: l.max_submissions_in_flight,
         }
     }
 }
@@ -376,6 +380,7 @@ impl LimitsSection {
             max_attachments: self.max_attachments,
             max_recipients: self.max_recipients,
             redelivery_after: Duration::from_secs(self.redelivery_after_secs.max(1)),
+            max_submissions_in_flight: self.max_submissions_in_flight.max(1),
         }
     }
 }

@@ -303,6 +303,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let caller = s.caller(request.metadata(), request.extensions()).await?;
+        let _admission = s.gw.admit().map_err(|e| status_of(&e))?;
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let first = match stream.message().await {
@@ -375,7 +376,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .caller(request.metadata(), request.extensions())
             .await?;
         let req = request.into_inner();
-        let mut inbox = self.shared.gw.inbox(&caller, req.follow);
+        let mut inbox = self.shared.gw.inbox(&caller, req.follow).with_max(req.max);
         let (tx, rx) = mpsc::channel(4);
         let as_edxml = req.format == pb::DeliveryFormat::Edxml as i32;
         let slot = self.shared.stream_slot(&caller).await?;
@@ -484,6 +485,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let caller = s.caller(request.metadata(), request.extensions()).await?;
+        let _admission = s.gw.admit().map_err(|e| status_of(&e))?;
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let (tx, reader) = edxml::gateway::chunk_channel(8);

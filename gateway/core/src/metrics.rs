@@ -84,6 +84,7 @@ struct Metrics {
     redelivered: Counter,
     broker_up: Gauge,
     outbox_depth: Gauge,
+    shed: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -188,6 +189,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }),
     );
+    let shed = Counter::default();
+    r.register(
+        "lienthong_submissions_shed",
+        "Submissions turned away at once because the gateway was taking its limit of messages (UNAVAILABLE, nothing kept)",
+        shed.clone(),
+    );
     Metrics {
         registry: Mutex::new(r),
         accepted,
@@ -205,6 +212,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         redelivered,
         broker_up,
         outbox_depth,
+        shed,
     }
 });
 
@@ -247,6 +255,12 @@ pub fn message_refused(reason: Reason) {
             reason: reason.as_str().to_owned(),
         })
         .inc();
+}
+
+/// A submission was turned away because the gateway was at its limit of
+/// messages being taken at once.
+pub fn submission_shed() {
+    METRICS.shed.inc();
 }
 
 /// A delivery was handed to its recipient (every attempt counts).

@@ -55,6 +55,12 @@ pub struct Limits {
     pub max_recipients: usize,
     /// An unacknowledged delivery on a live stream comes again after this.
     pub redelivery_after: Duration,
+    /// Submissions being taken at once (envelope read, checked, attachments
+    /// streaming, waiting for the commit); one more is turned away with
+    /// `UNAVAILABLE` instead of queueing. This bounds the memory and the
+    /// work in flight whatever the offered load: an overloaded gateway
+    /// answers "try again" quickly rather than slowly for everyone.
+    pub max_submissions_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +71,7 @@ impl Default for Limits {
             max_attachments: 100,
             max_recipients: 1000,
             redelivery_after: Duration::from_secs(60),
+            max_submissions_in_flight: 256,
         }
     }
 }
@@ -250,6 +257,9 @@ struct Inner {
     broker: std::sync::OnceLock<Probe>,
     /// issue 6: the maintenance windows for following `Receive` streams.
     notices: crate::maintenance::Notices,
+    /// issue 9: one permit per submission being taken (see
+    /// [`Limits::max_submissions_in_flight`]).
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 struct Probe(BrokerProbe);
@@ -262,6 +272,13 @@ impl std::fmt::Debug for Probe {
 
 /// Reports whether the AMQP broker is connected (see `Gateway::attach_broker`).
 pub type BrokerProbe = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
+/// A submission's place among those the gateway takes at once; released
+/// when dropped (after the submission is answered).
+#[derive(Debug)]
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// The gateway core. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -299,6 +316,7 @@ impl Gateway {
     }
 
     pub fn from_parts(store: Store, blobs: BlobStore, settings: Settings) -> Gateway {
+        let in_flight = settings.limits.max_submissions_in_flight.max(1);
         Gateway {
             inner: Arc::new(Inner {
                 store,
@@ -315,12 +333,37 @@ impl Gateway {
                 outbox_wake: watch::channel(0).0,
                 broker: std::sync::OnceLock::new(),
                 notices: Default::default(),
+                admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
             }),
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// A place for one more submission, or `UNAVAILABLE` at once when the
+    /// gateway is already taking [`Limits::max_submissions_in_flight`]
+    /// messages. Transports that can wait (a queue consumer, bounded by its
+    /// prefetch) need not ask; a transport whose callers can send without
+    /// bound (gRPC) asks before reading the first message, so an overload
+    /// costs one refusal, not a transaction: shed calls are counted
+    /// (`lienthong_submissions_shed_total`), not written to the transfer log,
+    /// whose writes are what the overload is short of.
+    pub fn admit(&self) -> Result<Admission> {
+        match self.inner.admission.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Admission { _permit: permit }),
+            Err(_) => {
+                crate::metrics::submission_shed();
+                Err(Error::new(
+                    Reason::Unavailable,
+                    format!(
+                        "the gateway is taking its limit of {} messages at once; nothing was kept, send the message again in a moment",
+                        self.inner.limits.max_submissions_in_flight.max(1)
+                    ),
+                ))
+            }
+        }
     }
 
     pub fn gateway_id(&self) -> &str {
@@ -1575,6 +1618,7 @@ impl Gateway {
             first_pass: true,
             cursor: 0,
             buffered: VecDeque::new(),
+            remaining: None,
             wake: self.inner.inboxes.subscribe(&caller.organ_id),
         }
     }
@@ -2597,47 +2641,66 @@ pub struct Inbox {
     follow: bool,
     first_pass: bool,
     cursor: i64,
-    buffered: VecDeque<PendingDelivery>,
+    /// Read and marked delivered (with their attempt numbers), not yet
+    /// handed out.
+    buffered: VecDeque<(PendingDelivery, i32)>,
+    /// Deliveries the caller still wants (`Receive.max`); `None`: no bound.
+    /// Nothing beyond it is read, so nothing beyond it is marked handed out.
+    remaining: Option<u32>,
     wake: watch::Receiver<u64>,
 }
 
 impl Inbox {
+    /// At most `max` deliveries (0: no bound).
+    pub fn with_max(mut self, max: u32) -> Inbox {
+        self.remaining = (max > 0).then_some(max);
+        self
+    }
+
     /// The next delivery; `None` when the inbox is drained and the stream
-    /// does not follow.
+    /// does not follow, or `max` deliveries were handed out.
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
         loop {
-            if let Some(p) = self.buffered.pop_front() {
-                let attempt = self
-                    .gw
-                    .store
-                    .mark_delivered(
-                        &p.delivery,
-                        &p.message.sender,
-                        &p.message.message_id,
-                        self.caller.transport.as_str(),
-                    )
-                    .await?;
+            if let Some((p, attempt)) = self.buffered.pop_front() {
                 crate::metrics::delivery_handed_out();
                 return Ok(Some(self.delivery(p, attempt)?));
             }
+            let limit = match self.remaining {
+                Some(0) => return Ok(None),
+                Some(n) => u64::from(n).min(64),
+                None => 64,
+            };
             // Mark the current notification seen before looking, so a
             // delivery that lands during the query wakes us again.
             self.wake.borrow_and_update();
             let batch = if self.first_pass {
                 self.gw
                     .store
-                    .pending(&self.caller.organ_id, self.cursor, None, 64)
+                    .pending(&self.caller.organ_id, self.cursor, None, limit)
                     .await?
             } else {
                 let lease = self.gw.limits.redelivery_after.as_micros() as i64;
                 self.gw
                     .store
-                    .pending(&self.caller.organ_id, 0, Some(now_micros() - lease), 64)
+                    .pending(&self.caller.organ_id, 0, Some(now_micros() - lease), limit)
                     .await?
             };
             if let Some(last) = batch.last() {
                 self.cursor = self.cursor.max(last.delivery.id);
-                self.buffered.extend(batch);
+                // One transaction marks the whole batch handed out: a
+                // recipient with a backlog costs one fsync per batch, not
+                // per document. What is marked and not yet sent when the
+                // stream ends comes again after `redelivery_after`, as any
+                // unacknowledged delivery does.
+                let attempts = self
+                    .gw
+                    .store
+                    .mark_delivered_batch(&batch, self.caller.transport.as_str())
+                    .await?;
+                if let Some(n) = self.remaining.as_mut() {
+                    *n = n.saturating_sub(batch.len() as u32);
+                }
+                self.buffered.extend(batch.into_iter().zip(attempts));
                 continue;
             }
             if self.first_pass {

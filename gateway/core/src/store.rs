@@ -171,6 +171,15 @@ async fn append_events<C: ConnectionTrait>(
     events: Vec<NewEvent>,
     at: i64,
 ) -> Result<(), DbErr> {
+    append_timed(c, events.into_iter().map(|e| (at, e)).collect()).await
+}
+
+/// [`append_events`] with a time per event (a group commit appends the
+/// events of several acceptances and acknowledgements at once).
+async fn append_timed<C: ConnectionTrait>(
+    c: &C,
+    events: Vec<(i64, NewEvent)>,
+) -> Result<(), DbErr> {
     if events.is_empty() {
         return Ok(());
     }
@@ -189,7 +198,7 @@ async fn append_events<C: ConnectionTrait>(
     let end: i64 = row.try_get("", "seq")?;
     let mut prev: String = row.try_get("", "hash")?;
     let mut rows = Vec::with_capacity(events.len());
-    for (i, e) in events.into_iter().enumerate() {
+    for (i, (at, e)) in events.into_iter().enumerate() {
         let seq = end - n + 1 + i as i64;
         let hash = chain_hash(
             &prev,
@@ -302,20 +311,42 @@ pub struct Store {
     /// Group commit: acceptances queue here and one task writes them, as
     /// many as are waiting, in one transaction (one fsync). `None` outside
     /// a runtime (then each acceptance commits alone).
-    committer: Option<mpsc::Sender<AcceptJob>>,
+    committer: Option<mpsc::Sender<Job>>,
 }
 
-/// One acceptance waiting for the group commit.
-struct AcceptJob {
-    message: NewMessage,
-    reply: oneshot::Sender<Result<(message::Model, Vec<delivery::Model>), AcceptError>>,
+type Accepted = (message::Model, Vec<delivery::Model>);
+
+/// One write waiting for the group commit.
+enum Job {
+    Accept {
+        message: NewMessage,
+        reply: oneshot::Sender<Result<Accepted, AcceptError>>,
+    },
+    Ack {
+        ack: AckRequest,
+        reply: oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
+    },
 }
 
-impl std::fmt::Debug for AcceptJob {
+struct AckRequest {
+    recipient: String,
+    delivery_id: String,
+    transport: String,
+    at: i64,
+}
+
+impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AcceptJob")
-            .field("message_id", &self.message.message_id)
-            .finish()
+        match self {
+            Job::Accept { message, .. } => f
+                .debug_struct("Accept")
+                .field("message_id", &message.message_id)
+                .finish(),
+            Job::Ack { ack, .. } => f
+                .debug_struct("Ack")
+                .field("delivery_id", &ack.delivery_id)
+                .finish(),
+        }
     }
 }
 
@@ -326,7 +357,7 @@ const MAX_GROUP: usize = 64;
 /// Acceptances queued for the committer before senders wait (backpressure).
 const COMMIT_QUEUE: usize = 256;
 
-async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<AcceptJob>) {
+async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -339,54 +370,194 @@ async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<AcceptJob>) 
     }
 }
 
-/// Writes a group of acceptances in one transaction, each in a savepoint of
-/// its own: one refused (a duplicate message_id) does not undo the others.
-/// Nobody hears "accepted" before the whole transaction has committed.
-async fn commit_group(db: &DatabaseConnection, group: Vec<AcceptJob>) {
-    let txn = match db.begin().await {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e.to_string();
-            for j in group {
-                let _ = j
-                    .reply
-                    .send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+/// What one job of a group came to, before the shared commit.
+enum Done {
+    Accept(
+        oneshot::Sender<Result<Accepted, AcceptError>>,
+        Result<Accepted, AcceptError>,
+    ),
+    Ack(
+        oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
+        Result<Option<AckOutcome>, DbErr>,
+    ),
+}
+
+/// Writes a group of acceptances and acknowledgements in one transaction.
+/// Each acceptance of a group of several runs in a savepoint of its own: one
+/// refused (a duplicate message_id) does not undo the others. The transfer
+/// log's lines of the whole group are appended once, at the end (one head
+/// update for the group). Nobody hears "accepted" or "acknowledged" before
+/// the whole transaction has committed.
+async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
+    let fail_all = |group: Vec<Job>, msg: String| {
+        for j in group {
+            match j {
+                Job::Accept { reply, .. } => {
+                    let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+                }
+                Job::Ack { reply, .. } => {
+                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                }
             }
-            return;
         }
     };
-    let mut results = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
+    let txn = match db.begin().await {
+        Ok(t) => t,
+        Err(e) => return fail_all(group, e.to_string()),
+    };
+    let alone = group.len() == 1;
+    let mut events: Vec<(i64, NewEvent)> = Vec::new();
+    let mut done = Vec::with_capacity(group.len());
     for j in group {
-        let r = match txn.begin().await {
-            Ok(sp) => match accept_in(&sp, j.message).await {
-                Ok(done) => match sp.commit().await {
-                    Ok(()) => Ok(done),
-                    Err(e) => Err(AcceptError::Db(e)),
-                },
-                Err(e) => {
-                    let _ = sp.rollback().await;
-                    Err(e)
-                }
-            },
-            Err(e) => Err(AcceptError::Db(e)),
-        };
-        results.push(r);
-        replies.push(j.reply);
+        match j {
+            Job::Accept { message, reply } => {
+                let at = message.accepted_at;
+                let r = if alone {
+                    // Nothing to keep apart: a failure rolls the whole
+                    // transaction back.
+                    accept_in(&txn, message).await
+                } else {
+                    match txn.begin().await {
+                        Ok(sp) => match accept_in(&sp, message).await {
+                            Ok(ok) => sp.commit().await.map(|()| ok).map_err(AcceptError::Db),
+                            Err(e) => {
+                                let _ = sp.rollback().await;
+                                Err(e)
+                            }
+                        },
+                        Err(e) => Err(AcceptError::Db(e)),
+                    }
+                };
+                let r = r.map(|(accepted, evs)| {
+                    events.extend(evs.into_iter().map(|e| (at, e)));
+                    accepted
+                });
+                done.push(Done::Accept(reply, r));
+            }
+            Job::Ack { ack, reply } => {
+                let at = ack.at;
+                // An acknowledgement has no expected failure: a database
+                // error fails the group (each caller may ack again).
+                let r = match ack_in(&txn, &ack).await {
+                    Ok((outcome, ev)) => {
+                        events.extend(ev.map(|e| (at, e)));
+                        Ok(outcome)
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        drop(txn);
+                        let _ = reply.send(Err(e));
+                        for d in done {
+                            match d {
+                                Done::Accept(reply, _) => {
+                                    let _ = reply
+                                        .send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+                                }
+                                Done::Ack(reply, _) => {
+                                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                                }
+                            }
+                        }
+                        return;
+                    }
+                };
+                done.push(Done::Ack(reply, r));
+            }
+        }
     }
-    match txn.commit().await {
+    let committed = match append_timed(&txn, events).await {
+        Ok(()) => txn.commit().await,
+        Err(e) => Err(e),
+    };
+    match committed {
         Ok(()) => {
-            for (reply, r) in replies.into_iter().zip(results) {
-                let _ = reply.send(r);
+            for d in done {
+                match d {
+                    Done::Accept(reply, r) => {
+                        let _ = reply.send(r);
+                    }
+                    Done::Ack(reply, r) => {
+                        let _ = reply.send(r);
+                    }
+                }
             }
         }
         Err(e) => {
             let msg = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+            for d in done {
+                match d {
+                    Done::Accept(reply, _) => {
+                        let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+                    }
+                    Done::Ack(reply, _) => {
+                        let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                    }
+                }
             }
         }
     }
+}
+
+/// Acknowledges one delivery inside the caller's transaction; the log line
+/// is returned for the caller to append.
+async fn ack_in<C: ConnectionTrait>(
+    c: &C,
+    a: &AckRequest,
+) -> Result<(Option<AckOutcome>, Option<NewEvent>), DbErr> {
+    let backend = c.get_database_backend();
+    // Write first (a SQLite transaction that reads before it writes can fail
+    // to upgrade its lock), and learn the message in the same statement.
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "UPDATE deliveries SET state = 'acked', acked_at = $1 \
+             WHERE delivery_id = $2 AND recipient = $3 AND state = 'pending' RETURNING message_pk"
+        }
+        _ => {
+            "UPDATE deliveries SET state = 'acked', acked_at = ? \
+             WHERE delivery_id = ? AND recipient = ? AND state = 'pending' RETURNING message_pk"
+        }
+    };
+    let row = c
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                a.at.into(),
+                a.delivery_id.clone().into(),
+                a.recipient.clone().into(),
+            ],
+        ))
+        .await?;
+    let Some(row) = row else {
+        let known = delivery::Entity::find()
+            .filter(delivery::Column::DeliveryId.eq(a.delivery_id.as_str()))
+            .filter(delivery::Column::Recipient.eq(a.recipient.as_str()))
+            .one(c)
+            .await?;
+        return Ok((known.map(|_| AckOutcome::AlreadyAcknowledged), None));
+    };
+    let message_pk: i64 = row.try_get("", "message_pk")?;
+    let msg = message::Entity::find_by_id(message_pk)
+        .select_only()
+        .column(message::Column::Sender)
+        .column(message::Column::MessageId)
+        .into_tuple::<(String, String)>()
+        .one(c)
+        .await?;
+    let (sender, message_id) = msg.unwrap_or_default();
+    Ok((
+        Some(AckOutcome::Acknowledged),
+        Some(NewEvent {
+            kind: EventKind::Acknowledged,
+            sender,
+            message_id,
+            recipient: Some(a.recipient.clone()),
+            reason: None,
+            detail: format!("delivery {} acknowledged", a.delivery_id),
+            actor: Some(a.recipient.clone()),
+            transport: a.transport.clone(),
+        }),
+    ))
 }
 
 impl Store {
@@ -731,39 +902,47 @@ impl Store {
         &self,
         m: NewMessage,
     ) -> Result<(message::Model, Vec<delivery::Model>), AcceptError> {
-        if let Some(tx) = &self.committer {
-            let (reply, answer) = oneshot::channel();
-            match tx.send(AcceptJob { message: m, reply }).await {
-                Ok(()) => {
-                    return answer.await.unwrap_or_else(|_| {
-                        Err(AcceptError::Db(DbErr::Custom(
-                            "the group committer stopped before answering".to_owned(),
-                        )))
-                    });
-                }
-                // The committer is gone (its runtime is shutting down):
-                // commit alone.
-                Err(mpsc::error::SendError(job)) => {
-                    let txn = self.db.begin().await.map_err(AcceptError::Db)?;
-                    let done = accept_in(&txn, job.message).await?;
-                    txn.commit().await.map_err(AcceptError::Db)?;
-                    return Ok(done);
+        let m = match &self.committer {
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                match tx.send(Job::Accept { message: m, reply }).await {
+                    Ok(()) => {
+                        return answer.await.unwrap_or_else(|_| {
+                            Err(AcceptError::Db(DbErr::Custom(
+                                "the group committer stopped before answering".to_owned(),
+                            )))
+                        });
+                    }
+                    // The committer is gone (its runtime is shutting down):
+                    // commit alone.
+                    Err(mpsc::error::SendError(Job::Accept { message, .. })) => message,
+                    Err(mpsc::error::SendError(Job::Ack { .. })) => {
+                        return Err(AcceptError::Db(DbErr::Custom(
+                            "the group committer was handed the wrong job".to_owned(),
+                        )));
+                    }
                 }
             }
-        }
+            None => m,
+        };
+        let at = m.accepted_at;
         let txn = self.db.begin().await.map_err(AcceptError::Db)?;
-        let done = accept_in(&txn, m).await?;
+        let (done, events) = accept_in(&txn, m).await?;
+        append_events(&txn, events, at)
+            .await
+            .map_err(AcceptError::Db)?;
         txn.commit().await.map_err(AcceptError::Db)?;
         Ok(done)
     }
 }
 
 /// Everything one acceptance writes, inside the caller's transaction (or
-/// savepoint).
+/// savepoint), except its transfer-log lines: those are returned, for the
+/// caller to append in the same transaction.
 async fn accept_in<C: ConnectionTrait>(
     txn: &C,
     m: NewMessage,
-) -> Result<(message::Model, Vec<delivery::Model>), AcceptError> {
+) -> Result<(Accepted, Vec<NewEvent>), AcceptError> {
     {
         let inserted = message::ActiveModel {
             sender: Set(m.sender.clone()),
@@ -945,10 +1124,7 @@ async fn accept_in<C: ConnectionTrait>(
                 ..base.clone()
             });
         }
-        append_events(txn, events, m.accepted_at)
-            .await
-            .map_err(AcceptError::Db)?;
-        Ok((msg, deliveries))
+        Ok(((msg, deliveries), events))
     }
 }
 
@@ -1161,6 +1337,48 @@ impl Store {
         Ok(out)
     }
 
+    /// Records that deliveries are being handed to their recipient, in one
+    /// transaction for the batch an inbox read (one fsync, one log append,
+    /// however many); returns each one's attempt number, in order.
+    pub async fn mark_delivered_batch(
+        &self,
+        batch: &[PendingDelivery],
+        transport: &str,
+    ) -> Result<Vec<i32>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let txn = self.db.begin().await?;
+        delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::Attempts,
+                Expr::col(delivery::Column::Attempts).add(1),
+            )
+            .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now))
+            .filter(delivery::Column::Id.is_in(batch.iter().map(|p| p.delivery.id)))
+            .exec(&txn)
+            .await?;
+        let attempts: Vec<i32> = batch.iter().map(|p| p.delivery.attempts + 1).collect();
+        let events = batch
+            .iter()
+            .zip(&attempts)
+            .map(|(p, attempt)| NewEvent {
+                kind: EventKind::Delivered,
+                sender: p.message.sender.clone(),
+                message_id: p.message.message_id.clone(),
+                recipient: Some(p.delivery.recipient.clone()),
+                reason: None,
+                detail: format!("attempt {attempt} via {}", p.delivery.route),
+                actor: Some(p.delivery.recipient.clone()),
+                transport: transport.to_owned(),
+            })
+            .collect();
+        append_events(&txn, events, now).await?;
+        txn.commit().await?;
+        Ok(attempts)
+    }
+
     /// Records that a delivery was handed to its recipient; returns the
     /// attempt number.
     pub async fn mark_delivered(
@@ -1209,54 +1427,43 @@ impl Store {
         delivery_id: &str,
         transport: &str,
     ) -> Result<Option<AckOutcome>> {
-        let now = now_micros();
-        let txn = self.db.begin().await?;
-        // Write first: a SQLite transaction that reads before it writes can
-        // fail to upgrade its lock under concurrent writers.
-        let changed = delivery::Entity::update_many()
-            .col_expr(delivery::Column::State, Expr::value("acked"))
-            .col_expr(delivery::Column::AckedAt, Expr::value(now))
-            .filter(delivery::Column::DeliveryId.eq(delivery_id))
-            .filter(delivery::Column::Recipient.eq(recipient))
-            .filter(delivery::Column::State.eq("pending"))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if changed == 0 {
-            txn.rollback().await?;
-            let known = delivery::Entity::find()
-                .filter(delivery::Column::DeliveryId.eq(delivery_id))
-                .filter(delivery::Column::Recipient.eq(recipient))
-                .one(&self.db)
-                .await?;
-            return Ok(known.map(|_| AckOutcome::AlreadyAcknowledged));
-        }
-        let d = delivery::Entity::find()
-            .filter(delivery::Column::DeliveryId.eq(delivery_id))
-            .one(&txn)
-            .await?;
-        let msg = match &d {
-            Some(d) => message::Entity::find_by_id(d.message_pk).one(&txn).await?,
-            None => None,
+        let ack = AckRequest {
+            recipient: recipient.to_owned(),
+            delivery_id: delivery_id.to_owned(),
+            transport: transport.to_owned(),
+            at: now_micros(),
         };
-        let (sender, message_id) = msg.map(|m| (m.sender, m.message_id)).unwrap_or_default();
-        append_events(
-            &txn,
-            vec![NewEvent {
-                kind: EventKind::Acknowledged,
-                sender,
-                message_id,
-                recipient: Some(recipient.to_owned()),
-                reason: None,
-                detail: format!("delivery {delivery_id} acknowledged"),
-                actor: Some(recipient.to_owned()),
-                transport: transport.to_owned(),
-            }],
-            now,
-        )
-        .await?;
-        txn.commit().await?;
-        Ok(Some(AckOutcome::Acknowledged))
+        let ack = match &self.committer {
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                match tx.send(Job::Ack { ack, reply }).await {
+                    Ok(()) => {
+                        return match answer.await {
+                            Ok(r) => r.map_err(Error::from),
+                            Err(_) => Err(Error::from(DbErr::Custom(
+                                "the group committer stopped before answering".to_owned(),
+                            ))),
+                        };
+                    }
+                    Err(mpsc::error::SendError(Job::Ack { ack, .. })) => ack,
+                    Err(mpsc::error::SendError(Job::Accept { .. })) => {
+                        return Err(Error::from(DbErr::Custom(
+                            "the group committer was handed the wrong job".to_owned(),
+                        )));
+                    }
+                }
+            }
+            None => ack,
+        };
+        let txn = self.db.begin().await?;
+        let (outcome, event) = ack_in(&txn, &ack).await?;
+        if let Some(e) = event {
+            append_events(&txn, vec![e], ack.at).await?;
+            txn.commit().await?;
+        } else {
+            txn.rollback().await?;
+        }
+        Ok(outcome)
     }
 
     /// Walks the transfer log's hash chain from the start and reports the
