@@ -125,8 +125,13 @@ pub struct ReceiveArgs {
 
 pub(crate) async fn connect(cfg: &Config, c: &ConnectArgs) -> Result<ExchangeClient<Channel>> {
     let url = c.server.clone().unwrap_or_else(|| cfg.grpc_client_url());
+    // Larger HTTP/2 windows than the 64 KiB default, so that a large
+    // attachment streams down at the disk's pace (the gateway does the same
+    // for uploads).
     let mut endpoint = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("{url} is not a valid gateway address"))?;
+        .with_context(|| format!("{url} is not a valid gateway address"))?
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(2 * 1024 * 1024);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().domain_name(c.tls_domain.clone());
         if let Some(ca) = &c.tls_ca {

@@ -85,6 +85,7 @@ struct Metrics {
     broker_up: Gauge,
     outbox_depth: Gauge,
     shed: Counter,
+    in_flight: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -195,6 +196,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Submissions turned away at once because the gateway was taking its limit of messages (UNAVAILABLE, nothing kept)",
         shed.clone(),
     );
+    let in_flight = Gauge::default();
+    r.register(
+        "lienthong_submissions_in_flight",
+        "Submissions being taken now (of limits.max_submissions_in_flight)",
+        in_flight.clone(),
+    );
     Metrics {
         registry: Mutex::new(r),
         accepted,
@@ -213,6 +220,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         broker_up,
         outbox_depth,
         shed,
+        in_flight,
     }
 });
 
@@ -261,6 +269,11 @@ pub fn message_refused(reason: Reason) {
 /// messages being taken at once.
 pub fn submission_shed() {
     METRICS.shed.inc();
+}
+
+/// A submission was admitted (`+1`) or answered (`-1`).
+pub fn submissions_in_flight(delta: i64) {
+    METRICS.in_flight.inc_by(delta);
 }
 
 /// A delivery was handed to its recipient (every attempt counts).

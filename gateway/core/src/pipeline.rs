@@ -280,6 +280,12 @@ pub struct Admission {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+impl Drop for Admission {
+    fn drop(&mut self) {
+        crate::metrics::submissions_in_flight(-1);
+    }
+}
+
 /// The gateway core. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -352,7 +358,10 @@ impl Gateway {
     /// whose writes are what the overload is short of.
     pub fn admit(&self) -> Result<Admission> {
         match self.inner.admission.clone().try_acquire_owned() {
-            Ok(permit) => Ok(Admission { _permit: permit }),
+            Ok(permit) => {
+                crate::metrics::submissions_in_flight(1);
+                Ok(Admission { _permit: permit })
+            }
             Err(_) => {
                 crate::metrics::submission_shed();
                 Err(Error::new(

@@ -319,7 +319,7 @@ type Accepted = (message::Model, Vec<delivery::Model>);
 /// One write waiting for the group commit.
 enum Job {
     Accept {
-        message: NewMessage,
+        message: Box<NewMessage>,
         reply: oneshot::Sender<Result<Accepted, AcceptError>>,
     },
     Ack {
@@ -374,7 +374,7 @@ async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
 enum Done {
     Accept(
         oneshot::Sender<Result<Accepted, AcceptError>>,
-        Result<Accepted, AcceptError>,
+        Box<Result<Accepted, AcceptError>>,
     ),
     Ack(
         oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
@@ -415,10 +415,10 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                 let r = if alone {
                     // Nothing to keep apart: a failure rolls the whole
                     // transaction back.
-                    accept_in(&txn, message).await
+                    accept_in(&txn, *message).await
                 } else {
                     match txn.begin().await {
-                        Ok(sp) => match accept_in(&sp, message).await {
+                        Ok(sp) => match accept_in(&sp, *message).await {
                             Ok(ok) => sp.commit().await.map(|()| ok).map_err(AcceptError::Db),
                             Err(e) => {
                                 let _ = sp.rollback().await;
@@ -432,7 +432,7 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                     events.extend(evs.into_iter().map(|e| (at, e)));
                     accepted
                 });
-                done.push(Done::Accept(reply, r));
+                done.push(Done::Accept(reply, Box::new(r)));
             }
             Job::Ack { ack, reply } => {
                 let at = ack.at;
@@ -474,7 +474,7 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
             for d in done {
                 match d {
                     Done::Accept(reply, r) => {
-                        let _ = reply.send(r);
+                        let _ = reply.send(*r);
                     }
                     Done::Ack(reply, r) => {
                         let _ = reply.send(r);
@@ -905,7 +905,13 @@ impl Store {
         let m = match &self.committer {
             Some(tx) => {
                 let (reply, answer) = oneshot::channel();
-                match tx.send(Job::Accept { message: m, reply }).await {
+                match tx
+                    .send(Job::Accept {
+                        message: Box::new(m),
+                        reply,
+                    })
+                    .await
+                {
                     Ok(()) => {
                         return answer.await.unwrap_or_else(|_| {
                             Err(AcceptError::Db(DbErr::Custom(
@@ -915,7 +921,7 @@ impl Store {
                     }
                     // The committer is gone (its runtime is shutting down):
                     // commit alone.
-                    Err(mpsc::error::SendError(Job::Accept { message, .. })) => message,
+                    Err(mpsc::error::SendError(Job::Accept { message, .. })) => *message,
                     Err(mpsc::error::SendError(Job::Ack { .. })) => {
                         return Err(AcceptError::Db(DbErr::Custom(
                             "the group committer was handed the wrong job".to_owned(),

@@ -28,12 +28,46 @@ use crate::admin::KeyTypeArg;
 use crate::client::{ConnectArgs, connect, with_identity};
 use crate::config::Config;
 
+mod amqp;
+
 const CHUNK: usize = 256 * 1024;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Agency → agency through gRPC in one gateway.
     Grpc(GrpcArgs),
+    /// One document with one large attachment (1 GiB unless
+    /// --attachment-bytes) through gRPC: MB/s in, MB/s out, the gateway's
+    /// peak RSS, beside the disk's own write+fsync rate.
+    Big(BigArgs),
+    /// Documents from the national exchange over AMQP through the gateway
+    /// and out to agencies' queues (or an exchange), beside raw RabbitMQ.
+    Amqp(amqp::AmqpArgs),
+    /// gRPC and AMQP traffic at once on one gateway (half the documents and
+    /// half the concurrency each), reported per path.
+    Mixed(amqp::AmqpArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BigArgs {
+    /// Size of the one attachment (bytes).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub attachment_bytes: usize,
+    /// Signing keys of the throwaway PKI.
+    #[arg(long, value_enum, default_value_t = KeyTypeArg::EcP256)]
+    pub key_type: KeyTypeArg,
+    /// `sqlite`, or a PostgreSQL URL (see `bench grpc`).
+    #[arg(long, default_value = "sqlite")]
+    pub database: String,
+    /// Keep the temporary directory (and PostgreSQL database).
+    #[arg(long)]
+    pub keep: bool,
+    /// Also measure the disk's sequential write + fsync rate.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub baseline: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -44,9 +78,14 @@ pub struct GrpcArgs {
     /// Send for this many seconds instead of a number of documents.
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Concurrent senders.
+    /// Concurrent senders; with --rate, the most sends outstanding at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Offer this many documents per second whatever the answers (an open
+    /// loop, for latency at a chosen load and for overload); without it
+    /// each sender sends its next document when the last is answered.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Size of each document's signed content (bytes).
     #[arg(long, default_value_t = 4096)]
     pub payload_bytes: usize,
@@ -72,11 +111,34 @@ pub struct GrpcArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The mode named in the report (`big` runs through this one).
+    #[arg(skip)]
+    pub mode: &'static str,
 }
 
 pub async fn run(cfg: Config, cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Grpc(args) => grpc(cfg, args).await,
+        BenchCommand::Amqp(args) => amqp::run(cfg, args).await,
+        BenchCommand::Mixed(args) => amqp::run_mixed(cfg, args).await,
+        BenchCommand::Big(big) => {
+            let args = GrpcArgs {
+                docs: Some(1),
+                duration: None,
+                concurrency: 1,
+                rate: None,
+                payload_bytes: 4096,
+                attachment_bytes: big.attachment_bytes.max(1),
+                recipients: 1,
+                key_type: big.key_type,
+                database: big.database,
+                keep: big.keep,
+                baseline: big.baseline,
+                json: big.json,
+                mode: "big",
+            };
+            grpc(cfg, args).await
+        }
     }
 }
 
@@ -222,7 +284,22 @@ async fn pg_exec(url: &str, sql: &str) -> Result<()> {
     r
 }
 
+/// What a mode adds to the throwaway gateway: text appended to its
+/// configuration (`[amqp]`, `[[routes]]`), and a rewrite of the dev PKI's
+/// `directory.csv` before it is imported.
+#[derive(Default)]
+struct Extra {
+    config: String,
+    directory: Option<DirectoryEdit>,
+}
+
+type DirectoryEdit = Box<dyn Fn(&str) -> Result<String> + Send + Sync>;
+
 async fn start_gateway(args: &GrpcArgs) -> Result<Gateway> {
+    start_gateway_with(args, &Extra::default()).await
+}
+
+async fn start_gateway_with(args: &GrpcArgs, extra: &Extra) -> Result<Gateway> {
     let exe = std::env::current_exe().context("cannot find the lienthong executable")?;
     let dir = std::env::temp_dir().join(format!("lienthong-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -237,7 +314,7 @@ async fn start_gateway(args: &GrpcArgs) -> Result<Gateway> {
         pg: None,
         keep: args.keep,
     };
-    match setup(&mut gw, &exe, args).await {
+    match setup(&mut gw, &exe, args, extra).await {
         Ok(()) => Ok(gw),
         Err(e) => {
             gw.stop().await;
@@ -246,7 +323,7 @@ async fn start_gateway(args: &GrpcArgs) -> Result<Gateway> {
     }
 }
 
-async fn setup(gw: &mut Gateway, exe: &Path, args: &GrpcArgs) -> Result<()> {
+async fn setup(gw: &mut Gateway, exe: &Path, args: &GrpcArgs, extra: &Extra) -> Result<()> {
     let dir = gw.dir.clone();
     gw.db_url = if args.database == "sqlite" {
         format!("sqlite://{}", dir.join("gateway.db").display())
@@ -319,7 +396,12 @@ max_attachment_bytes = {matt}
         rcert = p("gateway.pem"),
         matt = (args.attachment_bytes as u64).max(1 << 20) * 2,
     );
-    std::fs::write(&config, text)?;
+    std::fs::write(&config, format!("{text}{}", extra.config))?;
+    if let Some(edit) = &extra.directory {
+        let csv = gw.pki.join("directory.csv");
+        let text = std::fs::read_to_string(&csv)?;
+        std::fs::write(&csv, edit(&text)?)?;
+    }
 
     let mut cmd = lienthong_cmd(exe, &dir);
     cmd.arg("--config")
@@ -408,6 +490,28 @@ struct Baseline {
     secs: f64,
 }
 
+/// The disk's sequential write + fsync rate (MB/s, 10^6 bytes) for `size`
+/// bytes in the gateway's own directory, where its attachments are kept.
+fn disk_baseline(dir: &Path, size: usize) -> Result<f64> {
+    use std::io::Write as _;
+    let path = dir.join("disk-baseline.bin");
+    let buf = vec![0x5a_u8; CHUNK];
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        f.write_all(&buf[..n])?;
+        left -= n;
+    }
+    f.sync_all()?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(size as f64 / 1e6 / secs.max(1e-9))
+}
+
 async fn db_baseline(gw: &Gateway, args: &GrpcArgs, n: u64) -> Result<Baseline> {
     use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
     let sqlite = gw.db_url.starts_with("sqlite:");
@@ -489,6 +593,15 @@ struct Tally {
     sent: HashMap<String, Sent>,
     delivered: HashMap<(String, String), SystemTime>,
     errors: BTreeMap<String, u64>,
+    /// Sends the gateway turned away as overloaded (UNAVAILABLE or
+    /// RESOURCE_EXHAUSTED): nothing was kept, the sender may try again.
+    /// Reported, not errors: shedding is how a gateway survives overload.
+    refused: BTreeMap<String, u64>,
+    /// Open loop: sends that started more than 100 ms after their turn
+    /// because --concurrency sends were all outstanding.
+    behind_schedule: u64,
+    last_send_start: Option<Instant>,
+    fetch_latency: Vec<Duration>,
     accept_latency: Vec<Duration>,
     accepted: u64,
     expected_deliveries: u64,
@@ -535,11 +648,51 @@ fn from_ts(t: &prost_types::Timestamp) -> SystemTime {
         )
 }
 
+/// The attachment every document carries: a byte pattern made chunk by
+/// chunk as it is sent (a 1 GiB attachment is never held in memory), and
+/// its digest.
+struct Attachment {
+    size: usize,
+    sha: Vec<u8>,
+    /// The pattern `i % 251`, long enough that any chunk is one slice of it.
+    pattern: Vec<u8>,
+}
+
+impl Attachment {
+    fn new(size: usize) -> Attachment {
+        let pattern: Vec<u8> = (0..CHUNK + 251).map(|i| (i % 251) as u8).collect();
+        let mut a = Attachment {
+            size,
+            sha: Vec::new(),
+            pattern,
+        };
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut off = 0;
+        while off < size {
+            let c = a.chunk_at(off);
+            ctx.update(c);
+            off += c.len();
+        }
+        a.sha = ctx.finish().as_ref().to_vec();
+        a
+    }
+
+    /// The bytes at `off..off + CHUNK` (or to the end).
+    fn chunk_at(&self, off: usize) -> &[u8] {
+        let n = CHUNK.min(self.size - off);
+        &self.pattern[off % 251..off % 251 + n]
+    }
+
+    fn chunk_count(&self) -> usize {
+        self.size.div_ceil(CHUNK)
+    }
+}
+
 struct Load {
     agencies: Vec<Agency>,
     args: GrpcArgs,
     content: String,
-    attachment: Option<(Arc<Vec<u8>>, Vec<u8>)>,
+    attachment: Option<Arc<Attachment>>,
     next: AtomicU64,
     tally: Mutex<Tally>,
     progress: Notify,
@@ -560,11 +713,11 @@ impl Load {
         let agency = &self.agencies[from];
         let message_id = uuid::Uuid::new_v4().to_string();
         let attachments = match &self.attachment {
-            Some((data, sha)) => vec![pb::AttachmentRef {
+            Some(a) => vec![pb::AttachmentRef {
                 name: "bench.bin".to_owned(),
                 content_type: "application/octet-stream".to_owned(),
-                size: data.len() as u64,
-                sha256: sha.clone().into(),
+                size: a.size as u64,
+                sha256: a.sha.clone().into(),
                 description: String::new(),
                 ..Default::default()
             }],
@@ -604,6 +757,7 @@ impl Load {
     }
 }
 
+/// Closed loop: the next document when the last one is answered.
 async fn sender(
     load: Arc<Load>,
     mut client: ExchangeClient<Channel>,
@@ -611,56 +765,112 @@ async fn sender(
     total: u64,
 ) -> Result<()> {
     while let Some(i) = load.more(deadline, total) {
-        let (message_id, from, signed, to) = load.envelope(i)?;
-        lock(&load.tally).sent.insert(
-            message_id.clone(),
-            Sent {
-                sha: sha256(&signed.payload),
-                to: to.clone(),
-                accepted_at: None,
-            },
-        );
-        let mut items = vec![SendRequest {
-            item: Some(Item::Envelope(signed)),
-        }];
-        if let Some((data, _)) = &load.attachment {
-            for c in data.chunks(CHUNK) {
-                items.push(SendRequest {
-                    item: Some(Item::Chunk(pb::AttachmentChunk {
-                        index: 0,
-                        data: c.to_vec().into(),
-                    })),
-                });
-            }
-        }
-        let req = with_identity(tokio_stream::iter(items), &from)?;
-        let started = Instant::now();
-        let result = client.send(req).await;
-        let now = Instant::now();
-        let mut t = lock(&load.tally);
-        match result {
-            Ok(r) => {
-                let r = r.into_inner();
-                t.accepted += 1;
-                t.expected_deliveries += to.len() as u64;
-                t.accept_latency.push(now - started);
-                t.last_accept = Some(now);
-                let at = r.accepted_at.as_ref().map(from_ts);
-                if let Some(s) = t.sent.get_mut(&message_id) {
-                    s.accepted_at = at;
-                }
-                if r.duplicate {
-                    t.error("duplicate_receipt");
-                }
-            }
-            Err(st) => {
-                t.sent.remove(&message_id);
-                t.error(format!("send:{}", reason_of(&st)));
-            }
-        }
-        drop(t);
-        load.progress.notify_waiters();
+        send_one(&load, &mut client, i).await?;
     }
+    Ok(())
+}
+
+/// Open loop: document *k* is offered at `start + k / rate` whatever the
+/// answers, with at most `max_outstanding` sends in flight (beyond that the
+/// offer falls behind schedule, and that is counted).
+async fn offer(
+    load: Arc<Load>,
+    clients: Vec<ExchangeClient<Channel>>,
+    rate: f64,
+    start: Instant,
+    deadline: Option<Instant>,
+    total: u64,
+    max_outstanding: usize,
+) -> Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_outstanding.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut k = 0u64;
+    while let Some(i) = load.more(deadline, total) {
+        let due = start + Duration::from_secs_f64(k as f64 / rate);
+        k += 1;
+        tokio::time::sleep_until(due.into()).await;
+        let slot = slots.clone().acquire_owned().await?;
+        if Instant::now() > due + Duration::from_millis(100) {
+            lock(&load.tally).behind_schedule += 1;
+        }
+        let mut client = clients[(i as usize) % clients.len()].clone();
+        let load = load.clone();
+        tasks.spawn(async move {
+            let r = send_one(&load, &mut client, i).await;
+            drop(slot);
+            r
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+async fn send_one(load: &Load, client: &mut ExchangeClient<Channel>, i: u64) -> Result<()> {
+    let (message_id, from, signed, to) = load.envelope(i)?;
+    lock(&load.tally).sent.insert(
+        message_id.clone(),
+        Sent {
+            sha: sha256(&signed.payload),
+            to: to.clone(),
+            accepted_at: None,
+        },
+    );
+    let first = SendRequest {
+        item: Some(Item::Envelope(signed)),
+    };
+    let attachment = load.attachment.clone();
+    let chunks = (0..attachment.as_ref().map_or(0, |a| a.chunk_count())).map(move |k| {
+        let data = attachment
+            .as_ref()
+            .map(|a| a.chunk_at(k * CHUNK).to_vec())
+            .unwrap_or_default()
+            .into();
+        SendRequest {
+            item: Some(Item::Chunk(pb::AttachmentChunk { index: 0, data })),
+        }
+    });
+    let items = tokio_stream::iter(std::iter::once(first).chain(chunks));
+    let req = with_identity(items, &from)?;
+    let started = Instant::now();
+    lock(&load.tally).last_send_start = Some(started);
+    let result = client.send(req).await;
+    let now = Instant::now();
+    let mut t = lock(&load.tally);
+    match result {
+        Ok(r) => {
+            let r = r.into_inner();
+            t.accepted += 1;
+            t.expected_deliveries += to.len() as u64;
+            t.accept_latency.push(now - started);
+            t.last_accept = Some(now);
+            let at = r.accepted_at.as_ref().map(from_ts);
+            if let Some(s) = t.sent.get_mut(&message_id) {
+                s.accepted_at = at;
+            }
+            if r.duplicate {
+                t.error("duplicate_receipt");
+            }
+        }
+        Err(st) => {
+            t.sent.remove(&message_id);
+            let reason = format!("send:{}", reason_of(&st));
+            if matches!(
+                st.code(),
+                tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+            ) {
+                *t.refused.entry(reason).or_insert(0) += 1;
+            } else {
+                t.error(reason);
+            }
+        }
+    }
+    drop(t);
+    load.progress.notify_waiters();
     Ok(())
 }
 
@@ -692,18 +902,22 @@ async fn receiver(load: Arc<Load>, mut client: ExchangeClient<Channel>, me: Stri
                     let mut client = client.clone();
                     let me = me.clone();
                     async move {
-                        if let Some((data, sha)) = &load.attachment
-                            && let Err(reason) = fetch_and_check(
+                        if let Some(a) = &load.attachment {
+                            let started = Instant::now();
+                            let r = fetch_and_check(
                                 &mut client,
                                 &me,
                                 &message_id,
                                 &from,
-                                data.len(),
-                                sha,
+                                a.size,
+                                &a.sha,
                             )
-                            .await
-                        {
-                            lock(&load.tally).error(reason);
+                            .await;
+                            let mut t = lock(&load.tally);
+                            match r {
+                                Ok(()) => t.fetch_latency.push(started.elapsed()),
+                                Err(reason) => t.error(reason),
+                            }
                         }
                         let r = match with_identity(pb::AckRequest { delivery_id }, &me) {
                             Ok(req) => client.ack(req).await.map_err(|st| reason_of(&st)),
@@ -864,6 +1078,9 @@ async fn grpc(cfg: Config, args: GrpcArgs) -> Result<ExitCode> {
     if args.concurrency == 0 {
         bail!("--concurrency is at least 1");
     }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate is a number of documents per second above 0");
+    }
     let mut gw = start_gateway(&args).await?;
     let r = drive(&cfg, &args, &gw).await;
     gw.stop().await;
@@ -884,7 +1101,15 @@ async fn grpc(cfg: Config, args: GrpcArgs) -> Result<ExitCode> {
 async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     let total = args.docs.unwrap_or(2000);
     let deadline_len = args.duration.map(Duration::from_secs_f64);
-    let baseline = if args.baseline {
+    // The database's insert rate says little of a run that moves large
+    // attachments; the disk's write rate does.
+    let disk_mb_per_sec = if args.baseline && args.attachment_bytes > 0 {
+        let (dir, size) = (gw.dir.clone(), args.attachment_bytes);
+        Some(tokio::task::spawn_blocking(move || disk_baseline(&dir, size)).await??)
+    } else {
+        None
+    };
+    let baseline = if args.baseline && args.attachment_bytes < (64 << 20) {
         let n = if deadline_len.is_some() {
             2000
         } else {
@@ -905,13 +1130,8 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         agencies.push(Agency { id, key, chain });
     }
-    let attachment = (args.attachment_bytes > 0).then(|| {
-        let data: Vec<u8> = (0..args.attachment_bytes)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        let sha = sha256(&data);
-        (Arc::new(data), sha)
-    });
+    let attachment =
+        (args.attachment_bytes > 0).then(|| Arc::new(Attachment::new(args.attachment_bytes)));
     let load = Arc::new(Load {
         agencies,
         args: args.clone(),
@@ -943,9 +1163,30 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
     let start = Instant::now();
     let deadline = deadline_len.map(|d| start + d);
     let mut senders = Vec::new();
-    for _ in 0..args.concurrency {
-        let client = connect(cfg, &connect_args).await?;
-        senders.push(tokio::spawn(sender(load.clone(), client, deadline, total)));
+    match args.rate {
+        None => {
+            for _ in 0..args.concurrency {
+                let client = connect(cfg, &connect_args).await?;
+                senders.push(tokio::spawn(sender(load.clone(), client, deadline, total)));
+            }
+        }
+        Some(rate) => {
+            // HTTP/2 multiplexes: a few connections carry every outstanding
+            // send.
+            let mut clients = Vec::new();
+            for _ in 0..args.concurrency.clamp(1, 16) {
+                clients.push(connect(cfg, &connect_args).await?);
+            }
+            senders.push(tokio::spawn(offer(
+                load.clone(),
+                clients,
+                rate,
+                start,
+                deadline,
+                total,
+                args.concurrency,
+            )));
+        }
     }
     for s in senders {
         s.await??;
@@ -998,26 +1239,56 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let baseline_json = match &baseline {
-        Some(b) => {
-            let per_sec = b.inserts as f64 / b.secs.max(1e-9);
-            serde_json::json!({
-                "db_inserts": b.inserts,
-                "db_inserts_per_sec": per_sec,
-                "gateway_accepted_ratio": accepted_per_sec / per_sec,
-            })
-        }
-        None => serde_json::Value::Null,
+    let size = args.attachment_bytes as f64 / 1e6;
+    let attachment_json = if args.attachment_bytes > 0 {
+        let fetch = percentiles(std::mem::take(&mut t.fetch_latency));
+        serde_json::json!({
+            // Attachment bytes accepted per second of the run, and carried
+            // all the way (accepted, fetched by the recipient, checked,
+            // acknowledged).
+            "in_mb_per_sec": rate(t.accepted, t.last_accept) * size,
+            "end_to_end_mb_per_sec": rate(t.acked, t.last_ack) * size,
+            "fetch_ms": pjson(&fetch),
+            "fetch_mb_per_sec_p50": fetch.as_ref().map(|p| size / (p.p50 / 1000.0).max(1e-9)),
+        })
+    } else {
+        serde_json::Value::Null
     };
+    let mut baseline_json = serde_json::json!({});
+    if let Some(b) = &baseline {
+        let per_sec = b.inserts as f64 / b.secs.max(1e-9);
+        baseline_json["db_inserts"] = b.inserts.into();
+        baseline_json["db_inserts_per_sec"] = per_sec.into();
+        baseline_json["gateway_accepted_ratio"] = (accepted_per_sec / per_sec).into();
+    }
+    if let Some(mb) = disk_mb_per_sec {
+        baseline_json["disk_write_mb_per_sec"] = mb.into();
+        baseline_json["gateway_end_to_end_ratio"] =
+            (rate(t.acked, t.last_ack) * size / mb.max(1e-9)).into();
+    }
+    let offered_per_sec = match t.last_send_start {
+        Some(l) if l > start => {
+            let n = t.accepted + t.refused.values().sum::<u64>();
+            n.saturating_sub(1) as f64 / (l - start).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    let refused_count: u64 = t.refused.values().sum();
     Ok(serde_json::json!({
-        "mode": "grpc",
+        "mode": if args.mode.is_empty() { "grpc" } else { args.mode },
         "database": if gw.pg.is_some() { "postgres" } else { "sqlite" },
         "key_type": key_type_name(args.key_type),
         "concurrency": args.concurrency,
         "payload_bytes": args.payload_bytes,
         "attachment_bytes": args.attachment_bytes,
         "recipients": args.recipients,
-        "sent": t.accepted + t.errors.iter().filter(|(k, _)| k.starts_with("send:")).map(|(_, v)| *v).sum::<u64>(),
+        "rate": args.rate,
+        "offered_per_sec": offered_per_sec,
+        "behind_schedule": t.behind_schedule,
+        "refused": t.refused,
+        "refused_count": refused_count,
+        "attachment": attachment_json,
+        "sent": t.accepted + refused_count + t.errors.iter().filter(|(k, _)| k.starts_with("send:")).map(|(_, v)| *v).sum::<u64>(),
         "accepted": t.accepted,
         "expected_deliveries": t.expected_deliveries,
         "delivered": t.delivered_ok,
@@ -1036,7 +1307,7 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
             "cpu_secs": cpu,
             "cpu_secs_per_1000_docs": cpu.filter(|_| t.accepted > 0).map(|c| c * 1000.0 / t.accepted as f64),
         },
-        "baseline": baseline_json,
+        "baseline": if baseline_json.as_object().is_some_and(|o| o.is_empty()) { serde_json::Value::Null } else { baseline_json },
     }))
 }
 
@@ -1046,7 +1317,8 @@ fn print_table(r: &serde_json::Value) {
         None => "-".to_owned(),
     };
     println!(
-        "lienthong bench grpc: {} database, {} keys, concurrency {}, {} B content, {} B attachment, {} recipient(s)",
+        "lienthong bench {}: {} database, {} keys, concurrency {}, {} B content, {} B attachment, {} recipient(s)",
+        r["mode"].as_str().unwrap_or("?"),
         r["database"].as_str().unwrap_or("?"),
         r["key_type"].as_str().unwrap_or("?"),
         r["concurrency"],
@@ -1055,7 +1327,25 @@ fn print_table(r: &serde_json::Value) {
         r["recipients"],
     );
     println!();
+    if let Some(rate) = r["rate"].as_f64() {
+        println!("{:<34} {:>12.1}", "offered / s (asked)", rate);
+        println!(
+            "{:<34} {:>12}",
+            "offered / s (reached)",
+            f(&r["offered_per_sec"])
+        );
+        println!(
+            "{:<34} {:>12}",
+            "sends behind schedule", r["behind_schedule"]
+        );
+    }
     println!("{:<34} {:>12}", "documents accepted", r["accepted"]);
+    println!("{:<34} {:>12}", "refused as overloaded", r["refused_count"]);
+    if let Some(refused) = r["refused"].as_object() {
+        for (k, v) in refused {
+            println!("  {k:<32} {v:>12}");
+        }
+    }
     println!(
         "{:<34} {:>12}",
         "deliveries expected", r["expected_deliveries"]
@@ -1092,6 +1382,33 @@ fn print_table(r: &serde_json::Value) {
             f(&p["max"])
         );
     }
+    let a = &r["attachment"];
+    if !a.is_null() {
+        println!(
+            "{:<24} {:>9} {:>9} {:>9} {:>9}",
+            "attachment fetch",
+            f(&a["fetch_ms"]["p50"]),
+            f(&a["fetch_ms"]["p95"]),
+            f(&a["fetch_ms"]["p99"]),
+            f(&a["fetch_ms"]["max"])
+        );
+        println!();
+        println!(
+            "{:<34} {:>12}",
+            "attachments in, MB/s",
+            f(&a["in_mb_per_sec"])
+        );
+        println!(
+            "{:<34} {:>12}",
+            "attachments end to end, MB/s",
+            f(&a["end_to_end_mb_per_sec"])
+        );
+        println!(
+            "{:<34} {:>12}",
+            "one fetch (p50), MB/s",
+            f(&a["fetch_mb_per_sec_p50"])
+        );
+    }
     println!();
     let g = &r["gateway"];
     println!(
@@ -1112,7 +1429,22 @@ fn print_table(r: &serde_json::Value) {
         }
     );
     let b = &r["baseline"];
-    if !b.is_null() {
+    if !b["disk_write_mb_per_sec"].is_null() {
+        println!(
+            "{:<34} {:>12}",
+            "baseline: disk write+fsync MB/s",
+            f(&b["disk_write_mb_per_sec"])
+        );
+        println!(
+            "{:<34} {:>12}",
+            "end to end ÷ baseline",
+            match b["gateway_end_to_end_ratio"].as_f64() {
+                Some(x) => format!("{x:.2}"),
+                None => "-".to_owned(),
+            }
+        );
+    }
+    if !b["db_inserts_per_sec"].is_null() {
         println!(
             "{:<34} {:>12}",
             "baseline: db fsync'd inserts / s",
