@@ -2696,9 +2696,9 @@ impl Inbox {
             };
             if let Some(last) = batch.last() {
                 self.cursor = self.cursor.max(last.delivery.id);
-                // One transaction marks the whole batch handed out: a
-                // recipient with a backlog costs one fsync per batch, not
-                // per document. What is marked and not yet sent when the
+                // The whole batch is marked handed out at once, through
+                // the group committer: a recipient with a backlog costs a
+                // share of one fsync per batch, not one per document. What is marked and not yet sent when the
                 // stream ends comes again after `redelivery_after`, as any
                 // unacknowledged delivery does.
                 let attempts = self

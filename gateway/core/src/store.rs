@@ -326,6 +326,17 @@ enum Job {
         ack: AckRequest,
         reply: oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
     },
+    Delivered {
+        marks: DeliveredMarks,
+        reply: oneshot::Sender<Result<(), DbErr>>,
+    },
+}
+
+/// Deliveries handed out (a batch an inbox read), and their log lines.
+struct DeliveredMarks {
+    ids: Vec<i64>,
+    events: Vec<NewEvent>,
+    at: i64,
 }
 
 struct AckRequest {
@@ -345,6 +356,10 @@ impl std::fmt::Debug for Job {
             Job::Ack { ack, .. } => f
                 .debug_struct("Ack")
                 .field("delivery_id", &ack.delivery_id)
+                .finish(),
+            Job::Delivered { marks, .. } => f
+                .debug_struct("Delivered")
+                .field("deliveries", &marks.ids.len())
                 .finish(),
         }
     }
@@ -380,6 +395,39 @@ enum Done {
         oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
         Result<Option<AckOutcome>, DbErr>,
     ),
+    Delivered(oneshot::Sender<Result<(), DbErr>>),
+}
+
+impl Done {
+    /// Tells the job's caller it failed with the group (nothing committed).
+    fn fail(self, msg: &str) {
+        match self {
+            Done::Accept(reply, _) => {
+                let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.to_owned()))));
+            }
+            Done::Ack(reply, _) => {
+                let _ = reply.send(Err(DbErr::Custom(msg.to_owned())));
+            }
+            Done::Delivered(reply) => {
+                let _ = reply.send(Err(DbErr::Custom(msg.to_owned())));
+            }
+        }
+    }
+
+    /// Tells the job's caller its outcome, once the group has committed.
+    fn answer(self) {
+        match self {
+            Done::Accept(reply, r) => {
+                let _ = reply.send(*r);
+            }
+            Done::Ack(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Done::Delivered(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
 }
 
 /// Writes a group of acceptances and acknowledgements in one transaction.
@@ -396,6 +444,9 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                     let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
                 }
                 Job::Ack { reply, .. } => {
+                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                }
+                Job::Delivered { reply, .. } => {
                     let _ = reply.send(Err(DbErr::Custom(msg.clone())));
                 }
             }
@@ -447,21 +498,33 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                         let msg = e.to_string();
                         drop(txn);
                         let _ = reply.send(Err(e));
-                        for d in done {
-                            match d {
-                                Done::Accept(reply, _) => {
-                                    let _ = reply
-                                        .send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
-                                }
-                                Done::Ack(reply, _) => {
-                                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
-                                }
-                            }
-                        }
+                        done.into_iter().for_each(|d| d.fail(&msg));
                         return;
                     }
                 };
                 done.push(Done::Ack(reply, r));
+            }
+            Job::Delivered { marks, reply } => {
+                // No expected failure either: a database error fails the
+                // group (the inbox reads the batch again).
+                let marked = delivery::Entity::update_many()
+                    .col_expr(
+                        delivery::Column::Attempts,
+                        Expr::col(delivery::Column::Attempts).add(1),
+                    )
+                    .col_expr(delivery::Column::LastDeliveredAt, Expr::value(marks.at))
+                    .filter(delivery::Column::Id.is_in(marks.ids))
+                    .exec(&txn)
+                    .await;
+                if let Err(e) = marked {
+                    let msg = e.to_string();
+                    drop(txn);
+                    let _ = reply.send(Err(e));
+                    done.into_iter().for_each(|d| d.fail(&msg));
+                    return;
+                }
+                events.extend(marks.events.into_iter().map(|e| (marks.at, e)));
+                done.push(Done::Delivered(reply));
             }
         }
     }
@@ -470,30 +533,10 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
         Err(e) => Err(e),
     };
     match committed {
-        Ok(()) => {
-            for d in done {
-                match d {
-                    Done::Accept(reply, r) => {
-                        let _ = reply.send(*r);
-                    }
-                    Done::Ack(reply, r) => {
-                        let _ = reply.send(r);
-                    }
-                }
-            }
-        }
+        Ok(()) => done.into_iter().for_each(Done::answer),
         Err(e) => {
             let msg = e.to_string();
-            for d in done {
-                match d {
-                    Done::Accept(reply, _) => {
-                        let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
-                    }
-                    Done::Ack(reply, _) => {
-                        let _ = reply.send(Err(DbErr::Custom(msg.clone())));
-                    }
-                }
-            }
+            done.into_iter().for_each(|d| d.fail(&msg));
         }
     }
 }
@@ -922,7 +965,7 @@ impl Store {
                     // The committer is gone (its runtime is shutting down):
                     // commit alone.
                     Err(mpsc::error::SendError(Job::Accept { message, .. })) => *message,
-                    Err(mpsc::error::SendError(Job::Ack { .. })) => {
+                    Err(mpsc::error::SendError(_)) => {
                         return Err(AcceptError::Db(DbErr::Custom(
                             "the group committer was handed the wrong job".to_owned(),
                         )));
@@ -1355,16 +1398,6 @@ impl Store {
             return Ok(Vec::new());
         }
         let now = now_micros();
-        let txn = self.db.begin().await?;
-        delivery::Entity::update_many()
-            .col_expr(
-                delivery::Column::Attempts,
-                Expr::col(delivery::Column::Attempts).add(1),
-            )
-            .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now))
-            .filter(delivery::Column::Id.is_in(batch.iter().map(|p| p.delivery.id)))
-            .exec(&txn)
-            .await?;
         let attempts: Vec<i32> = batch.iter().map(|p| p.delivery.attempts + 1).collect();
         let events = batch
             .iter()
@@ -1380,21 +1413,33 @@ impl Store {
                 transport: transport.to_owned(),
             })
             .collect();
-        append_events(&txn, events, now).await?;
-        txn.commit().await?;
-        Ok(attempts)
-    }
-
-    /// Records that a delivery was handed to its recipient; returns the
-    /// attempt number.
-    pub async fn mark_delivered(
-        &self,
-        d: &delivery::Model,
-        sender: &str,
-        message_id: &str,
-        transport: &str,
-    ) -> Result<i32> {
-        let now = now_micros();
+        let marks = DeliveredMarks {
+            ids: batch.iter().map(|p| p.delivery.id).collect(),
+            events,
+            at: now,
+        };
+        let marks = match &self.committer {
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                match tx.send(Job::Delivered { marks, reply }).await {
+                    Ok(()) => {
+                        return match answer.await {
+                            Ok(r) => r.map(|()| attempts).map_err(Error::from),
+                            Err(_) => Err(Error::from(DbErr::Custom(
+                                "the group committer stopped before answering".to_owned(),
+                            ))),
+                        };
+                    }
+                    Err(mpsc::error::SendError(Job::Delivered { marks, .. })) => marks,
+                    Err(mpsc::error::SendError(_)) => {
+                        return Err(Error::from(DbErr::Custom(
+                            "the group committer was handed the wrong job".to_owned(),
+                        )));
+                    }
+                }
+            }
+            None => marks,
+        };
         let txn = self.db.begin().await?;
         delivery::Entity::update_many()
             .col_expr(
@@ -1402,27 +1447,12 @@ impl Store {
                 Expr::col(delivery::Column::Attempts).add(1),
             )
             .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now))
-            .filter(delivery::Column::Id.eq(d.id))
+            .filter(delivery::Column::Id.is_in(marks.ids))
             .exec(&txn)
             .await?;
-        let attempt = d.attempts + 1;
-        append_events(
-            &txn,
-            vec![NewEvent {
-                kind: EventKind::Delivered,
-                sender: sender.to_owned(),
-                message_id: message_id.to_owned(),
-                recipient: Some(d.recipient.clone()),
-                reason: None,
-                detail: format!("attempt {attempt} via {}", d.route),
-                actor: Some(d.recipient.clone()),
-                transport: transport.to_owned(),
-            }],
-            now,
-        )
-        .await?;
+        append_events(&txn, marks.events, now).await?;
         txn.commit().await?;
-        Ok(attempt)
+        Ok(attempts)
     }
 
     /// Acknowledges a delivery of `recipient`. Unknown ids, and ids of other
@@ -1452,7 +1482,7 @@ impl Store {
                         };
                     }
                     Err(mpsc::error::SendError(Job::Ack { ack, .. })) => ack,
-                    Err(mpsc::error::SendError(Job::Accept { .. })) => {
+                    Err(mpsc::error::SendError(_)) => {
                         return Err(Error::from(DbErr::Custom(
                             "the group committer was handed the wrong job".to_owned(),
                         )));
@@ -1968,10 +1998,7 @@ mod tests {
         let (_d, s) = store().await?;
         s.accept(new_message("A", "m1", &["B"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
-        assert_eq!(
-            s.mark_delivered(&p[0].delivery, "A", "m1", "test").await?,
-            1
-        );
+        assert_eq!(s.mark_delivered_batch(&p[..1], "test").await?[0], 1);
         let long_ago = now_micros() - 60_000_000;
         assert!(s.pending("B", 0, Some(long_ago), 10).await?.is_empty());
         assert_eq!(
@@ -1986,7 +2013,7 @@ mod tests {
         let (_d, s) = store().await?;
         s.accept(new_message("A", "m1", &["B", "C"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
-        s.mark_delivered(&p[0].delivery, "A", "m1", "test").await?;
+        s.mark_delivered_batch(&p[..1], "test").await?;
         s.ack("B", &p[0].delivery.delivery_id, "test").await?;
         s.accept(new_message("A", "m2", &["B"])).await?;
         let v = s.verify_log().await?;
