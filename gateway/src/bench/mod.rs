@@ -859,10 +859,14 @@ async fn send_one(load: &Load, client: &mut ExchangeClient<Channel>, i: u64) -> 
         Err(st) => {
             t.sent.remove(&message_id);
             let reason = format!("send:{}", reason_of(&st));
-            if matches!(
+            // An overload refusal says so with a reason code; a transport
+            // failure without one (a gateway that stopped answering) is an
+            // error.
+            let overload = matches!(
                 st.code(),
                 tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-            ) {
+            ) && !reason.ends_with("/-");
+            if overload {
                 *t.refused.entry(reason).or_insert(0) += 1;
             } else {
                 t.error(reason);
