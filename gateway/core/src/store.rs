@@ -457,6 +457,7 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
         Err(e) => return fail_all(group, e.to_string()),
     };
     let alone = group.len() == 1;
+    let mut lone_failure = false;
     let mut events: Vec<(i64, NewEvent)> = Vec::new();
     let mut done = Vec::with_capacity(group.len());
     for j in group {
@@ -479,6 +480,9 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                         Err(e) => Err(AcceptError::Db(e)),
                     }
                 };
+                // A lone acceptance that failed may have written part of
+                // itself: the transaction must not commit.
+                lone_failure |= alone && r.is_err();
                 let r = r.map(|(accepted, evs)| {
                     events.extend(evs.into_iter().map(|e| (at, e)));
                     accepted
@@ -527,6 +531,13 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                 done.push(Done::Delivered(reply));
             }
         }
+    }
+    if lone_failure {
+        // Nothing of it is kept; its caller hears its own error (a
+        // duplicate stays a duplicate, not a database failure).
+        let _ = txn.rollback().await;
+        done.into_iter().for_each(Done::answer);
+        return;
     }
     let committed = match append_timed(&txn, events).await {
         Ok(()) => txn.commit().await,
