@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::receipts::ReceiptSigner;
-use lienthong_grpc::tls::{ReloadingTls, TlsFiles};
 use lienthong_grpc::{AuthMode, GrpcServer};
+use lienthong_tls::{ClientAuth, ReloadingTls, TlsFiles};
 use tokio::net::TcpListener;
 
 use crate::config::{AuthModeSetting, Config};
@@ -50,6 +50,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_anchors: cfg.tls.client_anchors.clone(),
+                client_auth: ClientAuth::Required,
             })
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("loading the TLS configuration")?;

@@ -44,7 +44,7 @@ const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 pub mod limits;
 mod notices; // issue 6: maintenance notices on Receive
 pub mod reports;
-pub mod tls;
+pub use lienthong_tls as tls;
 
 /// How the caller's identity is established.
 #[derive(Debug, Clone)]

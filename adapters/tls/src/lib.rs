@@ -1,5 +1,5 @@
-//! Mutual TLS for the gRPC listener, with certificates and keys that reload
-//! without a restart.
+//! TLS for the gateway's listeners (gRPC, and HTTPS for operators), with
+//! certificates and keys that reload without a restart.
 //!
 //! The TLS handshake proves that the client holds the private key of the
 //! certificate it presents; whether that certificate chains to
@@ -25,7 +25,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// The files mutual TLS is made of.
+/// Whether a listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every connection presents one (the gRPC listener under `auth.mode =
+    /// "mtls"`): agency software is identified by nothing else.
+    Required,
+    /// A client may present one, or log in another way (the HTTP listener:
+    /// operators with a bound certificate, or a password).
+    Optional,
+}
+
+/// The files a TLS listener is made of.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// The server's certificate chain (PEM, leaf first).
@@ -34,6 +45,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// PEM files of the authorities client certificates must chain to.
     pub client_anchors: Vec<PathBuf>,
+    /// Whether a client certificate is required.
+    pub client_auth: ClientAuth,
 }
 
 struct Loaded {
@@ -226,27 +239,30 @@ fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, Stri
             anchors.push(a);
         }
     }
-    if anchors.is_empty() {
+    if anchors.is_empty() && files.client_auth == ClientAuth::Required {
         return Err(
             "tls.client_anchors names no certificate: mutual TLS needs at least one".to_owned(),
         );
     }
-    let verifier = Arc::new(DeferredClientCert {
-        provider: provider.clone(),
-        hints,
-    });
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "the server certificate {} and key {} do not go together: {e}",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let builder = if anchors.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_verifier(Arc::new(DeferredClientCert {
+            provider: provider.clone(),
+            hints,
+            mandatory: files.client_auth == ClientAuth::Required,
+        }))
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "the server certificate {} and key {} do not go together: {e}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
         config: Arc::new(config),
@@ -261,6 +277,7 @@ fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, Stri
 struct DeferredClientCert {
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for DeferredClientCert {
@@ -312,6 +329,6 @@ impl ClientCertVerifier for DeferredClientCert {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 }
