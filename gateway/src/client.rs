@@ -108,7 +108,9 @@ pub struct ReceiveArgs {
     /// Acknowledge each delivery once it is written (and its attachments verified).
     #[arg(long)]
     pub ack: bool,
-    /// Write each delivery to DIR/<message_id>/ with its attachments.
+    /// Write each document to DIR/<sender>/<message_id>/: envelope.pb (the
+    /// signed envelope), package.edxml (with --edxml) and attachments/ (each
+    /// attachment under its own name, made safe for the file system).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Keep waiting for new deliveries.
@@ -118,7 +120,7 @@ pub struct ReceiveArgs {
     #[arg(long, default_value_t = 0)]
     pub max: u32,
     /// With --out: also save each delivery as an edXML package
-    /// (DIR/<message_id>/package.edxml), rendered by the gateway.
+    /// (DIR/<sender>/<message_id>/package.edxml), rendered by the gateway.
     #[arg(long)]
     pub edxml: bool,
 }
@@ -480,16 +482,24 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .into();
                 if let Some(out) = &args.out {
-                    let dir = out.join(safe_name(&env.message_id));
-                    tokio::fs::create_dir_all(&dir).await?;
-                    tokio::fs::write(dir.join("envelope.pb"), signed.encode_to_vec()).await?;
-                    if !d.edxml.is_empty() {
-                        tokio::fs::write(dir.join("package.edxml"), &d.edxml).await?;
-                    }
+                    let dir = save_envelope(out, &env, &signed, &d.edxml).await?;
+                    let files = dir.join(ATTACHMENTS_DIR);
+                    let mut names = std::collections::HashSet::new();
                     for (i, a) in doc.attachments.iter().enumerate() {
-                        let path = dir.join(safe_name(&a.name));
-                        fetch_to_file(&mut client, &args.as_agency, &env, i as u32, a, &path)
-                            .await?;
+                        let name = unique_name(&mut names, &a.name, i);
+                        let part = dir.join(format!("attachment-{i}.part"));
+                        fetch_to_file(
+                            &mut client,
+                            &args.as_agency,
+                            &env,
+                            (i as u32, a),
+                            &part,
+                            &files.join(&name),
+                        )
+                        .await?;
+                        if let Some(j) = summary["attachments"].get_mut(i) {
+                            j["saved_as"] = format!("{ATTACHMENTS_DIR}/{name}").into();
+                        }
                     }
                     summary["saved_to"] = dir.display().to_string().into();
                 }
@@ -519,13 +529,55 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Streams an attachment to a file and checks it against the signed digest.
+/// The folder of a document's attachments, inside its message folder: an
+/// attachment's name never meets the envelope's or the package's.
+const ATTACHMENTS_DIR: &str = "attachments";
+
+/// Writes a document's envelope (and edXML package) to
+/// `out/<sender>/<message_id>/`, and returns that folder. Keyed by sender
+/// too: message ids are unique per sender only.
+async fn save_envelope(
+    out: &Path,
+    env: &Envelope,
+    signed: &pb::SignedEnvelope,
+    edxml: &[u8],
+) -> Result<PathBuf> {
+    let dir = out
+        .join(safe_name(&env.from))
+        .join(safe_name(&env.message_id));
+    tokio::fs::create_dir_all(dir.join(ATTACHMENTS_DIR)).await?;
+    tokio::fs::write(dir.join("envelope.pb"), signed.encode_to_vec()).await?;
+    if !edxml.is_empty() {
+        tokio::fs::write(dir.join("package.edxml"), edxml).await?;
+    }
+    Ok(dir)
+}
+
+/// A safe file name for attachment `index`, not yet given to another
+/// attachment of the same document (the file system may fold case).
+fn unique_name(taken: &mut std::collections::HashSet<String>, name: &str, index: usize) -> String {
+    let base = safe_name(name);
+    let mut candidate = base.clone();
+    let mut n = 0;
+    while !taken.insert(candidate.to_lowercase()) {
+        n += 1;
+        candidate = if n == 1 {
+            format!("{index}-{base}")
+        } else {
+            format!("{index}-{n}-{base}")
+        };
+    }
+    candidate
+}
+
+/// Streams an attachment (its index and reference) to `part`, checks it
+/// against the signed digest, then renames it to `path`.
 async fn fetch_to_file(
     client: &mut ExchangeClient<Channel>,
     me: &str,
     env: &Envelope,
-    index: u32,
-    a: &pb::AttachmentRef,
+    (index, a): (u32, &pb::AttachmentRef),
+    part: &Path,
     path: &Path,
 ) -> Result<()> {
     let req = with_identity(
@@ -541,8 +593,16 @@ async fn fetch_to_file(
         .await
         .map_err(|st| anyhow::anyhow!("fetching {}: {}", a.name, describe_status(&st)))?
         .into_inner();
-    let part = path.with_extension("part");
-    let mut f = tokio::fs::File::create(&part).await?;
+    // A fresh file: never written through a link someone left in its place.
+    match tokio::fs::remove_file(part).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(part)
+        .await?;
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -554,32 +614,45 @@ async fn fetch_to_file(
     }
     f.sync_all().await?;
     if size != a.size || ctx.finish().as_ref() != a.sha256.as_ref() {
-        let _ = tokio::fs::remove_file(&part).await;
+        let _ = tokio::fs::remove_file(part).await;
         bail!(
             "attachment {} does not match its signed size and SHA-256",
             a.name
         );
     }
-    tokio::fs::rename(&part, path).await?;
+    tokio::fs::rename(part, path).await?;
     Ok(())
 }
 
-/// A file name that stays inside its directory.
+/// Longest file name written, in bytes (file systems stop at 255).
+const MAX_NAME_BYTES: usize = 200;
+
+/// A file name that stays inside its directory: no separator, no control
+/// character, not `.` or `..`, not hidden, at most [`MAX_NAME_BYTES`] bytes
+/// (the end, where the extension is, kept).
 fn safe_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
+            if matches!(c, '/' | '\\' | ':') || c.is_control() {
                 '_'
             } else {
                 c
             }
         })
         .collect();
-    match cleaned.trim() {
-        "" | "." | ".." => "unnamed".to_owned(),
-        s => s.to_owned(),
+    let trimmed = cleaned.trim().trim_start_matches('.');
+    if trimmed.is_empty() {
+        return "unnamed".to_owned();
     }
+    if trimmed.len() <= MAX_NAME_BYTES {
+        return trimmed.to_owned();
+    }
+    let mut start = trimmed.len() - MAX_NAME_BYTES;
+    while !trimmed.is_char_boundary(start) {
+        start += 1;
+    }
+    trimmed[start..].to_owned()
 }
 
 #[cfg(test)]
@@ -588,8 +661,25 @@ mod tests {
 
     #[test]
     fn names_stay_inside() {
-        assert_eq!(safe_name("../../etc/passwd"), ".._.._etc_passwd");
+        assert_eq!(safe_name("../../etc/passwd"), "_.._etc_passwd");
         assert_eq!(safe_name(".."), "unnamed");
+        assert_eq!(safe_name("/etc/passwd"), "_etc_passwd");
+        assert_eq!(safe_name("C:\\Windows\\x.dll"), "C__Windows_x.dll");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name("a\0b\nc"), "a_b_c");
         assert_eq!(safe_name("Quyết định.pdf"), "Quyết định.pdf");
+        let long = format!("{}.pdf", "ệ".repeat(300));
+        let s = safe_name(&long);
+        assert!(s.len() <= MAX_NAME_BYTES && s.ends_with("ệ.pdf"), "{s}");
+    }
+
+    #[test]
+    fn repeated_names_get_their_index() {
+        let mut taken = std::collections::HashSet::new();
+        assert_eq!(unique_name(&mut taken, "a.pdf", 0), "a.pdf");
+        assert_eq!(unique_name(&mut taken, "A.PDF", 1), "1-A.PDF");
+        assert_eq!(unique_name(&mut taken, "a.pdf", 2), "2-a.pdf");
+        assert_eq!(unique_name(&mut taken, "2-a.pdf", 3), "3-2-a.pdf");
+        assert_eq!(unique_name(&mut taken, "../a.pdf", 4), "_a.pdf");
     }
 }

@@ -332,6 +332,10 @@ pub struct GatewayOptions {
     pub extra_limits: String,
     /// More sections appended to the configuration (`[amqp]`, `[[routes]]`).
     pub extra_config: String,
+    /// More `key = value` lines for the `[storage]` section.
+    pub extra_storage: String,
+    /// Environment variables of `serve` (e.g. `TMPDIR`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for GatewayOptions {
@@ -347,6 +351,8 @@ impl Default for GatewayOptions {
             pki: None,
             extra_limits: String::new(),
             extra_config: String::new(),
+            extra_storage: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -371,6 +377,7 @@ pub struct TestGateway {
     stderr_path: PathBuf,
     starts: u32,
     bin: PathBuf,
+    env: Vec<(String, String)>,
     // Dropped after the process is killed (Drop below), in this order.
     _pg: Option<PgDatabase>,
     tempdir: Option<tempfile::TempDir>,
@@ -478,6 +485,7 @@ impl TestGateway {
             http_section,
             starts: 0,
             bin,
+            env: opts.env.clone(),
             _pg: pg,
             tempdir: Some(tempdir),
         };
@@ -542,6 +550,7 @@ url = {db}
 
 [storage]
 path = {storage}
+{extra_storage}
 
 [trust]
 anchors = [{anchors}]
@@ -559,6 +568,7 @@ max_attachment_bytes = {matt}
             storage = toml_str(&self.storage_path.display().to_string()),
             extra_limits = opts.extra_limits,
             extra_config = opts.extra_config,
+            extra_storage = opts.extra_storage,
             menv = opts.max_envelope_bytes,
             matt = opts.max_attachment_bytes,
             auth = if opts.mtls {
@@ -589,6 +599,7 @@ max_attachment_bytes = {matt}
         let stdout = open(&self.stdout_path);
         let stderr = open(&self.stderr_path);
         let mut cmd = clean_command(&self.bin, &self.dir);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("serve")
@@ -1673,6 +1684,7 @@ pub async fn within<T>(
 // ---------------------------------------------------------------------------
 
 pub mod amqp;
+pub mod edxml;
 // The PDF signing toolkit of `lienthong pdf verify`'s tests.
 pub mod pdf;
 

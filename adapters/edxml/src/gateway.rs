@@ -9,6 +9,7 @@
 
 use std::io::{self, Read, Write};
 
+use lienthong_core::blobs::{SealedBlob, TempWriter};
 use lienthong_core::error::{Error, Reason, Result};
 use lienthong_core::organ_id::IdPolicy;
 use lienthong_core::pipeline::{Caller, Gateway};
@@ -18,9 +19,10 @@ use prost::bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+use crate::sink::not_begun;
 use crate::{
-    DecodeOptions, DirSink, EncodeOptions, FnSource, Limits, Package, Policy, check, decode,
-    encode, trace_header,
+    AttachmentMeta, AttachmentSink, DecodeOptions, EncodeOptions, FnSource, Limits, Package,
+    Policy, ReadSeek, check, decode, encode, trace_header,
 };
 
 const CHUNK: usize = 256 * 1024;
@@ -65,9 +67,10 @@ impl Read for ChunkReader {
     }
 }
 
-/// Decodes a package from `reader` (attachments to temporary files),
-/// checks it under `policy`, and submits it through the pipeline on the
-/// caller's identity. Every refusal is logged by the pipeline.
+/// Decodes a package from `reader` (attachments to temporary files of the
+/// attachment store, sealed when it encrypts), checks it under `policy`,
+/// and submits it through the pipeline on the caller's identity. Every
+/// refusal is logged by the pipeline.
 pub async fn submit<R: Read + Send + 'static>(
     gw: &Gateway,
     caller: &Caller,
@@ -75,8 +78,6 @@ pub async fn submit<R: Read + Send + 'static>(
     message_id: Option<String>,
     policy: Policy,
 ) -> Result<SendReceipt> {
-    let tmp = tempfile::tempdir().map_err(|e| Error::unavailable("temporary storage", e))?;
-    let dir = tmp.path().to_path_buf();
     let limits = gw.limits();
     let opts = DecodeOptions {
         message_id: message_id.clone(),
@@ -87,15 +88,16 @@ pub async fn submit<R: Read + Send + 'static>(
         },
         ..Default::default()
     };
+    let sink_gw = gw.clone();
     let decoded = tokio::task::spawn_blocking(move || {
-        let mut sink = DirSink::new(&dir);
+        let mut sink = TempSink::new(sink_gw);
         let pkg = decode(reader, &mut sink, &opts)?;
-        Ok::<_, Error>((pkg, sink.paths().to_vec()))
+        Ok::<_, Error>((pkg, sink.files))
     })
     .await
     .map_err(|e| Error::unavailable("the edXML decoder", e))?;
     let id = message_id.unwrap_or_default();
-    let (pkg, paths) = match decoded {
+    let (pkg, files) = match decoded {
         Ok(x) => x,
         Err(e) => return Err(gw.refuse(Some(caller), &id, e).await),
     };
@@ -109,27 +111,98 @@ pub async fn submit<R: Read + Send + 'static>(
     let mut sub = gw
         .begin_send_unsigned(caller, &pkg.envelope, id_policy, signature_notes(&pkg))
         .await?;
-    let mut buf = vec![0u8; CHUNK];
-    for (i, path) in paths.iter().enumerate() {
-        let mut f = match tokio::fs::File::open(path).await {
-            Ok(f) => f,
-            Err(e) => return Err(sub.abort(Error::unavailable("temporary storage", e)).await),
-        };
-        loop {
-            let n = match tokio::io::AsyncReadExt::read(&mut f, &mut buf).await {
-                Ok(n) => n,
-                Err(e) => return Err(sub.abort(Error::unavailable("temporary storage", e)).await),
+    // The temporary files are read back on a blocking thread, a few chunks
+    // ahead of the submission.
+    let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>)>>(4);
+    let reader_gw = gw.clone();
+    let feeder = tokio::task::spawn_blocking(move || {
+        let send = |item| tx.blocking_send(item).is_ok();
+        for (i, file) in files.iter().enumerate() {
+            let mut r = match reader_gw.temp_reader(file) {
+                Ok(r) => r,
+                Err(e) => {
+                    send(Err(e));
+                    return;
+                }
             };
-            if n == 0 {
-                break;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if !send(Ok((i as u32, buf))) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        send(Err(Error::unavailable("temporary storage", e)));
+                        return;
+                    }
+                }
             }
-            sub.write_chunk(i as u32, &buf[..n]).await?;
+        }
+        // `files` (the temporary files) are removed here, once read.
+    });
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok((i, chunk)) => sub.write_chunk(i, &chunk).await?,
+            Err(e) => return Err(sub.abort(e).await),
         }
     }
-    // `tmp` is removed when it goes out of scope, after the blobs are in place.
-    let receipt = sub.finish().await;
-    drop(tmp);
-    receipt
+    if let Err(e) = feeder.await {
+        return Err(sub.abort(Error::unavailable("temporary storage", e)).await);
+    }
+    sub.finish().await
+}
+
+/// Decoded attachments in temporary files of the attachment store: sealed
+/// like blobs when the store encrypts, so a package's content never lies
+/// in plaintext on disk, and removed at the next start after a crash.
+struct TempSink {
+    gw: Gateway,
+    files: Vec<SealedBlob>,
+    current: Option<TempWriter>,
+}
+
+impl TempSink {
+    fn new(gw: Gateway) -> TempSink {
+        TempSink {
+            gw,
+            files: Vec::new(),
+            current: None,
+        }
+    }
+}
+
+impl AttachmentSink for TempSink {
+    fn begin(&mut self, _index: usize, _meta: &AttachmentMeta) -> Result<()> {
+        self.current = Some(self.gw.temp_file()?);
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let w = self.current.as_mut().ok_or_else(not_begun)?;
+        w.write_all(bytes)
+            .map_err(|e| Error::unavailable("temporary storage", e))
+    }
+
+    fn end(&mut self) -> Result<(u64, [u8; 32])> {
+        let w = self.current.take().ok_or_else(not_begun)?;
+        let file = w.finish()?;
+        let done = (file.size, file.sha256);
+        self.files.push(file);
+        Ok(done)
+    }
+
+    fn read_back(&mut self, index: usize) -> Result<Option<Box<dyn ReadSeek + '_>>> {
+        let Some(file) = self.files.get(index) else {
+            return Ok(None);
+        };
+        let r = self.gw.temp_reader(file)?;
+        Ok(Some(Box::new(io::BufReader::with_capacity(64 * 1024, r))))
+    }
 }
 
 /// What the package's own XML signature showed: reported, not trusted.

@@ -71,7 +71,7 @@ pub(crate) fn to_array(d: &[u8]) -> [u8; 32] {
     out
 }
 
-fn not_begun() -> Error {
+pub(crate) fn not_begun() -> Error {
     Error::malformed("attachment bytes arrived before the attachment began (a codec bug)")
 }
 

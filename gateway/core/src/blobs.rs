@@ -349,12 +349,16 @@ fn encrypted_len(header_len: u64, plaintext: u64) -> u64 {
     header_len + plaintext + segments * TAG_BYTES as u64
 }
 
-/// Seals a stream of plaintext segment by segment.
+/// Seals a stream of plaintext segment by segment. The sealing itself is
+/// synchronous; `feed`/`finish` write to async files, `feed_blocking`/
+/// `finish_blocking` to blocking ones.
 struct Sealer {
     key: LessSafeKey,
     header: Header,
     counter: u32,
     buf: Vec<u8>,
+    /// `buf` holds a sealed segment already written out.
+    sealed: bool,
 }
 
 impl Sealer {
@@ -365,6 +369,7 @@ impl Sealer {
             buf: Vec::with_capacity(header.segment + TAG_BYTES),
             header,
             counter: 0,
+            sealed: false,
         })
     }
 
@@ -376,23 +381,61 @@ impl Sealer {
     /// Buffers `data`, sealing every full segment that is known not to be
     /// the last (more bytes follow it).
     async fn feed<W: AsyncWrite + Unpin>(&mut self, mut data: &[u8], out: &mut W) -> Result<()> {
-        while !data.is_empty() {
-            if self.buf.len() == self.header.segment {
-                self.seal_segment(false, out).await?;
-            }
-            let take = (self.header.segment - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+        while let Some(segment) = self.next_sealed(&mut data)? {
+            out.write_all(segment).await?;
         }
         Ok(())
     }
 
     /// Seals what is buffered as the last segment (empty for an empty blob).
     async fn finish<W: AsyncWrite + Unpin>(&mut self, out: &mut W) -> Result<()> {
-        self.seal_segment(true, out).await
+        out.write_all(self.seal_last()?).await?;
+        Ok(())
     }
 
-    async fn seal_segment<W: AsyncWrite + Unpin>(&mut self, last: bool, out: &mut W) -> Result<()> {
+    fn feed_blocking<W: std::io::Write>(&mut self, mut data: &[u8], out: &mut W) -> Result<()> {
+        while let Some(segment) = self.next_sealed(&mut data)? {
+            out.write_all(segment)?;
+        }
+        Ok(())
+    }
+
+    fn finish_blocking<W: std::io::Write>(&mut self, out: &mut W) -> Result<()> {
+        out.write_all(self.seal_last()?)?;
+        Ok(())
+    }
+
+    /// Takes bytes from the front of `data` into the segment buffer; when a
+    /// full segment is buffered and more bytes follow it, seals it and
+    /// returns it to be written out. `None`: all of `data` is buffered.
+    fn next_sealed(&mut self, data: &mut &[u8]) -> Result<Option<&[u8]>> {
+        self.take_sealed();
+        while !data.is_empty() {
+            if self.buf.len() == self.header.segment {
+                self.seal_segment(false)?;
+                return Ok(Some(&self.buf));
+            }
+            let take = (self.header.segment - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            *data = &data[take..];
+        }
+        Ok(None)
+    }
+
+    fn seal_last(&mut self) -> Result<&[u8]> {
+        self.take_sealed();
+        self.seal_segment(true)?;
+        Ok(&self.buf)
+    }
+
+    fn take_sealed(&mut self) {
+        if self.sealed {
+            self.buf.clear();
+            self.sealed = false;
+        }
+    }
+
+    fn seal_segment(&mut self, last: bool) -> Result<()> {
         let aad = self.header.aad(self.counter, last);
         self.key
             .seal_in_place_append_tag(
@@ -401,8 +444,7 @@ impl Sealer {
                 &mut self.buf,
             )
             .map_err(|_| crypto_error())?;
-        out.write_all(&self.buf).await?;
-        self.buf.clear();
+        self.sealed = true;
         self.counter = self.counter.checked_add(1).ok_or_else(|| {
             Error::new(
                 Reason::SizeLimit,
@@ -665,12 +707,25 @@ impl BlobStore {
         write_atomically(&path, &keycheck_seal(k)?).await
     }
 
+    /// A new file name under `tmp/`, which every start empties.
+    fn temp_path(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The sealer for a new file: `None` when the store keeps plaintext.
+    fn new_sealer(&self) -> Result<Option<Sealer>> {
+        self.keys
+            .as_ref()
+            .and_then(EncryptionKeys::current)
+            .map(Sealer::new)
+            .transpose()
+    }
+
     /// Starts a new temporary blob.
     pub async fn create(&self) -> Result<BlobWriter> {
-        let path = self
-            .root
-            .join("tmp")
-            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let path = self.temp_path();
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -678,14 +733,10 @@ impl BlobStore {
             .await?;
         let guard = TempFile(Some(path));
         let mut file = BufWriter::with_capacity(256 * 1024, file);
-        let sealer = match self.keys.as_ref().and_then(EncryptionKeys::current) {
-            Some(k) => {
-                let s = Sealer::new(k)?;
-                s.start(&mut file).await?;
-                Some(s)
-            }
-            None => None,
-        };
+        let sealer = self.new_sealer()?;
+        if let Some(s) = &sealer {
+            s.start(&mut file).await?;
+        }
         Ok(BlobWriter {
             file,
             guard,
@@ -1215,7 +1266,103 @@ impl BlobWriter {
     }
 }
 
-/// A durable temporary blob with its digest, not yet in place.
+impl BlobStore {
+    /// Starts a temporary file in the store's `tmp/`, written with blocking
+    /// I/O (for codecs that run on a blocking thread: a decoded edXML
+    /// attachment, a file unpacked from a ZIP). It is sealed exactly like a
+    /// blob when the store encrypts, so no plaintext reaches the disk; it is
+    /// removed when dropped, and by the next start after a crash. Read it
+    /// back with [`BlobStore::source_of`] once [`TempWriter::finish`]ed.
+    pub fn temp_file(&self) -> Result<TempWriter> {
+        let path = self.temp_path();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let guard = TempFile(Some(path));
+        let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let sealer = self.new_sealer()?;
+        if let Some(s) = &sealer {
+            std::io::Write::write_all(&mut file, &s.header.bytes)?;
+        }
+        Ok(TempWriter {
+            file,
+            guard,
+            hasher: digest::Context::new(&digest::SHA256),
+            written: 0,
+            sealer,
+        })
+    }
+}
+
+/// A temporary file being written with blocking I/O (see
+/// [`BlobStore::temp_file`]).
+pub struct TempWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    guard: TempFile,
+    hasher: digest::Context,
+    written: u64,
+    sealer: Option<Sealer>,
+}
+
+impl std::fmt::Debug for TempWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TempWriter")
+            .field("path", &self.guard.0)
+            .field("written", &self.written)
+            .field("encrypted", &self.sealer.is_some())
+            .finish()
+    }
+}
+
+impl TempWriter {
+    /// Plaintext bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Seals the last segment and flushes. Not fsynced: a temporary file
+    /// is never what makes anything durable.
+    pub fn finish(mut self) -> Result<SealedBlob> {
+        if let Some(s) = &mut self.sealer {
+            s.finish_blocking(&mut self.file)?;
+        }
+        std::io::Write::flush(&mut self.file)?;
+        let d = self.hasher.finish();
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(d.as_ref());
+        Ok(SealedBlob {
+            guard: self.guard,
+            sha256,
+            size: self.written,
+            encrypted: self.sealer.is_some(),
+        })
+    }
+}
+
+impl std::io::Write for TempWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match &mut self.sealer {
+            Some(s) => s
+                .feed_blocking(data, &mut self.file)
+                .map_err(std::io::Error::other)?,
+            None => self.file.write_all(data)?,
+        }
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Sealed segments are written whole; a partial one stays buffered
+        // until it is full or `finish`ed.
+        self.file.flush()
+    }
+}
+
+/// A temporary blob with its digest, not yet in place: durable when it
+/// came from [`BlobWriter::seal`], merely written when from
+/// [`TempWriter::finish`].
 #[derive(Debug)]
 pub struct SealedBlob {
     guard: TempFile,
@@ -1332,6 +1479,52 @@ impl BlobSource {
             .len();
         buf.truncate(n);
         Ok(buf)
+    }
+}
+
+impl BlobSource {
+    /// The plaintext as `Read + Seek` (what a ZIP reader needs), one
+    /// segment decrypted at a time.
+    pub fn into_reader(self) -> BlobCursor {
+        BlobCursor {
+            source: self,
+            pos: 0,
+        }
+    }
+}
+
+/// A [`BlobSource`] read sequentially, from [`BlobSource::into_reader`].
+#[derive(Debug)]
+pub struct BlobCursor {
+    source: BlobSource,
+    pos: u64,
+}
+
+impl std::io::Read for BlobCursor {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use crate::pades::pdf::Source as _;
+        let n = self.source.read_at(self.pos, buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for BlobCursor {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let size = self.source.size;
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let Some(p) = target else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a seek before the start of the attachment",
+            ));
+        };
+        self.pos = p;
+        Ok(p)
     }
 }
 
@@ -1724,6 +1917,67 @@ mod tests {
         let mut w = store.create().await?;
         w.write(b"same").await?;
         assert!(!store.commit(w.seal().await?).await?);
+        Ok(())
+    }
+
+    /// A blocking temporary file is sealed like a blob, reads back as
+    /// `Read + Seek`, and is gone once dropped.
+    #[tokio::test]
+    async fn temp_files_are_sealed_read_back_and_removed() -> Result<()> {
+        use std::io::{Read, Seek, Write};
+        let marker = b"PHU LUC KEM THEO CONG VAN ";
+        for encrypted in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let store = if encrypted {
+                BlobStore::open_with(dir.path(), Some(keys(&key_line("k1", 1)))).await?
+            } else {
+                BlobStore::open(dir.path()).await?
+            };
+            for size in [0, 5, SEGMENT_BYTES, 2 * SEGMENT_BYTES + 77] {
+                let data: Vec<u8> = marker.iter().copied().cycle().take(size).collect();
+                let mut w = store.temp_file()?;
+                for c in data.chunks(9_999) {
+                    w.write_all(c)?;
+                }
+                assert_eq!(w.written(), size as u64);
+                let sealed = w.finish()?;
+                assert_eq!(sealed.sha256, sha(&data));
+                let files: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<std::io::Result<_>>()?;
+                assert_eq!(files.len(), 1);
+                let on_disk = std::fs::read(&files[0])?;
+                let plaintext_on_disk = on_disk.windows(marker.len()).any(|w| w == marker);
+                assert_eq!(
+                    plaintext_on_disk,
+                    !encrypted && size >= marker.len(),
+                    "encrypted={encrypted} size={size}"
+                );
+                let mut r = store.source_of(&sealed)?.into_reader();
+                let mut back = Vec::new();
+                r.read_to_end(&mut back)?;
+                assert_eq!(back, data, "encrypted={encrypted} size={size}");
+                if size > 10 {
+                    r.seek(std::io::SeekFrom::End(-3))?;
+                    let mut tail = Vec::new();
+                    r.read_to_end(&mut tail)?;
+                    assert_eq!(tail, data[size - 3..]);
+                }
+                assert!(
+                    r.seek(std::io::SeekFrom::Current(-(size as i64) - 10))
+                        .is_err()
+                );
+                drop(r);
+                drop(sealed);
+                assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+            }
+            // A crash leaves it behind: the next open removes it.
+            let w = store.temp_file()?;
+            std::mem::forget(w);
+            assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 1);
+            BlobStore::open(dir.path()).await?;
+            assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+        }
         Ok(())
     }
 

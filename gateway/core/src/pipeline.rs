@@ -292,6 +292,15 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+/// What a caller asks to read of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Its envelope or attachments.
+    Content,
+    /// Its transfer log.
+    Trail,
+}
+
 /// What vouches for an envelope's origin.
 #[derive(Debug)]
 enum Proof {
@@ -346,6 +355,19 @@ impl Gateway {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// A temporary file in the attachment store's `tmp/`, for a transport
+    /// that must decode a message before it can submit it (edXML): sealed
+    /// when the store encrypts, removed when dropped or at the next start.
+    /// Blocking I/O. See [`BlobStore::temp_file`].
+    pub fn temp_file(&self) -> Result<crate::blobs::TempWriter> {
+        self.inner.blobs.temp_file()
+    }
+
+    /// Reads back a finished temporary file (blocking I/O).
+    pub fn temp_reader(&self, file: &SealedBlob) -> Result<crate::blobs::BlobCursor> {
+        Ok(self.inner.blobs.source_of(file)?.into_reader())
     }
 
     /// A place for one more submission, or `UNAVAILABLE` at once when the
@@ -606,6 +628,11 @@ impl Gateway {
             ));
         }
         subject.sender = from.as_str().to_owned();
+        // An agency sending in the name of one it represents: named in the
+        // report and the log line, so nobody takes the agent's word for the
+        // principal's.
+        let agent = (caller.role == Role::Agency && from.as_str() != caller.organ_id)
+            .then(|| caller.organ_id.clone());
         let recipients = validate_recipients(&envelope.to, limits.max_recipients, policy)?;
 
         // Dedupe before the expensive checks: a repeat of accepted bytes is
@@ -668,13 +695,23 @@ impl Gateway {
 
         let mut verification = match proof {
             Proof::Signatures => {
-                self.verify_signatures(&signed, &from, signing::signed_at_of(&envelope))
-                    .await?
+                let mut v = self
+                    .verify_signatures(&signed, &from, signing::signed_at_of(&envelope))
+                    .await?;
+                if let Some(a) = &agent {
+                    v.summary.push_str(&format!("; sent by {a} for {from}"));
+                }
+                v
             }
             Proof::CallerIdentity { notes, .. } => {
-                let mut summary = format!(
-                    "not signed in a form this gateway verifies (edXML); accepted on the authenticated identity of {from}"
-                );
+                let mut summary = match &agent {
+                    Some(a) => format!(
+                        "sent by {a} for {from}; not signed in a form this gateway verifies (edXML): accepted on the authenticated identity of {a}, which represents {from} in this gateway's directory"
+                    ),
+                    None => format!(
+                        "not signed in a form this gateway verifies (edXML); accepted on the authenticated identity of {from}"
+                    ),
+                };
                 for n in notes {
                     summary.push_str("; ");
                     summary.push_str(n);
@@ -760,22 +797,25 @@ impl Gateway {
                 .summary
                 .push_str("; it answers a document this gateway has not carried");
         }
+        if let (Proof::CallerIdentity { .. }, Some(agent)) = (proof, &agent) {
+            agent_may_send_unsigned(agent, &from, body)?;
+        }
         let effect = match self
             .check_lifecycle(caller, &from, &envelope.to, body, policy)
             .await
         {
             Ok(e) => e,
             // Under the lenient edXML policy, what real producers send is
-            // carried even when the lifecycle cannot take it (a notice from
-            // an agency this gateway did not deliver to, all nine codes of a
-            // test run in a row): the notice travels, the report says why it
-            // did not count, and the lifecycle shows it as not applied.
+            // carried even when the lifecycle cannot take it (all nine codes
+            // of a test run in a row, a notice about a document that reached
+            // its recipient another way): the notice travels, the report
+            // says why it did not count, and the lifecycle shows it as not
+            // applied. Lenient relaxes format, never authority: who may
+            // recall, update, replace or answer a document
+            // (`PERMISSION_DENIED`) holds under every policy.
             Err(e)
                 if policy == IdPolicy::Lenient
-                    && matches!(
-                        e.reason(),
-                        Reason::PermissionDenied | Reason::Malformed | Reason::NotFound
-                    ) =>
+                    && matches!(e.reason(), Reason::Malformed | Reason::NotFound) =>
             {
                 let note = format!(
                     "carried under the lenient policy, not applied to the document's lifecycle: {}",
@@ -838,6 +878,7 @@ impl Gateway {
                             .encode_to_vec()
                         }),
                     actor: caller.organ_id.clone(),
+                    agent,
                     transport: caller.transport.as_str().to_owned(),
                     business_type: effect.business_type,
                     replaces: effect.replaces,
@@ -1664,7 +1705,9 @@ impl Gateway {
         from: &str,
         message_id: &str,
     ) -> Result<SignedEnvelope> {
-        let m = self.authorised_message(caller, from, message_id).await?;
+        let m = self
+            .authorised_message(caller, from, message_id, Access::Content)
+            .await?;
         SignedEnvelope::decode(m.signed_envelope.as_slice()).map_err(|e| {
             Error::new(Reason::Unavailable, "a stored envelope could not be read").with_source(e)
         })
@@ -1678,7 +1721,9 @@ impl Gateway {
         message_id: &str,
         index: u32,
     ) -> Result<AttachmentReader> {
-        let m = self.authorised_message(caller, from, message_id).await?;
+        let m = self
+            .authorised_message(caller, from, message_id, Access::Content)
+            .await?;
         let atts = self.inner.store.attachments(m.id).await?;
         let Some(a) = atts.get(index as usize) else {
             return Err(Error::new(
@@ -1721,6 +1766,7 @@ impl Gateway {
         caller: &Caller,
         from: &str,
         message_id: &str,
+        access: Access,
     ) -> Result<message::Model> {
         let not_found = || {
             Error::new(
@@ -1739,7 +1785,23 @@ impl Gateway {
             return Ok(m);
         }
         let deliveries = self.inner.store.deliveries_of(m.id).await?;
-        if deliveries.iter().any(|d| d.recipient == caller.organ_id) {
+        if let Some(d) = deliveries.iter().find(|d| d.recipient == caller.organ_id) {
+            if access == Access::Content && d.state == "withdrawn" {
+                // Recalled before it reached the recipient: its copy no
+                // longer exists (the sender keeps its frozen copy). The
+                // trail stays visible, so it can see why.
+                return Err(Error::new(
+                    Reason::NotFound,
+                    format!(
+                        "message {} of {} was recalled by its sender before it was delivered to {}: \
+                         your copy was withdrawn and its content is no longer available to you; \
+                         `Trace` and `DocumentStatus` show the recall",
+                        truncate(message_id, MAX_MESSAGE_ID),
+                        m.sender,
+                        caller.organ_id
+                    ),
+                ));
+            }
             return Ok(m);
         }
         Err(Error::new(
@@ -1761,7 +1823,8 @@ impl Gateway {
     ) -> Result<Vec<TraceEvent>> {
         let keys: Vec<(String, String)> = match caller {
             Some(c) => {
-                self.authorised_message(c, from, message_id).await?;
+                self.authorised_message(c, from, message_id, Access::Trail)
+                    .await?;
                 self.inner
                     .store
                     .traced_messages(from, message_id)
@@ -2455,6 +2518,32 @@ impl LifecycleEffect {
             Body::Status(_) => LifecycleEffect::default(),
         }
     }
+}
+
+/// An agent's unsigned message in its principal's name may only be a new
+/// document: a recall, update, replacement or status notice changes or
+/// answers what the principal did before, and only the principal's own
+/// signature (or its own software) may say that.
+fn agent_may_send_unsigned(agent: &str, principal: &OrganId, body: &Body) -> Result<()> {
+    let what = match body {
+        Body::Status(st) => format!("status notice {}", truncate(&st.code, 8)),
+        Body::Document(doc) => match doc.business.as_ref().map(|b| b.r#type).unwrap_or(0) {
+            lifecycle::BUSINESS_NEW => return Ok(()),
+            lifecycle::BUSINESS_RECALL => "recall".to_owned(),
+            lifecycle::BUSINESS_UPDATE => "update".to_owned(),
+            lifecycle::BUSINESS_REPLACE => "replacement".to_owned(),
+            other => format!("document of business type {other}"),
+        },
+    };
+    Err(Error::new(
+        Reason::PermissionDenied,
+        format!(
+            "{agent} represents {principal}, but a {what} in {principal}'s name needs {principal}'s own signature; \
+             send it as a signed envelope (Exchange.Send) signed with a key bound to {principal} \
+             (`lienthong directory bind-cert {principal} CERT.pem`), or from {principal}'s own software; \
+             nothing was kept"
+        ),
+    ))
 }
 
 /// Whether an attachment is a PDF, by what its sender declared (type,

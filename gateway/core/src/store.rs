@@ -266,6 +266,9 @@ pub struct NewMessage {
     /// Serialized `pipeline::Hops`: where the message was before.
     pub upstream: Option<Vec<u8>>,
     pub actor: String,
+    /// The agency that sent it in the sender's name (a representation),
+    /// for the log line.
+    pub agent: Option<String>,
     pub transport: String,
     /// `business.type` of a document (0 new, 1 recall, 2 update, 3 replace).
     pub business_type: i32,
@@ -1146,6 +1149,9 @@ async fn accept_in<C: ConnectionTrait>(
             m.attachments.len(),
             m.envelope_sha256_hex
         );
+        if let Some(a) = &m.agent {
+            accepted_detail.push_str(&format!("; sent by {a} for {}", m.sender));
+        }
         if let (None, Some(n)) = (&m.status_code, &m.status_note) {
             accepted_detail.push_str("; ");
             accepted_detail.push_str(n);
@@ -1877,6 +1883,7 @@ mod tests {
             elsewhere: vec![],
             upstream: None,
             actor: sender.into(),
+            agent: None,
             transport: "test".into(),
             business_type: 0,
             replaces: None,
