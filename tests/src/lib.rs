@@ -1667,6 +1667,31 @@ pub fn format_events(events: &[TraceEvent]) -> String {
         .join("\n")
 }
 
+/// Receives (and acknowledges) as `agency` until the message with this id
+/// came (30 s at most).
+pub async fn receive_message(agency: &Agency, message_id: &str) -> Delivery {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for d in agency.receive_all(0).await.expect("receive") {
+            agency.ack(&d.delivery_id).await.expect("ack");
+            if d.envelope
+                .as_ref()
+                .map(|e| decode_envelope(e).message_id)
+                .as_deref()
+                == Some(message_id)
+            {
+                return d;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never received {message_id}",
+            agency.organ_id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs `fut`, failing the test with `what` if it takes longer than `limit`.
 pub async fn within<T>(
     limit: Duration,

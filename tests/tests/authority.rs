@@ -32,25 +32,6 @@ fn assert_refused<T: std::fmt::Debug>(
     err
 }
 
-/// Receives (and acknowledges) until the message with this id came.
-async fn receive_message(agency: &Agency, message_id: &str) -> v1::Delivery {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        for d in agency.receive_all(0).await.expect("receive") {
-            agency.ack(&d.delivery_id).await.expect("ack");
-            if decode_envelope(d.envelope.as_ref().unwrap()).message_id == message_id {
-                return d;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never received {message_id}",
-            agency.organ_id
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn summary(d: &v1::Delivery) -> String {
     d.verification
         .as_ref()

@@ -120,25 +120,6 @@ async fn status(
         .map(|_| ())
 }
 
-/// Receives (and acknowledges) until a message with this id came.
-async fn receive_message(agency: &Agency, message_id: &str) -> v1::Delivery {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        for d in agency.receive_all(0).await.expect("receive") {
-            agency.ack(&d.delivery_id).await.expect("ack");
-            if decode_envelope(d.envelope.as_ref().unwrap()).message_id == message_id {
-                return d;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never received {message_id}",
-            agency.organ_id
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn with_business(draft: &mut Draft, kind: BusinessType, target: &str) {
     let doc = draft.document_mut();
     doc.document_id = format!("{}-{}", doc.document_id, kind.as_str_name());

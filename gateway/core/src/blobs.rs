@@ -737,13 +737,7 @@ impl BlobStore {
         if let Some(s) = &sealer {
             s.start(&mut file).await?;
         }
-        Ok(BlobWriter {
-            file,
-            guard,
-            hasher: digest::Context::new(&digest::SHA256),
-            written: 0,
-            sealer,
-        })
+        Ok(Writing::new(file, guard, sealer))
     }
 
     /// Moves a verified temporary blob into place. Returns whether the blob
@@ -1212,22 +1206,60 @@ impl Drop for TempFile {
     }
 }
 
-/// A temporary blob being written.
-pub struct BlobWriter {
-    file: BufWriter<fs::File>,
+/// A temporary blob being written, to an async file ([`BlobWriter`]) or a
+/// blocking one ([`TempWriter`]).
+pub struct Writing<F> {
+    file: F,
     guard: TempFile,
     hasher: digest::Context,
     written: u64,
     sealer: Option<Sealer>,
 }
 
-impl std::fmt::Debug for BlobWriter {
+/// A temporary blob being written, from async code.
+pub type BlobWriter = Writing<BufWriter<fs::File>>;
+
+/// A temporary file being written with blocking I/O (see
+/// [`BlobStore::temp_file`]).
+pub type TempWriter = Writing<std::io::BufWriter<std::fs::File>>;
+
+impl<F> std::fmt::Debug for Writing<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobWriter")
+        f.debug_struct("Writing")
             .field("path", &self.guard.0)
             .field("written", &self.written)
             .field("encrypted", &self.sealer.is_some())
             .finish()
+    }
+}
+
+impl<F> Writing<F> {
+    fn new(file: F, guard: TempFile, sealer: Option<Sealer>) -> Writing<F> {
+        Writing {
+            file,
+            guard,
+            hasher: digest::Context::new(&digest::SHA256),
+            written: 0,
+            sealer,
+        }
+    }
+
+    /// Plaintext bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The written file with its digest, once the bytes are out.
+    fn into_sealed(self) -> SealedBlob {
+        let d = self.hasher.finish();
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(d.as_ref());
+        SealedBlob {
+            guard: self.guard,
+            sha256,
+            size: self.written,
+            encrypted: self.sealer.is_some(),
+        }
     }
 }
 
@@ -1242,11 +1274,6 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Plaintext bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     /// Flushes and fsyncs the bytes; the digest is final from here on.
     pub async fn seal(mut self) -> Result<SealedBlob> {
         if let Some(s) = &mut self.sealer {
@@ -1254,15 +1281,7 @@ impl BlobWriter {
         }
         self.file.flush().await?;
         self.file.get_mut().sync_all().await?;
-        let d = self.hasher.finish();
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(d.as_ref());
-        Ok(SealedBlob {
-            guard: self.guard,
-            sha256,
-            size: self.written,
-            encrypted: self.sealer.is_some(),
-        })
+        Ok(self.into_sealed())
     }
 }
 
@@ -1285,42 +1304,11 @@ impl BlobStore {
         if let Some(s) = &sealer {
             std::io::Write::write_all(&mut file, &s.header.bytes)?;
         }
-        Ok(TempWriter {
-            file,
-            guard,
-            hasher: digest::Context::new(&digest::SHA256),
-            written: 0,
-            sealer,
-        })
-    }
-}
-
-/// A temporary file being written with blocking I/O (see
-/// [`BlobStore::temp_file`]).
-pub struct TempWriter {
-    file: std::io::BufWriter<std::fs::File>,
-    guard: TempFile,
-    hasher: digest::Context,
-    written: u64,
-    sealer: Option<Sealer>,
-}
-
-impl std::fmt::Debug for TempWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TempWriter")
-            .field("path", &self.guard.0)
-            .field("written", &self.written)
-            .field("encrypted", &self.sealer.is_some())
-            .finish()
+        Ok(Writing::new(file, guard, sealer))
     }
 }
 
 impl TempWriter {
-    /// Plaintext bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     /// Seals the last segment and flushes. Not fsynced: a temporary file
     /// is never what makes anything durable.
     pub fn finish(mut self) -> Result<SealedBlob> {
@@ -1328,15 +1316,7 @@ impl TempWriter {
             s.finish_blocking(&mut self.file)?;
         }
         std::io::Write::flush(&mut self.file)?;
-        let d = self.hasher.finish();
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(d.as_ref());
-        Ok(SealedBlob {
-            guard: self.guard,
-            sha256,
-            size: self.written,
-            encrypted: self.sealer.is_some(),
-        })
+        Ok(self.into_sealed())
     }
 }
 
@@ -1723,6 +1703,15 @@ mod tests {
         Ok(all)
     }
 
+    /// A store under `dir`, encrypted with key `k1` or not.
+    async fn store_in(dir: &Path, encrypted: bool) -> Result<BlobStore> {
+        if encrypted {
+            BlobStore::open_with(dir, Some(keys(&key_line("k1", 1)))).await
+        } else {
+            BlobStore::open(dir).await
+        }
+    }
+
     fn refusal<T: std::fmt::Debug>(r: Result<T>) -> Error {
         match r {
             Ok(v) => panic!("expected a refusal, got {v:?}"),
@@ -1754,11 +1743,7 @@ mod tests {
             .collect();
         for encrypted in [false, true] {
             let dir = tempfile::tempdir()?;
-            let store = if encrypted {
-                BlobStore::open_with(dir.path(), Some(keys(&key_line("k1", 1)))).await?
-            } else {
-                BlobStore::open(dir.path()).await?
-            };
+            let store = store_in(dir.path(), encrypted).await?;
             let mut w = store.create().await?;
             for c in data.chunks(10_000) {
                 w.write(c).await?;
@@ -1928,11 +1913,7 @@ mod tests {
         let marker = b"PHU LUC KEM THEO CONG VAN ";
         for encrypted in [false, true] {
             let dir = tempfile::tempdir()?;
-            let store = if encrypted {
-                BlobStore::open_with(dir.path(), Some(keys(&key_line("k1", 1)))).await?
-            } else {
-                BlobStore::open(dir.path()).await?
-            };
+            let store = store_in(dir.path(), encrypted).await?;
             for size in [0, 5, SEGMENT_BYTES, 2 * SEGMENT_BYTES + 77] {
                 let data: Vec<u8> = marker.iter().copied().cycle().take(size).collect();
                 let mut w = store.temp_file()?;
