@@ -482,7 +482,8 @@ impl Gateway {
 
     /// Starts a submission of an envelope that carries no signature this
     /// gateway can verify (an edXML package): it is accepted on the caller's
-    /// authenticated identity alone — `from` must be the caller — and the
+    /// authenticated identity alone — `from` must be the caller, or an
+    /// agency it represents, and then only for a new document — and the
     /// delivery's verification report says so, with `notes` (what the
     /// package's own signature element showed). Identifiers are checked with
     /// `policy`: real producers send test-system ids such as `vxp.saas.03`.
