@@ -161,6 +161,12 @@ pub struct ReceiptsSection {
     pub key: Option<PathBuf>,
     /// Its certificate chain (PEM, leaf first).
     pub cert: Option<PathBuf>,
+    /// Receipt certificates of peer gateways (PEM files, leaf first) whose
+    /// receipts `verify-receipt` believes, beside this gateway's own
+    /// `cert`; also this gateway's earlier receipt certificates after a
+    /// change of key. A receipt signed by any other certificate — an
+    /// agency's, though it chains to trust.anchors — is refused.
+    pub trusted_signers: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -449,6 +455,21 @@ impl Config {
             "http"
         };
         format!("{scheme}://{addr}")
+    }
+
+    /// The receipt certificates a receipt may be signed with:
+    /// `receipts.cert` and `receipts.trusted_signers`.
+    pub fn receipt_signers(&self) -> Result<lienthong_core::receipts::ReceiptSigners> {
+        let files: Vec<PathBuf> = self
+            .receipts
+            .cert
+            .iter()
+            .chain(&self.receipts.trusted_signers)
+            .cloned()
+            .collect();
+        lienthong_core::receipts::ReceiptSigners::from_pem_files(&files)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))
+            .context("loading receipts.cert / receipts.trusted_signers")
     }
 
     /// The trust anchors with the certificate policy and the revocation
