@@ -441,13 +441,11 @@ async fn bind_client(
     let row = directory::bind_client_cert(store, name, der, role, by)
         .await
         .map_err(core_err)?;
-    let whom = match role {
-        ClientRole::Agency => row.organ_id.clone(),
-        ClientRole::Operator => format!("operator {}", row.organ_id),
-    };
     println!(
-        "bound the client certificate {} (key sha256 {}) to {whom}",
-        row.subject, row.spki_sha256
+        "bound the client certificate {} (key sha256 {}) to {}",
+        row.subject,
+        row.spki_sha256,
+        role.whom(&row.organ_id)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -462,13 +460,11 @@ async fn unbind_client(
     let row = directory::unbind_client_cert(store, name, &which.resolve()?, role, by)
         .await
         .map_err(core_err)?;
-    let whom = match role {
-        ClientRole::Agency => row.organ_id.clone(),
-        ClientRole::Operator => format!("operator {}", row.organ_id),
-    };
     println!(
-        "unbound the client certificate {} (key sha256 {}) from {whom}: calls made with it are refused from now on",
-        row.subject, row.spki_sha256
+        "unbound the client certificate {} (key sha256 {}) from {}: calls made with it are refused from now on",
+        row.subject,
+        row.spki_sha256,
+        role.whom(&row.organ_id)
     );
     Ok(ExitCode::SUCCESS)
 }

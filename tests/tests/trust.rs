@@ -222,6 +222,14 @@ async fn a_receipt_is_proof_only_when_a_gateways_receipt_certificate_signed_it()
     .await;
 }
 
+async fn mtls_gateway(name: &str) -> Option<TestGateway> {
+    let opts = GatewayOptions {
+        mtls: true,
+        ..Default::default()
+    };
+    TestGateway::start_with(name, opts).await
+}
+
 /// A second signing certificate of `organ_id`'s own key type, issued by the
 /// dev CA, written beside the PKI and bound while the gateway runs.
 async fn second_signing_cert(gw: &TestGateway, organ_id: &str) -> (Agency, PathBuf) {
@@ -391,11 +399,7 @@ async fn ends_refused(stream: &mut tonic::Streaming<pb::Delivery>, limit: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unbound_client_certificate_gets_no_more_calls() {
-    let opts = GatewayOptions {
-        mtls: true,
-        ..Default::default()
-    };
-    let Some(gw) = TestGateway::start_with("trust_unbind_client", opts).await else {
+    let Some(gw) = mtls_gateway("trust_unbind_client").await else {
         return;
     };
     within(
@@ -543,11 +547,7 @@ async fn deactivation(gw: &TestGateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deactivated_agency_neither_sends_nor_receives_under_mtls() {
-    let opts = GatewayOptions {
-        mtls: true,
-        ..Default::default()
-    };
-    let Some(gw) = TestGateway::start_with("trust_deactivate_mtls", opts).await else {
+    let Some(gw) = mtls_gateway("trust_deactivate_mtls").await else {
         return;
     };
     within(
@@ -571,7 +571,8 @@ async fn a_deactivated_agency_neither_sends_nor_receives_on_postgres() {
     .await;
 }
 
-/// An import that deactivates a row says so, and its lines name the file.
+/// An import that deactivates a row takes the agency's trust back as
+/// `deactivate` does, says so, and its lines name the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_that_deactivates_is_logged() {
     let Some(gw) = TestGateway::start("trust_import", Backend::Sqlite).await else {
@@ -585,16 +586,6 @@ async fn an_import_that_deactivates_is_logged() {
         )
         .unwrap();
         let out = cli_ok(&gw, &["directory", "import", csv.to_str().unwrap()]).await;
-        assert!(out.contains("deactivated") && out.contains(B), "{out}");
-        logged(&gw, B, &["deactivated by an import of", "deactivate-b.csv"]).await;
-        let all = history(&gw, None).await;
-        assert!(
-            all[0]["detail"].as_str().is_some_and(
-                |d| d.contains("directory imported from") && d.contains("1 deactivated")
-            ),
-            "{}",
-            all[0]
-        );
         let err = gw
             .agency(A)
             .send_document(&[B], "gửi B", &[])
@@ -605,6 +596,261 @@ async fn an_import_that_deactivates_is_logged() {
             Some("UNKNOWN_RECIPIENT"),
             "{err:?}"
         );
+        let err = gw
+            .agency(B)
+            .receive_all(0)
+            .await
+            .expect_err("an inactive agency does not receive");
+        assert_eq!(
+            reason_of(&err).as_deref(),
+            Some("PERMISSION_DENIED"),
+            "{err:?}"
+        );
+        assert!(err.message().contains("deactivated"), "{err:?}");
+
+        assert!(out.contains("deactivated") && out.contains(B), "{out}");
+        let about_b = history(&gw, Some(B)).await;
+        assert!(
+            about_b
+                .iter()
+                .any(|l| l["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("deactivated by an import of")
+                        && d.contains("deactivate-b.csv"))
+                    && l["actor"].as_str().is_some_and(|a| a.starts_with("cli:"))),
+            "{about_b:?}"
+        );
+        let all = history(&gw, None).await;
+        assert!(
+            all[0]["detail"].as_str().is_some_and(
+                |d| d.contains("directory imported from") && d.contains("1 deactivated")
+            ),
+            "{}",
+            all[0]
+        );
     })
+    .await;
+}
+
+/// An operator's changes through the gRPC `Admin` service are lines of the
+/// transfer log naming that operator; an operator's certificate is taken
+/// back like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_changes_over_grpc_name_the_operator() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let Some(gw) = mtls_gateway("trust_operator").await else {
+        return;
+    };
+    within(Duration::from_secs(180), "an operator over gRPC", async {
+        let pki_dir = &gw.pki_dir;
+        let ca = pki::Ca::load(&pki_dir.join("ca.pem"), &pki_dir.join("ca.key.pem"));
+        let (kp, signer) = pki::fresh_key();
+        let now = time::OffsetDateTime::now_utc();
+        let (_, pem) = ca.reissue_pem(
+            &pki::load_cert_der(&pki_dir.join(format!("{A}.client.pem"))),
+            &kp,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        let ops_cert = gw.dir.join("ops.client.pem");
+        std::fs::write(&ops_cert, &pem).unwrap();
+        const OPS: &str = "Trung tâm CNTT";
+        cli_ok(
+            &gw,
+            &[
+                "directory",
+                "bind-operator",
+                OPS,
+                ops_cert.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let newest = history(&gw, None).await.remove(0);
+        assert!(
+            newest["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(OPS) && d.contains(&key_sha256(&ops_cert))),
+            "{newest}"
+        );
+        let tls = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(pki_dir.join("ca.pem")).unwrap(),
+            ))
+            .identity(Identity::from_pem(pem, kp.serialize_pem()));
+        let ops = Agency::with_tls(gw.grpc_addr, OPS, Arc::new(signer), Vec::new(), tls);
+        let mut admin = pb::admin_client::AdminClient::new(ops.channel());
+
+        let mut record = gw.agency(B).lookup(B).await.expect("look B up");
+
+        record.active = false;
+        admin
+            .upsert_agency(ops.request(record.clone()))
+            .await
+            .expect("the operator deactivates B");
+        let line = history(&gw, Some(B)).await.remove(0);
+        assert_eq!(line["actor"], OPS, "{line}");
+        assert_eq!(line["transport"], "grpc", "{line}");
+        assert!(
+            line["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("deactivated")),
+            "{line}"
+        );
+        let err = gw
+            .agency(B)
+            .receive_all(0)
+            .await
+            .expect_err("B is inactive");
+        assert!(err.message().contains("deactivated"), "{err:?}");
+
+        record.active = true;
+        admin
+            .upsert_agency(ops.request(record))
+            .await
+            .expect("the operator activates B again");
+        admin
+            .represent(ops.request(pb::RepresentRequest {
+                agent: A.to_owned(),
+                principal: C.to_owned(),
+                revoke: false,
+            }))
+            .await
+            .expect("a representation");
+        let line = history(&gw, Some(A)).await.remove(0);
+        assert_eq!(line["actor"], OPS, "{line}");
+        assert!(
+            line["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("may send in the name of {C}"))),
+            "{line}"
+        );
+        gw.agency(B)
+            .receive_all(0)
+            .await
+            .expect("B is active again");
+
+        cli_ok(
+            &gw,
+            &[
+                "directory",
+                "unbind-operator",
+                OPS,
+                ops_cert.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let err = admin
+            .verify_log(ops.request(pb::VerifyLogRequest {}))
+            .await
+            .expect_err("the operator's certificate was taken back");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        log_intact(&gw).await;
+    })
+    .await;
+}
+
+/// An agency that reads its own queue (directory channel `amqp`): once
+/// deactivated, nothing is routed to its queue, and what it publishes in
+/// its own name is dead-lettered; activated again, both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_queue_agency_neither_publishes_nor_gets_copies() {
+    use lienthong_e2e::amqp::{self, CONTENT_TYPE_ENVELOPE, Client, EXCHANGE, Vhost};
+    let Some(vhost) = Vhost::create_or_skip("trust-queue") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[C]);
+    let opts = GatewayOptions {
+        pki: Some(pki.clone()),
+        extra_config: amqp::config(&vhost, "H35", ""),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("trust_queue", opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(180),
+        "a queue agency deactivated",
+        async {
+            let client = Client::connect(&vhost).await;
+            let (a, c) = (gw.agency(A), gw.agency(C));
+            let queue = format!("lienthong.agency.{C}");
+            cli_ok(&gw, &["directory", "deactivate", C]).await;
+
+            let err = a
+                .send_document(&[C], "cho C khi C ngừng hoạt động", &[])
+                .await
+                .expect_err("C is inactive");
+            assert_eq!(
+                reason_of(&err).as_deref(),
+                Some("UNKNOWN_RECIPIENT"),
+                "{err:?}"
+            );
+            let draft = c.draft_document(&[B], "C gửi khi ngừng hoạt động", &[]);
+            client
+                .publish(
+                    EXCHANGE,
+                    C,
+                    &c.sign(&draft.envelope).encode_to_vec(),
+                    Some(CONTENT_TYPE_ENVELOPE),
+                    Some(&draft.envelope.message_id),
+                )
+                .await;
+            let dead = client
+                .take("lienthong.dead.h35", 1, Duration::from_secs(20))
+                .await;
+            assert_eq!(dead.len(), 1, "C's message should be dead-lettered");
+            assert_eq!(
+                amqp::header(&dead[0], "x-lienthong-reason").as_deref(),
+                Some("UNKNOWN_SENDER")
+            );
+            assert!(
+                client
+                    .take(&queue, 1, Duration::from_millis(500))
+                    .await
+                    .is_empty()
+            );
+
+            cli_ok(&gw, &["directory", "activate", C]).await;
+            let sent = a
+                .send_document(&[C], "cho C sau khi hoạt động lại", &[])
+                .await
+                .expect("C is active again");
+            let got = client.take(&queue, 1, Duration::from_secs(20)).await;
+            assert_eq!(got.len(), 1, "nothing on {queue}");
+            assert_eq!(
+                got[0].properties.message_id().as_ref().map(|m| m.as_str()),
+                Some(sent.message_id())
+            );
+            let again = c.draft_document(&[B], "C gửi lại được", &[]);
+            client
+                .publish(
+                    EXCHANGE,
+                    C,
+                    &c.sign(&again.envelope).encode_to_vec(),
+                    Some(CONTENT_TYPE_ENVELOPE),
+                    Some(&again.envelope.message_id),
+                )
+                .await;
+            let at_b = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let got = gw.agency(B).receive_all(0).await.expect("B receives");
+                    if got.iter().any(|d| {
+                        d.envelope.as_ref().is_some_and(|e| {
+                            decode_envelope(e).message_id == again.envelope.message_id
+                        })
+                    }) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await;
+            assert!(
+                at_b.is_ok(),
+                "C's message, published once active, reaches B"
+            );
+        },
+    )
     .await;
 }

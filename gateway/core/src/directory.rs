@@ -197,28 +197,27 @@ pub async fn import_csv(
         }
     }
     let mut bindings = 0usize;
+    let mut bound: Vec<(&str, &str, &[u8], Option<String>)> = Vec::new();
     for c in &certs {
-        let old = store.signing_cert(&c.spki_sha256).await?;
-        if let Some(line) = bind_line(
-            "signing certificate",
-            &c.organ_id,
-            &c.cert_der,
-            old.map(|o| o.organ_id),
-        )? {
-            bindings += 1;
-            change.log.push(by.line(&c.organ_id, line));
-        }
+        let old = store
+            .signing_cert(&c.spki_sha256)
+            .await?
+            .map(|o| o.organ_id);
+        bound.push(("signing certificate", &c.organ_id, &c.cert_der, old));
     }
     for c in &clients {
-        let old = store.client_cert(&c.spki_sha256).await?;
-        if let Some(line) = bind_line(
+        let old = store.client_cert(&c.spki_sha256).await?.map(|o| o.organ_id);
+        bound.push((
             "client certificate for mutual TLS",
             &c.organ_id,
             &c.cert_der,
-            old.map(|o| o.organ_id),
-        )? {
+            old,
+        ));
+    }
+    for (what, organ_id, der, old) in bound {
+        if let Some(line) = bind_line(what, organ_id, der, old)? {
             bindings += 1;
-            change.log.push(by.line(&c.organ_id, line));
+            change.log.push(by.line(organ_id, line));
         }
     }
     for r in &good {
@@ -579,8 +578,8 @@ pub async fn unbind_client_cert(
     };
     let key = cert.key()?;
     let whose = |role: &str, n: &str| match ClientRole::parse(role) {
-        Some(ClientRole::Operator) => format!("operator {n}"),
-        _ => n.to_owned(),
+        Some(r) => r.whom(n),
+        None => n.to_owned(),
     };
     let bound = match store.client_cert(&key).await? {
         Some(b) if b.organ_id == name && b.role == role.as_str() => b,
@@ -740,6 +739,15 @@ impl ClientRole {
         }
     }
 
+    /// Whom a client certificate bound under `name` speaks for, in a
+    /// sentence.
+    pub fn whom(self, name: &str) -> String {
+        match self {
+            ClientRole::Agency => name.to_owned(),
+            ClientRole::Operator => format!("operator {name}"),
+        }
+    }
+
     /// The transfer log's `sender` of a change: the agency, or nobody for
     /// an operator (the detail names them).
     fn log_sender(self, name: &str) -> &str {
@@ -847,6 +855,57 @@ mod tests {
         let bad = CertRef::KeySha256("abc".into()).key();
         assert_eq!(bad.err().map(|e| e.reason()), Some(Reason::Malformed));
         assert_eq!(store.verify_log().await?.first_broken, None);
+        Ok(())
+    }
+
+    /// A copy accepted for an agency that reads its own queue, which is
+    /// deactivated before the relay publishes it, is held in the outbox
+    /// (`PERMISSION_DENIED`, retried) until the agency is activated again.
+    #[tokio::test]
+    async fn copies_for_a_deactivated_queue_agency_are_held() -> Result<()> {
+        use crate::pipeline::{Gateway, Settings};
+        let dir = tempfile::tempdir()?;
+        let store = Store::connect(&format!("sqlite://{}/q.db", dir.path().display())).await?;
+        let q = "000.00.31.H35";
+        let row = |active| agency::Model {
+            organ_id: q.to_owned(),
+            name: "UBND huyện".to_owned(),
+            parent: None,
+            email: String::new(),
+            telephone: String::new(),
+            address: String::new(),
+            website: String::new(),
+            channel: "amqp".to_owned(),
+            active,
+            extra: "{}".to_owned(),
+            updated_at: now_micros(),
+        };
+        let by = ChangedBy::cli("clerk");
+        upsert_agency(&store, row(true), &by).await?;
+        let gw = Gateway::from_parts(
+            store.clone(),
+            crate::blobs::BlobStore::unopened(dir.path()),
+            Settings::default(),
+        );
+        let outbox = lienthong_schema::entity::outbox::Model {
+            id: 1,
+            delivery_pk: 1,
+            message_pk: 404,
+            exchange: String::new(),
+            routing_key: crate::routing::agency_queue(q),
+            state: "pending".to_owned(),
+            attempts: 0,
+            last_error: None,
+            created_at: now_micros(),
+            sent_at: None,
+        };
+        assert!(set_active(&store, q, false, &by).await?);
+        let held = gw.outbound(outbox.clone()).await.err();
+        assert_eq!(held.map(|e| e.reason()), Some(Reason::PermissionDenied));
+        assert!(set_active(&store, q, true, &by).await?);
+        // Active again, the row goes on to its message (missing here).
+        let next = gw.outbound(outbox).await.err();
+        assert_eq!(next.map(|e| e.reason()), Some(Reason::NotFound));
         Ok(())
     }
 }
