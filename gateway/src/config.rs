@@ -727,4 +727,26 @@ mod tests {
         assert!(e.contains("receipts.key / receipts.cert"), "{e}");
         Ok(())
     }
+
+    #[test]
+    fn receipt_signers_are_the_own_certificate_and_the_peers() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(&f, "")?;
+        assert!(Config::load(Some(&f))?.receipt_signers()?.is_empty());
+        std::fs::write(
+            &f,
+            "[receipts]\ntrusted_signers = [\"/nonexistent/peer.pem\"]\n",
+        )?;
+        let e = Config::load(Some(&f))?
+            .receipt_signers()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            e.contains("receipts.trusted_signers") && e.contains("/nonexistent/peer.pem"),
+            "{e}"
+        );
+        Ok(())
+    }
 }
