@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use lienthong_core::devpki::{self, KeyType};
-use lienthong_core::directory::{self, ClientRole};
+use lienthong_core::directory::{self, CertRef, ChangedBy, ClientRole};
 use lienthong_core::organ_id::{IdPolicy, OrganId};
 use lienthong_core::pipeline::{Gateway, Settings};
+use lienthong_core::receipts::ReceiptSigners;
 use lienthong_core::signing::TrustAnchors;
-use lienthong_core::store::Store;
+use lienthong_core::store::{EventKind, Store};
 use lienthong_proto::v1::TraceEvent;
 
 use crate::config::Config;
@@ -31,11 +32,60 @@ pub enum DirectoryCommand {
     },
     /// Bind a document-signing certificate to an agency.
     BindCert { organ_id: String, cert: PathBuf },
+    /// Take a document-signing certificate back from an agency: documents
+    /// signed with it are refused (CERTIFICATE_NOT_BOUND) from the next
+    /// submission on; the agency's other certificates stay bound.
+    UnbindCert {
+        organ_id: String,
+        #[command(flatten)]
+        which: WhichCert,
+    },
     /// Bind a client (system) certificate for mutual TLS to an agency: its
     /// software then connects as that agency.
     BindClientCert { organ_id: String, cert: PathBuf },
+    /// Take a client certificate back from an agency: calls made with it
+    /// are refused from the next call on, and a Receive stream under way
+    /// ends within 5 seconds.
+    UnbindClientCert {
+        organ_id: String,
+        #[command(flatten)]
+        which: WhichCert,
+    },
     /// Bind a client certificate for mutual TLS to an operator of the gateway.
     BindOperator { name: String, cert: PathBuf },
+    /// Take an operator's client certificate back.
+    UnbindOperator {
+        name: String,
+        #[command(flatten)]
+        which: WhichCert,
+    },
+    /// Deactivate an agency: its software can neither send nor receive, and
+    /// documents addressed to it are refused (UNKNOWN_RECIPIENT), until
+    /// `directory activate`. Nothing is deleted.
+    Deactivate { organ_id: String },
+    /// Activate again an agency that was deactivated.
+    Activate { organ_id: String },
+    /// The certificates bound to an agency (or an operator's name): signing
+    /// and client certificates, with the key SHA-256 that `unbind-*
+    /// --key` takes.
+    Certs {
+        organ_id: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The directory's changes from the transfer log, newest first: who
+    /// changed what, when.
+    History {
+        /// Only the changes about this agency.
+        organ_id: Option<String>,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Let AGENT send documents in the name of PRINCIPAL (e.g. Văn phòng
     /// UBND tỉnh for UBND tỉnh); --revoke ends it.
     Represent {
@@ -53,6 +103,63 @@ pub enum DirectoryCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A bound certificate: its PEM file, or the SHA-256 of its key.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct WhichCert {
+    /// The certificate's PEM file.
+    cert: Option<PathBuf>,
+    /// Or the SHA-256 of its key (64 hex digits), as `directory certs`
+    /// and the transfer log show it.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl WhichCert {
+    fn resolve(self) -> Result<CertRef> {
+        match (self.cert, self.key) {
+            (Some(path), _) => Ok(CertRef::Certificate(
+                lienthong_core::signing::load_certificate_pem(&path).map_err(core_err)?,
+            )),
+            (None, Some(key)) => Ok(CertRef::KeySha256(key)),
+            (None, None) => anyhow::bail!("name the certificate: its PEM file, or --key SHA256"),
+        }
+    }
+}
+
+/// Who runs the command line, for the transfer log: the account the
+/// process runs as (from its uid, not from the environment), and who
+/// became it through sudo.
+fn cli_user() -> ChangedBy {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let name = uid.and_then(|uid| {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?;
+            (id.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        })
+    });
+    let mut who = match (name, uid) {
+        (Some(n), _) => n,
+        (None, Some(uid)) => format!("uid {uid}"),
+        (None, None) => "unknown".to_owned(),
+    };
+    if let Ok(by) = std::env::var("SUDO_USER")
+        && !by.is_empty()
+        && by != who
+    {
+        who = format!("{who} (sudo by {by})");
+    }
+    ChangedBy::cli(&who)
+}
+
+fn core_err(e: lienthong_core::error::Error) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message())
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +184,10 @@ pub struct VerifyReceiptArgs {
     /// PEM files of the authorities to trust instead of trust.anchors.
     #[arg(long)]
     pub anchors: Vec<PathBuf>,
+    /// PEM files of the gateways' receipt certificates to believe instead
+    /// of receipts.cert and receipts.trusted_signers.
+    #[arg(long)]
+    pub signer: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +227,7 @@ async fn store(cfg: &Config) -> Result<Store> {
 
 pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
     let store = store(&cfg).await?;
+    let by = cli_user();
     match cmd {
         DirectoryCommand::Import {
             file,
@@ -127,7 +239,7 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             } else {
                 IdPolicy::Strict
             };
-            let out = directory::import_csv(&store, &file, skip_invalid, policy)
+            let out = directory::import_csv(&store, &file, skip_invalid, policy, &by)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
             for p in &out.problems {
@@ -156,42 +268,107 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
                     format!(", skipped {} bad row(s)", out.problems.len())
                 }
             );
+            // A row replaces the whole record, `active` included: say so
+            // when that took an agency's trust back or gave it again.
+            if !out.deactivated.is_empty() {
+                println!(
+                    "deactivated (their rows say active = false): {}",
+                    out.deactivated.join(", ")
+                );
+            }
+            if !out.activated.is_empty() {
+                println!(
+                    "activated again (their rows say active, or leave it empty): {}",
+                    out.activated.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::BindCert { organ_id, cert } => {
-            let der = lienthong_core::signing::load_certificate_pem(&cert)
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let row = directory::bind_signing_cert(&store, &organ_id, der)
+            let der = lienthong_core::signing::load_certificate_pem(&cert).map_err(core_err)?;
+            let row = directory::bind_signing_cert(&store, &organ_id, der, &by)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                .map_err(core_err)?;
             println!(
                 "bound {} (key sha256 {}) to {}",
                 row.subject, row.spki_sha256, row.organ_id
             );
             Ok(ExitCode::SUCCESS)
         }
-        DirectoryCommand::BindClientCert { organ_id, cert } => {
-            let der = lienthong_core::signing::load_certificate_pem(&cert)
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let row = directory::bind_client_cert(&store, &organ_id, der, ClientRole::Agency)
+        DirectoryCommand::UnbindCert { organ_id, which } => {
+            let row = directory::unbind_signing_cert(&store, &organ_id, &which.resolve()?, &by)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                .map_err(core_err)?;
             println!(
-                "bound the client certificate {} (key sha256 {}) to {}",
+                "unbound the signing certificate {} (key sha256 {}) from {}: documents signed with it are refused from now on",
                 row.subject, row.spki_sha256, row.organ_id
             );
             Ok(ExitCode::SUCCESS)
         }
+        DirectoryCommand::BindClientCert { organ_id, cert } => {
+            bind_client(&store, &organ_id, &cert, ClientRole::Agency, &by).await
+        }
         DirectoryCommand::BindOperator { name, cert } => {
-            let der = lienthong_core::signing::load_certificate_pem(&cert)
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let row = directory::bind_client_cert(&store, &name, der, ClientRole::Operator)
+            bind_client(&store, &name, &cert, ClientRole::Operator, &by).await
+        }
+        DirectoryCommand::UnbindClientCert { organ_id, which } => {
+            unbind_client(&store, &organ_id, which, ClientRole::Agency, &by).await
+        }
+        DirectoryCommand::UnbindOperator { name, which } => {
+            unbind_client(&store, &name, which, ClientRole::Operator, &by).await
+        }
+        DirectoryCommand::Deactivate { organ_id } => {
+            let changed = directory::set_active(&store, &organ_id, false, &by)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            println!(
-                "bound the client certificate {} (key sha256 {}) to operator {}",
-                row.subject, row.spki_sha256, row.organ_id
-            );
+                .map_err(core_err)?;
+            if changed {
+                println!(
+                    "{organ_id} is deactivated: its software can neither send nor receive, and documents addressed to it are refused; `lienthong directory activate {organ_id}` undoes it"
+                );
+            } else {
+                println!("{organ_id} was inactive already; nothing changed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::Activate { organ_id } => {
+            let changed = directory::set_active(&store, &organ_id, true, &by)
+                .await
+                .map_err(core_err)?;
+            if changed {
+                println!("{organ_id} is active again: it may send and receive");
+            } else {
+                println!("{organ_id} was active already; nothing changed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::Certs { organ_id, json } => certs(&store, &organ_id, json).await,
+        DirectoryCommand::History {
+            organ_id,
+            limit,
+            json,
+        } => {
+            let events = store
+                .events_of_kind(EventKind::DirectoryChanged, organ_id.as_deref(), limit)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+            for e in events {
+                let at = format_time(Some(&lienthong_core::pipeline::timestamp(e.at)));
+                let actor = e.actor.unwrap_or_default();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "seq": e.id, "at": at, "organ_id": e.sender, "actor": actor,
+                            "transport": e.transport, "detail": e.detail,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:>6}  {at}  {:<15} {actor} ({}): {}",
+                        e.id, e.sender, e.transport, e.detail
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::Represent {
@@ -199,30 +376,15 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             principal,
             revoke,
         } => {
-            let err = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.message());
-            let agent = OrganId::parse_with(&agent, IdPolicy::Lenient).map_err(err)?;
-            let principal = OrganId::parse_with(&principal, IdPolicy::Lenient).map_err(err)?;
-            for id in [&agent, &principal] {
-                if store.agency(id.as_str()).await.map_err(err)?.is_none() {
-                    anyhow::bail!("{id} is not in the directory; import it first");
-                }
-            }
-            if revoke {
-                let had = store
-                    .revoke_representation(agent.as_str(), principal.as_str())
-                    .await
-                    .map_err(err)?;
-                println!(
-                    "{agent} {} sends in the name of {principal}",
-                    if had { "no longer" } else { "did not" }
-                );
-            } else {
-                store
-                    .grant_representation(agent.as_str(), principal.as_str())
-                    .await
-                    .map_err(err)?;
-                println!("{agent} may now send in the name of {principal}");
-            }
+            let changed = directory::represent(&store, &agent, &principal, revoke, &by)
+                .await
+                .map_err(core_err)?;
+            let said = match (revoke, changed) {
+                (false, _) => format!("{agent} may now send in the name of {principal}"),
+                (true, true) => format!("{agent} no longer sends in the name of {principal}"),
+                (true, false) => format!("{agent} did not send in the name of {principal}"),
+            };
+            println!("{said}");
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::List { under, json } => {
@@ -266,6 +428,95 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn bind_client(
+    store: &Store,
+    name: &str,
+    cert: &std::path::Path,
+    role: ClientRole,
+    by: &ChangedBy,
+) -> Result<ExitCode> {
+    let der = lienthong_core::signing::load_certificate_pem(cert).map_err(core_err)?;
+    let row = directory::bind_client_cert(store, name, der, role, by)
+        .await
+        .map_err(core_err)?;
+    println!(
+        "bound the client certificate {} (key sha256 {}) to {}",
+        row.subject,
+        row.spki_sha256,
+        role.whom(&row.organ_id)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn unbind_client(
+    store: &Store,
+    name: &str,
+    which: WhichCert,
+    role: ClientRole,
+    by: &ChangedBy,
+) -> Result<ExitCode> {
+    let row = directory::unbind_client_cert(store, name, &which.resolve()?, role, by)
+        .await
+        .map_err(core_err)?;
+    println!(
+        "unbound the client certificate {} (key sha256 {}) from {}: calls made with it are refused from now on",
+        row.subject,
+        row.spki_sha256,
+        role.whom(&row.organ_id)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `directory certs`: what is bound to an agency or an operator's name.
+async fn certs(store: &Store, name: &str, json: bool) -> Result<ExitCode> {
+    let err = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.chain());
+    let signing = store.signing_certs_of(name).await.map_err(err)?;
+    let clients = store.client_certs_of(name).await.map_err(err)?;
+    let rows = signing
+        .iter()
+        .map(|c| {
+            (
+                "signing",
+                c.spki_sha256.as_str(),
+                c.subject.as_str(),
+                c.not_after,
+            )
+        })
+        .chain(clients.iter().map(|c| {
+            let kind = if c.role == "operator" {
+                "operator"
+            } else {
+                "client"
+            };
+            (
+                kind,
+                c.spki_sha256.as_str(),
+                c.subject.as_str(),
+                c.not_after,
+            )
+        }));
+    let mut any = false;
+    for (kind, key, subject, not_after) in rows {
+        any = true;
+        let until = format_time(Some(&prost_types::Timestamp {
+            seconds: not_after,
+            nanos: 0,
+        }));
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"kind": kind, "key_sha256": key, "subject": subject, "not_after": until})
+            );
+        } else {
+            println!("{kind:<8} {key}  {subject}  (until {until})");
+        }
+    }
+    if !any && !json {
+        println!("no certificate is bound to {name}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn dev_pki(args: DevPkiArgs) -> Result<ExitCode> {
@@ -370,6 +621,11 @@ pub fn verify_receipt(cfg: Config, args: VerifyReceiptArgs) -> Result<ExitCode> 
         TrustAnchors::from_pem_files(&args.anchors)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?
     };
+    let signers = if args.signer.is_empty() {
+        cfg.receipt_signers()?
+    } else {
+        ReceiptSigners::from_pem_files(&args.signer).map_err(core_err)?
+    };
     let base = serde_json::json!({
         "message_id": receipt.message_id,
         "from": receipt.from,
@@ -377,7 +633,7 @@ pub fn verify_receipt(cfg: Config, args: VerifyReceiptArgs) -> Result<ExitCode> 
         "envelope_sha256": hex::encode(&receipt.envelope_sha256),
         "gateway": receipt.gateway,
     });
-    match lienthong_core::receipts::verify_receipt(&receipt, &anchors) {
+    match lienthong_core::receipts::verify_receipt(&receipt, &anchors, &signers) {
         Ok(signer) => {
             let mut out = base;
             out["valid"] = true.into();
@@ -434,11 +690,10 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
 /// (the operator's view of `Exchange.DocumentStatus`, from the database).
 pub async fn document_status(cfg: Config, args: DocumentStatusArgs) -> Result<ExitCode> {
     let gw = log_reader(&cfg).await?;
-    let operator = lienthong_core::pipeline::Caller {
-        organ_id: "operator".to_owned(),
-        transport: lienthong_core::pipeline::Transport::Cli,
-        role: lienthong_core::pipeline::Role::Operator,
-    };
+    let operator = lienthong_core::pipeline::Caller::operator(
+        "operator",
+        lienthong_core::pipeline::Transport::Cli,
+    );
     let s = match gw
         .document_status(&operator, &args.from, &args.document_id)
         .await

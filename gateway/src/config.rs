@@ -161,6 +161,12 @@ pub struct ReceiptsSection {
     pub key: Option<PathBuf>,
     /// Its certificate chain (PEM, leaf first).
     pub cert: Option<PathBuf>,
+    /// Receipt certificates of peer gateways (PEM files, leaf first) whose
+    /// receipts `verify-receipt` believes, beside this gateway's own
+    /// `cert`; also this gateway's earlier receipt certificates after a
+    /// change of key. A receipt signed by any other certificate — an
+    /// agency's, though it chains to trust.anchors — is refused.
+    pub trusted_signers: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -451,6 +457,21 @@ impl Config {
         format!("{scheme}://{addr}")
     }
 
+    /// The receipt certificates a receipt may be signed with:
+    /// `receipts.cert` and `receipts.trusted_signers`.
+    pub fn receipt_signers(&self) -> Result<lienthong_core::receipts::ReceiptSigners> {
+        let files: Vec<PathBuf> = self
+            .receipts
+            .cert
+            .iter()
+            .chain(&self.receipts.trusted_signers)
+            .cloned()
+            .collect();
+        lienthong_core::receipts::ReceiptSigners::from_pem_files(&files)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))
+            .context("loading receipts.cert / receipts.trusted_signers")
+    }
+
     /// The trust anchors with the certificate policy and the revocation
     /// lists of `[trust]`.
     pub fn anchors(&self) -> Result<lienthong_core::signing::TrustAnchors> {
@@ -704,6 +725,28 @@ mod tests {
              cert = \"/nonexistent/c.pem\"\n[reports]\nsend_to = [\"000.00.12.H35\"]\n",
         )?;
         assert!(e.contains("receipts.key / receipts.cert"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn receipt_signers_are_the_own_certificate_and_the_peers() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(&f, "")?;
+        assert!(Config::load(Some(&f))?.receipt_signers()?.is_empty());
+        std::fs::write(
+            &f,
+            "[receipts]\ntrusted_signers = [\"/nonexistent/peer.pem\"]\n",
+        )?;
+        let e = Config::load(Some(&f))?
+            .receipt_signers()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            e.contains("receipts.trusted_signers") && e.contains("/nonexistent/peer.pem"),
+            "{e}"
+        );
         Ok(())
     }
 }

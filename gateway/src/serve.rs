@@ -77,6 +77,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }
         _ => anyhow::bail!("receipts.key and receipts.cert go together: set both or neither"),
     };
+    // Only `verify-receipt` reads them; a file that is not there is said at
+    // start-up, not on the day a receipt is disputed.
+    cfg.receipt_signers()?;
     // issue 4: the attachment store opens with the storage keys, and refuses
     // wrong ones before anything else is touched.
     let blobs = crate::storage::open_blob_store(&cfg).await?;

@@ -20,6 +20,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
+use lienthong_core::error::Reason;
 use lienthong_core::pipeline::{Gateway, Hops, Outbound, OutboxRow};
 use prost::Message as _;
 
@@ -78,6 +79,13 @@ pub(crate) async fn run(
                 }
                 let out = match gw.outbound(row.clone()).await {
                     Ok(o) => o,
+                    Err(e) if e.reason() == Reason::PermissionDenied => {
+                        tracing::info!(outbox_id = row.id, reason = %e.message(), "outbox: held back");
+                        let _ = gw.outbox_failed(&row, e.message()).await;
+                        retry_at.insert(key.clone(), now + backoff(row.attempts));
+                        blocked.insert(key);
+                        continue;
+                    }
                     Err(e) => {
                         tracing::error!(outbox_id = row.id, error = %e.chain(), "outbox: cannot read a message to publish");
                         let _ = gw.outbox_failed(&row, e.message()).await;

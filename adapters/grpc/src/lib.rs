@@ -149,13 +149,7 @@ impl Shared {
                 self.gw
                     .identify_client(&spki, Transport::Grpc)
                     .await
-                    .map_err(|e| {
-                        if e.reason() == Reason::PermissionDenied {
-                            unauthenticated(&e)
-                        } else {
-                            status_of(&e)
-                        }
-                    })
+                    .map_err(|e| identification_refused(&e))
             }
             AuthMode::DevHeader => {
                 let id = meta
@@ -164,7 +158,11 @@ impl Shared {
                     .map(str::trim)
                     .filter(|s| !s.is_empty());
                 match id {
-                    Some(id) => Ok(Caller::new(id, Transport::Grpc)),
+                    Some(id) => self
+                        .gw
+                        .identify_named(id, Transport::Grpc)
+                        .await
+                        .map_err(|e| identification_refused(&e)),
                     None => {
                         let err = Error::new(
                             Reason::PermissionDenied,
@@ -176,6 +174,16 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// A refusal to identify the caller: "who are you" travels as
+/// UNAUTHENTICATED, anything else (the database away) as itself.
+fn identification_refused(e: &Error) -> Status {
+    if e.reason() == Reason::PermissionDenied {
+        unauthenticated(e)
+    } else {
+        status_of(e)
     }
 }
 

@@ -176,7 +176,10 @@ async fn main() {
         .unwrap_or_else(|e| fail("connect", e.chain()));
     if !reuse {
         store
-            .import_directory(directory(), Vec::new(), Vec::new(), Vec::new())
+            .change_directory(lienthong_core::store::DirectoryChange {
+                agencies: directory(),
+                ..Default::default()
+            })
             .await
             .unwrap_or_else(|e| fail("directory", e.chain()));
         let docs = (events as f64 / 11.5) as i64;

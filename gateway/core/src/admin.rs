@@ -7,7 +7,7 @@ use lienthong_schema::entity::agency;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::directory::{self, ClientRole};
+use crate::directory::{self, ChangedBy, ClientRole};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::pipeline::{Caller, Gateway};
@@ -67,9 +67,7 @@ impl Gateway {
             extra: "{}".to_owned(),
             updated_at: now_micros(),
         };
-        self.store()
-            .import_directory(vec![row], Vec::new(), Vec::new(), Vec::new())
-            .await?;
+        directory::upsert_agency(self.store(), row, &ChangedBy::caller(caller)).await?;
         self.lookup(id.as_str()).await
     }
 
@@ -82,8 +80,13 @@ impl Gateway {
     ) -> Result<BoundCert> {
         self.require_operator(caller, "binding certificates")
             .await?;
-        let row =
-            directory::bind_signing_cert(self.store(), organ_id, der_of(certificate)?).await?;
+        let row = directory::bind_signing_cert(
+            self.store(),
+            organ_id,
+            der_of(certificate)?,
+            &ChangedBy::caller(caller),
+        )
+        .await?;
         Ok(bound(
             row.organ_id,
             row.subject,
@@ -106,6 +109,7 @@ impl Gateway {
             organ_id,
             der_of(certificate)?,
             ClientRole::Agency,
+            &ChangedBy::caller(caller),
         )
         .await?;
         Ok(bound(
@@ -126,30 +130,14 @@ impl Gateway {
     ) -> Result<bool> {
         self.require_operator(caller, "changing representations")
             .await?;
-        let agent = OrganId::parse_with(agent, IdPolicy::Lenient)?;
-        let principal = OrganId::parse_with(principal, IdPolicy::Lenient)?;
-        for id in [&agent, &principal] {
-            if self.store().agency(id.as_str()).await?.is_none() {
-                return Err(Error::new(
-                    Reason::NotFound,
-                    format!("{id} is not in the directory"),
-                ));
-            }
-        }
-        if revoke {
-            self.store()
-                .revoke_representation(agent.as_str(), principal.as_str())
-                .await
-        } else {
-            let had = self
-                .store()
-                .represents(agent.as_str(), principal.as_str())
-                .await?;
-            self.store()
-                .grant_representation(agent.as_str(), principal.as_str())
-                .await?;
-            Ok(!had)
-        }
+        directory::represent(
+            self.store(),
+            agent,
+            principal,
+            revoke,
+            &ChangedBy::caller(caller),
+        )
+        .await
     }
 
     /// Walks the transfer log's hash chain.

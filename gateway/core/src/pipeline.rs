@@ -173,6 +173,10 @@ pub struct Caller {
     pub organ_id: String,
     pub transport: Transport,
     pub role: Role,
+    /// The SHA-256 (hex) of the client certificate's key the caller was
+    /// identified by under mutual TLS: a call that lasts (a following
+    /// `Receive`) ends once that binding is taken back.
+    pub client_key: Option<String>,
 }
 
 impl Caller {
@@ -181,6 +185,15 @@ impl Caller {
             organ_id: organ_id.into(),
             transport,
             role: Role::Agency,
+            client_key: None,
+        }
+    }
+
+    /// One of the gateway's operators.
+    pub fn operator(name: impl Into<String>, transport: Transport) -> Self {
+        Caller {
+            role: Role::Operator,
+            ..Caller::new(name, transport)
         }
     }
 
@@ -192,9 +205,8 @@ impl Caller {
     /// from for the transfer log (e.g. `exchange lienthong.documents`).
     pub fn exchange(publisher: impl Into<String>) -> Self {
         Caller {
-            organ_id: publisher.into(),
-            transport: Transport::Amqp,
             role: Role::Exchange,
+            ..Caller::new(publisher, Transport::Amqp)
         }
     }
 }
@@ -1610,8 +1622,26 @@ impl Gateway {
     /// What an outbox row publishes: the signed envelope as accepted, its
     /// attachments (read back and checked against their digests as they
     /// stream), and the hops so far, this gateway's included.
+    /// A copy for the queue of an agency deactivated since it was accepted
+    /// is held (`PERMISSION_DENIED`): it stays pending, and goes once the
+    /// agency is activated again.
     pub async fn outbound(&self, row: outbox::Model) -> Result<Outbound> {
         let inner = &self.inner;
+        if row.exchange.is_empty()
+            && let Some(organ_id) = routing::queue_agency(&row.routing_key)
+            && inner
+                .store
+                .agency(organ_id)
+                .await?
+                .is_some_and(|a| !a.active)
+        {
+            return Err(Error::new(
+                Reason::PermissionDenied,
+                format!(
+                    "{organ_id} is deactivated: its copy stays in the outbox until the operators activate it again"
+                ),
+            ));
+        }
         let Some(m) = inner.store.message_by_pk(row.message_pk).await? else {
             return Err(Error::new(
                 Reason::NotFound,
@@ -1671,6 +1701,8 @@ impl Gateway {
             buffered: VecDeque::new(),
             remaining: None,
             wake: self.inner.inboxes.subscribe(&caller.organ_id),
+            // The caller's standing was checked when it was identified.
+            standing_at: tokio::time::Instant::now(),
         }
     }
 
@@ -1948,7 +1980,9 @@ impl Gateway {
     }
 
     /// The caller a verified client certificate speaks for: the directory's
-    /// binding of its key is the only source of identity under mutual TLS.
+    /// binding of its key is the only source of identity under mutual TLS,
+    /// and an agency's software is identified only while the agency is
+    /// active.
     pub async fn identify_client(
         &self,
         spki_sha256: &[u8; 32],
@@ -1974,11 +2008,68 @@ impl Gateway {
         } else {
             Role::Agency
         };
-        Ok(Caller {
+        let caller = Caller {
             organ_id: binding.organ_id,
             transport,
             role,
-        })
+            client_key: Some(hex),
+        };
+        self.standing(&caller).await?;
+        Ok(caller)
+    }
+
+    /// The caller a `dev-header` request names: believed, except that an
+    /// agency the directory lists as inactive is refused as under mutual
+    /// TLS. (A name the directory does not know passes: the mode is for
+    /// trying the gateway out.)
+    pub async fn identify_named(&self, organ_id: &str, transport: Transport) -> Result<Caller> {
+        let caller = Caller::new(organ_id, transport);
+        self.standing(&caller).await?;
+        Ok(caller)
+    }
+
+    /// Whether an identified caller still stands: its client certificate's
+    /// binding is still there and unchanged, and an agency is not
+    /// deactivated. Checked when a call is identified, and again by a call
+    /// that lasts (a following `Receive` stream, at least every
+    /// [`STANDING_CHECK`]), so that taking trust back reaches calls already
+    /// under way. A refusal is `PERMISSION_DENIED`, logged.
+    pub async fn standing(&self, caller: &Caller) -> Result<()> {
+        let store = &self.inner.store;
+        if let Some(key) = &caller.client_key {
+            let role = match caller.role {
+                Role::Operator => "operator",
+                _ => "agency",
+            };
+            let still = store
+                .client_cert(key)
+                .await?
+                .is_some_and(|b| b.organ_id == caller.organ_id && b.role == role);
+            if !still {
+                let err = Error::new(
+                    Reason::PermissionDenied,
+                    format!(
+                        "this client certificate (key sha256 {key}) is no longer bound to {}: the operators took it back; ask them which certificate to use",
+                        caller.organ_id
+                    ),
+                );
+                return Err(self.refuse(None, "", err).await);
+            }
+        }
+        if caller.role == Role::Agency
+            && let Some(a) = store.agency(&caller.organ_id).await?
+            && !a.active
+        {
+            let err = Error::new(
+                Reason::PermissionDenied,
+                format!(
+                    "{} is deactivated in this gateway's directory: its software can neither send nor receive until the operators activate it again (`lienthong directory activate {}`)",
+                    caller.organ_id, caller.organ_id
+                ),
+            );
+            return Err(self.refuse(Some(caller), "", err).await);
+        }
+        Ok(())
     }
 
     /// Readiness: the database answers.
@@ -2747,7 +2838,15 @@ pub struct Inbox {
     /// Nothing beyond it is read, so nothing beyond it is marked handed out.
     remaining: Option<u32>,
     wake: watch::Receiver<u64>,
+    /// When the caller's standing was last checked (see
+    /// [`Gateway::standing`]).
+    standing_at: tokio::time::Instant,
 }
+
+/// How often a call that lasts (a following `Receive`) checks again that
+/// its caller still stands: a certificate unbound or an agency deactivated
+/// ends a stream under way within this (and one query's time).
+pub const STANDING_CHECK: Duration = Duration::from_secs(5);
 
 impl Inbox {
     /// At most `max` deliveries (0: no bound).
@@ -2769,6 +2868,9 @@ impl Inbox {
                 Some(n) => u64::from(n).min(64),
                 None => 64,
             };
+            if self.standing_at.elapsed() >= STANDING_CHECK {
+                self.check_standing().await?;
+            }
             // Mark the current notification seen before looking, so a
             // delivery that lands during the query wakes us again.
             self.wake.borrow_and_update();
@@ -2812,15 +2914,31 @@ impl Inbox {
                 return Ok(None);
             }
             let tick = (self.gw.limits.redelivery_after / 4).max(Duration::from_millis(250));
-            tokio::select! {
-                changed = self.wake.changed() => {
-                    if changed.is_err() {
-                        return Ok(None);
+            let looked = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    changed = self.wake.changed() => {
+                        if changed.is_err() {
+                            return Ok(None);
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(looked + tick) => break,
+                    _ = tokio::time::sleep_until(self.standing_at + STANDING_CHECK) => {
+                        self.check_standing().await?;
                     }
                 }
-                _ = tokio::time::sleep(tick) => {}
             }
         }
+    }
+
+    async fn check_standing(&mut self) -> Result<()> {
+        let gw = Gateway {
+            inner: self.gw.clone(),
+        };
+        gw.standing(&self.caller).await?;
+        self.standing_at = tokio::time::Instant::now();
+        Ok(())
     }
 
     fn delivery(&self, p: PendingDelivery, attempt: i32) -> Result<Delivery> {

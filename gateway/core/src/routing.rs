@@ -26,7 +26,14 @@ pub const DOCUMENTS_EXCHANGE: &str = "lienthong.documents";
 
 /// The queue an agency whose directory channel is `amqp` reads.
 pub fn agency_queue(organ_id: &str) -> String {
-    format!("lienthong.agency.{organ_id}")
+    format!("{AGENCY_QUEUE_PREFIX}{organ_id}")
+}
+
+const AGENCY_QUEUE_PREFIX: &str = "lienthong.agency.";
+
+/// The agency whose queue this is (the inverse of [`agency_queue`]).
+pub fn queue_agency(queue: &str) -> Option<&str> {
+    queue.strip_prefix(AGENCY_QUEUE_PREFIX)
 }
 
 /// Where a route leads.

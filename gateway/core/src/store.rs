@@ -54,6 +54,12 @@ pub enum EventKind {
     Withdrawn,
     /// issue 6: a deadline passed with a recipient not there yet.
     Overdue,
+    /// The directory changed: an agency added, changed, deactivated or
+    /// activated, a certificate bound or unbound, a representation granted
+    /// or revoked. `sender` is the agency concerned (empty for an import as
+    /// a whole or an operator's certificate), `message_id` is empty, `actor`
+    /// who made the change.
+    DirectoryChanged,
 }
 
 impl EventKind {
@@ -69,6 +75,7 @@ impl EventKind {
             EventKind::IntegrityFailed => "integrity_failed",
             EventKind::Withdrawn => "withdrawn",
             EventKind::Overdue => "overdue",
+            EventKind::DirectoryChanged => "directory_changed",
         }
     }
 }
@@ -305,6 +312,32 @@ pub struct PendingDelivery {
 pub enum AckOutcome {
     Acknowledged,
     AlreadyAcknowledged,
+}
+
+/// One change of the directory with its lines in the transfer log: written
+/// in one transaction, so that no change is without its line, and no line
+/// without its change. Built by `crate::directory`, which words the lines.
+#[derive(Debug, Default)]
+pub struct DirectoryChange {
+    /// Agencies inserted or replaced.
+    pub agencies: Vec<agency::Model>,
+    /// (organ_id, active): an agency deactivated or activated.
+    pub set_active: Vec<(String, bool)>,
+    /// Signing certificates bound (re-binding a key moves it).
+    pub bind_signing: Vec<signing_cert::Model>,
+    /// (key sha256, organ_id): signing certificates unbound.
+    pub unbind_signing: Vec<(String, String)>,
+    /// Client certificates bound.
+    pub bind_client: Vec<client_cert::Model>,
+    /// (key sha256, organ_id or operator name, role): client certificates
+    /// unbound.
+    pub unbind_client: Vec<(String, String, String)>,
+    /// (agent, principal): representations granted.
+    pub grant: Vec<(String, String)>,
+    /// (agent, principal): representations revoked.
+    pub revoke: Vec<(String, String)>,
+    /// The transfer log's lines (kind `directory_changed`).
+    pub log: Vec<NewEvent>,
 }
 
 /// The database, with the schema migrated.
@@ -713,17 +746,25 @@ impl Store {
             .await?)
     }
 
-    /// Inserts or replaces every agency and binds the certificates, all in
-    /// one transaction: an import happens whole or not at all.
-    pub async fn import_directory(
-        &self,
-        rows: Vec<agency::Model>,
-        certs: Vec<signing_cert::Model>,
-        clients: Vec<client_cert::Model>,
-        representations: Vec<(String, String)>,
-    ) -> Result<()> {
+    /// Applies a directory change and appends its lines to the transfer
+    /// log, in one transaction. An unbinding, revocation or (de)activation
+    /// that finds no row to change (someone else changed it meanwhile)
+    /// undoes the whole change: `NotFound`.
+    pub async fn change_directory(&self, change: DirectoryChange) -> Result<()> {
+        let DirectoryChange {
+            agencies,
+            set_active,
+            bind_signing,
+            unbind_signing,
+            bind_client: clients,
+            unbind_client,
+            grant,
+            revoke,
+            log,
+        } = change;
         let txn = self.db.begin().await?;
-        for chunk in rows.chunks(200) {
+        let gone = |what: String| Error::new(Reason::NotFound, what);
+        for chunk in agencies.chunks(200) {
             let models: Vec<agency::ActiveModel> = chunk
                 .iter()
                 .cloned()
@@ -764,14 +805,50 @@ impl Store {
                 .exec(&txn)
                 .await?;
         }
-        for c in certs {
+        let now = now_micros();
+        for (organ_id, active) in set_active {
+            let r = agency::Entity::update_many()
+                .col_expr(agency::Column::Active, Expr::value(active))
+                .col_expr(agency::Column::UpdatedAt, Expr::value(now))
+                .filter(agency::Column::OrganId.eq(organ_id.as_str()))
+                .exec(&txn)
+                .await?;
+            if r.rows_affected == 0 {
+                return Err(gone(format!("{organ_id} is not in the directory")));
+            }
+        }
+        for c in bind_signing {
             bind_cert(&txn, c).await?;
+        }
+        for (spki, organ_id) in unbind_signing {
+            let r = signing_cert::Entity::delete_many()
+                .filter(signing_cert::Column::SpkiSha256.eq(spki.as_str()))
+                .filter(signing_cert::Column::OrganId.eq(organ_id.as_str()))
+                .exec(&txn)
+                .await?;
+            if r.rows_affected == 0 {
+                return Err(gone(format!(
+                    "the signing key {spki} is no longer bound to {organ_id}"
+                )));
+            }
         }
         for c in clients {
             bind_client(&txn, c).await?;
         }
-        let now = now_micros();
-        for (agent, principal) in representations {
+        for (spki, name, role) in unbind_client {
+            let r = client_cert::Entity::delete_many()
+                .filter(client_cert::Column::SpkiSha256.eq(spki.as_str()))
+                .filter(client_cert::Column::OrganId.eq(name.as_str()))
+                .filter(client_cert::Column::Role.eq(role.as_str()))
+                .exec(&txn)
+                .await?;
+            if r.rows_affected == 0 {
+                return Err(gone(format!(
+                    "the client key {spki} is no longer bound to {role} {name}"
+                )));
+            }
+        }
+        for (agent, principal) in grant {
             representation::Entity::insert(representation::ActiveModel {
                 agent: Set(agent),
                 principal: Set(principal),
@@ -788,54 +865,27 @@ impl Store {
             .exec_without_returning(&txn)
             .await?;
         }
+        for (agent, principal) in revoke {
+            let r = representation::Entity::delete_many()
+                .filter(representation::Column::Agent.eq(agent.as_str()))
+                .filter(representation::Column::Principal.eq(principal.as_str()))
+                .exec(&txn)
+                .await?;
+            if r.rows_affected == 0 {
+                return Err(gone(format!(
+                    "{agent} no longer sends in the name of {principal}"
+                )));
+            }
+        }
+        append_events(&txn, log, now).await?;
         txn.commit().await?;
         Ok(())
-    }
-
-    /// Binds a signing certificate's key to an agency (re-binding moves it).
-    pub async fn bind_signing_cert(&self, row: signing_cert::Model) -> Result<()> {
-        Ok(bind_cert(&self.db, row).await?)
     }
 
     pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<signing_cert::Model>> {
         Ok(signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
             .one(&self.db)
             .await?)
-    }
-
-    /// Binds a client (system) certificate's key to an agency or operator.
-    pub async fn bind_client_cert(&self, row: client_cert::Model) -> Result<()> {
-        Ok(bind_client(&self.db, row).await?)
-    }
-
-    /// Lets `agent` send in the name of `principal` (idempotent).
-    pub async fn grant_representation(&self, agent: &str, principal: &str) -> Result<()> {
-        representation::Entity::insert(representation::ActiveModel {
-            agent: Set(agent.to_owned()),
-            principal: Set(principal.to_owned()),
-            granted_at: Set(now_micros()),
-        })
-        .on_conflict(
-            OnConflict::columns([
-                representation::Column::Agent,
-                representation::Column::Principal,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
-    }
-
-    /// Ends a representation; whether there was one.
-    pub async fn revoke_representation(&self, agent: &str, principal: &str) -> Result<bool> {
-        let r = representation::Entity::delete_many()
-            .filter(representation::Column::Agent.eq(agent))
-            .filter(representation::Column::Principal.eq(principal))
-            .exec(&self.db)
-            .await?;
-        Ok(r.rows_affected > 0)
     }
 
     /// Whether `agent` may send in the name of `principal`.
@@ -857,6 +907,16 @@ impl Store {
     pub async fn signing_certs_of(&self, organ_id: &str) -> Result<Vec<signing_cert::Model>> {
         Ok(signing_cert::Entity::find()
             .filter(signing_cert::Column::OrganId.eq(organ_id))
+            .order_by_asc(signing_cert::Column::BoundAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The client certificates bound to an agency or an operator's name.
+    pub async fn client_certs_of(&self, name: &str) -> Result<Vec<client_cert::Model>> {
+        Ok(client_cert::Entity::find()
+            .filter(client_cert::Column::OrganId.eq(name))
+            .order_by_asc(client_cert::Column::BoundAt)
             .all(&self.db)
             .await?)
     }
@@ -1693,6 +1753,24 @@ impl Store {
                     .add(message::Column::DueAt.lte(now)),
             )
             .order_by_asc(message::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The transfer log's lines of one kind, newest first, at most `limit`;
+    /// only those about `sender` when given.
+    pub async fn events_of_kind(
+        &self,
+        kind: EventKind,
+        sender: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<event::Model>> {
+        let mut q = event::Entity::find().filter(event::Column::Kind.eq(kind.as_str()));
+        if let Some(s) = sender {
+            q = q.filter(event::Column::Sender.eq(s));
+        }
+        Ok(q.order_by_desc(event::Column::Id)
             .limit(limit)
             .all(&self.db)
             .await?)

@@ -375,6 +375,7 @@ fn kind_text(kind: &str, reason: &str) -> String {
         ),
         "rejected" => "Bị từ chối".to_owned(),
         "duplicate" => "Gửi lặp lại (trả lại biên nhận lần đầu)".to_owned(),
+        "directory_changed" => "Thay đổi danh bạ".to_owned(),
         other => other.to_owned(),
     }
 }

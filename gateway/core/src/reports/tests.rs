@@ -606,3 +606,47 @@ async fn sending_the_monthly_report_needs_a_bound_certificate() -> Result<()> {
     assert!(ReportSending::new(w.id(A), &[], key, chain).is_err());
     Ok(())
 }
+
+/// A directory change is a line of the transfer log (who, what, when),
+/// chained like any other, and no figure of a report moves for it.
+#[tokio::test]
+async fn directory_changes_are_logged_and_leave_the_figures_alone() -> Result<()> {
+    use crate::directory::{self, CertRef, ChangedBy};
+    use crate::store::EventKind;
+    let s = small().await?;
+    let store = s.world.gw.store();
+    let st = ReportSettings::default();
+    let as_of = now_micros();
+    let before = summary_in(store, around_today(), &Scope::All, &st, as_of).await?;
+
+    let by = ChangedBy::cli("clerk");
+    let b = s.world.id(B).to_owned();
+    assert!(directory::set_active(store, &b, false, &by).await?);
+    assert!(!directory::set_active(store, &b, false, &by).await?);
+    assert!(directory::set_active(store, &b, true, &by).await?);
+    let (_, chain) = s.world.signing(B)?;
+    let cert = CertRef::Certificate(chain[0].clone());
+    let unbound = directory::unbind_signing_cert(store, &b, &cert, &by).await?;
+    let again = directory::unbind_signing_cert(store, &b, &cert, &by).await;
+    assert_eq!(again.err().map(|e| e.reason()), Some(Reason::NotFound));
+
+    let after = summary_in(store, around_today(), &Scope::All, &st, as_of).await?;
+    assert_eq!(before.agencies, after.agencies);
+    assert_eq!(before.total, after.total);
+
+    let lines = store
+        .events_of_kind(EventKind::DirectoryChanged, Some(&b), 10)
+        .await?;
+    let details: Vec<&str> = lines.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(lines.len(), 3, "{details:?}");
+    assert!(details[0].contains(&unbound.spki_sha256), "{details:?}");
+    assert!(details[1].contains("activated again"), "{details:?}");
+    assert!(details[2].contains("deactivated"), "{details:?}");
+    for e in &lines {
+        assert_eq!(e.actor.as_deref(), Some("cli:clerk"));
+        assert_eq!((e.transport.as_str(), e.message_id.as_str()), ("cli", ""));
+    }
+    let v = store.verify_log().await?;
+    assert_eq!(v.first_broken, None, "{v:?}");
+    Ok(())
+}

@@ -110,7 +110,11 @@ impl World {
             });
         }
         gw.store()
-            .import_directory(rows, certs, Vec::new(), Vec::new())
+            .change_directory(lt::store::DirectoryChange {
+                agencies: rows,
+                bind_signing: certs,
+                ..Default::default()
+            })
             .await?;
         Ok(World {
             gw,
