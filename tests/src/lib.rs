@@ -332,6 +332,8 @@ pub struct GatewayOptions {
     pub extra_limits: String,
     /// More sections appended to the configuration (`[amqp]`, `[[routes]]`).
     pub extra_config: String,
+    /// More `key = value` lines for the `[trust]` section (`crls = [...]`).
+    pub extra_trust: String,
 }
 
 impl Default for GatewayOptions {
@@ -347,6 +349,7 @@ impl Default for GatewayOptions {
             pki: None,
             extra_limits: String::new(),
             extra_config: String::new(),
+            extra_trust: String::new(),
         }
     }
 }
@@ -545,6 +548,7 @@ path = {storage}
 
 [trust]
 anchors = [{anchors}]
+{extra_trust}
 
 {auth}
 [limits]
@@ -558,6 +562,7 @@ max_attachment_bytes = {matt}
             db = toml_str(&self.db_url),
             storage = toml_str(&self.storage_path.display().to_string()),
             extra_limits = opts.extra_limits,
+            extra_trust = opts.extra_trust,
             extra_config = opts.extra_config,
             menv = opts.max_envelope_bytes,
             matt = opts.max_attachment_bytes,

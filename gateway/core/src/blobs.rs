@@ -380,11 +380,29 @@ impl Sealer {
             if self.buf.len() == self.header.segment {
                 self.seal_segment(false, out).await?;
             }
-            let take = (self.header.segment - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
+            data = self.buffer(data);
         }
         Ok(())
+    }
+
+    /// [`Sealer::feed`] for a blocking writer.
+    fn feed_blocking<W: std::io::Write>(&mut self, mut data: &[u8], out: &mut W) -> Result<()> {
+        while !data.is_empty() {
+            if self.buf.len() == self.header.segment {
+                self.seal_in_place(false)?;
+                out.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+            data = self.buffer(data);
+        }
+        Ok(())
+    }
+
+    /// Moves what fits of `data` into the segment buffer; returns the rest.
+    fn buffer<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        let take = (self.header.segment - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        &data[take..]
     }
 
     /// Seals what is buffered as the last segment (empty for an empty blob).
@@ -392,7 +410,24 @@ impl Sealer {
         self.seal_segment(true, out).await
     }
 
+    /// [`Sealer::finish`] for a blocking writer.
+    fn finish_blocking<W: std::io::Write>(&mut self, out: &mut W) -> Result<()> {
+        self.seal_in_place(true)?;
+        out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
     async fn seal_segment<W: AsyncWrite + Unpin>(&mut self, last: bool, out: &mut W) -> Result<()> {
+        self.seal_in_place(last)?;
+        out.write_all(&self.buf).await?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Seals the buffered segment in place (it is then ciphertext and tag,
+    /// to be written and cleared) and moves to the next counter.
+    fn seal_in_place(&mut self, last: bool) -> Result<()> {
         let aad = self.header.aad(self.counter, last);
         self.key
             .seal_in_place_append_tag(
@@ -401,8 +436,6 @@ impl Sealer {
                 &mut self.buf,
             )
             .map_err(|_| crypto_error())?;
-        out.write_all(&self.buf).await?;
-        self.buf.clear();
         self.counter = self.counter.checked_add(1).ok_or_else(|| {
             Error::new(
                 Reason::SizeLimit,
@@ -525,9 +558,16 @@ impl BlobStore {
     /// run beside a serving gateway (`lienthong trace`) and must not remove
     /// the temporary files of uploads in progress.
     pub fn unopened(root: impl Into<PathBuf>) -> BlobStore {
+        BlobStore::unopened_with(root, None)
+    }
+
+    /// [`BlobStore::unopened`] with the storage keys: for tools beside a
+    /// serving gateway that write [scratch files](BlobStore::scratch_file),
+    /// which must be sealed like the gateway's.
+    pub fn unopened_with(root: impl Into<PathBuf>, keys: Option<EncryptionKeys>) -> BlobStore {
         BlobStore {
             root: root.into(),
-            keys: None,
+            keys,
         }
     }
 
@@ -1264,8 +1304,14 @@ impl BlobStore {
             ));
         };
         let file = std::fs::File::open(path)?;
+        self.random_access(file, blob.encrypted, blob.size)
+    }
+
+    /// Plaintext random access to `file`, which holds `size` bytes of
+    /// plaintext, sealed or not.
+    fn random_access(&self, file: std::fs::File, encrypted: bool, size: u64) -> Result<BlobSource> {
         let file_len = file.metadata()?.len();
-        let opener = if blob.encrypted {
+        let opener = if encrypted {
             use std::os::unix::fs::FileExt;
             let mut buf =
                 vec![0u8; MAX_HEADER.min(usize::try_from(file_len).unwrap_or(MAX_HEADER))];
@@ -1283,7 +1329,7 @@ impl BlobStore {
                     "a temporary attachment does not have the length it was written with",
                 ));
             };
-            if plain != blob.size {
+            if plain != size {
                 return Err(Error::new(
                     Reason::Unavailable,
                     "a temporary attachment does not have the length it was written with",
@@ -1300,10 +1346,113 @@ impl BlobStore {
         };
         Ok(BlobSource {
             file,
-            size: blob.size,
+            size,
             opener,
             cache: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A scratch file in the store's temporary area, for bytes written
+    /// once and then read back at any offset (a PDF unpacked from a ZIP
+    /// archive, a decoded edXML attachment): sealed with the current key
+    /// like a blob when the store is encrypted, so nothing lands on disk in
+    /// clear. It has no name: it is unlinked as soon as it is created, so
+    /// it goes when its handle is dropped — or when the process dies.
+    /// Blocking: use it from a blocking task.
+    pub fn scratch_file(&self) -> Result<ScratchWriter> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.scratch", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        std::fs::remove_file(&path)?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let sealer = match self.keys.as_ref().and_then(EncryptionKeys::current) {
+            Some(k) => {
+                let s = Sealer::new(k)?;
+                std::io::Write::write_all(&mut out, &s.header.bytes)?;
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(ScratchWriter {
+            store: self.clone(),
+            out,
+            sealer,
+            written: 0,
+        })
+    }
+}
+
+/// A scratch file being written ([`BlobStore::scratch_file`]).
+pub struct ScratchWriter {
+    store: BlobStore,
+    out: std::io::BufWriter<std::fs::File>,
+    sealer: Option<Sealer>,
+    written: u64,
+}
+
+impl std::fmt::Debug for ScratchWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchWriter")
+            .field("written", &self.written)
+            .field("encrypted", &self.sealer.is_some())
+            .finish()
+    }
+}
+
+impl ScratchWriter {
+    /// Plaintext bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Ends the writing; the plaintext for random-access reading. Not
+    /// fsynced: a scratch file does not outlive its process.
+    pub fn finish(mut self) -> Result<BlobSource> {
+        if let Some(s) = &mut self.sealer {
+            s.finish_blocking(&mut self.out)?;
+        }
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        self.store
+            .random_access(file, self.sealer.is_some(), self.written)
+    }
+}
+
+impl std::io::Write for ScratchWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match &mut self.sealer {
+            Some(s) => s
+                .feed_blocking(data, &mut self.out)
+                .map_err(|e| std::io::Error::other(e.message().to_owned()))?,
+            None => self.out.write_all(data)?,
+        }
+        self.written += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Bytes of an unfinished segment stay buffered until `finish`.
+        self.out.flush()
+    }
+}
+
+impl crate::pades::Scratch for BlobStore {
+    fn create(&self) -> std::io::Result<Box<dyn crate::pades::ScratchFile + '_>> {
+        self.scratch_file()
+            .map(|w| Box::new(w) as Box<dyn crate::pades::ScratchFile>)
+            .map_err(|e| std::io::Error::other(e.message().to_owned()))
+    }
+}
+
+impl crate::pades::ScratchFile for ScratchWriter {
+    fn into_source(self: Box<Self>) -> std::io::Result<Box<dyn crate::pades::pdf::Source>> {
+        self.finish()
+            .map(|s| Box::new(s) as Box<dyn crate::pades::pdf::Source>)
+            .map_err(|e| std::io::Error::other(e.message().to_owned()))
     }
 }
 
@@ -1585,6 +1734,61 @@ mod tests {
                 let n = src.read_at(off as u64, &mut buf)?;
                 let want = &data[off.min(data.len())..(off + len).min(data.len())];
                 assert_eq!(&buf[..n], want, "encrypted={encrypted} at {off}+{len}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A scratch file reads back what was written at any offset; under a
+    /// key its bytes on disk are sealed (no plaintext, the blob header);
+    /// it has no name in the store's temporary area.
+    #[tokio::test]
+    async fn scratch_files_are_sealed_nameless_and_read_at_any_offset() -> Result<()> {
+        use crate::pades::pdf::Source;
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let data: Vec<u8> = b"%PDF-1.7 lienthong scratch "
+            .iter()
+            .copied()
+            .cycle()
+            .take(2 * SEGMENT_BYTES + 77)
+            .collect();
+        for encrypted in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let store = if encrypted {
+                BlobStore::open_with(dir.path(), Some(keys(&key_line("k1", 1)))).await?
+            } else {
+                BlobStore::open(dir.path()).await?
+            };
+            let mut w = store.scratch_file()?;
+            for c in data.chunks(5_000) {
+                w.write_all(c)?;
+            }
+            let mut names = std::fs::read_dir(dir.path().join("tmp"))?;
+            assert!(names.next().is_none(), "a scratch file has no name");
+            let src = w.finish()?;
+            assert_eq!(src.len(), data.len() as u64);
+            for (off, len) in [
+                (0usize, 30usize),
+                (SEGMENT_BYTES - 3, 9),
+                (data.len() - 5, 20),
+            ] {
+                let mut buf = vec![0u8; len];
+                let n = src.read_at(off as u64, &mut buf)?;
+                assert_eq!(&buf[..n], &data[off..(off + len).min(data.len())]);
+            }
+            let raw_len = src.file.metadata()?.len();
+            let mut raw = vec![0u8; usize::try_from(raw_len).unwrap_or(0)];
+            src.file.read_exact_at(&mut raw, 0)?;
+            let clear = raw.windows(27).any(|w| w == &data[..27]);
+            if encrypted {
+                assert!(
+                    raw.starts_with(&MAGIC),
+                    "a sealed scratch file starts with the header"
+                );
+                assert!(!clear, "no plaintext on disk under a key");
+            } else {
+                assert_eq!(raw, data);
             }
         }
         Ok(())
