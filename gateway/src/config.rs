@@ -656,6 +656,20 @@ mod tests {
         let c = Config::load(Some(&f))?;
         assert_eq!(c.grpc.listen.port(), 6000);
         assert_eq!(c.limits.max_attachments, 3);
+        // The PDF check's bounds default to the core's; zero is not a bound.
+        let pdf = c.limits.pdf_limits();
+        assert_eq!(pdf, lienthong_core::pades::Limits::default());
+        std::fs::write(
+            &f,
+            "[limits]
+pdf_max_signatures = 0
+pdf_max_zip_ratio = 7
+pdf_checks_in_flight = 0
+",
+        )?;
+        let l = Config::load(Some(&f))?.limits.to_limits();
+        assert_eq!((l.pdf.max_signatures, l.pdf.max_zip_ratio), (1, 7));
+        assert_eq!(l.pdf_checks_in_flight, 1);
         std::fs::write(&f, "[grpc]\nlisen = \"127.0.0.1:6000\"\n")?;
         let err = Config::load(Some(&f))
             .err()
