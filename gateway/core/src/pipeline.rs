@@ -2669,7 +2669,8 @@ fn require_signed_pdf(refs: &[AttachmentRef], pdf: &[pb::PdfVerification]) -> Re
         "attachment {} ({})",
         main.attachment_index, main.attachment_name
     );
-    if !main.limit_reached.is_empty() {
+    // Not fully checked, and nothing checked failed: the limit is the why.
+    if main.verdict == "indeterminate" && !main.limit_reached.is_empty() {
         return Err(Error::new(
             Reason::DocumentSignatureInvalid,
             format!(
