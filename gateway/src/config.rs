@@ -350,6 +350,20 @@ pub struct LimitsSection {
     /// Submissions taken at once by the whole gateway; one more gets
     /// UNAVAILABLE ("send again in a moment") instead of queueing.
     pub max_submissions_in_flight: usize,
+    /// Signatures checked in one PDF; a PDF with more is reported as not
+    /// fully checked (indeterminate).
+    pub pdf_max_signatures: usize,
+    /// Bytes hashed for one PDF's signatures, as a multiple of its size.
+    pub pdf_max_hash_multiple: u64,
+    /// The largest PDF unpacked from a ZIP attachment to be checked.
+    pub pdf_max_unzipped_bytes: u64,
+    /// How many times larger than its ZIP archive a PDF may unpack to.
+    pub pdf_max_zip_ratio: u64,
+    /// PDF signature checks run at once (default: the number of CPU cores).
+    pub pdf_checks_in_flight: usize,
+    /// How long a submission waits for a PDF check's turn before it gets
+    /// UNAVAILABLE.
+    pub pdf_check_wait_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -366,6 +380,12 @@ impl Default for LimitsSection {
             max_streams_per_agency: 32,
             idle_stream_secs: 60,
             max_submissions_in_flight: l.max_submissions_in_flight,
+            pdf_max_signatures: l.pdf.max_signatures,
+            pdf_max_hash_multiple: l.pdf.max_hash_multiple,
+            pdf_max_unzipped_bytes: l.pdf.max_unzipped_bytes,
+            pdf_max_zip_ratio: l.pdf.max_zip_ratio,
+            pdf_checks_in_flight: l.pdf_checks_in_flight,
+            pdf_check_wait_secs: l.pdf_check_wait.as_secs(),
         }
     }
 }
@@ -387,6 +407,19 @@ impl LimitsSection {
             max_recipients: self.max_recipients,
             redelivery_after: Duration::from_secs(self.redelivery_after_secs.max(1)),
             max_submissions_in_flight: self.max_submissions_in_flight.max(1),
+            pdf: self.pdf_limits(),
+            pdf_checks_in_flight: self.pdf_checks_in_flight.max(1),
+            pdf_check_wait: Duration::from_secs(self.pdf_check_wait_secs.max(1)),
+        }
+    }
+
+    /// The bounds on one PDF's check (`lienthong pdf verify` uses them too).
+    pub fn pdf_limits(&self) -> lienthong_core::pades::Limits {
+        lienthong_core::pades::Limits {
+            max_signatures: self.pdf_max_signatures.max(1),
+            max_hash_multiple: self.pdf_max_hash_multiple.max(1),
+            max_unzipped_bytes: self.pdf_max_unzipped_bytes,
+            max_zip_ratio: self.pdf_max_zip_ratio.max(1),
         }
     }
 }
@@ -644,6 +677,20 @@ mod tests {
         let c = Config::load(Some(&f))?;
         assert_eq!(c.grpc.listen.port(), 6000);
         assert_eq!(c.limits.max_attachments, 3);
+        // The PDF check's bounds default to the core's; zero is not a bound.
+        let pdf = c.limits.pdf_limits();
+        assert_eq!(pdf, lienthong_core::pades::Limits::default());
+        std::fs::write(
+            &f,
+            "[limits]
+pdf_max_signatures = 0
+pdf_max_zip_ratio = 7
+pdf_checks_in_flight = 0
+",
+        )?;
+        let l = Config::load(Some(&f))?.limits.to_limits();
+        assert_eq!((l.pdf.max_signatures, l.pdf.max_zip_ratio), (1, 7));
+        assert_eq!(l.pdf_checks_in_flight, 1);
         std::fs::write(&f, "[grpc]\nlisen = \"127.0.0.1:6000\"\n")?;
         let err = Config::load(Some(&f))
             .err()

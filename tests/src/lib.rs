@@ -336,6 +336,8 @@ pub struct GatewayOptions {
     pub extra_storage: String,
     /// Environment variables of `serve` (e.g. `TMPDIR`).
     pub env: Vec<(String, String)>,
+    /// More `key = value` lines for the `[trust]` section (`crls = [...]`).
+    pub extra_trust: String,
 }
 
 impl Default for GatewayOptions {
@@ -353,6 +355,7 @@ impl Default for GatewayOptions {
             extra_config: String::new(),
             extra_storage: String::new(),
             env: Vec::new(),
+            extra_trust: String::new(),
         }
     }
 }
@@ -554,6 +557,7 @@ path = {storage}
 
 [trust]
 anchors = [{anchors}]
+{extra_trust}
 
 {auth}
 [limits]
@@ -567,6 +571,7 @@ max_attachment_bytes = {matt}
             db = toml_str(&self.db_url),
             storage = toml_str(&self.storage_path.display().to_string()),
             extra_limits = opts.extra_limits,
+            extra_trust = opts.extra_trust,
             extra_config = opts.extra_config,
             extra_storage = opts.extra_storage,
             menv = opts.max_envelope_bytes,

@@ -2499,6 +2499,135 @@ pub fn append_text_annotation(pdf: &[u8], note: &str) -> Vec<u8> {
     [pdf, &up.buf[..]].concat()
 }
 
+/// An incremental update adding `count` signature fields to a signed PDF,
+/// each pointing at a copy of its last signature (the same CMS) whose
+/// /ByteRange leaves out only bytes 16..32 of the new file and so covers
+/// nearly all of it: the shape of a PDF made to be costly to check, each
+/// signature asking for the whole file to be hashed again.
+pub fn append_overlapping_signatures(pdf: &[u8], count: usize) -> Vec<u8> {
+    const PLACEHOLDER: &str = "@@@@@@@@@@@@@@@@@@@@";
+    let (_, cms) = signature_contents(pdf).pop().expect("a signed PDF");
+    let p = parse(pdf).expect("parse");
+    let mut up = Update::new(pdf, &p);
+    let (_, catalog, _, _) = first_page(pdf, &p);
+    let acro_num = dict_get(&catalog, "AcroForm")
+        .and_then(Obj::as_ref_num)
+        .expect("a signed PDF has an indirect /AcroForm");
+    let mut acro = get_dict(pdf, &p, acro_num);
+    let mut fields = dict_get(&acro, "Fields")
+        .and_then(Obj::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for i in 0..count {
+        let sig = up.alloc();
+        let field = up.alloc();
+        up.raw(
+            sig,
+            format!(
+                "<< /Type /Sig /Filter /Adobe.PPKLite /SubFilter /ETSI.CAdES.detached \
+                 /ByteRange [0 16 32 {PLACEHOLDER}] /Contents <{}> >>",
+                hex::encode(&cms)
+            )
+            .as_bytes(),
+        );
+        up.obj(
+            field,
+            &Obj::Dict(dict([
+                ("FT", Obj::name("Sig")),
+                ("T", Obj::Str(format!("Extra{i}").into_bytes())),
+                ("V", Obj::Ref(sig, 0)),
+            ])),
+        );
+        fields.push(Obj::Ref(field, 0));
+    }
+    dict_set(&mut acro, "Fields", Obj::Array(fields));
+    up.obj(acro_num, &Obj::Dict(acro));
+    up.finish(&p);
+    let mut out = [pdf, &up.buf[..]].concat();
+    // Every second range runs from byte 32 to the end of the file, whose
+    // length is known only now; the placeholders keep their width.
+    let value = format!("{:>20}", out.len() - 32);
+    let mut at = pdf.len();
+    while let Some(i) = find_first(&out[at..], PLACEHOLDER.as_bytes()) {
+        out[at + i..at + i + PLACEHOLDER.len()].copy_from_slice(value.as_bytes());
+        at += i + PLACEHOLDER.len();
+    }
+    out
+}
+
+/// Writes a ZIP archive holding one file, `name`, whose bytes come from
+/// `content` (streamed: raw deflate through flate2, CRC-32 on the way),
+/// to `path`. `declared_size`, when given, is the uncompressed size the
+/// archive claims instead of the real one (what a ZIP bomb does to slip
+/// past a size check). Returns the archive's size.
+pub fn write_zip(
+    path: &Path,
+    name: &str,
+    content: &mut dyn io::Read,
+    declared_size: Option<u32>,
+) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let local = |crc: u32, csize: u32, usize_: u32| {
+        let mut h = Vec::new();
+        h.extend_from_slice(b"PK\x03\x04");
+        h.extend_from_slice(&20u16.to_le_bytes()); // version needed
+        h.extend_from_slice(&0u16.to_le_bytes()); // flags
+        h.extend_from_slice(&8u16.to_le_bytes()); // deflate
+        h.extend_from_slice(&0u32.to_le_bytes()); // time, date
+        h.extend_from_slice(&crc.to_le_bytes());
+        h.extend_from_slice(&csize.to_le_bytes());
+        h.extend_from_slice(&usize_.to_le_bytes());
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes()); // extra
+        h.extend_from_slice(name.as_bytes());
+        h
+    };
+    f.write_all(&local(0, 0, 0))?;
+    let data_start = f.stream_position()?;
+    let mut crc = flate2::Crc::new();
+    let mut enc = flate2::write::DeflateEncoder::new(f, flate2::Compression::fast());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = content.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        enc.write_all(&buf[..n])?;
+    }
+    let mut f = enc.finish()?;
+    let cd_start = f.stream_position()?;
+    let csize = u32::try_from(cd_start - data_start).expect("a ZIP under 4 GiB");
+    let real = crc.amount();
+    let usize_ = declared_size.unwrap_or(real);
+    let mut cd = Vec::new();
+    cd.extend_from_slice(b"PK\x01\x02");
+    cd.extend_from_slice(&20u16.to_le_bytes()); // version made by
+    cd.extend_from_slice(&local(crc.sum(), csize, usize_)[4..30]);
+    cd.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    cd.extend_from_slice(&0u16.to_le_bytes()); // disk
+    cd.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+    cd.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+    cd.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+    cd.extend_from_slice(name.as_bytes());
+    let mut end = Vec::new();
+    end.extend_from_slice(b"PK\x05\x06");
+    end.extend_from_slice(&[0, 0, 0, 0]); // disks
+    end.extend_from_slice(&1u16.to_le_bytes());
+    end.extend_from_slice(&1u16.to_le_bytes());
+    end.extend_from_slice(&(cd.len() as u32).to_le_bytes());
+    end.extend_from_slice(&(cd_start as u32).to_le_bytes());
+    end.extend_from_slice(&0u16.to_le_bytes());
+    f.write_all(&cd)?;
+    f.write_all(&end)?;
+    let total = f.stream_position()?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&local(crc.sum(), csize, usize_))?;
+    f.flush()?;
+    Ok(total)
+}
+
 /// The ByteRanges of every signature dictionary, in file order.
 pub fn byte_ranges(pdf: &[u8]) -> Vec<[u64; 4]> {
     let mut out = Vec::new();

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lienthong_e2e::*;
-use tonic::Code;
+use tonic::{Code, Status};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -105,6 +105,24 @@ async fn signed_pdf_verification_reaches_the_recipient() {
         assert_eq!(org.field, "OrgSeal");
         assert_eq!(org.algorithm, "ECDSA-P256-SHA256");
         assert!(person.digest_ok && person.signature_ok && person.chain_ok);
+        // No timestamp: the time written in the signature reaches the clerk
+        // as the signer's claim, and the certificate was judged when the
+        // gateway received the document.
+        assert_eq!(person.signing_time, None, "{person:#?}");
+        assert_eq!(
+            person.claimed_signing_time.as_ref().map(|t| t.seconds),
+            Some(1_772_413_200),
+            "pyHanko's signer claims 2026-03-02T01:00:00Z: {person:#?}"
+        );
+        let judged = person.judged_at.as_ref().map(|t| t.seconds).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            (now - 300..=now).contains(&judged),
+            "judged at the receipt ({judged}), not at the claim: {person:#?}"
+        );
         assert_eq!(
             person.trusted_anchor,
             "C=VN, O=Lienthong Test PKI, CN=Lienthong pyHanko Test Root"
@@ -262,10 +280,169 @@ async fn require_refuses_unsigned_and_altered_documents() {
     .await;
 }
 
+/// `err`, the answer to `draft`, is `require`'s refusal:
+/// DOCUMENT_SIGNATURE_INVALID and a sentence holding each of `words`; the
+/// transfer log has its `rejected` line, and nothing of it (no attachment,
+/// no scratch file) is kept.
+async fn refused_and_nothing_kept(gw: &TestGateway, draft: &Draft, err: Status, words: &[&str]) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        reason_of(&err).as_deref(),
+        Some("DOCUMENT_SIGNATURE_INVALID"),
+        "{err:?}"
+    );
+    for w in words {
+        assert!(
+            err.message().contains(w),
+            "the sentence says {w:?}: {}",
+            err.message()
+        );
+    }
+    let events = gw.trace_json(&draft.envelope.message_id, Some(A)).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "rejected" && e["reason"] == "DOCUMENT_SIGNATURE_INVALID"),
+        "a `rejected` line in the transfer log: {events:?}"
+    );
+    assert!(
+        events.iter().all(|e| e["kind"] == "rejected"),
+        "nothing but the refusal is kept: {events:?}"
+    );
+    let (blobs, tmp) = gw.storage_files();
+    assert!(
+        blobs.is_empty() && tmp.is_empty(),
+        "no attachment kept, no scratch file left: {blobs:?} {tmp:?}"
+    );
+}
+
 /// The gateway's metrics text (the harness's gateways serve HTTP).
 async fn http_metrics(gw: &TestGateway) -> String {
     let addr = gw.http_addr.expect("the test gateway serves HTTP");
     let (status, body) = lienthong_e2e::amqp::http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "GET /metrics: {body}");
     body
+}
+
+/// A key revoked before the gateway received the document signs it and
+/// backdates the signature to before its revocation: the claim proves
+/// nothing, so under `require` the document is refused (the sentence says
+/// why), logged, and nothing of it is kept. The same key's signature with a
+/// trusted timestamp from before the revocation is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_refuses_a_revoked_key_backdating_its_signature() {
+    use lienthong_e2e::pdf::{self, SignOptions, TimestampOptions};
+    let trust = tempfile::tempdir().expect("temp dir");
+    let pki = pdf::test_pki();
+    let anchor = pki.write_anchor(trust.path());
+    let crl = pki.write_crl(trust.path());
+    let opts = GatewayOptions {
+        extra_anchors: vec![anchor],
+        extra_trust: format!("crls = [{:?}]\n", crl.display().to_string()),
+        extra_config: "[signatures]\npdf = \"require\"\n".to_owned(),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("pdf_pipeline_backdated", opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(120),
+        "the backdated-signature scenario",
+        async {
+            let a = gw.agency(A);
+            let b = gw.agency(B);
+            // Revoked 2026-06-01 on the CRL; signed now, claiming 2026-03-01.
+            let mut sign = SignOptions::new(&pki.revoked_later);
+            sign.signing_time = time::macros::datetime!(2026-03-01 08:00:00 UTC);
+            let backdated = pdf::sign(&pdf::minimal_pdf("Quyet dinh so 15/QD-SNV"), &sign);
+            let att = AttachmentSpec::bytes("quyet-dinh.pdf", "application/pdf", backdated);
+            let draft = a.draft_document(&[B], "Quyết định ký lùi ngày", &[att]);
+            let err = a
+                .send_draft(&draft)
+                .await
+                .expect_err("a backdated signature of a revoked key is refused under require");
+            refused_and_nothing_kept(
+                &gw,
+                &draft,
+                err,
+                &["revoked on 2026-06-01", "timestamp", "signatures.pdf"],
+            )
+            .await;
+            assert!(b.receive_all(10).await.unwrap().is_empty(), "B got nothing");
+
+            // Timestamped before the revocation: proved, accepted.
+            let mut sign = SignOptions::new(&pki.revoked_later);
+            sign.timestamp = Some(TimestampOptions {
+                tsa: &pki.tsa,
+                gen_time: time::macros::datetime!(2026-03-01 08:05:00 UTC),
+            });
+            let proved = pdf::sign(&pdf::minimal_pdf("Quyet dinh so 16/QD-SNV"), &sign);
+            let att = AttachmentSpec::bytes("quyet-dinh.pdf", "application/pdf", proved);
+            a.send_document(&[B], "Quyết định có dấu thời gian", &[att])
+                .await
+                .expect("a signature timestamped before the revocation is accepted");
+            let got = b.receive_all(10).await.unwrap();
+            assert_eq!(got.len(), 1);
+            let v = &got[0].verification.as_ref().unwrap().pdf[0];
+            assert_eq!(v.verdict, "valid", "{v:#?}");
+            let s = &v.signatures[0];
+            assert!(s.timestamped, "{s:#?}");
+            assert_eq!(s.revocation, "not_revoked", "{s:#?}");
+            let gen_time = 1_772_352_300; // 2026-03-01T08:05:00Z
+            assert_eq!(s.signing_time.as_ref().map(|t| t.seconds), Some(gen_time));
+            assert_eq!(s.judged_at.as_ref().map(|t| t.seconds), Some(gen_time));
+            assert_eq!(
+                s.claimed_signing_time.as_ref().map(|t| t.seconds),
+                Some(gen_time - 300)
+            );
+        },
+    )
+    .await;
+}
+
+/// A ZIP bomb (64 MiB of zeros in some 64 KiB) as the document's PDF
+/// under `require`: refused with a sentence naming the limit, logged,
+/// nothing kept, and the gateway's memory does not grow with what the
+/// archive expands to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_refuses_a_zip_bomb_without_memory_growth() {
+    let Some(gw) = TestGateway::start_with("pdf_pipeline_zip_bomb", options(true)).await else {
+        return;
+    };
+    within(Duration::from_secs(120), "the ZIP bomb scenario", async {
+        let a = gw.agency(A);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let zip = dir.path().join("quyet-dinh.zip");
+        let mut zeros = std::io::Read::take(std::io::repeat(0), 64 << 20);
+        let size = lienthong_e2e::pdf::write_zip(&zip, "quyet-dinh.pdf", &mut zeros, None)
+            .expect("write the ZIP bomb");
+        let before = gw.peak_rss_kib();
+        let att = AttachmentSpec::file(&zip, "application/pdf");
+        let draft = a.draft_document(&[B], "Quyết định nén", &[att]);
+        let err = a
+            .send_draft(&draft)
+            .await
+            .expect_err("a ZIP bomb is not a validly signed PDF");
+        let after = gw.peak_rss_kib();
+        notice(&format!(
+            "a {size}-byte ZIP bomb: the gateway's peak RSS went from {before} to {after} KiB"
+        ));
+        assert!(
+            after.saturating_sub(before) < 32 * 1024,
+            "the gateway's peak RSS grew from {before} to {after} KiB checking a ZIP bomb: \
+             it must not unpack into memory"
+        );
+        refused_and_nothing_kept(
+            &gw,
+            &draft,
+            err,
+            &[
+                "could not be fully checked",
+                "pdf_max_zip_ratio",
+                "signatures.pdf",
+            ],
+        )
+        .await;
+    })
+    .await;
 }

@@ -74,12 +74,15 @@ fn every_pyhanko_file_gets_the_expected_verdict_and_fields() {
                 g["trusted_anchor"], "C=VN, O=Lienthong Test PKI, CN=Lienthong pyHanko Test Root",
                 "{ctx}"
             );
-            let when = if w["timestamped"] == true {
-                &w["timestamp_time"]
+            // Only a verified timestamp proves when a signature was made;
+            // the time the signer wrote is reported as its claim.
+            if w["timestamped"] == true {
+                assert_eq!(g["signing_time"], w["timestamp_time"], "{ctx}");
+                assert_eq!(g["judged_at"], w["timestamp_time"], "{ctx}");
             } else {
-                &w["signing_time"]
-            };
-            assert_eq!(&g["signing_time"], when, "{ctx}");
+                assert_eq!(g["signing_time"], Value::Null, "{ctx}");
+                assert_eq!(g["claimed_signing_time"], w["signing_time"], "{ctx}");
+            }
             if w["verdict"] == "invalid" {
                 want_verdict = "invalid";
             }

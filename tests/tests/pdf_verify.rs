@@ -105,22 +105,30 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// `lienthong pdf verify PDF --anchors A... --crl C...` with a clean
-/// environment, polling its peak RSS while it runs.
+/// `lienthong pdf verify PDF --anchors A... --crl C...`.
 fn run_verify(pdf: &Path, anchors: &[&Path], crls: &[&Path], limit: Duration) -> Run {
+    let mut extra = Vec::new();
+    for a in anchors {
+        extra.push("--anchors".to_string());
+        extra.push(a.display().to_string());
+    }
+    for c in crls {
+        extra.push("--crl".to_string());
+        extra.push(c.display().to_string());
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    run_verify_full(pdf, &extra, limit)
+}
+
+/// `lienthong pdf verify PDF EXTRA...` with a clean environment, polling its
+/// peak RSS while it runs.
+fn run_verify_full(pdf: &Path, extra: &[&str], limit: Duration) -> Run {
     let mut args = vec![
         "pdf".to_string(),
         "verify".to_string(),
         pdf.display().to_string(),
     ];
-    for a in anchors {
-        args.push("--anchors".into());
-        args.push(a.display().to_string());
-    }
-    for c in crls {
-        args.push("--crl".into());
-        args.push(c.display().to_string());
-    }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut cmd = Command::new(bin_path());
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("LIENTHONG_") {
@@ -176,6 +184,11 @@ fn run_verify(pdf: &Path, anchors: &[&Path], crls: &[&Path], limit: Duration) ->
 }
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+/// `lienthong pdf verify PDF ARGS...`.
+fn run_verify_args(pdf: &Path, args: &[&str]) -> Run {
+    run_verify_full(pdf, args, LIMIT)
+}
 
 /// A test's temp dir, with the trusted root and the CRL written in it.
 struct Case {
@@ -235,7 +248,21 @@ fn check_shape(v: &Value, run: &Run) {
         .get("revisions")
         .and_then(Value::as_u64)
         .unwrap_or_else(|| panic!("`revisions` is not a positive integer:\n{}", ctx()));
-    assert!(revisions >= 1, "`revisions` is 0:\n{}", ctx());
+    let limit_reached = obj
+        .get("limit_reached")
+        .filter(|x| x.is_null() || x.as_str().is_some_and(is_sentence))
+        .unwrap_or_else(|| panic!("`limit_reached` is neither null nor a sentence:\n{}", ctx()));
+    assert!(
+        obj.get("bytes_hashed").is_some_and(Value::is_u64),
+        "`bytes_hashed` is not an integer:\n{}",
+        ctx()
+    );
+    // A PDF the limits kept from being opened has no revisions to count.
+    assert!(
+        revisions >= 1 || !limit_reached.is_null(),
+        "`revisions` is 0:\n{}",
+        ctx()
+    );
     let verdict = obj
         .get("verdict")
         .and_then(Value::as_str)
@@ -274,7 +301,7 @@ fn check_shape(v: &Value, run: &Run) {
             "field",
             "signer_subject",
             "signer_organization",
-            "signing_time",
+            "judged_at",
             "algorithm",
             "changes_after",
         ] {
@@ -327,12 +354,28 @@ fn check_shape(v: &Value, run: &Run) {
             "changes_after {changes:?} is not one of {CHANGES:?}:\n{}",
             ctx()
         );
-        let t = s["signing_time"].as_str().unwrap();
-        assert!(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .is_ok_and(|t| t.offset().is_utc())
-                && t.ends_with('Z'),
-            "signing_time {t:?} is not RFC 3339 UTC:\n{}",
+        for k in ["signing_time", "claimed_signing_time", "judged_at"] {
+            let Some(t) = s[k].as_str() else {
+                assert!(
+                    s.get(k).is_some_and(Value::is_null) && k != "judged_at",
+                    "signature `{k}` is neither a time nor null:\n{}",
+                    ctx()
+                );
+                continue;
+            };
+            assert!(
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .is_ok_and(|t| t.offset().is_utc())
+                    && t.ends_with('Z'),
+                "{k} {t:?} is not RFC 3339 UTC:\n{}",
+                ctx()
+            );
+        }
+        // Only a verified timestamp proves a signing time.
+        assert_eq!(
+            s["signing_time"].is_string(),
+            s["timestamped"] == true,
+            "`signing_time` is set exactly when `timestamped`:\n{}",
             ctx()
         );
     }
@@ -417,10 +460,12 @@ fn assert_valid_single(report: &Value, signer: &Identity, algorithm: &str) {
     );
     assert_good_signature(report, "Signature1", signer, algorithm);
     assert_sig(report, "Signature1", "timestamped", json!(false));
+    // No timestamp: the time written in the signature is only claimed.
+    assert_sig(report, "Signature1", "signing_time", Value::Null);
     assert_sig(
         report,
         "Signature1",
-        "signing_time",
+        "claimed_signing_time",
         json!(pdf::rfc3339(pdf::default_signing_time())),
     );
     // Revision 1 is the unsigned document; the signature's own update,
@@ -463,7 +508,7 @@ fn an_rsa_signature_is_valid() {
     assert_sig(
         &report,
         "Signature1",
-        "signing_time",
+        "claimed_signing_time",
         json!("2026-03-01T08:00:00Z"),
     );
     // No CRL of the issuer given: revocation is unknown.
@@ -530,7 +575,7 @@ fn signer_and_organisation_sign_in_two_revisions() {
     assert_sig(
         &report,
         "Signature1",
-        "signing_time",
+        "claimed_signing_time",
         json!("2026-03-01T08:00:00Z"),
     );
     assert_good_signature(&report, "Signature2", &pki.organisation, "RSA-SHA256");
@@ -539,7 +584,7 @@ fn signer_and_organisation_sign_in_two_revisions() {
     assert_sig(
         &report,
         "Signature2",
-        "signing_time",
+        "claimed_signing_time",
         json!("2026-03-01T09:30:00Z"),
     );
     assert_sig(
@@ -570,6 +615,20 @@ fn a_timestamped_signature_takes_its_time_from_the_token() {
         &report,
         "Signature1",
         "signing_time",
+        json!("2026-03-01T08:05:00Z"),
+    );
+    // The claim is still reported, as a claim; the chain was judged at the
+    // proved time.
+    assert_sig(
+        &report,
+        "Signature1",
+        "claimed_signing_time",
+        json!("2026-03-01T08:00:00Z"),
+    );
+    assert_sig(
+        &report,
+        "Signature1",
+        "judged_at",
         json!("2026-03-01T08:05:00Z"),
     );
 }
@@ -728,18 +787,90 @@ fn a_revoked_signer_is_invalid_with_the_crl_and_unknown_without() {
     assert_top(&report, "verdict", json!("valid"));
 }
 
+/// A key revoked before the document reached the verifier signs it and
+/// writes an earlier date, before its revocation, into the signature: the
+/// claim proves nothing, so the signature cannot be relied on.
 #[test]
-fn a_signer_revoked_after_signing_is_not_revoked_at_signing() {
-    let case = Case::new("revoked-later");
+fn a_revoked_key_backdating_its_signature_is_not_valid() {
+    let case = Case::new("backdated");
     let pki = pdf::test_pki();
-    // Revoked 2026-06-01; signed 2026-03-01.
-    let file = case.write(
-        "later.pdf",
-        &signed_once(&SignOptions::new(&pki.revoked_later)),
-    );
+    // Revoked 2026-06-01 (on the CRL); signed now, claiming 2026-03-01.
+    let mut opts = SignOptions::new(&pki.revoked_later);
+    opts.signing_time = datetime!(2026-03-01 08:00:00 UTC);
+    let file = case.write("backdated.pdf", &signed_once(&opts));
     let report = case.verify_with_crl(&file).report();
-    assert_sig(&report, "Signature1", "revoked", json!(false));
+    assert_top(&report, "verdict", json!("indeterminate"));
+    assert_sig(&report, "Signature1", "revoked", json!(true));
+    assert_sig(&report, "Signature1", "timestamped", json!(false));
+    assert_sig(&report, "Signature1", "signing_time", Value::Null);
+    assert_sig(
+        &report,
+        "Signature1",
+        "claimed_signing_time",
+        json!("2026-03-01T08:00:00Z"),
+    );
+    // Judged now, after the revocation.
+    let judged = sig(&report, "Signature1")["judged_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        judged.as_str() > pdf::rfc3339(pdf::revoked_later_at()).as_str(),
+        "judged at {judged}, not at the claimed time:\n{report:#}"
+    );
+    // The signature itself is intact: the doubt is only about when.
+    assert_sig(&report, "Signature1", "digest_ok", json!(true));
+    assert_sig(&report, "Signature1", "signature_ok", json!(true));
+    let first = report["reasons"][0].as_str().unwrap();
+    assert!(
+        first.contains("revoked on 2026-06-01") && first.contains("timestamp"),
+        "the first reason says it was revoked and nothing proves it signed before: {report:#}"
+    );
+
+    // Asked about a moment before the revocation (`--at`), it was valid then.
+    let run = run_verify_args(
+        &file,
+        &[
+            "--anchors",
+            case.anchor.to_str().unwrap(),
+            "--crl",
+            case.crl.to_str().unwrap(),
+            "--at",
+            "2026-05-01T00:00:00Z",
+        ],
+    );
+    let report = run.report();
     assert_top(&report, "verdict", json!("valid"));
+    assert_sig(&report, "Signature1", "revoked", json!(false));
+    assert_sig(
+        &report,
+        "Signature1",
+        "judged_at",
+        json!("2026-05-01T00:00:00Z"),
+    );
+}
+
+/// A trusted timestamp proves the signature older than the revocation.
+#[test]
+fn a_signature_timestamped_before_its_revocation_is_valid() {
+    let case = Case::new("timestamped-before-revocation");
+    let pki = pdf::test_pki();
+    let mut opts = SignOptions::new(&pki.revoked_later);
+    opts.timestamp = Some(TimestampOptions {
+        tsa: &pki.tsa,
+        gen_time: datetime!(2026-03-01 08:05:00 UTC),
+    });
+    let file = case.write("ts-before.pdf", &signed_once(&opts));
+    let report = case.verify_with_crl(&file).report();
+    assert_top(&report, "verdict", json!("valid"));
+    assert_sig(&report, "Signature1", "revoked", json!(false));
+    assert_sig(&report, "Signature1", "timestamped", json!(true));
+    assert_sig(
+        &report,
+        "Signature1",
+        "judged_at",
+        json!("2026-03-01T08:05:00Z"),
+    );
 }
 
 #[test]
@@ -989,5 +1120,190 @@ fn a_200_mb_signed_pdf_is_verified_in_bounded_memory() {
         peak < RSS_LIMIT_KIB,
         "`pdf verify` of a {size}-byte PDF peaked at {peak} KiB (VmHWM); the limit is \
          {RSS_LIMIT_KIB} KiB: it must stream the file"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bounded work per PDF
+// ---------------------------------------------------------------------------
+
+/// A configuration for `pdf verify --config` with these `[limits]` lines.
+fn limits_config(case: &Case, lines: &str) -> PathBuf {
+    case.write("lienthong.toml", format!("[limits]\n{lines}\n").as_bytes())
+}
+
+/// A PDF declaring a thousand signatures, each over (nearly) the whole
+/// file, is checked up to the signature limit and within the hashing
+/// budget (four times its size), and says it was not fully checked. (Its
+/// added signatures' byte ranges do not match their /Contents: the ones
+/// checked are invalid, and the verdict with them.)
+#[test]
+fn many_signatures_over_the_whole_file_are_cut_off_at_the_limits() {
+    let case = Case::new("many-signatures");
+    let pki = pdf::test_pki();
+    let signed = signed_once(&SignOptions::new(&pki.ec_signer));
+    let costly = pdf::append_overlapping_signatures(&signed, 1000);
+    let size = costly.len() as u64;
+    let file = case.write("costly.pdf", &costly);
+    let anchor = case.anchor.display().to_string();
+
+    // The default limits: 20 signatures.
+    let report = run_verify_args(&file, &["--anchors", &anchor]).report();
+    assert_top(&report, "verdict", json!("invalid"));
+    assert_eq!(
+        report["signatures"].as_array().unwrap().len(),
+        20,
+        "{report:#}"
+    );
+    let why = report["limit_reached"].as_str().unwrap_or_default();
+    assert!(why.contains("pdf_max_signatures"), "{report:#}");
+    assert!(
+        report["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == why),
+        "the limit is among the reasons: {report:#}"
+    );
+    let hashed = report["bytes_hashed"].as_u64().unwrap();
+    assert!(
+        hashed <= 4 * size,
+        "{hashed} bytes hashed for a {size}-byte file: more than 4 times its size"
+    );
+
+    // Signatures allowed, the hashing budget stops it.
+    let config = limits_config(&case, "pdf_max_signatures = 5000");
+    let config = config.display().to_string();
+    let report = run_verify_args(&file, &["--anchors", &anchor, "--config", &config]).report();
+    assert_top(&report, "verdict", json!("invalid"));
+    let why = report["limit_reached"].as_str().unwrap_or_default();
+    assert!(why.contains("pdf_max_hash_multiple"), "{report:#}");
+    let hashed = report["bytes_hashed"].as_u64().unwrap();
+    assert!(
+        hashed <= 4 * size,
+        "{hashed} bytes hashed for a {size}-byte file: more than 4 times its size"
+    );
+    notice(&format!(
+        "1001 signatures over a {size}-byte file: cut off after {hashed} bytes hashed"
+    ));
+}
+
+/// The signatures of a signed document share the bytes before their
+/// /Contents: two signatures cost less than one reading of the file.
+#[test]
+fn the_signatures_of_a_signed_document_are_hashed_in_about_one_reading() {
+    let case = Case::new("shared-hashing");
+    let pki = pdf::test_pki();
+    let one = signed_once(&SignOptions::new(&pki.rsa_signer));
+    let mut org = SignOptions::new(&pki.organisation);
+    org.field_name = "Signature2".into();
+    let two = pdf::sign(&one, &org);
+    let file = case.write("two.pdf", &two);
+    let report = case.verify(&file).report();
+    assert_top(&report, "verdict", json!("valid"));
+    assert_top(&report, "limit_reached", Value::Null);
+    let hashed = report["bytes_hashed"].as_u64().unwrap();
+    assert!(
+        hashed > 0 && hashed <= two.len() as u64,
+        "{hashed} bytes hashed for a {}-byte file with two signatures",
+        two.len()
+    );
+}
+
+const BOMB_RSS_LIMIT_KIB: u64 = 40 * 1024;
+
+/// A ZIP archive expanding to 64 MiB of zeros (a thousand times its size)
+/// is unpacked no further than the limits allow (100 times the archive)
+/// and never into memory; the report says it was not checked. One that
+/// lies about its size is refused as damaged.
+#[test]
+fn a_zip_bomb_is_not_unpacked_past_the_limits() {
+    let case = Case::new("zip-bomb");
+    let zip = case.dir.path().join("bomb.zip");
+    let mut zeros = std::io::repeat(0).take(64 << 20);
+    let zip_size = pdf::write_zip(&zip, "quyet-dinh.pdf", &mut zeros, None).unwrap();
+    let run = case.verify(&zip);
+    let report = run.report();
+    assert_top(&report, "verdict", json!("indeterminate"));
+    assert_top(&report, "zip_entry", json!("quyet-dinh.pdf"));
+    let why = report["limit_reached"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("pdf_max_zip_ratio") && why.contains("unzipped"),
+        "{report:#}"
+    );
+    let peak = run.polled_peak_kib;
+    notice(&format!(
+        "a {zip_size}-byte ZIP of 64 MiB: `pdf verify` peaked at {peak} KiB"
+    ));
+    assert!(
+        peak > 0 && peak < BOMB_RSS_LIMIT_KIB,
+        "`pdf verify` of a ZIP bomb peaked at {peak} KiB (VmHWM); the limit is \
+         {BOMB_RSS_LIMIT_KIB} KiB: it must not unpack into memory"
+    );
+    // The scratch file went with the process.
+    let tmp = case.dir.path().join("data/blobs/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch files left behind: {left:?}");
+
+    // Its directory claiming 1 MiB: the decompressor stops there.
+    let liar = case.dir.path().join("liar.zip");
+    let mut zeros = std::io::repeat(0).take(64 << 20);
+    pdf::write_zip(&liar, "quyet-dinh.pdf", &mut zeros, Some(1 << 20)).unwrap();
+    let run = case.verify(&liar);
+    let err = run.refused();
+    assert!(
+        mentions_any(&err, &["declared", "unpacked", "zip"]),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.polled_peak_kib < BOMB_RSS_LIMIT_KIB,
+        "{} KiB",
+        run.polled_peak_kib
+    );
+}
+
+/// A signed PDF of 100 MiB, zipped, is unpacked to the store's temporary
+/// area (not into memory) and checked in bounded memory. (The toolkit's
+/// filler lines compress 120 times, far more than a real PDF's compressed
+/// streams: the ZIP ratio limit is raised for it.)
+#[test]
+fn a_large_zipped_pdf_is_checked_in_bounded_memory() {
+    let case = Case::new("large-zip");
+    let pki = pdf::test_pki();
+    let dir = case.dir.path();
+    let file = dir.join("large.pdf");
+    let size = pdf::write_large_pdf(&file, 100 << 20, "Bao cao tong hop").unwrap();
+    pdf::sign_file_in_place(&file, &SignOptions::new(&pki.ec_signer)).unwrap();
+    let zip = dir.join("large.zip");
+    let mut pdf_file = std::fs::File::open(&file).unwrap();
+    pdf::write_zip(&zip, "bao-cao.pdf", &mut pdf_file, None).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    let config = limits_config(&case, "pdf_max_zip_ratio = 1000");
+    let run = run_verify_full(
+        &zip,
+        &[
+            "--anchors",
+            case.anchor.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        Duration::from_secs(600),
+    );
+    let report = run.report();
+    assert_top(&report, "verdict", json!("valid"));
+    assert_top(&report, "zip_entry", json!("bao-cao.pdf"));
+    assert_good_signature(&report, "Signature1", &pki.ec_signer, "ECDSA-P256-SHA256");
+    let peak = run.polled_peak_kib;
+    notice(&format!(
+        "a zipped {size}-byte PDF: `pdf verify` peaked at {peak} KiB"
+    ));
+    assert!(
+        peak > 0 && peak < RSS_LIMIT_KIB,
+        "`pdf verify` of a zipped {size}-byte PDF peaked at {peak} KiB (VmHWM); the limit \
+         is {RSS_LIMIT_KIB} KiB: it must unpack to disk"
     );
 }

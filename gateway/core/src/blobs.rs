@@ -567,9 +567,16 @@ impl BlobStore {
     /// run beside a serving gateway (`lienthong trace`) and must not remove
     /// the temporary files of uploads in progress.
     pub fn unopened(root: impl Into<PathBuf>) -> BlobStore {
+        BlobStore::unopened_with(root, None)
+    }
+
+    /// [`BlobStore::unopened`] with the storage keys: for tools beside a
+    /// serving gateway that write [temporary files](BlobStore::temp_file),
+    /// which must be sealed like the gateway's.
+    pub fn unopened_with(root: impl Into<PathBuf>, keys: Option<EncryptionKeys>) -> BlobStore {
         BlobStore {
             root: root.into(),
-            keys: None,
+            keys,
         }
     }
 
@@ -1294,6 +1301,10 @@ impl BlobStore {
     /// back with [`BlobStore::source_of`] once [`TempWriter::finish`]ed.
     pub fn temp_file(&self) -> Result<TempWriter> {
         let path = self.temp_path();
+        if let Some(dir) = path.parent() {
+            // An unopened store (a tool beside the gateway) may not have it yet.
+            std::fs::create_dir_all(dir)?;
+        }
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -1337,6 +1348,46 @@ impl std::io::Write for TempWriter {
         // Sealed segments are written whole; a partial one stays buffered
         // until it is full or `finish`ed.
         self.file.flush()
+    }
+}
+
+/// A PDF unpacked from a ZIP archive goes to a temporary file of the store,
+/// never to memory.
+impl crate::pades::Scratch for BlobStore {
+    fn create(&self) -> std::io::Result<Box<dyn crate::pades::ScratchFile + '_>> {
+        self.temp_file()
+            .map(|w| Box::new(ScratchTemp { store: self, w }) as Box<dyn crate::pades::ScratchFile>)
+            .map_err(|e| std::io::Error::other(e.message().to_owned()))
+    }
+}
+
+struct ScratchTemp<'a> {
+    store: &'a BlobStore,
+    w: TempWriter,
+}
+
+impl std::io::Write for ScratchTemp<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.w.write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl crate::pades::ScratchFile for ScratchTemp<'_> {
+    fn into_source(self: Box<Self>) -> std::io::Result<Box<dyn crate::pades::pdf::Source>> {
+        let me = *self;
+        let sealed =
+            me.w.finish()
+                .map_err(|e| std::io::Error::other(e.message().to_owned()))?;
+        // Opened before the guard goes: the name is removed with `sealed`,
+        // the open file stays readable until the source is dropped.
+        me.store
+            .source_of(&sealed)
+            .map(|s| Box::new(s) as Box<dyn crate::pades::pdf::Source>)
+            .map_err(|e| std::io::Error::other(e.message().to_owned()))
     }
 }
 

@@ -80,6 +80,8 @@ struct Metrics {
     published: Family<ResultLabel, Counter>,
     dead_lettered: Family<ReasonLabel, Counter>,
     pdf_verified: Family<VerdictLabel, Counter>,
+    pdf_bytes_hashed: Counter,
+    pdf_limited: Counter,
     overdue: Family<DeadlineLabel, Counter>,
     redelivered: Counter,
     broker_up: Gauge,
@@ -159,6 +161,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "PDF attachments whose signatures were checked, by verdict: valid, invalid, unsigned, indeterminate",
         pdf_verified.clone(),
     );
+    let pdf_bytes_hashed = Counter::default();
+    r.register(
+        "lienthong_pdf_bytes_hashed",
+        "Bytes fed to the digests of PDF signatures' byte ranges (bounded per PDF by limits.pdf_max_hash_multiple)",
+        pdf_bytes_hashed.clone(),
+    );
+    let pdf_limited = Counter::default();
+    r.register(
+        "lienthong_pdf_checks_limited",
+        "PDF attachments not fully checked because a limit was reached (signatures, hashing, unzipped size or ratio)",
+        pdf_limited.clone(),
+    );
     let overdue = Family::<DeadlineLabel, Counter>::default();
     r.register(
         "lienthong_documents_overdue",
@@ -215,6 +229,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         published,
         dead_lettered,
         pdf_verified,
+        pdf_bytes_hashed,
+        pdf_limited,
         overdue,
         redelivered,
         broker_up,
@@ -316,6 +332,16 @@ pub fn pdf_verified(verdict: crate::pades::Verdict) {
             verdict: verdict.as_str().to_owned(),
         })
         .inc();
+}
+
+/// Bytes hashed for one PDF's signatures.
+pub fn pdf_bytes_hashed(bytes: u64) {
+    METRICS.pdf_bytes_hashed.inc_by(bytes);
+}
+
+/// A PDF was not fully checked: a bound of `limits.pdf_*` was reached.
+pub fn pdf_check_limited() {
+    METRICS.pdf_limited.inc();
 }
 
 /// A recipient missed a deadline (`accept` or `due`).

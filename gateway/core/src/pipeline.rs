@@ -61,6 +61,21 @@ pub struct Limits {
     /// work in flight whatever the offered load: an overloaded gateway
     /// answers "try again" quickly rather than slowly for everyone.
     pub max_submissions_in_flight: usize,
+    /// The work one PDF attachment's signature check may cost.
+    pub pdf: crate::pades::Limits,
+    /// PDF signature checks run at once (each a blocking thread hashing
+    /// and reading); a submission whose PDF finds them all busy waits.
+    pub pdf_checks_in_flight: usize,
+    /// How long a submission waits for a PDF check's turn before it is
+    /// answered `UNAVAILABLE` ("send it again in a moment").
+    pub pdf_check_wait: Duration,
+}
+
+/// PDF checks at once by default: one per core, since each is CPU-bound.
+pub fn default_pdf_checks_in_flight() -> usize {
+    std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(2)
 }
 
 impl Default for Limits {
@@ -72,6 +87,9 @@ impl Default for Limits {
             max_recipients: 1000,
             redelivery_after: Duration::from_secs(60),
             max_submissions_in_flight: 256,
+            pdf: crate::pades::Limits::default(),
+            pdf_checks_in_flight: default_pdf_checks_in_flight(),
+            pdf_check_wait: Duration::from_secs(120),
         }
     }
 }
@@ -272,6 +290,8 @@ struct Inner {
     /// issue 9: one permit per submission being taken (see
     /// [`Limits::max_submissions_in_flight`]).
     admission: Arc<tokio::sync::Semaphore>,
+    /// One permit per PDF signature check running ([`Limits::pdf_checks_in_flight`]).
+    pdf_checks: Arc<tokio::sync::Semaphore>,
 }
 
 struct Probe(BrokerProbe);
@@ -344,6 +364,7 @@ impl Gateway {
 
     pub fn from_parts(store: Store, blobs: BlobStore, settings: Settings) -> Gateway {
         let in_flight = settings.limits.max_submissions_in_flight.max(1);
+        let pdf_checks = settings.limits.pdf_checks_in_flight.max(1);
         Gateway {
             inner: Arc::new(Inner {
                 store,
@@ -361,6 +382,7 @@ impl Gateway {
                 broker: std::sync::OnceLock::new(),
                 notices: Default::default(),
                 admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+                pdf_checks: Arc::new(tokio::sync::Semaphore::new(pdf_checks)),
             }),
         }
     }
@@ -858,6 +880,7 @@ impl Gateway {
         let pdf_check = match body {
             Body::Document(doc) => Some(PdfCheck {
                 signer_name: doc.signer.as_ref().map(|s| s.full_name.clone()),
+                received_at: rustls_pki_types::UnixTime::now(),
             }),
             Body::Status(_) => None,
         };
@@ -2241,6 +2264,9 @@ struct Open {
 struct PdfCheck {
     /// The envelope's Signer.FullName, for the Decree 30 comparison.
     signer_name: Option<String>,
+    /// When the envelope arrived: signatures without a trusted timestamp
+    /// are judged at this time, not at the one they claim.
+    received_at: rustls_pki_types::UnixTime,
 }
 
 impl Submission {
@@ -2423,8 +2449,7 @@ impl Open {
         // has arrived), before anything is committed: under `require` an
         // unsigned document is refused here and nothing of it is kept.
         if let Some(check) = &self.pdf_check {
-            let pdf =
-                check_pdfs(gw, &self.refs, &self.sealed, check.signer_name.as_deref()).await?;
+            let pdf = check_pdfs(gw, &self.refs, &self.sealed, check).await?;
             if gw.pdf_policy == PdfPolicy::Require {
                 require_signed_pdf(&self.refs, &pdf)?;
             }
@@ -2649,23 +2674,52 @@ fn is_pdf(r: &AttachmentRef) -> bool {
         || r.name.to_ascii_lowercase().ends_with(".pdf")
 }
 
-/// Checks every PDF attachment's signatures (on a blocking thread: it reads
-/// the file with positioned reads).
+/// Checks every PDF attachment's signatures, each on a blocking thread (it
+/// reads the file with positioned reads and hashes it) once one of the
+/// `limits.pdf_checks_in_flight` turns is free.
 async fn check_pdfs(
     gw: &Arc<Inner>,
     refs: &[AttachmentRef],
     sealed: &[SealedBlob],
-    signer_name: Option<&str>,
+    check: &PdfCheck,
 ) -> Result<Vec<pb::PdfVerification>> {
     let mut out = Vec::new();
     for (i, (r, blob)) in refs.iter().zip(sealed).enumerate() {
         if !is_pdf(r) {
             continue;
         }
+        let busy = || {
+            Error::new(
+                Reason::Unavailable,
+                format!(
+                    "the gateway is busy checking the signatures of other documents' PDFs and \
+                     could not check attachment {i} ({}) within {} s; nothing was kept, send the \
+                     document again in a moment",
+                    r.name,
+                    gw.limits.pdf_check_wait.as_secs()
+                ),
+            )
+        };
+        let permit = tokio::time::timeout(
+            gw.limits.pdf_check_wait,
+            gw.pdf_checks.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
         let source = gw.blobs.source_of(blob)?;
         let anchors = gw.anchors.clone();
+        let blobs = gw.blobs.clone();
+        let limits = gw.limits.pdf;
+        let moment = crate::pades::Moment::Received(check.received_at);
         let result = tokio::task::spawn_blocking(move || {
-            crate::pades::verify_attachment(&source, &anchors, rustls_pki_types::UnixTime::now())
+            let _permit = permit;
+            let opts = crate::pades::Options {
+                moment,
+                limits,
+                scratch: &blobs,
+            };
+            crate::pades::verify_attachment(&source, &anchors, &opts)
         })
         .await
         .map_err(|_| {
@@ -2676,11 +2730,29 @@ async fn check_pdfs(
         })?;
         let v = match result {
             Ok(report) => {
-                let warnings = crate::pades::decree30_warnings(&report, signer_name);
+                let warnings =
+                    crate::pades::decree30_warnings(&report, check.signer_name.as_deref());
                 crate::metrics::pdf_verified(report.verdict);
+                crate::metrics::pdf_bytes_hashed(report.bytes_hashed);
+                if let Some(why) = &report.limit_reached {
+                    crate::metrics::pdf_check_limited();
+                    tracing::warn!(attachment = i, name = %r.name, limit = %why, "a PDF was not fully checked");
+                }
                 pdf_verification(i, r, &report, warnings)
             }
-            Err(e) => {
+            Err(crate::pades::AttachmentError::Storage(e)) => {
+                tracing::error!(attachment = i, name = %r.name, error = %e, "a zipped PDF could not be unpacked to the store's temporary area");
+                return Err(Error::new(
+                    Reason::Unavailable,
+                    format!(
+                        "the gateway could not unpack attachment {i} ({}) to check its \
+                         signatures (its storage failed); nothing was kept, send the document \
+                         again later",
+                        r.name
+                    ),
+                ));
+            }
+            Err(crate::pades::AttachmentError::Unreadable(e)) => {
                 // Declared a PDF but not one: the clerk is told, and
                 // `require` refuses it as unsigned-or-invalid below.
                 crate::metrics::pdf_verified(crate::pades::Verdict::Invalid);
@@ -2696,6 +2768,7 @@ async fn check_pdfs(
                     warnings: Vec::new(),
                     summary: "không đọc được tệp PDF (not a readable PDF)".to_owned(),
                     zip_entry: String::new(),
+                    limit_reached: String::new(),
                 }
             }
         };
@@ -2726,6 +2799,14 @@ fn pdf_verification(
                     seconds: t,
                     nanos: 0,
                 }),
+                claimed_signing_time: s.claimed_signing_time_unix.map(|t| prost_types::Timestamp {
+                    seconds: t,
+                    nanos: 0,
+                }),
+                judged_at: Some(prost_types::Timestamp {
+                    seconds: s.judged_at_unix,
+                    nanos: 0,
+                }),
                 timestamped: s.timestamped,
                 algorithm: s.algorithm.clone(),
                 digest_ok: s.digest_ok,
@@ -2747,6 +2828,7 @@ fn pdf_verification(
         warnings,
         summary: report.summary(),
         zip_entry: report.zip_entry.clone().unwrap_or_default(),
+        limit_reached: report.limit_reached.clone().unwrap_or_default(),
     }
 }
 
@@ -2768,6 +2850,18 @@ fn require_signed_pdf(refs: &[AttachmentRef], pdf: &[pb::PdfVerification]) -> Re
         "attachment {} ({})",
         main.attachment_index, main.attachment_name
     );
+    // Not fully checked, and nothing checked failed: the limit is the why.
+    if main.verdict == "indeterminate" && !main.limit_reached.is_empty() {
+        return Err(Error::new(
+            Reason::DocumentSignatureInvalid,
+            format!(
+                "the document's PDF, {what}, could not be fully checked: {}; this gateway \
+                 requires a validly signed PDF (signatures.pdf = \"require\") and so cannot \
+                 accept it: send the signed PDF itself, unzipped and as signed",
+                main.limit_reached
+            ),
+        ));
+    }
     match main.verdict.as_str() {
         "valid" => Ok(()),
         "unsigned" => Err(Error::new(

@@ -5,17 +5,25 @@
 //! that each signature's /ByteRange covers a whole revision of the file
 //! except exactly its /Contents hole, hashes all the ranges in one
 //! streaming pass, checks the CMS signature and its embedded RFC 3161
-//! timestamp, builds the signer's chain to `trust.anchors` at the signing
-//! time, looks the signer up in the configured CRLs, and says what the
-//! later incremental updates changed: nothing, signatures, annotations and
-//! form fields, or content.
+//! timestamp, builds the signer's chain to `trust.anchors`, looks the signer
+//! up in the configured CRLs, and says what the later incremental updates
+//! changed: nothing, signatures, annotations and form fields, or content.
+//!
+//! Time of signing proved, not claimed: the chain, the certificate's
+//! validity and its revocation are judged at a verified timestamp's time,
+//! and without one at the moment of the check (for the gateway: when it
+//! received the document). The time the signer wrote into the signature is
+//! reported as its claim; a revoked key can claim any date.
 //!
 //! No transport knowledge lives here: the pipeline calls it on a stored
 //! attachment, `lienthong pdf verify` on a file.
 //!
-//! Architecture invariant: memory does not grow with the file. The parser
-//! reads pages on demand ([`pdf::Pages`]); the hashing reads the file once,
-//! in bounded chunks, feeding every signature's digest at the same time.
+//! Architecture invariant: memory does not grow with the file, and the work
+//! is bounded by it. The parser reads pages on demand ([`pdf::Pages`]); the
+//! hashing reads the file once, in bounded chunks, feeding every
+//! signature's digest at the same time, within a multiple of the file's
+//! size ([`Limits`]); a PDF inside a ZIP archive is unpacked to a
+//! [`Scratch`] file, never into memory.
 
 pub mod cms;
 pub mod pdf;
@@ -39,13 +47,15 @@ pub enum Verdict {
     /// Every signature holds, chains to a trust anchor, and nothing but
     /// signatures, annotations or form fields changed after it.
     Valid,
-    /// Some signature is broken, revoked, expired when made, or the
-    /// content changed after it.
+    /// Some signature is broken, revoked or expired when made (as proved by
+    /// a timestamp, or as the signer itself claims), or the content changed
+    /// after it.
     Invalid,
     /// No signature.
     Unsigned,
-    /// Intact, but not provably trusted: an unknown CA, or a revocation
-    /// that cannot be placed before or after the signing.
+    /// Intact, but not provably trusted: an unknown CA, a certificate
+    /// revoked or expired before the check with nothing proving the
+    /// signature older, or a PDF the limits kept from being fully checked.
     Indeterminate,
 }
 
@@ -85,23 +95,178 @@ impl Changes {
     }
 }
 
+/// The moment a signature is judged at when no trusted timestamp proves
+/// when it was made.
+#[derive(Debug, Clone, Copy)]
+pub enum Moment {
+    /// When the gateway received the document (the pipeline).
+    Received(UnixTime),
+    /// When `lienthong pdf verify` runs.
+    Now(UnixTime),
+    /// A time the operator asked for (`lienthong pdf verify --at`).
+    Given(UnixTime),
+}
+
+impl Moment {
+    fn secs(self) -> i64 {
+        let (Moment::Received(t) | Moment::Now(t) | Moment::Given(t)) = self;
+        i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// "when the gateway received the document (2026-12-06T10:00:00Z)".
+    fn describe(self) -> String {
+        let at = rfc3339(self.secs()).unwrap_or_default();
+        match self {
+            Moment::Received(_) => format!("when the gateway received the document ({at})"),
+            Moment::Now(_) => format!("at the time of this check ({at})"),
+            Moment::Given(_) => format!("at the time asked for ({at})"),
+        }
+    }
+}
+
+/// Bounds on the work one PDF attachment may cost. Over a bound the check
+/// stops and says so: the verdict is `indeterminate`, `limit_reached` says
+/// which bound and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Signatures checked in one PDF; a PDF with more is checked up to this
+    /// many (a Decree 30 document carries the signer's and the
+    /// organisation's, and a few approvals).
+    pub max_signatures: usize,
+    /// Bytes fed to the digests, as a multiple of the file's size (at least
+    /// [`MIN_HASH_BUDGET`]). The signatures of a signed document share the
+    /// bytes before their /Contents, so they cost about one reading of the
+    /// file; only byte ranges made to overlap cost more.
+    pub max_hash_multiple: u64,
+    /// The largest PDF unpacked from a ZIP archive.
+    pub max_unzipped_bytes: u64,
+    /// How many times larger than the archive the PDF inside it may be
+    /// (beyond [`MIN_UNZIPPED_ALLOWANCE`]): a ZIP bomb expands a thousand
+    /// times, a PDF (whose streams are already compressed) a few.
+    pub max_zip_ratio: u64,
+}
+
+/// The hashing budget of a small file, whatever its size.
+pub const MIN_HASH_BUDGET: u64 = 1 << 20;
+/// What any ZIP archive may unpack to, whatever its compression ratio.
+pub const MIN_UNZIPPED_ALLOWANCE: u64 = 1 << 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_signatures: 20,
+            max_hash_multiple: 4,
+            max_unzipped_bytes: 1 << 30,
+            max_zip_ratio: 100,
+        }
+    }
+}
+
+impl Limits {
+    fn hash_budget(&self, file_len: u64) -> u64 {
+        file_len
+            .saturating_mul(self.max_hash_multiple)
+            .max(MIN_HASH_BUDGET)
+    }
+
+    fn unzipped_allowance(&self, archive_len: u64) -> u64 {
+        archive_len
+            .saturating_mul(self.max_zip_ratio)
+            .max(MIN_UNZIPPED_ALLOWANCE)
+            .min(self.max_unzipped_bytes)
+    }
+}
+
+/// Where a PDF unpacked from a ZIP archive is written, to be read back at
+/// any offset: the attachment store's temporary area in the gateway
+/// (sealed like a blob when the store is encrypted), [`MemoryScratch`] in
+/// tests and fuzzing.
+pub trait Scratch {
+    fn create(&self) -> std::io::Result<Box<dyn ScratchFile + '_>>;
+}
+
+/// A scratch file being written.
+pub trait ScratchFile: std::io::Write {
+    /// Ends the writing: the bytes written, for reading.
+    fn into_source(self: Box<Self>) -> std::io::Result<Box<dyn Source>>;
+}
+
+/// Scratch files in memory, for tests and fuzzing: the gateway and
+/// `lienthong pdf verify` use the attachment store's temporary area.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryScratch;
+
+impl Scratch for MemoryScratch {
+    fn create(&self) -> std::io::Result<Box<dyn ScratchFile + '_>> {
+        Ok(Box::new(Vec::<u8>::new()))
+    }
+}
+
+impl ScratchFile for Vec<u8> {
+    fn into_source(self: Box<Self>) -> std::io::Result<Box<dyn Source>> {
+        Ok(self)
+    }
+}
+
+/// How a PDF is checked.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    /// The moment the signatures are judged at unless a trusted timestamp
+    /// proves an earlier one.
+    pub moment: Moment,
+    pub limits: Limits,
+    /// Where a PDF inside a ZIP archive is unpacked.
+    pub scratch: &'a dyn Scratch,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("moment", &self.moment)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Options<'static> {
+    /// Judged now, default limits, ZIP entries unpacked in memory: for
+    /// tests and fuzzing.
+    pub fn in_memory(moment: Moment) -> Options<'static> {
+        Options {
+            moment,
+            limits: Limits::default(),
+            scratch: &MemoryScratch,
+        }
+    }
+}
+
 /// One signature as `lienthong pdf verify` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SignatureReport {
     pub field: String,
     pub signer_subject: String,
     pub signer_organization: Option<String>,
-    /// RFC 3339: the timestamp's time when there is a verified one, else
-    /// the signer's claimed time (signed attribute, then /M).
+    /// RFC 3339: when the signature was made, as a verified timestamp
+    /// proves it (its own, or a document timestamp's); `None` without one.
     pub signing_time: Option<String>,
+    /// RFC 3339: the time the signer wrote into the signature (the signed
+    /// signingTime, else /M). A claim: it proves nothing.
+    pub claimed_signing_time: Option<String>,
+    /// RFC 3339: the time the certificate's validity, chain and revocation
+    /// were judged at: `signing_time` when there is one, else the moment of
+    /// the check.
+    pub judged_at: String,
     pub timestamped: bool,
     pub algorithm: String,
     pub digest_ok: bool,
     pub signature_ok: bool,
     pub chain_ok: bool,
     pub trusted_anchor: Option<String>,
-    /// `None` when no revocation list of the signer's CA is configured.
+    /// Whether the certificate was revoked at `judged_at`; `None` when no
+    /// revocation list of the signer's CA is configured.
     pub revoked: Option<bool>,
+    /// The certificate was not valid when the signature was made, by its
+    /// timestamp or by the signer's own claim.
     pub expired_at_signing: bool,
     /// 1-based; 0 when the byte ranges end at no revision.
     pub covers_revision: usize,
@@ -111,6 +276,10 @@ pub struct SignatureReport {
     pub signer_common_name: Option<String>,
     #[serde(skip)]
     pub signing_time_unix: Option<i64>,
+    #[serde(skip)]
+    pub claimed_signing_time_unix: Option<i64>,
+    #[serde(skip)]
+    pub judged_at_unix: i64,
 }
 
 impl SignatureReport {
@@ -134,9 +303,27 @@ pub struct PdfReport {
     pub revisions: usize,
     pub verdict: Verdict,
     pub reasons: Vec<String>,
+    /// Bytes fed to the signatures' digests.
+    pub bytes_hashed: u64,
+    /// Why the PDF was not fully checked (a bound of [`Limits`]); `None`
+    /// when it was.
+    pub limit_reached: Option<String>,
 }
 
 impl PdfReport {
+    /// A PDF the limits kept from being checked at all.
+    fn not_checked(zip_entry: Option<String>, why: String) -> PdfReport {
+        PdfReport {
+            zip_entry,
+            signatures: Vec::new(),
+            revisions: 0,
+            verdict: Verdict::Indeterminate,
+            reasons: vec![why.clone()],
+            bytes_hashed: 0,
+            limit_reached: Some(why),
+        }
+    }
+
     /// One sentence for a clerk, e.g. "đã ký số hợp lệ bởi Nguyễn Văn An,
     /// Sở Nội vụ (2 signatures, valid)".
     pub fn summary(&self) -> String {
@@ -156,6 +343,10 @@ impl PdfReport {
                 "chữ ký số không hợp lệ (signature invalid): {}",
                 self.reasons.first().cloned().unwrap_or_default()
             ),
+            Verdict::Indeterminate if self.limit_reached.is_some() => format!(
+                "chưa kiểm tra hết chữ ký số (signatures not fully checked): {}",
+                self.reasons.first().cloned().unwrap_or_default()
+            ),
             Verdict::Indeterminate => format!(
                 "chưa xác định được chữ ký số (signature not provably trusted): {}",
                 self.reasons.first().cloned().unwrap_or_default()
@@ -164,19 +355,27 @@ impl PdfReport {
     }
 }
 
-/// The signatures of a PDF, judged against `anchors` (and their CRLs);
-/// `now` is used when a signature names no time. `Err` only when the file
-/// cannot be read as a PDF at all.
+/// The signatures of a PDF, judged against `anchors` (and their CRLs) at
+/// their trusted timestamps' times, else at `opts.moment`. `Err` only when
+/// the file cannot be read as a PDF at all.
 pub fn verify(
     src: &dyn Source,
     anchors: &TrustAnchors,
-    now: UnixTime,
+    opts: &Options<'_>,
 ) -> Result<PdfReport, PdfError> {
     let mut doc = Pdf::open(src)?;
     let last = doc.last();
     let revision_ends: Vec<u64> = doc.revisions.iter().map(|r| r.end).collect();
-    let found = find_signatures(&mut doc, last)?;
+    let max_signatures = opts.limits.max_signatures.max(1);
+    let (found, more) = find_signatures(&mut doc, last, max_signatures)?;
     let referenced: HashSet<u32> = found.iter().map(|f| f.sig_num).collect();
+    let mut limit_reached = more.then(|| {
+        format!(
+            "the PDF has more than {max_signatures} signatures, more than the gateway checks in \
+             one document (limits.pdf_max_signatures); only the first {max_signatures} were \
+             checked"
+        )
+    });
 
     // Decode every signature first: their digest algorithms decide the
     // hashing, which then reads the file once for all of them.
@@ -184,38 +383,56 @@ pub fn verify(
     for f in found {
         work.push(prepare(&mut doc, f, &revision_ends));
     }
-    hash_ranges(src, &mut work)?;
+    let budget = opts.limits.hash_budget(src.len());
+    let hashing = hash_ranges(src, &mut work, budget)?;
+    if hashing.cut {
+        limit_reached.get_or_insert_with(|| {
+            format!(
+                "checking the signatures' byte ranges would take more than {budget} bytes of \
+                 hashing, {} times the file's size (limits.pdf_max_hash_multiple): its \
+                 signatures overlap far more than a signed document's do, and not all of them \
+                 were checked",
+                opts.limits.max_hash_multiple
+            )
+        });
+    }
 
     let mut signatures = Vec::new();
-    let mut reasons = Vec::new();
-    let mut any_invalid = false;
-    let mut any_indeterminate = false;
+    // Failures first, then doubts, then notes: the first reason is the one
+    // a clerk and a refusal's sentence show.
+    let mut invalid = Vec::new();
+    let mut indeterminate: Vec<String> = limit_reached.iter().cloned().collect();
+    let mut notes = Vec::new();
+    let mut changes = ChangesCache::default();
     for w in work {
-        let (report, problems) = judge(&mut doc, w, anchors, now, &revision_ends);
+        let (report, problems) = judge(
+            &mut doc,
+            w,
+            anchors,
+            opts.moment,
+            &revision_ends,
+            &mut changes,
+        );
         for p in problems {
             match p {
-                Problem::Invalid(s) => {
-                    any_invalid = true;
-                    reasons.push(s);
-                }
-                Problem::Indeterminate(s) => {
-                    any_indeterminate = true;
-                    reasons.push(s);
-                }
-                Problem::Note(s) => reasons.push(s),
+                Problem::Invalid(s) => invalid.push(s),
+                Problem::Indeterminate(s) => indeterminate.push(s),
+                Problem::Note(s) => notes.push(s),
             }
         }
         signatures.push(report);
     }
     // A signature dictionary no field points to: a signature was unhooked
     // from the form (an incremental update can do that), so what it would
-    // have said is not in the report.
-    for num in orphan_signatures(&mut doc, &referenced)? {
-        any_indeterminate = true;
-        reasons.push(format!(
-            "object {num} is a signature dictionary that no signature field refers to: a \
-             signature was removed from the form after it was made, and was not checked"
-        ));
+    // have said is not in the report. Past the signature limit, the
+    // signatures not looked at would all look unhooked.
+    if !more {
+        for num in orphan_signatures(&mut doc, &referenced)? {
+            indeterminate.push(format!(
+                "object {num} is a signature dictionary that no signature field refers to: a \
+                 signature was removed from the form after it was made, and was not checked"
+            ));
+        }
     }
     // Bytes after the last revision's %%EOF belong to no revision, so no
     // signature covers them; readers ignore them, but nobody vouches for
@@ -228,8 +445,7 @@ pub fn verify(
             let n = src.read_at(end, &mut tail).unwrap_or(0);
             let junk = len - end > 4096 || tail[..n].iter().any(|b| !b" \t\r\n\0\x0c".contains(b));
             if junk {
-                any_indeterminate = true;
-                reasons.push(format!(
+                indeterminate.push(format!(
                     "{} byte(s) follow the end of the file's last revision and are covered by no \
                      signature",
                     len - end
@@ -237,44 +453,105 @@ pub fn verify(
             }
         }
     }
-    let verdict = if signatures.is_empty() {
+    let verdict = if signatures.is_empty() && limit_reached.is_none() {
         Verdict::Unsigned
-    } else if any_invalid {
+    } else if !invalid.is_empty() {
         Verdict::Invalid
-    } else if any_indeterminate {
+    } else if !indeterminate.is_empty() {
         Verdict::Indeterminate
     } else {
         Verdict::Valid
     };
+    let mut reasons = invalid;
+    reasons.append(&mut indeterminate);
+    reasons.append(&mut notes);
     Ok(PdfReport {
         zip_entry: None,
         signatures,
         revisions: revision_ends.len(),
         verdict,
         reasons,
+        bytes_hashed: hashing.bytes,
+        limit_reached,
     })
 }
 
-/// Largest PDF unpacked from a ZIP attachment to be checked: ZIP entries
-/// cannot be read at an offset, so the PDF is held in memory (never written
-/// to disk in clear, whatever the storage encryption).
-pub const MAX_ZIPPED_PDF: u64 = 64 << 20;
+/// Why an attachment's signatures could not be checked.
+#[derive(Debug)]
+pub enum AttachmentError {
+    /// The bytes are not a PDF, or a ZIP archive of one, that can be read.
+    Unreadable(PdfError),
+    /// The scratch space failed while a zipped PDF was unpacked: a fault of
+    /// the gateway's storage, not of the file.
+    Storage(String),
+}
+
+impl std::fmt::Display for AttachmentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachmentError::Unreadable(e) => e.fmt(f),
+            AttachmentError::Storage(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for AttachmentError {}
+
+impl From<PdfError> for AttachmentError {
+    fn from(e: PdfError) -> Self {
+        AttachmentError::Unreadable(e)
+    }
+}
+
+/// Most entries (directories included) the central directory of a ZIP
+/// archive holding one PDF may list; and the most bytes it may take. The
+/// ZIP reader loads the whole directory into memory, so an archive listing
+/// millions of entries is turned away before it is opened.
+const MAX_ZIP_ENTRIES: u64 = 16;
+const MAX_ZIP_DIRECTORY: u64 = 1 << 20;
 
 /// Like [`verify`], for an attachment as agencies send them: a PDF, or (as
-/// many edXML producers do) a ZIP archive holding one PDF (the report then
-/// names it in `zip_entry`).
+/// many edXML producers do) a ZIP archive holding one PDF, unpacked to
+/// `opts.scratch` within `opts.limits` (the report then names it in
+/// `zip_entry`; one that would unpack past the limits is reported as not
+/// checked).
 pub fn verify_attachment(
     src: &dyn Source,
     anchors: &TrustAnchors,
-    now: UnixTime,
-) -> Result<PdfReport, PdfError> {
+    opts: &Options<'_>,
+) -> Result<PdfReport, AttachmentError> {
     let mut head = [0u8; 4];
     let n = src
         .read_at(0, &mut head)
         .map_err(|e| PdfError(format!("the file could not be read: {e}")))?;
     if n < 4 || head != *b"PK\x03\x04" {
-        return verify(src, anchors, now);
+        return Ok(verify(src, anchors, opts)?);
     }
+    match unzip(src, opts)? {
+        Unzipped::Pdf { name, source } => verify(&*source, anchors, opts)
+            .map(|r| PdfReport {
+                zip_entry: Some(name.clone()),
+                ..r
+            })
+            .map_err(|e| PdfError(format!("{name} inside the ZIP archive: {e}")).into()),
+        Unzipped::NotChecked { name, why } => Ok(PdfReport::not_checked(Some(name), why)),
+    }
+}
+
+enum Unzipped {
+    Pdf {
+        name: String,
+        source: Box<dyn Source>,
+    },
+    /// Larger than the limits allow: not unpacked past them.
+    NotChecked { name: String, why: String },
+}
+
+/// Streams the one file of a ZIP archive to a scratch file, counting the
+/// bytes as they come out of the decompressor (the sizes an archive
+/// declares are not trusted).
+fn unzip(src: &dyn Source, opts: &Options<'_>) -> Result<Unzipped, AttachmentError> {
+    check_zip_directory(src)?;
     let mut archive = zip::ZipArchive::new(SourceReader { src, pos: 0 })
         .map_err(|e| PdfError(format!("it is a ZIP archive that cannot be read ({e})")))?;
     let files: Vec<usize> = (0..archive.len())
@@ -289,7 +566,8 @@ pub fn verify_attachment(
         return Err(PdfError(format!(
             "it is a ZIP archive of {} files, not one PDF",
             files.len()
-        )));
+        ))
+        .into());
     };
     let mut entry = archive.by_index(*only).map_err(|e| {
         PdfError(format!(
@@ -300,35 +578,113 @@ pub fn verify_attachment(
         Ok(n) => n.into_owned(),
         Err(_) => String::from_utf8_lossy(entry.name_raw()).into_owned(),
     };
-    if entry.size() > MAX_ZIPPED_PDF {
-        return Err(PdfError(format!(
-            "the PDF inside the ZIP archive ({name}) is larger than {} MiB; send it unzipped to \
-             have its signatures checked",
-            MAX_ZIPPED_PDF >> 20
-        )));
+    let allowance = opts.limits.unzipped_allowance(src.len());
+    let too_large = |size: String| {
+        format!(
+            "the PDF inside the ZIP archive ({name}) unpacks to {size}, more than the gateway \
+             unpacks from a {}-byte archive ({allowance} bytes: limits.pdf_max_unzipped_bytes, \
+             or {} times the archive, limits.pdf_max_zip_ratio); its signatures were not \
+             checked: send the PDF unzipped",
+            src.len(),
+            opts.limits.max_zip_ratio
+        )
+    };
+    if entry.size() > allowance {
+        return Ok(Unzipped::NotChecked {
+            why: too_large(format!("{} bytes, as the archive declares", entry.size())),
+            name,
+        });
     }
-    let mut pdf = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(&mut entry, MAX_ZIPPED_PDF + 1),
-        &mut pdf,
-    )
-    .map_err(|e| {
-        PdfError(format!(
-            "the file inside the ZIP archive ({name}) cannot be unpacked ({e})"
+    let storage = |e: std::io::Error| {
+        AttachmentError::Storage(format!(
+            "the PDF inside the ZIP archive could not be unpacked to the gateway's temporary \
+             storage ({e})"
         ))
-    })?;
-    if pdf.len() as u64 > MAX_ZIPPED_PDF {
-        return Err(PdfError(format!(
-            "the PDF inside the ZIP archive ({name}) is larger than {} MiB",
-            MAX_ZIPPED_PDF >> 20
-        )));
+    };
+    let mut out = opts.scratch.create().map_err(storage)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = std::io::Read::read(&mut entry, &mut buf).map_err(|e| {
+            PdfError(format!(
+                "the file inside the ZIP archive ({name}) cannot be unpacked ({e})"
+            ))
+        })?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > allowance {
+            return Ok(Unzipped::NotChecked {
+                why: too_large(format!("more than {allowance} bytes")),
+                name,
+            });
+        }
+        std::io::Write::write_all(&mut out, &buf[..n]).map_err(storage)?;
     }
-    verify(&pdf, anchors, now)
-        .map(|r| PdfReport {
-            zip_entry: Some(name.clone()),
-            ..r
-        })
-        .map_err(|e| PdfError(format!("{name} inside the ZIP archive: {e}")))
+    let source = out.into_source().map_err(storage)?;
+    Ok(Unzipped::Pdf { name, source })
+}
+
+/// Looks at every end-of-central-directory record where a ZIP reader may
+/// find one (the last 64 KiB and a bit: a ZIP comment is at most 64 KiB)
+/// and refuses an archive whose directory is larger than one PDF's.
+fn check_zip_directory(src: &dyn Source) -> Result<(), PdfError> {
+    const EOCD: &[u8; 4] = b"PK\x05\x06";
+    const EOCD_LEN: usize = 22;
+    let len = src.len();
+    let window = len.min((EOCD_LEN + 0xffff) as u64);
+    let start = len - window;
+    let mut tail = vec![0u8; window as usize];
+    let n = src
+        .read_at(start, &mut tail)
+        .map_err(|e| PdfError(format!("the file could not be read: {e}")))?;
+    tail.truncate(n);
+    let le16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let le32 = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let le64 = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .and_then(|x| <[u8; 8]>::try_from(x).ok())
+            .map(u64::from_le_bytes)
+    };
+    for i in (0..tail.len().saturating_sub(EOCD_LEN - 1)).rev() {
+        if &tail[i..i + 4] != EOCD {
+            continue;
+        }
+        let (Some(count), Some(size)) = (le16(&tail, i + 10), le32(&tail, i + 12)) else {
+            continue;
+        };
+        let (mut count, mut size) = (u64::from(count), u64::from(size));
+        if count == 0xffff || size == 0xffff_ffff {
+            // ZIP64: the real numbers are in the record the locator just
+            // before this one points to; unreadable, the saturated ones stand.
+            let at = start + i as u64;
+            let mut locator = [0u8; 20];
+            if at >= 20
+                && src.read_at(at - 20, &mut locator).ok() == Some(20)
+                && &locator[..4] == b"PK\x06\x07"
+                && let Some(offset) = le64(&locator, 8)
+            {
+                let mut record = [0u8; 56];
+                if src.read_at(offset, &mut record).ok() == Some(56)
+                    && &record[..4] == b"PK\x06\x06"
+                {
+                    count = le64(&record, 32).unwrap_or(count);
+                    size = le64(&record, 40).unwrap_or(size);
+                }
+            }
+        }
+        if count > MAX_ZIP_ENTRIES || size > MAX_ZIP_DIRECTORY {
+            return Err(PdfError(format!(
+                "it is a ZIP archive whose directory lists {count} entries in {size} bytes, not \
+                 one PDF"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `Read + Seek` over a [`Source`], for the ZIP reader.
@@ -424,7 +780,13 @@ struct FoundField {
     sig_num: u32,
 }
 
-fn find_signatures(doc: &mut Pdf<'_>, rev: usize) -> Result<Vec<FoundField>, PdfError> {
+/// The signature fields with a value, at most `max` of them; and whether
+/// there are more.
+fn find_signatures(
+    doc: &mut Pdf<'_>,
+    rev: usize,
+    max: usize,
+) -> Result<(Vec<FoundField>, bool), PdfError> {
     let trailer = doc.revisions[rev].trailer.clone();
     let Some(root) = trailer.get(b"Root").cloned() else {
         return Err(PdfError(
@@ -436,15 +798,15 @@ fn find_signatures(doc: &mut Pdf<'_>, rev: usize) -> Result<Vec<FoundField>, Pdf
         return Err(PdfError("the document catalog is not a dictionary".into()));
     };
     let Some(acroform) = catalog.get(b"AcroForm").cloned() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
     let acroform = doc.resolve(rev, &acroform)?;
     let Some(fields) = acroform.as_dict().and_then(|d| d.get(b"Fields")).cloned() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
     let fields = doc.resolve(rev, &fields)?;
     let Obj::Array(fields) = fields else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     };
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -454,7 +816,7 @@ fn find_signatures(doc: &mut Pdf<'_>, rev: usize) -> Result<Vec<FoundField>, Pdf
         .map(|f| (f, String::new(), None, 0))
         .collect();
     while let Some((f, parent, inherited_ft, depth)) = stack.pop() {
-        if depth > 32 || out.len() > 1000 {
+        if depth > 32 || out.len() > max {
             break;
         }
         if let Obj::Ref(n, _) = f
@@ -492,7 +854,9 @@ fn find_signatures(doc: &mut Pdf<'_>, rev: usize) -> Result<Vec<FoundField>, Pdf
             }
         }
     }
-    Ok(out)
+    let more = out.len() > max;
+    out.truncate(max);
+    Ok((out, more))
 }
 
 /// Signature dictionaries (objects with a /ByteRange and /Contents) in the
@@ -572,8 +936,15 @@ struct Work {
     cms: Result<cms::Signed, String>,
     /// Problems with the dictionary or ranges found before hashing.
     structure: Vec<String>,
+    /// What the byte ranges are hashed with, when the signature is readable.
+    digest_alg: Option<cms::Digest>,
+    /// Forked from its algorithm's shared context where its hole begins.
     hasher: Option<ring::digest::Context>,
+    /// How far into its second range the hasher has been fed.
+    hashed_to: u64,
     digest: Option<Vec<u8>>,
+    /// Why the signature was not checked: the hashing budget ran out.
+    unchecked: Option<String>,
 }
 
 fn prepare(doc: &mut Pdf<'_>, f: FoundField, revision_ends: &[u64]) -> Work {
@@ -585,8 +956,11 @@ fn prepare(doc: &mut Pdf<'_>, f: FoundField, revision_ends: &[u64]) -> Work {
         claimed_m: None,
         cms: Err("the signature could not be read".into()),
         structure: Vec::new(),
+        digest_alg: None,
         hasher: None,
+        hashed_to: 0,
         digest: None,
+        unchecked: None,
     };
     let last = doc.last();
     let (dict, contents_span) = match doc.entry(last, f.sig_num) {
@@ -688,22 +1062,79 @@ fn prepare(doc: &mut Pdf<'_>, f: FoundField, revision_ends: &[u64]) -> Work {
             .map(|t| t.imprint_digest),
         _ => None,
     };
-    w.hasher = digest.map(|d| ring::digest::Context::new(d.ring()));
+    w.digest_alg = digest;
     w
 }
 
-/// Hashes every signature's two ranges in one pass over the file.
-fn hash_ranges(src: &dyn Source, work: &mut [Work]) -> Result<(), PdfError> {
+/// What the hashing cost.
+struct Hashing {
+    /// Bytes fed to the digests.
+    bytes: u64,
+    /// The budget ran out before every signature was hashed.
+    cut: bool,
+}
+
+/// One digest algorithm's shared context: every signature's first range
+/// starts at byte 0, so the bytes before a signature's /Contents are the
+/// same for all of them and are hashed once.
+struct Lane {
+    alg: cms::Digest,
+    ctx: ring::digest::Context,
+    /// Bytes hashed so far (the file from 0 to here).
+    pos: u64,
+    /// Signatures not forked yet, the one whose hole begins first last.
+    waiting: Vec<usize>,
+}
+
+/// Hashes every signature's two ranges in one pass over the file, feeding
+/// the digests at most `budget` bytes. A signature's context is forked from
+/// its algorithm's shared one where its hole begins; only the bytes after
+/// its hole are its own. The signatures of a signed document (each in its
+/// own incremental update) so cost about one reading of the file; ranges
+/// made to overlap again and again run out of budget instead of time.
+fn hash_ranges(src: &dyn Source, work: &mut [Work], budget: u64) -> Result<Hashing, PdfError> {
+    let mut lanes: Vec<Lane> = Vec::new();
+    for (i, w) in work.iter_mut().enumerate() {
+        let (Some(alg), Some(r)) = (w.digest_alg, w.ranges) else {
+            continue;
+        };
+        w.hashed_to = r[1].0;
+        match lanes.iter_mut().find(|l| l.alg == alg) {
+            Some(l) => l.waiting.push(i),
+            None => lanes.push(Lane {
+                alg,
+                ctx: ring::digest::Context::new(alg.ring()),
+                pos: 0,
+                waiting: vec![i],
+            }),
+        }
+    }
+    let hole = |w: &Work| w.ranges.map(|r| r[0].1).unwrap_or(0);
+    for l in &mut lanes {
+        l.waiting
+            .sort_by_key(|&i| std::cmp::Reverse(hole(&work[i])));
+    }
     let end = work
         .iter()
-        .filter(|w| w.hasher.is_some())
+        .filter(|w| w.digest_alg.is_some())
         .filter_map(|w| w.ranges.map(|r| r[1].1))
         .max()
         .unwrap_or(0)
         .min(src.len());
+    let mut spent = 0u64;
+    let mut cut = false;
+    let mut take = |n: u64| -> bool {
+        if spent.saturating_add(n) > budget {
+            cut = true;
+            false
+        } else {
+            spent += n;
+            true
+        }
+    };
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
-    while pos < end {
+    'read: while pos < end {
         let want = ((end - pos) as usize).min(buf.len());
         let n = src
             .read_at(pos, &mut buf[..want])
@@ -711,35 +1142,74 @@ fn hash_ranges(src: &dyn Source, work: &mut [Work]) -> Result<(), PdfError> {
         if n == 0 {
             break;
         }
-        let chunk = (pos, pos + n as u64);
-        for w in work.iter_mut() {
-            let (Some(h), Some(ranges)) = (w.hasher.as_mut(), w.ranges) else {
-                continue;
-            };
-            for (s, e) in ranges {
-                let from = s.max(chunk.0);
-                let to = e.min(chunk.1);
-                if from < to {
-                    h.update(&buf[(from - pos) as usize..(to - pos) as usize]);
+        let chunk_end = pos + n as u64;
+        let slice = |from: u64, to: u64| &buf[(from - pos) as usize..(to - pos) as usize];
+        for lane in &mut lanes {
+            while let Some(&i) = lane.waiting.last() {
+                let fork = hole(&work[i]);
+                if fork > chunk_end {
+                    break;
                 }
+                if fork > lane.pos {
+                    if !take(fork - lane.pos) {
+                        break 'read;
+                    }
+                    lane.ctx.update(slice(lane.pos, fork));
+                    lane.pos = fork;
+                }
+                work[i].hasher = Some(lane.ctx.clone());
+                lane.waiting.pop();
+            }
+            if !lane.waiting.is_empty() && chunk_end > lane.pos {
+                if !take(chunk_end - lane.pos) {
+                    break 'read;
+                }
+                lane.ctx.update(slice(lane.pos, chunk_end));
+                lane.pos = chunk_end;
             }
         }
-        pos += n as u64;
+        for w in work.iter_mut() {
+            let (Some(h), Some(r)) = (w.hasher.as_mut(), w.ranges) else {
+                continue;
+            };
+            let from = w.hashed_to.max(pos);
+            let to = r[1].1.min(chunk_end);
+            if from < to {
+                if !take(to - from) {
+                    break 'read;
+                }
+                h.update(slice(from, to));
+                w.hashed_to = to;
+            }
+        }
+        pos = chunk_end;
     }
     let file_len = src.len();
     for w in work.iter_mut() {
-        if let Some(h) = w.hasher.take() {
-            if w.ranges.is_some_and(|r| r[1].1 > file_len) {
-                w.structure.push(format!(
-                    "the byte ranges of signature {} reach past the end of the file: it was truncated",
+        let (Some(_), Some(r)) = (w.digest_alg, w.ranges) else {
+            continue;
+        };
+        let done = w.hasher.is_some() && w.hashed_to >= r[1].1;
+        match w.hasher.take() {
+            Some(h) if done => w.digest = Some(h.finish().as_ref().to_vec()),
+            _ if r[1].1 > file_len => w.structure.push(format!(
+                "the byte ranges of signature {} reach past the end of the file: it was truncated",
+                w.field
+            )),
+            _ if cut => {
+                w.unchecked = Some(format!(
+                    "signature {} was not checked: the gateway's hashing budget for this PDF \
+                     ran out before its byte ranges were read",
                     w.field
-                ));
-            } else {
-                w.digest = Some(h.finish().as_ref().to_vec());
+                ))
             }
+            _ => w.structure.push(format!(
+                "the byte ranges of signature {} could not be read to their end",
+                w.field
+            )),
         }
     }
-    Ok(())
+    Ok(Hashing { bytes: spent, cut })
 }
 
 enum Problem {
@@ -752,15 +1222,21 @@ fn judge(
     doc: &mut Pdf<'_>,
     w: Work,
     anchors: &TrustAnchors,
-    now: UnixTime,
+    moment: Moment,
     revision_ends: &[u64],
+    changes: &mut ChangesCache,
 ) -> (SignatureReport, Vec<Problem>) {
     let mut problems: Vec<Problem> = w.structure.iter().cloned().map(Problem::Invalid).collect();
+    if let Some(why) = &w.unchecked {
+        problems.push(Problem::Indeterminate(why.clone()));
+    }
     let mut r = SignatureReport {
         field: w.field.clone(),
         signer_subject: String::new(),
         signer_organization: None,
         signing_time: None,
+        claimed_signing_time: None,
+        judged_at: rfc3339(moment.secs()).unwrap_or_default(),
         timestamped: false,
         algorithm: "unknown".into(),
         digest_ok: false,
@@ -773,9 +1249,11 @@ fn judge(
         changes_after: Changes::None,
         signer_common_name: None,
         signing_time_unix: None,
+        claimed_signing_time_unix: None,
+        judged_at_unix: moment.secs(),
     };
     if w.covers_revision > 0 {
-        match changes_after(doc, w.covers_revision - 1) {
+        match changes.after(doc, w.covers_revision - 1) {
             Ok(c) => r.changes_after = c,
             Err(e) => {
                 r.changes_after = Changes::Content;
@@ -804,6 +1282,8 @@ fn judge(
     r.algorithm = signed.algorithm_name();
     describe_signer(&signed.signer_cert, &mut r);
 
+    // The time the signature was made, when something trusted proves it.
+    let mut proved = None;
     // The digest over the byte ranges.
     match (&w.kind, &w.digest) {
         (Kind::Detached, Some(d)) => {
@@ -821,7 +1301,9 @@ fn judge(
                 Some(Ok(tst)) => {
                     r.digest_ok = tst.imprint == *d;
                     r.timestamped = r.digest_ok;
-                    r.signing_time_unix = Some(tst.gen_time);
+                    // A document timestamp is the authority's own
+                    // statement of its time; its chain is judged there.
+                    proved = Some(tst.gen_time);
                 }
                 _ => problems.push(Problem::Invalid(format!(
                     "document timestamp {} holds no readable TSTInfo",
@@ -855,15 +1337,16 @@ fn judge(
         Err(e) => problems.push(Problem::Invalid(format!("signature {}: {e}", w.field))),
     }
 
-    // The time the chain is judged at: a verified timestamp, else what the
-    // signer claims.
-    let mut validation_time = r.signing_time_unix;
+    // The time the chain is judged at: a verified timestamp's, else the
+    // moment of the check. What the signer wrote is only its claim: a
+    // revoked key can write any date.
+    let mut claimed = None;
     if matches!(w.kind, Kind::Detached) {
         if let Some(token) = &signed.timestamp_token {
             match check_timestamp(token, &signed.signature, anchors) {
                 Ok(t) => {
                     r.timestamped = true;
-                    validation_time = Some(t);
+                    proved = Some(t);
                 }
                 Err(e) => problems.push(Problem::Indeterminate(format!(
                     "the timestamp of signature {} cannot be relied on: {e}",
@@ -871,50 +1354,93 @@ fn judge(
                 ))),
             }
         }
-        if validation_time.is_none() {
-            validation_time = signed.signing_time.or(w.claimed_m);
-            if validation_time.is_some() {
-                problems.push(Problem::Note(format!(
-                    "signature {}: its signing time is the signer's own claim (no timestamp); it \
-                     was judged at that time",
-                    w.field
-                )));
-            }
+        claimed = signed.signing_time.or(w.claimed_m);
+        if proved.is_none() {
+            problems.push(Problem::Note(format!(
+                "signature {} carries no trusted timestamp, so nothing proves when it was made{}: \
+                 its certificate and revocation were judged {}",
+                w.field,
+                claimed
+                    .and_then(rfc3339)
+                    .map(|c| format!(" (the signer claims {c})"))
+                    .unwrap_or_default(),
+                moment.describe()
+            )));
         }
     }
-    r.signing_time_unix = validation_time;
-    r.signing_time = validation_time.and_then(rfc3339);
+    let when = When {
+        at: proved.unwrap_or_else(|| moment.secs()),
+        proved: proved.is_some(),
+        claimed,
+        moment,
+    };
+    r.signing_time_unix = proved;
+    r.signing_time = proved.and_then(rfc3339);
+    r.claimed_signing_time_unix = claimed;
+    r.claimed_signing_time = claimed.and_then(rfc3339);
+    r.judged_at_unix = when.at;
+    r.judged_at = rfc3339(when.at).unwrap_or_default();
 
-    let at = validation_time.map(unix_time).unwrap_or(now);
-    if let Ok((_, leaf)) = X509Certificate::from_der(&signed.signer_cert)
-        && let Some(t) = validation_time
-    {
+    let mut chain_at = when.at;
+    if let Ok((_, leaf)) = X509Certificate::from_der(&signed.signer_cert) {
         let v = leaf.validity();
-        if t < v.not_before.timestamp() || t > v.not_after.timestamp() {
+        let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+        let outside = |t: i64| t < from || t > to;
+        let span = format!(
+            "valid {} to {}",
+            rfc3339(from).unwrap_or_default(),
+            rfc3339(to).unwrap_or_default()
+        );
+        if when.proved && outside(when.at) {
             r.expired_at_signing = true;
             problems.push(Problem::Invalid(format!(
-                "signature {}: the signer's certificate was not valid at the signing time {} \
-                     (valid {} to {})",
+                "signature {}: the signer's certificate was not valid at the signing time {} its \
+                 timestamp proves ({span})",
                 w.field,
-                rfc3339(t).unwrap_or_default(),
-                rfc3339(v.not_before.timestamp()).unwrap_or_default(),
-                rfc3339(v.not_after.timestamp()).unwrap_or_default()
+                rfc3339(when.at).unwrap_or_default(),
             )));
+        } else if let Some(c) = claimed.filter(|c| !when.proved && outside(*c)) {
+            r.expired_at_signing = true;
+            problems.push(Problem::Invalid(format!(
+                "signature {}: the signer's certificate was not valid at the signing time the \
+                 signer itself claims, {} ({span})",
+                w.field,
+                rfc3339(c).unwrap_or_default(),
+            )));
+        } else if outside(when.at) {
+            problems.push(Problem::Indeterminate(format!(
+                "signature {}: the signer's certificate ({span}) was not valid {}{}, and no \
+                 trusted timestamp proves the signature was made while it was: have the document \
+                 signed again with a valid certificate (and an RFC 3161 timestamp)",
+                w.field,
+                moment.describe(),
+                claimed
+                    .and_then(rfc3339)
+                    .map(|c| format!("; the signer claims to have signed on {c}"))
+                    .unwrap_or_default(),
+            )));
+        }
+        // Whether the chain holds is judged within the certificate's own
+        // validity, so an expiry is reported as such, not also as "untrusted".
+        if outside(chain_at) {
+            chain_at = claimed
+                .filter(|c| !outside(*c))
+                .unwrap_or(chain_at.clamp(from, to));
         }
     }
     let chain = check_chain(
         &signed.signer_cert,
         &signed.other_certs,
         anchors,
-        at,
-        r.expired_at_signing,
+        unix_time(chain_at),
+        when,
     );
     r.chain_ok = chain.ok;
     r.trusted_anchor = chain.anchor;
     r.revoked = chain.revoked;
     for p in chain.problems {
         problems.push(match p {
-            ChainProblem::Untrusted(s) => {
+            ChainProblem::Untrusted(s) | ChainProblem::Unproved(s) => {
                 Problem::Indeterminate(format!("signature {}: {s}", w.field))
             }
             ChainProblem::Revoked(s) => Problem::Invalid(format!("signature {}: {s}", w.field)),
@@ -922,6 +1448,18 @@ fn judge(
         });
     }
     (r, problems)
+}
+
+/// The time a signature is judged at, and what it rests on.
+#[derive(Debug, Clone, Copy)]
+struct When {
+    /// Validity, chain and revocation are judged at this time.
+    at: i64,
+    /// `at` is a verified timestamp's time; else it is the moment of the check.
+    proved: bool,
+    /// The time the signer wrote into the signature.
+    claimed: Option<i64>,
+    moment: Moment,
 }
 
 fn describe_signer(cert_der: &[u8], r: &mut SignatureReport) {
@@ -964,19 +1502,30 @@ fn check_timestamp(
     if ring::digest::digest(tst.imprint_digest.ring(), signature_value).as_ref() != tst.imprint {
         return Err("it was made for another signature value".into());
     }
+    // The authority vouches for its own time: its certificate is judged there.
     let chain = check_chain(
         &ts.signer_cert,
         &ts.other_certs,
         anchors,
         unix_time(tst.gen_time),
-        false,
+        When {
+            at: tst.gen_time,
+            proved: true,
+            claimed: None,
+            moment: Moment::Given(unix_time(tst.gen_time)),
+        },
     );
-    if !chain.ok {
+    let failed = |p: &ChainProblem| !matches!(p, ChainProblem::Note(_));
+    if !chain.ok || chain.problems.iter().any(failed) {
         let why = chain
             .problems
             .into_iter()
+            .filter(failed)
             .map(|p| match p {
-                ChainProblem::Untrusted(s) | ChainProblem::Revoked(s) | ChainProblem::Note(s) => s,
+                ChainProblem::Untrusted(s)
+                | ChainProblem::Revoked(s)
+                | ChainProblem::Unproved(s)
+                | ChainProblem::Note(s) => s,
             })
             .next()
             .unwrap_or_default();
@@ -987,7 +1536,12 @@ fn check_timestamp(
 
 enum ChainProblem {
     Untrusted(String),
+    /// Revoked before the signature was made, by its timestamp or by the
+    /// signer's own claim.
     Revoked(String),
+    /// Revoked before the moment of the check, with nothing proving the
+    /// signature older than the revocation.
+    Unproved(String),
     Note(String),
 }
 
@@ -998,14 +1552,14 @@ struct ChainCheck {
     problems: Vec<ChainProblem>,
 }
 
-/// Builds the chain of `leaf` to the anchors at `at`, then looks the leaf
-/// up in its CA's revocation list.
+/// Builds the chain of `leaf` to the anchors at `chain_at`, then looks the
+/// leaf up in its CA's revocation list as of `when`.
 fn check_chain(
     leaf: &[u8],
     others: &[Vec<u8>],
     anchors: &TrustAnchors,
-    at: UnixTime,
-    expired: bool,
+    chain_at: UnixTime,
+    when: When,
 ) -> ChainCheck {
     let mut out = ChainCheck {
         ok: false,
@@ -1048,14 +1602,6 @@ fn check_chain(
             .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
             .build()
     });
-    // An expired-at-signing certificate is judged for trust at its own
-    // validity, so the report says "expired", not also "untrusted".
-    let chain_at = if expired {
-        let nb = parsed.validity().not_before.timestamp();
-        unix_time(nb.saturating_add(1))
-    } else {
-        at
-    };
     let verify = |rev| {
         ee.verify_for_usage(
             &algs,
@@ -1103,22 +1649,55 @@ fn check_chain(
         }
         return out;
     };
-    let at_s = i64::try_from(at.as_secs()).unwrap_or(i64::MAX);
+    let revoked_on = |e: &crate::crl::RevokedEntry| {
+        format!(
+            "the signer's certificate was revoked on {} ({}), per {}",
+            rfc3339(e.revocation_date).unwrap_or_default(),
+            e.reason.unwrap_or("unspecified"),
+            crl.source().display()
+        )
+    };
     match crl.find_revoked(parsed.raw_serial()) {
-        Some(entry) if entry.revocation_date <= at_s => {
+        Some(entry) if entry.revocation_date <= when.at => {
             out.revoked = Some(true);
-            out.problems.push(ChainProblem::Revoked(format!(
-                "the signer's certificate was revoked on {} ({}), before the signing time, per {}",
-                rfc3339(entry.revocation_date).unwrap_or_default(),
-                entry.reason.unwrap_or("unspecified"),
-                crl.source().display()
-            )));
+            let what = revoked_on(&entry);
+            out.problems.push(if when.proved {
+                ChainProblem::Revoked(format!(
+                    "{what}, before the signing time its timestamp proves ({})",
+                    rfc3339(when.at).unwrap_or_default()
+                ))
+            } else if let Some(c) = when.claimed.filter(|c| *c >= entry.revocation_date) {
+                ChainProblem::Revoked(format!(
+                    "{what}, before the signing time the signer itself claims ({})",
+                    rfc3339(c).unwrap_or_default()
+                ))
+            } else {
+                ChainProblem::Unproved(format!(
+                    "{what}, before {}; the signature claims to have been made {}, but no \
+                     trusted timestamp proves it older than the revocation, and a revoked key \
+                     can claim any date: have the document signed again with a valid \
+                     certificate (and an RFC 3161 timestamp)",
+                    when.moment.describe(),
+                    when.claimed
+                        .and_then(rfc3339)
+                        .map(|c| format!("on {c}, before the revocation"))
+                        .unwrap_or_else(|| "at no stated time".to_owned())
+                ))
+            });
         }
         Some(entry) => {
             out.revoked = Some(false);
             out.problems.push(ChainProblem::Note(format!(
-                "the signer's certificate was revoked on {}, after the signing time",
-                rfc3339(entry.revocation_date).unwrap_or_default()
+                "the signer's certificate was revoked on {}, after {}",
+                rfc3339(entry.revocation_date).unwrap_or_default(),
+                if when.proved {
+                    format!(
+                        "the signing time its timestamp proves ({})",
+                        rfc3339(when.at).unwrap_or_default()
+                    )
+                } else {
+                    when.moment.describe()
+                }
             )));
         }
         None if listed => {
@@ -1207,16 +1786,31 @@ fn pdf_date(b: &[u8]) -> Option<i64> {
 // What changed after a revision
 // ---------------------------------------------------------------------------
 
-/// The worst change made by the revisions after `rev` (0-based).
-fn changes_after(doc: &mut Pdf<'_>, rev: usize) -> Result<Changes, PdfError> {
-    let mut worst = Changes::None;
-    for later in rev + 1..doc.revisions.len() {
-        worst = worst.max(changes_in(doc, later)?);
-        if worst == Changes::Content {
-            break;
+/// What each revision changed, worked out once per document however many
+/// signatures ask.
+#[derive(Default)]
+struct ChangesCache(std::collections::HashMap<usize, Changes>);
+
+impl ChangesCache {
+    /// The worst change made by the revisions after `rev` (0-based).
+    fn after(&mut self, doc: &mut Pdf<'_>, rev: usize) -> Result<Changes, PdfError> {
+        let mut worst = Changes::None;
+        for later in rev + 1..doc.revisions.len() {
+            let c = match self.0.get(&later) {
+                Some(c) => *c,
+                None => {
+                    let c = changes_in(doc, later)?;
+                    self.0.insert(later, c);
+                    c
+                }
+            };
+            worst = worst.max(c);
+            if worst == Changes::Content {
+                break;
+            }
         }
+        Ok(worst)
     }
-    Ok(worst)
 }
 
 /// What revision `rev` changed relative to `rev - 1`.
@@ -1488,6 +2082,10 @@ mod tests {
         std::fs::read(format!("{dir}{name}")).expect("fixture")
     }
 
+    fn now() -> Options<'static> {
+        Options::in_memory(Moment::Now(Time::now()))
+    }
+
     fn pyhanko_anchors() -> TrustAnchors {
         let pem = String::from_utf8(pyhanko("root.pem")).expect("PEM text");
         TrustAnchors::from_pem(&pem).expect("anchor")
@@ -1502,22 +2100,22 @@ mod tests {
             .expect("zip");
         zip.write_all(&pdf).expect("zip");
         let bytes = zip.finish().expect("zip").into_inner();
-        let report = verify_attachment(&bytes, &pyhanko_anchors(), Time::now()).expect("a report");
+        let report = verify_attachment(&bytes, &pyhanko_anchors(), &now()).expect("a report");
         assert_eq!(report.zip_entry.as_deref(), Some("quyet-dinh.pdf"));
         assert_eq!(report.verdict, Verdict::Valid, "{report:#?}");
         // Unzipped, the same file has no entry name.
-        let report = verify_attachment(&pdf, &pyhanko_anchors(), Time::now()).expect("a report");
+        let report = verify_attachment(&pdf, &pyhanko_anchors(), &now()).expect("a report");
         assert_eq!(report.zip_entry, None);
     }
 
     #[test]
     fn the_organisation_and_signer_name_checks() {
         let anchors = pyhanko_anchors();
-        let person = verify(&pyhanko("rsa-signed.pdf"), &anchors, Time::now()).expect("report");
+        let person = verify(&pyhanko("rsa-signed.pdf"), &anchors, &now()).expect("report");
         let w = decree30_warnings(&person, Some("Nguyễn  văn AN"));
         assert_eq!(w.len(), 1, "only the missing organisation signature: {w:?}");
         assert!(w[0].contains("Decree 30"), "{w:?}");
-        let both = verify(&pyhanko("two-signatures.pdf"), &anchors, Time::now()).expect("report");
+        let both = verify(&pyhanko("two-signatures.pdf"), &anchors, &now()).expect("report");
         assert!(decree30_warnings(&both, Some("Nguyễn Văn An")).is_empty());
         let w = decree30_warnings(&both, Some("Trần Thị Bình"));
         assert!(w.len() == 1 && w[0].contains("Trần Thị Bình"), "{w:?}");
@@ -1553,7 +2151,7 @@ mod tests {
             let ends: Vec<usize> = Pdf::open(&original_pdf)
                 .map(|p| p.revisions.iter().map(|r| r.end as usize).collect())
                 .unwrap_or_default();
-            if let Ok(report) = verify(&pdf, &pyhanko_anchors(), Time::now()) {
+            if let Ok(report) = verify(&pdf, &pyhanko_anchors(), &now()) {
                 let in_hole = holes.iter().any(|h| h.contains(&at));
                 let earlier_revision = cut && ends.contains(&at);
                 if (cut || original != byte) && !in_hole && !earlier_revision {
