@@ -365,6 +365,14 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// The committer is the gateway's way to the database: when it has stopped
+/// (the runtime is shutting down), the database is as good as unreachable.
+fn committer_gone() -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::Internal(
+        "the group committer stopped before answering".to_owned(),
+    ))
+}
+
 /// The most acceptances one transaction takes. A lone acceptance never
 /// waits for company: the committer takes what is queued when it is free.
 const MAX_GROUP: usize = 64;
@@ -399,17 +407,19 @@ enum Done {
 }
 
 impl Done {
-    /// Tells the job's caller it failed with the group (nothing committed).
-    fn fail(self, msg: &str) {
+    /// Tells the job's caller it failed with the group (nothing committed),
+    /// with the group's own error: whether it was an outage or not is the
+    /// caller's answer too.
+    fn fail(self, err: &DbErr) {
         match self {
             Done::Accept(reply, _) => {
-                let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.to_owned()))));
+                let _ = reply.send(Err(AcceptError::Db(err.clone())));
             }
             Done::Ack(reply, _) => {
-                let _ = reply.send(Err(DbErr::Custom(msg.to_owned())));
+                let _ = reply.send(Err(err.clone()));
             }
             Done::Delivered(reply) => {
-                let _ = reply.send(Err(DbErr::Custom(msg.to_owned())));
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }
@@ -437,24 +447,24 @@ impl Done {
 /// update for the group). Nobody hears "accepted" or "acknowledged" before
 /// the whole transaction has committed.
 async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
-    let fail_all = |group: Vec<Job>, msg: String| {
+    let fail_all = |group: Vec<Job>, err: DbErr| {
         for j in group {
             match j {
                 Job::Accept { reply, .. } => {
-                    let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+                    let _ = reply.send(Err(AcceptError::Db(err.clone())));
                 }
                 Job::Ack { reply, .. } => {
-                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
                 Job::Delivered { reply, .. } => {
-                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
     };
     let txn = match db.begin().await {
         Ok(t) => t,
-        Err(e) => return fail_all(group, e.to_string()),
+        Err(e) => return fail_all(group, e),
     };
     let alone = group.len() == 1;
     let mut lone_failure = false;
@@ -499,10 +509,9 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                         Ok(outcome)
                     }
                     Err(e) => {
-                        let msg = e.to_string();
                         drop(txn);
+                        done.into_iter().for_each(|d| d.fail(&e));
                         let _ = reply.send(Err(e));
-                        done.into_iter().for_each(|d| d.fail(&msg));
                         return;
                     }
                 };
@@ -521,10 +530,9 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                     .exec(&txn)
                     .await;
                 if let Err(e) = marked {
-                    let msg = e.to_string();
                     drop(txn);
+                    done.into_iter().for_each(|d| d.fail(&e));
                     let _ = reply.send(Err(e));
-                    done.into_iter().for_each(|d| d.fail(&msg));
                     return;
                 }
                 events.extend(marks.events.into_iter().map(|e| (marks.at, e)));
@@ -545,10 +553,7 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
     };
     match committed {
         Ok(()) => done.into_iter().for_each(Done::answer),
-        Err(e) => {
-            let msg = e.to_string();
-            done.into_iter().for_each(|d| d.fail(&msg));
-        }
+        Err(e) => done.into_iter().for_each(|d| d.fail(&e)),
     }
 }
 
@@ -977,11 +982,9 @@ impl Store {
                     .await
                 {
                     Ok(()) => {
-                        return answer.await.unwrap_or_else(|_| {
-                            Err(AcceptError::Db(DbErr::Custom(
-                                "the group committer stopped before answering".to_owned(),
-                            )))
-                        });
+                        return answer
+                            .await
+                            .unwrap_or_else(|_| Err(AcceptError::Db(committer_gone())));
                     }
                     // The committer is gone (its runtime is shutting down):
                     // commit alone.
@@ -1446,9 +1449,7 @@ impl Store {
                     Ok(()) => {
                         return match answer.await {
                             Ok(r) => r.map(|()| attempts).map_err(Error::from),
-                            Err(_) => Err(Error::from(DbErr::Custom(
-                                "the group committer stopped before answering".to_owned(),
-                            ))),
+                            Err(_) => Err(Error::from(committer_gone())),
                         };
                     }
                     Err(mpsc::error::SendError(Job::Delivered { marks, .. })) => marks,
@@ -1497,9 +1498,7 @@ impl Store {
                     Ok(()) => {
                         return match answer.await {
                             Ok(r) => r.map_err(Error::from),
-                            Err(_) => Err(Error::from(DbErr::Custom(
-                                "the group committer stopped before answering".to_owned(),
-                            ))),
+                            Err(_) => Err(Error::from(committer_gone())),
                         };
                     }
                     Err(mpsc::error::SendError(Job::Ack { ack, .. })) => ack,
