@@ -474,7 +474,8 @@ impl<R: Read> Parser<R> {
     /// Refuses what XML cannot carry and what no edXML value may hold (NUL
     /// and other control characters but tab and line breaks, noncharacters,
     /// bidirectional overrides: see `lienthong_core::text`), naming the
-    /// element it was found in.
+    /// element it was found in. quick-xml does not check characters itself,
+    /// and a NUL would not survive being written again.
     fn legal(&self, s: String) -> Result<String> {
         let bad = s
             .chars()
@@ -928,9 +929,6 @@ impl<R: Read> Parser<R> {
         Ok((b64.written, b64.head))
     }
 }
-
-/// quick-xml does not check that characters are ones XML allows; a NUL or
-/// another control character would not survive being written again.
 
 /// Text among a container's elements is no value of the standard: it is
 /// kept, as one `text()` per container, its pieces trimmed and joined by

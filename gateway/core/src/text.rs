@@ -142,13 +142,18 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// What [`visit_fields`] calls for each field: its path
+/// (`document.attachments[0].name`), its value and its kind.
+pub type Visit<'v> = dyn FnMut(&str, &str, TextKind) -> Result<()> + 'v;
+
 /// Walks the fields of an envelope, naming each by its path.
-struct Walk {
+struct Walk<'v, 'f> {
     path: String,
+    visit: &'v mut Visit<'f>,
 }
 
-impl Walk {
-    fn at<'a>(&'a mut self, name: &str) -> Scope<'a> {
+impl<'v, 'f> Walk<'v, 'f> {
+    fn at<'a>(&'a mut self, name: &str) -> Scope<'a, 'v, 'f> {
         let len = self.path.len();
         if !self.path.is_empty() {
             self.path.push('.');
@@ -157,7 +162,7 @@ impl Walk {
         Scope { walk: self, len }
     }
 
-    fn item<'a>(&'a mut self, name: &str, i: usize) -> Scope<'a> {
+    fn item<'a>(&'a mut self, name: &str, i: usize) -> Scope<'a, 'v, 'f> {
         let len = self.path.len();
         if !self.path.is_empty() {
             self.path.push('.');
@@ -168,12 +173,12 @@ impl Walk {
 }
 
 /// A path segment, taken off again when dropped.
-struct Scope<'a> {
-    walk: &'a mut Walk,
+struct Scope<'a, 'v, 'f> {
+    walk: &'a mut Walk<'v, 'f>,
     len: usize,
 }
 
-impl Scope<'_> {
+impl<'v, 'f> Scope<'_, 'v, 'f> {
     fn line(&mut self, name: &str, v: &str) -> Result<()> {
         self.field(name, v, TextKind::Line)
     }
@@ -183,25 +188,26 @@ impl Scope<'_> {
     }
 
     fn field(&mut self, name: &str, v: &str, kind: TextKind) -> Result<()> {
-        if v.chars().all(|c| allowed(c, kind)) {
-            return Ok(());
-        }
-        check_field(&format!("{}.{name}", self.walk.path), v, kind)
+        let s = self.walk.at(name);
+        let w = &mut *s.walk;
+        (w.visit)(&w.path, v, kind)
     }
 
     fn lines(&mut self, name: &str, vs: &[String]) -> Result<()> {
         for (i, v) in vs.iter().enumerate() {
-            self.field(&format!("{name}[{i}]"), v, TextKind::Line)?;
+            let s = self.walk.item(name, i);
+            let w = &mut *s.walk;
+            (w.visit)(&w.path, v, TextKind::Line)?;
         }
         Ok(())
     }
 
-    fn walk(&mut self) -> &mut Walk {
+    fn walk(&mut self) -> &mut Walk<'v, 'f> {
         self.walk
     }
 }
 
-impl Drop for Scope<'_> {
+impl Drop for Scope<'_, '_, '_> {
     fn drop(&mut self) {
         self.walk.path.truncate(self.len);
     }
@@ -210,14 +216,30 @@ impl Drop for Scope<'_> {
 /// Checks every text field of `env`; the refusal names the first field
 /// that holds a character it may not.
 pub fn check_envelope(env: &Envelope) -> Result<()> {
-    check_field("message_id", &env.message_id, TextKind::Line)?;
-    check_field("from", &env.from, TextKind::Line)?;
-    for (i, t) in env.to.iter().enumerate() {
-        check_field(&format!("to[{i}]"), t, TextKind::Line)?;
-    }
+    visit_fields(env, &mut |path, value, kind| {
+        if value.chars().all(|c| allowed(c, kind)) {
+            Ok(())
+        } else {
+            check_field(path, value, kind)
+        }
+    })
+}
+
+/// Calls `visit` with every text field of `env`, in order, until it fails.
+pub fn visit_fields(env: &Envelope, visit: &mut Visit<'_>) -> Result<()> {
     let mut w = Walk {
         path: String::new(),
+        visit,
     };
+    {
+        let mut top = Scope {
+            len: 0,
+            walk: &mut w,
+        };
+        top.line("message_id", &env.message_id)?;
+        top.line("from", &env.from)?;
+        top.lines("to", &env.to)?;
+    }
     if let Some(o) = &env.sender {
         organization(&mut w.at("sender"), o)?;
     }
@@ -242,7 +264,7 @@ pub fn check_envelope(env: &Envelope) -> Result<()> {
     Ok(())
 }
 
-fn organization(s: &mut Scope<'_>, o: &pb::Organization) -> Result<()> {
+fn organization(s: &mut Scope<'_, '_, '_>, o: &pb::Organization) -> Result<()> {
     s.line("organization_in_charge", &o.organization_in_charge)?;
     s.line("organ_name", &o.organ_name)?;
     s.line("organ_add", &o.organ_add)?;
@@ -252,14 +274,14 @@ fn organization(s: &mut Scope<'_>, o: &pb::Organization) -> Result<()> {
     s.line("website", &o.website)
 }
 
-fn staff(s: &mut Scope<'_>, st: &pb::Staff) -> Result<()> {
+fn staff(s: &mut Scope<'_, '_, '_>, st: &pb::Staff) -> Result<()> {
     s.line("name", &st.name)?;
     s.line("department", &st.department)?;
     s.line("email", &st.email)?;
     s.line("mobile", &st.mobile)
 }
 
-fn document(s: &mut Scope<'_>, d: &pb::Document) -> Result<()> {
+fn document(s: &mut Scope<'_, '_, '_>, d: &pb::Document) -> Result<()> {
     s.line("document_id", &d.document_id)?;
     s.line("code_number", &d.code_number)?;
     s.line("code_notation", &d.code_notation)?;
@@ -328,7 +350,7 @@ fn document(s: &mut Scope<'_>, d: &pb::Document) -> Result<()> {
     Ok(())
 }
 
-fn status(s: &mut Scope<'_>, st: &pb::StatusNotice) -> Result<()> {
+fn status(s: &mut Scope<'_, '_, '_>, st: &pb::StatusNotice) -> Result<()> {
     s.line("document_id", &st.document_id)?;
     s.line("document_from", &st.document_from)?;
     s.line("code", &st.code)?;
@@ -459,6 +481,35 @@ mod tests {
             ..Default::default()
         };
         assert!(refusal(&env).contains("`status.staff.name`"));
+    }
+
+    #[test]
+    fn every_field_is_visited_with_its_path_and_kind() {
+        let env = doc(|d| {
+            d.attachments.push(pb::AttachmentRef {
+                name: "a.pdf".to_owned(),
+                manifest: Some(pb::ManifestReference::default()),
+                ..Default::default()
+            })
+        });
+        let mut seen = Vec::new();
+        visit_fields(&env, &mut |path, _, kind| {
+            seen.push((path.to_owned(), kind));
+            Ok(())
+        })
+        .unwrap();
+        let has = |p: &str, k: TextKind| seen.iter().any(|(q, l)| q == p && *l == k);
+        assert!(has("message_id", TextKind::Line), "{seen:?}");
+        assert!(has("to[0]", TextKind::Line), "{seen:?}");
+        assert!(has("document.subject", TextKind::Line), "{seen:?}");
+        assert!(has("document.content", TextKind::Free), "{seen:?}");
+        assert!(
+            has(
+                "document.attachments[0].manifest.description",
+                TextKind::Free
+            ),
+            "{seen:?}"
+        );
     }
 
     #[test]
