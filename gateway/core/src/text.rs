@@ -512,6 +512,30 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn what_is_accepted_holds_nothing_refused_and_refusals_quote_nothing(
+            subject in proptest::prelude::any::<String>(),
+            content in proptest::prelude::any::<String>(),
+        ) {
+            let env = doc(|d| {
+                d.subject = subject.clone();
+                d.content = content.clone();
+            });
+            match check_envelope(&env) {
+                Ok(()) => {
+                    proptest::prop_assert!(subject.chars().all(|c| allowed(c, TextKind::Line)));
+                    proptest::prop_assert!(content.chars().all(|c| allowed(c, TextKind::Free)));
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.message().chars().all(|c| allowed(c, TextKind::Line)), "{}", e.message());
+                    let printable_subject = printable(&subject);
+                    proptest::prop_assert!(printable_subject.chars().all(|c| allowed(c, TextKind::Line)));
+                }
+            }
+        }
+    }
+
     #[test]
     fn printable_escapes_what_a_line_refuses() {
         assert_eq!(printable("m-1"), "m-1");
