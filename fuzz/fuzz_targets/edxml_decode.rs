@@ -1,17 +1,36 @@
 //! Any bytes: the decoder answers with a package or an error, never a
-//! panic, and what it decodes survives encode → decode unchanged.
+//! panic; no decoded value holds a character no edXML value may (NUL and
+//! other controls, noncharacters, bidi overrides), and no refusal quotes
+//! one; what it decodes survives encode → decode unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use lienthong_core::text::{self, TextKind};
 use lienthong_edxml::{
     decode, encode_to_vec, inspect_json, validate, DecodeOptions, EncodeOptions, MemorySink, MemorySource, Policy,
 };
 
 fuzz_target!(|data: &[u8]| {
     let mut sink = MemorySink::new();
-    let Ok(package) = decode(data, &mut sink, &DecodeOptions::default()) else {
-        return;
+    let package = match decode(data, &mut sink, &DecodeOptions::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(
+                e.message().chars().all(|c| text::allowed(c, TextKind::Line)),
+                "the refusal quotes a refused character: {:?}",
+                e.message()
+            );
+            return;
+        }
     };
+    text::visit_fields(&package.envelope, &mut |path, value, _| {
+        assert!(
+            value.chars().all(|c| text::allowed(c, TextKind::Free)),
+            "{path} was decoded with {value:?}"
+        );
+        Ok(())
+    })
+    .expect("every field was visited");
     let _ = validate(&package, Policy::Strict);
     let _ = validate(&package, Policy::Lenient);
     let _ = inspect_json(&package);

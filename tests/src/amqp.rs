@@ -103,6 +103,11 @@ impl Drop for Vhost {
 /// The `[amqp]` and `[[routes]]` sections of a gateway serving `province`
 /// (e.g. `H35`) on `vhost`, everything else to the national exchange.
 pub fn config(vhost: &Vhost, province: &str, extra: &str) -> String {
+    config_with_url(&vhost.url, province, extra)
+}
+
+/// [`config`] with the broker account of `url`.
+pub fn config_with_url(url: &str, province: &str, extra: &str) -> String {
     let p = province.to_lowercase();
     format!(
         r##"
@@ -119,9 +124,128 @@ to = "local"
 [[routes]]
 pattern = "#"
 to = "exchange:{EXCHANGE}"
-"##,
-        url = vhost.url
+"##
     )
+}
+
+/// Publishes `body` with Debian's `amqp-publish` (amqp-tools), a client
+/// that is not ours, persistent, without a message_id property.
+pub async fn amqp_publish(
+    url: &str,
+    exchange: &str,
+    routing_key: &str,
+    content_type: &str,
+    body: &[u8],
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("amqp-publish")
+        .args([
+            &format!("--url={url}"),
+            "--exchange",
+            exchange,
+            "--routing-key",
+            routing_key,
+            "--content-type",
+            content_type,
+            "--persistent",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run amqp-publish (Debian package amqp-tools; .ci/run installs it)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(body).await.expect("write body");
+    drop(stdin);
+    let status = child.wait().await.expect("amqp-publish");
+    assert!(status.success(), "amqp-publish failed: {status}");
+}
+
+/// A broker account made by the broker operator's commands of
+/// docs/amqp.md ("Permissions on a shared broker"), as written there for
+/// Lai Châu (H35) and adapted to `province` and the test's virtual host.
+/// Deleted when dropped.
+pub struct BrokerUser {
+    pub name: String,
+    /// `amqp://name:password@127.0.0.1:5672/<vhost>`.
+    pub url: String,
+    /// The commands that made it, for failure messages.
+    pub commands: Vec<Vec<String>>,
+}
+
+/// Where the broker operator's commands are documented.
+const AMQP_DOC: &str = include_str!("../../docs/amqp.md");
+
+impl BrokerUser {
+    pub fn province_gateway(vhost: &Vhost, province: &str) -> BrokerUser {
+        let (_, rest) = AMQP_DOC
+            .split_once("<!-- gateway-permissions:begin -->")
+            .expect("docs/amqp.md marks the gateway's permissions");
+        let (block, _) = rest
+            .split_once("<!-- gateway-permissions:end -->")
+            .expect("docs/amqp.md ends the gateway's permissions");
+        let name = format!("lienthong-{}-{}", province.to_lowercase(), vhost.name);
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let text = block
+            .replace("lienthong-h35", &name)
+            .replace("h35", &province.to_lowercase())
+            .replace("H35", province)
+            .replace("'a long password'", &format!("'{password}'"))
+            .replace("-p / ", &format!("-p {} ", vhost.name));
+        let mut commands = Vec::new();
+        for line in text.replace("\\\n", " ").lines() {
+            let words = shell_words(line.trim());
+            if words.first().map(String::as_str) == Some("rabbitmqctl") {
+                commands.push(words);
+            }
+        }
+        assert!(
+            commands.len() >= 3,
+            "docs/amqp.md's gateway permissions hold no rabbitmqctl commands: {block}"
+        );
+        let user = BrokerUser {
+            url: format!("amqp://{name}:{password}@{BROKER}/{}", vhost.name),
+            name,
+            commands,
+        };
+        for c in &user.commands {
+            let args: Vec<&str> = c[1..].iter().map(String::as_str).collect();
+            if let Err(e) = rabbitmqctl(&args) {
+                panic!("the documented command failed: {e}");
+            }
+        }
+        user
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        if let Err(e) = rabbitmqctl(&["delete_user", &self.name]) {
+            notice(&format!("could not delete broker user {}: {e}", self.name));
+        }
+    }
+}
+
+/// Splits a shell command line of plain words and single-quoted strings
+/// (all the documentation uses).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                cur.get_or_insert_with(String::new);
+            }
+            c if c.is_whitespace() && !quoted => {
+                if let Some(w) = cur.take() {
+                    words.push(w);
+                }
+            }
+            c => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(cur);
+    words
 }
 
 /// An AMQP client of the test.

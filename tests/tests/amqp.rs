@@ -4,7 +4,6 @@
 //! broker for itself (the others hold the read side of `BROKER`).
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -14,7 +13,6 @@ use lienthong_e2e::amqp::{
 use lienthong_e2e::v1::{Delivery, SignedEnvelope};
 use lienthong_e2e::*;
 use prost::Message as _;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::RwLock;
 
 static BROKER: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
@@ -28,12 +26,24 @@ async fn gateway(
     backend: Backend,
     extra_amqp: &str,
 ) -> Option<TestGateway> {
+    gateway_as(name, province, &vhost.url, pki, backend, extra_amqp).await
+}
+
+/// [`gateway`] with the broker account of `url`.
+async fn gateway_as(
+    name: &str,
+    province: &str,
+    url: &str,
+    pki: &std::path::Path,
+    backend: Backend,
+    extra_amqp: &str,
+) -> Option<TestGateway> {
     TestGateway::start_with(
         name,
         GatewayOptions {
             backend,
             pki: Some(pki.to_path_buf()),
-            extra_config: amqp::config(vhost, province, extra_amqp),
+            extra_config: amqp::config_with_url(url, province, extra_amqp),
             ..Default::default()
         },
     )
@@ -121,26 +131,7 @@ async fn an_envelope_published_by_an_independent_client_reaches_a_grpc_inbox() {
     let draft = a.draft_document(&[B], "Gửi qua hàng đợi", &[]);
     let signed = a.sign(&draft.envelope).encode_to_vec();
 
-    // amqp-publish (Debian's amqp-tools) reads the body from stdin.
-    let mut child = tokio::process::Command::new("amqp-publish")
-        .args([
-            &format!("--url={}", vhost.url),
-            "--exchange",
-            EXCHANGE,
-            "--routing-key",
-            B,
-            "--content-type",
-            CONTENT_TYPE_ENVELOPE,
-            "--persistent",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run amqp-publish (Debian package amqp-tools; .ci/run installs it)");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(&signed).await.expect("write body");
-    drop(stdin);
-    let status = child.wait().await.expect("amqp-publish");
-    assert!(status.success(), "amqp-publish failed: {status}");
+    amqp::amqp_publish(&vhost.url, EXCHANGE, B, CONTENT_TYPE_ENVELOPE, &signed).await;
 
     let got = receive_n(&b, 1, Duration::from_secs(20)).await;
     let env = decode_envelope(got[0].envelope.as_ref().expect("envelope"));
@@ -549,7 +540,18 @@ async fn messages_wait_unacknowledged_while_the_database_is_away() {
         return;
     };
     let (_t, pki) = amqp::federated_pki_dir(&[]);
-    let Some(gw) = gateway("amqp-dbdown", "H35", &vhost, &pki, Backend::Postgres, "").await else {
+    // A failure during an outage does not count against the message: were
+    // it counted, two would set each message aside.
+    let Some(gw) = gateway(
+        "amqp-dbdown",
+        "H35",
+        &vhost,
+        &pki,
+        Backend::Postgres,
+        "max_failures = 2",
+    )
+    .await
+    else {
         return;
     };
     let db = gw.db_url.rsplit('/').next().unwrap().to_owned();
@@ -914,4 +916,396 @@ async fn copies_for_a_gateway_not_yet_bound_wait_in_order_and_go_when_it_binds()
         })
         .collect();
     assert_eq!(ids, for_c, "every copy, in order");
+}
+
+/// Waits until the gateway says it is connected with its topology declared
+/// (before that, a message published to the exchange has no queue to go to).
+async fn broker_up(gw: &TestGateway) {
+    let http = gw.http_addr.expect("HTTP listener");
+    for _ in 0..200 {
+        let (code, body) = amqp::http_get(http, "/health/ready").await;
+        if code == 200 && body.contains("\"broker\":\"up\"") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never connected to the broker", gw.name);
+}
+
+/// The envelope a message body carries (a bare envelope or a send stream).
+fn envelope_of_body(body: &[u8]) -> lienthong_e2e::v1::Envelope {
+    use lienthong_e2e::v1::{SendRequest, send_request::Item};
+    if let Ok(signed) = SignedEnvelope::decode(body)
+        && !signed.payload.is_empty()
+    {
+        return decode_envelope(&signed);
+    }
+    match SendRequest::decode_length_delimited(body) {
+        Ok(SendRequest {
+            item: Some(Item::Envelope(signed)),
+        }) => decode_envelope(&signed),
+        other => panic!("not a lienthong message body: {other:?}"),
+    }
+}
+
+/// The send-stream body of a signed envelope and its attachments: each
+/// `SendRequest` preceded by its length.
+fn stream_body(signed: &SignedEnvelope, attachments: &[AttachmentSpec]) -> Vec<u8> {
+    use lienthong_e2e::v1::{AttachmentChunk, SendRequest, send_request::Item};
+    let mut body = SendRequest {
+        item: Some(Item::Envelope(signed.clone())),
+    }
+    .encode_length_delimited_to_vec();
+    for (i, a) in attachments.iter().enumerate() {
+        for data in a.chunks() {
+            body.extend(
+                SendRequest {
+                    item: Some(Item::Chunk(AttachmentChunk {
+                        index: i as u32,
+                        data,
+                    })),
+                }
+                .encode_length_delimited_to_vec(),
+            );
+        }
+    }
+    body
+}
+
+/// A signed document with a NUL in a text field, published by an
+/// independent client: refused `MALFORMED` and dead-lettered at once, naming
+/// the field, on PostgreSQL (which cannot store a NUL); the message behind
+/// it is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_with_a_nul_is_dead_lettered_and_the_one_behind_it_is_delivered() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("nul") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(gw) = gateway("amqp-nul", "H35", &vhost, &pki, Backend::Postgres, "").await else {
+        return;
+    };
+    broker_up(&gw).await;
+    let a = gw.agency(A);
+    let mut poisoned = HashMap::new();
+    type Change = fn(&mut lienthong_e2e::v1::Document);
+    let changes: [(&str, Change); 2] = [
+        ("document.document_id", |d| d.document_id.insert(4, '\0')),
+        ("document.subject", |d| d.subject.push('\0')),
+    ];
+    for (field, change) in changes {
+        let mut d = a.draft_document(&[B], "Thư có ký tự NUL", &[]);
+        change(d.document_mut());
+        let body = a.sign(&d.envelope).encode_to_vec();
+        amqp::amqp_publish(&vhost.url, EXCHANGE, B, CONTENT_TYPE_ENVELOPE, &body).await;
+        poisoned.insert(d.envelope.message_id.clone(), field);
+    }
+    let good = a.draft_document(&[B], "Thư hợp lệ phía sau", &[]);
+    let body = a.sign(&good.envelope).encode_to_vec();
+    amqp::amqp_publish(&vhost.url, EXCHANGE, B, CONTENT_TYPE_ENVELOPE, &body).await;
+
+    let client = Client::connect(&vhost).await;
+    let dls = client
+        .take(&dead_letter_queue("H35"), 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        dls.len(),
+        2,
+        "the poisoned messages were not dead-lettered (held, retried?)"
+    );
+    for d in &dls {
+        let id = envelope_of_body(&d.data).message_id;
+        let field = poisoned
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} was dead-lettered"));
+        let reason = amqp::header(d, "x-lienthong-reason").unwrap_or_default();
+        let detail = amqp::header(d, "x-lienthong-detail").unwrap_or_default();
+        assert_eq!(reason, "MALFORMED", "{id}: {detail}");
+        assert!(detail.contains(&format!("`{field}`")), "{id}: {detail}");
+        let events = gw.trace_json(&id, Some(A)).await;
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert_eq!(kinds, ["rejected"], "{events:#?}");
+    }
+    let got = receive_n(&gw.agency(B), 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        decode_envelope(got[0].envelope.as_ref().unwrap()).message_id,
+        good.envelope.message_id
+    );
+}
+
+/// A message that fails for a reason of the gateway's, not of its own — one
+/// folder of the attachment store is damaged (a file where the folder of its
+/// attachment's digest belongs), while the database answers and the store
+/// takes other bytes — is set aside after `amqp.max_failures` attempts, with
+/// its reason; the message behind it goes through; once the store is
+/// repaired, the dead letter published again is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_keeps_failing_while_the_gateway_is_healthy_is_set_aside() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("failing") else {
+        return;
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[]);
+    let Some(gw) = gateway(
+        "amqp-failing",
+        "H35",
+        &vhost,
+        &pki,
+        Backend::Sqlite,
+        "max_failures = 3",
+    )
+    .await
+    else {
+        return;
+    };
+    broker_up(&gw).await;
+    let a = gw.agency(A);
+    let attachment = AttachmentSpec::text("to-trinh.txt", "Tờ trình về việc chuyển đổi số");
+    let (_, sha) = attachment.digest();
+    let folder = gw.storage_path.join("blobs").join(&hex::encode(sha)[..2]);
+    assert!(!folder.exists(), "{} exists already", folder.display());
+    std::fs::write(&folder, b"not a folder").unwrap();
+
+    let client = Client::connect(&vhost).await;
+    let stuck = a.draft_document(&[B], "Tờ trình", std::slice::from_ref(&attachment));
+    let body = stream_body(&a.sign(&stuck.envelope), std::slice::from_ref(&attachment));
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            &body,
+            Some(CONTENT_TYPE_STREAM),
+            Some(&stuck.envelope.message_id),
+        )
+        .await;
+    let behind = a.draft_document(&[B], "Văn bản phía sau", &[]);
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            &a.sign(&behind.envelope).encode_to_vec(),
+            None,
+            Some(&behind.envelope.message_id),
+        )
+        .await;
+
+    let dls = client
+        .take(&dead_letter_queue("H35"), 1, Duration::from_secs(30))
+        .await;
+    let got = reasons(&dls);
+    let (reason, detail) = got
+        .get(stuck.envelope.message_id.as_str())
+        .unwrap_or_else(|| panic!("the failing message was not set aside: {got:#?}"));
+    assert_eq!(reason, "UNAVAILABLE", "{detail}");
+    assert!(detail.contains("max_failures"), "{detail}");
+    assert!(detail.contains("attachment store"), "{detail}");
+    let failures = amqp::header(&dls[0], "x-lienthong-failures").unwrap_or_default();
+    assert!(failures.contains('3'), "{failures:?}");
+    let at_b = receive_n(&gw.agency(B), 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        decode_envelope(at_b[0].envelope.as_ref().unwrap()).message_id,
+        behind.envelope.message_id,
+        "the message behind it"
+    );
+    // Set aside by the consumer, which knows the message only by its id.
+    let events = gw.trace_json(&stuck.envelope.message_id, None).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "rejected"
+                && e["detail"].as_str().unwrap_or("").contains("set aside")),
+        "{events:#?}"
+    );
+
+    // Repaired, and published again as docs/amqp.md says: nothing was lost.
+    std::fs::remove_file(&folder).unwrap();
+    client
+        .publish(
+            EXCHANGE,
+            B,
+            &dls[0].data,
+            Some(CONTENT_TYPE_STREAM),
+            Some(&stuck.envelope.message_id),
+        )
+        .await;
+    let at_b = receive_n(&gw.agency(B), 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        decode_envelope(at_b[0].envelope.as_ref().unwrap()).message_id,
+        stuck.envelope.message_id
+    );
+}
+
+fn assert_refused<T: std::fmt::Debug>(r: Result<T, lapin::Error>, what: &str) {
+    match r {
+        Err(e) => assert!(
+            matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 403),
+            "{what}: refused, but not for access: {e}"
+        ),
+        Ok(v) => panic!("{what}: the broker allowed it ({v:?})"),
+    }
+}
+
+/// Two province gateways on one virtual host, each with a broker account
+/// made by exactly the commands docs/amqp.md gives the broker's operator:
+/// documents and statuses cross the exchange both ways and reach a
+/// queue-reading agency; with the same account, nothing of the other
+/// province can be read, bound to, declared or written into.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_run_with_the_documented_least_privileges_and_no_more() {
+    use lapin::options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("leastpriv") else {
+        return;
+    };
+    // The broker's operator declares the shared exchange.
+    let operator = Client::connect(&vhost).await;
+    operator
+        .ch
+        .exchange_declare(
+            EXCHANGE.into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let u35 = amqp::BrokerUser::province_gateway(&vhost, "H35");
+    let u36 = amqp::BrokerUser::province_gateway(&vhost, "H36");
+    let own = |p: &str| {
+        format!(
+            "dead_letter_exchange = \"lienthong.dead.{p}\"\nagency_exchange = \"lienthong.agencies.{p}\""
+        )
+    };
+    let (_t, pki) = amqp::federated_pki_dir(&[C]);
+    let Some(g35) = gateway_as(
+        "amqp-lp-h35",
+        "H35",
+        &u35.url,
+        &pki,
+        Backend::Sqlite,
+        &own("h35"),
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(g36) = gateway_as(
+        "amqp-lp-h36",
+        "H36",
+        &u36.url,
+        &pki,
+        Backend::Sqlite,
+        &own("h36"),
+    )
+    .await
+    else {
+        return;
+    };
+    let (a, x) = (g35.agency(A), g36.agency(X));
+
+    // A → X (the other province) and C (a queue-reading agency here).
+    let sent = a
+        .send_document(&[X, C], "Văn bản liên tỉnh, quyền tối thiểu", &[])
+        .await
+        .expect("send");
+    let at_x = receive_n(&x, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        decode_envelope(at_x[0].envelope.as_ref().unwrap()).message_id,
+        sent.message_id()
+    );
+    let at_c = operator
+        .take(&format!("lienthong.agency.{C}"), 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(at_c.len(), 1, "C's queue got nothing");
+    assert_eq!(
+        envelope_of_body(&at_c[0].data).message_id,
+        sent.message_id()
+    );
+    // X → A, back across the exchange.
+    let back = x
+        .send_document(&[A], "Trả lời liên tỉnh", &[])
+        .await
+        .expect("send back");
+    let at_a = receive_n(&a, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        decode_envelope(at_a[0].envelope.as_ref().unwrap()).message_id,
+        back.message_id()
+    );
+
+    // The H35 account and the other province's resources.
+    let conn = lapin::Connection::connect(&u35.url, lapin::ConnectionProperties::default())
+        .await
+        .expect("the H35 account connects");
+    let ch = || async { conn.create_channel().await.expect("channel") };
+    for queue in ["lienthong.inbound.h36", "lienthong.dead.h36"] {
+        let r = ch()
+            .await
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await;
+        assert_refused(r, &format!("H35 takes a message from {queue}"));
+    }
+    let r = ch()
+        .await
+        .queue_bind(
+            "lienthong.inbound.h35".into(),
+            EXCHANGE.into(),
+            "#.H36".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_refused(r, "H35 binds its queue to H36's codes");
+    let r = ch()
+        .await
+        .queue_declare(
+            format!("lienthong.agency.{Y}").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert_refused(r, "H35 declares an H36 agency's queue");
+    let r = ch()
+        .await
+        .exchange_delete(EXCHANGE.into(), ExchangeDeleteOptions::default())
+        .await;
+    assert_refused(r, "H35 deletes the documents exchange");
+    let publisher = ch().await;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let r = match publisher
+        .basic_publish(
+            "".into(),
+            "lienthong.inbound.h36".into(),
+            BasicPublishOptions::default(),
+            b"straight into another province's queue",
+            lapin::BasicProperties::default(),
+        )
+        .await
+    {
+        Ok(confirm) => confirm.await,
+        Err(e) => Err(e),
+    };
+    assert_refused(r, "H35 publishes into H36's queue by the default exchange");
+    // Its own inbound queue it may read (the gateway does).
+    let own_queue = ch()
+        .await
+        .basic_get("lienthong.inbound.h35".into(), BasicGetOptions::default())
+        .await;
+    assert!(own_queue.is_ok(), "{own_queue:?}");
+    let _ = conn.close(200, "done".into()).await;
+    drop((g35, g36, u35, u36));
 }

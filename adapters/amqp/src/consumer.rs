@@ -1,5 +1,6 @@
 //! The inbound queue → the pipeline, one message at a time, in order.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -8,11 +9,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lienthong_core::error::{Error, Reason, Result};
-use lienthong_core::pipeline::{Arrival, Caller, Gateway, Hops, truncate};
+use lienthong_core::pipeline::{Arrival, Caller, Gateway, Hops, sha256, truncate};
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::wire::{self, HEADER_DETAIL, HEADER_HOPS, HEADER_REASON};
+use crate::wire::{self, HEADER_DETAIL, HEADER_FAILURES, HEADER_HOPS, HEADER_REASON};
 use crate::{AmqpConfig, AmqpError};
 
 /// What became of one message.
@@ -21,6 +22,39 @@ enum Outcome {
     Accepted,
     /// Can never be accepted: dead-letter it with this reason.
     Refused(Error),
+    /// Failed `amqp.max_failures` times while the gateway was otherwise
+    /// healthy: dead-letter it with the last failure, so that it stops
+    /// holding up the queue.
+    SetAside(Error, u32),
+}
+
+/// The failures of held messages, counted only while the gateway was
+/// otherwise healthy, by the SHA-256 of the body: a message the broker hands
+/// back after a lost connection keeps its count. In memory: a restart
+/// starts every count again, and the broker's own `x-delivery-count`
+/// (`amqp.max_redeliveries`) bounds what a restart could not.
+#[derive(Debug, Default)]
+pub(crate) struct FailureBook {
+    counts: HashMap<[u8; 32], u32>,
+}
+
+impl FailureBook {
+    /// Entries stay behind only for messages the broker took back; losing
+    /// them restarts those counts, nothing more.
+    const MAX_ENTRIES: usize = 1024;
+
+    fn count(&mut self, key: [u8; 32]) -> u32 {
+        if self.counts.len() >= Self::MAX_ENTRIES && !self.counts.contains_key(&key) {
+            self.counts.clear();
+        }
+        let n = self.counts.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn forget(&mut self, key: &[u8; 32]) {
+        self.counts.remove(key);
+    }
 }
 
 pub(crate) async fn run(
@@ -28,6 +62,7 @@ pub(crate) async fn run(
     cfg: &AmqpConfig,
     ch: &Channel,
     dead: &Channel,
+    book: &mut FailureBook,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
     let mut consumer = ch
@@ -43,16 +78,25 @@ pub(crate) async fn run(
         if delivery.redelivered {
             lienthong_core::metrics::amqp_redelivered();
         }
-        let outcome = match redelivery_limit(&delivery, cfg.max_redeliveries) {
+        // Redeliveries past the limit mean the gateway kept failing on the
+        // message (or crashing): set it aside — but not during an outage,
+        // which redelivers everything it held, poison or not.
+        let over_limit = match redelivery_limit(&delivery, cfg.max_redeliveries) {
+            Some(refusal) if gw.healthy().await.is_ok() => Some(refusal),
+            _ => None,
+        };
+        let outcome = match over_limit {
             Some(refusal) => {
                 let caller = caller_of(&delivery);
                 let id = message_id_of(&delivery);
                 Outcome::Refused(gw.refuse(Some(&caller), &id, refusal).await)
             }
-            None => process_until_settled(gw, &delivery, &mut shutdown).await?,
+            None => process_until_settled(gw, cfg, &delivery, book, &mut shutdown).await?,
         };
-        if let Outcome::Refused(err) = &outcome {
-            dead_letter(dead, cfg, &delivery, err).await?;
+        match &outcome {
+            Outcome::Accepted => {}
+            Outcome::Refused(err) => dead_letter(dead, cfg, &delivery, err, None).await?,
+            Outcome::SetAside(err, n) => dead_letter(dead, cfg, &delivery, err, Some(*n)).await?,
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
@@ -61,36 +105,82 @@ pub(crate) async fn run(
     ))
 }
 
-/// Tries a message until it is accepted or refused for good. A passing
-/// failure (the database is down) holds it — unacknowledged, so a crash
-/// hands it back to the broker — and tries again with backoff; taking the
-/// next message instead would reorder what one sender sent one recipient.
+/// Tries a message until it is accepted, refused, or set aside. A failure
+/// that is the gateway's, not the message's (`UNAVAILABLE`, `INTERNAL`),
+/// holds it — unacknowledged, so a crash hands it back to the broker — and
+/// tries again with backoff; taking the next message instead would reorder
+/// what one sender sent one recipient.
+///
+/// Such a failure counts against the message only while the gateway is
+/// otherwise healthy (its database answers a ping, its attachment store
+/// takes a write): then it is this message that fails, and after
+/// `amqp.max_failures` counted failures it is set aside, so that no message
+/// can hold the queue. During an outage nothing is counted, and the queue
+/// waits, in order, for the gateway to come back.
 async fn process_until_settled(
     gw: &Gateway,
+    cfg: &AmqpConfig,
     d: &Delivery,
+    book: &mut FailureBook,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Outcome, AmqpError> {
+    let key = sha256(&d.data);
+    let max = cfg.max_failures.max(1);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match process(gw, d).await {
-            Ok(()) => return Ok(Outcome::Accepted),
-            Err(e) if e.reason().is_retryable() => {
+        let err = match process(gw, d).await {
+            Ok(()) => {
+                book.forget(&key);
+                return Ok(Outcome::Accepted);
+            }
+            Err(e) if !e.reason().is_gateway_fault() => {
+                book.forget(&key);
+                return Ok(Outcome::Refused(e));
+            }
+            Err(e) => e,
+        };
+        match gw.healthy().await {
+            Ok(()) => {
+                let n = book.count(key);
+                if n >= max {
+                    book.forget(&key);
+                    let aside = Error::new(
+                        err.reason(),
+                        format!(
+                            "set aside after {n} attempts that failed while the gateway was otherwise healthy (amqp.max_failures is {max}); the last one: {} — once the cause is fixed, publish it again",
+                            err.message()
+                        ),
+                    );
+                    let caller = caller_of(d);
+                    let aside = gw.refuse(Some(&caller), &message_id_of(d), aside).await;
+                    return Ok(Outcome::SetAside(aside, n));
+                }
                 tracing::warn!(
                     message_id = %message_id_of(d),
-                    error = %e.chain(),
+                    error = %err.chain(),
+                    failures = n,
+                    max_failures = max,
                     retry_in_ms = backoff.as_millis() as u64,
-                    "AMQP message not accepted for a passing reason; holding it and trying again"
+                    "AMQP message failed while the gateway is otherwise healthy; holding it and trying again"
                 );
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait_for(|s| *s) => {
-                        return Err(AmqpError::Setup("shutting down with a message held".to_owned()));
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Ok(Outcome::Refused(e)),
+            Err(outage) => {
+                tracing::warn!(
+                    message_id = %message_id_of(d),
+                    error = %err.chain(),
+                    outage = %outage.chain(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "AMQP message not accepted during an outage; holding it (not counted against it) and trying again"
+                );
+            }
         }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => {
+                return Err(AmqpError::Setup("shutting down with a message held".to_owned()));
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -194,8 +284,12 @@ async fn dead_letter(
     cfg: &AmqpConfig,
     d: &Delivery,
     err: &Error,
+    failures: Option<u32>,
 ) -> Result<(), AmqpError> {
     let mut headers = d.properties.headers().clone().unwrap_or_default();
+    if let Some(n) = failures {
+        headers.insert(HEADER_FAILURES.into(), AMQPValue::LongUInt(n));
+    }
     headers.insert(
         HEADER_REASON.into(),
         AMQPValue::LongString(err.reason().as_str().into()),

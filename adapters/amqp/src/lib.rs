@@ -49,6 +49,11 @@ pub struct AmqpConfig {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// The direct exchange this gateway publishes to its queue-reading
+    /// agencies through (each agency's queue bound with its own name), so
+    /// that its broker account needs no right on the default exchange,
+    /// which reaches every queue of the virtual host.
+    pub agency_exchange: String,
     /// Unacknowledged messages the broker may hand the consumer at once.
     pub prefetch: u16,
     /// Publications the relay may have waiting for their confirm at once.
@@ -56,6 +61,11 @@ pub struct AmqpConfig {
     /// A message delivered more often than this without being accepted is
     /// dead-lettered (it is poison: it keeps stopping the gateway).
     pub max_redeliveries: u32,
+    /// A message whose processing failed this many times, for a reason of
+    /// the gateway's (`UNAVAILABLE`, `INTERNAL`), while the gateway was
+    /// otherwise healthy, is dead-lettered: no message can hold the queue.
+    /// Failures during an outage are not counted.
+    pub max_failures: u32,
     /// The largest message published or taken: RabbitMQ's own limit
     /// (`max_message_size`, 16 MiB by default since RabbitMQ 4).
     pub max_message_bytes: u64,
@@ -72,9 +82,11 @@ impl Default for AmqpConfig {
             queue: "lienthong.inbound".to_owned(),
             dead_letter_exchange: "lienthong.dead".to_owned(),
             dead_letter_queue: "lienthong.dead".to_owned(),
+            agency_exchange: "lienthong.agencies".to_owned(),
             prefetch: 32,
             confirm_window: 64,
             max_redeliveries: 10,
+            max_failures: 10,
             max_message_bytes: 16 * 1024 * 1024,
             reconnect_max_secs: 30,
             tls: AmqpTls::default(),
@@ -155,9 +167,18 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let max = Duration::from_secs(cfg.reconnect_max_secs.max(1));
         let mut backoff = Duration::from_millis(200);
+        let mut book = consumer::FailureBook::default();
         loop {
             let mut connected = false;
-            let run = run_once(&gw, &cfg, &routes, &st, &mut connected, shutdown.clone());
+            let run = run_once(
+                &gw,
+                &cfg,
+                &routes,
+                &st,
+                &mut connected,
+                &mut book,
+                shutdown.clone(),
+            );
             let ended = tokio::select! {
                 r = run => r,
                 _ = shutdown.wait_for(|s| *s) => Ok(()),
@@ -195,6 +216,7 @@ async fn run_once(
     routes: &RouteTable,
     state: &BrokerState,
     connected: &mut bool,
+    book: &mut consumer::FailureBook,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
     let url = cfg
@@ -202,12 +224,12 @@ async fn run_once(
         .as_deref()
         .ok_or_else(|| AmqpError::Setup("amqp.url is not set".to_owned()))?;
     let conn = connect(url, &cfg.tls).await?;
-    let topology = conn.create_channel().await?;
-    declare(&topology, cfg, routes).await?;
+    let mut topology = conn.create_channel().await?;
+    declare(&conn, &mut topology, cfg, routes).await?;
     // Agencies that read a queue get it now, so they can subscribe before
     // their first document (the relay declares newer ones as it goes).
     for id in gw.queue_agencies().await? {
-        declare_agency_queue(&topology, &lienthong_core::routing::agency_queue(&id)).await?;
+        declare_agency_queue(&topology, cfg, &lienthong_core::routing::agency_queue(&id)).await?;
     }
     let consume_ch = conn.create_channel().await?;
     consume_ch
@@ -225,7 +247,7 @@ async fn run_once(
     state.set_up();
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, "AMQP connected; topology declared");
     let result = tokio::select! {
-        r = consumer::run(gw, cfg, &consume_ch, &dead_ch, shutdown.clone()) => r,
+        r = consumer::run(gw, cfg, &consume_ch, &dead_ch, book, shutdown.clone()) => r,
         r = relay::run(gw, cfg, &relay_ch, &topology) => r,
     };
     // Best effort: the broker requeues what was not acknowledged.
@@ -326,31 +348,70 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-async fn declare(ch: &Channel, cfg: &AmqpConfig, routes: &RouteTable) -> Result<(), AmqpError> {
-    let ex = ExchangeDeclareOptions {
+/// Whether the broker answered "not found" (and closed the channel).
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 404)
+}
+
+fn is_access_refused(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 403)
+}
+
+/// Declares an exchange only when it is missing. A passive declaration
+/// needs no permission: on a shared broker the exchanges every gateway uses
+/// (the documents exchange, those of the routes) are the broker operator's,
+/// and a gateway's account has no configure right on them — that right
+/// would also let it delete them.
+async fn ensure_exchange(
+    conn: &Connection,
+    ch: &mut Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), AmqpError> {
+    let passive = ExchangeDeclareOptions {
+        passive: true,
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    ch.exchange_declare(
-        cfg.exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ex,
-        FieldTable::default(),
-    )
-    .await?;
+    match ch
+        .exchange_declare(name.into(), kind.clone(), passive, FieldTable::default())
+        .await
+    {
+        Ok(()) => return Ok(()),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    *ch = conn.create_channel().await?;
+    let active = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    match ch
+        .exchange_declare(name.into(), kind, active, FieldTable::default())
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if is_access_refused(&e) => Err(AmqpError::Setup(format!(
+            "the exchange {name} does not exist on the broker and this gateway's account may not create it ({e}); ask the broker's operator to declare it (see docs/amqp.md, \"Permissions on a shared broker\")"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn declare(
+    conn: &Connection,
+    ch: &mut Channel,
+    cfg: &AmqpConfig,
+    routes: &RouteTable,
+) -> Result<(), AmqpError> {
+    ensure_exchange(conn, ch, &cfg.exchange, ExchangeKind::Topic).await?;
     for name in routes.exchanges() {
         if name != cfg.exchange {
-            ch.exchange_declare(name.into(), ExchangeKind::Topic, ex, FieldTable::default())
-                .await?;
+            ensure_exchange(conn, ch, name, ExchangeKind::Topic).await?;
         }
     }
-    ch.exchange_declare(
-        cfg.dead_letter_exchange.as_str().into(),
-        ExchangeKind::Direct,
-        ex,
-        FieldTable::default(),
-    )
-    .await?;
+    ensure_exchange(conn, ch, &cfg.dead_letter_exchange, ExchangeKind::Direct).await?;
+    ensure_exchange(conn, ch, &cfg.agency_exchange, ExchangeKind::Direct).await?;
     ch.queue_declare(
         cfg.dead_letter_queue.as_str().into(),
         durable(),
@@ -384,10 +445,19 @@ async fn declare(ch: &Channel, cfg: &AmqpConfig, routes: &RouteTable) -> Result<
     Ok(())
 }
 
-/// Declares an agency's own queue (before the first publication to it on a
-/// connection: the default exchange drops what has no queue).
-async fn declare_agency_queue(ch: &Channel, name: &str) -> Result<(), AmqpError> {
+/// Declares an agency's own queue and binds it to the agency exchange with
+/// its own name (before the first publication to it on a connection: the
+/// exchange drops what no queue is bound for).
+async fn declare_agency_queue(ch: &Channel, cfg: &AmqpConfig, name: &str) -> Result<(), AmqpError> {
     ch.queue_declare(name.into(), durable(), quorum_args(None))
         .await?;
+    ch.queue_bind(
+        name.into(),
+        cfg.agency_exchange.as_str().into(),
+        name.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     Ok(())
 }

@@ -105,14 +105,21 @@ pub(crate) async fn run(
                         continue;
                     }
                 };
-                if row.exchange.is_empty() && !declared.contains(&row.routing_key) {
-                    declare_agency_queue(topology, &row.routing_key).await?;
-                    declared.insert(row.routing_key.clone());
-                }
+                // A row for an agency's queue names the queue (no exchange):
+                // it goes through this gateway's agency exchange.
+                let exchange = if row.exchange.is_empty() {
+                    if !declared.contains(&row.routing_key) {
+                        declare_agency_queue(topology, cfg, &row.routing_key).await?;
+                        declared.insert(row.routing_key.clone());
+                    }
+                    cfg.agency_exchange.as_str()
+                } else {
+                    row.exchange.as_str()
+                };
                 let props = properties(gw, &message_id, content_type, &body.1);
                 let confirm = ch
                     .basic_publish(
-                        row.exchange.as_str().into(),
+                        exchange.into(),
                         row.routing_key.as_str().into(),
                         BasicPublishOptions {
                             mandatory: true,

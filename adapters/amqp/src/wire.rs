@@ -25,6 +25,8 @@ pub const CONTENT_TYPE_STREAM: &str = "application/vnd.lienthong.send-stream.v1+
 pub const HEADER_REASON: &str = "x-lienthong-reason";
 /// The sentence that goes with it.
 pub const HEADER_DETAIL: &str = "x-lienthong-detail";
+/// How many times a set-aside message failed while the gateway was healthy.
+pub const HEADER_FAILURES: &str = "x-lienthong-failures";
 /// Serialized `lienthong_core::pipeline::Hops`: where the message has been.
 pub const HEADER_HOPS: &str = "x-lienthong-hops";
 /// The gateway that published the message.

@@ -11,6 +11,7 @@ use std::io::{self, BufRead, Read};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use lienthong_core::error::{Error, Reason, Result};
+use lienthong_core::text::{self, TextKind};
 use lienthong_proto::prost::bytes::Bytes;
 use lienthong_proto::v1::{
     AttachmentRef, Business, BusinessDocumentInfo, BusinessReceiver, Document, Envelope,
@@ -222,6 +223,8 @@ struct Parser<R: Read> {
     notices: Vec<Problem>,
     events: u64,
     undeclared_edxml_noted: bool,
+    /// The open elements' names as written, for refusals.
+    path: Vec<String>,
 }
 
 const WHITESPACE: [char; 4] = [' ', '\t', '\r', '\n'];
@@ -259,6 +262,7 @@ impl<R: Read> Parser<R> {
             notices: Vec::new(),
             events: 0,
             undeclared_edxml_noted: false,
+            path: Vec::new(),
         }
     }
 
@@ -325,28 +329,42 @@ impl<R: Read> Parser<R> {
                         self.limits.max_depth
                     )));
                 }
-                Ev::Start(self.open(&s, true)?)
+                let tag = self.open(&s, true)?;
+                self.path.push(tag.qname.clone());
+                Ev::Start(tag)
             }
             Event::Empty(s) => Ev::Empty(self.open(&s, false)?),
             Event::End(_) => {
                 self.scopes.pop();
+                self.path.pop();
                 self.depth = self.depth.saturating_sub(1);
                 Ev::End
             }
-            Event::Text(t) => Ev::Text(legal(t.into_inner().into_owned())?),
-            Event::CData(c) => Ev::CData(legal(c.into_inner().into_owned())?),
+            Event::Text(t) => Ev::Text(self.legal(t.into_inner().into_owned())?),
+            Event::CData(c) => Ev::CData(self.legal(c.into_inner().into_owned())?),
             Event::GeneralRef(r) => {
                 let name = r.into_inner().into_owned();
-                if resolve_reference(&name).is_none() {
-                    return Err(Error::malformed(format!(
-                        "the package refers to the entity &{}; which is not a predefined XML entity or a valid character; entity declarations are not accepted in edXML",
-                        name.chars().take(40).collect::<String>()
-                    )));
+                match resolve_reference(&name) {
+                    Some(c) if !text::allowed(c, TextKind::Free) => {
+                        return Err(Error::malformed(format!(
+                            "the package writes {} as the reference &{name}; in {}; edXML values may not hold it, not even as a character reference: remove it",
+                            text::describe_char(c),
+                            self.element_path()
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(Error::malformed(format!(
+                            "the package refers to &{}; in {}, which is not a predefined XML entity nor a character XML allows (NUL and most control characters are not, even as references); entity declarations are not accepted in edXML",
+                            name.chars().take(40).collect::<String>(),
+                            self.element_path()
+                        )));
+                    }
                 }
                 Ev::Ref(name)
             }
-            Event::Comment(c) => Ev::Comment(legal(c.into_inner().into_owned())?),
-            Event::PI(p) => Ev::Pi(legal(p.into_inner().into_owned())?),
+            Event::Comment(c) => Ev::Comment(self.legal(c.into_inner().into_owned())?),
+            Event::PI(p) => Ev::Pi(self.legal(p.into_inner().into_owned())?),
             Event::Decl(d) => {
                 if let Some(Ok(enc)) = d.encoding() {
                     let enc = enc.to_ascii_lowercase();
@@ -370,7 +388,7 @@ impl<R: Read> Parser<R> {
     /// Resolves a start tag's names and pushes its namespace scope (popped
     /// at once for an empty element).
     fn open(&mut self, s: &quick_xml::events::BytesStart<'_>, keep: bool) -> Result<Tag> {
-        let qname = name(legal(s.name().as_ref().to_owned())?)?;
+        let qname = name(self.legal(s.name().as_ref().to_owned())?)?;
         let mut decls = Vec::new();
         let mut raw_attrs = Vec::new();
         for a in s.attributes() {
@@ -379,8 +397,8 @@ impl<R: Read> Parser<R> {
                     "the element <{qname}> has a malformed attribute: {e}"
                 ))
             })?;
-            let key = name(legal(a.key.as_ref().to_owned())?)?;
-            let value = legal(a.value.into_owned())?;
+            let key = name(self.legal(a.key.as_ref().to_owned())?)?;
+            let value = self.legal(a.value.into_owned())?;
             if value.contains('<') {
                 return Err(Error::malformed(format!(
                     "the attribute {key} of <{qname}> holds a '<', which XML does not allow there"
@@ -451,6 +469,51 @@ impl<R: Read> Parser<R> {
             qname,
             attrs,
         })
+    }
+
+    /// Refuses what XML cannot carry and what no edXML value may hold (NUL
+    /// and other control characters but tab and line breaks, noncharacters,
+    /// bidirectional overrides: see `lienthong_core::text`), naming the
+    /// element it was found in. quick-xml does not check characters itself,
+    /// and a NUL would not survive being written again.
+    fn legal(&self, s: String) -> Result<String> {
+        let bad = s
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !crate::xml::is_xml_char(*c) || !text::allowed(*c, TextKind::Free));
+        match bad {
+            Some((i, c)) => Err(Error::malformed(format!(
+                "the package holds {} in {} (character {} of that piece of text); {}: remove it",
+                text::describe_char(c),
+                self.element_path(),
+                i + 1,
+                if crate::xml::is_xml_char(c) {
+                    "edXML values may not hold it"
+                } else {
+                    "XML does not allow it"
+                }
+            ))),
+            None => Ok(s),
+        }
+    }
+
+    /// Where the reader is, for refusals: `<edXMLEnvelope/edXMLHeader/…>`.
+    fn element_path(&self) -> String {
+        if self.path.is_empty() {
+            return "the prolog".to_owned();
+        }
+        let tail: Vec<&str> = self
+            .path
+            .iter()
+            .rev()
+            .take(4)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let more = if self.path.len() > 4 { "…/" } else { "" };
+        format!("<{more}{}>", tail.join("/"))
     }
 
     fn lookup(&self, prefix: &str) -> Option<&str> {
@@ -864,18 +927,6 @@ impl<R: Read> Parser<R> {
         }
         b64.finish(sink)?;
         Ok((b64.written, b64.head))
-    }
-}
-
-/// quick-xml does not check that characters are ones XML allows; a NUL or
-/// another control character would not survive being written again.
-fn legal(s: String) -> Result<String> {
-    match s.chars().find(|c| !crate::xml::is_xml_char(*c)) {
-        Some(c) => Err(Error::malformed(format!(
-            "the package holds the character U+{:04X}, which XML does not allow",
-            c as u32
-        ))),
-        None => Ok(s),
     }
 }
 

@@ -85,6 +85,7 @@ pub fn code_of(r: Reason) -> Code {
         Reason::DuplicateConflict => Code::AlreadyExists,
         Reason::SizeLimit | Reason::RateLimited => Code::ResourceExhausted,
         Reason::Unavailable => Code::Unavailable,
+        Reason::Internal => Code::Internal,
     }
 }
 

@@ -781,6 +781,23 @@ impl BlobStore {
         Ok(true)
     }
 
+    /// Whether the store can take bytes now: a small file written, fsynced
+    /// and removed in its temporary folder (a full disk, a read-only or
+    /// vanished mount fail here).
+    pub async fn check_writable(&self) -> Result<()> {
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("probe-{}.part", uuid::Uuid::new_v4().simple()));
+        let guard = TempFile(Some(path.clone()));
+        let mut f = fs::File::create(&path).await?;
+        f.write_all(&[0u8; 4096]).await?;
+        f.sync_all().await?;
+        drop(f);
+        drop(guard);
+        Ok(())
+    }
+
     /// Removes a stored blob (used only to undo a commit whose database
     /// transaction failed, when no other message references the bytes).
     pub async fn remove(&self, sha256_hex: &str) -> Result<()> {

@@ -16,3 +16,4 @@ pub mod reports; // issue 7
 pub mod routing; // issue 5
 pub mod signing;
 pub mod store;
+pub mod text;

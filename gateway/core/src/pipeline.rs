@@ -38,6 +38,7 @@ use crate::signing::{self, TrustAnchors};
 use crate::store::{
     AcceptError, EventKind, NewAttachment, NewEvent, NewMessage, PendingDelivery, Store, now_micros,
 };
+use crate::text;
 
 /// Status codes a `StatusNotice` may carry (DESIGN.md §2).
 pub const STATUS_CODES: [&str; 9] = ["01", "02", "03", "04", "05", "06", "13", "15", "16"];
@@ -602,10 +603,7 @@ impl Gateway {
             // The bytes are in memory already (the transport bounds them):
             // read the ids so that the refusal can be traced by message_id.
             if let Ok(env) = Envelope::decode(signed.payload.clone()) {
-                subject.message_id = truncate(&env.message_id, MAX_MESSAGE_ID).to_owned();
-                if !env.from.is_empty() {
-                    subject.sender = truncate(&env.from, 64).to_owned();
-                }
+                note_ids(subject, &env);
             }
             return Err(Error::new(
                 Reason::SizeLimit,
@@ -628,10 +626,11 @@ impl Gateway {
             )
             .with_source(e)
         })?;
-        subject.message_id = truncate(&envelope.message_id, MAX_MESSAGE_ID).to_owned();
-        if !envelope.from.is_empty() {
-            subject.sender = truncate(&envelope.from, 64).to_owned();
-        }
+        note_ids(subject, &envelope);
+        // Before anything of it is compared, stored or logged: PostgreSQL
+        // cannot hold a NUL, and control characters break what reads the
+        // columns later (indexes, reports, the dashboard).
+        text::check_envelope(&envelope)?;
         validate_message_id(&envelope.message_id)?;
         let from = OrganId::parse_with(&envelope.from, policy).map_err(|e| {
             Error::new(
@@ -2100,6 +2099,14 @@ impl Gateway {
         self.inner.store.ping().await
     }
 
+    /// Whether the gateway can serve anything at all right now: the
+    /// database answers and the attachment store takes bytes. A failure
+    /// while this holds is the failure of one request, not an outage.
+    pub async fn healthy(&self) -> Result<()> {
+        self.inner.store.ping().await?;
+        self.inner.blobs.check_writable().await
+    }
+
     /// Lets health checks see the AMQP connection: `probe` answers `Err`
     /// with the reason while the broker is unreachable.
     pub fn attach_broker(&self, probe: BrokerProbe) {
@@ -2193,13 +2200,15 @@ impl Inner {
         reason: Option<&str>,
         detail: &str,
     ) {
+        // What a caller sent may be quoted here; the log keeps it printable
+        // (and storable: PostgreSQL refuses a NUL in text).
         let e = NewEvent {
             kind,
-            sender: subject.sender.clone(),
-            message_id: subject.message_id.clone(),
+            sender: text::printable(&subject.sender).into_owned(),
+            message_id: text::printable(&subject.message_id).into_owned(),
             recipient: None,
             reason: reason.map(str::to_owned),
-            detail: detail.to_owned(),
+            detail: text::printable(detail).into_owned(),
             actor: subject.actor.clone(),
             transport: subject.transport.as_str().to_owned(),
         };
@@ -3069,6 +3078,14 @@ pub(crate) fn hops_of(m: &message::Model, gateway: &str) -> Vec<TraceHop> {
         at: Some(timestamp(m.accepted_at)),
     });
     hops
+}
+
+/// The ids a refusal is logged under, as received but printable.
+fn note_ids(subject: &mut Subject, env: &Envelope) {
+    subject.message_id = text::printable(truncate(&env.message_id, MAX_MESSAGE_ID)).into_owned();
+    if !env.from.is_empty() {
+        subject.sender = text::printable(truncate(&env.from, 64)).into_owned();
+    }
 }
 
 /// The attachments' signed sizes together.

@@ -805,6 +805,7 @@ pub fn reason_vi(code: &str) -> &'static str {
             Reason::DocumentUnsigned => "Văn bản chưa được ký số",
             Reason::DocumentSignatureInvalid => "Chữ ký số trên văn bản không hợp lệ",
             Reason::Unavailable => "Trục liên thông tạm thời gián đoạn, cần gửi lại sau",
+            Reason::Internal => "Lỗi nội bộ của trục liên thông, cần báo người vận hành",
         },
         None => "Lý do khác",
     }

@@ -401,6 +401,14 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// The committer is the gateway's way to the database: when it has stopped
+/// (the runtime is shutting down), the database is as good as unreachable.
+fn committer_gone() -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::Internal(
+        "the group committer stopped before answering".to_owned(),
+    ))
+}
+
 /// The most acceptances one transaction takes. A lone acceptance never
 /// waits for company: the committer takes what is queued when it is free.
 const MAX_GROUP: usize = 64;
@@ -435,17 +443,19 @@ enum Done {
 }
 
 impl Done {
-    /// Tells the job's caller it failed with the group (nothing committed).
-    fn fail(self, msg: &str) {
+    /// Tells the job's caller it failed with the group (nothing committed),
+    /// with the group's own error: whether it was an outage or not is the
+    /// caller's answer too.
+    fn fail(self, err: &DbErr) {
         match self {
             Done::Accept(reply, _) => {
-                let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.to_owned()))));
+                let _ = reply.send(Err(AcceptError::Db(err.clone())));
             }
             Done::Ack(reply, _) => {
-                let _ = reply.send(Err(DbErr::Custom(msg.to_owned())));
+                let _ = reply.send(Err(err.clone()));
             }
             Done::Delivered(reply) => {
-                let _ = reply.send(Err(DbErr::Custom(msg.to_owned())));
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }
@@ -473,24 +483,24 @@ impl Done {
 /// update for the group). Nobody hears "accepted" or "acknowledged" before
 /// the whole transaction has committed.
 async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
-    let fail_all = |group: Vec<Job>, msg: String| {
+    let fail_all = |group: Vec<Job>, err: DbErr| {
         for j in group {
             match j {
                 Job::Accept { reply, .. } => {
-                    let _ = reply.send(Err(AcceptError::Db(DbErr::Custom(msg.clone()))));
+                    let _ = reply.send(Err(AcceptError::Db(err.clone())));
                 }
                 Job::Ack { reply, .. } => {
-                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
                 Job::Delivered { reply, .. } => {
-                    let _ = reply.send(Err(DbErr::Custom(msg.clone())));
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
     };
     let txn = match db.begin().await {
         Ok(t) => t,
-        Err(e) => return fail_all(group, e.to_string()),
+        Err(e) => return fail_all(group, e),
     };
     let alone = group.len() == 1;
     let mut lone_failure = false;
@@ -535,10 +545,9 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                         Ok(outcome)
                     }
                     Err(e) => {
-                        let msg = e.to_string();
                         drop(txn);
+                        done.into_iter().for_each(|d| d.fail(&e));
                         let _ = reply.send(Err(e));
-                        done.into_iter().for_each(|d| d.fail(&msg));
                         return;
                     }
                 };
@@ -557,10 +566,9 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
                     .exec(&txn)
                     .await;
                 if let Err(e) = marked {
-                    let msg = e.to_string();
                     drop(txn);
+                    done.into_iter().for_each(|d| d.fail(&e));
                     let _ = reply.send(Err(e));
-                    done.into_iter().for_each(|d| d.fail(&msg));
                     return;
                 }
                 events.extend(marks.events.into_iter().map(|e| (marks.at, e)));
@@ -581,10 +589,7 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
     };
     match committed {
         Ok(()) => done.into_iter().for_each(Done::answer),
-        Err(e) => {
-            let msg = e.to_string();
-            done.into_iter().for_each(|d| d.fail(&msg));
-        }
+        Err(e) => done.into_iter().for_each(|d| d.fail(&e)),
     }
 }
 
@@ -1040,11 +1045,9 @@ impl Store {
                     .await
                 {
                     Ok(()) => {
-                        return answer.await.unwrap_or_else(|_| {
-                            Err(AcceptError::Db(DbErr::Custom(
-                                "the group committer stopped before answering".to_owned(),
-                            )))
-                        });
+                        return answer
+                            .await
+                            .unwrap_or_else(|_| Err(AcceptError::Db(committer_gone())));
                     }
                     // The committer is gone (its runtime is shutting down):
                     // commit alone.
@@ -1512,9 +1515,7 @@ impl Store {
                     Ok(()) => {
                         return match answer.await {
                             Ok(r) => r.map(|()| attempts).map_err(Error::from),
-                            Err(_) => Err(Error::from(DbErr::Custom(
-                                "the group committer stopped before answering".to_owned(),
-                            ))),
+                            Err(_) => Err(Error::from(committer_gone())),
                         };
                     }
                     Err(mpsc::error::SendError(Job::Delivered { marks, .. })) => marks,
@@ -1563,9 +1564,7 @@ impl Store {
                     Ok(()) => {
                         return match answer.await {
                             Ok(r) => r.map_err(Error::from),
-                            Err(_) => Err(Error::from(DbErr::Custom(
-                                "the group committer stopped before answering".to_owned(),
-                            ))),
+                            Err(_) => Err(Error::from(committer_gone())),
                         };
                     }
                     Err(mpsc::error::SendError(Job::Ack { ack, .. })) => ack,
