@@ -330,6 +330,9 @@ pub struct GatewayOptions {
     pub pki: Option<PathBuf>,
     /// More `key = value` lines for the `[limits]` section.
     pub extra_limits: String,
+    /// More `key = value` lines for the `[trust]` section (`crls`,
+    /// `stale_crl`, ...).
+    pub extra_trust: String,
     /// More sections appended to the configuration (`[amqp]`, `[[routes]]`).
     pub extra_config: String,
 }
@@ -346,6 +349,7 @@ impl Default for GatewayOptions {
             mtls: false,
             pki: None,
             extra_limits: String::new(),
+            extra_trust: String::new(),
             extra_config: String::new(),
         }
     }
@@ -545,6 +549,7 @@ path = {storage}
 
 [trust]
 anchors = [{anchors}]
+{extra_trust}
 
 {auth}
 [limits]
@@ -558,6 +563,7 @@ max_attachment_bytes = {matt}
             db = toml_str(&self.db_url),
             storage = toml_str(&self.storage_path.display().to_string()),
             extra_limits = opts.extra_limits,
+            extra_trust = opts.extra_trust,
             extra_config = opts.extra_config,
             menv = opts.max_envelope_bytes,
             matt = opts.max_attachment_bytes,
@@ -666,6 +672,25 @@ max_attachment_bytes = {matt}
     /// SIGKILL (on Unix `Child::kill` sends SIGKILL) and reap.
     pub fn kill_9(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGTERM, as systemd stops it, and waits (at most 30 s, then SIGKILL)
+    /// for the process to finish its shutdown.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = StdCommand::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = child.kill();
         child.wait().ok()
     }
@@ -1268,6 +1293,14 @@ impl Agency {
             chain,
             channel,
         }
+    }
+
+    /// The same client over another channel (e.g. one bound to another
+    /// local address).
+    pub fn with_channel(&self, channel: Channel) -> Agency {
+        let mut a = self.clone();
+        a.channel = channel;
+        a
     }
 
     /// The same client, sending another `x-organ-id` (or none).

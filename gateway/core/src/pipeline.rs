@@ -260,6 +260,9 @@ struct Inner {
     /// issue 9: one permit per submission being taken (see
     /// [`Limits::max_submissions_in_flight`]).
     admission: Arc<tokio::sync::Semaphore>,
+    /// Calls refused before their caller was identified, summed per peer
+    /// until the next line of the transfer log ([`crate::peers`]).
+    unauthenticated: crate::peers::UnauthenticatedCalls,
 }
 
 struct Probe(BrokerProbe);
@@ -340,8 +343,13 @@ impl Gateway {
                 broker: std::sync::OnceLock::new(),
                 notices: Default::default(),
                 admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+                unauthenticated: Default::default(),
             }),
         }
+    }
+
+    pub(crate) fn unauthenticated_calls(&self) -> &crate::peers::UnauthenticatedCalls {
+        &self.inner.unauthenticated
     }
 
     pub fn store(&self) -> &Store {
@@ -1891,19 +1899,16 @@ impl Gateway {
         transport: Transport,
     ) -> Result<Caller> {
         let hex = hex::encode(spki_sha256);
+        // Not logged here: a caller that cannot be identified is answered
+        // and summed per peer by the transport ([`Gateway::refuse_unauthenticated`]),
+        // never written to the transfer log call by call.
         let Some(binding) = self.inner.store.client_cert(&hex).await? else {
-            return Err(self
-                .refuse(
-                    None,
-                    "",
-                    Error::new(
-                        Reason::PermissionDenied,
-                        format!(
-                            "this client certificate (key sha256 {hex}) is not bound to any agency; ask the operators to run `lienthong directory bind-client-cert ORGAN_ID CERT.pem`"
-                        ),
-                    ),
-                )
-                .await);
+            return Err(Error::new(
+                Reason::PermissionDenied,
+                format!(
+                    "this client certificate (key sha256 {hex}) is not bound to any agency; ask the operators to run `lienthong directory bind-client-cert ORGAN_ID CERT.pem`"
+                ),
+            ));
         };
         let role = if binding.role == "operator" {
             Role::Operator
