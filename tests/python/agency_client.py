@@ -122,44 +122,51 @@ def send(args, pb, rpc):
             for c in x509.load_pem_x509_certificates(f.read())
         ]
     attachment = ("Tờ trình từ phần mềm Python của cơ quan. " * 2000).encode()
-    today = datetime.date.today()
-    env = pb.Envelope(
-        message_id=str(uuid.uuid4()),
-        to=[args.to],
-        document=pb.Document(
-            document_id=f"{args.sender},{today:%Y/%m/%d},42/TTr-SKHCN",
-            code_number="42",
-            code_notation="TTr-SKHCN",
-            promulgation_place="Lai Châu",
-            promulgation_date=today.isoformat(),
-            type=1,
-            type_name="Tờ trình",
-            subject=args.subject,
-            content="Gửi từ một máy khách grpcio.",
-            signer=pb.Signer(
-                competence="KT. Giám đốc", position="Phó Giám đốc", full_name="Trần Thị B"
+
+    def signed_envelope(message_id):
+        today = datetime.date.today()
+        env = pb.Envelope(
+            message_id=message_id,
+            to=[args.to],
+            document=pb.Document(
+                document_id=f"{args.sender},{today:%Y/%m/%d},42/TTr-SKHCN",
+                code_number="42",
+                code_notation="TTr-SKHCN",
+                promulgation_place="Lai Châu",
+                promulgation_date=today.isoformat(),
+                type=1,
+                type_name="Tờ trình",
+                subject=args.subject,
+                content="Gửi từ một máy khách grpcio.",
+                signer=pb.Signer(
+                    competence="KT. Giám đốc",
+                    position="Phó Giám đốc",
+                    full_name="Trần Thị B",
+                ),
+                to_places=[args.to],
+                attachments=[
+                    pb.AttachmentRef(
+                        name="to-trinh.txt",
+                        content_type="text/plain; charset=utf-8",
+                        size=len(attachment),
+                        sha256=hashlib.sha256(attachment).digest(),
+                    )
+                ],
             ),
-            to_places=[args.to],
-            attachments=[
-                pb.AttachmentRef(
-                    name="to-trinh.txt",
-                    content_type="text/plain; charset=utf-8",
-                    size=len(attachment),
-                    sha256=hashlib.sha256(attachment).digest(),
-                )
-            ],
-        ),
-    )
-    # `from` is a Python keyword.
-    setattr(env, "from", args.sender)
-    env.created_at.GetCurrentTime()
-    payload = env.SerializeToString()
-    alg, value = sign(key, pae(PAYLOAD_TYPE, payload))
-    signed = pb.SignedEnvelope(
-        payload=payload,
-        payload_type=PAYLOAD_TYPE,
-        signatures=[pb.Signature(algorithm=alg, value=value, certificates=chain)],
-    )
+        )
+        # `from` is a Python keyword.
+        setattr(env, "from", args.sender)
+        env.created_at.GetCurrentTime()
+        payload = env.SerializeToString()
+        alg, value = sign(key, pae(PAYLOAD_TYPE, payload))
+        signed = pb.SignedEnvelope(
+            payload=payload,
+            payload_type=PAYLOAD_TYPE,
+            signatures=[pb.Signature(algorithm=alg, value=value, certificates=chain)],
+        )
+        return env, signed, alg
+
+    env, signed, alg = signed_envelope(str(uuid.uuid4()))
 
     def requests(signed_envelope):
         yield pb.SendRequest(envelope=signed_envelope)
@@ -171,10 +178,9 @@ def send(args, pb, rpc):
     with channel(args) as ch:
         exchange = rpc.ExchangeStub(ch)
         receipt = exchange.Send(requests(signed), timeout=60)
-        # The same message with one bit of its signature changed.
-        damaged = pb.SignedEnvelope()
-        damaged.CopyFrom(signed)
-        forged = bytearray(value)
+        # Another message, one bit of its signature changed.
+        _, damaged, _ = signed_envelope(str(uuid.uuid4()))
+        forged = bytearray(damaged.signatures[0].value)
         forged[-1] ^= 0x01
         damaged.signatures[0].value = bytes(forged)
         try:
