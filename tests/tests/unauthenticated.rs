@@ -44,17 +44,19 @@ fn stranger(gw: &TestGateway, from: Option<IpAddr>) -> Agency {
     gw.agency(A).with_channel(channel)
 }
 
-/// The transfer log's events by kind, read from the database.
-async fn events_by_kind(gw: &TestGateway) -> HashMap<String, i64> {
+/// Rows of a query on the gateway's database.
+async fn rows(gw: &TestGateway, sql: &str) -> Vec<sea_orm::QueryResult> {
     let db = Database::connect(gw.db_url.as_str()).await.unwrap();
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT kind, COUNT(*) AS n FROM events GROUP BY kind",
-        ))
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
         .await
-        .unwrap();
-    rows.iter()
+        .unwrap()
+}
+
+/// The transfer log's events by kind.
+async fn events_by_kind(gw: &TestGateway) -> HashMap<String, i64> {
+    rows(gw, "SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
+        .await
+        .iter()
         .map(|r| {
             (
                 r.try_get::<String>("", "kind").unwrap(),
@@ -66,27 +68,19 @@ async fn events_by_kind(gw: &TestGateway) -> HashMap<String, i64> {
 
 /// The `unauthenticated` lines: (actor, reason, detail).
 async fn summaries(gw: &TestGateway) -> Vec<(String, String, String)> {
-    let db = Database::connect(gw.db_url.as_str()).await.unwrap();
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT actor, reason, detail FROM events WHERE kind = 'unauthenticated' ORDER BY id",
-        ))
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                r.try_get::<Option<String>>("", "actor")
-                    .unwrap()
-                    .unwrap_or_default(),
-                r.try_get::<Option<String>>("", "reason")
-                    .unwrap()
-                    .unwrap_or_default(),
-                r.try_get::<String>("", "detail").unwrap(),
-            )
-        })
-        .collect()
+    let text = |r: &sea_orm::QueryResult, c: &str| {
+        r.try_get::<Option<String>>("", c)
+            .unwrap()
+            .unwrap_or_default()
+    };
+    rows(
+        gw,
+        "SELECT actor, reason, detail FROM events WHERE kind = 'unauthenticated' ORDER BY id",
+    )
+    .await
+    .iter()
+    .map(|r| (text(r, "actor"), text(r, "reason"), text(r, "detail")))
+    .collect()
 }
 
 /// How many chained events `lienthong log verify` counts (the chain intact).
