@@ -193,6 +193,48 @@ async fn a_slow_upload_is_given_up_and_its_slot_freed() {
             "{trace:?}"
         );
 
+        // The same for an edXML package dripped into SendEdxml.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let drip = tokio::spawn(async move {
+            let xml = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><edXML:edXMLEnvelope>";
+            for (i, b) in xml.iter().cycle().take(200).enumerate() {
+                let c = lienthong_e2e::v1::EdxmlChunk {
+                    data: vec![*b].into(),
+                    message_id: if i == 0 {
+                        "edxml-nho-giot".into()
+                    } else {
+                        String::new()
+                    },
+                };
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = a
+            .exchange()
+            .send_edxml(a.request(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .expect_err("a dripping edXML upload is given up");
+        drip.abort();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert_eq!(reason_of(&err).as_deref(), Some("RATE_LIMITED"), "{err:?}");
+        assert!(
+            err.message().contains("SendEdxml stream") && err.message().contains("slower than"),
+            "{}",
+            err.message()
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let trace = gw.trace_json("edxml-nho-giot", Some(A)).await;
+        assert!(
+            trace
+                .iter()
+                .any(|e| e["kind"] == "rejected" && e["reason"] == "RATE_LIMITED"),
+            "{trace:?}"
+        );
+
         // Nothing kept, and the one submission slot is free again.
         let (_, tmp) = gw.storage_files();
         assert!(tmp.is_empty(), "temporary files left: {tmp:?}");

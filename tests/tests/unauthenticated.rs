@@ -123,11 +123,22 @@ fn summed(detail: &str) -> u64 {
 /// acknowledges meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_are_refused_without_writing_a_line_per_call() {
+    strangers_knock(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_without_writing_a_line_per_call_on_postgres() {
+    strangers_knock(Backend::Postgres).await;
+}
+
+async fn strangers_knock(backend: Backend) {
     let opts = GatewayOptions {
         mtls: true,
+        backend,
         ..Default::default()
     };
-    let Some(mut gw) = TestGateway::start_with("unauthenticated_flood", opts).await else {
+    let name = format!("unauthenticated_flood_{backend:?}").to_lowercase();
+    let Some(mut gw) = TestGateway::start_with(&name, opts).await else {
         return;
     };
     const CALLS: usize = 400;
