@@ -673,6 +673,27 @@ mod tests {
         Ok(())
     }
 
+    /// The sample configuration's `[limits]` are the defaults it says.
+    #[test]
+    fn the_sample_limits_are_the_defaults() -> Result<()> {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lienthong.toml");
+        let text = std::fs::read_to_string(&sample)?;
+        let start = text.find("[limits]").context("no [limits] in the sample")?;
+        let end = text[start + 1..]
+            .find("\n[")
+            .map_or(text.len(), |i| start + 1 + i);
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(&f, &text[start..end])?;
+        let c = Config::load(Some(&f))?;
+        let d = LimitsSection::default();
+        assert_eq!(format!("{:?}", c.limits), format!("{d:?}"));
+        assert_eq!(d.upload_limits().min_bytes_per_second, 4096);
+        assert_eq!(d.peer_limits().calls_per_second, 1000.0);
+        assert_eq!(d.connection_limits().handshakes_per_peer, 16);
+        Ok(())
+    }
+
     #[test]
     fn file_and_unknown_keys() -> Result<()> {
         let dir = tempfile::tempdir()?;
