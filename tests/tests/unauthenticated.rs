@@ -266,7 +266,8 @@ async fn strangers_knock(backend: Backend) {
 async fn a_noisy_peer_is_held_to_its_rate_and_handshakes_not_the_others() {
     let opts = GatewayOptions {
         mtls: true,
-        extra_limits: "peer_calls_per_second = 2.0\npeer_burst = 30.0\npeer_handshakes = 4\n"
+        extra_limits: "peer_calls_per_second = 0.5\npeer_burst = 30.0\npeer_handshakes = 4\n\
+                       handshake_timeout_secs = 60\n"
             .into(),
         ..Default::default()
     };
@@ -296,7 +297,7 @@ async fn a_noisy_peer_is_held_to_its_rate_and_handshakes_not_the_others() {
         let denied = by_reason.get("PERMISSION_DENIED").copied().unwrap_or(0);
         let limited = by_reason.get("RATE_LIMITED").copied().unwrap_or(0);
         assert!(
-            (30..=60).contains(&denied) && limited >= 140,
+            (30..=60).contains(&denied) && denied + limited == 200,
             "the peer's burst of 30 (and a few refilled) reach identification, the rest are held back: {by_reason:?}"
         );
 
@@ -342,7 +343,7 @@ async fn a_noisy_peer_is_held_to_its_rate_and_handshakes_not_the_others() {
         for s in &mut silent {
             let mut buf = [0u8; 1];
             let read = tokio::time::timeout(
-                Duration::from_millis(500),
+                Duration::from_secs(2),
                 tokio::io::AsyncReadExt::read(s, &mut buf),
             )
             .await;
