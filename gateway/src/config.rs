@@ -689,7 +689,7 @@ mod tests {
         let d = LimitsSection::default();
         assert_eq!(format!("{:?}", c.limits), format!("{d:?}"));
         assert_eq!(d.upload_limits().min_bytes_per_second, 4096);
-        assert_eq!(d.peer_limits().calls_per_second, 1000.0);
+        assert_eq!(d.peer_limits().calls_per_second, 2000.0);
         assert_eq!(d.connection_limits().handshakes_per_peer, 16);
         Ok(())
     }

@@ -183,8 +183,8 @@ impl Default for PeerLimits {
         // One address may carry a whole province's shared software (many
         // agencies behind one NAT): generous, a bound on cost, not a quota.
         PeerLimits {
-            calls_per_second: 1000.0,
-            burst: 2000.0,
+            calls_per_second: 2000.0,
+            burst: 4000.0,
         }
     }
 }
