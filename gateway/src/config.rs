@@ -347,6 +347,29 @@ pub struct LimitsSection {
     pub max_streams_per_agency: usize,
     /// An upload stream silent this long is given up (MALFORMED, logged).
     pub idle_stream_secs: u64,
+    /// After `upload_grace_secs`, an upload (Send, SendEdxml) must bring at
+    /// least this many bytes per second on average, or it is given up
+    /// (RATE_LIMITED, logged); 0: no minimum.
+    pub upload_min_bytes_per_second: u64,
+    pub upload_grace_secs: u64,
+    /// The longest one upload may take (RATE_LIMITED, logged); 0: none.
+    pub upload_deadline_secs: u64,
+    /// Calls per second one peer (IPv4 address, IPv6 /64) may make,
+    /// checked before the caller is identified (RATE_LIMITED, counted and
+    /// summed, not logged call by call); 0: no limit.
+    pub peer_calls_per_second: f64,
+    /// Calls above that rate one peer may make at once.
+    pub peer_burst: f64,
+    /// TLS handshakes in progress at once from one peer; more are closed
+    /// at once. 0: no limit.
+    pub peer_handshakes: usize,
+    /// TLS handshakes in progress at once from every peer together.
+    pub max_handshakes: usize,
+    /// Connections open at once from one peer; more are closed at once.
+    /// 0: no limit.
+    pub peer_connections: usize,
+    /// A TLS handshake not finished within this many seconds is dropped.
+    pub handshake_timeout_secs: u64,
     /// Submissions taken at once by the whole gateway; one more gets
     /// UNAVAILABLE ("send again in a moment") instead of queueing.
     pub max_submissions_in_flight: usize,
@@ -369,6 +392,9 @@ pub struct LimitsSection {
 impl Default for LimitsSection {
     fn default() -> Self {
         let l = Limits::default();
+        let up = lienthong_grpc::limits::UploadLimits::default();
+        let peer = lienthong_grpc::limits::PeerLimits::default();
+        let conn = lienthong_tls::ConnectionLimits::default();
         LimitsSection {
             max_envelope_bytes: l.max_envelope_bytes,
             max_attachment_bytes: l.max_attachment_bytes,
@@ -379,6 +405,15 @@ impl Default for LimitsSection {
             burst: 400.0,
             max_streams_per_agency: 32,
             idle_stream_secs: 60,
+            upload_min_bytes_per_second: up.min_bytes_per_second,
+            upload_grace_secs: up.grace.as_secs(),
+            upload_deadline_secs: up.deadline.map_or(0, |d| d.as_secs()),
+            peer_calls_per_second: peer.calls_per_second,
+            peer_burst: peer.burst,
+            peer_handshakes: conn.handshakes_per_peer,
+            max_handshakes: conn.handshakes,
+            peer_connections: conn.connections_per_peer,
+            handshake_timeout_secs: conn.handshake_timeout.as_secs(),
             max_submissions_in_flight: l.max_submissions_in_flight,
             pdf_max_signatures: l.pdf.max_signatures,
             pdf_max_hash_multiple: l.pdf.max_hash_multiple,
@@ -396,6 +431,32 @@ impl LimitsSection {
             calls_per_second: self.calls_per_second.max(0.0),
             burst: self.burst.max(1.0),
             max_streams: self.max_streams_per_agency,
+        }
+    }
+
+    pub fn upload_limits(&self) -> lienthong_grpc::limits::UploadLimits {
+        lienthong_grpc::limits::UploadLimits {
+            idle: Duration::from_secs(self.idle_stream_secs.max(1)),
+            min_bytes_per_second: self.upload_min_bytes_per_second,
+            grace: Duration::from_secs(self.upload_grace_secs),
+            deadline: (self.upload_deadline_secs > 0)
+                .then(|| Duration::from_secs(self.upload_deadline_secs)),
+        }
+    }
+
+    pub fn peer_limits(&self) -> lienthong_grpc::limits::PeerLimits {
+        lienthong_grpc::limits::PeerLimits {
+            calls_per_second: self.peer_calls_per_second.max(0.0),
+            burst: self.peer_burst.max(1.0),
+        }
+    }
+
+    pub fn connection_limits(&self) -> lienthong_tls::ConnectionLimits {
+        lienthong_tls::ConnectionLimits {
+            handshakes_per_peer: self.peer_handshakes,
+            handshakes: self.max_handshakes.max(1),
+            connections_per_peer: self.peer_connections,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs.max(1)),
         }
     }
 
@@ -663,6 +724,27 @@ mod tests {
         assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:50051");
         assert!(c.database.url.starts_with("sqlite://./data/"));
         assert_eq!(c.auth.mode, AuthModeSetting::DevHeader);
+        Ok(())
+    }
+
+    /// The sample configuration's `[limits]` are the defaults it says.
+    #[test]
+    fn the_sample_limits_are_the_defaults() -> Result<()> {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lienthong.toml");
+        let text = std::fs::read_to_string(&sample)?;
+        let start = text.find("[limits]").context("no [limits] in the sample")?;
+        let end = text[start + 1..]
+            .find("\n[")
+            .map_or(text.len(), |i| start + 1 + i);
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(&f, &text[start..end])?;
+        let c = Config::load(Some(&f))?;
+        let d = LimitsSection::default();
+        assert_eq!(format!("{:?}", c.limits), format!("{d:?}"));
+        assert_eq!(d.upload_limits().min_bytes_per_second, 4096);
+        assert_eq!(d.peer_limits().calls_per_second, 2000.0);
+        assert_eq!(d.connection_limits().handshakes_per_peer, 16);
         Ok(())
     }
 

@@ -58,6 +58,11 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }
     };
     let anchors = cfg.anchors()?;
+    if let AuthMode::Mtls(tls) = &auth {
+        // A client certificate revoked in trust.crls is refused as a
+        // signing certificate would be.
+        tls.check_revocation_with(anchors.clone());
+    }
     if anchors.is_empty() {
         tracing::warn!(
             "no trust.anchors configured: every signed envelope will be refused as UNTRUSTED_CERTIFICATE"
@@ -224,6 +229,13 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             }
         })
     };
+    // Calls refused before identification: one summary line per peer per
+    // minute in the transfer log, and a last one at shutdown.
+    let unauthenticated_task = tokio::spawn(lienthong_core::peers::watch_unauthenticated(
+        gw.clone(),
+        lienthong_core::peers::SUMMARY_INTERVAL,
+        stopped(&stop_rx),
+    ));
     let reports_task = cfg.reports.monthly.then(|| {
         tokio::spawn(lienthong_core::reports::run_monthly_reports(
             gw.clone(),
@@ -237,9 +249,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             let r = GrpcServer::new(gw, auth)
                 .with_edxml_policy(cfg.edxml.policy.policy())
                 .with_agency_limits(cfg.limits.agency_limits())
-                .with_idle_timeout(std::time::Duration::from_secs(
-                    cfg.limits.idle_stream_secs.max(1),
-                ))
+                .with_peer_limits(cfg.limits.peer_limits())
+                .with_connection_limits(cfg.limits.connection_limits())
+                .with_upload_limits(cfg.limits.upload_limits())
                 .with_trace_organ_id(cfg.gateway.organ_id.as_deref().unwrap_or(&cfg.gateway.id))
                 .with_report_settings(grpc_report_settings)
                 .serve(listener, stop)
@@ -271,6 +283,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     signal.abort();
     let _ = maintenance_task.await;
     let _ = deadline_task.await;
+    let _ = unauthenticated_task.await;
     if let Some(t) = reports_task {
         let _ = t.await;
     }

@@ -330,14 +330,15 @@ pub struct GatewayOptions {
     pub pki: Option<PathBuf>,
     /// More `key = value` lines for the `[limits]` section.
     pub extra_limits: String,
+    /// More `key = value` lines for the `[trust]` section (`crls`,
+    /// `stale_crl`, ...).
+    pub extra_trust: String,
     /// More sections appended to the configuration (`[amqp]`, `[[routes]]`).
     pub extra_config: String,
     /// More `key = value` lines for the `[storage]` section.
     pub extra_storage: String,
     /// Environment variables of `serve` (e.g. `TMPDIR`).
     pub env: Vec<(String, String)>,
-    /// More `key = value` lines for the `[trust]` section (`crls = [...]`).
-    pub extra_trust: String,
 }
 
 impl Default for GatewayOptions {
@@ -352,10 +353,10 @@ impl Default for GatewayOptions {
             mtls: false,
             pki: None,
             extra_limits: String::new(),
+            extra_trust: String::new(),
             extra_config: String::new(),
             extra_storage: String::new(),
             env: Vec::new(),
-            extra_trust: String::new(),
         }
     }
 }
@@ -682,6 +683,25 @@ max_attachment_bytes = {matt}
     /// SIGKILL (on Unix `Child::kill` sends SIGKILL) and reap.
     pub fn kill_9(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGTERM, as systemd stops it, and waits (at most 30 s, then SIGKILL)
+    /// for the process to finish its shutdown.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = StdCommand::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = child.kill();
         child.wait().ok()
     }
@@ -1284,6 +1304,14 @@ impl Agency {
             chain,
             channel,
         }
+    }
+
+    /// The same client over another channel (e.g. one bound to another
+    /// local address).
+    pub fn with_channel(&self, channel: Channel) -> Agency {
+        let mut a = self.clone();
+        a.channel = channel;
+        a
     }
 
     /// The same client, sending another `x-organ-id` (or none).

@@ -235,3 +235,181 @@ async fn client_anchors_reload_without_a_restart() {
     })
     .await;
 }
+
+/// `openssl ca` with the OpenSSL PKI's intermediate CA (which issued the
+/// agencies' client certificates), and a section for version 2 lists.
+fn intermediate_ca(pki: &std::path::Path, args: &[&str]) {
+    let work = pki.join("openssl");
+    let cnf = work.join("crl.cnf");
+    if !cnf.exists() {
+        let base = std::fs::read_to_string(work.join("openssl.cnf")).unwrap();
+        std::fs::write(
+            &cnf,
+            format!("{base}\n[crl_ext]\nauthorityKeyIdentifier = keyid:always\n"),
+        )
+        .unwrap();
+    }
+    let out = std::process::Command::new("openssl")
+        .arg("ca")
+        .args(["-batch", "-config"])
+        .arg(&cnf)
+        .args(["-name", "intermediate_ca"])
+        .args(args)
+        .env("OPENSSL_CONF", &cnf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl ca {}:\n{}",
+        args.join(" "),
+        describe_output(&out)
+    );
+}
+
+/// Writes the intermediate CA's revocation list to `path` in one step (the
+/// gateway never sees half a file). `dates`: thisUpdate and nextUpdate as
+/// `YYYYMMDDHHMMSSZ`, else a week from now.
+fn publish_crl(pki: &std::path::Path, path: &std::path::Path, dates: Option<(&str, &str)>) {
+    let tmp = path.with_extension("new");
+    let tmp_s = tmp.display().to_string();
+    let mut args = vec!["-gencrl", "-crlexts", "crl_ext", "-out", &tmp_s];
+    match dates {
+        Some((this, next)) => {
+            args.extend(["-crl_lastupdate", this, "-crl_nextupdate", next]);
+        }
+        None => args.extend(["-crldays", "7"]),
+    }
+    intermediate_ca(pki, &args);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Revocation applies to client certificates: once the CA's list in
+/// `trust.crls` names an agency's client certificate, its next call is
+/// refused (UNAUTHENTICATED, CERTIFICATE_REVOKED, a sentence) while the
+/// other agencies go on; a stale list is used under `stale_crl = "warn"`
+/// and refuses every client under `"refuse"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused() {
+    let Some(pki) = openssl_pki("mtls_revoked") else {
+        return;
+    };
+    let crl = pki.path().join("intermediate.crl.pem");
+    publish_crl(pki.path(), &crl, None);
+    let opts = GatewayOptions {
+        mtls: true,
+        pki: Some(pki.path().to_path_buf()),
+        extra_trust: format!("crls = [\"{}\"]\n", crl.display()),
+        ..Default::default()
+    };
+    let Some(mut gw) = TestGateway::start_with("mtls_revoked", opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(180),
+        "the revoked client certificate",
+        async {
+            let a = gw.agency(A);
+            let b = gw.agency(B);
+            a.send_document(&[B], "Trước khi bị thu hồi", &[])
+                .await
+                .expect("A's certificate is good for now");
+
+            // The CA revokes A's client certificate and publishes its list.
+            let leaf = pki.path().join(format!("openssl/{A}.client.leaf.pem"));
+            intermediate_ca(
+                pki.path(),
+                &[
+                    "-revoke",
+                    &leaf.display().to_string(),
+                    "-crl_reason",
+                    "keyCompromise",
+                ],
+            );
+            publish_crl(pki.path(), &crl, None);
+
+            // The gateway reads the list again within seconds.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let err = loop {
+                match a.lookup(B).await {
+                    Err(e) => break e,
+                    Ok(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Ok(_) => panic!("A's revoked client certificate is still accepted"),
+                }
+            };
+            assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+            assert_eq!(
+                reason_of(&err).as_deref(),
+                Some("CERTIFICATE_REVOKED"),
+                "{err:?}"
+            );
+            assert!(
+                err.message().contains("client certificate")
+                    && err.message().contains("was revoked")
+                    && err.message().contains("keyCompromise")
+                    && err.message().contains("bind-client-cert"),
+                "{}",
+                err.message()
+            );
+            let err = a
+                .send_document(&[B], "Sau khi bị thu hồi", &[])
+                .await
+                .expect_err("no sending either");
+            assert_eq!(reason_of(&err).as_deref(), Some("CERTIFICATE_REVOKED"));
+            // B's certificate is not on the list.
+            assert_eq!(b.receive_all(0).await.unwrap().len(), 1);
+
+            // A stale list (its nextUpdate passed) under the default "warn":
+            // used as it is — B goes on, A stays revoked.
+            publish_crl(
+                pki.path(),
+                &crl,
+                Some(("20200101000000Z", "20200108000000Z")),
+            );
+            // It is read again, used, and the operators are told.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                assert!(b.lookup(A).await.is_ok(), "warn: a stale list still serves");
+                if gw.log_tails(200).contains("past its nextUpdate") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no warning about the stale list:\n{}",
+                    gw.log_tails(40)
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            assert_eq!(
+                reason_of(&a.lookup(B).await.unwrap_err()).as_deref(),
+                Some("CERTIFICATE_REVOKED")
+            );
+        },
+    )
+    .await;
+
+    // Under stale_crl = "refuse" the gateway cannot tell, and says so.
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        config.replacen("[trust]\n", "[trust]\nstale_crl = \"refuse\"\n", 1),
+    )
+    .unwrap();
+    gw.restart().await;
+    within(Duration::from_secs(60), "the stale list refused", async {
+        let err = gw.agency(B).lookup(A).await.expect_err("refused");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        assert_eq!(
+            reason_of(&err).as_deref(),
+            Some("UNTRUSTED_CERTIFICATE"),
+            "{err:?}"
+        );
+        assert!(
+            err.message().contains("expired on") && err.message().contains("trust.crls"),
+            "{}",
+            err.message()
+        );
+    })
+    .await;
+}

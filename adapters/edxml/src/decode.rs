@@ -285,7 +285,13 @@ impl<R: Read> Parser<R> {
         }
         let at = self.reader.error_position();
         match e {
-            quick_xml::Error::Io(io) => Error::unavailable("reading the package", io.to_string()),
+            // The transport's own refusal (see `gateway::chunk_channel`).
+            quick_xml::Error::Io(io) => {
+                match io.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+                    Some(refusal) => Error::new(refusal.reason(), refusal.message()),
+                    None => Error::unavailable("reading the package", io.to_string()),
+                }
+            }
             quick_xml::Error::Encoding(_) => Error::malformed(format!(
                 "the package is not UTF-8 text (invalid bytes near byte {at}); edXML packages are UTF-8 XML"
             )),

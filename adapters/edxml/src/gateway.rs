@@ -31,17 +31,14 @@ const CHUNK: usize = 256 * 1024;
 /// with that error (the transport broke).
 #[derive(Debug)]
 pub struct ChunkReader {
-    rx: mpsc::Receiver<std::result::Result<Bytes, String>>,
+    rx: mpsc::Receiver<Result<Bytes>>,
     current: Bytes,
 }
 
 /// A bounded channel: the async side sends chunks, a blocking thread reads.
-pub fn chunk_channel(
-    capacity: usize,
-) -> (
-    mpsc::Sender<std::result::Result<Bytes, String>>,
-    ChunkReader,
-) {
+/// A transport's refusal sent down it (a stalled or broken stream) ends the
+/// decoding with that refusal, as it is.
+pub fn chunk_channel(capacity: usize) -> (mpsc::Sender<Result<Bytes>>, ChunkReader) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     (
         tx,

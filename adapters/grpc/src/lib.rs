@@ -26,8 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Extensions;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -97,8 +96,10 @@ struct Shared {
     /// The agency code this gateway writes in an edXML TraceHeader.
     trace_organ_id: String,
     limiter: Arc<limits::AgencyLimiter>,
-    /// How long an upload stream may go without a message.
-    idle: Duration,
+    /// Calls per peer, before identification.
+    peers: Arc<limits::PeerLimiter>,
+    /// The pace an upload stream must keep.
+    upload: limits::UploadLimits,
 }
 
 /// HTTP/2 flow-control windows: what one stream, and one connection, may
@@ -110,10 +111,31 @@ const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 const INLINE_EDXML_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
 impl Shared {
-    /// The authenticated caller, within its rate limit, or a refusal that is
-    /// logged too.
+    /// The authenticated caller, within its rate limits.
+    ///
+    /// Refuse before you write: the peer's rate is checked first, and a call
+    /// whose caller cannot be identified is answered and counted
+    /// ([`Gateway::refuse_unauthenticated`]), never written to the transfer
+    /// log call by call. Only an identified caller's refusals are logged one
+    /// by one.
     async fn caller(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Status> {
-        let caller = self.identify(meta, ext).await?;
+        let peer = peer_of(ext).map(|a| a.ip());
+        if let Err(e) = self.peers.call(peer) {
+            return Err(status_of(&self.gw.refuse_unauthenticated(
+                Transport::Grpc,
+                peer,
+                e,
+            )));
+        }
+        let caller = match self.identify(meta, ext).await {
+            Ok(c) => c,
+            // An outage is not the caller's doing: answered as one.
+            Err(e) if e.reason() == Reason::Unavailable => return Err(status_of(&e)),
+            Err(e) => {
+                let e = self.gw.refuse_unauthenticated(Transport::Grpc, peer, e);
+                return Err(unauthenticated(&e));
+            }
+        };
         if let Err(e) = self.limiter.call(&caller.organ_id) {
             return Err(status_of(&self.gw.refuse(Some(&caller), "", e).await));
         }
@@ -131,26 +153,14 @@ impl Shared {
         }
     }
 
-    async fn identify(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Status> {
+    async fn identify(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Error> {
         match &self.auth {
             AuthMode::Mtls(tls) => {
-                let certs = ext
-                    .get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|i| i.peer_certs());
+                let certs = ext.get::<tls::ClientInfo>().and_then(|i| i.certs.clone());
                 let chain: &[CertificateDer<'static>] =
                     certs.as_deref().map(Vec::as_slice).unwrap_or(&[]);
-                let spki = match tls.verify_client(chain) {
-                    Ok(spki) => spki,
-                    Err(sentence) => {
-                        let err = Error::new(Reason::PermissionDenied, sentence);
-                        let err = self.gw.refuse(None, "", err).await;
-                        return Err(unauthenticated(&err));
-                    }
-                };
-                self.gw
-                    .identify_client(&spki, Transport::Grpc)
-                    .await
-                    .map_err(|e| identification_refused(&e))
+                let spki = tls.verify_client(chain)?;
+                self.gw.identify_client(&spki, Transport::Grpc).await
             }
             AuthMode::DevHeader => {
                 let id = meta
@@ -159,33 +169,22 @@ impl Shared {
                     .map(str::trim)
                     .filter(|s| !s.is_empty());
                 match id {
-                    Some(id) => self
-                        .gw
-                        .identify_named(id, Transport::Grpc)
-                        .await
-                        .map_err(|e| identification_refused(&e)),
-                    None => {
-                        let err = Error::new(
-                            Reason::PermissionDenied,
-                            "no caller identity: send your agency code in the x-organ-id request header",
-                        );
-                        let err = self.gw.refuse(None, "", err).await;
-                        Err(unauthenticated(&err))
-                    }
+                    Some(id) => self.gw.identify_named(id, Transport::Grpc).await,
+                    None => Err(Error::new(
+                        Reason::PermissionDenied,
+                        "no caller identity: send your agency code in the x-organ-id request header",
+                    )),
                 }
             }
         }
     }
 }
 
-/// A refusal to identify the caller: "who are you" travels as
-/// UNAUTHENTICATED, anything else (the database away) as itself.
-fn identification_refused(e: &Error) -> Status {
-    if e.reason() == Reason::PermissionDenied {
-        unauthenticated(e)
-    } else {
-        status_of(e)
-    }
+/// The peer's address: from the TLS listener's connection, or plain TCP.
+fn peer_of(ext: &Extensions) -> Option<std::net::SocketAddr> {
+    ext.get::<tls::ClientInfo>()
+        .map(|i| i.remote)
+        .or_else(|| ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr()))
 }
 
 /// "Who are you" refusals keep their reason but travel as UNAUTHENTICATED.
@@ -320,48 +319,53 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let _admission = s.gw.admit().map_err(|e| status_of(&e))?;
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
-        let first = match stream.message().await {
-            Ok(Some(pb::SendRequest {
+        let mut clock = limits::UploadClock::start(s.upload);
+        let first = match next_message(&mut stream, &clock).await {
+            Err(stall) => {
+                let e = clock.refusal(stall, "Send");
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+            Ok(Ok(Some(pb::SendRequest {
                 item: Some(Item::Envelope(env)),
-            })) => env,
-            Ok(Some(_)) => {
+            }))) => env,
+            Ok(Ok(Some(_))) => {
                 let e = Error::malformed(
                     "the first message of a Send stream must carry the signed envelope",
                 );
                 return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
             }
-            Ok(None) => {
+            Ok(Ok(None)) => {
                 let e = Error::malformed("the Send stream ended before the signed envelope");
                 return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
             }
-            Err(st) => {
+            Ok(Err(st)) => {
                 let e = transport_error(&st, "the first message of the Send stream");
                 return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
             }
         };
         let len = first.encoded_len();
+        clock.add(len);
         let mut sub =
             s.gw.begin_send(&caller, first, len)
                 .await
                 .map_err(|e| status_of(&e))?;
         loop {
-            let next = match tokio::time::timeout(s.idle, stream.message()).await {
+            let next = match next_message(&mut stream, &clock).await {
                 Ok(next) => next,
-                Err(_) => {
-                    let e = Error::malformed(format!(
-                        "the Send stream was idle for {} s; nothing was accepted, send the message again",
-                        s.idle.as_secs()
-                    ));
+                Err(stall) => {
+                    let e = clock.refusal(stall, "Send");
                     return Err(status_of(&sub.abort(e).await));
                 }
             };
             match next {
                 Ok(Some(pb::SendRequest {
                     item: Some(Item::Chunk(c)),
-                })) => sub
-                    .write_chunk(c.index, &c.data)
-                    .await
-                    .map_err(|e| status_of(&e))?,
+                })) => {
+                    clock.add(c.data.len());
+                    sub.write_chunk(c.index, &c.data)
+                        .await
+                        .map_err(|e| status_of(&e))?
+                }
                 Ok(Some(_)) => {
                     let e = Error::malformed(
                         "only attachment chunks may follow the envelope on a Send stream",
@@ -503,45 +507,50 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let (tx, reader) = edxml::gateway::chunk_channel(8);
+        let mut clock = limits::UploadClock::start(s.upload);
         // The first chunk may name the message_id; read it before decoding.
-        let first = match stream.message().await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
+        let first = match next_message(&mut stream, &clock).await {
+            Err(stall) => {
+                let e = clock.refusal(stall, "SendEdxml");
+                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+            }
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => {
                 let e = Error::malformed("the SendEdxml stream is empty; send the package's bytes");
                 return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
             }
-            Err(st) => {
+            Ok(Err(st)) => {
                 let e = transport_error(&st, "the first chunk of the edXML package");
                 return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
             }
         };
         let message_id = Some(first.message_id.clone()).filter(|m| !m.is_empty());
-        let idle = s.idle;
+        clock.add(first.data.len());
+        // The decoder reads on a blocking thread; a stall reaches it as the
+        // refusal it is, which the pipeline logs.
         let feeder = tokio::spawn(async move {
             if tx.send(Ok(first.data)).await.is_err() {
                 return;
             }
             loop {
-                let next = match tokio::time::timeout(idle, stream.message()).await {
+                let next = match next_message(&mut stream, &clock).await {
                     Ok(next) => next,
-                    Err(_) => {
-                        let _ = tx
-                            .send(Err(format!("the stream was idle for {} s", idle.as_secs())))
-                            .await;
+                    Err(stall) => {
+                        let _ = tx.send(Err(clock.refusal(stall, "SendEdxml"))).await;
                         return;
                     }
                 };
                 match next {
                     Ok(Some(c)) => {
+                        clock.add(c.data.len());
                         if tx.send(Ok(c.data)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(st) => {
-                        let _ = tx
-                            .send(Err(format!("the stream broke: {}", st.message())))
-                            .await;
+                        let e = transport_error(&st, "the edXML package");
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 }
@@ -721,6 +730,17 @@ fn transport_error(st: &Status, what: &str) -> Error {
     }
 }
 
+/// The next message of an upload stream, within the time its clock allows.
+async fn next_message<T>(
+    stream: &mut Streaming<T>,
+    clock: &limits::UploadClock,
+) -> Result<Result<Option<T>, Status>, limits::Stall> {
+    let (wait, stall) = clock.wait();
+    tokio::time::timeout(wait, stream.message())
+        .await
+        .map_err(|_| stall)
+}
+
 /// The gRPC server, ready to be served on a listener.
 pub struct GrpcServer {
     exchange: ExchangeService,
@@ -728,6 +748,7 @@ pub struct GrpcServer {
     admin: AdminService,
     report_settings: lienthong_core::reports::ReportSettings,
     max_message: usize,
+    connections: tls::ConnectionLimits,
 }
 
 impl GrpcServer {
@@ -740,7 +761,8 @@ impl GrpcServer {
             edxml_policy: Policy::Lenient,
             trace_organ_id: gw_id,
             limiter: Arc::new(limits::AgencyLimiter::new(limits::AgencyLimits::default())),
-            idle: Duration::from_secs(60),
+            peers: Arc::new(limits::PeerLimiter::default()),
+            upload: limits::UploadLimits::default(),
         };
         GrpcServer {
             exchange: ExchangeService {
@@ -752,6 +774,7 @@ impl GrpcServer {
             admin: AdminService { shared },
             report_settings: Default::default(),
             max_message,
+            connections: tls::ConnectionLimits::default(),
         }
     }
 
@@ -764,16 +787,32 @@ impl GrpcServer {
         self
     }
 
-    /// How long an upload stream (Send, SendEdxml) may stay silent before
-    /// it is given up.
-    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+    /// The pace an upload stream (Send, SendEdxml) must keep: its longest
+    /// silence, its minimum rate after a grace period, its overall deadline.
+    pub fn with_upload_limits(mut self, upload: limits::UploadLimits) -> Self {
         for shared in [
             &mut self.exchange.shared,
             &mut self.directory.shared,
             &mut self.admin.shared,
         ] {
-            shared.idle = idle;
+            shared.upload = upload;
         }
+        self
+    }
+
+    /// Per-peer call rate, checked before the caller is identified.
+    pub fn with_peer_limits(mut self, l: limits::PeerLimits) -> Self {
+        let peers = Arc::new(limits::PeerLimiter::new(l));
+        self.exchange.shared.peers = peers.clone();
+        self.directory.shared.peers = peers.clone();
+        self.admin.shared.peers = peers;
+        self
+    }
+
+    /// Bounds on TLS handshakes and connections, per peer and in all
+    /// (mutual TLS only).
+    pub fn with_connection_limits(mut self, l: tls::ConnectionLimits) -> Self {
+        self.connections = l;
         self
     }
 
@@ -812,6 +851,7 @@ impl GrpcServer {
     ) -> Result<(), tonic::transport::Error> {
         let (health, health_svc) = tonic_health::server::health_reporter();
         let gw = self.exchange.shared.gw.clone();
+        let connections = self.connections;
         let tls = match &self.exchange.shared.auth {
             AuthMode::Mtls(tls) => Some(tls.clone()),
             AuthMode::DevHeader => None,
@@ -849,7 +889,7 @@ impl GrpcServer {
             Some(tls) => {
                 tls.spawn_watcher(Duration::from_secs(5));
                 router
-                    .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                    .serve_with_incoming_shutdown(tls.incoming(listener, connections), shutdown)
                     .await
             }
             None => {

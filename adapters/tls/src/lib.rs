@@ -4,23 +4,32 @@
 //! The TLS handshake proves that the client holds the private key of the
 //! certificate it presents; whether that certificate chains to
 //! `tls.client_anchors`, is valid now, and is bound to an agency is checked
-//! per request ([`ReloadingTls::verify_client`] and the directory binding),
+//! per request ([`ReloadingTls::verify_client`], with the revocation lists
+//! of `trust.crls`, and the directory binding),
 //! so that each refusal reaches the caller as a gRPC status with a reason
 //! and a sentence, and is written to the transfer log — instead of a bare
 //! TLS alert nobody can read.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use lienthong_core::error::Error;
+use lienthong_core::peers::PeerKey;
+use lienthong_core::signing::TrustAnchors;
 use rustls::DistinguishedName;
 use rustls::crypto::CryptoProvider;
 use rustls::server::ServerConfig;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,6 +70,9 @@ pub struct ReloadingTls {
     provider: Arc<CryptoProvider>,
     // Swapped whole; never held across an await.
     loaded: RwLock<Arc<Loaded>>,
+    /// `[trust]`'s revocation lists and policy, applied to client
+    /// certificates too (see [`ReloadingTls::check_revocation_with`]).
+    revocation: OnceLock<TrustAnchors>,
 }
 
 impl std::fmt::Debug for ReloadingTls {
@@ -80,7 +92,16 @@ impl ReloadingTls {
             files,
             provider,
             loaded: RwLock::new(Arc::new(loaded)),
+            revocation: OnceLock::new(),
         }))
+    }
+
+    /// Judges client certificates against the revocation lists of
+    /// `trust.crls` too, under the `[trust]` policy (stale lists, unknown
+    /// status), as document-signing certificates are; clones of `trust`
+    /// share its lists, so their reloads apply here. Set once, at start.
+    pub fn check_revocation_with(&self, trust: TrustAnchors) {
+        let _ = self.revocation.set(trust);
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -130,48 +151,37 @@ impl ReloadingTls {
     }
 
     /// Checks a client's certificate chain (leaf first) against the client
-    /// anchors, for client authentication, now. Returns the SHA-256 of the
-    /// leaf's SubjectPublicKeyInfo: the key the directory binds to an agency.
-    pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<[u8; 32], String> {
-        let Some(leaf) = chain.first() else {
-            return Err("no client certificate was presented; mutual TLS requires one".to_owned());
-        };
+    /// anchors, for client authentication, now, and against the revocation
+    /// lists when [`ReloadingTls::check_revocation_with`] gave them. Returns
+    /// the SHA-256 of the leaf's SubjectPublicKeyInfo: the key the directory
+    /// binds to an agency. A refusal carries its reason
+    /// (`CERTIFICATE_REVOKED`, `UNTRUSTED_CERTIFICATE` for a list that
+    /// cannot settle it, else `PERMISSION_DENIED`) and a sentence.
+    pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<[u8; 32], Error> {
         let loaded = self.current();
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| format!("the client certificate cannot be read: {e}"))?;
-        ee.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
+        lienthong_core::signing::verify_client_chain(
+            chain,
             &loaded.anchors,
-            &chain[1..],
+            self.provider.signature_verification_algorithms.all,
+            self.revocation.get(),
             UnixTime::now(),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
         )
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } => {
-                "the client certificate has expired; renew it".to_owned()
-            }
-            webpki::Error::CertNotValidYet { .. } => {
-                "the client certificate is not valid yet; check the clocks".to_owned()
-            }
-            webpki::Error::UnknownIssuer => {
-                "the client certificate is not issued by an authority this gateway trusts (tls.client_anchors)".to_owned()
-            }
-            other => format!("the client certificate is not acceptable: {other}"),
-        })?;
-        lienthong_core::signing::spki_sha256(leaf.as_ref())
-            .map_err(|e| format!("the client certificate cannot be read: {}", e.message()))
     }
 
     /// Accepts TCP connections and completes TLS handshakes concurrently, so
-    /// that one slow client cannot hold up the others.
+    /// that one slow client cannot hold up the others, within `limits`: a
+    /// connection over them is closed at once (counted in
+    /// `lienthong_connections_refused_total`), before any byte of TLS.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
-    ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+        limits: ConnectionLimits,
+    ) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
         let (tx, rx) = mpsc::channel(64);
         let me = Arc::clone(self);
+        let handshakes = Arc::new(Semaphore::new(limits.handshakes.max(1)));
+        let peer_handshakes = PeerSlots::new(limits.handshakes_per_peer);
+        let peer_connections = PeerSlots::new(limits.connections_per_peer);
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -185,22 +195,201 @@ impl ReloadingTls {
                 if tx.is_closed() {
                     break;
                 }
+                let key = PeerKey::of(peer.ip());
+                // Dropping `tcp` closes it: over a limit, nothing is read.
+                let Some(connection) = peer_connections.take(key) else {
+                    refused(peer, "peer_connections");
+                    continue;
+                };
+                let Some(handshake) = peer_handshakes.take(key) else {
+                    refused(peer, "peer_handshakes");
+                    continue;
+                };
+                let Ok(in_flight) = handshakes.clone().try_acquire_owned() else {
+                    refused(peer, "handshakes");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(me.current().config.clone());
                 let tx = tx.clone();
+                let timeout = limits.handshake_timeout;
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
+                    let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+                    drop((handshake, in_flight));
+                    match accepted {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(stream)).await;
+                            let certs = stream.get_ref().1.peer_certificates().map(|c| {
+                                Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())
+                            });
+                            let conn = TlsConnection {
+                                stream,
+                                info: ClientInfo {
+                                    remote: peer,
+                                    certs,
+                                },
+                                _slot: connection,
+                            };
+                            let _ = tx.send(Ok(conn)).await;
                         }
-                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            lienthong_core::metrics::connection_refused("handshake_failed");
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            lienthong_core::metrics::connection_refused("handshake_timeout");
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
                     }
                 });
             }
         });
         ReceiverStream::new(rx)
+    }
+}
+
+fn refused(peer: SocketAddr, why: &'static str) {
+    lienthong_core::metrics::connection_refused(why);
+    tracing::debug!(%peer, limit = why, "connection closed at once: over a connection limit");
+}
+
+/// Bounds on connections, before and after the TLS handshake. Zero turns a
+/// per-peer bound off.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Handshakes in progress at once from one peer (an IPv4 address or an
+    /// IPv6 /64).
+    pub handshakes_per_peer: usize,
+    /// Handshakes in progress at once from every peer together.
+    pub handshakes: usize,
+    /// Connections open at once from one peer, handshakes included.
+    pub connections_per_peer: usize,
+    /// A handshake not finished by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            handshakes_per_peer: 16,
+            handshakes: 512,
+            connections_per_peer: 256,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counts per peer, each entry gone once its count is back to zero, so the
+/// map holds only peers with something open.
+#[derive(Debug)]
+struct PeerSlots {
+    max: usize,
+    // A plain map; never held across an await.
+    counts: Mutex<HashMap<PeerKey, usize>>,
+}
+
+impl PeerSlots {
+    fn new(max: usize) -> Arc<PeerSlots> {
+        Arc::new(PeerSlots {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn take(self: &Arc<Self>, key: PeerKey) -> Option<PeerSlot> {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_default();
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            slots: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One place among a peer's; given back when dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    slots: Arc<PeerSlots>,
+    key: PeerKey,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.slots.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a call learns of its connection: the peer's address and the
+/// certificates it presented in the handshake (leaf first).
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub remote: SocketAddr,
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// An accepted TLS connection; its place among its peer's connections is
+/// given back when the server drops it.
+#[derive(Debug)]
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    info: ClientInfo,
+    _slot: PeerSlot,
+}
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = ClientInfo;
+
+    fn connect_info(&self) -> ClientInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -235,7 +424,7 @@ fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, Stri
             let a = webpki::anchor_from_trusted_cert(&der)
                 .map_err(|e| format!("{} is not a usable trust anchor: {e}", p.display()))?
                 .to_owned();
-            hints.push(DistinguishedName::from(a.subject.as_ref().to_vec()));
+            hints.push(root_hint(&a));
             anchors.push(a);
         }
     }
@@ -269,6 +458,14 @@ fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, Stri
         anchors: Arc::new(anchors),
         stamps,
     })
+}
+
+/// The name a CertificateRequest lists for an anchor: a DER `Name`, its
+/// SEQUENCE included. webpki keeps only the Name's contents, and OpenSSL and
+/// BoringSSL clients (Java, .NET, PHP, Node, Python grpcio) abort the
+/// handshake on a list they cannot parse.
+fn root_hint(anchor: &rustls_pki_types::TrustAnchor<'_>) -> DistinguishedName {
+    DistinguishedName::in_sequence(anchor.subject.as_ref())
 }
 
 /// Requires a client certificate and checks the handshake signature made
@@ -330,5 +527,52 @@ impl ClientCertVerifier for DeferredClientCert {
 
     fn client_auth_mandatory(&self) -> bool {
         self.mandatory
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lienthong_core::devpki::{DevCa, KeyType};
+    use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+
+    /// What OpenSSL's `parse_ca_names` does with each name of a
+    /// CertificateRequest: `d2i_X509_NAME`, the whole entry, nothing left.
+    #[test]
+    fn every_hint_is_a_der_name_equal_to_its_anchors_subject() {
+        for (cn, kt) in [
+            ("Cơ quan chứng thực gốc thử nghiệm", KeyType::EcP256),
+            ("Test Root CA", KeyType::EcP384),
+        ] {
+            let ca = DevCa::generate(cn, kt).unwrap();
+            let der = CertificateDer::from(ca.cert_der().to_vec());
+            let anchor = webpki::anchor_from_trusted_cert(&der).unwrap();
+            let hint = root_hint(&anchor);
+            let (rest, name) = X509Name::from_der(hint.as_ref())
+                .unwrap_or_else(|e| panic!("the hint for {cn} is not a DER Name: {e}"));
+            assert!(rest.is_empty(), "bytes after the Name of {cn}");
+            let (_, cert) = X509Certificate::from_der(ca.cert_der()).unwrap();
+            assert_eq!(name.as_raw(), cert.subject().as_raw());
+            assert!(name.to_string().contains(cn), "{name}");
+        }
+    }
+
+    #[test]
+    fn peer_slots_are_bounded_and_given_back() {
+        let slots = PeerSlots::new(2);
+        let a = PeerKey::of([10, 0, 0, 1].into());
+        let b = PeerKey::of([10, 0, 0, 2].into());
+        let one = slots.take(a);
+        let two = slots.take(a);
+        assert!(one.is_some() && two.is_some());
+        assert!(slots.take(a).is_none(), "a third for the same peer");
+        assert!(slots.take(b).is_some(), "another peer has its own");
+        drop(one);
+        assert!(slots.take(a).is_some());
+        drop(two);
+        assert!(
+            slots.counts.lock().unwrap().is_empty(),
+            "nothing is kept for peers with nothing open"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod maintenance; // issue 6: maintenance notices
 pub mod metrics; // issue 7
 pub mod organ_id;
 pub mod pades; // issue 8
+pub mod peers;
 pub mod pipeline;
 pub mod receipts;
 pub mod reports; // issue 7

@@ -88,6 +88,8 @@ struct Metrics {
     outbox_depth: Gauge,
     shed: Counter,
     in_flight: Gauge,
+    unauthenticated: Family<ReasonLabel, Counter>,
+    connections_refused: Family<ReasonLabel, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -216,6 +218,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Submissions being taken now (of limits.max_submissions_in_flight)",
         in_flight.clone(),
     );
+    let unauthenticated = Family::<ReasonLabel, Counter>::default();
+    r.register(
+        "lienthong_calls_unauthenticated",
+        "Calls refused before their caller was identified (no or unacceptable client certificate, a key bound to nobody, a peer over its rate), by reason code",
+        unauthenticated.clone(),
+    );
+    let connections_refused = Family::<ReasonLabel, Counter>::default();
+    r.register(
+        "lienthong_connections_refused",
+        "Connections to the gRPC listener closed before any call: peer_handshakes, handshakes, peer_connections (over a limit), handshake_failed, handshake_timeout",
+        connections_refused.clone(),
+    );
     Metrics {
         registry: Mutex::new(r),
         accepted,
@@ -237,6 +251,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         outbox_depth,
         shed,
         in_flight,
+        unauthenticated,
+        connections_refused,
     }
 });
 
@@ -277,6 +293,27 @@ pub fn message_refused(reason: Reason) {
         .refused
         .get_or_create(&ReasonLabel {
             reason: reason.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A call was refused before its caller was identified.
+pub fn call_unauthenticated(reason: Reason) {
+    METRICS
+        .unauthenticated
+        .get_or_create(&ReasonLabel {
+            reason: reason.as_str().to_owned(),
+        })
+        .inc();
+}
+
+/// A connection was closed before any call; `why` is one of a closed set
+/// (see the metric's help).
+pub fn connection_refused(why: &'static str) {
+    METRICS
+        .connections_refused
+        .get_or_create(&ReasonLabel {
+            reason: why.to_owned(),
         })
         .inc();
 }

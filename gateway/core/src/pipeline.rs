@@ -293,6 +293,9 @@ struct Inner {
     admission: Arc<tokio::sync::Semaphore>,
     /// One permit per PDF signature check running ([`Limits::pdf_checks_in_flight`]).
     pdf_checks: Arc<tokio::sync::Semaphore>,
+    /// Calls refused before their caller was identified, summed per peer
+    /// until the next line of the transfer log ([`crate::peers`]).
+    unauthenticated: crate::peers::UnauthenticatedCalls,
 }
 
 struct Probe(BrokerProbe);
@@ -384,8 +387,13 @@ impl Gateway {
                 notices: Default::default(),
                 admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
                 pdf_checks: Arc::new(tokio::sync::Semaphore::new(pdf_checks)),
+                unauthenticated: Default::default(),
             }),
         }
+    }
+
+    pub(crate) fn unauthenticated_calls(&self) -> &crate::peers::UnauthenticatedCalls {
+        &self.inner.unauthenticated
     }
 
     pub fn store(&self) -> &Store {
@@ -2011,19 +2019,16 @@ impl Gateway {
         transport: Transport,
     ) -> Result<Caller> {
         let hex = hex::encode(spki_sha256);
+        // Not logged here: a caller that cannot be identified is answered
+        // and summed per peer by the transport ([`Gateway::refuse_unauthenticated`]),
+        // never written to the transfer log call by call.
         let Some(binding) = self.inner.store.client_cert(&hex).await? else {
-            return Err(self
-                .refuse(
-                    None,
-                    "",
-                    Error::new(
-                        Reason::PermissionDenied,
-                        format!(
-                            "this client certificate (key sha256 {hex}) is not bound to any agency; ask the operators to run `lienthong directory bind-client-cert ORGAN_ID CERT.pem`"
-                        ),
-                    ),
-                )
-                .await);
+            return Err(Error::new(
+                Reason::PermissionDenied,
+                format!(
+                    "this client certificate (key sha256 {hex}) is not bound to any agency; ask the operators to run `lienthong directory bind-client-cert ORGAN_ID CERT.pem`"
+                ),
+            ));
         };
         let role = if binding.role == "operator" {
             Role::Operator
@@ -2055,7 +2060,10 @@ impl Gateway {
     /// deactivated. Checked when a call is identified, and again by a call
     /// that lasts (a following `Receive` stream, at least every
     /// [`STANDING_CHECK`]), so that taking trust back reaches calls already
-    /// under way. A refusal is `PERMISSION_DENIED`, logged.
+    /// under way. A refusal is `PERMISSION_DENIED`, not logged here: at
+    /// identification the transport sums it per peer
+    /// ([`Gateway::refuse_unauthenticated`]); a call under way that it ends
+    /// logs it once.
     pub async fn standing(&self, caller: &Caller) -> Result<()> {
         let store = &self.inner.store;
         if let Some(key) = &caller.client_key {
@@ -2075,7 +2083,7 @@ impl Gateway {
                         caller.organ_id
                     ),
                 );
-                return Err(self.refuse(None, "", err).await);
+                return Err(err);
             }
         }
         if caller.role == Role::Agency
@@ -2089,7 +2097,7 @@ impl Gateway {
                     caller.organ_id, caller.organ_id
                 ),
             );
-            return Err(self.refuse(Some(caller), "", err).await);
+            return Err(err);
         }
         Ok(())
     }
@@ -3039,7 +3047,13 @@ impl Inbox {
         let gw = Gateway {
             inner: self.gw.clone(),
         };
-        gw.standing(&self.caller).await?;
+        if let Err(e) = gw.standing(&self.caller).await {
+            return Err(if e.reason() == Reason::PermissionDenied {
+                gw.refuse(Some(&self.caller), "", e).await
+            } else {
+                e
+            });
+        }
         self.standing_at = tokio::time::Instant::now();
         Ok(())
     }

@@ -775,19 +775,7 @@ pub fn verify_signature_with(
         .as_deref()
         .map(CrlSnapshot::webpki_lists)
         .unwrap_or_default();
-    let revocation = webpki::RevocationOptionsBuilder::new(&lists).ok().map(|b| {
-        b.with_depth(webpki::RevocationCheckDepth::Chain)
-            .with_status_policy(if policy.require_revocation {
-                webpki::UnknownStatusPolicy::Deny
-            } else {
-                webpki::UnknownStatusPolicy::Allow
-            })
-            .with_expiration_policy(match policy.stale_crl {
-                StaleCrlPolicy::Refuse => webpki::ExpirationPolicy::Enforce,
-                StaleCrlPolicy::Warn => webpki::ExpirationPolicy::Ignore,
-            })
-            .build()
-    });
+    let revocation = revocation_options(&lists, policy);
     let path = ee
         .verify_for_usage(
             &algs,
@@ -887,6 +875,133 @@ pub fn verify_signature_with(
         not_after: to_datetime(leaf.validity().not_after.timestamp()),
         revocation,
         warnings,
+    })
+}
+
+/// webpki's revocation options for `lists` under `policy`: the whole chain
+/// checked, an unknown status refused only under `require_revocation`, a
+/// stale list refused only under `stale_crl = "refuse"`. `None` without
+/// any list.
+fn revocation_options<'a>(
+    lists: &'a [&'a webpki::CertRevocationList<'a>],
+    policy: CertPolicy,
+) -> Option<webpki::RevocationOptions<'a>> {
+    webpki::RevocationOptionsBuilder::new(lists).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(if policy.require_revocation {
+                webpki::UnknownStatusPolicy::Deny
+            } else {
+                webpki::UnknownStatusPolicy::Allow
+            })
+            .with_expiration_policy(match policy.stale_crl {
+                StaleCrlPolicy::Refuse => webpki::ExpirationPolicy::Enforce,
+                StaleCrlPolicy::Warn => webpki::ExpirationPolicy::Ignore,
+            })
+            .build()
+    })
+}
+
+/// Checks a TLS client certificate chain (leaf first, as the handshake
+/// presented it) for client authentication at `now`: a path to one of
+/// `client_anchors` (`tls.client_anchors`), and, when `revocation` is
+/// given, the revocation lists of `trust.crls` under the `[trust]` policy
+/// (a stale list, an unknown status), exactly as for document-signing
+/// certificates. Returns the SHA-256 of the leaf's SubjectPublicKeyInfo:
+/// the key the directory binds to an agency.
+///
+/// A revoked certificate is `CERTIFICATE_REVOKED`, a list that cannot
+/// settle it `UNTRUSTED_CERTIFICATE`; every other refusal is
+/// `PERMISSION_DENIED`. The transport answers all of them as
+/// "unauthenticated".
+pub fn verify_client_chain(
+    chain: &[CertificateDer<'_>],
+    client_anchors: &[TrustAnchor<'_>],
+    algs: &[&dyn SignatureVerificationAlgorithm],
+    revocation: Option<&TrustAnchors>,
+    now: UnixTime,
+) -> Result<[u8; 32]> {
+    let denied = |m: String| Error::new(Reason::PermissionDenied, m);
+    let Some(leaf) = chain.first() else {
+        return Err(denied(
+            "no client certificate was presented; mutual TLS requires one".to_owned(),
+        ));
+    };
+    if chain.len() > MAX_CERTIFICATES {
+        return Err(denied(format!(
+            "the client presented {} certificates; present the client certificate and its \
+             intermediates only (at most {MAX_CERTIFICATES})",
+            chain.len()
+        )));
+    }
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| denied(format!("the client certificate cannot be read: {e}")))?;
+    let snapshot = revocation.and_then(TrustAnchors::crls);
+    let lists = snapshot
+        .as_deref()
+        .map(CrlSnapshot::webpki_lists)
+        .unwrap_or_default();
+    let policy = revocation.map(TrustAnchors::policy).unwrap_or_default();
+    let options = revocation.and_then(|_| revocation_options(&lists, policy));
+    let checked = ee.verify_for_usage(
+        algs,
+        client_anchors,
+        &chain[1..],
+        now,
+        webpki::KeyUsage::client_auth(),
+        options,
+        None,
+    );
+    let parsed =
+        || -> Vec<X509Certificate<'_>> { chain.iter().map_while(|c| parse_cert(c).ok()).collect() };
+    match checked {
+        Ok(_) => {}
+        Err(e) if is_revocation_error(&e) => {
+            return Err(revocation_refusal(
+                e,
+                &parsed(),
+                now,
+                snapshot.as_deref(),
+                Purpose::ClientAuth,
+            ));
+        }
+        Err(webpki::Error::CertExpired { .. }) => {
+            return Err(denied(
+                "the client certificate has expired; renew it".to_owned(),
+            ));
+        }
+        Err(webpki::Error::CertNotValidYet { .. }) => {
+            return Err(denied(
+                "the client certificate is not valid yet; check the clocks".to_owned(),
+            ));
+        }
+        Err(webpki::Error::UnknownIssuer) => {
+            return Err(denied(
+                "the client certificate is not issued by an authority this gateway trusts \
+                 (tls.client_anchors)"
+                    .to_owned(),
+            ));
+        }
+        Err(other) => {
+            return Err(denied(format!(
+                "the client certificate is not acceptable: {other}"
+            )));
+        }
+    }
+    if let Some(s) = snapshot.as_deref() {
+        let now_s = unix_secs(now);
+        for c in parsed() {
+            if let Some(crl) = s.for_issuer(c.issuer().as_raw())
+                && crl.is_stale_at(now_s)
+            {
+                crl.log_stale_use();
+            }
+        }
+    }
+    spki_sha256(leaf.as_ref()).map_err(|e| {
+        denied(format!(
+            "the client certificate cannot be read: {}",
+            e.message()
+        ))
     })
 }
 
@@ -1145,7 +1260,7 @@ fn chain_refusal(
 ) -> Error {
     use webpki::Error as W;
     if is_revocation_error(&e) {
-        return revocation_refusal(e, certs, now, crls);
+        return revocation_refusal(e, certs, now, crls, Purpose::Signing);
     }
     let who = certs.first().map(display_name).unwrap_or_default();
     let issuer = certs
@@ -1208,6 +1323,45 @@ fn is_revocation_error(e: &webpki::Error) -> bool {
     )
 }
 
+/// What a certificate judged for revocation is used for: the sentences
+/// tell its holder what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A document or receipt signature.
+    Signing,
+    /// A TLS client certificate (agency software, operators).
+    ClientAuth,
+}
+
+impl Purpose {
+    /// "the certificate" / "the client certificate" (with the role of an
+    /// intermediate CA, when it is one, before it).
+    fn cert(self, intermediate: bool) -> &'static str {
+        match (intermediate, self) {
+            (true, _) => "intermediate CA certificate",
+            (false, Purpose::Signing) => "certificate",
+            (false, Purpose::ClientAuth) => "client certificate",
+        }
+    }
+
+    fn renew(self) -> &'static str {
+        match self {
+            Purpose::Signing => "sign with a current certificate",
+            Purpose::ClientAuth => {
+                "the agency's software must connect with a current client certificate, bound by \
+                 the gateway's operators (lienthong directory bind-client-cert)"
+            }
+        }
+    }
+
+    fn again(self) -> &'static str {
+        match self {
+            Purpose::Signing => "send again",
+            Purpose::ClientAuth => "call again",
+        }
+    }
+}
+
 /// webpki says what went wrong with revocation, not for which certificate
 /// or list: find them in the chain sent and the lists in force.
 fn revocation_refusal(
@@ -1215,10 +1369,11 @@ fn revocation_refusal(
     certs: &[X509Certificate<'_>],
     now: UnixTime,
     crls: Option<&CrlSnapshot>,
+    purpose: Purpose,
 ) -> Error {
     use webpki::Error as W;
     let who = certs.first().map(display_name).unwrap_or_default();
-    let role = |i: usize| if i == 0 { "" } else { "intermediate CA " };
+    let leaf = purpose.cert(false);
     let list_of = |c: &X509Certificate<'_>| crls.and_then(|s| s.for_issuer(c.issuer().as_raw()));
     let now_s = unix_secs(now);
     match e {
@@ -1235,22 +1390,22 @@ fn revocation_refusal(
                 return Error::new(
                     Reason::CertificateRevoked,
                     format!(
-                        "the {}certificate of {} (serial {}) was revoked by {} on {}{reason}, \
-                         according to the revocation list {} issued {}; sign with a current \
-                         certificate",
-                        role(i),
+                        "the {} of {} (serial {}) was revoked by {} on {}{reason}, according to \
+                         the revocation list {} issued {}; {}",
+                        purpose.cert(i > 0),
                         display_name(c),
                         hex::encode(c.raw_serial()),
                         crl.issuer(),
                         fmt_time(entry.revocation_date),
                         crl.source().display(),
                         fmt_time(crl.this_update().unix_timestamp()),
+                        purpose.renew(),
                     ),
                 );
             }
             Error::new(
                 Reason::CertificateRevoked,
-                format!("the certificate of {who} is revoked; sign with a current certificate"),
+                format!("the {leaf} of {who} is revoked; {}", purpose.renew()),
             )
         }
         W::CrlExpired { .. } => {
@@ -1262,20 +1417,22 @@ fn revocation_refusal(
                     Reason::UntrustedCertificate,
                     format!(
                         "the revocation list of {} ({}) expired on {}; the gateway cannot tell \
-                         whether the certificate of {} is revoked. Nothing was accepted: the \
+                         whether the {} of {} is revoked. Nothing was accepted: the \
                          gateway's operators must put a current list in place (trust.crls), then \
-                         send again",
+                         {}",
                         crl.issuer(),
                         crl.source().display(),
                         fmt_time(crl.next_update().unix_timestamp()),
+                        purpose.cert(false),
                         display_name(c),
+                        purpose.again(),
                     ),
                 );
             }
             Error::new(
                 Reason::UntrustedCertificate,
                 format!(
-                    "a revocation list needed to check the certificate of {who} has expired; the \
+                    "a revocation list needed to check the {leaf} of {who} has expired; the \
                      gateway's operators must put a current list in place (trust.crls)"
                 ),
             )
@@ -1295,11 +1452,11 @@ fn revocation_refusal(
             Error::new(
                 Reason::UntrustedCertificate,
                 format!(
-                    "the revocation status of the {}certificate of {} is unknown: no revocation \
-                     list of {} is configured and this gateway requires one \
-                     (trust.require_revocation); nothing was accepted: the gateway's operators \
-                     must add that CA's list to trust.crls",
-                    role(i),
+                    "the revocation status of the {} of {} is unknown: no revocation list of {} \
+                     is configured and this gateway requires one (trust.require_revocation); \
+                     nothing was accepted: the gateway's operators must add that CA's list to \
+                     trust.crls",
+                    purpose.cert(i > 0),
                     display_name(c),
                     c.issuer()
                 ),
@@ -1319,7 +1476,7 @@ fn revocation_refusal(
             Error::new(
                 Reason::UntrustedCertificate,
                 format!(
-                    "{which} cannot be used to check the certificate of {who} ({other}): it is not \
+                    "{which} cannot be used to check the {leaf} of {who} ({other}): it is not \
                      signed by the key of the CA it names, or it uses a form or algorithm this \
                      gateway refuses; nothing was accepted: the gateway's operators must replace it"
                 ),

@@ -60,6 +60,9 @@ pub enum EventKind {
     /// a whole or an operator's certificate), `message_id` is empty, `actor`
     /// who made the change.
     DirectoryChanged,
+    /// Calls from one peer refused before their caller was identified,
+    /// summed over a minute (one line per peer, never one per call).
+    Unauthenticated,
 }
 
 impl EventKind {
@@ -76,6 +79,7 @@ impl EventKind {
             EventKind::Withdrawn => "withdrawn",
             EventKind::Overdue => "overdue",
             EventKind::DirectoryChanged => "directory_changed",
+            EventKind::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -1270,8 +1274,16 @@ async fn accept_in<C: ConnectionTrait>(
 impl Store {
     /// Appends one event to the transfer log.
     pub async fn log(&self, e: NewEvent) -> Result<()> {
+        self.log_all(vec![e]).await
+    }
+
+    /// Appends several lines in one transaction (one fsync).
+    pub async fn log_all(&self, events: Vec<NewEvent>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin().await?;
-        append_events(&txn, vec![e], now_micros()).await?;
+        append_events(&txn, events, now_micros()).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -383,9 +383,11 @@ cert = {rcert}
 mode = "dev-header"
 
 [limits]
-# The bench is many agencies' software at once: no per-agency rate limit.
+# The bench is many agencies' software at once, all from one address: no
+# per-agency or per-peer rate limit.
 calls_per_second = 0.0
 max_streams_per_agency = 0
+peer_calls_per_second = 0.0
 redelivery_after_secs = 600
 max_attachment_bytes = {matt}
 "#,
