@@ -34,7 +34,9 @@ pub enum DirectoryCommand {
     /// Bind a client (system) certificate for mutual TLS to an agency: its
     /// software then connects as that agency.
     BindClientCert { organ_id: String, cert: PathBuf },
-    /// Bind a client certificate for mutual TLS to an operator of the gateway.
+    /// Bind a client certificate to an operator account (made first with
+    /// `lienthong operator add`): it logs in to the dashboard over HTTPS and
+    /// calls the gRPC Admin and Reports services, with the account's role.
     BindOperator { name: String, cert: PathBuf },
     /// Let AGENT send documents in the name of PRINCIPAL (e.g. Văn phòng
     /// UBND tỉnh for UBND tỉnh); --revoke ends it.

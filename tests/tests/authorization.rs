@@ -143,6 +143,8 @@ async fn an_operator_traces_everything_and_sends_nothing() {
         );
         let path = gw.dir.join("operator.pem");
         std::fs::write(&path, &pem).unwrap();
+        gw.add_operator("Trung tâm CNTT", "admin", "mật khẩu đủ dài của vận hành")
+            .await;
         let out = gw
             .run_cli(&[
                 "directory".as_ref(),

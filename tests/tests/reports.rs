@@ -27,6 +27,8 @@ async fn operator(gw: &TestGateway) -> Agency {
     );
     let path = gw.dir.join("operator.pem");
     std::fs::write(&path, &pem).unwrap();
+    gw.add_operator("Trung tâm CNTT", "viewer", "mật khẩu đủ dài của vận hành")
+        .await;
     let out = gw
         .run_cli(&[
             "directory".as_ref(),

@@ -54,6 +54,14 @@ pub enum EventKind {
     Withdrawn,
     /// issue 6: a deadline passed with a recipient not there yet.
     Overdue,
+    /// An operator account was added, removed, disabled, enabled or given
+    /// a new password (`actor`: who did it; `detail`: what).
+    OperatorChanged,
+    /// An operator logged in (`reason` empty), or logins failed (`reason`
+    /// `LOGIN_FAILED`, one line per peer and minute at most).
+    OperatorLogin,
+    /// An operator logged out.
+    OperatorLogout,
 }
 
 impl EventKind {
@@ -69,6 +77,9 @@ impl EventKind {
             EventKind::IntegrityFailed => "integrity_failed",
             EventKind::Withdrawn => "withdrawn",
             EventKind::Overdue => "overdue",
+            EventKind::OperatorChanged => "operator_changed",
+            EventKind::OperatorLogin => "operator_login",
+            EventKind::OperatorLogout => "operator_logout",
         }
     }
 }
@@ -166,7 +177,7 @@ fn event_hash(e: &event::Model) -> Option<String> {
 /// Appends events to the hash chain inside the caller's transaction. The
 /// head row is updated first: it serialises appenders (a row lock in
 /// PostgreSQL, the write lock in SQLite), so the chain follows commit order.
-async fn append_events<C: ConnectionTrait>(
+pub(crate) async fn append_events<C: ConnectionTrait>(
     c: &C,
     events: Vec<NewEvent>,
     at: i64,
