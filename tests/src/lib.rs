@@ -765,6 +765,33 @@ max_attachment_bytes = {matt}
         );
     }
 
+    /// A new client certificate from the dev CA (the subject of `A`'s, a
+    /// fresh key), written to `<dir>/<stem>.pem` and `<stem>.key.pem`:
+    /// (certificate path, certificate PEM, key).
+    pub fn new_client_cert(&self, stem: &str) -> (PathBuf, String, rcgen::KeyPair) {
+        let dev_ca = pki::Ca::load(
+            &self.pki_dir.join("ca.pem"),
+            &self.pki_dir.join("ca.key.pem"),
+        );
+        let template = pki::load_cert_der(&self.pki_dir.join(format!("{A}.client.pem")));
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let now = time::OffsetDateTime::now_utc();
+        let (_, pem) = dev_ca.reissue_pem(
+            &template,
+            &key,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        let path = self.dir.join(format!("{stem}.pem"));
+        fs::write(&path, &pem).expect("write the certificate");
+        fs::write(
+            self.dir.join(format!("{stem}.key.pem")),
+            key.serialize_pem(),
+        )
+        .expect("write the key");
+        (path, pem, key)
+    }
+
     /// A new operator of `role` (`viewer` or `admin`), logged in to the
     /// dashboard through its login form.
     pub async fn operator_session(&self, name: &str, role: &str) -> HttpSession {

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use lienthong_e2e::*;
-use rcgen::KeyPair;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -131,18 +130,7 @@ async fn an_operator_traces_everything_and_sends_nothing() {
         assert_eq!(b.receive_all(0).await.unwrap().len(), 1);
 
         // An operator's client certificate, issued by the trusted CA.
-        let dev_ca = pki::Ca::load(&gw.pki_dir.join("ca.pem"), &gw.pki_dir.join("ca.key.pem"));
-        let template = pki::load_cert_der(&gw.pki_dir.join(format!("{A}.client.pem")));
-        let key = KeyPair::generate().unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let (_, pem) = dev_ca.reissue_pem(
-            &template,
-            &key,
-            now - time::Duration::days(1),
-            now + time::Duration::days(30),
-        );
-        let path = gw.dir.join("operator.pem");
-        std::fs::write(&path, &pem).unwrap();
+        let (path, pem, key) = gw.new_client_cert("operator");
         gw.add_operator("Trung tâm CNTT", "admin", "mật khẩu đủ dài của vận hành")
             .await;
         let out = gw

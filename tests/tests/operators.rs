@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use lienthong_e2e::*;
-use rcgen::KeyPair;
 
 /// `curl ARGS…` (an HTTP client that is not ours): (status code, body).
 fn curl(args: &[&str]) -> (u16, String) {
@@ -360,20 +359,8 @@ async fn https_serves_curl_and_logs_an_operator_in_with_a_client_certificate() {
             ])
             .await;
         assert!(out.status.success(), "{}", describe_output(&out));
-        let dev_ca = pki::Ca::load(&gw.pki_dir.join("ca.pem"), &gw.pki_dir.join("ca.key.pem"));
-        let template = pki::load_cert_der(&gw.pki_dir.join(format!("{A}.client.pem")));
-        let key = KeyPair::generate().unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let (_, pem) = dev_ca.reissue_pem(
-            &template,
-            &key,
-            now - time::Duration::days(1),
-            now + time::Duration::days(30),
-        );
-        let cert = dir.path().join("operator.pem");
-        let key_file = dir.path().join("operator.key.pem");
-        std::fs::write(&cert, &pem).unwrap();
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let (cert, _, _) = gw.new_client_cert("operator");
+        let key_file = gw.dir.join("operator.key.pem");
         let (c, k) = (cert.to_str().unwrap(), key_file.to_str().unwrap());
         // Before it is bound, the certificate opens nothing.
         let cjar = dir.path().join("cert.cookies");
@@ -427,5 +414,96 @@ async fn https_serves_curl_and_logs_an_operator_in_with_a_client_certificate() {
             describe_output(&out)
         );
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_a_certificate_has_its_accounts_role_and_no_more() {
+    use lienthong_e2e::v1::{self as pb, admin_client::AdminClient, reports_client::ReportsClient};
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let opts = GatewayOptions {
+        mtls: true,
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("operators_grpc_roles", opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(120),
+        "operator roles over gRPC",
+        async {
+            let (cert, pem, key) = gw.new_client_cert("viewer");
+            let out = gw
+                .run_cli(&[
+                    "operator",
+                    "add",
+                    "Người Xem",
+                    "--role",
+                    "viewer",
+                    "--no-password",
+                ])
+                .await;
+            assert!(out.status.success(), "{}", describe_output(&out));
+            let out = gw
+                .run_cli(&[
+                    "directory",
+                    "bind-operator",
+                    "Người Xem",
+                    cert.to_str().unwrap(),
+                ])
+                .await;
+            assert!(out.status.success(), "{}", describe_output(&out));
+            let tls = ClientTlsConfig::new()
+                .domain_name("localhost")
+                .ca_certificate(Certificate::from_pem(
+                    std::fs::read(gw.pki_dir.join("ca.pem")).unwrap(),
+                ))
+                .identity(Identity::from_pem(pem, key.serialize_pem()));
+            let a = gw.agency(A);
+            let viewer = Agency::with_tls(gw.grpc_addr, A, a.signer.clone(), a.chain.clone(), tls);
+            let report = ReportsClient::new(viewer.channel())
+                .summary(viewer.request(pb::ReportRequest {
+                    period: "2026".to_owned(),
+                    ..Default::default()
+                }))
+                .await;
+            assert!(report.is_ok(), "a viewer reads the reports: {report:?}");
+            let upsert = AdminClient::new(viewer.channel())
+                .upsert_agency(viewer.request(pb::Agency {
+                    organ_id: "000.00.77.H35".to_owned(),
+                    name: "Cơ quan do người xem thêm".to_owned(),
+                    active: true,
+                    ..Default::default()
+                }))
+                .await
+                .expect_err("a viewer does not change the directory");
+            assert_eq!(
+                reason_of(&upsert).as_deref(),
+                Some("PERMISSION_DENIED"),
+                "{upsert:?}"
+            );
+            assert!(upsert.message().contains("viewer"), "{upsert:?}");
+
+            // Removed: the certificate opens nothing any more.
+            let out = gw.run_cli(&["operator", "remove", "Người Xem"]).await;
+            assert!(out.status.success(), "{}", describe_output(&out));
+            let after = ReportsClient::new(viewer.channel())
+                .summary(viewer.request(pb::ReportRequest {
+                    period: "2026".to_owned(),
+                    ..Default::default()
+                }))
+                .await
+                .expect_err("a removed operator's certificate is refused");
+            assert_eq!(
+                reason_of(&after).as_deref(),
+                Some("PERMISSION_DENIED"),
+                "{after:?}"
+            );
+            assert!(
+                after.message().contains("not an active operator account"),
+                "{after:?}"
+            );
+        },
+    )
     .await;
 }

@@ -8,25 +8,13 @@ use std::time::Duration;
 
 use lienthong_e2e::*;
 use lienthong_proto::v1::{self as pb, reports_client::ReportsClient};
-use rcgen::KeyPair;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A client whose TLS certificate is bound as an operator's
 /// (`lienthong directory bind-operator`).
 async fn operator(gw: &TestGateway) -> Agency {
-    let dev_ca = pki::Ca::load(&gw.pki_dir.join("ca.pem"), &gw.pki_dir.join("ca.key.pem"));
-    let template = pki::load_cert_der(&gw.pki_dir.join(format!("{A}.client.pem")));
-    let key = KeyPair::generate().unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    let (_, pem) = dev_ca.reissue_pem(
-        &template,
-        &key,
-        now - time::Duration::days(1),
-        now + time::Duration::days(30),
-    );
-    let path = gw.dir.join("operator.pem");
-    std::fs::write(&path, &pem).unwrap();
+    let (path, pem, key) = gw.new_client_cert("operator");
     gw.add_operator("Trung tâm CNTT", "viewer", "mật khẩu đủ dài của vận hành")
         .await;
     let out = gw

@@ -66,7 +66,7 @@ impl AllowedHosts {
         if h.is_empty() {
             return false;
         }
-        self.names.iter().any(|n| *n == h) || (self.any_ip_literal && h.parse::<IpAddr>().is_ok())
+        self.names.contains(&h) || (self.any_ip_literal && h.parse::<IpAddr>().is_ok())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP adapter over a real gateway (SQLite, in-process): what the
 //! office's browser, Prometheus and a load balancer's health check get.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
@@ -187,11 +188,21 @@ fn cli() -> lt::operators::Actor {
     lt::operators::Actor::cli("test")
 }
 
+/// A gateway with the listener's default options.
+async fn gateway(dir: &tempfile::TempDir) -> Result<(World, axum::Router)> {
+    let w = world(dir).await?;
+    let app = lienthong_http::router(w.gw.clone(), options());
+    Ok((w, app))
+}
+
+async fn add_operator(w: &World, name: &str, role: OperatorRole) -> Result<()> {
+    lt::operators::add(w.gw.store(), name, role, Some(PASSWORD), &cli()).await?;
+    Ok(())
+}
+
 /// A browser logged in as a new operator of `role`.
 async fn operator(w: &World, app: &axum::Router, name: &str, role: OperatorRole) -> Browser {
-    lt::operators::add(w.gw.store(), name, role, Some(PASSWORD), &cli())
-        .await
-        .expect("add the operator");
+    add_operator(w, name, role).await.expect("add the operator");
     let mut b = Browser::new(app);
     let got = b.login(name, PASSWORD).await;
     assert_eq!(got.status, StatusCode::SEE_OTHER, "{}", got.text());
@@ -460,14 +471,7 @@ async fn strangers_get_401_and_pages_send_them_to_the_login_form() -> Result<()>
         stranger.get("/api/overview").await.status,
         StatusCode::UNAUTHORIZED
     );
-    lt::operators::add(
-        w.gw.store(),
-        "an",
-        OperatorRole::Admin,
-        Some(PASSWORD),
-        &cli(),
-    )
-    .await?;
+    add_operator(&w, "an", OperatorRole::Admin).await?;
     let wrong = Browser::new(&app).login("an", "không phải mật khẩu").await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(
@@ -483,8 +487,7 @@ async fn strangers_get_401_and_pages_send_them_to_the_login_form() -> Result<()>
 #[tokio::test]
 async fn a_viewer_cannot_announce_maintenance_and_an_admin_needs_the_csrf_token() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let w = world(&dir).await?;
-    let app = lienthong_http::router(w.gw.clone(), options());
+    let (w, app) = gateway(&dir).await?;
     let mut viewer = operator(&w, &app, "viewer", OperatorRole::Viewer).await;
     let mut admin = operator(&w, &app, "admin", OperatorRole::Admin).await;
     let window = serde_json::json!({
@@ -570,16 +573,8 @@ async fn a_viewer_cannot_announce_maintenance_and_an_admin_needs_the_csrf_token(
 #[tokio::test]
 async fn a_login_form_posted_from_elsewhere_is_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let w = world(&dir).await?;
-    let app = lienthong_http::router(w.gw.clone(), options());
-    lt::operators::add(
-        w.gw.store(),
-        "an",
-        OperatorRole::Admin,
-        Some(PASSWORD),
-        &cli(),
-    )
-    .await?;
+    let (w, app) = gateway(&dir).await?;
+    add_operator(&w, "an", OperatorRole::Admin).await?;
     // No login page fetched first: no token, no cookie.
     let mut b = Browser::new(&app);
     let blind = b
@@ -596,8 +591,7 @@ async fn a_login_form_posted_from_elsewhere_is_refused() -> Result<()> {
 #[tokio::test]
 async fn a_request_for_another_host_is_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let w = world(&dir).await?;
-    let app = lienthong_http::router(w.gw.clone(), options());
+    let (w, app) = gateway(&dir).await?;
     let mut b = operator(&w, &app, "an", OperatorRole::Admin).await;
     assert_eq!(b.get("/api/overview").await.status, StatusCode::OK);
     // The same browser, led by a rebound DNS name to this listener.
@@ -632,8 +626,7 @@ async fn a_request_for_another_host_is_refused() -> Result<()> {
 #[tokio::test]
 async fn a_removed_operators_session_stops_and_a_new_password_ends_sessions() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let w = world(&dir).await?;
-    let app = lienthong_http::router(w.gw.clone(), options());
+    let (w, app) = gateway(&dir).await?;
     let mut b = operator(&w, &app, "Trần Thị B", OperatorRole::Viewer).await;
     assert_eq!(b.get("/api/overview").await.status, StatusCode::OK);
     lt::operators::set_password(
@@ -769,16 +762,8 @@ async fn report_queries_are_bounded_in_number_and_length() -> Result<()> {
 #[tokio::test]
 async fn failed_logins_are_rate_limited_and_logged_in_aggregate() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let w = world(&dir).await?;
-    let app = lienthong_http::router(w.gw.clone(), options());
-    lt::operators::add(
-        w.gw.store(),
-        "an",
-        OperatorRole::Admin,
-        Some(PASSWORD),
-        &cli(),
-    )
-    .await?;
+    let (w, app) = gateway(&dir).await?;
+    add_operator(&w, "an", OperatorRole::Admin).await?;
     let mut b = Browser::new(&app);
     for i in 0..5 {
         let g = b.login("an", &format!("đoán mò số {i}")).await;
@@ -799,14 +784,7 @@ async fn failed_logins_are_rate_limited_and_logged_in_aggregate() -> Result<()> 
         assert_eq!(g.status, StatusCode::UNAUTHORIZED, "account {i}");
     }
     // The peer is held too, whatever account it tries next.
-    lt::operators::add(
-        w.gw.store(),
-        "bình",
-        OperatorRole::Viewer,
-        Some(PASSWORD),
-        &cli(),
-    )
-    .await?;
+    add_operator(&w, "bình", OperatorRole::Viewer).await?;
     assert_eq!(
         b.login("bình", PASSWORD).await.status,
         StatusCode::TOO_MANY_REQUESTS
