@@ -223,10 +223,10 @@ fn peer_name(p: Option<&PeerInfo>) -> String {
 /// token it carries (`Sec-Fetch-Site` and `Origin`, where the browser sends
 /// them).
 fn cross_site(headers: &HeaderMap, host: Option<&str>) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && (site == "cross-site" || site == "same-site")
-    {
-        return true;
+    // The browser's own word first: it knows where the request came from
+    // even when it sends `Origin: null`.
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return site != "same-origin" && site != "none";
     }
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => false,
@@ -428,7 +428,19 @@ pub(crate) struct CsrfForm {
 /// form was posted from this site.
 fn login_form_ok(app: &App, headers: &HeaderMap, host: Option<&str>, csrf: &str) -> bool {
     let cookie = cookie(headers, &app.auth.name(LOGIN)).unwrap_or("");
-    !cross_site(headers, host) && same_secret(csrf, cookie)
+    let cross = cross_site(headers, host);
+    let ok = !cross && same_secret(csrf, cookie);
+    if !ok {
+        tracing::info!(
+            cross_site = cross,
+            cookie = !cookie.is_empty(),
+            token = !csrf.is_empty(),
+            origin = ?headers.get(header::ORIGIN),
+            host = ?host,
+            "http: a login form without its token, or from another site, was refused"
+        );
+    }
+    ok
 }
 
 fn stale_form() -> LoginPage {
@@ -714,6 +726,11 @@ mod tests {
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
+        assert!(cross_site(&h, Some("localhost:8080")));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!cross_site(&h, Some("localhost:8080")));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
         assert!(cross_site(&h, Some("localhost:8080")));
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("", ""));

@@ -193,9 +193,12 @@ async fn secure_headers(mut res: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Same-origin requests keep their Origin (under `no-referrer` a browser
+    // sends `Origin: null`, which the CSRF check cannot tell from a
+    // sandboxed page of another site); other sites learn nothing.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
