@@ -792,6 +792,34 @@ max_attachment_bytes = {matt}
         (path, pem, key)
     }
 
+    /// A gRPC client (A's software otherwise) whose new client certificate
+    /// is bound (`directory bind-operator`) to a new operator account of
+    /// `role` (`viewer` or `admin`) without a password.
+    pub async fn operator_grpc(&self, name: &str, role: &str) -> Agency {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let out = self
+            .run_cli(&["operator", "add", name, "--role", role, "--no-password"])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let (path, pem, key) = self.new_client_cert("operator");
+        let out = self
+            .run_cli(&[
+                "directory".as_ref(),
+                "bind-operator".as_ref(),
+                name.as_ref(),
+                path.as_os_str(),
+            ])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let ca = fs::read(self.pki_dir.join("ca.pem")).expect("read ca.pem");
+        let tls = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(pem, key.serialize_pem()));
+        let a = self.agency(A);
+        Agency::with_tls(self.grpc_addr, A, a.signer.clone(), a.chain.clone(), tls)
+    }
+
     /// A new operator of `role` (`viewer` or `admin`), logged in to the
     /// dashboard through its login form.
     pub async fn operator_session(&self, name: &str, role: &str) -> HttpSession {

@@ -420,7 +420,6 @@ async fn https_serves_curl_and_logs_an_operator_in_with_a_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_grpc_a_certificate_has_its_accounts_role_and_no_more() {
     use lienthong_e2e::v1::{self as pb, admin_client::AdminClient, reports_client::ReportsClient};
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let opts = GatewayOptions {
         mtls: true,
         ..Default::default()
@@ -432,35 +431,7 @@ async fn over_grpc_a_certificate_has_its_accounts_role_and_no_more() {
         Duration::from_secs(120),
         "operator roles over gRPC",
         async {
-            let (cert, pem, key) = gw.new_client_cert("viewer");
-            let out = gw
-                .run_cli(&[
-                    "operator",
-                    "add",
-                    "Người Xem",
-                    "--role",
-                    "viewer",
-                    "--no-password",
-                ])
-                .await;
-            assert!(out.status.success(), "{}", describe_output(&out));
-            let out = gw
-                .run_cli(&[
-                    "directory",
-                    "bind-operator",
-                    "Người Xem",
-                    cert.to_str().unwrap(),
-                ])
-                .await;
-            assert!(out.status.success(), "{}", describe_output(&out));
-            let tls = ClientTlsConfig::new()
-                .domain_name("localhost")
-                .ca_certificate(Certificate::from_pem(
-                    std::fs::read(gw.pki_dir.join("ca.pem")).unwrap(),
-                ))
-                .identity(Identity::from_pem(pem, key.serialize_pem()));
-            let a = gw.agency(A);
-            let viewer = Agency::with_tls(gw.grpc_addr, A, a.signer.clone(), a.chain.clone(), tls);
+            let viewer = gw.operator_grpc("Người Xem", "viewer").await;
             let report = ReportsClient::new(viewer.channel())
                 .summary(viewer.request(pb::ReportRequest {
                     period: "2026".to_owned(),

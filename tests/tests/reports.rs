@@ -9,31 +9,11 @@ use std::time::Duration;
 use lienthong_e2e::*;
 use lienthong_proto::v1::{self as pb, reports_client::ReportsClient};
 use tonic::Code;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A client whose TLS certificate is bound as an operator's
 /// (`lienthong directory bind-operator`).
 async fn operator(gw: &TestGateway) -> Agency {
-    let (path, pem, key) = gw.new_client_cert("operator");
-    gw.add_operator("Trung tâm CNTT", "viewer", "mật khẩu đủ dài của vận hành")
-        .await;
-    let out = gw
-        .run_cli(&[
-            "directory".as_ref(),
-            "bind-operator".as_ref(),
-            "Trung tâm CNTT".as_ref(),
-            path.as_os_str(),
-        ])
-        .await;
-    assert!(out.status.success(), "{}", describe_output(&out));
-    let tls = ClientTlsConfig::new()
-        .domain_name("localhost")
-        .ca_certificate(Certificate::from_pem(
-            std::fs::read(gw.pki_dir.join("ca.pem")).unwrap(),
-        ))
-        .identity(Identity::from_pem(pem, key.serialize_pem()));
-    let a = gw.agency(A);
-    Agency::with_tls(gw.grpc_addr, A, a.signer.clone(), a.chain.clone(), tls)
+    gw.operator_grpc("Trung tâm CNTT", "viewer").await
 }
 
 async fn summary(
