@@ -51,7 +51,9 @@ pub enum DirectoryCommand {
         #[command(flatten)]
         which: WhichCert,
     },
-    /// Bind a client certificate for mutual TLS to an operator of the gateway.
+    /// Bind a client certificate to an operator account (made first with
+    /// `lienthong operator add`): it logs in to the dashboard over HTTPS and
+    /// calls the gRPC Admin and Reports services, with the account's role.
     BindOperator { name: String, cert: PathBuf },
     /// Take an operator's client certificate back.
     UnbindOperator {

@@ -586,17 +586,128 @@ impl Config {
 pub struct HttpSection {
     /// Serve the HTTP listener at all.
     pub enabled: bool,
-    /// Dashboard, /metrics, /health/*, report downloads. No authentication
-    /// yet: keep it on loopback or a trusted network.
+    /// Dashboard, /metrics, /health/*, report downloads. The dashboard,
+    /// /api/* and /reports/* need an operator's login (`lienthong operator
+    /// add`).
     pub listen: SocketAddr,
+    /// Serve HTTPS (h2 and http/1.1) with the same rustls set-up and reload
+    /// as gRPC: `tls_cert`/`tls_key`, by default `tls.cert`/`tls.key`.
+    pub tls: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Authorities of operators' client certificates (optional in the
+    /// handshake; a bound one logs in). Default: `tls.client_anchors`.
+    pub client_anchors: Option<Vec<PathBuf>>,
+    /// Host names the listener answers for (the Host header); others get
+    /// 421. Empty: on loopback only localhost, 127.0.0.1 and [::1]; beyond
+    /// loopback localhost and IP addresses — list the gateway's DNS names.
+    pub allowed_hosts: Vec<String>,
+    /// A file holding the bearer token /metrics requires (`Authorization:
+    /// Bearer …`). Without it /metrics is open on a loopback listener and
+    /// closed on any other.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Mark cookies `Secure` (with the `__Host-` prefix). Default: `tls`;
+    /// set it behind a proxy that terminates HTTPS.
+    pub secure_cookies: Option<bool>,
+    /// A session unused this many minutes ends.
+    pub session_idle_minutes: u64,
+    /// A session ends this many hours after the login, used or not.
+    pub session_hours: u64,
+    /// Failed logins allowed per account, and per peer, in 15 minutes;
+    /// then 429 until the 15 minutes are over.
+    pub login_failures_per_account: u32,
+    pub login_failures_per_peer: u32,
+    /// Report and search queries answered at once (others wait 2 s, then 503).
+    pub max_concurrent_queries: usize,
+    /// The longest period a report download may cover, in days (397: 13 months).
+    pub max_report_days: i64,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
+        let limits = lienthong_core::operators::LoginLimits::default();
         HttpSection {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
+            client_anchors: None,
+            allowed_hosts: Vec::new(),
+            metrics_token_file: None,
+            secure_cookies: None,
+            session_idle_minutes: 30,
+            session_hours: 12,
+            login_failures_per_account: limits.per_account,
+            login_failures_per_peer: limits.per_peer,
+            max_concurrent_queries: 4,
+            max_report_days: lienthong_http::MAX_REPORT_DAYS,
         }
+    }
+}
+
+impl Config {
+    /// The HTTP listener's TLS files, when `http.tls` is on.
+    pub fn http_tls_files(&self) -> Result<Option<lienthong_tls::TlsFiles>> {
+        let h = &self.http;
+        if !h.tls {
+            return Ok(None);
+        }
+        let (Some(cert), Some(key)) = (
+            h.tls_cert.as_ref().or(self.tls.cert.as_ref()),
+            h.tls_key.as_ref().or(self.tls.key.as_ref()),
+        ) else {
+            anyhow::bail!(
+                "http.tls = true needs a certificate and key: set http.tls_cert and http.tls_key, or tls.cert and tls.key"
+            );
+        };
+        Ok(Some(lienthong_tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_anchors: h
+                .client_anchors
+                .clone()
+                .unwrap_or_else(|| self.tls.client_anchors.clone()),
+            client_auth: lienthong_tls::ClientAuth::Optional,
+            alpn: lienthong_tls::Alpn::Web,
+        }))
+    }
+
+    /// The HTTP listener's options, checked (the TLS set-up is added by
+    /// `serve` once loaded).
+    pub fn http_options(&self, listen: SocketAddr) -> Result<lienthong_http::HttpOptions> {
+        let h = &self.http;
+        if h.session_idle_minutes == 0 || h.session_hours == 0 {
+            anyhow::bail!("http.session_idle_minutes and http.session_hours must be 1 or more");
+        }
+        if h.max_report_days < 1 {
+            anyhow::bail!("http.max_report_days must be 1 or more");
+        }
+        let metrics = match (&h.metrics_token_file, listen.ip().is_loopback()) {
+            (Some(f), _) => lienthong_http::MetricsAccess::Token(f.clone()),
+            (None, true) => lienthong_http::MetricsAccess::Open,
+            (None, false) => lienthong_http::MetricsAccess::Closed,
+        };
+        Ok(lienthong_http::HttpOptions {
+            reports: self.report_settings()?,
+            hosts: lienthong_http::AllowedHosts::for_listener(listen, &h.allowed_hosts),
+            metrics,
+            secure_cookies: h.secure_cookies.unwrap_or(h.tls),
+            sessions: lienthong_core::operators::SessionPolicy {
+                idle: Duration::from_secs(h.session_idle_minutes.saturating_mul(60)),
+                absolute: Duration::from_secs(h.session_hours.saturating_mul(3600)),
+            },
+            login_limits: lienthong_core::operators::LoginLimits {
+                per_account: h.login_failures_per_account.max(1),
+                per_peer: h.login_failures_per_peer.max(1),
+                ..Default::default()
+            },
+            queries: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                h.max_concurrent_queries.max(1),
+            )),
+            max_report_days: h.max_report_days,
+            tls: None,
+        })
     }
 }
 

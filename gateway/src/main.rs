@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod edxml_cmd;
 mod maintenance_cmd; // issue 6
+mod operator_cmd;
 mod pdf_cmd; // issue 8
 mod report; // issue 7
 mod serve;
@@ -91,6 +92,10 @@ enum Command {
     /// maintenance windows.
     #[command(subcommand)]
     Admin(maintenance_cmd::AdminCommand),
+    /// Operator accounts of the dashboard (reads and writes the database
+    /// directly): add, remove, passwd, role, disable, enable, list.
+    #[command(subcommand)]
+    Operator(operator_cmd::OperatorCommand),
 }
 
 fn main() -> ExitCode {
@@ -137,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),
         Command::Bench(cmd) => bench::run(cfg, cmd).await,
         Command::Admin(cmd) => maintenance_cmd::run(cfg, cmd).await,
+        Command::Operator(cmd) => operator_cmd::run(cfg, cmd).await,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::receipts::ReceiptSigner;
 use lienthong_grpc::{AuthMode, GrpcServer};
-use lienthong_tls::{ClientAuth, ReloadingTls, TlsFiles};
+use lienthong_tls::{Alpn, ClientAuth, ReloadingTls, TlsFiles};
 use tokio::net::TcpListener;
 
 use crate::config::{AuthModeSetting, Config};
@@ -51,6 +51,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
                 key: key.clone(),
                 client_anchors: cfg.tls.client_anchors.clone(),
                 client_auth: ClientAuth::Required,
+                alpn: Alpn::Grpc,
             })
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("loading the TLS configuration")?;
@@ -95,6 +96,8 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // issue 7: the monthly report's sender is checked against the directory below.
     let report_sending = cfg.report_sending()?;
     let report_anchors = report_sending.as_ref().map(|_| anchors.clone());
+    let http_anchors = anchors.clone();
+    let http_connections = cfg.limits.connection_limits();
     // issue 5: routes and the national exchange.
     let routes = cfg.route_table()?;
     let exchange = cfg
@@ -143,6 +146,22 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }
         monthly.send = Some(sending);
     }
+    // The HTTP listener: operators log in; HTTPS when http.tls is on.
+    let http_tls = match cfg.http_tls_files()? {
+        Some(files) => Some(
+            ReloadingTls::load(files)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("loading the HTTPS configuration (http.tls)")?,
+        ),
+        None => None,
+    };
+    if let Some(tls) = &http_tls {
+        // An operator's certificate revoked in trust.crls logs nobody in.
+        tls.check_revocation_with(http_anchors);
+    }
+    let mut http_options = cfg.http_options(cfg.http.listen)?;
+    http_options.reports = report_settings;
+    http_options.tls = http_tls.clone();
     let http = if cfg.http.enabled {
         let l = TcpListener::bind(cfg.http.listen).await.with_context(|| {
             format!(
@@ -151,8 +170,14 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             )
         })?;
         if !cfg.http.listen.ip().is_loopback() {
-            tracing::warn!(http = %cfg.http.listen, "the HTTP listener has no authentication yet: keep it on a trusted network");
+            if http_tls.is_none() {
+                tracing::warn!(http = %cfg.http.listen, "the HTTP listener is beyond loopback without http.tls: passwords and session cookies cross the network in clear");
+            }
+            if cfg.http.metrics_token_file.is_none() {
+                tracing::warn!(http = %cfg.http.listen, "/metrics is closed: a listener beyond loopback needs http.metrics_token_file");
+            }
         }
+        tracing::info!(hosts = %http_options.hosts.describe(), "the HTTP listener answers for these host names (http.allowed_hosts)");
         Some(l)
     } else {
         None
@@ -263,13 +288,20 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let web = {
         let (tx, stop) = (stop_tx.clone(), stopped(&stop_rx));
         async move {
-            let r = match http {
-                Some(l) => {
-                    lienthong_http::serve(l, lienthong_http::router(gw, report_settings), stop)
+            let r = match (http, http_tls) {
+                (Some(l), Some(tls)) => {
+                    tls.spawn_watcher(std::time::Duration::from_secs(5));
+                    let router = lienthong_http::router(gw, http_options);
+                    lienthong_http::serve_tls(l, tls, http_connections, router, stop)
+                        .await
+                        .context("the HTTPS server stopped")
+                }
+                (Some(l), None) => {
+                    lienthong_http::serve(l, lienthong_http::router(gw, http_options), stop)
                         .await
                         .context("the HTTP server stopped")
                 }
-                None => {
+                (None, _) => {
                     // No HTTP listener: nothing to stop the others for.
                     stop.await;
                     return Ok(());

@@ -1,14 +1,15 @@
 // The dashboard as the province office sees it: the real `lienthong`
-// binary (dev PKI, directory import, serve on free ports), documents and a
-// refused one sent with `lienthong send`, then the page in headless
-// Chromium (Debian's /usr/bin/chromium, driven by playwright-core).
+// binary (dev PKI, directory import, an operator account, serve on free
+// ports), documents and a refused one sent with `lienthong send`, then the
+// page in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core), reached through its login form.
 // A screenshot is kept in tests/artifacts/dashboard.png.
 //
 // Run with tests/browser/run.sh (it installs what is missing).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
+import { spawn, execFile, execFileSync } from "node:child_process";
 import { promisify } from "node:util";
 import { mkdtemp, mkdir, rm, writeFile, readFile } from "node:fs/promises";
 import { existsSync, openSync } from "node:fs";
@@ -28,6 +29,8 @@ const artifacts = join(root, "tests", "artifacts");
 const A = "000.00.01.H35"; // Văn phòng UBND tỉnh
 const B = "000.00.12.H35"; // Sở Khoa học và Công nghệ
 const C = "000.00.31.H35"; // UBND thành phố Lai Châu
+const OPERATOR = "Nguyễn Văn Vận Hành";
+const PASSWORD = "mật khẩu của bộ phận vận hành";
 
 let dir, env, grpc, http, server, browser;
 
@@ -102,6 +105,10 @@ before(async () => {
   // dev-pki writes the configuration the other commands read.
   await run(bin, ["dev-pki", join(dir, "pki")], { env: cleanEnv({}), cwd: dir });
   await lt(["directory", "import", join(dir, "pki", "directory.csv")]);
+  // The operator who logs in below (the password on standard input, as a
+  // script gives it).
+  execFileSync(bin, ["operator", "add", OPERATOR, "--role", "admin", "--password-stdin"],
+    { env, cwd: dir, input: PASSWORD + "\n" });
   const log = openSync(join(dir, "serve.log"), "a");
   server = spawn(bin, ["serve"], { env, cwd: dir, stdio: ["ignore", log, log] });
   await waitReady(`http://127.0.0.1:${http}/health/ready`, 30000);
@@ -146,7 +153,26 @@ test("the dashboard shows today's traffic, a refusal in plain words, and a trace
   const failed = [];
   page.on("requestfailed", (r) => failed.push(r.url()));
   page.on("pageerror", (e) => failed.push(String(e)));
+  // A stranger's request gets nothing.
+  const stranger = await fetch(`http://127.0.0.1:${http}/api/overview`);
+  assert.equal(stranger.status, 401);
+
+  // The dashboard sends the browser to the login form; wrong, then right.
   await page.goto(`http://127.0.0.1:${http}/`);
+  await page.waitForSelector("#login-form", { timeout: 10000 });
+  await page.fill("#login-name", OPERATOR);
+  await page.fill("#login-password", "không đúng mật khẩu");
+  await page.click("#login-submit");
+  await page.waitForSelector("#login-form .error, .error", { timeout: 10000 });
+  assert.match(await page.locator(".error").innerText(), /không đúng/);
+  await page.fill("#login-name", OPERATOR);
+  await page.fill("#login-password", PASSWORD);
+  await page.click("#login-submit");
+  await page.waitForSelector("#today-documents", { timeout: 10000 });
+  assert.equal(new URL(page.url()).pathname, "/");
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "lienthong_session");
+  assert.ok(session && session.httpOnly && session.sameSite === "Strict", JSON.stringify(cookies));
 
   const text = (sel) => page.locator(sel).innerText();
   await page.waitForFunction(() => document.getElementById("today-documents").textContent === "3", null, { timeout: 15000 });
@@ -188,15 +214,34 @@ test("the dashboard shows today's traffic, a refusal in plain words, and a trace
   await page.waitForFunction(() => /Gói tin bị từ chối/.test(document.getElementById("search-result").innerText), null, { timeout: 10000 });
   assert.match(await text("#search-result"), /Cơ quan nhận không có trong danh bạ/);
 
+  // The page names who is logged in; an admin announces a maintenance
+  // window from it (a POST with the session's CSRF token).
+  assert.equal(await text("#operator-name"), OPERATOR);
+  assert.ok(await page.locator("#admin-section").isVisible(), "an admin sees the maintenance form");
+  await page.fill("#announce-from", "2099-01-01T22:00");
+  await page.fill("#announce-to", "2099-01-02T02:00");
+  await page.fill("#announce-message", "Nâng cấp máy chủ cơ sở dữ liệu");
+  await page.click("#announce-form button");
+  await page.waitForFunction(() => /Đã thông báo/.test(document.getElementById("announce-result").textContent), null, { timeout: 10000 });
+  await page.waitForFunction(() => /Nâng cấp máy chủ cơ sở dữ liệu/.test(document.getElementById("maintenance").textContent), null, { timeout: 15000 });
+
   await page.evaluate(() => window.scrollTo(0, 0));
   await mkdir(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
   assert.deepEqual(failed, [], "every request of the page succeeded");
 
-  // The report download behind the page's link is a real workbook.
-  const r = await fetch(`http://127.0.0.1:${http}/reports/summary.xlsx`);
-  assert.equal(r.status, 200);
-  const bytes = Buffer.from(await r.arrayBuffer());
+  // The report download behind the page's link is a real workbook (with
+  // the browser's session; without it, nothing).
+  assert.equal((await fetch(`http://127.0.0.1:${http}/reports/summary.xlsx`)).status, 401);
+  const r = await page.context().request.get(`http://127.0.0.1:${http}/reports/summary.xlsx`);
+  assert.equal(r.status(), 200);
+  const bytes = Buffer.from(await r.body());
   assert.equal(bytes.subarray(0, 2).toString(), "PK");
   await writeFile(join(artifacts, "bao-cao.xlsx"), bytes);
+
+  // Logging out ends the session: the page is the login form again.
+  await page.click("#logout");
+  await page.waitForSelector("#login-form", { timeout: 10000 });
+  const after = await page.context().request.get(`http://127.0.0.1:${http}/api/overview`);
+  assert.equal(after.status(), 401);
 });

@@ -339,6 +339,10 @@ pub struct GatewayOptions {
     pub extra_storage: String,
     /// Environment variables of `serve` (e.g. `TMPDIR`).
     pub env: Vec<(String, String)>,
+    /// More `key = value` lines for the `[http]` section.
+    pub extra_http: String,
+    /// `http.listen`'s address (default 127.0.0.1); the port is picked.
+    pub http_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for GatewayOptions {
@@ -357,6 +361,8 @@ impl Default for GatewayOptions {
             extra_config: String::new(),
             extra_storage: String::new(),
             env: Vec::new(),
+            extra_http: String::new(),
+            http_ip: None,
         }
     }
 }
@@ -515,7 +521,8 @@ impl TestGateway {
         for _ in 0..3 {
             gw.grpc_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             if gw.http_section {
-                gw.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+                let ip = opts.http_ip.unwrap_or([127, 0, 0, 1].into());
+                gw.http_addr = Some(SocketAddr::new(ip, free_port()));
             }
             gw.write_config(&opts);
             match gw.spawn_and_wait().await {
@@ -536,9 +543,9 @@ impl TestGateway {
             .collect::<Vec<_>>()
             .join(", ");
         let http = match (self.http_section, self.http_addr) {
-            (true, Some(a)) => format!("\n[http]\nlisten = \"{a}\"\n"),
+            (true, Some(a)) => format!("\n[http]\nlisten = \"{a}\"\n{}\n", opts.extra_http),
             // Before ports are picked (directory import): any free port.
-            (true, None) => "\n[http]\nlisten = \"127.0.0.1:0\"\n".to_string(),
+            (true, None) => format!("\n[http]\nlisten = \"127.0.0.1:0\"\n{}\n", opts.extra_http),
             (false, _) => String::new(),
         };
         let text = format!(
@@ -746,6 +753,118 @@ max_attachment_bytes = {matt}
                     .join(" ")
             ),
         }
+    }
+
+    /// Runs `lienthong --config <this config> ARGS...` with `input` on its
+    /// standard input.
+    pub async fn run_cli_stdin<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+        input: &str,
+    ) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = clean_command(&self.bin, &self.dir);
+        cmd.arg("--config").arg(&self.config_path);
+        for a in args {
+            cmd.arg(a.as_ref());
+        }
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("run lienthong");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .await
+                .expect("write stdin");
+        }
+        match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await {
+            Ok(r) => r.expect("run lienthong"),
+            Err(_) => panic!("lienthong did not finish within 60 s"),
+        }
+    }
+
+    /// `lienthong operator add NAME --role ROLE --password-stdin`.
+    pub async fn add_operator(&self, name: &str, role: &str, password: &str) {
+        let out = self
+            .run_cli_stdin(
+                &["operator", "add", name, "--role", role, "--password-stdin"],
+                &format!("{password}\n"),
+            )
+            .await;
+        assert!(
+            out.status.success(),
+            "`lienthong operator add {name} --role {role}` failed:\n{}",
+            describe_output(&out)
+        );
+    }
+
+    /// A new client certificate from the dev CA (the subject of `A`'s, a
+    /// fresh key), written to `<dir>/<stem>.pem` and `<stem>.key.pem`:
+    /// (certificate path, certificate PEM, key).
+    pub fn new_client_cert(&self, stem: &str) -> (PathBuf, String, rcgen::KeyPair) {
+        let dev_ca = pki::Ca::load(
+            &self.pki_dir.join("ca.pem"),
+            &self.pki_dir.join("ca.key.pem"),
+        );
+        let template = pki::load_cert_der(&self.pki_dir.join(format!("{A}.client.pem")));
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let now = time::OffsetDateTime::now_utc();
+        let (_, pem) = dev_ca.reissue_pem(
+            &template,
+            &key,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        );
+        let path = self.dir.join(format!("{stem}.pem"));
+        fs::write(&path, &pem).expect("write the certificate");
+        fs::write(
+            self.dir.join(format!("{stem}.key.pem")),
+            key.serialize_pem(),
+        )
+        .expect("write the key");
+        (path, pem, key)
+    }
+
+    /// A gRPC client (A's software otherwise) whose new client certificate
+    /// is bound (`directory bind-operator`) to a new operator account of
+    /// `role` (`viewer` or `admin`) without a password.
+    pub async fn operator_grpc(&self, name: &str, role: &str) -> Agency {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let out = self
+            .run_cli(&["operator", "add", name, "--role", role, "--no-password"])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let (path, pem, key) = self.new_client_cert("operator");
+        let out = self
+            .run_cli(&[
+                "directory".as_ref(),
+                "bind-operator".as_ref(),
+                name.as_ref(),
+                path.as_os_str(),
+            ])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let ca = fs::read(self.pki_dir.join("ca.pem")).expect("read ca.pem");
+        let tls = ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(pem, key.serialize_pem()));
+        let a = self.agency(A);
+        Agency::with_tls(self.grpc_addr, A, a.signer.clone(), a.chain.clone(), tls)
+    }
+
+    /// A new operator of `role` (`viewer` or `admin`), logged in to the
+    /// dashboard through its login form.
+    pub async fn operator_session(&self, name: &str, role: &str) -> HttpSession {
+        let password = format!("mật khẩu của {name} đủ dài");
+        self.add_operator(name, role, &password).await;
+        let addr = self.http_addr.expect("the gateway serves HTTP");
+        HttpSession::login(addr, name, &password)
+            .await
+            .unwrap_or_else(|e| panic!("{name} could not log in: {e}"))
     }
 
     /// `lienthong trace MESSAGE_ID [--from FROM] --json`, one JSON object per line.
@@ -2075,5 +2194,197 @@ mod tests {
             pg_exec(&url, "SELECT 1").await.is_err(),
             "database still there after drop"
         );
+    }
+}
+
+/// An HTTP/1.1 answer: status, headers (names in lower case), body.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own (`Connection: close`).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect HTTP");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    s.write_all(body).await.expect("write body");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read response");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut raw = buf.get(split + 4..).unwrap_or_default().to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        let mut out = Vec::new();
+        let mut rest = &raw[..];
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let start = nl + 2;
+            out.extend_from_slice(&rest[start..(start + size).min(rest.len())]);
+            rest = rest.get(start + size + 2..).unwrap_or_default();
+        }
+        raw = out;
+    }
+    HttpAnswer {
+        status,
+        headers,
+        body: raw,
+    }
+}
+
+/// An operator logged in to the dashboard: the session cookie and the CSRF
+/// token that state-changing requests carry.
+#[derive(Debug, Clone)]
+pub struct HttpSession {
+    pub addr: SocketAddr,
+    pub cookie: String,
+    pub csrf: String,
+}
+
+fn set_cookie_pair(a: &HttpAnswer, name: &str) -> Option<String> {
+    a.headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .find(|kv| kv.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl HttpSession {
+    /// Logs in through the login form as a browser does: `GET /login` (a
+    /// cookie and the form's hidden token), then `POST /login`.
+    pub async fn login(
+        addr: SocketAddr,
+        name: &str,
+        password: &str,
+    ) -> Result<HttpSession, String> {
+        let page = http_request(addr, "GET", "/login", &[], b"").await;
+        if page.status != 200 {
+            return Err(format!("GET /login: {} {}", page.status, page.text()));
+        }
+        let login_cookie = set_cookie_pair(&page, "lienthong_login").ok_or("no login cookie")?;
+        let html = page.text();
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .ok_or("no token in the login form")?
+            .to_owned();
+        let form = format!(
+            "name={}&password={}&csrf={}",
+            percent_encode(name),
+            percent_encode(password),
+            percent_encode(&csrf)
+        );
+        let posted = http_request(
+            addr,
+            "POST",
+            "/login",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &login_cookie),
+            ],
+            form.as_bytes(),
+        )
+        .await;
+        if posted.status != 303 {
+            return Err(format!("POST /login: {} {}", posted.status, posted.text()));
+        }
+        let cookie = set_cookie_pair(&posted, "lienthong_session").ok_or("no session cookie")?;
+        let mut s = HttpSession {
+            addr,
+            cookie,
+            csrf: String::new(),
+        };
+        let me = s.get("/api/session").await;
+        s.csrf = me.json()["csrf_token"].as_str().unwrap_or("").to_owned();
+        Ok(s)
+    }
+
+    pub async fn get(&self, path: &str) -> HttpAnswer {
+        http_request(self.addr, "GET", path, &[("Cookie", &self.cookie)], b"").await
+    }
+
+    /// A JSON POST with the session's CSRF token.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> HttpAnswer {
+        http_request(
+            self.addr,
+            "POST",
+            path,
+            &[
+                ("Cookie", &self.cookie),
+                ("Content-Type", "application/json"),
+                ("X-CSRF-Token", &self.csrf),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .await
     }
 }

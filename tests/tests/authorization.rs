@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use lienthong_e2e::*;
-use rcgen::KeyPair;
 use tonic::Code;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_as_another_agency_needs_a_representation() {
@@ -131,35 +129,7 @@ async fn an_operator_traces_everything_and_sends_nothing() {
         assert_eq!(b.receive_all(0).await.unwrap().len(), 1);
 
         // An operator's client certificate, issued by the trusted CA.
-        let dev_ca = pki::Ca::load(&gw.pki_dir.join("ca.pem"), &gw.pki_dir.join("ca.key.pem"));
-        let template = pki::load_cert_der(&gw.pki_dir.join(format!("{A}.client.pem")));
-        let key = KeyPair::generate().unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let (_, pem) = dev_ca.reissue_pem(
-            &template,
-            &key,
-            now - time::Duration::days(1),
-            now + time::Duration::days(30),
-        );
-        let path = gw.dir.join("operator.pem");
-        std::fs::write(&path, &pem).unwrap();
-        let out = gw
-            .run_cli(&[
-                "directory".as_ref(),
-                "bind-operator".as_ref(),
-                "Trung tâm CNTT".as_ref(),
-                path.as_os_str(),
-            ])
-            .await;
-        assert!(out.status.success(), "{}", describe_output(&out));
-        let tls = ClientTlsConfig::new()
-            .domain_name("localhost")
-            .ca_certificate(Certificate::from_pem(
-                std::fs::read(gw.pki_dir.join("ca.pem")).unwrap(),
-            ))
-            .identity(Identity::from_pem(pem, key.serialize_pem()));
-        let a = gw.agency(A);
-        let operator = Agency::with_tls(gw.grpc_addr, A, a.signer.clone(), a.chain.clone(), tls);
+        let operator = gw.operator_grpc("Trung tâm CNTT", "admin").await;
 
         let events = operator
             .trace(&id, C)

@@ -234,13 +234,15 @@ async fn scenario(gw: &TestGateway) {
     );
 
     // The dashboard shows it, in the page and in its JSON.
-    let http = gw.http_addr.expect("the HTTP listener");
-    let (status, page) = amqp::http_get(http, "/").await;
+    let operator = gw.operator_session("Trung tâm CNTT", "viewer").await;
+    let got = operator.get("/").await;
+    let (status, page) = (got.status, got.text());
     assert_eq!(status, 200);
     assert!(page.contains(MESSAGE), "{page}");
     assert!(page.contains("giờ Việt Nam"), "{page}");
     assert!(page.contains("Scheduled maintenance"), "{page}");
-    let (status, body) = amqp::http_get(http, "/api/maintenance").await;
+    let got = operator.get("/api/maintenance").await;
+    let (status, body) = (got.status, got.text());
     assert_eq!(status, 200, "{body}");
     let windows: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(windows[0]["message"], MESSAGE, "{body}");
@@ -260,9 +262,9 @@ async fn scenario(gw: &TestGateway) {
     let heard = next_within(&mut follow, 15, "the cancellation on C's stream").await;
     assert_notice(&heard, &id, true);
     assert!(receive_once(&b, 0).await.is_empty());
-    let (_, page) = amqp::http_get(http, "/").await;
+    let page = operator.get("/").await.text();
     assert!(!page.contains(MESSAGE), "{page}");
-    let (_, body) = amqp::http_get(http, "/api/maintenance").await;
+    let body = operator.get("/api/maintenance").await.text();
     assert_eq!(body.trim(), "[]");
     let unknown = gw
         .run_cli(&["admin", "maintenance", "--cancel", "999"])

@@ -7,6 +7,24 @@ const REFRESH_MS = 5000;
 
 function $(id) { return document.getElementById(id); }
 
+// The session's CSRF token, put in the page by the server: every request
+// that changes something carries it.
+function csrf() {
+  const m = document.querySelector('meta[name="csrf-token"]');
+  return m ? m.content : "";
+}
+
+// A session that ended (idle too long, or the operator was removed) sends
+// the page back to the login form.
+async function api(url, options) {
+  const res = await fetch(url, { cache: "no-store", ...(options || {}) });
+  if (res.status === 401) {
+    window.location.assign("/login");
+    throw new Error("not logged in");
+  }
+  return res;
+}
+
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
@@ -149,8 +167,12 @@ function renderMaintenance(windows) {
 
 async function refreshMaintenance() {
   try {
-    const res = await fetch("/api/maintenance", { cache: "no-store" });
-    if (res.ok) renderMaintenance(await res.json());
+    const res = await api("/api/maintenance");
+    if (res.ok) {
+      const windows = await res.json();
+      renderMaintenance(windows);
+      if (isAdmin()) renderWindows(windows);
+    }
   } catch (e) {
     // Keep what is shown; the offline banner says the gateway is unreachable.
   }
@@ -159,7 +181,7 @@ async function refreshMaintenance() {
 async function refresh() {
   refreshMaintenance();
   try {
-    const res = await fetch("/api/overview", { cache: "no-store" });
+    const res = await api("/api/overview");
     const body = await res.json();
     if (!res.ok) throw new Error(body.message || res.statusText);
     render(body);
@@ -176,7 +198,7 @@ async function runSearch(q) {
   const out = $("search-result");
   out.replaceChildren(el("p", "Đang tìm…", "muted"));
   try {
-    const res = await fetch("/api/search?q=" + encodeURIComponent(q), { cache: "no-store" });
+    const res = await api("/api/search?q=" + encodeURIComponent(q));
     const body = await res.json();
     out.replaceChildren();
     if (!res.ok) {
@@ -215,6 +237,59 @@ function hit(h) {
   return box;
 }
 
+function isAdmin() {
+  return document.body.dataset.role === "admin";
+}
+
+// Admins: the windows with a button to cancel each.
+function renderWindows(windows) {
+  fillBody($("windows"), windows.map((w) => {
+    const tr = el("tr");
+    const td = el("td");
+    const b = el("button", "Hủy");
+    b.type = "button";
+    b.addEventListener("click", () => cancelWindow(w.id));
+    td.append(b);
+    tr.append(el("td", when(w.starts_at)), el("td", when(w.ends_at)), el("td", w.message), td);
+    return tr;
+  }), "Không có lịch bảo trì.", 4);
+}
+
+async function post(url, body) {
+  const res = await api(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf() },
+    body: JSON.stringify(body || {}),
+  });
+  const out = await res.json();
+  if (!res.ok) throw new Error(out.message || res.statusText);
+  return out;
+}
+
+async function announce() {
+  const result = $("announce-result");
+  try {
+    await post("/api/maintenance", {
+      from: $("announce-from").value, to: $("announce-to").value, message: $("announce-message").value,
+    });
+    result.textContent = "Đã thông báo lịch bảo trì.";
+    $("announce-form").reset();
+    refreshMaintenance();
+  } catch (e) {
+    result.textContent = "Không thông báo được: " + e.message;
+  }
+}
+
+async function cancelWindow(id) {
+  try {
+    await post(`/api/maintenance/${id}/cancel`);
+    $("announce-result").textContent = "Đã hủy lịch bảo trì.";
+    refreshMaintenance();
+  } catch (e) {
+    $("announce-result").textContent = "Không hủy được: " + e.message;
+  }
+}
+
 function reportLinks() {
   const p = new URLSearchParams();
   const period = $("report-period").value.trim();
@@ -235,6 +310,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("report-form").addEventListener("input", reportLinks);
   $("report-form").addEventListener("submit", (ev) => ev.preventDefault());
+  if (isAdmin()) {
+    $("admin-section").hidden = false;
+    $("announce-form").addEventListener("submit", (ev) => { ev.preventDefault(); announce(); });
+  }
   refresh();
   setInterval(refresh, REFRESH_MS);
 });

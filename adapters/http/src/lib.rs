@@ -3,38 +3,57 @@
 //!
 //! API boundary: every handler calls a `lienthong_core` function that takes
 //! the [`Gateway`] (`reports::overview`, `reports::search`,
-//! `metrics::render`, …) and turns its answer, or its [`Error`], into HTTP.
-//! This crate knows nothing of the database.
+//! `metrics::render`, `operators::session`, …) and turns its answer, or its
+//! [`Error`], into HTTP. This crate knows nothing of the database.
 //!
-//! There is no authentication on this listener yet: it must stay on
-//! loopback or a trusted network until mutual TLS lands.
+//! Who may ask what: every request but `/health/*` must be addressed to an
+//! allowed host ([`AllowedHosts`]: what stops DNS rebinding). The dashboard,
+//! `/api/*` and `/reports/*` need a logged-in operator (a session cookie;
+//! `viewer` or `admin`); a request that changes something also needs the
+//! session's CSRF token. `/metrics` needs a bearer token unless the listener
+//! is on loopback. Report and search queries run a few at a time, over at
+//! most [`HttpOptions::max_report_days`].
 //!
-//! | path | what |
-//! | --- | --- |
-//! | `/` | the dashboard (Vietnamese), HTML/CSS/JS embedded in the binary |
-//! | `/health/live` | 200 while the process runs |
-//! | `/health/ready` | 200 while the database answers and, with AMQP, the broker is connected; else 503 |
-//! | `/metrics` | Prometheus (OpenMetrics text) |
-//! | `/reports/summary.{csv,json,xlsx}?period=&under=&agency=&lang=` | a report file |
-//! | `/api/overview` | the dashboard's figures |
-//! | `/api/refusals?limit=` | the latest refusals |
-//! | `/api/search?q=` | messages by message_id or số/ký hiệu, with their trace |
-//! | `/api/maintenance` | maintenance windows current or to come, with the banner's sentences |
+//! | path | who | what |
+//! | --- | --- | --- |
+//! | `/` | viewer | the dashboard (Vietnamese), HTML/CSS/JS embedded in the binary |
+//! | `/login` | anyone | the login page (`POST`: name and password) |
+//! | `/login/certificate` | anyone | `POST`: log in with the HTTPS client certificate |
+//! | `/logout` | viewer | `POST`: end the session |
+//! | `/health/live` | anyone | 200 while the process runs |
+//! | `/health/ready` | anyone | 200 while the database answers and, with AMQP, the broker is connected; else 503 |
+//! | `/metrics` | token | Prometheus (OpenMetrics text) |
+//! | `/reports/summary.{csv,json,xlsx}?period=&under=&agency=&lang=` | viewer | a report file |
+//! | `/api/session` | viewer | who is logged in, and the CSRF token |
+//! | `/api/overview` | viewer | the dashboard's figures |
+//! | `/api/refusals?limit=` | viewer | the latest refusals |
+//! | `/api/search?q=` | viewer | messages by message_id or số/ký hiệu, with their trace |
+//! | `/api/maintenance` | viewer | maintenance windows current or to come, with the banner's sentences |
+//! | `POST /api/maintenance` | admin | announce a window `{from, to, message}` |
+//! | `POST /api/maintenance/{id}/cancel` | admin | cancel a window |
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use lienthong_core::error::{Error, Reason};
+use lienthong_core::operators::{LoginGuard, LoginLimits, Session, SessionPolicy};
 use lienthong_core::pipeline::Gateway;
 use lienthong_core::reports::{self, Format, Lang, Period, ReportSettings, Scope};
-use tokio::net::TcpListener;
+use lienthong_tls::ReloadingTls;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+mod auth;
+mod listen;
 mod maintenance; // issue 6
+
+pub use auth::{AllowedHosts, CSRF_HEADER, MetricsAccess};
+pub use listen::{PeerInfo, serve, serve_tls};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
@@ -45,41 +64,123 @@ const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// The longest period a report over HTTP may cover: 13 months (a year and
+/// its neighbour month), so that no request scans a decade of the log.
+pub const MAX_REPORT_DAYS: i64 = 397;
+
+/// How long a report or search waits for its turn before it is turned away.
+const QUERY_WAIT: Duration = Duration::from_secs(2);
+
+/// How the listener is set up.
+#[derive(Clone)]
+pub struct HttpOptions {
+    pub reports: ReportSettings,
+    pub hosts: AllowedHosts,
+    pub metrics: MetricsAccess,
+    /// Cookies marked `Secure`, with the `__Host-` prefix (HTTPS).
+    pub secure_cookies: bool,
+    pub sessions: SessionPolicy,
+    pub login_limits: LoginLimits,
+    /// Report and search queries answered at once; the next waits a moment,
+    /// then gets 503 with a sentence.
+    pub queries: Arc<Semaphore>,
+    /// The longest report period, in days.
+    pub max_report_days: i64,
+    /// The HTTPS set-up, whose client anchors judge operators' certificates.
+    pub tls: Option<Arc<ReloadingTls>>,
+}
+
+impl HttpOptions {
+    /// A loopback listener's options: its own host names, `/metrics` open,
+    /// plain cookies, four queries at once.
+    pub fn loopback(reports: ReportSettings) -> HttpOptions {
+        HttpOptions {
+            reports,
+            hosts: AllowedHosts::for_listener(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), &[]),
+            metrics: MetricsAccess::Open,
+            secure_cookies: false,
+            sessions: SessionPolicy::default(),
+            login_limits: LoginLimits::default(),
+            queries: Arc::new(Semaphore::new(4)),
+            max_report_days: MAX_REPORT_DAYS,
+            tls: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct App {
     gw: Gateway,
     settings: ReportSettings,
+    hosts: AllowedHosts,
+    metrics: MetricsAccess,
+    auth: auth::Auth,
+    queries: Arc<Semaphore>,
+    max_report_days: i64,
+}
+
+impl App {
+    /// A turn to run a report or search query, waited for a moment.
+    async fn query_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        match tokio::time::timeout(QUERY_WAIT, self.queries.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(ApiError(Error::new(
+                Reason::Unavailable,
+                "the gateway is already answering as many report and search queries as it takes at once; try again in a few seconds",
+            ))),
+        }
+    }
 }
 
 /// The HTTP routes over a gateway.
-pub fn router(gw: Gateway, settings: ReportSettings) -> Router {
-    Router::new()
+pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
+    let guard = LoginGuard::new(gw.store().clone(), opts.login_limits);
+    let app = App {
+        gw,
+        settings: opts.reports,
+        hosts: opts.hosts,
+        metrics: opts.metrics,
+        auth: auth::Auth::new(guard, opts.sessions, opts.secure_cookies, opts.tls),
+        queries: opts.queries,
+        max_report_days: opts.max_report_days,
+    };
+    let viewer = Router::new()
         .route("/", get(index))
+        .route("/reports/{file}", get(report))
+        .route("/api/session", get(auth::session_info))
+        .route("/api/overview", get(overview))
+        .route("/api/refusals", get(refusals))
+        .route("/api/search", get(search))
+        .route("/api/maintenance", get(maintenance::api))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_viewer,
+        ));
+    let admin = Router::new()
+        .route("/api/maintenance", post(maintenance::announce))
+        .route("/api/maintenance/{id}/cancel", post(maintenance::cancel))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
         .route("/assets/dashboard.js", get(script))
         .route("/assets/dashboard.css", get(style))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/reports/{file}", get(report))
-        .route("/api/overview", get(overview))
-        .route("/api/refusals", get(refusals))
-        .route("/api/search", get(search))
-        .route("/api/maintenance", get(maintenance::api))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/login/certificate", post(auth::login_certificate))
+        .route("/logout", post(auth::logout))
+        .merge(admin)
+        .merge(viewer)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::check_host,
+        ))
         .layer(axum::middleware::map_response(secure_headers))
-        .with_state(App { gw, settings })
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets the
-/// requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(app)
 }
 
 async fn secure_headers(mut res: Response) -> Response {
@@ -92,9 +193,12 @@ async fn secure_headers(mut res: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Same-origin requests keep their Origin (under `no-referrer` a browser
+    // sends `Origin: null`, which the CSRF check cannot tell from a
+    // sandboxed page of another site); other sites learn nothing.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -102,7 +206,7 @@ async fn secure_headers(mut res: Response) -> Response {
 }
 
 /// The core's error as JSON `{reason, message}` with a fitting status.
-struct ApiError(Error);
+pub(crate) struct ApiError(pub(crate) Error);
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
@@ -131,7 +235,12 @@ impl IntoResponse for ApiError {
             "reason": self.0.reason().as_str(),
             "message": self.0.message(),
         });
-        (status, axum::Json(body)).into_response()
+        let mut res = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        res
     }
 }
 
@@ -141,7 +250,7 @@ fn param<'a>(p: &'a HashMap<String, String>, k: &str) -> &'a str {
     p.get(k).map(String::as_str).unwrap_or("").trim()
 }
 
-async fn index(State(app): State<App>) -> Response {
+async fn index(State(app): State<App>, axum::Extension(s): axum::Extension<Session>) -> Response {
     // issue 6: maintenance banners in the page itself. The page shows even
     // when they cannot be read (dashboard.js tries again).
     let banners = match app.gw.maintenance_windows().await {
@@ -151,11 +260,32 @@ async fn index(State(app): State<App>) -> Response {
             String::new()
         }
     };
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        INDEX_HTML.replacen(maintenance::PLACEHOLDER, &banners, 1),
-    )
-        .into_response()
+    let role = s.operator.role.as_str();
+    let who = format!(
+        "<span id=\"operator-name\">{}</span> <span class=\"muted\">({})</span>\
+         <form method=\"post\" action=\"/logout\" class=\"logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button type=\"submit\" id=\"logout\">Đăng xuất</button></form>",
+        maintenance::escape(&s.operator.name),
+        if role == "admin" {
+            "quản trị"
+        } else {
+            "xem"
+        },
+        maintenance::escape(&s.csrf_token),
+    );
+    let html = INDEX_HTML
+        .replacen(maintenance::PLACEHOLDER, &banners, 1)
+        .replacen("<!--operator-->", &who, 1)
+        .replacen(
+            "<!--csrf-->",
+            &format!(
+                "<meta name=\"csrf-token\" content=\"{}\">",
+                maintenance::escape(&s.csrf_token)
+            ),
+            1,
+        )
+        .replacen("<body>", &format!("<body data-role=\"{role}\">"), 1);
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
 async fn script() -> Response {
@@ -203,7 +333,10 @@ async fn ready(State(app): State<App>) -> Result<Response, ApiError> {
     }
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(refused) = auth::metrics_allowed(&app.metrics, &headers).await {
+        return refused;
+    }
     let text = lienthong_core::metrics::render(&app.gw).await;
     (
         [(header::CONTENT_TYPE, lienthong_core::metrics::CONTENT_TYPE)],
@@ -242,6 +375,16 @@ async fn report(
         }
     };
     let lang = Lang::parse(param(&p, "lang"))?;
+    let (first, last) = period.days();
+    let days = (last - first).whole_days() + 1;
+    if days > app.max_report_days {
+        return Err(Error::malformed(format!(
+            "the period {period} covers {days} days; a report from the dashboard covers at most {} days (13 months): ask for a shorter period, or run `lienthong report` on the gateway's machine",
+            app.max_report_days
+        ))
+        .into());
+    }
+    let _turn = app.query_turn().await?;
     let r = reports::summary(&app.gw, period, &scope, &app.settings).await?;
     let bytes = match format {
         Format::Csv => reports::to_csv(&r, lang)?,
@@ -263,6 +406,7 @@ async fn report(
 }
 
 async fn overview(State(app): State<App>) -> Result<Response, ApiError> {
+    let _turn = app.query_turn().await?;
     let o = reports::overview(&app.gw, &app.settings).await?;
     Ok(axum::Json(o).into_response())
 }
@@ -277,11 +421,13 @@ async fn refusals(State(app): State<App>, Query(p): Params) -> Result<Response, 
             ))
         })?,
     };
+    let _turn = app.query_turn().await?;
     let r = reports::recent_refusals(&app.gw, limit).await?;
     Ok(axum::Json(r).into_response())
 }
 
 async fn search(State(app): State<App>, Query(p): Params) -> Result<Response, ApiError> {
+    let _turn = app.query_turn().await?;
     let hits = reports::search(&app.gw, param(&p, "q")).await?;
     Ok(axum::Json(hits).into_response())
 }
@@ -289,6 +435,6 @@ async fn search(State(app): State<App>, Query(p): Params) -> Result<Response, Ap
 async fn not_found() -> ApiError {
     ApiError(Error::new(
         Reason::NotFound,
-        "no such page; the dashboard is at /, metrics at /metrics, health at /health/live and /health/ready",
+        "no such page; the dashboard is at / (log in at /login), metrics at /metrics, health at /health/live and /health/ready",
     ))
 }

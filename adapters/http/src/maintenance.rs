@@ -1,13 +1,18 @@
 //! Maintenance windows on the dashboard (issue 6): a banner at the top of
 //! the page, in Vietnamese and English, times in Vietnam time, rendered
 //! into the page by the server (so it shows without JavaScript) and kept
-//! fresh by `dashboard.js` from `/api/maintenance`.
+//! fresh by `dashboard.js` from `/api/maintenance`. Admins announce and
+//! cancel windows from the page too.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use lienthong_core::error::Error;
 use lienthong_core::maintenance::{Window, WindowJson};
+use lienthong_core::operators::Session;
 use lienthong_core::store::now_micros;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::{ApiError, App};
 
@@ -66,7 +71,7 @@ fn banner(w: &Window, now: i64) -> Banner {
     }
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -105,6 +110,59 @@ pub(crate) async fn api(State(app): State<App>) -> Result<Response, ApiError> {
     let windows = app.gw.maintenance_windows().await?;
     let out: Vec<Banner> = windows.iter().map(|w| banner(w, now)).collect();
     Ok(axum::Json(out).into_response())
+}
+
+/// `POST /api/maintenance`: what an admin announces.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Announcement {
+    /// RFC 3339; without an offset (`2026-11-30T22:00`) it is Vietnam time.
+    from: String,
+    to: String,
+    message: String,
+}
+
+/// `2026-11-30T22:00:00+07:00`, or a form field's `2026-11-30T22:00`
+/// (Vietnam time), as Unix microseconds.
+fn instant(field: &str, s: &str) -> Result<i64, Error> {
+    let t = s.trim();
+    let parsed = OffsetDateTime::parse(t, &Rfc3339).or_else(|_| {
+        let with_secs = if t.len() == 16 {
+            format!("{t}:00+07:00")
+        } else {
+            format!("{t}+07:00")
+        };
+        OffsetDateTime::parse(&with_secs, &Rfc3339)
+    });
+    parsed
+        .map(|d| (d.unix_timestamp_nanos() / 1000) as i64)
+        .map_err(|_| {
+            Error::malformed(format!(
+                "{field} {:?} is not a time; write 2026-11-30T22:00 (Vietnam time) or RFC 3339 with an offset",
+                lienthong_core::pipeline::truncate(t, 40)
+            ))
+        })
+}
+
+pub(crate) async fn announce(
+    State(app): State<App>,
+    axum::Extension(s): axum::Extension<Session>,
+    axum::Json(a): axum::Json<Announcement>,
+) -> Result<Response, ApiError> {
+    let from = instant("from", &a.from)?;
+    let to = instant("to", &a.to)?;
+    let w = app.gw.announce_maintenance(from, to, &a.message).await?;
+    tracing::info!(id = w.id, operator = %s.operator.name, "maintenance window announced from the dashboard");
+    Ok(axum::Json(banner(&w, now_micros())).into_response())
+}
+
+pub(crate) async fn cancel(
+    State(app): State<App>,
+    axum::Extension(s): axum::Extension<Session>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let w = app.gw.cancel_maintenance(id).await?;
+    tracing::info!(id = w.id, operator = %s.operator.name, "maintenance window cancelled from the dashboard");
+    Ok(axum::Json(banner(&w, now_micros())).into_response())
 }
 
 #[cfg(test)]

@@ -45,6 +45,24 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// The application protocols a listener offers in the handshake (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2 only: gRPC.
+    Grpc,
+    /// HTTP/2 and HTTP/1.1: browsers, curl, Prometheus.
+    Web,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Grpc => vec![b"h2".to_vec()],
+            Alpn::Web => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
 /// The files a TLS listener is made of.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -56,6 +74,8 @@ pub struct TlsFiles {
     pub client_anchors: Vec<PathBuf>,
     /// Whether a client certificate is required.
     pub client_auth: ClientAuth,
+    /// What the listener speaks.
+    pub alpn: Alpn,
 }
 
 struct Loaded {
@@ -345,6 +365,14 @@ pub struct TlsConnection {
     _slot: PeerSlot,
 }
 
+impl TlsConnection {
+    /// Who is at the other end: the peer's address and the certificates it
+    /// presented.
+    pub fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+}
+
 impl tonic::transport::server::Connected for TlsConnection {
     type ConnectInfo = ClientInfo;
 
@@ -452,7 +480,7 @@ fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Loaded, Stri
             files.key.display()
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = files.alpn.protocols();
     Ok(Loaded {
         config: Arc::new(config),
         anchors: Arc::new(anchors),

@@ -28,10 +28,27 @@ impl Gateway {
         Err(self.refuse(Some(caller), "", err).await)
     }
 
+    /// Changing the directory is for `admin` operators; a `viewer` only reads.
+    pub(crate) async fn require_admin(&self, caller: &Caller, what: &str) -> Result<()> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        if !caller.is_operator() {
+            return self.require_operator(caller, what).await;
+        }
+        let err = Error::new(
+            Reason::PermissionDenied,
+            format!(
+                "{what} is for the gateway's admins; operator {} is a viewer",
+                caller.organ_id
+            ),
+        );
+        Err(self.refuse(Some(caller), "", err).await)
+    }
+
     /// Adds or replaces an agency of the directory.
     pub async fn admin_upsert_agency(&self, caller: &Caller, a: Agency) -> Result<Agency> {
-        self.require_operator(caller, "changing the directory")
-            .await?;
+        self.require_admin(caller, "changing the directory").await?;
         let id = OrganId::parse_with(&a.organ_id, IdPolicy::Lenient)?;
         if a.name.trim().is_empty() {
             return Err(Error::malformed("an agency needs a name"));
@@ -78,8 +95,7 @@ impl Gateway {
         organ_id: &str,
         certificate: &[u8],
     ) -> Result<BoundCert> {
-        self.require_operator(caller, "binding certificates")
-            .await?;
+        self.require_admin(caller, "binding certificates").await?;
         let row = directory::bind_signing_cert(
             self.store(),
             organ_id,
@@ -102,8 +118,7 @@ impl Gateway {
         organ_id: &str,
         certificate: &[u8],
     ) -> Result<BoundCert> {
-        self.require_operator(caller, "binding certificates")
-            .await?;
+        self.require_admin(caller, "binding certificates").await?;
         let row = directory::bind_client_cert(
             self.store(),
             organ_id,
@@ -128,7 +143,7 @@ impl Gateway {
         principal: &str,
         revoke: bool,
     ) -> Result<bool> {
-        self.require_operator(caller, "changing representations")
+        self.require_admin(caller, "changing representations")
             .await?;
         directory::represent(
             self.store(),

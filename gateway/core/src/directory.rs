@@ -414,10 +414,15 @@ async fn client_name(store: &Store, name: &str, role: ClientRole) -> Result<Stri
     match role {
         ClientRole::Agency => Ok(known_agency(store, name).await?.0.as_str().to_owned()),
         ClientRole::Operator => {
-            let name = name.trim();
-            if name.is_empty() || name.len() > 100 {
-                return Err(Error::malformed(
-                    "an operator needs a name of 1 to 100 characters",
+            // The certificate logs in as that account, with its role: the
+            // account must exist first.
+            let name = crate::operators::check_name(name)?;
+            if crate::operators::active_role(store, name).await?.is_none() {
+                return Err(Error::new(
+                    Reason::NotFound,
+                    format!(
+                        "there is no active operator account {name:?}; create it first with `lienthong operator add {name:?} --role viewer|admin` (add --no-password for an account that logs in only with its certificate)"
+                    ),
                 ));
             }
             Ok(name.to_owned())
@@ -450,8 +455,8 @@ pub async fn bind_signing_cert(
 }
 
 /// Binds a client (system) certificate, for mutual TLS, to an agency of the
-/// directory (`role = "agency"`) or to an operator (`role = "operator"`,
-/// any name).
+/// directory (`role = "agency"`) or to an active operator account
+/// (`role = "operator"`), whose role then applies.
 pub async fn bind_client_cert(
     store: &Store,
     organ_id: &str,
@@ -719,7 +724,8 @@ pub async fn upsert_agency(store: &Store, row: agency::Model, by: &ChangedBy) ->
 pub enum ClientRole {
     /// An agency's document-management software.
     Agency,
-    /// The gateway's operators (reports, all traces, the directory).
+    /// An operator account (`lienthong operator add`): its role decides
+    /// what the certificate opens.
     Operator,
 }
 

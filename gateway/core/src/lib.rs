@@ -8,6 +8,7 @@ pub mod error;
 pub mod lifecycle; // issue 6
 pub mod maintenance; // issue 6: maintenance notices
 pub mod metrics; // issue 7
+pub mod operators;
 pub mod organ_id;
 pub mod pades; // issue 8
 pub mod peers;

@@ -177,8 +177,13 @@ impl Transport {
 pub enum Role {
     /// An agency's software: its own messages, its own inbox.
     Agency,
-    /// The gateway's operators: every trace, reports, the directory.
+    /// The gateway's admins: every trace, reports, the directory. A client
+    /// certificate bound by `directory bind-operator` to an `admin`
+    /// account.
     Operator,
+    /// Operators who only look: every trace and reports, not the directory
+    /// (a certificate bound to a `viewer` account).
+    Viewer,
     /// A publisher on the AMQP exchange (another gateway, or a queue-speaking
     /// agency): the transport vouches for nobody, so only an envelope whose
     /// signature is bound to its `from` is accepted.
@@ -216,7 +221,13 @@ impl Caller {
         }
     }
 
+    /// An operator of either role: may read every trace and the reports.
     pub fn is_operator(&self) -> bool {
+        matches!(self.role, Role::Operator | Role::Viewer)
+    }
+
+    /// An operator who may change the directory.
+    pub fn is_admin(&self) -> bool {
         self.role == Role::Operator
     }
 
@@ -2031,7 +2042,27 @@ impl Gateway {
             ));
         };
         let role = if binding.role == "operator" {
-            Role::Operator
+            // The account the certificate is bound to gives the role; a
+            // removed or disabled account's certificate opens nothing.
+            match crate::operators::active_role(&self.inner.store, &binding.organ_id).await? {
+                Some(crate::operators::OperatorRole::Admin) => Role::Operator,
+                Some(crate::operators::OperatorRole::Viewer) => Role::Viewer,
+                None => {
+                    return Err(self
+                        .refuse(
+                            None,
+                            "",
+                            Error::new(
+                                Reason::PermissionDenied,
+                                format!(
+                                    "this client certificate (key sha256 {hex}) is bound to operator {:?}, which is not an active operator account; ask an admin (`lienthong operator list`)",
+                                    truncate(&binding.organ_id, 100)
+                                ),
+                            ),
+                        )
+                        .await);
+                }
+            }
         } else {
             Role::Agency
         };

@@ -63,6 +63,14 @@ pub enum EventKind {
     /// Calls from one peer refused before their caller was identified,
     /// summed over a minute (one line per peer, never one per call).
     Unauthenticated,
+    /// An operator account was added, removed, disabled, enabled or given
+    /// a new password (`actor`: who did it; `detail`: what).
+    OperatorChanged,
+    /// An operator logged in (`reason` empty), or logins failed (`reason`
+    /// `LOGIN_FAILED`, one line per peer and minute at most).
+    OperatorLogin,
+    /// An operator logged out.
+    OperatorLogout,
 }
 
 impl EventKind {
@@ -80,6 +88,9 @@ impl EventKind {
             EventKind::Overdue => "overdue",
             EventKind::DirectoryChanged => "directory_changed",
             EventKind::Unauthenticated => "unauthenticated",
+            EventKind::OperatorChanged => "operator_changed",
+            EventKind::OperatorLogin => "operator_login",
+            EventKind::OperatorLogout => "operator_logout",
         }
     }
 }
@@ -177,7 +188,7 @@ fn event_hash(e: &event::Model) -> Option<String> {
 /// Appends events to the hash chain inside the caller's transaction. The
 /// head row is updated first: it serialises appenders (a row lock in
 /// PostgreSQL, the write lock in SQLite), so the chain follows commit order.
-async fn append_events<C: ConnectionTrait>(
+pub(crate) async fn append_events<C: ConnectionTrait>(
     c: &C,
     events: Vec<NewEvent>,
     at: i64,

@@ -8,6 +8,8 @@ pub mod event;
 pub mod log_head;
 pub mod maintenance; // issue 6: maintenance notices
 pub mod message;
+pub mod operator;
+pub mod operator_session;
 pub mod outbox;
 pub mod representation;
 pub mod signing_cert;

@@ -11,6 +11,7 @@ mod m20261124_000005_representations;
 mod m20261124_000006_outbox; // issue 5: the AMQP outbox, upstream hops
 mod m20261125_000007_lifecycle; // issue 6: business type and references
 mod m20261125_000008_maintenance; // issue 6: maintenance notices
+mod m20261206_000009_operators;
 
 pub use m20261124_000003_log_chain::GENESIS;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000006_outbox::Migration),
             Box::new(m20261125_000007_lifecycle::Migration),
             Box::new(m20261125_000008_maintenance::Migration),
+            Box::new(m20261206_000009_operators::Migration),
         ]
     }
 }
