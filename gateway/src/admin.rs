@@ -131,10 +131,14 @@ impl WhichCert {
     }
 }
 
-/// Who runs the command line, for the transfer log: the account the
-/// process runs as (from its uid, not from the environment), and who
-/// became it through sudo.
 fn cli_user() -> ChangedBy {
+    ChangedBy::cli(&cli_user_name())
+}
+
+/// Who runs the command line, for the transfer log: the account the
+/// process runs as (from its uid, not from the environment, which anyone
+/// can set), and who became it through sudo.
+pub(crate) fn cli_user_name() -> String {
     use std::os::unix::fs::MetadataExt as _;
     let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     let name = uid.and_then(|uid| {
@@ -157,7 +161,7 @@ fn cli_user() -> ChangedBy {
     {
         who = format!("{who} (sudo by {by})");
     }
-    ChangedBy::cli(&who)
+    who
 }
 
 fn core_err(e: lienthong_core::error::Error) -> anyhow::Error {
@@ -170,6 +174,11 @@ pub struct DevPkiArgs {
     pub out_dir: PathBuf,
     #[arg(long, value_enum, default_value_t = KeyTypeArg::EcP256)]
     pub key_type: KeyTypeArg,
+    /// Another host name (or IP address) of the gateway's TLS certificate,
+    /// besides localhost and 127.0.0.1: the name other machines or
+    /// containers reach it by. Repeatable.
+    #[arg(long = "server-name")]
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -533,8 +542,14 @@ pub fn dev_pki(args: DevPkiArgs) -> Result<ExitCode> {
     let agencies = devpki::default_agencies();
     // The gateway's own agency (gateway.organ_id below): UBND tỉnh.
     let gateway_agency = agencies.first().map(|(id, _)| id.clone());
-    devpki::write_dev_pki(&out, &agencies, kt, gateway_agency.as_ref())
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    devpki::write_dev_pki(
+        &out,
+        &agencies,
+        kt,
+        gateway_agency.as_ref(),
+        &args.server_names,
+    )
+    .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let toml = format!(
         r#"# A configuration to try lienthong out with the throwaway PKI in this folder.
 # Not for production: auth.mode "dev-header" believes whatever agency the caller names.

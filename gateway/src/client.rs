@@ -433,7 +433,7 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        // issue 6: a gateway notice (maintenance) is shown, never acknowledged.
+        // A gateway notice (maintenance) is shown, never acknowledged.
         if let Some(n) = &d.notice {
             println!("{}", crate::maintenance_cmd::notice_json(n));
             continue;

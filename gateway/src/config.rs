@@ -25,18 +25,18 @@ pub struct Config {
     pub receipts: ReceiptsSection,
     pub tls: TlsSection,
     pub edxml: EdxmlSection,
-    /// issue 7: the HTTP listener (dashboard, metrics, health, report downloads).
+    /// The HTTP listener (dashboard, metrics, health, report downloads).
     pub http: HttpSection,
-    /// issue 7: reports and the monthly report.
+    /// Reports and the monthly report.
     pub reports: ReportsSection,
-    /// issue 5: the national exchange (RabbitMQ); off without `amqp.url`.
+    /// The national exchange (RabbitMQ); off without `amqp.url`.
     pub amqp: lienthong_amqp::AmqpConfig,
-    /// issue 5: where each recipient's copy goes, most specific pattern
+    /// Where each recipient's copy goes, most specific pattern
     /// first. Empty: every code is local.
     pub routes: Vec<lienthong_core::routing::RouteSpec>,
-    /// issue 8: the digital signatures inside PDF attachments (PAdES).
+    /// The digital signatures inside PDF attachments (PAdES).
     pub signatures: SignaturesSection,
-    /// issue 6: deadlines of the document lifecycle.
+    /// Deadlines of the document lifecycle.
     pub lifecycle: LifecycleSection,
 }
 
@@ -222,10 +222,10 @@ impl Default for DatabaseSection {
 pub struct StorageSection {
     /// Where attachments are kept, content-addressed.
     pub path: PathBuf,
-    /// issue 4: a file of `KEYID:BASE64` lines (the first is the current
+    /// A file of `KEYID:BASE64` lines (the first is the current
     /// key): attachments are then encrypted at rest with AES-256-GCM.
     pub encryption_key_file: Option<PathBuf>,
-    /// issue 4: the same keys as text, meant for the environment
+    /// The same keys as text, meant for the environment
     /// (`LIENTHONG_STORAGE__ENCRYPTION_KEY`); never printed.
     pub encryption_key: Option<Secret>,
 }
@@ -257,16 +257,16 @@ pub struct TrustSection {
     /// PEM files of the certification authorities whose signing
     /// certificates this gateway trusts.
     pub anchors: Vec<PathBuf>,
-    /// issue 4: revocation lists (DER or PEM) of those authorities, read
+    /// Revocation lists (DER or PEM) of those authorities, read
     /// again when the files change.
     pub crls: Vec<PathBuf>,
-    /// issue 4: a revocation list past its nextUpdate: `warn` (accept, with
+    /// A revocation list past its nextUpdate: `warn` (accept, with
     /// a warning in the delivery's verification report) or `refuse`.
     pub stale_crl: StaleCrlSetting,
-    /// issue 4: refuse a certificate whose issuer has no revocation list in
+    /// Refuse a certificate whose issuer has no revocation list in
     /// `crls` (else it is accepted, "revocation not checked").
     pub require_revocation: bool,
-    /// issue 4: refuse chains with a certificate signed with SHA-1.
+    /// Refuse chains with a certificate signed with SHA-1.
     pub refuse_sha1: bool,
 }
 
@@ -486,7 +486,7 @@ impl LimitsSection {
 }
 
 impl Config {
-    /// issue 5: the route table, checked against `amqp.url`.
+    /// The route table, checked against `amqp.url`.
     pub fn route_table(&self) -> Result<lienthong_core::routing::RouteTable> {
         let table = lienthong_core::routing::RouteTable::new(&self.routes)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
@@ -579,7 +579,7 @@ impl Config {
     }
 }
 
-// ----- issue 7: the HTTP listener and reports ------------------------------
+// ----- the HTTP listener and reports ------------------------------
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -856,6 +856,39 @@ mod tests {
         assert_eq!(d.upload_limits().min_bytes_per_second, 4096);
         assert_eq!(d.peer_limits().calls_per_second, 2000.0);
         assert_eq!(d.connection_limits().handshakes_per_peer, 16);
+        Ok(())
+    }
+
+    /// The deploy samples start as production does: callers identified by
+    /// their client certificates, operators over HTTPS; the mode that
+    /// believes a header cannot be reached from them.
+    #[test]
+    fn the_deploy_samples_identify_callers_by_certificate() -> Result<()> {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let c = Config::load(Some(&deploy.join("lienthong.toml")))?;
+        assert_eq!(c.auth.mode, AuthModeSetting::Mtls);
+        assert!(c.tls.cert.is_some() && c.tls.key.is_some());
+        assert!(!c.tls.client_anchors.is_empty());
+        assert!(c.http.tls, "the sample's HTTP listener speaks HTTPS");
+        assert!(c.http.metrics_token_file.is_some());
+        let compose = std::fs::read_to_string(deploy.join("compose.yaml"))?;
+        assert!(compose.contains("--config pki/lienthong-mtls.toml"));
+        assert!(compose.contains("LIENTHONG_HTTP__TLS: \"true\""));
+        for sample in [
+            "compose.yaml",
+            "lienthong.service",
+            "Dockerfile",
+            "compose-routes.toml",
+        ] {
+            let text = std::fs::read_to_string(deploy.join(sample))?;
+            for unsafe_word in [
+                "insecure-allow-remote",
+                "LIENTHONG_AUTH__MODE",
+                "mode = \"dev-header\"",
+            ] {
+                assert!(!text.contains(unsafe_word), "{sample} holds {unsafe_word}");
+            }
+        }
         Ok(())
     }
 

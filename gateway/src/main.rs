@@ -5,16 +5,16 @@
 //! to a running gateway exactly as agency software would.
 
 mod admin;
-mod bench; // issue 9
+mod bench;
 mod client;
 mod config;
 mod edxml_cmd;
-mod maintenance_cmd; // issue 6
+mod maintenance_cmd;
 mod operator_cmd;
-mod pdf_cmd; // issue 8
-mod report; // issue 7
+mod pdf_cmd;
+mod report;
 mod serve;
-mod storage; // issue 4
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

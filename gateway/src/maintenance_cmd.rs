@@ -1,4 +1,4 @@
-//! `lienthong admin maintenance` (issue 6): announce, list and cancel
+//! `lienthong admin maintenance`: announce, list and cancel
 //! maintenance windows. Like the directory commands it works on the
 //! database directly; a running gateway notices the change within a few
 //! seconds (`maintenance::POLL_INTERVAL`) and tells the agencies' `Receive`

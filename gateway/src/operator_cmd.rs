@@ -77,13 +77,10 @@ impl From<RoleArg> for OperatorRole {
     }
 }
 
-/// Who runs the command, for the transfer log.
+/// Who runs the command, for the transfer log (as for the directory's
+/// changes).
 fn actor() -> Actor {
-    let user = ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned());
-    Actor::cli(&user)
+    Actor::cli(&crate::admin::cli_user_name())
 }
 
 fn read_password(name: &str, from_stdin: bool) -> Result<String> {

@@ -86,19 +86,19 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // Only `verify-receipt` reads them; a file that is not there is said at
     // start-up, not on the day a receipt is disputed.
     cfg.receipt_signers()?;
-    // issue 4: the attachment store opens with the storage keys, and refuses
+    // The attachment store opens with the storage keys, and refuses
     // wrong ones before anything else is touched.
     let blobs = crate::storage::open_blob_store(&cfg).await?;
     let store = lienthong_core::store::Store::connect(&cfg.database.url)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
         .context("opening the database")?;
-    // issue 7: the monthly report's sender is checked against the directory below.
+    // The monthly report's sender is checked against the directory below.
     let report_sending = cfg.report_sending()?;
     let report_anchors = report_sending.as_ref().map(|_| anchors.clone());
     let http_anchors = anchors.clone();
     let http_connections = cfg.limits.connection_limits();
-    // issue 5: routes and the national exchange.
+    // Routes and the national exchange.
     let routes = cfg.route_table()?;
     let exchange = cfg
         .amqp
@@ -128,7 +128,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", cfg.grpc.listen))?;
     let addr = listener.local_addr()?;
-    // issue 7: the HTTP listener (dashboard, metrics, health) and the monthly
+    // The HTTP listener (dashboard, metrics, health) and the monthly
     // report run beside gRPC; one shutdown signal stops them all, and any
     // server that stops stops the others.
     let report_settings = cfg.report_settings()?;
@@ -208,7 +208,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             let _ = tx.send(true);
         })
     };
-    // issue 5: the AMQP adapter keeps its own connection (reconnecting as
+    // The AMQP adapter keeps its own connection (reconnecting as
     // needed) until shutdown; health checks read its state.
     let amqp_task = cfg.amqp.url.as_ref().map(|url| {
         tracing::info!(broker = %lienthong_core::store::redact(url), queue = %cfg.amqp.queue, "AMQP on");
@@ -223,14 +223,14 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }));
         task
     });
-    // issue 6: maintenance windows announced by `lienthong admin maintenance`
+    // Maintenance windows announced by `lienthong admin maintenance`
     // (another process) reach the following Receive streams through this poll.
     let maintenance_task = tokio::spawn(lienthong_core::maintenance::watch_maintenance(
         gw.clone(),
         lienthong_core::maintenance::POLL_INTERVAL,
         stopped(&stop_rx),
     ));
-    // issue 6: deadlines — an `overdue` line when a recipient misses one.
+    // Deadlines — an `overdue` line when a recipient misses one.
     let deadlines = cfg.lifecycle.deadlines()?;
     let deadline_task = {
         let (gw, mut stop) = (gw.clone(), stop_rx.clone());

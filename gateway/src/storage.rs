@@ -1,4 +1,4 @@
-//! `lienthong storage …`: the attachment store's keys (issue 4), and the
+//! `lienthong storage …`: the attachment store's keys, and the
 //! one place the binary opens the store with them.
 
 use std::process::ExitCode;

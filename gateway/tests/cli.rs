@@ -130,7 +130,7 @@ fn dev_header_mode_refuses_a_non_loopback_address() {
     );
 }
 
-/// issue 9: the load generator starts its own gateway, carries 200 signed
+/// The load generator starts its own gateway, carries 200 signed
 /// documents end to end, and accounts for every one of them.
 #[test]
 fn bench_grpc_carries_every_document() {

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The national exchange over AMQP (issue 5), against the real RabbitMQ:
+//! The national exchange over AMQP, against the real RabbitMQ:
 //! each test has its own virtual host; the broker-restart test takes the
 //! broker for itself (the others hold the read side of `BROKER`).
 

@@ -124,7 +124,14 @@ async fn an_operator_traces_everything_and_sends_nothing() {
     within(Duration::from_secs(120), "the operator", async {
         let b = gw.agency(B);
         let c = gw.agency(C);
-        let sent = c.send_document(&[B], "Giữa C và B", &[]).await.unwrap();
+        let sent = c
+            .send_document(
+                &[B],
+                "Giữa C và B",
+                &[AttachmentSpec::text("to-trinh.txt", "nội dung")],
+            )
+            .await
+            .unwrap();
         let id = sent.message_id().to_string();
         assert_eq!(b.receive_all(0).await.unwrap().len(), 1);
 
@@ -140,9 +147,36 @@ async fn an_operator_traces_everything_and_sends_nothing() {
             "{}",
             format_events(&events)
         );
-        assert!(
-            operator.receive_all(0).await.unwrap().is_empty(),
-            "an operator has no inbox"
+        // The trail, not the content: the document is for its sender and
+        // recipients.
+        let err = operator
+            .fetch_attachment_sha256(&id, C, 0)
+            .await
+            .expect_err("an operator does not read a document's attachments");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("trail"), "{err:?}");
+        assert!(b.fetch_attachment_sha256(&id, C, 0).await.is_ok());
+
+        // No inbox, whatever the operator's account is called.
+        let err = operator
+            .receive_all(0)
+            .await
+            .expect_err("an operator has no inbox");
+        assert_eq!(
+            reason_of(&err).as_deref(),
+            Some("PERMISSION_DENIED"),
+            "{err:?}"
+        );
+        let named_b = gw.operator_grpc(B, "admin").await;
+        let err = named_b
+            .receive_all(0)
+            .await
+            .expect_err("an operator account named like an agency reads no inbox");
+        assert!(err.message().contains("no inbox"), "{err:?}");
+        assert_eq!(
+            b.receive_all(0).await.unwrap().len(),
+            1,
+            "B's unacknowledged delivery still waits for B"
         );
         let err = operator
             .send_document(&[B], "vận hành gửi thay", &[])

@@ -1,4 +1,4 @@
-//! Bad input gets a clear error and loses nothing (issue 2): each refusal
+//! Bad input gets a clear error and loses nothing: each refusal
 //! has the gRPC code and `ErrorInfo.reason` of DESIGN.md §4, a sentence, and
 //! a `rejected` event in the transfer log; none leaves a message, blob or
 //! delivery behind.

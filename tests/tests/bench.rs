@@ -1,4 +1,4 @@
-//! `lienthong bench` (issue 9): the load generator's modes, small, as smoke
+//! `lienthong bench`: the load generator's modes, small, as smoke
 //! tests — each mode runs end to end, checks what it carried, and leaves
 //! nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

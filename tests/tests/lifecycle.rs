@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The document lifecycle (issue 6), end to end: three agencies — A and B
+//! The document lifecycle, end to end: three agencies — A and B
 //! on the H35 gateway, X behind the H36 gateway over AMQP (C on H35 joins
 //! for the recall) — walk documents through every path, and
 //! `Exchange.DocumentStatus` is checked for each recipient at each step.

@@ -1,4 +1,4 @@
-//! Maintenance notices (issue 6): an operator announces a window with
+//! Maintenance notices: an operator announces a window with
 //! `lienthong admin maintenance`; an agency with a following `Receive`
 //! stream gets the notice within seconds, a new `Receive` call gets it
 //! first, before its deliveries (which still arrive, count towards `max`

@@ -1,4 +1,4 @@
-//! Overload (issue 9): a gateway offered more than it can take turns the
+//! Overload: a gateway offered more than it can take turns the
 //! excess away at once with UNAVAILABLE and a sentence — nothing kept,
 //! "send again" — instead of queueing without bound, and loses nothing it
 //! accepted.

@@ -657,6 +657,11 @@ async fn operator_changes_over_grpc_name_the_operator() {
         const OPS: &str = "Trung tâm CNTT";
         cli_ok(
             &gw,
+            &["operator", "add", OPS, "--role", "admin", "--no-password"],
+        )
+        .await;
+        cli_ok(
+            &gw,
             &[
                 "directory",
                 "bind-operator",

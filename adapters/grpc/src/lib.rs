@@ -41,7 +41,7 @@ pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
 pub mod limits;
-mod notices; // issue 6: maintenance notices on Receive
+mod notices; // Maintenance notices on Receive
 pub mod reports;
 pub use lienthong_tls as tls;
 
@@ -400,7 +400,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let slot = self.shared.stream_slot(&caller).await?;
         let gw = self.shared.gw.clone();
         let hop = self.shared.trace_organ_id.clone();
-        let notices = self.shared.gw.notice_feed().await; // issue 6
+        let notices = self.shared.gw.notice_feed().await;
         tokio::spawn(async move {
             let _slot = slot;
             // Notices (maintenance windows) first, then beside the deliveries.

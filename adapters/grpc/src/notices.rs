@@ -1,4 +1,4 @@
-//! The gateway's notices on a `Receive` stream (issue 6: maintenance
+//! The gateway's notices on a `Receive` stream (maintenance
 //! windows). The core's [`NoticeFeed`] says what to tell; this module only
 //! puts it on the stream, beside the inbox's deliveries and never through
 //! them: `max` counts deliveries, and a notice is never acknowledged.

@@ -149,7 +149,7 @@ function render(o) {
   $("updated").textContent = `Cập nhật lúc ${when(o.now)}`;
 }
 
-// Maintenance windows announced by the operators (issue 6): the same markup
+// Maintenance windows announced by the operators: the same markup
 // the server puts in the page, built from /api/maintenance as text.
 function renderMaintenance(windows) {
   const box = $("maintenance");

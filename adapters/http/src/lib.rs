@@ -50,7 +50,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod auth;
 mod listen;
-mod maintenance; // issue 6
+mod maintenance;
 
 pub use auth::{AllowedHosts, CSRF_HEADER, MetricsAccess};
 pub use listen::{PeerInfo, serve, serve_tls};
@@ -251,7 +251,7 @@ fn param<'a>(p: &'a HashMap<String, String>, k: &str) -> &'a str {
 }
 
 async fn index(State(app): State<App>, axum::Extension(s): axum::Extension<Session>) -> Response {
-    // issue 6: maintenance banners in the page itself. The page shows even
+    // Maintenance banners in the page itself. The page shows even
     // when they cannot be read (dashboard.js tries again).
     let banners = match app.gw.maintenance_windows().await {
         Ok(w) => maintenance::banners_html(&w),

@@ -1,4 +1,4 @@
-//! Maintenance windows on the dashboard (issue 6): a banner at the top of
+//! Maintenance windows on the dashboard: a banner at the top of
 //! the page, in Vietnamese and English, times in Vietnam time, rendered
 //! into the page by the server (so it shows without JavaScript) and kept
 //! fresh by `dashboard.js` from `/api/maintenance`. Admins announce and

@@ -1,4 +1,4 @@
-//! Benchmark of the reports (issue 7): a year of a province's traffic —
+//! Benchmark of the reports: a year of a province's traffic —
 //! about 5 million transfer-log events for 500 agencies — is generated
 //! inside PostgreSQL with `generate_series`, then reports and the dashboard
 //! queries are timed.

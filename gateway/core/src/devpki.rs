@@ -430,6 +430,9 @@ pub fn default_agencies() -> Vec<(OrganId, String)> {
 /// `directory.csv` as a second signing certificate, so that
 /// `reports.send_to` works out of the box.
 ///
+/// The gateway's TLS certificate names `localhost` and 127.0.0.1, and
+/// `server_names` besides (the host name other containers reach it by).
+///
 /// Refuses a directory that already holds a dev CA key: replacing it would
 /// silently invalidate every certificate a running gateway trusts.
 pub fn write_dev_pki(
@@ -437,7 +440,21 @@ pub fn write_dev_pki(
     agencies: &[(OrganId, String)],
     key_type: KeyType,
     gateway_organ_id: Option<&OrganId>,
+    server_names: &[String],
 ) -> Result<DevPkiFiles> {
+    let mut server_sans = Vec::new();
+    for name in server_names {
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => server_sans.push(rcgen::SanType::IpAddress(ip)),
+            Err(_) => server_sans.push(rcgen::SanType::DnsName(name.clone().try_into().map_err(
+                |_| {
+                    Error::malformed(format!(
+                        "{name:?} is not a host name a certificate can hold"
+                    ))
+                },
+            )?)),
+        }
+    }
     let gateway_agency = match gateway_organ_id {
         Some(g) => match agencies.iter().find(|(id, _)| id == g) {
             Some(a) => Some(a),
@@ -557,6 +574,7 @@ pub fn write_dev_pki(
             if let Ok(name) = "localhost".to_owned().try_into() {
                 p.subject_alt_names.push(rcgen::SanType::DnsName(name));
             }
+            p.subject_alt_names.extend(server_sans.iter().cloned());
         },
     )?;
     let server_cert = out_dir.join("server.pem");
@@ -774,6 +792,7 @@ pub(crate) mod tests {
             &agencies,
             KeyType::EcP256,
             Some(&agencies[0].0),
+            &["gateway".to_owned()],
         ));
         assert_eq!(files.agencies.len(), 4);
         for p in [
@@ -824,7 +843,28 @@ pub(crate) mod tests {
         let info = ok(crate::signing::describe_certificate(&gw_der));
         assert!(info.subject.contains("000.00.00.H35"), "{}", info.subject);
 
-        let again = write_dev_pki(&out, &default_agencies(), KeyType::EcP256, None);
+        // The TLS certificate names the extra host (other containers reach
+        // the gateway by it).
+        let server_der = ok(crate::signing::load_certificate_pem(&files.server_cert));
+        let names: Vec<String> = x509_parser::parse_x509_certificate(&server_der)
+            .ok()
+            .and_then(|(_, c)| {
+                c.subject_alternative_name().ok().flatten().map(|s| {
+                    s.value
+                        .general_names
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        assert!(
+            names.iter().any(|n| n.contains("gateway"))
+                && names.iter().any(|n| n.contains("localhost")),
+            "{names:?}"
+        );
+
+        let again = write_dev_pki(&out, &default_agencies(), KeyType::EcP256, None, &[]);
         assert!(again.is_err_and(|e| e.message().contains("already holds a dev CA key")));
     }
 }

@@ -1,4 +1,4 @@
-//! Maintenance notices (issue 6): an operator announces a maintenance
+//! Maintenance notices: an operator announces a maintenance
 //! window (`lienthong admin maintenance`), agency software learns of it on
 //! its `Receive` stream ahead of time, and the dashboard shows it.
 //!

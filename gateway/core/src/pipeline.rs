@@ -297,9 +297,9 @@ struct Inner {
     /// Wakes the AMQP relay when the outbox gains rows.
     outbox_wake: watch::Sender<u64>,
     broker: std::sync::OnceLock<Probe>,
-    /// issue 6: the maintenance windows for following `Receive` streams.
+    /// The maintenance windows for following `Receive` streams.
     notices: crate::maintenance::Notices,
-    /// issue 9: one permit per submission being taken (see
+    /// One permit per submission being taken (see
     /// [`Limits::max_submissions_in_flight`]).
     admission: Arc<tokio::sync::Semaphore>,
     /// One permit per PDF signature check running ([`Limits::pdf_checks_in_flight`]).
@@ -1153,7 +1153,7 @@ impl Gateway {
         })
     }
 
-    // ----- the document lifecycle (issue 6) ------------------------------
+    // ----- the document lifecycle ------------------------------
 
     /// Checks a document's business (recall, update, replace) or a status
     /// notice against the lifecycle of the document it refers to, and says
@@ -1749,6 +1749,9 @@ impl Gateway {
 
     /// Acknowledges a delivery of the caller's inbox.
     pub async fn ack(&self, caller: &Caller, delivery_id: &str) -> Result<()> {
+        if caller.role != Role::Agency {
+            return Err(no_inbox());
+        }
         match self
             .inner
             .store
@@ -1855,7 +1858,18 @@ impl Gateway {
         let Some(m) = self.inner.store.message(from, message_id).await? else {
             return Err(not_found());
         };
-        if m.sender == caller.organ_id || caller.is_operator() {
+        if caller.is_operator() {
+            // The IT office follows a document's trail; its content is for
+            // the agencies that sent and received it.
+            if access == Access::Trail {
+                return Ok(m);
+            }
+            return Err(Error::new(
+                Reason::PermissionDenied,
+                "an operator sees a document's trail (Trace, DocumentStatus), not its content: the envelope and attachments are for its sender and recipients",
+            ));
+        }
+        if m.sender == caller.organ_id {
             return Ok(m);
         }
         let deliveries = self.inner.store.deliveries_of(m.id).await?;
@@ -2048,19 +2062,13 @@ impl Gateway {
                 Some(crate::operators::OperatorRole::Admin) => Role::Operator,
                 Some(crate::operators::OperatorRole::Viewer) => Role::Viewer,
                 None => {
-                    return Err(self
-                        .refuse(
-                            None,
-                            "",
-                            Error::new(
-                                Reason::PermissionDenied,
-                                format!(
-                                    "this client certificate (key sha256 {hex}) is bound to operator {:?}, which is not an active operator account; ask an admin (`lienthong operator list`)",
-                                    truncate(&binding.organ_id, 100)
-                                ),
-                            ),
-                        )
-                        .await);
+                    return Err(Error::new(
+                        Reason::PermissionDenied,
+                        format!(
+                            "this client certificate (key sha256 {hex}) is bound to operator {:?}, which is not an active operator account; ask an admin (`lienthong operator list`)",
+                            truncate(&binding.organ_id, 100)
+                        ),
+                    ));
                 }
             }
         } else {
@@ -2099,7 +2107,7 @@ impl Gateway {
         let store = &self.inner.store;
         if let Some(key) = &caller.client_key {
             let role = match caller.role {
-                Role::Operator => "operator",
+                Role::Operator | Role::Viewer => "operator",
                 _ => "agency",
             };
             let still = store
@@ -2963,6 +2971,15 @@ async fn remove_unreferenced(gw: &Inner, created: &[String]) {
     }
 }
 
+/// An operator's certificate (whatever its account is named) reads no
+/// agency's inbox.
+fn no_inbox() -> Error {
+    Error::new(
+        Reason::PermissionDenied,
+        "an operator has no inbox: Receive and Ack are for agencies' software",
+    )
+}
+
 /// Pulls a recipient's deliveries, oldest first. The first pass hands out
 /// every unacknowledged delivery; a following stream then gets new ones as
 /// they land and, after `redelivery_after`, the ones still unacknowledged.
@@ -3000,6 +3017,9 @@ impl Inbox {
     /// The next delivery; `None` when the inbox is drained and the stream
     /// does not follow, or `max` deliveries were handed out.
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
+        if self.caller.role != Role::Agency {
+            return Err(no_inbox());
+        }
         loop {
             if let Some((p, attempt)) = self.buffered.pop_front() {
                 crate::metrics::delivery_handed_out();

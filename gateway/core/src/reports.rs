@@ -1,5 +1,5 @@
 //! Reports from the transfer log: who sent and received what, and how it
-//! went, for a period and a part of the directory (issue 7).
+//! went, for a period and a part of the directory.
 //!
 //! Everything is counted by SQL aggregation over `messages`, `deliveries`
 //! and `events` (the transfer log); no event is loaded into memory. The

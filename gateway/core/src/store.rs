@@ -50,9 +50,9 @@ pub enum EventKind {
     Duplicate,
     /// A stored attachment failed its digest check when it was read.
     IntegrityFailed,
-    /// issue 6: a recalled document taken out of an inbox before delivery.
+    /// A recalled document taken out of an inbox before delivery.
     Withdrawn,
-    /// issue 6: a deadline passed with a recipient not there yet.
+    /// A deadline passed with a recipient not there yet.
     Overdue,
     /// The directory changed: an agency added, changed, deactivated or
     /// activated, a certificate bound or unbound, a representation granted
@@ -1740,7 +1740,7 @@ impl Store {
         Ok(all)
     }
 
-    /// The overdue events of one message (issue 6).
+    /// The overdue events of one message.
     pub async fn overdue_events(
         &self,
         sender: &str,

@@ -1,4 +1,4 @@
-//! Maintenance notices in the core (issue 6): what a `Receive` call's
+//! Maintenance notices in the core: what a `Receive` call's
 //! notice feed says when windows are announced and cancelled, through the
 //! gateway and behind its back (another process writing the database, seen
 //! by `watch_maintenance`).

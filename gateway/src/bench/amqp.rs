@@ -1,5 +1,5 @@
 //! `lienthong bench amqp`: documents arriving from the national exchange
-//! and leaving over AMQP again (issue 9).
+//! and leaving over AMQP again.
 //!
 //! The bench plays the national exchange. Its throwaway gateway serves a
 //! province of its own, H36 (`[[routes]] #.H36 → local`, everything else to

@@ -1,4 +1,4 @@
-//! `lienthong bench`: a load generator (issue 9). It makes a throwaway
+//! `lienthong bench`: a load generator. It makes a throwaway
 //! gateway of its own (dev PKI, directory, `lienthong serve` as a child
 //! process on free ports), drives it as many agency systems at once, checks
 //! every delivered document against what was sent, and prints throughput,

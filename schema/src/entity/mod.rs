@@ -6,7 +6,7 @@ pub mod client_cert;
 pub mod delivery;
 pub mod event;
 pub mod log_head;
-pub mod maintenance; // issue 6: maintenance notices
+pub mod maintenance; // Maintenance notices
 pub mod message;
 pub mod operator;
 pub mod operator_session;

@@ -1,4 +1,4 @@
-//! Reports and the dashboard (issue 7).
+//! Reports and the dashboard.
 //!
 //! - `messages.due_date`, `messages.code`, `messages.subject`: a document's
 //!   DueDate (ISO `yyyy-MM-dd`, `''` when it has none), số/ký hiệu

@@ -1,4 +1,4 @@
-//! The national exchange (issue 5).
+//! The national exchange.
 //!
 //! - `outbox`: what must still be published to AMQP — one row per delivery
 //!   whose route is an exchange or an agency's queue, written in the same

@@ -1,4 +1,4 @@
-//! The document lifecycle (issue 6).
+//! The document lifecycle.
 //!
 //! - `messages.business_type`: 0 new, 1 recall, 2 update, 3 replace (the
 //!   document's `business.type`), so the lifecycle finds a document's recall,

@@ -1,4 +1,4 @@
-//! Maintenance notices (issue 6).
+//! Maintenance notices.
 //!
 //! - `maintenance_windows`: the maintenance windows operators announced
 //!   (`lienthong admin maintenance`). Agency software receives each current

@@ -4,13 +4,13 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_core;
-mod m20261124_000002_reports; // issue 7: report columns and indexes
+mod m20261124_000002_reports; // Report columns and indexes
 mod m20261124_000003_log_chain;
 mod m20261124_000004_client_certs;
 mod m20261124_000005_representations;
-mod m20261124_000006_outbox; // issue 5: the AMQP outbox, upstream hops
-mod m20261125_000007_lifecycle; // issue 6: business type and references
-mod m20261125_000008_maintenance; // issue 6: maintenance notices
+mod m20261124_000006_outbox; // The AMQP outbox, upstream hops
+mod m20261125_000007_lifecycle; // Business type and references
+mod m20261125_000008_maintenance; // Maintenance notices
 mod m20261206_000009_operators;
 
 pub use m20261124_000003_log_chain::GENESIS;
