@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Reason, Result};
-use crate::organ_id::{IdPolicy, OrganId, quote};
+use crate::organ_id::{IdPolicy, OrganId};
+use crate::text::quote;
 
 /// How deliveries reach an agency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

@@ -1,206 +1,7 @@
-//! The one error type of the core.
-//!
-//! Every refusal the gateway gives has a stable [`Reason`] (the kind), a
-//! sentence saying what to fix, an optional source to walk to the cause, and
-//! whether trying again can help. Adapters turn it into their own wire form
-//! (a gRPC status with `google.rpc.ErrorInfo`, an AMQP dead-letter header).
+//! The gateway's error type (from `lienthong-types`), and what a database
+//! error means for the request that met it.
 
-use std::fmt;
-
-/// The stable reason codes of DESIGN.md §4. Their `as_str` forms are part of
-/// the contract: agency software matches on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    BadIdentifier,
-    UnknownRecipient,
-    UnknownSender,
-    SenderMismatch,
-    BadSignature,
-    UntrustedCertificate,
-    CertificateExpired,
-    CertificateRevoked,
-    CertificateNotBound,
-    DigestMismatch,
-    SizeLimit,
-    Malformed,
-    SecretDocument,
-    DuplicateConflict,
-    NotFound,
-    PermissionDenied,
-    NotRoutable,
-    RateLimited,
-    DocumentUnsigned,
-    DocumentSignatureInvalid,
-    /// A passing fault (database or disk unavailable): try again.
-    Unavailable,
-    /// The gateway failed on the request in a way that is neither the
-    /// request's fault nor a passing outage (a database error it did not
-    /// expect): sending it again unchanged will likely fail the same way.
-    Internal,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 22] = [
-        Reason::BadIdentifier,
-        Reason::UnknownRecipient,
-        Reason::UnknownSender,
-        Reason::SenderMismatch,
-        Reason::BadSignature,
-        Reason::UntrustedCertificate,
-        Reason::CertificateExpired,
-        Reason::CertificateRevoked,
-        Reason::CertificateNotBound,
-        Reason::DigestMismatch,
-        Reason::SizeLimit,
-        Reason::Malformed,
-        Reason::SecretDocument,
-        Reason::DuplicateConflict,
-        Reason::NotFound,
-        Reason::PermissionDenied,
-        Reason::NotRoutable,
-        Reason::RateLimited,
-        Reason::DocumentUnsigned,
-        Reason::DocumentSignatureInvalid,
-        Reason::Unavailable,
-        Reason::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::BadIdentifier => "BAD_IDENTIFIER",
-            Reason::UnknownRecipient => "UNKNOWN_RECIPIENT",
-            Reason::UnknownSender => "UNKNOWN_SENDER",
-            Reason::SenderMismatch => "SENDER_MISMATCH",
-            Reason::BadSignature => "BAD_SIGNATURE",
-            Reason::UntrustedCertificate => "UNTRUSTED_CERTIFICATE",
-            Reason::CertificateExpired => "CERTIFICATE_EXPIRED",
-            Reason::CertificateRevoked => "CERTIFICATE_REVOKED",
-            Reason::CertificateNotBound => "CERTIFICATE_NOT_BOUND",
-            Reason::DigestMismatch => "DIGEST_MISMATCH",
-            Reason::SizeLimit => "SIZE_LIMIT",
-            Reason::Malformed => "MALFORMED",
-            Reason::SecretDocument => "SECRET_DOCUMENT",
-            Reason::DuplicateConflict => "DUPLICATE_CONFLICT",
-            Reason::NotFound => "NOT_FOUND",
-            Reason::PermissionDenied => "PERMISSION_DENIED",
-            Reason::NotRoutable => "NOT_ROUTABLE",
-            Reason::RateLimited => "RATE_LIMITED",
-            Reason::DocumentUnsigned => "DOCUMENT_UNSIGNED",
-            Reason::DocumentSignatureInvalid => "DOCUMENT_SIGNATURE_INVALID",
-            Reason::Unavailable => "UNAVAILABLE",
-            Reason::Internal => "INTERNAL",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// Whether the same request may succeed later without being changed.
-    pub fn is_retryable(self) -> bool {
-        matches!(self, Reason::Unavailable | Reason::RateLimited)
-    }
-
-    /// Whether the fault is the gateway's rather than the request's: a
-    /// passing outage or an internal failure. A queue consumer holds such a
-    /// message instead of refusing it at once.
-    pub fn is_gateway_fault(self) -> bool {
-        matches!(
-            self,
-            Reason::Unavailable | Reason::RateLimited | Reason::Internal
-        )
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// A refusal or failure with its reason, a sentence for the person who must
-/// fix it, and the underlying cause when there is one.
-#[derive(Debug)]
-pub struct Error {
-    reason: Reason,
-    message: String,
-    source: Option<Source>,
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Error {
-            reason,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
-        self.source = Some(source.into());
-        self
-    }
-
-    /// A passing fault of a dependency (database, disk): the request is fine
-    /// and may be sent again.
-    pub fn unavailable(what: &str, source: impl Into<Source>) -> Self {
-        Error::new(
-            Reason::Unavailable,
-            format!("{what} is unavailable right now; nothing was accepted, send it again later"),
-        )
-        .with_source(source)
-    }
-
-    pub fn malformed(message: impl Into<String>) -> Self {
-        Error::new(Reason::Malformed, message)
-    }
-
-    pub fn reason(&self) -> Reason {
-        self.reason
-    }
-
-    /// The sentence for the person who must fix the request.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.reason.is_retryable()
-    }
-
-    /// The message followed by every cause, for logs.
-    pub fn chain(&self) -> String {
-        let mut out = self.message.clone();
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = self
-            .source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static));
-        while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            cur = e.source();
-        }
-        out
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason, self.message)
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
+pub use lienthong_types::error::*;
 
 /// What a database error says about the request that met it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,20 +111,23 @@ fn db_message(e: &sea_orm::DbErr) -> String {
     }
 }
 
-impl From<sea_orm::DbErr> for Error {
-    fn from(e: sea_orm::DbErr) -> Self {
+/// The gateway's error for a database error: only an outage is
+/// `UNAVAILABLE` (try again); bad data is the request's fault; anything
+/// else is `INTERNAL`.
+pub fn db_error(e: sea_orm::DbErr) -> Error {
+    {
         match DbFault::of(&e) {
             DbFault::Outage => Error::unavailable("the database", e),
             DbFault::Data => Error::malformed(format!(
                 "the database refused a value of this request as invalid data ({}); text must hold no NUL or other control characters and numbers must be in range: fix the request, since sending it again unchanged fails the same way",
-                crate::text::printable(&db_message(&e))
+                lienthong_types::text::printable(&db_message(&e))
             ))
             .with_source(e),
             DbFault::TooLarge => Error::new(
                 Reason::SizeLimit,
                 format!(
                     "a value of this request is larger than the database can hold or index ({}); shorten it",
-                    crate::text::printable(&db_message(&e))
+                    lienthong_types::text::printable(&db_message(&e))
                 ),
             )
             .with_source(e),
@@ -336,25 +140,20 @@ impl From<sea_orm::DbErr> for Error {
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::unavailable("the attachment store", e)
+/// `?` for database results: the error classified by [`db_error`].
+pub trait OrDb<T> {
+    fn or_db(self) -> Result<T>;
+}
+
+impl<T> OrDb<T> for std::result::Result<T, sea_orm::DbErr> {
+    fn or_db(self) -> Result<T> {
+        self.map_err(db_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reason_codes_round_trip_and_are_unique() {
-        let mut seen = std::collections::HashSet::new();
-        for r in Reason::ALL {
-            assert!(seen.insert(r.as_str()), "duplicate {r}");
-            assert_eq!(Reason::parse(r.as_str()), Some(r));
-        }
-        assert_eq!(Reason::parse("NOPE"), None);
-    }
 
     #[test]
     fn postgres_errors_are_classified_by_sqlstate_class() {
@@ -396,23 +195,14 @@ mod tests {
     #[test]
     fn only_an_outage_is_unavailable() {
         use sea_orm::{ConnAcquireErr, DbErr};
-        let e = Error::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+        let e = db_error(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
         assert_eq!(e.reason(), Reason::Unavailable);
-        let e = Error::from(DbErr::Custom(
+        let e = db_error(DbErr::Custom(
             "the transfer log's head row is missing".into(),
         ));
         assert_eq!(e.reason(), Reason::Internal);
         assert!(!e.is_retryable());
         assert!(e.reason().is_gateway_fault());
         assert!(!Reason::Malformed.is_gateway_fault());
-    }
-
-    #[test]
-    fn chain_walks_to_the_cause() {
-        let io = std::io::Error::other("disk full");
-        let e = Error::unavailable("the attachment store", io);
-        assert_eq!(e.reason(), Reason::Unavailable);
-        assert!(e.chain().ends_with(": disk full"), "{}", e.chain());
-        assert!(e.is_retryable());
     }
 }

@@ -9,7 +9,6 @@ pub mod lifecycle;
 pub mod maintenance; // Maintenance notices
 pub mod metrics;
 pub mod operators;
-pub mod organ_id;
 pub mod pades;
 pub mod peers;
 pub mod pipeline;
@@ -18,4 +17,5 @@ pub mod reports;
 pub mod routing;
 pub mod signing;
 pub mod store;
-pub mod text;
+
+pub use lienthong_types::{organ_id, text};

@@ -30,6 +30,7 @@ use sea_orm::{
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::error::OrDb;
 use crate::error::{Error, Reason, Result};
 use crate::pipeline::{Gateway, timestamp};
 use crate::reports::format_rfc3339;
@@ -199,7 +200,8 @@ pub async fn announce(
         ..Default::default()
     }
     .insert(store.connection())
-    .await?;
+    .await
+    .or_db()?;
     let w = Window::from(row);
     tracing::info!(
         id = w.id,
@@ -216,7 +218,8 @@ pub async fn announce(
 pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
     let Some(row) = maintenance::Entity::find_by_id(id)
         .one(store.connection())
-        .await?
+        .await
+        .or_db()?
     else {
         return Err(Error::new(
             Reason::NotFound,
@@ -237,7 +240,7 @@ pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
     }
     let mut active = row.into_active_model();
     active.cancelled_at = Set(Some(now));
-    let w = Window::from(active.update(store.connection()).await?);
+    let w = Window::from(active.update(store.connection()).await.or_db()?);
     tracing::info!(id = w.id, message = %w.message, "maintenance window cancelled");
     Ok(w)
 }
@@ -260,7 +263,8 @@ async fn not_over(store: &Store) -> Result<Vec<Window>> {
         .order_by_asc(maintenance::Column::StartsAt)
         .order_by_asc(maintenance::Column::Id)
         .all(store.connection())
-        .await?
+        .await
+        .or_db()?
         .into_iter()
         .map(Window::from)
         .collect())

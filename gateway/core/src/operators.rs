@@ -27,6 +27,7 @@ use sea_orm::{
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::error::OrDb;
 use crate::error::{Error, Reason, Result};
 use crate::store::{EventKind, NewEvent, Store, append_events, now_micros};
 
@@ -207,10 +208,11 @@ async fn verify_password(password: &str, phc: &str) -> bool {
 }
 
 async fn by_name(store: &Store, name: &str) -> Result<Option<operator::Model>> {
-    Ok(operator::Entity::find()
+    operator::Entity::find()
         .filter(operator::Column::Name.eq(name))
         .one(store.connection())
-        .await?)
+        .await
+        .or_db()
 }
 
 fn no_such(name: &str) -> Error {
@@ -230,7 +232,8 @@ pub async fn list(store: &Store) -> Result<Vec<Operator>> {
     Ok(operator::Entity::find()
         .order_by_asc(operator::Column::Name)
         .all(store.connection())
-        .await?
+        .await
+        .or_db()?
         .iter()
         .map(view)
         .collect())
@@ -242,7 +245,8 @@ pub async fn certificate_counts(store: &Store) -> Result<HashMap<String, usize>>
     for c in client_cert::Entity::find()
         .filter(client_cert::Column::Role.eq("operator"))
         .all(store.connection())
-        .await?
+        .await
+        .or_db()?
     {
         *out.entry(c.organ_id).or_insert(0) += 1;
     }
@@ -268,11 +272,12 @@ pub async fn add(
         None => None,
     };
     let now = now_micros();
-    let txn = store.connection().begin().await?;
+    let txn = store.connection().begin().await.or_db()?;
     let existing = operator::Entity::find()
         .filter(operator::Column::Name.eq(name))
         .one(&txn)
-        .await?;
+        .await
+        .or_db()?;
     let pw_at = hash.as_ref().map(|_| now);
     let (row, what) = match existing {
         Some(m) if m.state != REMOVED => {
@@ -291,7 +296,7 @@ pub async fn add(
             a.state = Set(ACTIVE.to_owned());
             a.updated_at = Set(now);
             a.password_changed_at = Set(pw_at);
-            (a.update(&txn).await?, "added again")
+            (a.update(&txn).await.or_db()?, "added again")
         }
         None => (
             operator::ActiveModel {
@@ -306,7 +311,8 @@ pub async fn add(
                 ..Default::default()
             }
             .insert(&txn)
-            .await?,
+            .await
+            .or_db()?,
             "added",
         ),
     };
@@ -325,8 +331,9 @@ pub async fn add(
         )],
         now,
     )
-    .await?;
-    txn.commit().await?;
+    .await
+    .or_db()?;
+    txn.commit().await.or_db()?;
     Ok(view(&row))
 }
 
@@ -387,11 +394,12 @@ pub async fn set_password(
 async fn change(store: &Store, name: &str, what: Change, by: &Actor) -> Result<Operator> {
     let name = check_name(name)?;
     let now = now_micros();
-    let txn = store.connection().begin().await?;
+    let txn = store.connection().begin().await.or_db()?;
     let Some(m) = operator::Entity::find()
         .filter(operator::Column::Name.eq(name))
         .one(&txn)
-        .await?
+        .await
+        .or_db()?
         .filter(|m| m.state != REMOVED)
     else {
         return Err(no_such(name));
@@ -439,18 +447,20 @@ async fn change(store: &Store, name: &str, what: Change, by: &Actor) -> Result<O
             )
         }
     };
-    let row = a.update(&txn).await?;
+    let row = a.update(&txn).await.or_db()?;
     operator_session::Entity::delete_many()
         .filter(operator_session::Column::OperatorId.eq(id))
         .exec(&txn)
-        .await?;
+        .await
+        .or_db()?;
     append_events(
         &txn,
         vec![line(EventKind::OperatorChanged, detail, None, by)],
         now,
     )
-    .await?;
-    txn.commit().await?;
+    .await
+    .or_db()?;
+    txn.commit().await.or_db()?;
     Ok(view(&row))
 }
 
@@ -567,7 +577,7 @@ pub async fn open_session(
     let csrf_token = random_token()?;
     let now = now_micros();
     let expires_at = now.saturating_add(micros(policy.absolute));
-    let txn = store.connection().begin().await?;
+    let txn = store.connection().begin().await.or_db()?;
     operator_session::Entity::delete_many()
         .filter(
             operator_session::Column::ExpiresAt
@@ -575,7 +585,8 @@ pub async fn open_session(
                 .or(operator_session::Column::LastSeenAt.lte(now - micros(policy.idle))),
         )
         .exec(&txn)
-        .await?;
+        .await
+        .or_db()?;
     operator_session::ActiveModel {
         token_sha256: Set(token_hash(&token)),
         operator_id: Set(op.id),
@@ -587,7 +598,8 @@ pub async fn open_session(
         expires_at: Set(expires_at),
     }
     .insert(&txn)
-    .await?;
+    .await
+    .or_db()?;
     operator::Entity::update_many()
         .col_expr(
             operator::Column::LastLoginAt,
@@ -595,7 +607,8 @@ pub async fn open_session(
         )
         .filter(operator::Column::Id.eq(op.id))
         .exec(&txn)
-        .await?;
+        .await
+        .or_db()?;
     append_events(
         &txn,
         vec![line(
@@ -614,8 +627,9 @@ pub async fn open_session(
         )],
         now,
     )
-    .await?;
-    txn.commit().await?;
+    .await
+    .or_db()?;
+    txn.commit().await.or_db()?;
     Ok(NewSession {
         token,
         csrf_token,
@@ -634,7 +648,8 @@ pub async fn session(store: &Store, token: &str, policy: SessionPolicy) -> Resul
     let key = token_hash(token);
     let Some(s) = operator_session::Entity::find_by_id(key.clone())
         .one(store.connection())
-        .await?
+        .await
+        .or_db()?
     else {
         return Ok(None);
     };
@@ -642,12 +657,14 @@ pub async fn session(store: &Store, token: &str, policy: SessionPolicy) -> Resul
     if s.expires_at <= now || s.last_seen_at <= now - micros(policy.idle) {
         operator_session::Entity::delete_by_id(key)
             .exec(store.connection())
-            .await?;
+            .await
+            .or_db()?;
         return Ok(None);
     }
     let Some(op) = operator::Entity::find_by_id(s.operator_id)
         .one(store.connection())
-        .await?
+        .await
+        .or_db()?
         .filter(|m| m.state == ACTIVE)
     else {
         return Ok(None);
@@ -660,7 +677,8 @@ pub async fn session(store: &Store, token: &str, policy: SessionPolicy) -> Resul
             )
             .filter(operator_session::Column::TokenSha256.eq(key))
             .exec(store.connection())
-            .await?;
+            .await
+            .or_db()?;
     }
     Ok(Some(Session {
         operator: view(&op),
@@ -673,10 +691,11 @@ pub async fn session(store: &Store, token: &str, policy: SessionPolicy) -> Resul
 /// Ends a session (logging out), with its `operator_logout` line.
 pub async fn close_session(store: &Store, token: &str, op: &Operator) -> Result<()> {
     let now = now_micros();
-    let txn = store.connection().begin().await?;
+    let txn = store.connection().begin().await.or_db()?;
     operator_session::Entity::delete_by_id(token_hash(token))
         .exec(&txn)
-        .await?;
+        .await
+        .or_db()?;
     append_events(
         &txn,
         vec![line(
@@ -690,8 +709,9 @@ pub async fn close_session(store: &Store, token: &str, op: &Operator) -> Result<
         )],
         now,
     )
-    .await?;
-    txn.commit().await?;
+    .await
+    .or_db()?;
+    txn.commit().await.or_db()?;
     Ok(())
 }
 

@@ -24,12 +24,12 @@ use lienthong_proto::v1::{
 };
 use lienthong_schema::entity::{agency, event, message, outbox};
 use prost::Message as _;
-use ring::digest;
+
 use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 
 use crate::blobs::{BlobReader, BlobStore, BlobWriter, SealedBlob};
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, Reason, Result, db_error};
 use crate::lifecycle;
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::receipts::ReceiptSigner;
@@ -2593,7 +2593,7 @@ impl Open {
             }
             Err(AcceptError::Db(e)) => {
                 remove_unreferenced(gw, &created).await;
-                Err(Error::from(e))
+                Err(db_error(e))
             }
         }
     }
@@ -3317,28 +3317,5 @@ fn agency_pb(a: agency::Model) -> Agency {
     }
 }
 
-/// Unix microseconds → protobuf timestamp.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
-    out
-}
-
-/// At most `max` bytes of `s`, cut on a character boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use lienthong_types::text::truncate;
+pub use lienthong_types::{sha256, timestamp};

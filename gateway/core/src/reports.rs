@@ -43,6 +43,7 @@ use crate::organ_id::{IdPolicy, OrganId, TopicPattern};
 use crate::pipeline::{Gateway, truncate};
 use crate::store::{Store, now_micros};
 
+use crate::error::OrDb;
 pub use dashboard::{
     Health, InboxDepth, OverdueDocument, Overview, Refusal, SearchHit, TraceLine, Traffic,
     inbox_depths, overview, recent_refusals, search,
@@ -478,7 +479,7 @@ pub async fn summary_in(
         &filter,
     )
     .await?;
-    txn.commit().await?;
+    txn.commit().await.or_db()?;
     let mut total = AgencyRow::new("", "");
     for row in rows.values_mut() {
         if let Some(c) = counts.get(&row.organ_id) {
@@ -754,8 +755,8 @@ pub async fn index_documents(store: &Store) -> Result<u64> {
         let mut u = Sql::new(backend);
         u.push("WITH v (id, d, c, s) AS (VALUES ");
         for (i, r) in page.iter().enumerate() {
-            let id: i64 = r.try_get("", "id")?;
-            let bytes: Vec<u8> = r.try_get("", "signed_envelope")?;
+            let id: i64 = r.try_get("", "id").or_db()?;
+            let bytes: Vec<u8> = r.try_get("", "signed_envelope").or_db()?;
             let f = DocumentFacts::of_signed(&bytes);
             u.push(if i == 0 { "(CAST(" } else { ", (CAST(" })
                 .bind(id)
@@ -771,7 +772,9 @@ pub async fn index_documents(store: &Store) -> Result<u64> {
             ") UPDATE messages SET due_date = v.d, code = v.c, subject = v.s \
              FROM v WHERE messages.id = v.id",
         );
-        sea_orm::ConnectionTrait::execute_raw(store.connection(), u.statement()).await?;
+        sea_orm::ConnectionTrait::execute_raw(store.connection(), u.statement())
+            .await
+            .or_db()?;
         done += page.len() as u64;
     }
 }

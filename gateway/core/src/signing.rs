@@ -34,7 +34,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::crl::{CrlSet, CrlSnapshot, LoadedCrl};
 use crate::error::{Error, Reason, Result};
-use crate::organ_id::quote;
+use crate::text::quote;
 
 /// DSSE's pre-authentication encoding:
 /// `"DSSEv1" SP LEN(type) SP type SP LEN(payload) SP payload`.

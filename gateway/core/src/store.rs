@@ -10,7 +10,7 @@
 //! ever inserted into.
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lienthong_schema::Migrator;
 use lienthong_schema::MigratorTrait;
@@ -26,16 +26,10 @@ use sea_orm::{
     SqlErr, Statement, TransactionTrait,
 };
 
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, OrDb, Reason, Result, db_error};
 use tokio::sync::{mpsc, oneshot};
 
-/// Now, as Unix microseconds (the schema's time unit).
-pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub use lienthong_types::now_micros;
 
 /// What happened to a message. The strings are what the transfer log and
 /// `Trace` show; reports count them.
@@ -748,22 +742,24 @@ impl Store {
 
     /// A cheap query that proves the database answers.
     pub async fn ping(&self) -> Result<()> {
-        self.db.ping().await.map_err(Error::from)
+        self.db.ping().await.or_db()
     }
 
     // ----- directory -------------------------------------------------------
 
     pub async fn agency(&self, organ_id: &str) -> Result<Option<agency::Model>> {
-        Ok(agency::Entity::find_by_id(organ_id.to_owned())
+        agency::Entity::find_by_id(organ_id.to_owned())
             .one(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     pub async fn agencies(&self) -> Result<Vec<agency::Model>> {
-        Ok(agency::Entity::find()
+        agency::Entity::find()
             .order_by_asc(agency::Column::OrganId)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Applies a directory change and appends its lines to the transfer
@@ -782,7 +778,7 @@ impl Store {
             revoke,
             log,
         } = change;
-        let txn = self.db.begin().await?;
+        let txn = self.db.begin().await.or_db()?;
         let gone = |what: String| Error::new(Reason::NotFound, what);
         for chunk in agencies.chunks(200) {
             let models: Vec<agency::ActiveModel> = chunk
@@ -823,7 +819,8 @@ impl Store {
                         .to_owned(),
                 )
                 .exec(&txn)
-                .await?;
+                .await
+                .or_db()?;
         }
         let now = now_micros();
         for (organ_id, active) in set_active {
@@ -832,20 +829,22 @@ impl Store {
                 .col_expr(agency::Column::UpdatedAt, Expr::value(now))
                 .filter(agency::Column::OrganId.eq(organ_id.as_str()))
                 .exec(&txn)
-                .await?;
+                .await
+                .or_db()?;
             if r.rows_affected == 0 {
                 return Err(gone(format!("{organ_id} is not in the directory")));
             }
         }
         for c in bind_signing {
-            bind_cert(&txn, c).await?;
+            bind_cert(&txn, c).await.or_db()?;
         }
         for (spki, organ_id) in unbind_signing {
             let r = signing_cert::Entity::delete_many()
                 .filter(signing_cert::Column::SpkiSha256.eq(spki.as_str()))
                 .filter(signing_cert::Column::OrganId.eq(organ_id.as_str()))
                 .exec(&txn)
-                .await?;
+                .await
+                .or_db()?;
             if r.rows_affected == 0 {
                 return Err(gone(format!(
                     "the signing key {spki} is no longer bound to {organ_id}"
@@ -853,7 +852,7 @@ impl Store {
             }
         }
         for c in clients {
-            bind_client(&txn, c).await?;
+            bind_client(&txn, c).await.or_db()?;
         }
         for (spki, name, role) in unbind_client {
             let r = client_cert::Entity::delete_many()
@@ -861,7 +860,8 @@ impl Store {
                 .filter(client_cert::Column::OrganId.eq(name.as_str()))
                 .filter(client_cert::Column::Role.eq(role.as_str()))
                 .exec(&txn)
-                .await?;
+                .await
+                .or_db()?;
             if r.rows_affected == 0 {
                 return Err(gone(format!(
                     "the client key {spki} is no longer bound to {role} {name}"
@@ -883,29 +883,32 @@ impl Store {
                 .to_owned(),
             )
             .exec_without_returning(&txn)
-            .await?;
+            .await
+            .or_db()?;
         }
         for (agent, principal) in revoke {
             let r = representation::Entity::delete_many()
                 .filter(representation::Column::Agent.eq(agent.as_str()))
                 .filter(representation::Column::Principal.eq(principal.as_str()))
                 .exec(&txn)
-                .await?;
+                .await
+                .or_db()?;
             if r.rows_affected == 0 {
                 return Err(gone(format!(
                     "{agent} no longer sends in the name of {principal}"
                 )));
             }
         }
-        append_events(&txn, log, now).await?;
-        txn.commit().await?;
+        append_events(&txn, log, now).await.or_db()?;
+        txn.commit().await.or_db()?;
         Ok(())
     }
 
     pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<signing_cert::Model>> {
-        Ok(signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
+        signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
             .one(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Whether `agent` may send in the name of `principal`.
@@ -913,46 +916,51 @@ impl Store {
         Ok(
             representation::Entity::find_by_id((agent.to_owned(), principal.to_owned()))
                 .one(&self.db)
-                .await?
+                .await
+                .or_db()?
                 .is_some(),
         )
     }
 
     pub async fn client_cert(&self, spki_sha256_hex: &str) -> Result<Option<client_cert::Model>> {
-        Ok(client_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
+        client_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
             .one(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     pub async fn signing_certs_of(&self, organ_id: &str) -> Result<Vec<signing_cert::Model>> {
-        Ok(signing_cert::Entity::find()
+        signing_cert::Entity::find()
             .filter(signing_cert::Column::OrganId.eq(organ_id))
             .order_by_asc(signing_cert::Column::BoundAt)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// The client certificates bound to an agency or an operator's name.
     pub async fn client_certs_of(&self, name: &str) -> Result<Vec<client_cert::Model>> {
-        Ok(client_cert::Entity::find()
+        client_cert::Entity::find()
             .filter(client_cert::Column::OrganId.eq(name))
             .order_by_asc(client_cert::Column::BoundAt)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     // ----- messages --------------------------------------------------------
 
     pub async fn message(&self, sender: &str, message_id: &str) -> Result<Option<message::Model>> {
-        Ok(message::Entity::find()
+        message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::MessageId.eq(message_id))
             .one(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     pub async fn message_by_pk(&self, pk: i64) -> Result<Option<message::Model>> {
-        Ok(message::Entity::find_by_id(pk).one(&self.db).await?)
+        message::Entity::find_by_id(pk).one(&self.db).await.or_db()
     }
 
     /// The latest accepted document of `sender` with this document_id.
@@ -961,13 +969,14 @@ impl Store {
         sender: &str,
         document_id: &str,
     ) -> Result<Option<message::Model>> {
-        Ok(message::Entity::find()
+        message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::DocumentId.eq(document_id))
             .filter(message::Column::Kind.eq("document"))
             .order_by_desc(message::Column::Id)
             .one(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// The status notices answering document `document_id` of `doc_from`,
@@ -977,13 +986,14 @@ impl Store {
         doc_from: &str,
         document_id: &str,
     ) -> Result<Vec<message::Model>> {
-        Ok(message::Entity::find()
+        message::Entity::find()
             .filter(message::Column::RefFrom.eq(doc_from))
             .filter(message::Column::DocumentId.eq(document_id))
             .filter(message::Column::Kind.eq("status"))
             .order_by_asc(message::Column::Id)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// The recall, update and replacement documents `sender` sent about its
@@ -993,13 +1003,14 @@ impl Store {
         sender: &str,
         document_id: &str,
     ) -> Result<Vec<message::Model>> {
-        Ok(message::Entity::find()
+        message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::Replaces.eq(document_id))
             .filter(message::Column::Kind.eq("document"))
             .order_by_asc(message::Column::Id)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// The senders of documents with this document_id (whoever sent them).
@@ -1009,7 +1020,8 @@ impl Store {
             .filter(message::Column::Kind.eq("document"))
             .limit(20)
             .all(&self.db)
-            .await?;
+            .await
+            .or_db()?;
         let mut out: Vec<String> = rows.into_iter().map(|m| m.sender).collect();
         out.sort();
         out.dedup();
@@ -1017,19 +1029,21 @@ impl Store {
     }
 
     pub async fn attachments(&self, message_pk: i64) -> Result<Vec<attachment::Model>> {
-        Ok(attachment::Entity::find()
+        attachment::Entity::find()
             .filter(attachment::Column::MessagePk.eq(message_pk))
             .order_by_asc(attachment::Column::Idx)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     pub async fn deliveries_of(&self, message_pk: i64) -> Result<Vec<delivery::Model>> {
-        Ok(delivery::Entity::find()
+        delivery::Entity::find()
             .filter(delivery::Column::MessagePk.eq(message_pk))
             .order_by_asc(delivery::Column::Id)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Whether any message with this attachment digest is stored.
@@ -1037,7 +1051,8 @@ impl Store {
         Ok(attachment::Entity::find()
             .filter(attachment::Column::Sha256.eq(sha256_hex))
             .one(&self.db)
-            .await?
+            .await
+            .or_db()?
             .is_some())
     }
 
@@ -1293,9 +1308,9 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin().await?;
-        append_events(&txn, events, now_micros()).await?;
-        txn.commit().await?;
+        let txn = self.db.begin().await.or_db()?;
+        append_events(&txn, events, now_micros()).await.or_db()?;
+        txn.commit().await.or_db()?;
         Ok(())
     }
 
@@ -1303,13 +1318,14 @@ impl Store {
 
     /// Outbox rows still to publish with `id > after_id`, oldest first.
     pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<outbox::Model>> {
-        Ok(outbox::Entity::find()
+        outbox::Entity::find()
             .filter(outbox::Column::State.eq("pending"))
             .filter(outbox::Column::Id.gt(after_id))
             .order_by_asc(outbox::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// The oldest pending row of each (exchange, routing key), oldest first:
@@ -1326,23 +1342,26 @@ impl Store {
             .limit(limit)
             .into_tuple()
             .all(&self.db)
-            .await?;
+            .await
+            .or_db()?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(outbox::Entity::find()
+        outbox::Entity::find()
             .filter(outbox::Column::Id.is_in(ids))
             .order_by_asc(outbox::Column::Id)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// How many outbox rows wait for the broker.
     pub async fn outbox_depth(&self) -> Result<u64> {
-        Ok(outbox::Entity::find()
+        outbox::Entity::find()
             .filter(outbox::Column::State.eq("pending"))
             .count(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Records the broker's confirm of an outbox row: the row is `sent`, and
@@ -1351,7 +1370,7 @@ impl Store {
     /// does with its queue is between it and the broker). Idempotent.
     pub async fn outbox_sent(&self, row: &outbox::Model) -> Result<()> {
         let now = now_micros();
-        let txn = self.db.begin().await?;
+        let txn = self.db.begin().await.or_db()?;
         let changed = outbox::Entity::update_many()
             .col_expr(outbox::Column::State, Expr::value("sent"))
             .col_expr(outbox::Column::SentAt, Expr::value(now))
@@ -1362,10 +1381,11 @@ impl Store {
             .filter(outbox::Column::Id.eq(row.id))
             .filter(outbox::Column::State.eq("pending"))
             .exec(&txn)
-            .await?
+            .await
+            .or_db()?
             .rows_affected;
         if changed == 0 {
-            txn.rollback().await?;
+            txn.rollback().await.or_db()?;
             return Ok(());
         }
         let to_queue = row.exchange.is_empty();
@@ -1385,13 +1405,16 @@ impl Store {
         update
             .filter(delivery::Column::Id.eq(row.delivery_pk))
             .exec(&txn)
-            .await?;
+            .await
+            .or_db()?;
         let d = delivery::Entity::find_by_id(row.delivery_pk)
             .one(&txn)
-            .await?;
+            .await
+            .or_db()?;
         let m = message::Entity::find_by_id(row.message_pk)
             .one(&txn)
-            .await?;
+            .await
+            .or_db()?;
         let (sender, message_id) = m.map(|m| (m.sender, m.message_id)).unwrap_or_default();
         let recipient = d.map(|d| d.recipient).unwrap_or_default();
         let base = NewEvent {
@@ -1428,8 +1451,8 @@ impl Store {
                 ..base
             }]
         };
-        append_events(&txn, events, now).await?;
-        txn.commit().await?;
+        append_events(&txn, events, now).await.or_db()?;
+        txn.commit().await.or_db()?;
         Ok(())
     }
 
@@ -1443,7 +1466,8 @@ impl Store {
             .col_expr(outbox::Column::LastError, Expr::value(error.to_owned()))
             .filter(outbox::Column::Id.eq(id))
             .exec(&self.db)
-            .await?;
+            .await
+            .or_db()?;
         Ok(())
     }
 
@@ -1475,7 +1499,8 @@ impl Store {
             .order_by_asc(delivery::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await?;
+            .await
+            .or_db()?;
         if ds.is_empty() {
             return Ok(Vec::new());
         }
@@ -1483,7 +1508,8 @@ impl Store {
         let msgs = message::Entity::find()
             .filter(message::Column::Id.is_in(pks))
             .all(&self.db)
-            .await?;
+            .await
+            .or_db()?;
         let mut out = Vec::with_capacity(ds.len());
         for d in ds {
             match msgs.iter().find(|m| m.id == d.message_pk) {
@@ -1537,13 +1563,13 @@ impl Store {
                 match tx.send(Job::Delivered { marks, reply }).await {
                     Ok(()) => {
                         return match answer.await {
-                            Ok(r) => r.map(|()| attempts).map_err(Error::from),
-                            Err(_) => Err(Error::from(committer_gone())),
+                            Ok(r) => r.map(|()| attempts).or_db(),
+                            Err(_) => Err(db_error(committer_gone())),
                         };
                     }
                     Err(mpsc::error::SendError(Job::Delivered { marks, .. })) => marks,
                     Err(mpsc::error::SendError(_)) => {
-                        return Err(Error::from(DbErr::Custom(
+                        return Err(db_error(DbErr::Custom(
                             "the group committer was handed the wrong job".to_owned(),
                         )));
                     }
@@ -1551,7 +1577,7 @@ impl Store {
             }
             None => marks,
         };
-        let txn = self.db.begin().await?;
+        let txn = self.db.begin().await.or_db()?;
         delivery::Entity::update_many()
             .col_expr(
                 delivery::Column::Attempts,
@@ -1560,9 +1586,10 @@ impl Store {
             .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now))
             .filter(delivery::Column::Id.is_in(marks.ids))
             .exec(&txn)
-            .await?;
-        append_events(&txn, marks.events, now).await?;
-        txn.commit().await?;
+            .await
+            .or_db()?;
+        append_events(&txn, marks.events, now).await.or_db()?;
+        txn.commit().await.or_db()?;
         Ok(attempts)
     }
 
@@ -1586,13 +1613,13 @@ impl Store {
                 match tx.send(Job::Ack { ack, reply }).await {
                     Ok(()) => {
                         return match answer.await {
-                            Ok(r) => r.map_err(Error::from),
-                            Err(_) => Err(Error::from(committer_gone())),
+                            Ok(r) => r.or_db(),
+                            Err(_) => Err(db_error(committer_gone())),
                         };
                     }
                     Err(mpsc::error::SendError(Job::Ack { ack, .. })) => ack,
                     Err(mpsc::error::SendError(_)) => {
-                        return Err(Error::from(DbErr::Custom(
+                        return Err(db_error(DbErr::Custom(
                             "the group committer was handed the wrong job".to_owned(),
                         )));
                     }
@@ -1600,13 +1627,13 @@ impl Store {
             }
             None => ack,
         };
-        let txn = self.db.begin().await?;
-        let (outcome, event) = ack_in(&txn, &ack).await?;
+        let txn = self.db.begin().await.or_db()?;
+        let (outcome, event) = ack_in(&txn, &ack).await.or_db()?;
         if let Some(e) = event {
-            append_events(&txn, vec![e], ack.at).await?;
-            txn.commit().await?;
+            append_events(&txn, vec![e], ack.at).await.or_db()?;
+            txn.commit().await.or_db()?;
         } else {
-            txn.rollback().await?;
+            txn.rollback().await.or_db()?;
         }
         Ok(outcome)
     }
@@ -1619,7 +1646,8 @@ impl Store {
         let unchained = event::Entity::find()
             .filter(event::Column::ChainSeq.is_null())
             .count(&self.db)
-            .await?;
+            .await
+            .or_db()?;
         let mut out = LogVerification {
             checked: 0,
             unchained,
@@ -1633,7 +1661,8 @@ impl Store {
                 .order_by_asc(event::Column::ChainSeq)
                 .limit(1000)
                 .all(&self.db)
-                .await?;
+                .await
+                .or_db()?;
             if page.is_empty() {
                 break;
             }
@@ -1675,7 +1704,10 @@ impl Store {
                 expected_seq += 1;
             }
         }
-        let head = log_head::Entity::find_by_id(1).one(&self.db).await?;
+        let head = log_head::Entity::find_by_id(1)
+            .one(&self.db)
+            .await
+            .or_db()?;
         match head {
             Some(h) if h.seq == expected_seq - 1 && h.hash == expected_prev => {}
             Some(h) => {
@@ -1715,7 +1747,8 @@ impl Store {
                 .filter(message::Column::Kind.eq("status"))
                 .order_by_asc(message::Column::Id)
                 .all(&self.db)
-                .await?;
+                .await
+                .or_db()?;
             out.push(m);
             out.extend(answers);
         } else {
@@ -1733,7 +1766,8 @@ impl Store {
                 .filter(event::Column::MessageId.eq(message_id.as_str()))
                 .order_by_asc(event::Column::Id)
                 .all(&self.db)
-                .await?;
+                .await
+                .or_db()?;
             all.append(&mut evs);
         }
         all.sort_by_key(|e| e.id);
@@ -1746,13 +1780,14 @@ impl Store {
         sender: &str,
         message_id: &str,
     ) -> Result<Vec<event::Model>> {
-        Ok(event::Entity::find()
+        event::Entity::find()
             .filter(event::Column::Sender.eq(sender))
             .filter(event::Column::MessageId.eq(message_id))
             .filter(event::Column::Kind.eq(EventKind::Overdue.as_str()))
             .order_by_asc(event::Column::Id)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Documents a deadline may concern: accepted since `since`, not
@@ -1765,7 +1800,7 @@ impl Store {
         priorities: &[i32],
         limit: u64,
     ) -> Result<Vec<message::Model>> {
-        Ok(message::Entity::find()
+        message::Entity::find()
             .filter(message::Column::Kind.eq("document"))
             .filter(message::Column::AcceptedAt.gte(since))
             .filter(message::Column::BusinessType.ne(1))
@@ -1777,7 +1812,8 @@ impl Store {
             .order_by_asc(message::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// The transfer log's lines of one kind, newest first, at most `limit`;
@@ -1792,24 +1828,31 @@ impl Store {
         if let Some(s) = sender {
             q = q.filter(event::Column::Sender.eq(s));
         }
-        Ok(q.order_by_desc(event::Column::Id)
+        q.order_by_desc(event::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Events whose message_id is this one, whoever sent it (operator view).
     pub async fn events_by_message_id(&self, message_id: &str) -> Result<Vec<event::Model>> {
-        Ok(event::Entity::find()
+        event::Entity::find()
             .filter(event::Column::MessageId.eq(message_id))
             .order_by_asc(event::Column::Id)
             .all(&self.db)
-            .await?)
+            .await
+            .or_db()
     }
 
     /// Raw statement execution for tests and tools.
     pub async fn execute_sql(&self, sql: &str) -> Result<u64> {
-        Ok(self.db.execute_unprepared(sql).await?.rows_affected())
+        Ok(self
+            .db
+            .execute_unprepared(sql)
+            .await
+            .or_db()?
+            .rows_affected())
     }
 }
 
@@ -1920,7 +1963,7 @@ impl From<AcceptError> for Error {
                 Reason::DuplicateConflict,
                 "this message_id was accepted from this sender already",
             ),
-            AcceptError::Db(e) => Error::from(e),
+            AcceptError::Db(e) => db_error(e),
         }
     }
 }
@@ -2059,9 +2102,11 @@ mod tests {
         };
         let name = format!("lienthong_group_commit_{}", std::process::id());
         db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-            .await?;
+            .await
+            .or_db()?;
         db.execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
+            .await
+            .or_db()?;
         let base = admin
             .rsplit_once('/')
             .map(|(b, _)| b)
@@ -2076,7 +2121,8 @@ mod tests {
         })
         .await;
         db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await?;
+            .await
+            .or_db()?;
         match outcome {
             Ok(result) => result,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -2189,7 +2235,7 @@ mod tests {
         use lienthong_schema::{Migrator, MigratorTrait};
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
-        let db = sea_orm::Database::connect(&url).await?;
+        let db = sea_orm::Database::connect(&url).await.or_db()?;
         // Up to and including the migration that starts the chain.
         let chain_at = Migrator::migrations()
             .iter()
@@ -2197,7 +2243,7 @@ mod tests {
             .map(|i| i as u32 + 1)
             .unwrap_or(0);
         assert!(chain_at > 0, "no log_chain migration");
-        Migrator::up(&db, Some(chain_at)).await?;
+        Migrator::up(&db, Some(chain_at)).await.or_db()?;
         let s = Store {
             db,
             committer: None,
@@ -2220,7 +2266,7 @@ mod tests {
         let before = s.verify_log().await?;
         assert_eq!(before.first_broken, None);
         // Every later migration, then more traffic: the chain still holds.
-        Migrator::up(&s.db, None).await?;
+        Migrator::up(&s.db, None).await.or_db()?;
         s.accept(new_message("A", "after", &["B"])).await?;
         let after = s.verify_log().await?;
         assert_eq!(after.first_broken, None, "{after:?}");

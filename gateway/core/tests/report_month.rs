@@ -36,6 +36,7 @@ use lienthong_core as lt;
 #[path = "support/world.rs"]
 mod world;
 
+use lienthong_core::error::OrDb;
 use lienthong_schema::entity::{delivery, event, message};
 use lt::error::{Reason, Result};
 use lt::reports::{AgencyRow, Latency, Period, ReportSettings, Scope, summary_in};
@@ -414,13 +415,14 @@ async fn latencies_from_rows(
     world: &World,
 ) -> Result<(HashMap<String, Latency>, HashMap<String, Latency>)> {
     let db = world.gw.store().connection();
-    let msgs = message::Entity::find().all(db).await?;
+    let msgs = message::Entity::find().all(db).await.or_db()?;
     let by_pk: HashMap<i64, &message::Model> = msgs.iter().map(|m| (m.id, m)).collect();
     let mut first_delivered: HashMap<(String, String, String), i64> = HashMap::new();
     for e in event::Entity::find()
         .filter(event::Column::Kind.eq("delivered"))
         .all(db)
-        .await?
+        .await
+        .or_db()?
     {
         let k = (e.sender, e.message_id, e.recipient.unwrap_or_default());
         let v = first_delivered.entry(k).or_insert(e.at);
@@ -440,7 +442,7 @@ async fn latencies_from_rows(
     }
     let mut d: HashMap<String, Vec<i64>> = HashMap::new();
     let mut a: HashMap<String, Vec<i64>> = HashMap::new();
-    for dl in delivery::Entity::find().all(db).await? {
+    for dl in delivery::Entity::find().all(db).await.or_db()? {
         let Some(m) = by_pk.get(&dl.message_pk) else {
             continue;
         };
@@ -673,18 +675,22 @@ async fn on_postgres(test: &str, documents: usize) -> Result<()> {
     };
     let name = format!("lienthong_{test}_{}", std::process::id());
     db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await?;
+        .await
+        .or_db()?;
     db.execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await?;
+        .await
+        .or_db()?;
     db.execute_unprepared(&format!(
         "ALTER DATABASE {name} SET synchronous_commit = off"
     ))
-    .await?;
+    .await
+    .or_db()?;
     let url = database_url(&admin, &name);
     // On its own task, so that a failed check still drops the database.
     let outcome = tokio::spawn(async move { run(&url, documents, PARALLEL).await }).await;
     db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await?;
+        .await
+        .or_db()?;
     match outcome {
         Ok(result) => result,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -6,6 +6,7 @@ use sea_orm::{
     Statement, TransactionTrait, Value,
 };
 
+use crate::error::OrDb;
 use crate::error::Result;
 use crate::store::Store;
 
@@ -95,11 +96,11 @@ impl Sql {
     }
 
     pub(crate) async fn all<C: ConnectionTrait>(self, c: &C) -> Result<Vec<QueryResult>> {
-        Ok(c.query_all_raw(self.statement()).await?)
+        c.query_all_raw(self.statement()).await.or_db()
     }
 
     pub(crate) async fn one<C: ConnectionTrait>(self, c: &C) -> Result<Option<QueryResult>> {
-        Ok(c.query_one_raw(self.statement()).await?)
+        c.query_one_raw(self.statement()).await.or_db()
     }
 }
 
@@ -119,25 +120,31 @@ pub(crate) async fn snapshot(store: &Store) -> Result<DatabaseTransaction> {
                     Some(IsolationLevel::RepeatableRead),
                     Some(AccessMode::ReadOnly),
                 )
-                .await?;
+                .await
+                .or_db()?;
             txn.execute_unprepared("SET LOCAL enable_nestloop = off")
-                .await?;
+                .await
+                .or_db()?;
             // Sorts and hashes of a year's deliveries stay in memory.
             txn.execute_unprepared("SET LOCAL work_mem = '256MB'")
-                .await?;
+                .await
+                .or_db()?;
             Ok(txn)
         }
-        _ => Ok(db.begin().await?),
+        _ => Ok(db.begin().await.or_db()?),
     }
 }
 
 /// A column as `i64` (COUNT, SUM and times are 64-bit integers on both engines).
 pub(crate) fn int(row: &QueryResult, col: &str) -> Result<i64> {
-    Ok(row.try_get::<Option<i64>>("", col)?.unwrap_or(0))
+    Ok(row.try_get::<Option<i64>>("", col).or_db()?.unwrap_or(0))
 }
 
 pub(crate) fn text(row: &QueryResult, col: &str) -> Result<String> {
-    Ok(row.try_get::<Option<String>>("", col)?.unwrap_or_default())
+    Ok(row
+        .try_get::<Option<String>>("", col)
+        .or_db()?
+        .unwrap_or_default())
 }
 
 /// `s` made safe inside a `LIKE` pattern with `ESCAPE '\'`.

@@ -33,6 +33,31 @@ use lienthong_proto::v1::{self as pb, Envelope, envelope::Body};
 
 use crate::error::{Error, Result};
 
+/// Quotes user input for a message: escaped, and cut (on a character
+/// boundary) so a huge value cannot flood a log line.
+pub fn quote(s: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(MAX_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}… ({} bytes)", s.len())
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// What a field may hold besides ordinary characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextKind {

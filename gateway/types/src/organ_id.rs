@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Reason, Result};
+use crate::text::quote;
 
 /// How strictly to read an agency code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -160,19 +161,6 @@ fn strict_refusal(raw: &str, trimmed: &str) -> Error {
         msg.push_str(&format!(" — did you mean {upper}?"));
     }
     Error::new(Reason::BadIdentifier, msg)
-}
-
-/// Quotes user input for a message: escaped, and cut (on a character
-/// boundary) so a huge value cannot flood a log line.
-pub(crate) fn quote(s: &str) -> String {
-    const MAX_CHARS: usize = 40;
-    let mut chars = s.chars();
-    let head: String = chars.by_ref().take(MAX_CHARS).collect();
-    if chars.next().is_some() {
-        format!("{head:?}… ({} bytes)", s.len())
-    } else {
-        format!("{head:?}")
-    }
 }
 
 fn is_standard(s: &str) -> bool {
