@@ -84,7 +84,7 @@ pub fn run(cfg: Config, cmd: PdfCommand) -> Result<ExitCode> {
             let opts = pades::Options {
                 moment,
                 limits: cfg.limits.pdf_limits(),
-                scratch: &scratch,
+                scratch: &lienthong_core::blobs::BlobScratch(&scratch),
             };
             let src = match pades::FileSource::open(&file) {
                 Ok(s) => s,

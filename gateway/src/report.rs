@@ -62,6 +62,11 @@ pub async fn run(cfg: Config, args: ReportArgs) -> Result<ExitCode> {
     let store = Store::connect(&cfg.database.url)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    // Documents accepted before their columns were filled (by an older
+    // version) are indexed first: the report itself only reads.
+    reports::index_documents(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let report = reports::summary_in(&store, period, &scope, &settings, now_micros())
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;

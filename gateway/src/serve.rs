@@ -93,6 +93,15 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
         .context("opening the database")?;
+    // Documents accepted before their report columns were filled (by an
+    // older version, or when indexing after an acceptance failed) are
+    // indexed once, beside the start; acceptances index their own.
+    let sweep = store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = lienthong_core::reports::index_documents(&sweep).await {
+            tracing::warn!(error = %e.chain(), "indexing the documents' due dates and codes failed; the next acceptance tries again");
+        }
+    });
     // The monthly report's sender is checked against the directory below.
     let report_sending = cfg.report_sending()?;
     let report_anchors = report_sending.as_ref().map(|_| anchors.clone());

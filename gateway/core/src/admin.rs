@@ -3,7 +3,6 @@
 //! that the caller is an operator; a refusal is `PERMISSION_DENIED`, logged.
 
 use lienthong_proto::v1::{Agency, BoundCert};
-use lienthong_schema::entity::agency;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -11,6 +10,7 @@ use crate::directory::{self, ChangedBy, ClientRole};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::pipeline::{Caller, Gateway};
+use crate::rows::AgencyRow;
 use crate::store::{LogVerification, now_micros};
 
 impl Gateway {
@@ -71,7 +71,7 @@ impl Gateway {
                 )));
             }
         };
-        let row = agency::Model {
+        let row = AgencyRow {
             organ_id: id.as_str().to_owned(),
             name: a.name.trim().to_owned(),
             parent,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
 
-use lienthong_schema::entity::{agency, client_cert, signing_cert};
+use lienthong_store::rows;
 
 use crate::directory_csv::{AgencyRow, RowProblem, read_directory_csv};
 use crate::error::{Error, Reason, Result};
@@ -144,7 +144,7 @@ pub async fn import_csv(
     // Rows with problems are not in `good` (nor their certificates in
     // `certs`): a repeated organ_id drops the repeat, not the first row.
     let now = now_micros();
-    let models: Vec<agency::Model> = good.iter().map(|r| agency_model(r, now)).collect();
+    let models: Vec<rows::AgencyRow> = good.iter().map(|r| agency_model(r, now)).collect();
     let source = format!("an import of {}", path.display());
     let mut change = DirectoryChange::default();
     let mut outcome = ImportOutcome {
@@ -153,7 +153,7 @@ pub async fn import_csv(
         applied: true,
         ..Default::default()
     };
-    let before: HashMap<String, agency::Model> = store
+    let before: HashMap<String, rows::AgencyRow> = store
         .agencies()
         .await?
         .into_iter()
@@ -280,13 +280,13 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-fn agency_model(r: &AgencyRow, now: i64) -> agency::Model {
+fn agency_model(r: &AgencyRow, now: i64) -> rows::AgencyRow {
     let extra: BTreeMap<&str, &str> = r
         .extra
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    agency::Model {
+    rows::AgencyRow {
         organ_id: r.organ_id.as_str().to_owned(),
         name: r.name.clone(),
         parent: r.parent.as_ref().map(|p| p.as_str().to_owned()),
@@ -303,7 +303,7 @@ fn agency_model(r: &AgencyRow, now: i64) -> agency::Model {
 
 /// The fields of an agency's record that differ, `active` aside (it has a
 /// line of its own).
-fn changed_fields(old: &agency::Model, new: &agency::Model) -> Vec<String> {
+fn changed_fields(old: &rows::AgencyRow, new: &rows::AgencyRow) -> Vec<String> {
     let mut out = Vec::new();
     let mut field = |name: &str, a: &str, b: &str| {
         if a != b {
@@ -361,13 +361,13 @@ fn bind_line(what: &str, to: &str, der: &[u8], before: Option<String>) -> Result
     })
 }
 
-fn certificate_row(organ_id: &OrganId, pem: &Path) -> Result<signing_cert::Model> {
+fn certificate_row(organ_id: &OrganId, pem: &Path) -> Result<rows::SigningCertRow> {
     signing_row(organ_id, load_certificate_pem(pem)?)
 }
 
-fn signing_row(organ_id: &OrganId, der: Vec<u8>) -> Result<signing_cert::Model> {
+fn signing_row(organ_id: &OrganId, der: Vec<u8>) -> Result<rows::SigningCertRow> {
     let info = describe_certificate(&der)?;
-    Ok(signing_cert::Model {
+    Ok(rows::SigningCertRow {
         spki_sha256: hex::encode(info.spki_sha256),
         organ_id: organ_id.as_str().to_owned(),
         subject: info.subject,
@@ -378,13 +378,13 @@ fn signing_row(organ_id: &OrganId, der: Vec<u8>) -> Result<signing_cert::Model> 
     })
 }
 
-fn client_row(name: &str, pem: &Path, role: ClientRole) -> Result<client_cert::Model> {
+fn client_row(name: &str, pem: &Path, role: ClientRole) -> Result<rows::ClientCertRow> {
     client_row_der(name, load_certificate_pem(pem)?, role)
 }
 
-fn client_row_der(name: &str, der: Vec<u8>, role: ClientRole) -> Result<client_cert::Model> {
+fn client_row_der(name: &str, der: Vec<u8>, role: ClientRole) -> Result<rows::ClientCertRow> {
     let info = describe_certificate(&der)?;
-    Ok(client_cert::Model {
+    Ok(rows::ClientCertRow {
         spki_sha256: hex::encode(info.spki_sha256),
         organ_id: name.to_owned(),
         role: role.as_str().to_owned(),
@@ -397,7 +397,7 @@ fn client_row_der(name: &str, der: Vec<u8>, role: ClientRole) -> Result<client_c
 }
 
 /// An agency of the directory, or `NotFound` saying how to add it.
-async fn known_agency(store: &Store, organ_id: &str) -> Result<(OrganId, agency::Model)> {
+async fn known_agency(store: &Store, organ_id: &str) -> Result<(OrganId, rows::AgencyRow)> {
     let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
     match store.agency(id.as_str()).await? {
         Some(a) => Ok((id, a)),
@@ -436,7 +436,7 @@ pub async fn bind_signing_cert(
     organ_id: &str,
     der: Vec<u8>,
     by: &ChangedBy,
-) -> Result<signing_cert::Model> {
+) -> Result<rows::SigningCertRow> {
     let (id, _) = known_agency(store, organ_id).await?;
     let row = signing_row(&id, der)?;
     let before = store.signing_cert(&row.spki_sha256).await?;
@@ -463,7 +463,7 @@ pub async fn bind_client_cert(
     der: Vec<u8>,
     role: ClientRole,
     by: &ChangedBy,
-) -> Result<client_cert::Model> {
+) -> Result<rows::ClientCertRow> {
     let name = client_name(store, organ_id, role).await?;
     let row = client_row_der(&name, der, role)?;
     let before = store.client_cert(&row.spki_sha256).await?;
@@ -524,7 +524,7 @@ pub async fn unbind_signing_cert(
     organ_id: &str,
     cert: &CertRef,
     by: &ChangedBy,
-) -> Result<signing_cert::Model> {
+) -> Result<rows::SigningCertRow> {
     let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
     let key = cert.key()?;
     let bound = match store.signing_cert(&key).await? {
@@ -574,7 +574,7 @@ pub async fn unbind_client_cert(
     cert: &CertRef,
     role: ClientRole,
     by: &ChangedBy,
-) -> Result<client_cert::Model> {
+) -> Result<rows::ClientCertRow> {
     let name = match role {
         ClientRole::Agency => OrganId::parse_with(name, IdPolicy::Lenient)?
             .as_str()
@@ -684,7 +684,7 @@ pub async fn represent(
 
 /// Adds an agency to the directory or replaces its record, with a line for
 /// what changed (its activation included).
-pub async fn upsert_agency(store: &Store, row: agency::Model, by: &ChangedBy) -> Result<()> {
+pub async fn upsert_agency(store: &Store, row: rows::AgencyRow, by: &ChangedBy) -> Result<()> {
     let mut change = DirectoryChange::default();
     let source = "the operators";
     match store.agency(&row.organ_id).await? {
@@ -782,7 +782,7 @@ mod tests {
         )
     }
 
-    fn details(events: &[lienthong_schema::entity::event::Model]) -> Vec<String> {
+    fn details(events: &[rows::EventRow]) -> Vec<String> {
         events.iter().map(|e| e.detail.clone()).collect()
     }
 
@@ -873,7 +873,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = Store::connect(&format!("sqlite://{}/q.db", dir.path().display())).await?;
         let q = "000.00.31.H35";
-        let row = |active| agency::Model {
+        let row = |active| rows::AgencyRow {
             organ_id: q.to_owned(),
             name: "UBND huyện".to_owned(),
             parent: None,
@@ -893,7 +893,7 @@ mod tests {
             crate::blobs::BlobStore::unopened(dir.path()),
             Settings::default(),
         );
-        let outbox = lienthong_schema::entity::outbox::Model {
+        let outbox = rows::OutboxRow {
             id: 1,
             delivery_pk: 1,
             message_pk: 404,

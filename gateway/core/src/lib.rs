@@ -16,6 +16,6 @@ pub mod receipts;
 pub mod reports;
 pub mod routing;
 pub mod signing;
-pub mod store;
 
+pub use lienthong_store::{rows, store};
 pub use lienthong_types::{organ_id, text};

@@ -15,9 +15,9 @@
 use std::collections::BTreeMap;
 
 use lienthong_proto::v1 as pb;
-use lienthong_schema::entity::{delivery, message};
 
 use crate::error::{Error, Reason, Result};
+use crate::rows::{DeliveryRow, EventRow, MessageRow};
 
 pub const BUSINESS_NEW: i32 = 0;
 pub const BUSINESS_RECALL: i32 = 1;
@@ -263,7 +263,7 @@ pub fn apply(
 /// A document's lifecycle, folded from the gateway's records.
 #[derive(Debug, Clone)]
 pub struct DocumentLifecycle {
-    pub document: message::Model,
+    pub document: MessageRow,
     pub recalled_at: Option<i64>,
     pub recipients: BTreeMap<String, Recipient>,
 }
@@ -296,16 +296,16 @@ impl Recipient {
 /// answering it and the documents referring to it, each with the
 /// recipients of its own deliveries (for 13 and recalls).
 pub struct Records {
-    pub document: message::Model,
-    pub deliveries: Vec<delivery::Model>,
+    pub document: MessageRow,
+    pub deliveries: Vec<DeliveryRow>,
     /// Statuses answering the document, in acceptance order, with the
     /// recipients they were addressed to.
-    pub statuses: Vec<(message::Model, Vec<String>)>,
+    pub statuses: Vec<(MessageRow, Vec<String>)>,
     /// Recall, update and replacement documents referring to it, in
     /// acceptance order, with their recipients.
-    pub referring: Vec<(message::Model, Vec<String>)>,
+    pub referring: Vec<(MessageRow, Vec<String>)>,
     /// Its `overdue` transfer-log events.
-    pub overdue: Vec<lienthong_schema::entity::event::Model>,
+    pub overdue: Vec<EventRow>,
 }
 
 /// When a recipient is late (`[lifecycle]`): accepting (03) within so many
@@ -395,7 +395,7 @@ impl DocumentLifecycle {
             );
         }
         // Merge statuses and referring documents by acceptance order (id).
-        let mut items: Vec<(&message::Model, &Vec<String>, bool)> = r
+        let mut items: Vec<(&MessageRow, &Vec<String>, bool)> = r
             .statuses
             .iter()
             .map(|(m, to)| (m, to, true))
@@ -546,7 +546,7 @@ impl DocumentLifecycle {
 
 /// `PERMISSION_DENIED` for a notice from an agency that is neither a
 /// recipient nor (for 13) the sender.
-pub fn not_a_party(who: &str, code: &str, doc: &message::Model) -> Error {
+pub fn not_a_party(who: &str, code: &str, doc: &MessageRow) -> Error {
     if code == "13" {
         Error::new(
             Reason::PermissionDenied,

@@ -23,14 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lienthong_proto::v1::{Delivery, GatewayNotice};
-use lienthong_schema::entity::maintenance;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
-};
+use lienthong_store::maintenance::MaintenanceRow;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::error::OrDb;
 use crate::error::{Error, Reason, Result};
 use crate::pipeline::{Gateway, timestamp};
 use crate::reports::format_rfc3339;
@@ -57,8 +53,8 @@ pub struct Window {
     pub cancelled_at: Option<i64>,
 }
 
-impl From<maintenance::Model> for Window {
-    fn from(m: maintenance::Model) -> Self {
+impl From<MaintenanceRow> for Window {
+    fn from(m: MaintenanceRow) -> Self {
         Window {
             id: m.id,
             starts_at: m.starts_at,
@@ -191,17 +187,9 @@ pub async fn announce(
 ) -> Result<Window> {
     let now = now_micros();
     let message = validate(starts_at, ends_at, message, now)?;
-    let row = maintenance::ActiveModel {
-        starts_at: Set(starts_at),
-        ends_at: Set(ends_at),
-        message: Set(message),
-        announced_at: Set(now),
-        cancelled_at: Set(None),
-        ..Default::default()
-    }
-    .insert(store.connection())
-    .await
-    .or_db()?;
+    let row = store
+        .announce_maintenance(starts_at, ends_at, message, now)
+        .await?;
     let w = Window::from(row);
     tracing::info!(
         id = w.id,
@@ -216,11 +204,7 @@ pub async fn announce(
 /// Cancels a window that is not over yet. Cancelling it again is no error:
 /// the window is returned as it is.
 pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
-    let Some(row) = maintenance::Entity::find_by_id(id)
-        .one(store.connection())
-        .await
-        .or_db()?
-    else {
+    let Some(row) = store.maintenance_window(id).await? else {
         return Err(Error::new(
             Reason::NotFound,
             format!(
@@ -238,9 +222,7 @@ pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
             format_rfc3339(row.ends_at)
         )));
     }
-    let mut active = row.into_active_model();
-    active.cancelled_at = Set(Some(now));
-    let w = Window::from(active.update(store.connection()).await.or_db()?);
+    let w = Window::from(store.cancel_maintenance(row, now).await?);
     tracing::info!(id = w.id, message = %w.message, "maintenance window cancelled");
     Ok(w)
 }
@@ -258,13 +240,9 @@ pub async fn current(store: &Store) -> Result<Vec<Window>> {
 /// The windows not over yet, cancelled ones included (a stream that told a
 /// window must learn that it was cancelled).
 async fn not_over(store: &Store) -> Result<Vec<Window>> {
-    Ok(maintenance::Entity::find()
-        .filter(maintenance::Column::EndsAt.gt(now_micros()))
-        .order_by_asc(maintenance::Column::StartsAt)
-        .order_by_asc(maintenance::Column::Id)
-        .all(store.connection())
-        .await
-        .or_db()?
+    Ok(store
+        .maintenance_windows_ending_after(now_micros())
+        .await?
         .into_iter()
         .map(Window::from)
         .collect())

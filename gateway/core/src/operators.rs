@@ -17,19 +17,13 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
-use lienthong_schema::entity::{client_cert, operator, operator_session};
+use lienthong_store::operators::{AccountChange, OperatorRow};
 use ring::rand::SecureRandom;
-use sea_orm::sea_query::ExprTrait;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
-};
 use serde::Serialize;
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::error::OrDb;
 use crate::error::{Error, Reason, Result};
-use crate::store::{EventKind, NewEvent, Store, append_events, now_micros};
+use crate::store::{EventKind, NewEvent, Store, now_micros};
 
 /// What an operator may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -87,7 +81,7 @@ const ACTIVE: &str = "active";
 const DISABLED: &str = "disabled";
 const REMOVED: &str = "removed";
 
-fn view(m: &operator::Model) -> Operator {
+fn view(m: &OperatorRow) -> Operator {
     Operator {
         id: m.id,
         name: m.name.clone(),
@@ -207,12 +201,8 @@ async fn verify_password(password: &str, phc: &str) -> bool {
     .unwrap_or(false)
 }
 
-async fn by_name(store: &Store, name: &str) -> Result<Option<operator::Model>> {
-    operator::Entity::find()
-        .filter(operator::Column::Name.eq(name))
-        .one(store.connection())
-        .await
-        .or_db()
+async fn by_name(store: &Store, name: &str) -> Result<Option<OperatorRow>> {
+    store.operator_by_name(name).await
 }
 
 fn no_such(name: &str) -> Error {
@@ -229,28 +219,12 @@ pub async fn find(store: &Store, name: &str) -> Result<Option<Operator>> {
 
 /// Every account, removed ones included, by name.
 pub async fn list(store: &Store) -> Result<Vec<Operator>> {
-    Ok(operator::Entity::find()
-        .order_by_asc(operator::Column::Name)
-        .all(store.connection())
-        .await
-        .or_db()?
-        .iter()
-        .map(view)
-        .collect())
+    Ok(store.operators().await?.iter().map(view).collect())
 }
 
 /// How many client certificates are bound to each operator name.
 pub async fn certificate_counts(store: &Store) -> Result<HashMap<String, usize>> {
-    let mut out = HashMap::new();
-    for c in client_cert::Entity::find()
-        .filter(client_cert::Column::Role.eq("operator"))
-        .all(store.connection())
-        .await
-        .or_db()?
-    {
-        *out.entry(c.organ_id).or_insert(0) += 1;
-    }
-    Ok(out)
+    store.operator_certificate_counts().await
 }
 
 /// Adds an account (or brings a removed one back, with the new role and
@@ -272,68 +246,42 @@ pub async fn add(
         None => None,
     };
     let now = now_micros();
-    let txn = store.connection().begin().await.or_db()?;
-    let existing = operator::Entity::find()
-        .filter(operator::Column::Name.eq(name))
-        .one(&txn)
-        .await
-        .or_db()?;
     let pw_at = hash.as_ref().map(|_| now);
-    let (row, what) = match existing {
-        Some(m) if m.state != REMOVED => {
-            return Err(Error::new(
-                Reason::DuplicateConflict,
-                format!(
-                    "there is already an operator {name:?} ({}); use `lienthong operator passwd` to change the password",
-                    m.state
+    let row = store
+        .change_operator(name, now, |existing| {
+            let what = match existing {
+                Some(m) if m.state != REMOVED => {
+                    return Err(Error::new(
+                        Reason::DuplicateConflict,
+                        format!(
+                            "there is already an operator {name:?} ({}); use `lienthong operator passwd` to change the password",
+                            m.state
+                        ),
+                    ));
+                }
+                Some(_) => "added again",
+                None => "added",
+            };
+            let how = if hash.is_some() {
+                "with a password"
+            } else {
+                "without a password (client certificate only)"
+            };
+            Ok(AccountChange {
+                role: Some(role.as_str().to_owned()),
+                state: Some(ACTIVE.to_owned()),
+                password_hash: Some(hash),
+                password_changed_at: Some(pw_at),
+                end_sessions: false,
+                line: line(
+                    EventKind::OperatorChanged,
+                    format!("operator {name:?} {what} as {}, {how}", role.as_str()),
+                    None,
+                    by,
                 ),
-            ));
-        }
-        Some(m) => {
-            let mut a = m.into_active_model();
-            a.role = Set(role.as_str().to_owned());
-            a.password_hash = Set(hash);
-            a.state = Set(ACTIVE.to_owned());
-            a.updated_at = Set(now);
-            a.password_changed_at = Set(pw_at);
-            (a.update(&txn).await.or_db()?, "added again")
-        }
-        None => (
-            operator::ActiveModel {
-                name: Set(name.to_owned()),
-                role: Set(role.as_str().to_owned()),
-                password_hash: Set(hash),
-                state: Set(ACTIVE.to_owned()),
-                created_at: Set(now),
-                updated_at: Set(now),
-                password_changed_at: Set(pw_at),
-                last_login_at: Set(None),
-                ..Default::default()
-            }
-            .insert(&txn)
-            .await
-            .or_db()?,
-            "added",
-        ),
-    };
-    let how = if row.password_hash.is_some() {
-        "with a password"
-    } else {
-        "without a password (client certificate only)"
-    };
-    append_events(
-        &txn,
-        vec![line(
-            EventKind::OperatorChanged,
-            format!("operator {name:?} {what} as {}, {how}", role.as_str()),
-            None,
-            by,
-        )],
-        now,
-    )
-    .await
-    .or_db()?;
-    txn.commit().await.or_db()?;
+            })
+        })
+        .await?;
     Ok(view(&row))
 }
 
@@ -394,73 +342,61 @@ pub async fn set_password(
 async fn change(store: &Store, name: &str, what: Change, by: &Actor) -> Result<Operator> {
     let name = check_name(name)?;
     let now = now_micros();
-    let txn = store.connection().begin().await.or_db()?;
-    let Some(m) = operator::Entity::find()
-        .filter(operator::Column::Name.eq(name))
-        .one(&txn)
-        .await
-        .or_db()?
-        .filter(|m| m.state != REMOVED)
-    else {
-        return Err(no_such(name));
-    };
-    let id = m.id;
-    let was = m.state.clone();
-    let mut a = m.into_active_model();
-    a.updated_at = Set(now);
-    let detail = match what {
-        Change::Remove => {
-            a.state = Set(REMOVED.to_owned());
-            a.password_hash = Set(None);
-            format!("operator {name:?} removed; their sessions ended")
-        }
-        Change::Disable => {
-            a.state = Set(DISABLED.to_owned());
-            format!("operator {name:?} disabled; their sessions ended")
-        }
-        Change::Enable => {
-            if was == ACTIVE {
-                return Err(Error::malformed(format!(
-                    "operator {name:?} is not disabled"
-                )));
-            }
-            a.state = Set(ACTIVE.to_owned());
-            format!("operator {name:?} enabled")
-        }
-        Change::Password(hash) => {
-            let d = if hash.is_some() {
-                format!("operator {name:?} has a new password; their sessions ended")
-            } else {
-                format!(
-                    "operator {name:?} no longer has a password (client certificate only); their sessions ended"
-                )
+    let row = store
+        .change_operator(name, now, |existing| {
+            let Some(m) = existing.filter(|m| m.state != REMOVED) else {
+                return Err(no_such(name));
             };
-            a.password_hash = Set(hash);
-            a.password_changed_at = Set(Some(now));
-            d
-        }
-        Change::Role(role) => {
-            a.role = Set(role.as_str().to_owned());
-            format!(
-                "operator {name:?} is now {}; their sessions ended",
-                role.as_str()
-            )
-        }
-    };
-    let row = a.update(&txn).await.or_db()?;
-    operator_session::Entity::delete_many()
-        .filter(operator_session::Column::OperatorId.eq(id))
-        .exec(&txn)
-        .await
-        .or_db()?;
-    append_events(
-        &txn,
-        vec![line(EventKind::OperatorChanged, detail, None, by)],
-        now,
-    )
-    .await
-    .or_db()?;
-    txn.commit().await.or_db()?;
+            let mut c = AccountChange {
+                role: None,
+                state: None,
+                password_hash: None,
+                password_changed_at: None,
+                end_sessions: true,
+                line: line(EventKind::OperatorChanged, String::new(), None, by),
+            };
+            c.line.detail = match what {
+                Change::Remove => {
+                    c.state = Some(REMOVED.to_owned());
+                    c.password_hash = Some(None);
+                    format!("operator {name:?} removed; their sessions ended")
+                }
+                Change::Disable => {
+                    c.state = Some(DISABLED.to_owned());
+                    format!("operator {name:?} disabled; their sessions ended")
+                }
+                Change::Enable => {
+                    if m.state == ACTIVE {
+                        return Err(Error::malformed(format!(
+                            "operator {name:?} is not disabled"
+                        )));
+                    }
+                    c.state = Some(ACTIVE.to_owned());
+                    format!("operator {name:?} enabled")
+                }
+                Change::Password(hash) => {
+                    let d = if hash.is_some() {
+                        format!("operator {name:?} has a new password; their sessions ended")
+                    } else {
+                        format!(
+                            "operator {name:?} no longer has a password (client certificate only); their sessions ended"
+                        )
+                    };
+                    c.password_hash = Some(hash);
+                    c.password_changed_at = Some(Some(now));
+                    d
+                }
+                Change::Role(role) => {
+                    c.role = Some(role.as_str().to_owned());
+                    format!(
+                        "operator {name:?} is now {}; their sessions ended",
+                        role.as_str()
+                    )
+                }
+            };
+            Ok(c)
+        })
+        .await?;
     Ok(view(&row))
 }
 
@@ -577,59 +513,34 @@ pub async fn open_session(
     let csrf_token = random_token()?;
     let now = now_micros();
     let expires_at = now.saturating_add(micros(policy.absolute));
-    let txn = store.connection().begin().await.or_db()?;
-    operator_session::Entity::delete_many()
-        .filter(
-            operator_session::Column::ExpiresAt
-                .lte(now)
-                .or(operator_session::Column::LastSeenAt.lte(now - micros(policy.idle))),
-        )
-        .exec(&txn)
-        .await
-        .or_db()?;
-    operator_session::ActiveModel {
-        token_sha256: Set(token_hash(&token)),
-        operator_id: Set(op.id),
-        csrf_token: Set(csrf_token.clone()),
-        via: Set(via.as_str().to_owned()),
-        peer: Set(peer.to_owned()),
-        created_at: Set(now),
-        last_seen_at: Set(now),
-        expires_at: Set(expires_at),
-    }
-    .insert(&txn)
-    .await
-    .or_db()?;
-    operator::Entity::update_many()
-        .col_expr(
-            operator::Column::LastLoginAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .filter(operator::Column::Id.eq(op.id))
-        .exec(&txn)
-        .await
-        .or_db()?;
-    append_events(
-        &txn,
-        vec![line(
-            EventKind::OperatorLogin,
-            format!(
-                "operator {:?} ({}) logged in with a {} from {peer}",
-                op.name,
-                op.role.as_str(),
-                via.as_str()
-            ),
-            None,
-            &Actor {
-                name: op.name.clone(),
-                transport: "http",
+    store
+        .open_session(
+            lienthong_store::operators::NewSession {
+                token_sha256: token_hash(&token),
+                operator_id: op.id,
+                csrf_token: csrf_token.clone(),
+                via: via.as_str().to_owned(),
+                peer: peer.to_owned(),
+                expires_at,
             },
-        )],
-        now,
-    )
-    .await
-    .or_db()?;
-    txn.commit().await.or_db()?;
+            now,
+            now - micros(policy.idle),
+            line(
+                EventKind::OperatorLogin,
+                format!(
+                    "operator {:?} ({}) logged in with a {} from {peer}",
+                    op.name,
+                    op.role.as_str(),
+                    via.as_str()
+                ),
+                None,
+                &Actor {
+                    name: op.name.clone(),
+                    transport: "http",
+                },
+            ),
+        )
+        .await?;
     Ok(NewSession {
         token,
         csrf_token,
@@ -646,39 +557,23 @@ pub async fn session(store: &Store, token: &str, policy: SessionPolicy) -> Resul
         return Ok(None);
     }
     let key = token_hash(token);
-    let Some(s) = operator_session::Entity::find_by_id(key.clone())
-        .one(store.connection())
-        .await
-        .or_db()?
-    else {
+    let Some(s) = store.session(&key).await? else {
         return Ok(None);
     };
     let now = now_micros();
     if s.expires_at <= now || s.last_seen_at <= now - micros(policy.idle) {
-        operator_session::Entity::delete_by_id(key)
-            .exec(store.connection())
-            .await
-            .or_db()?;
+        store.drop_session(&key).await?;
         return Ok(None);
     }
-    let Some(op) = operator::Entity::find_by_id(s.operator_id)
-        .one(store.connection())
-        .await
-        .or_db()?
+    let Some(op) = store
+        .operator_by_id(s.operator_id)
+        .await?
         .filter(|m| m.state == ACTIVE)
     else {
         return Ok(None);
     };
     if now - s.last_seen_at > 60_000_000 {
-        operator_session::Entity::update_many()
-            .col_expr(
-                operator_session::Column::LastSeenAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
-            .filter(operator_session::Column::TokenSha256.eq(key))
-            .exec(store.connection())
-            .await
-            .or_db()?;
+        store.touch_session(&key, now).await?;
     }
     Ok(Some(Session {
         operator: view(&op),
@@ -691,28 +586,21 @@ pub async fn session(store: &Store, token: &str, policy: SessionPolicy) -> Resul
 /// Ends a session (logging out), with its `operator_logout` line.
 pub async fn close_session(store: &Store, token: &str, op: &Operator) -> Result<()> {
     let now = now_micros();
-    let txn = store.connection().begin().await.or_db()?;
-    operator_session::Entity::delete_by_id(token_hash(token))
-        .exec(&txn)
+    store
+        .close_session(
+            &token_hash(token),
+            now,
+            line(
+                EventKind::OperatorLogout,
+                format!("operator {:?} logged out", op.name),
+                None,
+                &Actor {
+                    name: op.name.clone(),
+                    transport: "http",
+                },
+            ),
+        )
         .await
-        .or_db()?;
-    append_events(
-        &txn,
-        vec![line(
-            EventKind::OperatorLogout,
-            format!("operator {:?} logged out", op.name),
-            None,
-            &Actor {
-                name: op.name.clone(),
-                transport: "http",
-            },
-        )],
-        now,
-    )
-    .await
-    .or_db()?;
-    txn.commit().await.or_db()?;
-    Ok(())
 }
 
 // ----- the login guard -------------------------------------------------------

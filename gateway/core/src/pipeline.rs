@@ -22,18 +22,18 @@ use lienthong_proto::v1::{
     self as pb, Agency, AttachmentRef, Delivery, Envelope, SendReceipt, SignatureCheck,
     SignedEnvelope, TraceEvent, TraceHop, Verification, envelope::Body,
 };
-use lienthong_schema::entity::{agency, event, message, outbox};
 use prost::Message as _;
 
 use rustls_pki_types::UnixTime;
 use tokio::sync::watch;
 
 use crate::blobs::{BlobReader, BlobStore, BlobWriter, SealedBlob};
-use crate::error::{Error, Reason, Result, db_error};
+use crate::error::{Error, Reason, Result};
 use crate::lifecycle;
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::receipts::ReceiptSigner;
 use crate::routing::{self, RouteTable, Target};
+use crate::rows::{AgencyRow, DeliveryRow, EventRow, MessageRow};
 use crate::signing::{self, TrustAnchors};
 use crate::store::{
     AcceptError, EventKind, NewAttachment, NewEvent, NewMessage, PendingDelivery, Store, now_micros,
@@ -307,6 +307,10 @@ struct Inner {
     /// Calls refused before their caller was identified, summed per peer
     /// until the next line of the transfer log ([`crate::peers`]).
     unauthenticated: crate::peers::UnauthenticatedCalls,
+    /// One sweep of [`crate::reports::index_documents`] at a time: an
+    /// acceptance that waited finds its document indexed by the sweep
+    /// before, and its own sweep reads nothing.
+    indexing: tokio::sync::Mutex<()>,
 }
 
 struct Probe(BrokerProbe);
@@ -399,6 +403,7 @@ impl Gateway {
                 admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
                 pdf_checks: Arc::new(tokio::sync::Semaphore::new(pdf_checks)),
                 unauthenticated: Default::default(),
+                indexing: Default::default(),
             }),
         }
     }
@@ -1402,7 +1407,7 @@ impl Gateway {
     }
 
     /// The lifecycle of one document, folded from the records.
-    async fn lifecycle_of(&self, document: message::Model) -> Result<lifecycle::DocumentLifecycle> {
+    async fn lifecycle_of(&self, document: MessageRow) -> Result<lifecycle::DocumentLifecycle> {
         let store = &self.inner.store;
         let deliveries = store.deliveries_of(document.id).await?;
         let mut statuses = Vec::new();
@@ -1614,7 +1619,7 @@ impl Gateway {
         Ok(life.to_pb(links, due_date))
     }
 
-    async fn receipt_for(&self, m: &message::Model, duplicate: bool) -> Result<SendReceipt> {
+    async fn receipt_for(&self, m: &MessageRow, duplicate: bool) -> Result<SendReceipt> {
         let deliveries = self.inner.store.deliveries_of(m.id).await?;
         Ok(make_receipt(
             m,
@@ -1646,13 +1651,13 @@ impl Gateway {
     }
 
     /// Outbox rows still to publish with `id > after_id`, oldest first.
-    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<outbox::Model>> {
+    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<OutboxRow>> {
         self.inner.store.outbox_pending(after_id, limit).await
     }
 
     /// The next row of each routing key, oldest first (see
     /// `Store::outbox_heads`).
-    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<outbox::Model>> {
+    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<OutboxRow>> {
         self.inner.store.outbox_heads(limit).await
     }
 
@@ -1666,7 +1671,7 @@ impl Gateway {
     /// A copy for the queue of an agency deactivated since it was accepted
     /// is held (`PERMISSION_DENIED`): it stays pending, and goes once the
     /// agency is activated again.
-    pub async fn outbound(&self, row: outbox::Model) -> Result<Outbound> {
+    pub async fn outbound(&self, row: OutboxRow) -> Result<Outbound> {
         let inner = &self.inner;
         if row.exchange.is_empty()
             && let Some(organ_id) = routing::queue_agency(&row.routing_key)
@@ -1722,12 +1727,12 @@ impl Gateway {
     }
 
     /// The broker confirmed the row: its delivery is handed over.
-    pub async fn outbox_sent(&self, row: &outbox::Model) -> Result<()> {
+    pub async fn outbox_sent(&self, row: &OutboxRow) -> Result<()> {
         self.inner.store.outbox_sent(row).await
     }
 
     /// Publishing the row failed; it stays pending and is tried again.
-    pub async fn outbox_failed(&self, row: &outbox::Model, error: &str) -> Result<()> {
+    pub async fn outbox_failed(&self, row: &OutboxRow, error: &str) -> Result<()> {
         self.inner.store.outbox_failed(row.id, error).await
     }
 
@@ -1844,7 +1849,7 @@ impl Gateway {
         from: &str,
         message_id: &str,
         access: Access,
-    ) -> Result<message::Model> {
+    ) -> Result<MessageRow> {
         let not_found = || {
             Error::new(
                 Reason::NotFound,
@@ -2267,12 +2272,12 @@ impl Inner {
 }
 
 /// A row of the outbox (what the AMQP relay publishes).
-pub use lienthong_schema::entity::outbox::Model as OutboxRow;
+pub use lienthong_store::rows::OutboxRow;
 
 /// An outbox row with what it publishes.
 #[derive(Debug)]
 pub struct Outbound {
-    pub row: outbox::Model,
+    pub row: OutboxRow,
     pub sender: String,
     pub message_id: String,
     /// The `SignedEnvelope` bytes as accepted.
@@ -2570,6 +2575,9 @@ impl Open {
                     transport = self.caller.transport.as_str(),
                     "accepted"
                 );
+                if m.kind == "document" {
+                    index_documents(gw).await;
+                }
                 Ok(make_receipt(&m, deliveries, false, &gw.gateway_id))
             }
             Err(AcceptError::AlreadyExists) => {
@@ -2591,9 +2599,9 @@ impl Open {
                     }
                 }
             }
-            Err(AcceptError::Db(e)) => {
+            Err(e @ AcceptError::Db(_)) => {
                 remove_unreferenced(gw, &created).await;
-                Err(db_error(e))
+                Err(e.into())
             }
         }
     }
@@ -2763,7 +2771,7 @@ async fn check_pdfs(
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
-        let source = gw.blobs.source_of(blob)?;
+        let source = crate::blobs::BlobPdf(gw.blobs.source_of(blob)?);
         let anchors = gw.anchors.clone();
         let blobs = gw.blobs.clone();
         let limits = gw.limits.pdf;
@@ -2773,7 +2781,7 @@ async fn check_pdfs(
             let opts = crate::pades::Options {
                 moment,
                 limits,
-                scratch: &blobs,
+                scratch: &crate::blobs::BlobScratch(&blobs),
             };
             crate::pades::verify_attachment(&source, &anchors, &opts)
         })
@@ -2956,6 +2964,18 @@ fn require_signed_pdf(refs: &[AttachmentRef], pdf: &[pb::PdfVerification]) -> Re
     }
 }
 
+/// Fills the columns the reports and the dashboard read out of the
+/// envelopes (DueDate, số/ký hiệu, trích yếu) once a document is accepted,
+/// so that they only read. The document is accepted whatever happens here:
+/// a failure leaves it to the next sweep (the next acceptance, or `serve`'s
+/// start).
+async fn index_documents(gw: &Inner) {
+    let _one = gw.indexing.lock().await;
+    if let Err(e) = crate::reports::index_documents(&gw.store).await {
+        tracing::warn!(error = %format!("{e:#}"), "the accepted documents' due dates and codes could not be indexed yet");
+    }
+}
+
 async fn remove_unreferenced(gw: &Inner, created: &[String]) {
     for hex in created {
         match gw.store.blob_referenced(hex).await {
@@ -3130,7 +3150,7 @@ impl Inbox {
 }
 
 /// A message's journey: the hops before this gateway, then its own.
-pub(crate) fn hops_of(m: &message::Model, gateway: &str) -> Vec<TraceHop> {
+pub(crate) fn hops_of(m: &MessageRow, gateway: &str) -> Vec<TraceHop> {
     let mut hops = m
         .upstream
         .as_deref()
@@ -3267,8 +3287,8 @@ fn validate_status(st: &pb::StatusNotice, policy: IdPolicy) -> Result<OrganId> {
 
 /// The receipt of an accepted message, as stored.
 fn make_receipt(
-    m: &message::Model,
-    deliveries: Vec<lienthong_schema::entity::delivery::Model>,
+    m: &MessageRow,
+    deliveries: Vec<DeliveryRow>,
     duplicate: bool,
     gateway: &str,
 ) -> SendReceipt {
@@ -3290,7 +3310,7 @@ fn make_receipt(
     }
 }
 
-fn trace_event(e: event::Model) -> TraceEvent {
+fn trace_event(e: EventRow) -> TraceEvent {
     TraceEvent {
         seq: e.id.max(0) as u64,
         at: Some(timestamp(e.at)),
@@ -3303,7 +3323,7 @@ fn trace_event(e: event::Model) -> TraceEvent {
     }
 }
 
-fn agency_pb(a: agency::Model) -> Agency {
+fn agency_pb(a: AgencyRow) -> Agency {
     Agency {
         organ_id: a.organ_id,
         name: a.name,

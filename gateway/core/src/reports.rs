@@ -30,9 +30,8 @@ mod dashboard;
 mod period;
 mod render;
 mod schedule;
-mod sql;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use lienthong_proto::v1::{Envelope, SignedEnvelope, envelope::Body};
 use prost::Message as _;
@@ -42,8 +41,8 @@ use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId, TopicPattern};
 use crate::pipeline::{Gateway, truncate};
 use crate::store::{Store, now_micros};
+use lienthong_store::reports::{DocumentIndex, Duration, Filter, Percentiles, ReportWindow};
 
-use crate::error::OrDb;
 pub use dashboard::{
     Health, InboxDepth, OverdueDocument, Overview, Refusal, SearchHit, TraceLine, Traffic,
     inbox_depths, overview, recent_refusals, search,
@@ -57,16 +56,6 @@ pub use schedule::{
     MonthlyReports, ReportSending, Sending, run_monthly_job, run_monthly_reports,
     send_monthly_report, write_monthly_report,
 };
-use sql::{Filter, Sql, int, text};
-
-/// The answers of a document are found through `messages_answers`
-/// (ref_from, document_id). In those subqueries `s.kind || ''` and
-/// `s.accepted_at + 0` keep the planner (SQLite's, without statistics) from
-/// scanning every status by (kind, accepted_at) instead.
-///
-/// Status codes that mean the recipient registered the document (03) or
-/// went further with it.
-const REGISTERED_OR_LATER: &str = "('03', '04', '05', '06')";
 
 /// Refusals that mean a signature or certificate did not verify.
 pub const SIGNATURE_REASONS: [Reason; 7] = [
@@ -383,7 +372,6 @@ pub async fn summary_in(
     settings: &ReportSettings,
     as_of: i64,
 ) -> Result<Report> {
-    index_documents(store).await?;
     let agencies = scope.resolve(store).await?;
     let (t0, t1) = period.bounds();
     let (d0, d1) = period.days();
@@ -395,63 +383,33 @@ pub async fn summary_in(
         .iter()
         .map(|(id, name)| (id.clone(), AgencyRow::new(id, name)))
         .collect();
-    let backend = store.backend();
     let cutoff = settings
         .calendar
         .cutoff(as_of, settings.accept_within_hours);
     let today = period::iso_date(local_date(as_of));
-    let txn = sql::snapshot(store).await?;
+    let window = ReportWindow {
+        t0,
+        t1,
+        cutoff,
+        as_of,
+        today,
+    };
+    let found = store.report_rows(&window, &filter).await?;
 
-    // Documents sent.
-    let mut q = Sql::new(backend);
-    q.push("SELECT sender AS agency, COUNT(*) AS n FROM messages WHERE kind = 'document' AND accepted_at >= ")
-        .bind(t0)
-        .push(" AND accepted_at < ")
-        .bind(t1)
-        .filter("sender", &filter)
-        .push(" GROUP BY sender");
-    for r in q.all(&txn).await? {
-        if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
-            row.sent = int(&r, "n")?.max(0) as u64;
+    for (agency, n) in found.sent {
+        if let Some(row) = rows.get_mut(&agency) {
+            row.sent = n;
         }
     }
-
-    // Statuses addressed to the agency.
-    let mut q = Sql::new(backend);
-    q.push(
-        "SELECT d.recipient AS agency, m.status_code AS code, COUNT(*) AS n \
-         FROM deliveries d JOIN messages m ON m.id = d.message_pk \
-         WHERE m.kind = 'status' AND d.created_at >= ",
-    )
-    .bind(t0)
-    .push(" AND d.created_at < ")
-    .bind(t1)
-    .filter("d.recipient", &filter)
-    .push(" GROUP BY d.recipient, m.status_code");
-    for r in q.all(&txn).await? {
-        if let Some(row) = rows.get_mut(&text(&r, "agency")?) {
-            let n = int(&r, "n")?.max(0) as u64;
-            *row.statuses_received.entry(text(&r, "code")?).or_default() += n;
+    for (agency, code, n) in found.statuses {
+        if let Some(row) = rows.get_mut(&agency) {
+            *row.statuses_received.entry(code).or_default() += n;
         }
     }
-
-    // Refusals, by sender and reason.
     let mut unattributed = BTreeMap::new();
-    let mut q = Sql::new(backend);
-    q.push(
-        "SELECT sender AS agency, reason, COUNT(*) AS n FROM events \
-         WHERE kind = 'rejected' AND at >= ",
-    )
-    .bind(t0)
-    .push(" AND at < ")
-    .bind(t1)
-    .filter("sender", &filter)
-    .push(" GROUP BY sender, reason");
-    for r in q.all(&txn).await? {
-        let reason = text(&r, "reason")?;
-        let n = int(&r, "n")?.max(0) as u64;
+    for (agency, reason, n) in found.refusals {
         let signature = Reason::parse(&reason).is_some_and(|x| SIGNATURE_REASONS.contains(&x));
-        match rows.get_mut(&text(&r, "agency")?) {
+        match rows.get_mut(&agency) {
             Some(row) => {
                 row.refused += n;
                 *row.refused_by_reason.entry(reason).or_default() += n;
@@ -463,47 +421,37 @@ pub async fn summary_in(
             None => {}
         }
     }
-
-    // Documents received, delivered, acknowledged, late, and the latencies
-    // (per agency and over the whole scope, '*').
-    let (counts, mut latencies) = deliveries(
-        &txn,
-        backend,
-        Window {
-            t0,
-            t1,
-            cutoff,
-            as_of,
-            today,
-        },
-        &filter,
-    )
-    .await?;
-    txn.commit().await.or_db()?;
+    let counts = found.deliveries;
+    let mut latencies = found.latencies;
+    let mut latency = |d: Duration, agency: &str| {
+        latencies
+            .remove(&(d, agency.to_owned()))
+            .map(|p: Percentiles| Latency {
+                count: p.count,
+                median_seconds: Some(p.p50 as f64 / 1e6),
+                p95_seconds: Some(p.p95 as f64 / 1e6),
+            })
+    };
     let mut total = AgencyRow::new("", "");
     for row in rows.values_mut() {
         if let Some(c) = counts.get(&row.organ_id) {
-            row.received = c[0];
-            row.delivered = c[1];
-            row.acknowledged = c[2];
-            row.without_03 = c[3];
-            row.overdue = c[4];
+            row.received = c.received;
+            row.delivered = c.delivered;
+            row.acknowledged = c.acknowledged;
+            row.without_03 = c.without_03;
+            row.overdue = c.overdue;
         }
-        if let Some(l) = latencies.remove(&("d".to_owned(), row.organ_id.clone())) {
+        if let Some(l) = latency(Duration::AcceptToDelivery, &row.organ_id) {
             row.accept_to_delivery = l;
         }
-        if let Some(l) = latencies.remove(&("a".to_owned(), row.organ_id.clone())) {
+        if let Some(l) = latency(Duration::DeliveryTo03, &row.organ_id) {
             row.delivery_to_03 = l;
         }
         row.finish();
         total.add(row);
     }
-    total.accept_to_delivery = latencies
-        .remove(&("d".to_owned(), "*".to_owned()))
-        .unwrap_or_default();
-    total.delivery_to_03 = latencies
-        .remove(&("a".to_owned(), "*".to_owned()))
-        .unwrap_or_default();
+    total.accept_to_delivery = latency(Duration::AcceptToDelivery, "*").unwrap_or_default();
+    total.delivery_to_03 = latency(Duration::DeliveryTo03, "*").unwrap_or_default();
     total.finish();
     if !matches!(scope, Scope::All | Scope::Agency(_)) {
         // Under a filter larger than the IN list the '*' rows covered more
@@ -526,168 +474,6 @@ pub async fn summary_in(
         unattributed_refusals: unattributed,
         total,
     })
-}
-
-/// The instants the delivery figures are judged by.
-struct Window {
-    t0: i64,
-    t1: i64,
-    /// Deliveries created at or before it have waited N working hours.
-    cutoff: i64,
-    as_of: i64,
-    /// The Vietnam date of `as_of`, `yyyy-MM-dd`.
-    today: String,
-}
-
-/// Per recipient: [received, delivered, acknowledged, without_03, overdue];
-/// and median and p95 per (metric, agency): `d` acceptance → first
-/// hand-out, `a` first hand-out → first 03-or-later status, agency `*` for
-/// the whole scope (the same rows, ranked without the agency). One statement: the deliveries of the period's
-/// documents are joined once with the first answers of their recipients.
-///
-/// A delivery handed out once (`attempts = 1`) was first handed out at
-/// `last_delivered_at` (the same instant as its `delivered` event); only
-/// redelivered ones look their first `delivered` event up in the log.
-async fn deliveries<C: sea_orm::ConnectionTrait>(
-    c: &C,
-    backend: sea_orm::DbBackend,
-    w: Window,
-    filter: &Filter,
-) -> Result<(
-    HashMap<String, [u64; 5]>,
-    HashMap<(String, String), Latency>,
-)> {
-    let mut q = Sql::new(backend);
-    q.push(
-        "WITH ans AS (SELECT sender, ref_from, document_id, \
-         MIN(CASE WHEN status_code IN ",
-    )
-    .push(REGISTERED_OR_LATER)
-    .push(
-        " THEN accepted_at END) AS at3, \
-         MIN(CASE WHEN status_code = '06' THEN accepted_at END) AS at6 \
-         FROM messages WHERE kind = 'status' AND accepted_at >= ",
-    )
-    .bind(w.t0)
-    .push(
-        " GROUP BY sender, ref_from, document_id), \
-         base AS (SELECT d.recipient AS agency, d.created_at, d.state, d.last_delivered_at, \
-         m.due_date, a.at3, a.at6, \
-         CASE WHEN d.last_delivered_at IS NULL THEN NULL \
-         WHEN d.attempts <= 1 THEN d.last_delivered_at \
-         ELSE (SELECT MIN(e.at) FROM events e WHERE e.sender = m.sender \
-         AND e.message_id = m.message_id AND e.kind = 'delivered' AND e.recipient = d.recipient) \
-         END AS first_at \
-         FROM deliveries d JOIN messages m ON m.id = d.message_pk \
-         LEFT JOIN ans a ON a.sender = d.recipient AND a.ref_from = m.sender \
-         AND a.document_id = m.document_id \
-         WHERE m.kind = 'document' AND d.created_at >= ",
-    )
-    .bind(w.t0)
-    .push(" AND d.created_at < ")
-    .bind(w.t1)
-    .filter("d.recipient", filter)
-    .push(
-        "), counts AS (SELECT agency, COUNT(*) AS received, \
-         SUM(CASE WHEN last_delivered_at IS NOT NULL THEN 1 ELSE 0 END) AS delivered, \
-         SUM(CASE WHEN state = 'acked' THEN 1 ELSE 0 END) AS acknowledged, \
-         SUM(CASE WHEN created_at <= ",
-    )
-    .bind(w.cutoff)
-    .push(" AND (at3 IS NULL OR at3 > ")
-    .bind(w.as_of)
-    .push(
-        ") THEN 1 ELSE 0 END) AS without_03, \
-         SUM(CASE WHEN due_date IS NOT NULL AND due_date <> '' AND due_date < ",
-    )
-    .bind(w.today)
-    .push(" AND (at6 IS NULL OR at6 > ")
-    .bind(w.as_of)
-    .push(
-        ") THEN 1 ELSE 0 END) AS overdue FROM base GROUP BY agency), \
-         timed AS (SELECT agency, first_at - created_at AS dv, \
-         CASE WHEN at3 IS NULL THEN NULL WHEN at3 > first_at THEN at3 - first_at ELSE 0 END AS av \
-         FROM base WHERE first_at IS NOT NULL), \
-         ",
-    );
-    // Nearest-rank percentiles: rank ceil(p × n) of the sorted durations.
-    // PostgreSQL sorts each group's durations once in an ordered aggregate;
-    // SQLite ranks them with window functions.
-    match backend {
-        sea_orm::DbBackend::Postgres => q.push(
-            "g AS (SELECT CAST(0 AS BIGINT) AS metric, agency, COUNT(*) AS n, \
-             (array_agg(dv ORDER BY dv))[(COUNT(*) * 50 + 99) / 100] AS p50, \
-             (array_agg(dv ORDER BY dv))[(COUNT(*) * 95 + 99) / 100] AS p95 \
-             FROM timed GROUP BY agency \
-             UNION ALL SELECT 0, '*', COUNT(*), \
-             (array_agg(dv ORDER BY dv))[(COUNT(*) * 50 + 99) / 100], \
-             (array_agg(dv ORDER BY dv))[(COUNT(*) * 95 + 99) / 100] FROM timed \
-             UNION ALL SELECT 1, agency, COUNT(*), \
-             (array_agg(av ORDER BY av))[(COUNT(*) * 50 + 99) / 100], \
-             (array_agg(av ORDER BY av))[(COUNT(*) * 95 + 99) / 100] \
-             FROM timed WHERE av IS NOT NULL GROUP BY agency \
-             UNION ALL SELECT 1, '*', COUNT(*), \
-             (array_agg(av ORDER BY av))[(COUNT(*) * 50 + 99) / 100], \
-             (array_agg(av ORDER BY av))[(COUNT(*) * 95 + 99) / 100] \
-             FROM timed WHERE av IS NOT NULL) ",
-        ),
-        _ => q.push(
-            "v AS (SELECT 0 AS metric, agency, dv AS v FROM timed \
-             UNION ALL SELECT 1, agency, av FROM timed WHERE av IS NOT NULL), \
-             r AS (SELECT metric, agency, v, \
-             ROW_NUMBER() OVER (PARTITION BY metric, agency ORDER BY v) AS rn, \
-             COUNT(*) OVER (PARTITION BY metric, agency) AS n, \
-             ROW_NUMBER() OVER (PARTITION BY metric ORDER BY v) AS trn, \
-             COUNT(*) OVER (PARTITION BY metric) AS tn FROM v), \
-             g AS (SELECT metric, agency, MAX(n) AS n, \
-             MAX(CASE WHEN rn = (n * 50 + 99) / 100 THEN v END) AS p50, \
-             MAX(CASE WHEN rn = (n * 95 + 99) / 100 THEN v END) AS p95 \
-             FROM r GROUP BY metric, agency \
-             UNION ALL SELECT metric, '*', MAX(tn), \
-             MAX(CASE WHEN trn = (tn * 50 + 99) / 100 THEN v END), \
-             MAX(CASE WHEN trn = (tn * 95 + 99) / 100 THEN v END) \
-             FROM r GROUP BY metric) ",
-        ),
-    };
-    q.push(
-        "SELECT metric, agency, n, p50, p95, 0 AS delivered, 0 AS acknowledged, \
-         0 AS without_03, 0 AS overdue FROM g \
-         UNION ALL SELECT 2, agency, received, 0, 0, delivered, acknowledged, without_03, overdue \
-         FROM counts",
-    );
-    let mut counts: HashMap<String, [u64; 5]> = HashMap::new();
-    let mut out: HashMap<(String, String), Latency> = HashMap::new();
-    let u = |x: i64| x.max(0) as u64;
-    for r in q.all(c).await? {
-        let metric = match int(&r, "metric")? {
-            0 => "d",
-            1 => "a",
-            _ => "c",
-        };
-        let n = int(&r, "n")?.max(0);
-        if metric == "c" {
-            counts.insert(
-                text(&r, "agency")?,
-                [
-                    u(n),
-                    u(int(&r, "delivered")?),
-                    u(int(&r, "acknowledged")?),
-                    u(int(&r, "without_03")?),
-                    u(int(&r, "overdue")?),
-                ],
-            );
-            continue;
-        }
-        out.insert(
-            (metric.to_owned(), text(&r, "agency")?),
-            Latency {
-                count: n as u64,
-                median_seconds: Some(int(&r, "p50")?.max(0) as f64 / 1e6),
-                p95_seconds: Some(int(&r, "p95")?.max(0) as f64 / 1e6),
-            },
-        );
-    }
-    Ok((counts, out))
 }
 
 /// What [`index_documents`] reads out of a document's envelope.
@@ -736,47 +522,21 @@ impl DocumentFacts {
 
 /// Copies DueDate, số/ký hiệu and trích yếu out of the envelopes of
 /// documents that do not have them in their columns yet (`due_date IS
-/// NULL`), a page at a time. Returns how many documents it indexed.
+/// NULL`), a page at a time. Returns how many documents it indexed. The
+/// pipeline runs it once a document is accepted, and the jobs that report
+/// (`serve` at start, the monthly reports, `lienthong report`) before they
+/// read, for rows written before; the reports and the dashboard only read.
 pub async fn index_documents(store: &Store) -> Result<u64> {
-    let backend = store.backend();
-    let mut done = 0u64;
-    loop {
-        let mut q = Sql::new(backend);
-        q.push(
-            "SELECT id, signed_envelope FROM messages WHERE kind = 'document' \
-             AND due_date IS NULL ORDER BY id LIMIT 200",
-        );
-        let page = q.all(store.connection()).await?;
-        if page.is_empty() {
-            return Ok(done);
-        }
-        // One statement per page (WITH … VALUES, UPDATE … FROM: PostgreSQL
-        // and SQLite 3.33+ alike).
-        let mut u = Sql::new(backend);
-        u.push("WITH v (id, d, c, s) AS (VALUES ");
-        for (i, r) in page.iter().enumerate() {
-            let id: i64 = r.try_get("", "id").or_db()?;
-            let bytes: Vec<u8> = r.try_get("", "signed_envelope").or_db()?;
-            let f = DocumentFacts::of_signed(&bytes);
-            u.push(if i == 0 { "(CAST(" } else { ", (CAST(" })
-                .bind(id)
-                .push(" AS BIGINT), ")
-                .bind(f.due_date)
-                .push(", ")
-                .bind(f.code)
-                .push(", ")
-                .bind(f.subject)
-                .push(")");
-        }
-        u.push(
-            ") UPDATE messages SET due_date = v.d, code = v.c, subject = v.s \
-             FROM v WHERE messages.id = v.id",
-        );
-        sea_orm::ConnectionTrait::execute_raw(store.connection(), u.statement())
-            .await
-            .or_db()?;
-        done += page.len() as u64;
-    }
+    store
+        .index_documents(|bytes| {
+            let f = DocumentFacts::of_signed(bytes);
+            DocumentIndex {
+                due_date: f.due_date,
+                code: f.code,
+                subject: f.subject,
+            }
+        })
+        .await
 }
 
 /// A reason code in plain Vietnamese, for the office.

@@ -7,26 +7,12 @@ use lienthong_proto::v1::TraceEvent;
 use serde::Serialize;
 
 use super::period::{self, day_start_micros, local_date};
-use super::sql::{Sql, int, like_escape, text};
-use super::{Period, REGISTERED_OR_LATER, ReportSettings, index_documents, reason_vi};
+use super::{Period, ReportSettings, reason_vi};
 use crate::error::{Error, Reason, Result};
 use crate::pipeline::{Gateway, truncate};
 use crate::store::{Store, now_micros};
 
-/// Counts over a period.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Traffic {
-    /// Documents accepted.
-    pub documents: u64,
-    /// Status notices accepted.
-    pub statuses: u64,
-    /// Deliveries created (one per recipient).
-    pub deliveries: u64,
-    /// Deliveries acknowledged by their recipients.
-    pub acknowledged: u64,
-    /// Submissions refused.
-    pub refused: u64,
-}
+pub use lienthong_store::reports::Traffic;
 
 /// An agency's unacknowledged deliveries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,59 +101,22 @@ fn name_of(names: &HashMap<String, String>, code: &str) -> String {
     names.get(code).cloned().unwrap_or_default()
 }
 
-async fn traffic<C: sea_orm::ConnectionTrait>(c: &C, p: Period) -> Result<Traffic> {
+async fn traffic(store: &Store, p: Period) -> Result<Traffic> {
     let (t0, t1) = p.bounds();
-    let mut q = Sql::new(c.get_database_backend());
-    q.push("SELECT (SELECT COUNT(*) FROM messages WHERE kind = 'document' AND accepted_at >= ")
-        .bind(t0)
-        .push(" AND accepted_at < ")
-        .bind(t1)
-        .push(") AS documents, (SELECT COUNT(*) FROM messages WHERE kind = 'status' AND accepted_at >= ")
-        .bind(t0)
-        .push(" AND accepted_at < ")
-        .bind(t1)
-        .push(") AS statuses, (SELECT COUNT(*) FROM deliveries WHERE created_at >= ")
-        .bind(t0)
-        .push(" AND created_at < ")
-        .bind(t1)
-        .push(") AS deliveries, (SELECT COUNT(*) FROM events WHERE kind = 'acknowledged' AND at >= ")
-        .bind(t0)
-        .push(" AND at < ")
-        .bind(t1)
-        .push(") AS acknowledged, (SELECT COUNT(*) FROM events WHERE kind = 'rejected' AND at >= ")
-        .bind(t0)
-        .push(" AND at < ")
-        .bind(t1)
-        .push(") AS refused");
-    let Some(r) = q.one(c).await? else {
-        return Ok(Traffic::default());
-    };
-    let n = |c: &str| int(&r, c).map(|v| v.max(0) as u64);
-    Ok(Traffic {
-        documents: n("documents")?,
-        statuses: n("statuses")?,
-        deliveries: n("deliveries")?,
-        acknowledged: n("acknowledged")?,
-        refused: n("refused")?,
-    })
+    store.traffic(t0, t1).await
 }
 
 /// Every agency with unacknowledged deliveries, the deepest inbox first
 /// (one query; the metrics keep the top 20 and sum the rest).
 pub async fn inbox_depths(store: &Store) -> Result<Vec<InboxDepth>> {
     let now = now_micros();
-    let mut q = Sql::new(store.backend());
-    q.push(
-        "SELECT recipient, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries \
-         WHERE state = 'pending' GROUP BY recipient",
-    );
     let mut out = Vec::new();
-    for r in q.all(store.connection()).await? {
-        let oldest = int(&r, "oldest")?;
+    for r in store.pending_inboxes().await? {
+        let oldest = r.oldest_at;
         out.push(InboxDepth {
-            organ_id: text(&r, "recipient")?,
+            organ_id: r.recipient,
             name: String::new(),
-            depth: int(&r, "n")?.max(0) as u64,
+            depth: r.depth,
             oldest_at: period::format_rfc3339(oldest),
             oldest_seconds: ((now - oldest).max(0) as f64) / 1e6,
         });
@@ -194,24 +143,16 @@ async fn refusals_in(
     limit: u32,
 ) -> Result<Vec<Refusal>> {
     let limit = limit.clamp(1, 200) as i64;
-    let mut q = Sql::new(store.backend());
-    q.push(
-        "SELECT at, sender, message_id, reason, detail FROM events WHERE kind = 'rejected' \
-         ORDER BY at DESC, id DESC LIMIT ",
-    )
-    .bind(limit);
     let mut out = Vec::new();
-    for r in q.all(store.connection()).await? {
-        let reason = text(&r, "reason")?;
-        let sender = text(&r, "sender")?;
+    for r in store.recent_refusals(limit).await? {
         out.push(Refusal {
-            at: period::format_rfc3339(int(&r, "at")?),
-            sender_name: name_of(names, &sender),
-            sender,
-            message_id: text(&r, "message_id")?,
-            reason_text: reason_vi(&reason).to_owned(),
-            reason,
-            detail: truncate(&text(&r, "detail")?, 500).to_owned(),
+            at: period::format_rfc3339(r.at),
+            sender_name: name_of(names, &r.sender),
+            sender: r.sender,
+            message_id: r.message_id,
+            reason_text: reason_vi(&r.reason).to_owned(),
+            reason: r.reason,
+            detail: truncate(&r.detail, 500).to_owned(),
         });
     }
     Ok(out)
@@ -229,12 +170,11 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
             "the database does not answer; the figures cannot be read right now",
         ));
     }
-    index_documents(store).await?;
     let names = names(store).await?;
     let today = Period::day_of(now);
     let month = Period::month_of(now);
-    let today_traffic = traffic(store.connection(), today).await?;
-    let month_traffic = traffic(store.connection(), month).await?;
+    let today_traffic = traffic(store, today).await?;
+    let month_traffic = traffic(store, month).await?;
     let mut inboxes = inbox_depths(store).await?;
     inboxes.truncate(10);
     for i in &mut inboxes {
@@ -245,72 +185,27 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
     let today_date = local_date(now);
     let today_iso = period::iso_date(today_date);
     let year_ago = now - 365 * DAY;
-    let overdue_where = |q: &mut Sql| {
-        q.push(
-            " FROM deliveries d JOIN messages m ON m.id = d.message_pk \
-             WHERE m.kind = 'document' AND m.accepted_at >= ",
-        )
-        .bind(year_ago)
-        .push(" AND m.due_date IS NOT NULL AND m.due_date <> '' AND m.due_date < ")
-        .bind(today_iso.clone())
-        .push(
-            " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-             AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
-             AND s.status_code = '06')",
-        );
-    };
-    let mut q = Sql::new(store.backend());
-    q.push("SELECT COUNT(*) AS n");
-    overdue_where(&mut q);
-    let overdue_total = match q.one(store.connection()).await? {
-        Some(r) => int(&r, "n")?.max(0) as u64,
-        None => 0,
-    };
-    let mut q = Sql::new(store.backend());
-    q.push("SELECT m.sender, m.message_id, m.code, m.subject, m.due_date, d.recipient");
-    overdue_where(&mut q);
-    q.push(" ORDER BY m.due_date, d.id LIMIT 20");
+    let (overdue_total, most_overdue) = store.overdue_deliveries(year_ago, &today_iso).await?;
     let mut overdue = Vec::new();
-    for r in q.all(store.connection()).await? {
-        let due = text(&r, "due_date")?;
-        let days = period::parse_date(&due)
+    for r in most_overdue {
+        let days = period::parse_date(&r.due_date)
             .map(|d| (day_start_micros(today_date) - day_start_micros(d)) / DAY)
             .unwrap_or(0);
-        let sender = text(&r, "sender")?;
-        let recipient = text(&r, "recipient")?;
         overdue.push(OverdueDocument {
-            sender_name: name_of(&names, &sender),
-            recipient_name: name_of(&names, &recipient),
-            sender,
-            recipient,
-            message_id: text(&r, "message_id")?,
-            code: text(&r, "code")?,
-            subject: text(&r, "subject")?,
-            due_date: due,
+            sender_name: name_of(&names, &r.sender),
+            recipient_name: name_of(&names, &r.recipient),
+            sender: r.sender,
+            recipient: r.recipient,
+            message_id: r.message_id,
+            code: r.code,
+            subject: r.subject,
+            due_date: r.due_date,
             days_overdue: days,
         });
     }
 
     let cutoff = settings.calendar.cutoff(now, settings.accept_within_hours);
-    let mut q = Sql::new(store.backend());
-    q.push(
-        "SELECT COUNT(*) AS n FROM deliveries d JOIN messages m ON m.id = d.message_pk \
-         WHERE m.kind = 'document' AND d.created_at >= ",
-    )
-    .bind(now - 30 * DAY)
-    .push(" AND d.created_at <= ")
-    .bind(cutoff)
-    .push(
-        " AND NOT EXISTS (SELECT 1 FROM messages s WHERE s.ref_from = m.sender \
-         AND s.document_id = m.document_id AND s.kind || '' = 'status' AND s.sender = d.recipient \
-         AND s.status_code IN ",
-    )
-    .push(REGISTERED_OR_LATER)
-    .push(")");
-    let without_03_total = match q.one(store.connection()).await? {
-        Some(r) => int(&r, "n")?.max(0) as u64,
-        None => 0,
-    };
+    let without_03_total = store.deliveries_without_03(now - 30 * DAY, cutoff).await?;
 
     Ok(Overview {
         gateway: gw.gateway_id().to_owned(),
@@ -419,49 +314,23 @@ pub async fn search(gw: &Gateway, q: &str) -> Result<Vec<SearchHit>> {
         ));
     }
     let store = gw.store();
-    index_documents(store).await?;
     let names = names(store).await?;
-    let cols = "SELECT id, sender, message_id, kind, document_id, code, subject, accepted_at FROM messages";
-    let mut exact = Sql::new(store.backend());
-    exact
-        .push(cols)
-        .push(" WHERE message_id = ")
-        .bind(q.to_owned())
-        .push(" OR code = ")
-        .bind(q.to_owned())
-        .push(" ORDER BY id DESC LIMIT 10");
-    let mut rows = exact.all(store.connection()).await?;
-    if rows.is_empty() {
-        let pat = format!("%{}%", like_escape(q));
-        let mut like = Sql::new(store.backend());
-        like.push(cols)
-            .push(" WHERE kind = 'document' AND (code LIKE ")
-            .bind(pat.clone())
-            .push(" ESCAPE '\\' OR document_id LIKE ")
-            .bind(pat.clone())
-            .push(" ESCAPE '\\' OR subject LIKE ")
-            .bind(pat)
-            .push(" ESCAPE '\\') ORDER BY id DESC LIMIT 10");
-        rows = like.all(store.connection()).await?;
-    }
     let mut hits = Vec::new();
-    for r in rows {
-        let sender = text(&r, "sender")?;
-        let message_id = text(&r, "message_id")?;
-        let trace = match gw.trace(None, &sender, &message_id).await {
+    for r in store.search_messages(q).await? {
+        let trace = match gw.trace(None, &r.sender, &r.message_id).await {
             Ok(t) => t.into_iter().map(trace_line).collect(),
             Err(e) if e.reason() == Reason::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
         hits.push(SearchHit {
-            sender_name: name_of(&names, &sender),
-            sender,
-            message_id,
-            kind: text(&r, "kind")?,
-            document_id: text(&r, "document_id")?,
-            code: text(&r, "code")?,
-            subject: text(&r, "subject")?,
-            accepted_at: period::format_rfc3339(int(&r, "accepted_at")?),
+            sender_name: name_of(&names, &r.sender),
+            sender: r.sender,
+            message_id: r.message_id,
+            kind: r.kind,
+            document_id: r.document_id,
+            code: r.code,
+            subject: r.subject,
+            accepted_at: period::format_rfc3339(r.accepted_at),
             trace,
         });
     }

@@ -231,6 +231,7 @@ pub async fn write_monthly_report(
             "cannot create reports.dir {}",
             cfg.dir.display()
         )))?;
+    super::index_documents(store).await?;
     let report = summary_in(store, period, &cfg.scope, &cfg.settings, now_micros()).await?;
     let mut written = Vec::new();
     for (format, path) in paths(&cfg.dir, period) {

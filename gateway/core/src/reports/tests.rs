@@ -5,6 +5,8 @@ use crate as lt;
 #[path = "../../tests/support/world.rs"]
 mod world;
 
+use std::collections::HashMap;
+
 use prost::Message as _;
 use time::Duration;
 

@@ -10,13 +10,13 @@
 use std::path::Path;
 
 use lienthong_proto::v1::{self as pb, Delivery, Envelope, SendReceipt, SignedEnvelope};
-use lienthong_schema::entity::{agency, signing_cert};
 use prost::Message as _;
 
 use super::lt;
 use lt::devpki::{DevCa, KeyType};
 use lt::error::{Reason, Result};
 use lt::pipeline::{Caller, Gateway, Limits, Settings, Transport};
+use lt::rows::{AgencyRow, SigningCertRow};
 use lt::signing::{SigningKey, TrustAnchors};
 
 pub struct Agent {
@@ -79,7 +79,7 @@ impl World {
             let issued = ca.issue_signing(id, name, KeyType::EcP256, validity)?;
             let key = SigningKey::from_pkcs8_pem(&issued.key_pem, None)?;
             let info = lt::signing::describe_certificate(&issued.cert_der)?;
-            certs.push(signing_cert::Model {
+            certs.push(SigningCertRow {
                 spki_sha256: hex::encode(info.spki_sha256),
                 organ_id: id.clone(),
                 subject: info.subject,
@@ -88,7 +88,7 @@ impl World {
                 cert_der: issued.cert_der.clone(),
                 bound_at: lt::store::now_micros(),
             });
-            rows.push(agency::Model {
+            rows.push(AgencyRow {
                 organ_id: id.clone(),
                 name: name.clone(),
                 parent: None,

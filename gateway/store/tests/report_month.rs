@@ -33,11 +33,11 @@ use std::time::Instant;
 use futures::StreamExt as _;
 
 use lienthong_core as lt;
-#[path = "support/world.rs"]
+#[path = "../../core/tests/support/world.rs"]
 mod world;
 
-use lienthong_core::error::OrDb;
 use lienthong_schema::entity::{delivery, event, message};
+use lienthong_store::error::OrDb;
 use lt::error::{Reason, Result};
 use lt::reports::{AgencyRow, Latency, Period, ReportSettings, Scope, summary_in};
 use lt::store::now_micros;

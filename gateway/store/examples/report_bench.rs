@@ -4,9 +4,9 @@
 //! queries are timed.
 //!
 //! ```sh
-//! cargo run --release -p lienthong-core --example report_bench
-//! cargo run --release -p lienthong-core --example report_bench -- --events 1000000
-//! cargo run --release -p lienthong-core --example report_bench -- --reuse   # keep the loaded data
+//! cargo run --release -p lienthong-store --example report_bench
+//! cargo run --release -p lienthong-store --example report_bench -- --events 1000000
+//! cargo run --release -p lienthong-store --example report_bench -- --reuse   # keep the loaded data
 //! ```
 //!
 //! `LIENTHONG_TEST_PG_URL` names the server (default
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::reports::{self, Period, ReportSettings, Scope};
+use lienthong_core::rows::AgencyRow;
 use lienthong_core::store::{Store, now_micros};
-use lienthong_schema::entity::agency;
 use sea_orm::{ConnectionTrait, Database};
 
 const DB: &str = "lienthong_report_bench";
@@ -35,10 +35,10 @@ async fn timed<T, F: std::future::Future<Output = T>>(label: &str, f: F) -> T {
     out
 }
 
-fn directory() -> Vec<agency::Model> {
+fn directory() -> Vec<AgencyRow> {
     let mut out = Vec::with_capacity(500);
     let mut push = |id: String, name: String| {
-        out.push(agency::Model {
+        out.push(AgencyRow {
             organ_id: id,
             name,
             parent: None,

@@ -14,15 +14,17 @@ use crate::store::Store;
 /// grouped rows are few) instead of by a long `IN` list.
 const MAX_IN_LIST: usize = 2000;
 
-/// Which agencies a query keeps.
+/// Which agencies a report's query keeps.
 #[derive(Debug, Clone)]
-pub(crate) enum Filter {
+pub enum Filter {
     All,
     Codes(Vec<String>),
 }
 
 impl Filter {
-    pub(crate) fn of(codes: Option<Vec<String>>) -> Filter {
+    /// The agencies `codes` (`None`: every agency); a list too long for an
+    /// `IN` keeps every agency, to be filtered after aggregation.
+    pub fn of(codes: Option<Vec<String>>) -> Filter {
         match codes {
             Some(c) if c.len() <= MAX_IN_LIST => Filter::Codes(c),
             _ => Filter::All,
