@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use lienthong_core::now_micros;
 use lienthong_core::reports::{self, Format, Lang, Period, Scope};
-use lienthong_core::store::{Store, now_micros};
+use lienthong_core::store::Store;
 
 use crate::config::Config;
 

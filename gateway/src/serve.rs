@@ -251,7 +251,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
                     _ = tokio::time::sleep(every) => {}
                 }
                 match gw
-                    .check_deadlines(&deadlines, lienthong_core::store::now_micros())
+                    .check_deadlines(&deadlines, lienthong_core::now_micros())
                     .await
                 {
                     Ok(0) => {}

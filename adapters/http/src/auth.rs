@@ -245,7 +245,8 @@ async fn current_session(app: &App, headers: &HeaderMap) -> Result<Option<Sessio
     let Some(token) = cookie(headers, &app.auth.name(SESSION)) else {
         return Ok(None);
     };
-    operators::session(app.gw.store(), token, app.auth.sessions)
+    app.gw
+        .operator_session(token, app.auth.sessions)
         .await
         .map_err(|e| crate::ApiError(e).into_response())
 }
@@ -598,7 +599,7 @@ pub(crate) async fn logout(
             );
         }
         if let Some(token) = cookie(&headers, &app.auth.name(SESSION))
-            && let Err(e) = operators::close_session(app.gw.store(), token, &s.operator).await
+            && let Err(e) = app.gw.close_operator_session(token, &s.operator).await
         {
             return crate::ApiError(e).into_response();
         }

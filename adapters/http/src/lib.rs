@@ -3,7 +3,7 @@
 //!
 //! API boundary: every handler calls a `lienthong_core` function that takes
 //! the [`Gateway`] (`reports::overview`, `reports::search`,
-//! `metrics::render`, `operators::session`, …) and turns its answer, or its
+//! `metrics::render`, `Gateway::operator_session`, …) and turns its answer, or its
 //! [`Error`], into HTTP. This crate knows nothing of the database.
 //!
 //! Who may ask what: every request but `/health/*` must be addressed to an
@@ -42,7 +42,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lienthong_core::error::{Error, Reason};
-use lienthong_core::operators::{LoginGuard, LoginLimits, Session, SessionPolicy};
+use lienthong_core::operators::{LoginLimits, Session, SessionPolicy};
 use lienthong_core::pipeline::Gateway;
 use lienthong_core::reports::{self, Format, Lang, Period, ReportSettings, Scope};
 use lienthong_tls::ReloadingTls;
@@ -134,7 +134,7 @@ impl App {
 
 /// The HTTP routes over a gateway.
 pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
-    let guard = LoginGuard::new(gw.store().clone(), opts.login_limits);
+    let guard = gw.login_guard(opts.login_limits);
     let app = App {
         gw,
         settings: opts.reports,
@@ -361,7 +361,7 @@ async fn report(
         }
     };
     let period = match param(&p, "period") {
-        "" => Period::month_of(lienthong_core::store::now_micros()),
+        "" => Period::month_of(lienthong_core::now_micros()),
         s => Period::parse(s)?,
     };
     let scope = match (param(&p, "agency"), param(&p, "under")) {

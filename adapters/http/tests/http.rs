@@ -12,6 +12,7 @@ use lienthong_http::HttpOptions;
 use lt::error::{Reason, Result};
 use lt::operators::OperatorRole;
 use lt::reports::ReportSettings;
+use lt::store::EventKind;
 use tower::ServiceExt;
 
 #[path = "../../../gateway/core/tests/support/world.rs"]
@@ -196,7 +197,7 @@ async fn gateway(dir: &tempfile::TempDir) -> Result<(World, axum::Router)> {
 }
 
 async fn add_operator(w: &World, name: &str, role: OperatorRole) -> Result<()> {
-    lt::operators::add(w.gw.store(), name, role, Some(PASSWORD), &cli()).await?;
+    lt::operators::add(&w.store, name, role, Some(PASSWORD), &cli()).await?;
     Ok(())
 }
 
@@ -215,14 +216,15 @@ fn options() -> HttpOptions {
 }
 
 /// The transfer log's lines of `kind`: (reason, detail, actor).
-async fn log_lines(w: &World, kind: &str) -> Vec<(Option<String>, String, Option<String>)> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
-    lienthong_schema::entity::event::Entity::find()
-        .filter(lienthong_schema::entity::event::Column::Kind.eq(kind))
-        .order_by_asc(lienthong_schema::entity::event::Column::Id)
-        .all(w.gw.store().connection())
+async fn log_lines(w: &World, kind: EventKind) -> Vec<(Option<String>, String, Option<String>)> {
+    let mut lines = w
+        .store
+        .events_of_kind(kind, None, 100_000)
         .await
-        .expect("read the transfer log")
+        .expect("read the transfer log");
+    // Newest first as read; oldest first here.
+    lines.reverse();
+    lines
         .into_iter()
         .map(|e| (e.reason, e.detail, e.actor))
         .collect()
@@ -566,7 +568,7 @@ async fn a_viewer_cannot_announce_maintenance_and_an_admin_needs_the_csrf_token(
         admin.get("/api/overview").await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(log_lines(&w, "operator_logout").await.len(), 1);
+    assert_eq!(log_lines(&w, EventKind::OperatorLogout).await.len(), 1);
     Ok(())
 }
 
@@ -629,13 +631,8 @@ async fn a_removed_operators_session_stops_and_a_new_password_ends_sessions() ->
     let (w, app) = gateway(&dir).await?;
     let mut b = operator(&w, &app, "Trần Thị B", OperatorRole::Viewer).await;
     assert_eq!(b.get("/api/overview").await.status, StatusCode::OK);
-    lt::operators::set_password(
-        w.gw.store(),
-        "Trần Thị B",
-        Some("một mật khẩu mới hẳn"),
-        &cli(),
-    )
-    .await?;
+    lt::operators::set_password(&w.store, "Trần Thị B", Some("một mật khẩu mới hẳn"), &cli())
+        .await?;
     assert_eq!(
         b.get("/api/overview").await.status,
         StatusCode::UNAUTHORIZED
@@ -649,7 +646,7 @@ async fn a_removed_operators_session_stops_and_a_new_password_ends_sessions() ->
     assert_eq!(again.status, StatusCode::SEE_OTHER);
     assert_eq!(b.get("/api/overview").await.status, StatusCode::OK);
 
-    lt::operators::remove(w.gw.store(), "Trần Thị B", &cli()).await?;
+    lt::operators::remove(&w.store, "Trần Thị B", &cli()).await?;
     assert_eq!(
         b.get("/api/overview").await.status,
         StatusCode::UNAUTHORIZED
@@ -658,7 +655,7 @@ async fn a_removed_operators_session_stops_and_a_new_password_ends_sessions() ->
         b.login("Trần Thị B", "một mật khẩu mới hẳn").await.status,
         StatusCode::UNAUTHORIZED
     );
-    let changes = log_lines(&w, "operator_changed").await;
+    let changes = log_lines(&w, EventKind::OperatorChanged).await;
     let details: Vec<&str> = changes.iter().map(|(_, d, _)| d.as_str()).collect();
     assert_eq!(changes.len(), 3, "{details:?}");
     assert!(details[0].contains("added as viewer"), "{details:?}");
@@ -669,7 +666,7 @@ async fn a_removed_operators_session_stops_and_a_new_password_ends_sessions() ->
             .iter()
             .all(|(_, _, a)| a.as_deref() == Some("cli:test"))
     );
-    let logins = log_lines(&w, "operator_login").await;
+    let logins = log_lines(&w, EventKind::OperatorLogin).await;
     assert_eq!(
         logins.iter().filter(|(r, _, _)| r.is_none()).count(),
         2,
@@ -790,7 +787,7 @@ async fn failed_logins_are_rate_limited_and_logged_in_aggregate() -> Result<()> 
         StatusCode::TOO_MANY_REQUESTS
     );
     // 20 failures and 2 turned away, one line so far: the others are counted for the next.
-    let failed: Vec<_> = log_lines(&w, "operator_login")
+    let failed: Vec<_> = log_lines(&w, EventKind::OperatorLogin)
         .await
         .into_iter()
         .filter(|(r, _, _)| r.as_deref() == Some("LOGIN_FAILED"))

@@ -18,4 +18,4 @@ pub mod routing;
 pub mod signing;
 
 pub use lienthong_store::{rows, store};
-pub use lienthong_types::{organ_id, text};
+pub use lienthong_types::{now_micros, organ_id, text};

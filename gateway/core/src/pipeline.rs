@@ -412,7 +412,7 @@ impl Gateway {
         &self.inner.unauthenticated
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
 

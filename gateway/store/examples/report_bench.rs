@@ -186,15 +186,17 @@ async fn main() {
         println!("loading about {events} events ({docs} documents) into {DB}");
         timed("load: total", load(&store, docs.max(100))).await;
     }
+    let counts_db = Database::connect(&url)
+        .await
+        .unwrap_or_else(|e| fail(&format!("cannot connect to {url}"), e));
     for (label, sql) in [
         ("events", "SELECT COUNT(*) AS n FROM events"),
         ("messages", "SELECT COUNT(*) AS n FROM messages"),
         ("deliveries", "SELECT COUNT(*) AS n FROM deliveries"),
     ] {
-        let n = store
-            .connection()
+        let n = counts_db
             .query_one_raw(sea_orm::Statement::from_string(
-                store.backend(),
+                sea_orm::DbBackend::Postgres,
                 sql.to_owned(),
             ))
             .await

@@ -732,11 +732,11 @@ impl Store {
             .filter(|_| self.db.get_database_backend() == DbBackend::Sqlite)
     }
 
-    pub fn connection(&self) -> &DatabaseConnection {
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
 
-    pub fn backend(&self) -> DbBackend {
+    pub(crate) fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
 

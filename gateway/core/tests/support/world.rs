@@ -30,6 +30,8 @@ pub struct Agent {
 
 pub struct World {
     pub gw: Gateway,
+    /// The gateway's database, for what a test reads or changes beside it.
+    pub store: lt::store::Store,
     pub agents: Vec<Agent>,
     anchors: TrustAnchors,
 }
@@ -58,15 +60,20 @@ impl World {
     ) -> Result<World> {
         let ca = DevCa::generate("Lienthong test CA", KeyType::EcP256)?;
         let anchors = TrustAnchors::from_der_certs([ca.cert_der()])?;
-        let gw = Gateway::open(Settings {
-            gateway_id: "lienthong-test".to_owned(),
-            database_url: db_url.to_owned(),
-            storage_path: storage.to_path_buf(),
-            anchors: anchors.clone(),
-            limits: Limits::default(),
-            ..Settings::default()
-        })
-        .await?;
+        let store = lt::store::Store::connect(db_url).await?;
+        let blobs = lt::blobs::BlobStore::open(storage).await?;
+        let gw = Gateway::from_parts(
+            store.clone(),
+            blobs,
+            Settings {
+                gateway_id: "lienthong-test".to_owned(),
+                database_url: db_url.to_owned(),
+                storage_path: storage.to_path_buf(),
+                anchors: anchors.clone(),
+                limits: Limits::default(),
+                ..Settings::default()
+            },
+        );
         let now = time::OffsetDateTime::now_utc();
         let validity = (
             now - time::Duration::hours(1),
@@ -109,7 +116,7 @@ impl World {
                 chain: issued.chain_der,
             });
         }
-        gw.store()
+        store
             .change_directory(lt::store::DirectoryChange {
                 agencies: rows,
                 bind_signing: certs,
@@ -118,6 +125,7 @@ impl World {
             .await?;
         Ok(World {
             gw,
+            store,
             agents,
             anchors,
         })
