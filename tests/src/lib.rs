@@ -108,6 +108,45 @@ pub fn notice(line: &str) {
     let _ = writeln!(err, "{line}");
 }
 
+/// Whether this is a CI run (`CI=true`), where what a test needs must be there.
+pub fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// `samples/<sub>` of the reference data kept beside the repository:
+/// under `$LIENTHONG_SAMPLES` when set, else `../shared/samples` next to the
+/// checkout's root. `None` (with a SKIPPED line) when it is missing, unless
+/// this is CI or services are required: then the test fails.
+pub fn reference_samples(test: &str, sub: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("LIENTHONG_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| checkout_root().join("../shared/samples"));
+    let dir = root.join(sub);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let why = format!(
+        "{test}: no reference samples at {} (set LIENTHONG_SAMPLES)",
+        dir.display()
+    );
+    assert!(
+        !(in_ci() || require_services()),
+        "{why}; CI=true or LIENTHONG_REQUIRE_SERVICES=1 says they must be there"
+    );
+    notice(&format!("SKIPPED: {why}"));
+    None
+}
+
+/// The checkout's root: the nearest folder above this crate with the
+/// workspace's `Cargo.lock`.
+fn checkout_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .unwrap_or(here)
+        .to_path_buf()
+}
+
 /// A PKI made by OpenSSL's command line (`tests/openssl-pki.sh`: root CA →
 /// intermediate CA → leaves) in `lienthong dev-pki`'s file layout, for
 /// [`GatewayOptions::pki`]. `None` (with a SKIPPED line) when there is no
@@ -805,15 +844,26 @@ max_attachment_bytes = {matt}
     /// fresh key), written to `<dir>/<stem>.pem` and `<stem>.key.pem`:
     /// (certificate path, certificate PEM, key).
     pub fn new_client_cert(&self, stem: &str) -> (PathBuf, String, rcgen::KeyPair) {
+        let template = pki::load_cert_der(&self.pki_dir.join(format!("{A}.client.pem")));
+        self.issue_client_cert(stem, &template)
+    }
+
+    /// A new client certificate from the dev CA for an operator called
+    /// `name` ([`pki::operator_template`]: no agency's subject), written as
+    /// [`TestGateway::new_client_cert`] writes its own.
+    pub fn new_operator_cert(&self, stem: &str, name: &str) -> (PathBuf, String, rcgen::KeyPair) {
+        self.issue_client_cert(stem, &pki::operator_template(name))
+    }
+
+    fn issue_client_cert(&self, stem: &str, template: &[u8]) -> (PathBuf, String, rcgen::KeyPair) {
         let dev_ca = pki::Ca::load(
             &self.pki_dir.join("ca.pem"),
             &self.pki_dir.join("ca.key.pem"),
         );
-        let template = pki::load_cert_der(&self.pki_dir.join(format!("{A}.client.pem")));
         let key = rcgen::KeyPair::generate().expect("a key");
         let now = time::OffsetDateTime::now_utc();
         let (_, pem) = dev_ca.reissue_pem(
-            &template,
+            template,
             &key,
             now - time::Duration::days(1),
             now + time::Duration::days(30),
@@ -828,16 +878,18 @@ max_attachment_bytes = {matt}
         (path, pem, key)
     }
 
-    /// A gRPC client (A's software otherwise) whose new client certificate
-    /// is bound (`directory bind-operator`) to a new operator account of
-    /// `role` (`viewer` or `admin`) without a password.
+    /// A gRPC client (A's software otherwise) whose new client certificate,
+    /// an operator's own ([`TestGateway::new_operator_cert`]), is bound
+    /// (`directory bind-operator`) to a new operator account of `role`
+    /// (`viewer` or `admin`) without a password.
     pub async fn operator_grpc(&self, name: &str, role: &str) -> Agency {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let out = self
             .run_cli(&["operator", "add", name, "--role", role, "--no-password"])
             .await;
         assert!(out.status.success(), "{}", describe_output(&out));
-        let (path, pem, key) = self.new_client_cert("operator");
+        let stem = format!("operator-{}", uuid::Uuid::new_v4().simple());
+        let (path, pem, key) = self.new_operator_cert(&stem, name);
         let out = self
             .run_cli(&[
                 "directory".as_ref(),
@@ -2068,17 +2120,32 @@ pub mod pki {
 
     /// A certificate template (subject CN/O) for an agency that dev-pki did not create.
     pub fn template_for(organ_id: &str, name: &str) -> Vec<u8> {
+        template(&[
+            (DnType::CountryName, "VN"),
+            (DnType::OrganizationName, name),
+            (DnType::OrganizationalUnitName, organ_id),
+            (DnType::CommonName, name),
+        ])
+    }
+
+    /// A certificate template for a person who runs the gateway: their name
+    /// under the IT centre, no agency code anywhere in the subject.
+    pub fn operator_template(name: &str) -> Vec<u8> {
+        template(&[
+            (DnType::CountryName, "VN"),
+            (DnType::OrganizationName, "Trung tâm Công nghệ thông tin"),
+            (DnType::OrganizationalUnitName, "Vận hành cổng liên thông"),
+            (DnType::CommonName, name),
+        ])
+    }
+
+    fn template(subject: &[(DnType, &str)]) -> Vec<u8> {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CountryName, "VN");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, organ_id);
-        params.distinguished_name.push(DnType::CommonName, name);
+        for (ty, value) in subject {
+            params.distinguished_name.push(ty.clone(), *value);
+        }
         // Shaped like the government CA's organisation certificates.
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

@@ -265,9 +265,24 @@ async fn two_gateways_exchange_documents_and_statuses_and_queue_agencies_take_pa
             "no {line:?} in /metrics:\n{metrics}"
         );
     }
-    // B got it once: the H36 gateway did not send it back.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(b.receive_all(0).await.unwrap().is_empty());
+    // B got it once: the H36 gateway did not send it back. A copy sent back
+    // would be published for B's routing key before anything X sends B
+    // afterwards (one key's publications and the inbound queue keep their
+    // order), so X's next document to B is the first thing B gets.
+    let marker = x
+        .send_document(&[B], "Sau văn bản liên tỉnh", &[])
+        .await
+        .expect("X sends B a document");
+    let next = receive_n(&b, 1, Duration::from_secs(30)).await;
+    let next: Vec<String> = next
+        .iter()
+        .map(|d| decode_envelope(d.envelope.as_ref().unwrap()).message_id)
+        .collect();
+    assert_eq!(
+        next,
+        [marker.message_id()],
+        "B got something before X's next document"
+    );
 
     // C reads a queue: its deliveries are published to lienthong.agency.C.
     let client = Client::connect(&vhost).await;
@@ -584,7 +599,24 @@ async fn messages_wait_unacknowledged_while_the_database_is_away() {
             .await;
         ids.push(d.envelope.message_id);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The first message is tried, and held, more often than max_failures
+    // allows: counted, it would have been set aside by now.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = gw
+            .log_tails(1_000_000)
+            .lines()
+            .filter(|l| l.contains("not accepted during an outage") && l.contains(&ids[0]))
+            .count();
+        if held > 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first message was tried {held} time(s) during the outage in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Nothing was given up on.
     assert!(
         client
@@ -638,9 +670,12 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
         (g36.agency(Y), B),
     ];
     let mut senders = Vec::new();
+    let sent_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent_count = || sent_so_far.load(std::sync::atomic::Ordering::SeqCst);
     for (from, to) in pairs.iter() {
         let from = from.clone();
         let to = to.to_string();
+        let sent_so_far = sent_so_far.clone();
         senders.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(EACH_WAY / 2);
             for i in 0..EACH_WAY / 2 {
@@ -655,11 +690,21 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
                     }
                 };
                 ids.push(sent.message_id().to_owned());
+                sent_so_far.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             (from.organ_id.clone(), to, ids)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The broker stops while the flow is under way.
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    while sent_count() < 200 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "only {} sent in 120 s",
+            sent_count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let ctl = |arg: &str| {
         let out = std::process::Command::new("rabbitmqctl")
             .arg(arg)
@@ -684,7 +729,18 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Agencies keep sending while the broker is away (the outbox keeps what
+    // leaves), for a while, or to the end.
+    let at_stop = sent_count();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sent_count() < (at_stop + 200).min(2 * EACH_WAY) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{} sent in 60 s while the broker was away",
+            sent_count() - at_stop
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     ctl("start_app");
     assert!(seen_down, "/health/ready never reported the broker down");
 
@@ -719,8 +775,9 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
                 "{from} → {code}: missing, extra or out of order"
             );
         }
-        // Nothing more comes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Nothing more comes: the sender's last message came last, and one
+        // sender's copies for one recipient keep their order, so a late
+        // duplicate would have come before it.
         assert!(agency.receive_all(0).await.unwrap().is_empty());
     }
     // The restart did cut both gateways off mid-flow, and they came back.
@@ -819,10 +876,37 @@ async fn the_gateway_talks_to_a_tls_broker_with_its_client_certificate() {
     else {
         return;
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (code, body) = amqp::http_get(gw.http_addr.expect("HTTP"), "/health/ready").await;
+    // Readiness says `down` from the start, before any attempt: wait for
+    // the broker's answer itself — two attempts refused, and the reason
+    // readiness gives is theirs — while the same configuration with the
+    // certificate (above) was up.
+    let http = gw.http_addr.expect("HTTP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (code, body) = loop {
+        let (code, body) = amqp::http_get(http, "/health/ready").await;
+        let attempts = gw
+            .log_tails(1_000_000)
+            .matches("AMQP connection lost or refused")
+            .count();
+        if attempts >= 2 && !body.contains("not connected yet") {
+            break (code, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway without a certificate made {attempts} attempt(s) in 60 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"broker\":\"down\""), "{body}");
+    let reason = serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        reason.contains("certificate"),
+        "readiness names the broker's refusal: {body}"
+    );
 }
 
 /// A code that no gateway serves yet: the broker returns its copies, they

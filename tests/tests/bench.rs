@@ -19,27 +19,7 @@ async fn bench_amqp_carries_every_document_through_the_gateway_once() {
         return;
     };
     drop(probe);
-    let mut cmd = tokio::process::Command::new(bin_path());
-    cmd.args([
-        "bench",
-        "amqp",
-        "--docs",
-        "50",
-        "--concurrency",
-        "4",
-        "--json",
-    ])
-    .env("NO_COLOR", "1");
-    // No inherited LIENTHONG_* variable may reach its configuration.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("LIENTHONG_") {
-            cmd.env_remove(&k);
-        }
-    }
-    let out = cmd.output().await.expect("run lienthong bench amqp");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {}", describe_output(&out)));
+    let (r, out) = bench_amqp(&["--docs", "50", "--concurrency", "4"]).await;
     assert!(out.status.success(), "{}", describe_output(&out));
     assert_eq!(r["mode"], "amqp", "{r:#}");
     assert_eq!(r["error_count"], 0, "{r:#}");
@@ -66,4 +46,114 @@ async fn bench_amqp_carries_every_document_through_the_gateway_once() {
             .any(|l| l.trim() == vhost),
         "the bench left its virtual host {vhost} behind"
     );
+}
+
+/// The bench's own counts, checked against what its gateway wrote: a second,
+/// smaller run keeps its gateway's folder, whose database the harness reads
+/// itself (each document accepted from the exchange, and its copy confirmed
+/// by the broker, in the transfer log).
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_amqp_counts_match_what_its_gateway_logged() {
+    use sea_orm::ConnectionTrait;
+    let Some(probe) = Vhost::create_or_skip("bench_counts") else {
+        return;
+    };
+    drop(probe);
+    let (r, out) = bench_amqp(&[
+        "--docs",
+        "20",
+        "--concurrency",
+        "2",
+        "--baseline",
+        "false",
+        "--rabbitmq-baseline",
+        "false",
+        "--keep",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bench: kept /"))
+        .map(|p| std::path::PathBuf::from(format!("/{p}")))
+        .unwrap_or_else(|| panic!("the bench names no folder it kept: {stderr}"));
+    let vhost = r["vhost"].as_str().unwrap_or_default().to_owned();
+    // Removed whatever happens below.
+    struct Kept(std::path::PathBuf, String);
+    impl Drop for Kept {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["delete_vhost", &self.1])
+                .output();
+        }
+    }
+    let _kept = Kept(dir.clone(), vhost);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    assert_eq!(r["error_count"], 0, "{r:#}");
+    assert_eq!(r["published"], 20, "{r:#}");
+
+    let url = format!("sqlite://{}?mode=rw", dir.join("gateway.db").display());
+    let db = sea_orm::Database::connect(url.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Sqlite,
+                    sql,
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .unwrap_or_else(|| panic!("{sql}: no row"));
+            row.try_get::<i64>("", "n").unwrap()
+        }
+    };
+    let accepted = count("SELECT count(*) AS n FROM events WHERE kind = 'accepted'").await;
+    let rejected = count("SELECT count(*) AS n FROM events WHERE kind = 'rejected'").await;
+    let messages = count("SELECT count(*) AS n FROM messages").await;
+    let copies = count("SELECT count(*) AS n FROM outbox").await;
+    let confirmed = count(
+        "SELECT count(*) AS n FROM events WHERE kind = 'delivered' AND detail LIKE '%broker confirmed%'",
+    )
+    .await;
+    assert_eq!(
+        (messages, accepted, rejected),
+        (20, 20, 0),
+        "the bench says it published 20 documents, none dead-lettered: {r:#}"
+    );
+    assert_eq!(
+        Some(copies),
+        r["expected_deliveries"].as_i64(),
+        "a copy to publish for each delivery the bench expected: {r:#}"
+    );
+    // The log may lag the broker (a confirm the gateway had no time to
+    // record before the bench stopped it is published again), never lead it.
+    assert!(
+        confirmed <= r["delivered"].as_i64().unwrap_or_default(),
+        "{confirmed} confirmed copies logged: {r:#}"
+    );
+    let _ = db.close().await;
+}
+
+/// `lienthong bench amqp ARGS --json`, with no inherited LIENTHONG_*
+/// variable: its report, and its output.
+async fn bench_amqp(args: &[&str]) -> (serde_json::Value, std::process::Output) {
+    let mut cmd = tokio::process::Command::new(bin_path());
+    cmd.args(["bench", "amqp"])
+        .args(args)
+        .arg("--json")
+        .env("NO_COLOR", "1");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LIENTHONG_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let out = cmd.output().await.expect("run lienthong bench amqp");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {}", describe_output(&out)));
+    (r, out)
 }

@@ -122,6 +122,32 @@ async fn crash(gw: &mut TestGateway) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // One upload held open across the kill: its envelope and first chunk
+    // are sent, the rest only after the kill. The loop's sends may all
+    // finish between the check below and the kill; this one cannot.
+    let held_spec = AttachmentSpec::generated("phu-luc-giu.bin", 3 * CHUNK as u64, 0xdead);
+    let held = a.draft_document(
+        &[B],
+        "Văn bản bị cắt giữa chừng",
+        std::slice::from_ref(&held_spec),
+    );
+    let (held_tx, held_rx) = tokio::sync::mpsc::channel::<v1::SendRequest>(1);
+    let mut held_chunks = held_spec.chunks();
+    let held_call =
+        tokio::spawn(a.send_stream(tokio_stream::wrappers::ReceiverStream::new(held_rx)));
+    held_tx
+        .send(v1::SendRequest {
+            item: Some(v1::send_request::Item::Envelope(a.sign(&held.envelope))),
+        })
+        .await
+        .unwrap();
+    held_tx
+        .send(chunk_request(held_chunks.next().unwrap()))
+        .await
+        .unwrap();
+    // Room in the channel again: the call took the first chunk, so it is on
+    // its way to the gateway, not waiting for a connection.
+    drop(held_tx.reserve().await.unwrap());
     // Kill while a Send is under way.
     while in_flight.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -130,6 +156,29 @@ async fn crash(gw: &mut TestGateway) {
     killed.store(true, Ordering::SeqCst);
     gw.kill_9().expect("the gateway was running");
     let killed_at = Instant::now();
+    // The rest of the held upload: a gateway still alive would accept it.
+    for data in held_chunks {
+        if held_tx.send(chunk_request(data)).await.is_err() {
+            break;
+        }
+    }
+    drop(held_tx);
+    let held_id = held.envelope.message_id.clone();
+    match within(Duration::from_secs(60), "the held upload", held_call)
+        .await
+        .unwrap()
+    {
+        Ok(receipt) => panic!(
+            "the upload held open across the kill got a receipt ({}): the gateway was not killed mid-stream",
+            receipt.message_id
+        ),
+        Err(s) => {
+            let mut log = log.lock().unwrap();
+            log.interrupted += 1;
+            log.failed
+                .push(format!("{held_id}: {:?} {}", s.code(), s.message()));
+        }
+    }
     // Sends in flight fail now; stop the loop shortly after.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -152,8 +201,8 @@ async fn crash(gw: &mut TestGateway) {
         killed_at - t0
     );
     assert!(
-        !log.failed.is_empty(),
-        "no send failed: the kill came after the last send?"
+        log.interrupted >= 1,
+        "no send that started before the kill was cut by it: the kill did not come mid-stream"
     );
 
     // --- restart; every receipted message is in B's inbox exactly once -------
@@ -190,6 +239,10 @@ async fn crash(gw: &mut TestGateway) {
         .map(|(id, _)| id.as_str())
         .filter(|id| !per_message.contains_key(id))
         .collect();
+    assert!(
+        !per_message.contains_key(held_id.as_str()),
+        "the upload cut before its attachment was whole is in B's inbox"
+    );
     assert!(
         lost.is_empty(),
         "{} of {} messages that got a receipt are missing from B's inbox after SIGKILL + restart: {lost:?}",
@@ -258,4 +311,13 @@ async fn crash(gw: &mut TestGateway) {
             .map(|d| decode_envelope(d.envelope.as_ref().unwrap()).message_id)
             .collect::<Vec<_>>()
     );
+}
+
+fn chunk_request(data: prost::bytes::Bytes) -> v1::SendRequest {
+    v1::SendRequest {
+        item: Some(v1::send_request::Item::Chunk(v1::AttachmentChunk {
+            index: 0,
+            data,
+        })),
+    }
 }

@@ -15,10 +15,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/edxml/tests/fixtures")
 }
 
-fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/edxml")
-}
-
 fn edxml_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -193,14 +189,12 @@ async fn own_fixtures_cover_every_business_type_and_status_and_survive_the_trip(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_packages_are_carried_under_the_lenient_policy() {
-    let dir = samples();
-    if !dir.exists() {
-        notice(&format!(
-            "SKIPPED: real_packages_are_carried_under_the_lenient_policy: no samples at {}",
-            dir.display()
-        ));
+    let Some(dir) = reference_samples(
+        "real_packages_are_carried_under_the_lenient_policy",
+        "edxml",
+    ) else {
         return;
-    }
+    };
     let Some(gw) = TestGateway::start("edxml_samples", Backend::Sqlite).await else {
         return;
     };

@@ -165,8 +165,24 @@ async fn identity_comes_only_from_the_bound_client_certificate() {
             ])
             .await;
         assert!(out.status.success(), "{}", describe_output(&out));
+        let for_c = gw
+            .agency(B)
+            .send_document(&[C], "Gửi C, đọc qua chứng thư mới gắn", &[])
+            .await
+            .expect("B sends C a document");
         let as_c = agency_with_client(&gw, C, &unbound_pem, &new_key.serialize_pem());
-        assert!(as_c.receive_all(0).await.expect("bound now").is_empty());
+        let inbox: Vec<String> = as_c
+            .receive_all(0)
+            .await
+            .expect("bound now")
+            .iter()
+            .map(|d| decode_envelope(d.envelope.as_ref().unwrap()).message_id)
+            .collect();
+        assert_eq!(
+            inbox,
+            [for_c.message_id()],
+            "C's inbox over the new certificate"
+        );
         let a_over_c = agency_with_client(&gw, A, &unbound_pem, &new_key.serialize_pem());
         let err = a_over_c
             .send_document(&[B], "thư của A qua kết nối của C", &[])
