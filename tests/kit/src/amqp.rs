@@ -29,59 +29,68 @@ pub const CONTENT_TYPE_STREAM: &str = "application/vnd.lienthong.send-stream.v1+
 pub const X: &str = "000.00.01.H36";
 pub const Y: &str = "000.00.12.H36";
 
-/// A virtual host of one test, deleted when dropped.
+/// A virtual host of one test (or bench run), deleted when dropped unless
+/// kept. Deleting it deletes its queues and exchanges.
 pub struct Vhost {
     pub name: String,
-    /// `amqp://guest:guest@127.0.0.1:5672/<name>`.
+    /// `amqp://guest:guest@<broker>/<name>`.
     pub url: String,
+    keep: bool,
 }
 
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+/// Runs `rabbitmqctl ARGS...`; `Err` says why it could not or what it said.
+pub fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
     let out = StdCommand::new("rabbitmqctl")
         .args(args)
+        .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("rabbitmqctl: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "rabbitmqctl {}: {}",
+            "rabbitmqctl {}: {}{}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
 }
 
 impl Vhost {
+    /// Makes `<prefix>-<random>` on the broker at `broker` (`HOST:PORT`),
+    /// where user guest may do anything, with `rabbitmqctl` (run on the
+    /// broker's machine).
+    pub fn create(broker: &str, prefix: &str) -> Result<Vhost, String> {
+        use std::net::ToSocketAddrs;
+        let addr = broker
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("{broker} is not a broker address (HOST:PORT)"))?;
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("RabbitMQ is not reachable on {broker}: {e}"))?;
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        rabbitmqctl(&["add_vhost", &name])?;
+        // From here on, a failure deletes it again (Drop).
+        let v = Vhost {
+            url: format!("amqp://guest:guest@{broker}/{name}"),
+            name,
+            keep: false,
+        };
+        rabbitmqctl(&["set_permissions", "-p", &v.name, "guest", ".*", ".*", ".*"])?;
+        Ok(v)
+    }
+
     /// `None` (with a SKIPPED line) when RabbitMQ is not running here,
     /// unless services are required.
     pub fn create_or_skip(test: &str) -> Option<Vhost> {
-        let reachable = std::net::TcpStream::connect_timeout(
-            &BROKER.parse().expect("broker address"),
-            Duration::from_secs(2),
-        )
-        .is_ok();
-        let made = reachable
-            .then(|| {
-                let name = format!(
-                    "lt-{test}-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                );
-                rabbitmqctl(&["add_vhost", &name])?;
-                rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
-                Ok::<_, String>(name)
-            })
-            .transpose();
-        match made {
-            Ok(Some(name)) => Some(Vhost {
-                url: format!("amqp://guest:guest@{BROKER}/{name}"),
-                name,
-            }),
-            Ok(None) | Err(_) => {
-                let why = match made {
-                    Err(e) => e,
-                    _ => format!("RabbitMQ is not reachable on {BROKER}"),
-                };
+        match Vhost::create(BROKER, &format!("lt-{test}")) {
+            Ok(v) => Some(v),
+            Err(why) => {
                 if require_services() {
                     panic!("LIENTHONG_REQUIRE_SERVICES=1 but {why}");
                 }
@@ -90,14 +99,35 @@ impl Vhost {
             }
         }
     }
+
+    /// Leaves the virtual host on the broker when this value is dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
 }
 
 impl Drop for Vhost {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(e) = rabbitmqctl(&["delete_vhost", &self.name]) {
             notice(&format!("could not delete vhost {}: {e}", self.name));
         }
     }
+}
+
+/// A consumer of `queue` on `ch` (manual acknowledgements), its tag
+/// `<prefix>-<random>`.
+pub async fn consumer(ch: &Channel, queue: &str, prefix: &str) -> lapin::Result<lapin::Consumer> {
+    let tag = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// The `[amqp]` and `[[routes]]` sections of a gateway serving `province`
@@ -306,15 +336,7 @@ impl Client {
         limit: Duration,
     ) -> Vec<lapin::message::Delivery> {
         let ch = self.conn.create_channel().await.expect("channel");
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                format!("test-{}", uuid::Uuid::new_v4().simple()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let mut consumer = consumer(&ch, queue, "test").await.expect("consume");
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + limit;
         while out.len() < n {

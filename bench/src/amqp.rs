@@ -39,7 +39,7 @@
 //! most `--raw-max`); and the database's fsync'd insert rate.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -61,15 +61,15 @@ use lapin::{
 use lienthong_core::devpki;
 use lienthong_core::signing::{self, SigningKey};
 use lienthong_proto::v1::{self as pb, Envelope, SignedEnvelope};
+use lienthong_testkit::{self as kit, amqp::Vhost};
 use prost::Message as _;
 use tokio::sync::{Notify, Semaphore};
 
 use super::{
     Agency, DirectoryEdit, Extra, Gateway, GrpcArgs, cpu_secs, db_baseline, key_type_name, lock,
-    peak_rss_kb, percentiles, pjson, sha256, start_gateway_with, toml_str, ts,
+    peak_rss_kb, percentiles, pjson, sha256, start_gateway_with, ts,
 };
-use crate::admin::KeyTypeArg;
-use crate::config::Config;
+use crate::KeyTypeArg;
 
 /// The province the bench's gateway serves.
 const PROVINCE: &str = "H36";
@@ -180,25 +180,25 @@ impl AmqpArgs {
 
 /// `bench amqp`. The gateway's configuration plays no part: the bench
 /// makes its own.
-pub async fn run(cfg: Config, args: AmqpArgs) -> Result<ExitCode> {
-    go(&cfg, args, false).await
+pub async fn run(args: AmqpArgs) -> Result<ExitCode> {
+    go(args, false).await
 }
 
 /// `bench mixed`: gRPC and AMQP traffic at once, half each.
-pub async fn run_mixed(cfg: Config, args: AmqpArgs) -> Result<ExitCode> {
-    go(&cfg, args, true).await
+pub async fn run_mixed(args: AmqpArgs) -> Result<ExitCode> {
+    go(args, true).await
 }
 
-async fn go(cfg: &Config, args: AmqpArgs, mixed: bool) -> Result<ExitCode> {
+async fn go(args: AmqpArgs, mixed: bool) -> Result<ExitCode> {
     if args.concurrency == 0 {
         bail!("--concurrency is at least 1");
     }
     if !(1..=99).contains(&args.agencies) {
         bail!("--agencies is 1 to 99");
     }
-    let mut vhost = Vhost::create(&args.broker, args.keep).await?;
-    let r = with_vhost(cfg, &args, &vhost, mixed).await;
-    vhost.finish().await;
+    let vhost = make_vhost(&args.broker, args.keep).await?;
+    let r = with_vhost(&args, &vhost, mixed).await;
+    finish_vhost(vhost, args.keep).await;
     let report = r?;
     if args.json {
         println!("{report}");
@@ -218,12 +218,7 @@ async fn go(cfg: &Config, args: AmqpArgs, mixed: bool) -> Result<ExitCode> {
     })
 }
 
-async fn with_vhost(
-    cfg: &Config,
-    args: &AmqpArgs,
-    vhost: &Vhost,
-    mixed: bool,
-) -> Result<serde_json::Value> {
+async fn with_vhost(args: &AmqpArgs, vhost: &Vhost, mixed: bool) -> Result<serde_json::Value> {
     let recipients = args.recipients();
     let mut config = format!(
         r##"
@@ -238,7 +233,7 @@ to = "local"
 pattern = "#"
 to = "exchange:{exchange}"
 "##,
-        url = toml_str(&vhost.url),
+        url = kit::toml_str(&vhost.url),
         exchange = lienthong_core::routing::DOCUMENTS_EXCHANGE,
     );
     if mixed {
@@ -260,7 +255,7 @@ to = "exchange:{exchange}"
     let extra = Extra { config, directory };
     let mut gw = start_gateway_with(&args.grpc_args()?, &extra).await?;
     let r = if mixed {
-        drive_mixed(cfg, args, &gw, vhost, recipients).await
+        drive_mixed(args, &gw, vhost, recipients).await
     } else {
         drive(args, &gw, vhost, recipients).await
     };
@@ -315,98 +310,27 @@ fn with_queue_agencies(csv: &str, ids: &[String]) -> Result<String> {
 /// A RabbitMQ virtual host of the bench's own, made and deleted with
 /// `rabbitmqctl` (as the end-to-end tests do). Deleting it deletes its
 /// queues and exchanges.
-struct Vhost {
-    name: String,
-    /// `amqp://guest:guest@<broker>/<name>`.
-    url: String,
-    keep: bool,
-    live: bool,
-}
-
-async fn rabbitmqctl(args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
+async fn make_vhost(broker: &str, keep: bool) -> Result<Vhost> {
+    let broker = broker.to_owned();
+    let made = tokio::task::spawn_blocking(move || Vhost::create(&broker, "lienthong-bench"))
+        .await?
+        .map_err(anyhow::Error::msg)
         .context(
-            "cannot run rabbitmqctl: the bench makes a virtual host of its own with it, so run it on the broker's machine as a user allowed to",
-        )?;
-    if !out.status.success() {
-        bail!(
-            "rabbitmqctl {} failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            "the bench makes a virtual host of its own with rabbitmqctl, so run it on the broker's machine as a user allowed to",
         );
+    let mut v = made?;
+    if keep {
+        v.keep();
     }
-    Ok(())
+    Ok(v)
 }
 
-impl Vhost {
-    async fn create(broker: &str, keep: bool) -> Result<Vhost> {
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::TcpStream::connect(broker),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => bail!("RabbitMQ is not reachable on {broker}: {e}"),
-            Err(_) => bail!("RabbitMQ is not reachable on {broker}: no answer in 3 s"),
-        }
-        let name = format!(
-            "lienthong-bench-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        rabbitmqctl(&["add_vhost", &name]).await?;
-        let mut v = Vhost {
-            url: format!("amqp://guest:guest@{broker}/{name}"),
-            name,
-            keep,
-            live: true,
-        };
-        if let Err(e) =
-            rabbitmqctl(&["set_permissions", "-p", &v.name, "guest", ".*", ".*", ".*"]).await
-        {
-            v.keep = false;
-            v.finish().await;
-            return Err(e);
-        }
-        Ok(v)
+/// Deletes the virtual host, unless kept.
+async fn finish_vhost(vhost: Vhost, keep: bool) {
+    if keep {
+        eprintln!("bench: kept the RabbitMQ virtual host {}", vhost.name);
     }
-
-    async fn finish(&mut self) {
-        if !self.live {
-            return;
-        }
-        self.live = false;
-        if self.keep {
-            eprintln!("bench: kept the RabbitMQ virtual host {}", self.name);
-            return;
-        }
-        if let Err(e) = rabbitmqctl(&["delete_vhost", &self.name]).await {
-            eprintln!(
-                "bench: could not delete the virtual host {}: {e:#}",
-                self.name
-            );
-        }
-    }
-}
-
-impl Drop for Vhost {
-    /// A last resort (an early return, a panic): `finish` is the way out.
-    fn drop(&mut self) {
-        if self.live && !self.keep {
-            let _ = std::process::Command::new("rabbitmqctl")
-                .args(["delete_vhost", &self.name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
+    let _ = tokio::task::spawn_blocking(move || drop(vhost)).await;
 }
 
 // ----- one flow of messages: publishers → broker (→ gateway) → consumers ---------
@@ -757,13 +681,7 @@ async fn consumer_on(
     queue: &str,
     recipient: Option<String>,
 ) -> Result<BoxStream<'static, Incoming>> {
-    let c = ch
-        .basic_consume(
-            queue.into(),
-            format!("bench-{}", uuid::Uuid::new_v4().simple()).into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let c = kit::amqp::consumer(ch, queue, "bench")
         .await
         .with_context(|| format!("cannot consume {queue}"))?;
     Ok(c.map(move |d| (recipient.clone(), d)).boxed())
@@ -1223,7 +1141,6 @@ fn describe(args: &AmqpArgs, gw: &Gateway) -> serde_json::Value {
 /// (exchange → gateway → H36 queues) at once on one gateway, half the
 /// documents and half the concurrency each, reported per path.
 async fn drive_mixed(
-    cfg: &Config,
     args: &AmqpArgs,
     gw: &Gateway,
     vhost: &Vhost,
@@ -1250,10 +1167,7 @@ async fn drive_mixed(
         let pid = gw.pid().context("the gateway is not running")?;
         let cpu_before = cpu_secs(pid);
         let run = Arc::new(Run::new(amqp_docs, duration, args.max_in_flight));
-        let (grpc, amqp) = tokio::join!(
-            super::drive(cfg, &g, gw),
-            side.carry(outlet, &run, amqp_conc)
-        );
+        let (grpc, amqp) = tokio::join!(super::drive(&g, gw), side.carry(outlet, &run, amqp_conc));
         let docs = lock(&run.flow).delivered_ok;
         Ok::<_, anyhow::Error>((grpc?, run, amqp?, pid, cpu_before, docs))
     }

@@ -1,34 +1,169 @@
-//! `lienthong bench`: a load generator. It makes a throwaway
-//! gateway of its own (dev PKI, directory, `lienthong serve` as a child
-//! process on free ports), drives it as many agency systems at once, checks
-//! every delivered document against what was sent, and prints throughput,
-//! latency percentiles, the gateway's RSS and CPU, errors by reason, and the
-//! database's own fsync'd insert rate beside them.
+//! `lienthong-bench` (run as `lienthong bench`): a load generator. It
+//! makes a throwaway gateway of its own (dev PKI, directory, `lienthong
+//! serve` as a child process on free ports), drives it as many agency
+//! systems at once, checks every delivered document against what was sent,
+//! and prints throughput, latency percentiles, the gateway's RSS and CPU,
+//! errors by reason, and the database's own fsync'd insert rate beside them.
+//!
+//! A binary of its own so that the gateway's carries none of its clients
+//! (RabbitMQ, the baselines' raw SQL); `lienthong bench` runs it with
+//! `--gateway-bin` naming itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use clap::{ArgAction, Args, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use lienthong_core::devpki;
 use lienthong_core::signing::{self, SigningKey};
 use lienthong_proto::v1::{
     self as pb, Envelope, SendRequest, exchange_client::ExchangeClient, send_request::Item,
 };
+use lienthong_testkit as kit;
+use lienthong_testkit::cpu_secs;
 use ring::digest;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
-
-use crate::admin::KeyTypeArg;
-use crate::client::{ConnectArgs, connect, with_identity};
-use crate::config::Config;
+use tonic::transport::{Channel, Endpoint};
 
 mod amqp;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lienthong-bench",
+    version,
+    about = "Load generator: starts a throwaway gateway, drives it as many agencies at once, \
+             and prints throughput, latency and errors"
+)]
+struct Cli {
+    /// The `lienthong` binary whose gateway is measured (default: the one
+    /// beside this executable).
+    #[arg(long, global = true)]
+    gateway_bin: Option<PathBuf>,
+    /// Accepted as `lienthong` accepts it: the bench makes its own
+    /// configuration and reads none.
+    #[arg(long, global = true, hide = true)]
+    config: Option<PathBuf>,
+    /// Log format of the bench's own warnings.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Signing keys of the throwaway PKI (`lienthong dev-pki --key-type`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyTypeArg {
+    EcP256,
+    EcP384,
+    Rsa2048,
+}
+
+/// The `lienthong` binary every mode starts, set once at start-up.
+static GATEWAY_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+fn main() -> ExitCode {
+    // Both rustls providers may be compiled in through dependencies; pick
+    // ring before anything builds a TLS configuration.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let gateway = match cli.gateway_bin.map_or_else(beside_this_executable, Ok) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lienthong-bench: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = GATEWAY_BIN.set(gateway);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lienthong-bench: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lienthong bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The bench's own warnings (lapin's, tonic's) on stderr; `RUST_LOG` as
+/// for `lienthong`.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let logs = logs.with_writer(std::io::stderr);
+    if let LogFormat::Json = format {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// `lienthong` in this executable's folder, where cargo builds both.
+fn beside_this_executable() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let gateway = exe.with_file_name(format!("lienthong{}", std::env::consts::EXE_SUFFIX));
+    if !gateway.is_file() {
+        bail!(
+            "there is no lienthong binary beside {}: build it (`cargo build --release -p \
+             lienthong`) or name one with --gateway-bin",
+            exe.display()
+        );
+    }
+    Ok(gateway)
+}
+
+fn gateway_bin() -> Result<&'static Path> {
+    GATEWAY_BIN
+        .get()
+        .map(PathBuf::as_path)
+        .context("no lienthong binary was named")
+}
+
+/// A client of the gateway at `url`, with larger HTTP/2 windows than the
+/// 64 KiB default, as `lienthong send`/`receive` have, so that a large
+/// attachment streams at the disk's pace.
+async fn connect(url: &str) -> Result<ExchangeClient<Channel>> {
+    let ep = Endpoint::from_shared(url.to_owned())?
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(2 << 20);
+    let ch = ep
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {url}"))?;
+    let limit = 16 << 20;
+    let client = ExchangeClient::new(ch).max_decoding_message_size(limit);
+    Ok(client.max_encoding_message_size(limit))
+}
+
+/// `msg` as agency `organ_id`'s call (`auth.mode = "dev-header"`).
+fn with_identity<T>(msg: T, organ_id: &str) -> Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    let v = tonic::metadata::MetadataValue::try_from(organ_id)
+        .context("the agency code is not a valid header value")?;
+    req.metadata_mut().insert("x-organ-id", v);
+    Ok(req)
+}
 
 const CHUNK: usize = 256 * 1024;
 
@@ -116,11 +251,11 @@ pub struct GrpcArgs {
     pub mode: &'static str,
 }
 
-pub async fn run(cfg: Config, cmd: BenchCommand) -> Result<ExitCode> {
+async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
-        BenchCommand::Grpc(args) => grpc(cfg, args).await,
-        BenchCommand::Amqp(args) => amqp::run(cfg, args).await,
-        BenchCommand::Mixed(args) => amqp::run_mixed(cfg, args).await,
+        BenchCommand::Grpc(args) => grpc(args).await,
+        BenchCommand::Amqp(args) => amqp::run(args).await,
+        BenchCommand::Mixed(args) => amqp::run_mixed(args).await,
         BenchCommand::Big(big) => {
             let args = GrpcArgs {
                 docs: Some(1),
@@ -137,7 +272,7 @@ pub async fn run(cfg: Config, cmd: BenchCommand) -> Result<ExitCode> {
                 json: big.json,
                 mode: "big",
             };
-            grpc(cfg, args).await
+            grpc(args).await
         }
     }
 }
@@ -154,13 +289,8 @@ struct Gateway {
     pki: PathBuf,
     url: String,
     db_url: String,
-    pg: Option<PgScratch>,
+    pg: Option<kit::PgDatabase>,
     keep: bool,
-}
-
-struct PgScratch {
-    admin_url: String,
-    name: String,
 }
 
 impl Gateway {
@@ -169,62 +299,24 @@ impl Gateway {
     }
 
     async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
+        if let Some(child) = self.child.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || kit::terminate(child, Duration::from_secs(10)))
+                    .await;
         }
         if self.keep {
             eprintln!("bench: kept {}", self.dir.display());
-            if let Some(pg) = &self.pg {
+            if let Some(pg) = &mut self.pg {
+                pg.keep();
                 eprintln!("bench: kept the PostgreSQL database {}", pg.name);
             }
             return;
         }
-        if let Some(pg) = self.pg.take() {
-            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", pg.name);
-            if let Err(e) = pg_exec(&pg.admin_url, &sql).await {
-                eprintln!("bench: could not drop the database {}: {e:#}", pg.name);
-            }
-        }
+        // Dropping it drops the database.
+        let pg = self.pg.take();
+        let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn toml_str(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
-}
-
-fn lienthong_cmd(exe: &Path, dir: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(exe);
-    cmd.current_dir(dir);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("LIENTHONG_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-    cmd
 }
 
 fn run_checked(mut cmd: std::process::Command, what: &str) -> Result<()> {
@@ -251,39 +343,6 @@ fn key_type_name(k: KeyTypeArg) -> &'static str {
     }
 }
 
-/// `url` with its database name replaced by `db`.
-fn pg_url_with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..path_start], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-async fn pg_exec(url: &str, sql: &str) -> Result<()> {
-    use sea_orm::ConnectionTrait;
-    let db = tokio::time::timeout(Duration::from_secs(10), sea_orm::Database::connect(url))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out"))??;
-    let r = db
-        .execute_unprepared(sql)
-        .await
-        .map(|_| ())
-        .with_context(|| format!("{sql} failed"));
-    let _ = db.close().await;
-    r
-}
-
 /// What a mode adds to the throwaway gateway: text appended to its
 /// configuration (`[amqp]`, `[[routes]]`), and a rewrite of the dev PKI's
 /// `directory.csv` before it is imported.
@@ -300,7 +359,7 @@ async fn start_gateway(args: &GrpcArgs) -> Result<Gateway> {
 }
 
 async fn start_gateway_with(args: &GrpcArgs, extra: &Extra) -> Result<Gateway> {
-    let exe = std::env::current_exe().context("cannot find the lienthong executable")?;
+    let exe = gateway_bin()?;
     let dir = std::env::temp_dir().join(format!("lienthong-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
@@ -314,7 +373,7 @@ async fn start_gateway_with(args: &GrpcArgs, extra: &Extra) -> Result<Gateway> {
         pg: None,
         keep: args.keep,
     };
-    match setup(&mut gw, &exe, args, extra).await {
+    match setup(&mut gw, exe, args, extra).await {
         Ok(()) => Ok(gw),
         Err(e) => {
             gw.stop().await;
@@ -329,31 +388,28 @@ async fn setup(gw: &mut Gateway, exe: &Path, args: &GrpcArgs, extra: &Extra) -> 
         format!("sqlite://{}", dir.join("gateway.db").display())
     } else if args.database.starts_with("postgres://") || args.database.starts_with("postgresql://")
     {
-        let name = format!("lienthong_bench_{}", uuid::Uuid::new_v4().simple());
-        pg_exec(&args.database, &format!("CREATE DATABASE \"{name}\""))
+        let pg = kit::PgDatabase::create(&args.database, "lienthong_bench")
             .await
+            .map_err(anyhow::Error::msg)
             .with_context(|| format!("cannot create a database on {}", args.database))?;
-        let url = pg_url_with_db(&args.database, &name);
-        gw.pg = Some(PgScratch {
-            admin_url: args.database.clone(),
-            name,
-        });
+        let url = pg.url.clone();
+        gw.pg = Some(pg);
         url
     } else {
         bail!("--database is `sqlite` or a postgres:// URL");
     };
 
-    let mut cmd = lienthong_cmd(exe, &dir);
+    let mut cmd = kit::lienthong_command(exe, &dir);
     cmd.arg("dev-pki")
         .arg(&gw.pki)
         .arg("--key-type")
         .arg(key_type_name(args.key_type));
     run_checked(cmd, "lienthong dev-pki")?;
 
-    let grpc = free_port()?;
-    let http = free_port()?;
+    let grpc = kit::pick_port().context("cannot bind 127.0.0.1:0")?;
+    let http = kit::pick_port().context("cannot bind 127.0.0.1:0")?;
     let config = dir.join("lienthong.toml");
-    let p = |f: &str| toml_str(&gw.pki.join(f).display().to_string());
+    let p = |f: &str| kit::toml_str(&gw.pki.join(f).display().to_string());
     let text = format!(
         r#"# written by `lienthong bench grpc`
 [gateway]
@@ -391,8 +447,8 @@ peer_calls_per_second = 0.0
 redelivery_after_secs = 600
 max_attachment_bytes = {matt}
 "#,
-        db = toml_str(&gw.db_url),
-        storage = toml_str(&dir.join("blobs").display().to_string()),
+        db = kit::toml_str(&gw.db_url),
+        storage = kit::toml_str(&dir.join("blobs").display().to_string()),
         ca = p("ca.pem"),
         rkey = p("gateway.key.pem"),
         rcert = p("gateway.pem"),
@@ -405,7 +461,7 @@ max_attachment_bytes = {matt}
         std::fs::write(&csv, edit(&text)?)?;
     }
 
-    let mut cmd = lienthong_cmd(exe, &dir);
+    let mut cmd = kit::lienthong_command(exe, &dir);
     cmd.arg("--config")
         .arg(&config)
         .arg("directory")
@@ -415,7 +471,7 @@ max_attachment_bytes = {matt}
 
     let stdout = std::fs::File::create(dir.join("gateway.stdout.log"))?;
     let stderr = std::fs::File::create(dir.join("gateway.stderr.log"))?;
-    let mut cmd = lienthong_cmd(exe, &dir);
+    let mut cmd = kit::lienthong_command(exe, &dir);
     cmd.env("RUST_LOG", "warn")
         .arg("--config")
         .arg(&config)
@@ -429,8 +485,6 @@ max_attachment_bytes = {matt}
 }
 
 async fn wait_serving(gw: &mut Gateway) -> Result<()> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(child) = gw.child.as_mut()
@@ -441,17 +495,10 @@ async fn wait_serving(gw: &mut Gateway) -> Result<()> {
                 std::fs::read_to_string(gw.dir.join("gateway.stderr.log")).unwrap_or_default();
             bail!("lienthong serve exited ({status}) before it was ready:\n{err}");
         }
-        let ep = tonic::transport::Endpoint::from_shared(gw.url.clone())?
+        let ep = Endpoint::from_shared(gw.url.clone())?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(2));
-        if let Ok(ch) = ep.connect().await
-            && let Ok(r) = HealthClient::new(ch)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            && r.into_inner().status == ServingStatus::Serving as i32
-        {
+        if kit::health_serving(ep).await.is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -465,24 +512,7 @@ async fn wait_serving(gw: &mut Gateway) -> Result<()> {
 
 /// Peak resident set (kB), from VmHWM.
 fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// utime + stime in seconds (clock ticks of 1/100 s, as on Linux).
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command name: state is field 3, utime 14, stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
+    kit::proc_status_kib(pid, "VmHWM:")
 }
 
 // ----- the database baseline -----------------------------------------------
@@ -515,7 +545,6 @@ fn disk_baseline(dir: &Path, size: usize) -> Result<f64> {
 }
 
 async fn db_baseline(gw: &Gateway, args: &GrpcArgs, n: u64) -> Result<Baseline> {
-    use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement};
     let sqlite = gw.db_url.starts_with("sqlite:");
     let (url, conns) = if sqlite {
         (
@@ -525,22 +554,20 @@ async fn db_baseline(gw: &Gateway, args: &GrpcArgs, n: u64) -> Result<Baseline> 
     } else {
         (gw.db_url.clone(), args.concurrency.max(1) as u32)
     };
-    let mut opts = ConnectOptions::new(url);
-    opts.sqlx_logging(false)
-        .max_connections(conns)
-        .min_connections(conns);
-    let db = Database::connect(opts).await?;
-    let backend = db.get_database_backend();
+    let db = kit::Db::connect_with(&url, conns, Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let exec = |sql: &'static str| async { db.execute(sql).await.map_err(anyhow::Error::msg) };
     if sqlite {
         // As the gateway's store: WAL, synchronous=FULL (fsync per commit).
-        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-        db.execute_unprepared("PRAGMA synchronous=FULL").await?;
-        db.execute_unprepared(
+        exec("PRAGMA journal_mode=WAL").await?;
+        exec("PRAGMA synchronous=FULL").await?;
+        exec(
             "CREATE TABLE IF NOT EXISTS bench_baseline (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
         )
         .await?;
     } else {
-        db.execute_unprepared(
+        exec(
             "CREATE TABLE IF NOT EXISTS bench_baseline (id BIGSERIAL PRIMARY KEY, body BYTEA NOT NULL)",
         )
         .await?;
@@ -556,18 +583,17 @@ async fn db_baseline(gw: &Gateway, args: &GrpcArgs, n: u64) -> Result<Baseline> 
     let start = Instant::now();
     let results = futures::future::join_all((0..workers).map(|_| async {
         while next.fetch_add(1, Ordering::Relaxed) < n {
-            let st = Statement::from_sql_and_values(backend, sql, [payload.clone().into()]);
-            db.execute_raw(st).await?;
+            db.execute_with_bytes(sql, &payload).await?;
         }
-        Ok::<(), sea_orm::DbErr>(())
+        Ok::<(), String>(())
     }))
     .await;
     let secs = start.elapsed().as_secs_f64();
     for r in results {
-        r?;
+        r.map_err(anyhow::Error::msg)?;
     }
-    let _ = db.execute_unprepared("DROP TABLE bench_baseline").await;
-    let _ = db.close().await;
+    let _ = db.execute("DROP TABLE bench_baseline").await;
+    db.close().await;
     if sqlite {
         for f in ["baseline.db", "baseline.db-wal", "baseline.db-shm"] {
             let _ = std::fs::remove_file(gw.dir.join(f));
@@ -620,18 +646,14 @@ impl Tally {
     }
 }
 
+/// `Code/REASON` of a refusal, `Code/-` when it carries no reason code.
 fn reason_of(st: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    let reason = st
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_else(|| "-".to_owned());
+    let reason = kit::reason_of(st).unwrap_or_else(|| "-".to_owned());
     format!("{:?}/{reason}", st.code())
 }
 
 fn sha256(b: &[u8]) -> Vec<u8> {
-    digest::digest(&digest::SHA256, b).as_ref().to_vec()
+    kit::sha256(b).to_vec()
 }
 
 fn ts(t: SystemTime) -> prost_types::Timestamp {
@@ -1077,7 +1099,7 @@ fn pjson(p: &Option<Percentiles>) -> serde_json::Value {
     }
 }
 
-async fn grpc(cfg: Config, args: GrpcArgs) -> Result<ExitCode> {
+async fn grpc(args: GrpcArgs) -> Result<ExitCode> {
     if !(1..=3).contains(&args.recipients) {
         bail!("--recipients is 1, 2 or 3 (the throwaway PKI has four agencies)");
     }
@@ -1088,7 +1110,7 @@ async fn grpc(cfg: Config, args: GrpcArgs) -> Result<ExitCode> {
         bail!("--rate is a number of documents per second above 0");
     }
     let mut gw = start_gateway(&args).await?;
-    let r = drive(&cfg, &args, &gw).await;
+    let r = drive(&args, &gw).await;
     gw.stop().await;
     let report = r?;
     if args.json {
@@ -1104,7 +1126,7 @@ async fn grpc(cfg: Config, args: GrpcArgs) -> Result<ExitCode> {
     })
 }
 
-async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
+async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     let total = args.docs.unwrap_or(2000);
     let deadline_len = args.duration.map(Duration::from_secs_f64);
     // The database's insert rate says little of a run that moves large
@@ -1147,20 +1169,12 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
         tally: Mutex::new(Tally::default()),
         progress: Notify::new(),
     });
-    let connect_args = ConnectArgs {
-        server: Some(gw.url.clone()),
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
-        tls_domain: "localhost".to_owned(),
-    };
-
     let pid = gw.pid().context("the gateway is not running")?;
     let cpu_before = cpu_secs(pid);
 
     let mut receivers = Vec::new();
     for a in &load.agencies {
-        let client = connect(cfg, &connect_args).await?;
+        let client = connect(&gw.url).await?;
         receivers.push(tokio::spawn(receiver(load.clone(), client, a.id.clone())));
     }
     // Let the receive streams open before the first document.
@@ -1172,7 +1186,7 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
     match args.rate {
         None => {
             for _ in 0..args.concurrency {
-                let client = connect(cfg, &connect_args).await?;
+                let client = connect(&gw.url).await?;
                 senders.push(tokio::spawn(sender(load.clone(), client, deadline, total)));
             }
         }
@@ -1181,7 +1195,7 @@ async fn drive(cfg: &Config, args: &GrpcArgs, gw: &Gateway) -> Result<serde_json
             // send.
             let mut clients = Vec::new();
             for _ in 0..args.concurrency.clamp(1, 16) {
-                clients.push(connect(cfg, &connect_args).await?);
+                clients.push(connect(&gw.url).await?);
             }
             senders.push(tokio::spawn(offer(
                 load.clone(),
