@@ -1,15 +1,11 @@
 //! The real packages in ../shared/samples/edxml (a provincial hub's and the
 //! national SDK's): decode → encode → decode loses nothing.
 //!
-//! They are reference data outside this repository: the test reads them
-//! from `$LIENTHONG_SAMPLES/edxml`, else from the folder beside the
-//! workspace, and says SKIPPED (on stderr, shown even when it passes) where
-//! there is none — a failure in CI (`CI=true`) and under
-//! `LIENTHONG_REQUIRE_SERVICES=1`.
+//! They are reference data outside this repository, found by
+//! `lienthong_testkit::reference_samples`.
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -17,23 +13,7 @@ use lienthong_core::error::Reason;
 use lienthong_edxml::{DecodeOptions, MemorySink, Policy, decode, inspect_file, validate};
 
 fn samples() -> Option<Vec<PathBuf>> {
-    let root = std::env::var_os("LIENTHONG_SAMPLES").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples/edxml"),
-        |d| PathBuf::from(d).join("edxml"),
-    );
-    if !root.is_dir() {
-        let must = ["CI", "LIENTHONG_REQUIRE_SERVICES"]
-            .map(|v| std::env::var(v).unwrap_or_default())
-            .iter()
-            .any(|v| ["1", "true", "yes"].contains(&v.as_str()));
-        assert!(!must, "no reference samples at {}", root.display());
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "SKIPPED: {} does not exist; the real-sample round trip did not run",
-            root.display()
-        );
-        return None;
-    }
+    let root = lienthong_testkit::reference_samples("the real-sample round trip", "edxml")?;
     let mut files = Vec::new();
     for dir in [root.to_path_buf(), root.join("vpcp-sdk")] {
         let Ok(rd) = std::fs::read_dir(&dir) else {

@@ -877,7 +877,7 @@ vxp.c,C,vxp.a\n";
 
     #[test]
     fn tay_ninh_sample() {
-        let Some(dir) = crate::reference_samples("tay_ninh_sample", "directory") else {
+        let Some(dir) = lienthong_testkit::reference_samples("tay_ninh_sample", "directory") else {
             return;
         };
         let path = dir.join("tay-ninh-H53.csv");

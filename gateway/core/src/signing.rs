@@ -2203,9 +2203,10 @@ mod tests {
 
     #[test]
     fn the_government_ca_samples_load_as_anchors() {
-        let Some(dir) =
-            crate::reference_samples("the_government_ca_samples_load_as_anchors", "trust")
-        else {
+        let Some(dir) = lienthong_testkit::reference_samples(
+            "the_government_ca_samples_load_as_anchors",
+            "trust",
+        ) else {
             return;
         };
         let entries = ok(std::fs::read_dir(&dir).map_err(Error::from));

@@ -2081,10 +2081,12 @@ mod tests {
                 s.db.get_database_backend(),
                 "SELECT n FROM test_log_appends",
             ))
-            .await?
+            .await
+            .or_db()?
             .iter()
             .map(|r| r.try_get("", "n"))
-            .collect::<Result<_, DbErr>>()?;
+            .collect::<Result<_, DbErr>>()
+            .or_db()?;
         assert_eq!(appends.iter().sum::<i64>(), 199 * 2, "{appends:?}");
         assert!(
             appends.iter().any(|n| *n > 2),
@@ -2112,7 +2114,7 @@ mod tests {
             ],
         };
         for sql in statements {
-            s.db.execute_unprepared(sql).await?;
+            s.db.execute_unprepared(sql).await.or_db()?;
         }
         Ok(())
     }
