@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use lienthong_core::devpki::{self, KeyType};
 use lienthong_core::directory::{self, CertRef, ChangedBy, ClientRole};
 use lienthong_core::organ_id::{IdPolicy, OrganId};
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::receipts::ReceiptSigners;
 use lienthong_core::signing::TrustAnchors;
 use lienthong_core::store::{EventKind, Store};
+use lienthong_pki::devpki::{self, KeyType};
 use lienthong_proto::v1::TraceEvent;
 
 use crate::config::Config;

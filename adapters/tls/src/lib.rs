@@ -561,7 +561,7 @@ impl ClientCertVerifier for DeferredClientCert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lienthong_core::devpki::{DevCa, KeyType};
+    use lienthong_pki::devpki::{DevCa, KeyType};
     use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
     /// What OpenSSL's `parse_ca_names` does with each name of a

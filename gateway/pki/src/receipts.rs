@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lienthong_proto::v1::{self as pb, ReceiptPayload, SendReceipt};
+use lienthong_types::error::{Error, Reason, Result};
 use prost::Message as _;
 use rustls_pki_types::UnixTime;
 
-use crate::error::{Error, Reason, Result};
 use crate::signing::{self, SigningKey, TrustAnchors, VerifiedSigner};
 
 /// The gateway's receipt key and certificate chain.
