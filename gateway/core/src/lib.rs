@@ -7,13 +7,13 @@ pub mod lifecycle;
 pub mod maintenance; // Maintenance notices
 pub mod metrics;
 pub mod operators;
-pub mod pades;
 pub mod peers;
 pub mod pipeline;
 pub mod reports;
 pub mod routing;
 pub mod store;
 
+pub use lienthong_pades as pades;
 #[cfg(any(test, feature = "dev"))]
 pub use lienthong_pki::devpki;
 pub use lienthong_pki::{crl, receipts, signing};

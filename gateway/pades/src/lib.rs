@@ -30,11 +30,11 @@ pub mod pdf;
 
 use std::collections::HashSet;
 
+use lienthong_pki::signing::TrustAnchors;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use lienthong_pki::signing::TrustAnchors;
 use pdf::{Dict, Entry, Obj, Pdf, PdfError, Source};
 
 pub use pdf::{FileSource, PdfError as Error};

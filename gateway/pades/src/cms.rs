@@ -7,11 +7,10 @@
 //! (as `der` does on decode) cannot give those bytes back. Certificates are
 //! handed to x509-parser and webpki; the signature maths is ring's.
 
-use ring::signature as rsig;
-use x509_parser::prelude::{FromDer, X509Certificate};
-
 use lienthong_pki::der::der_next;
 use lienthong_pki::signing::KeyKind;
+use ring::signature as rsig;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// A DER OBJECT IDENTIFIER's contents.
 type Oid = &'static [u8];
