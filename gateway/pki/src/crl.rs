@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use lienthong_types::error::{Error, Result};
+use lienthong_types::error::{Error, OrErr, Reason, Result};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, SignatureVerificationAlgorithm};
 use time::OffsetDateTime;
@@ -348,12 +348,11 @@ fn load_all(paths: &[PathBuf], anchors: &[AnchorKey]) -> Result<CrlSnapshot> {
 }
 
 fn read_crl_file(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::malformed(format!(
+    let bytes = std::fs::read(path).or_err_with(Reason::Malformed, |e| {
+        format!(
             "trust.crls: cannot read {}: {e}; check the path and that the gateway's user may read it",
             path.display()
-        ))
-        .with_source(e)
+        )
     })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Ok(vec![bytes]);
@@ -502,7 +501,6 @@ mod tests {
         verify_signature,
     };
     use lienthong_proto::v1::Envelope;
-    use lienthong_types::Reason;
     use rcgen::{
         CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
         RevokedCertParams, SerialNumber,

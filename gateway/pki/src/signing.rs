@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use lienthong_proto::v1::{ENVELOPE_PAYLOAD_TYPE, Envelope, Signature, SignedEnvelope};
-use lienthong_types::error::{Error, Reason, Result};
+use lienthong_types::error::{Context, Error, OrErr, Reason, Result};
 use lienthong_types::text::quote;
 use prost::Message;
 use prost::bytes::Bytes;
@@ -195,15 +195,13 @@ impl SigningKey {
 
     /// Reads a PKCS#8 PEM key file; the error names the file.
     pub fn from_pkcs8_pem_file(path: &Path, prefer: Option<Algorithm>) -> Result<SigningKey> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::malformed(format!(
+        let text = std::fs::read_to_string(path).or_err_with(Reason::Malformed, |e| {
+            format!(
                 "cannot read the signing key {}: {e}; give the path of a PKCS#8 PEM key file",
                 path.display()
-            ))
-            .with_source(e)
+            )
         })?;
-        SigningKey::from_pkcs8_pem(&text, prefer)
-            .map_err(|e| Error::new(e.reason(), format!("{}: {}", path.display(), e.message())))
+        SigningKey::from_pkcs8_pem(&text, prefer).context(path.display())
     }
 
     /// Reads a PKCS#8 DER key.
@@ -415,15 +413,11 @@ impl TrustAnchors {
         for path in paths {
             let certs = load_certificates_pem(path)?;
             for (i, der) in certs.into_iter().enumerate() {
-                out.push(der).map_err(|e| {
-                    Error::new(
-                        e.reason(),
-                        format!(
-                            "trust anchor file {} (certificate {}): {}",
-                            path.display(),
-                            i + 1,
-                            e.message()
-                        ),
+                out.push(der).with_context(|| {
+                    format!(
+                        "trust anchor file {} (certificate {})",
+                        path.display(),
+                        i + 1
                     )
                 })?;
             }
@@ -1635,12 +1629,11 @@ pub fn load_certificate_pem(path: &Path) -> Result<Vec<u8>> {
 /// Every certificate of a PEM file, in order (a chain file: leaf first);
 /// a file holding one DER certificate is accepted too. Never empty.
 pub fn load_certificates_pem(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::malformed(format!(
+    let bytes = std::fs::read(path).or_err_with(Reason::Malformed, |e| {
+        format!(
             "cannot read the certificate file {}: {e}; check the path",
             path.display()
-        ))
-        .with_source(e)
+        )
     })?;
     let looks_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
     if !looks_pem {
