@@ -58,8 +58,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use lienthong_core::devpki;
-use lienthong_core::signing::{self, SigningKey};
+use lienthong_pki::devpki;
+use lienthong_pki::signing::{self, SigningKey};
 use lienthong_proto::v1::{self as pb, Envelope, SignedEnvelope};
 use lienthong_testkit::{self as kit, amqp::Vhost};
 use prost::Message as _;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt as _;
-use lienthong_core::devpki;
-use lienthong_core::signing::{self, SigningKey};
+use lienthong_pki::devpki;
+use lienthong_pki::signing::{self, SigningKey};
 use lienthong_proto::v1::{
     self as pb, Envelope, SendRequest, exchange_client::ExchangeClient, send_request::Item,
 };

@@ -1370,10 +1370,12 @@ impl std::io::Write for TempWriter {
 
 /// A PDF unpacked from a ZIP archive goes to a temporary file of the store,
 /// never to memory.
-impl crate::pades::Scratch for BlobStore {
-    fn create(&self) -> std::io::Result<Box<dyn crate::pades::ScratchFile + '_>> {
+impl lienthong_pades::Scratch for BlobStore {
+    fn create(&self) -> std::io::Result<Box<dyn lienthong_pades::ScratchFile + '_>> {
         self.temp_file()
-            .map(|w| Box::new(ScratchTemp { store: self, w }) as Box<dyn crate::pades::ScratchFile>)
+            .map(|w| {
+                Box::new(ScratchTemp { store: self, w }) as Box<dyn lienthong_pades::ScratchFile>
+            })
             .map_err(|e| std::io::Error::other(e.message().to_owned()))
     }
 }
@@ -1393,8 +1395,8 @@ impl std::io::Write for ScratchTemp<'_> {
     }
 }
 
-impl crate::pades::ScratchFile for ScratchTemp<'_> {
-    fn into_source(self: Box<Self>) -> std::io::Result<Box<dyn crate::pades::pdf::Source>> {
+impl lienthong_pades::ScratchFile for ScratchTemp<'_> {
+    fn into_source(self: Box<Self>) -> std::io::Result<Box<dyn lienthong_pades::pdf::Source>> {
         let me = *self;
         let sealed =
             me.w.finish()
@@ -1403,7 +1405,7 @@ impl crate::pades::ScratchFile for ScratchTemp<'_> {
         // the open file stays readable until the source is dropped.
         me.store
             .source_of(&sealed)
-            .map(|s| Box::new(s) as Box<dyn crate::pades::pdf::Source>)
+            .map(|s| Box::new(s) as Box<dyn lienthong_pades::pdf::Source>)
             .map_err(|e| std::io::Error::other(e.message().to_owned()))
     }
 }
@@ -1550,7 +1552,7 @@ pub struct BlobCursor {
 
 impl std::io::Read for BlobCursor {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use crate::pades::pdf::Source as _;
+        use lienthong_pades::pdf::Source as _;
         let n = self.source.read_at(self.pos, buf)?;
         self.pos += n as u64;
         Ok(n)
@@ -1576,7 +1578,7 @@ impl std::io::Seek for BlobCursor {
     }
 }
 
-impl crate::pades::pdf::Source for BlobSource {
+impl lienthong_pades::pdf::Source for BlobSource {
     fn len(&self) -> u64 {
         self.size
     }
@@ -1805,7 +1807,7 @@ mod tests {
     /// boundaries, encrypted or not, and sees exactly the plaintext.
     #[tokio::test]
     async fn sealed_blobs_read_at_any_offset() -> Result<()> {
-        use crate::pades::pdf::Source;
+        use lienthong_pades::pdf::Source;
         let data: Vec<u8> = (0..(3 * SEGMENT_BYTES + 1234))
             .map(|i| (i * 7 % 251) as u8)
             .collect();

@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use lienthong_types::error::{Error, OrErr, Reason, Result};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, SignatureVerificationAlgorithm};
 use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::error::{Error, Result};
+use crate::der::der_next;
 use crate::signing::TrustAnchors;
 
 /// How often a verification may look at the files' modification times.
@@ -92,7 +93,7 @@ impl LoadedCrl {
 
     /// Tells the operators (once per list read) that a verification relied
     /// on this list although it is past its nextUpdate.
-    pub(crate) fn log_stale_use(&self) {
+    pub fn log_stale_use(&self) {
         if !self.stale_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 file = %self.source.display(),
@@ -104,7 +105,7 @@ impl LoadedCrl {
     }
 
     /// The revocation entry of `serial` (the certificate's raw serial bytes).
-    pub(crate) fn find_revoked(&self, serial: &[u8]) -> Option<RevokedEntry> {
+    pub fn find_revoked(&self, serial: &[u8]) -> Option<RevokedEntry> {
         match self.webpki.find_serial(serial) {
             Ok(Some(r)) => Some(RevokedEntry {
                 revocation_date: i64::try_from(r.revocation_date.as_secs()).unwrap_or(i64::MAX),
@@ -117,7 +118,7 @@ impl LoadedCrl {
 
 /// What a list says about a revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RevokedEntry {
+pub struct RevokedEntry {
     pub revocation_date: i64,
     pub reason: Option<&'static str>,
 }
@@ -156,7 +157,7 @@ impl CrlSnapshot {
     /// The list of the CA whose subject is `issuer_der` (DER Name). A list
     /// without an issuing distribution point (covering everything the CA
     /// issued) is preferred, as webpki would use it for any certificate.
-    pub(crate) fn for_issuer(&self, issuer_der: &[u8]) -> Option<&LoadedCrl> {
+    pub fn for_issuer(&self, issuer_der: &[u8]) -> Option<&LoadedCrl> {
         let mut candidates = self.crls.iter().filter(|c| c.issuer_der == issuer_der);
         let first = candidates.next()?;
         if !first.has_distribution_point {
@@ -167,7 +168,7 @@ impl CrlSnapshot {
             .or(Some(first))
     }
 
-    pub(crate) fn webpki_lists(&self) -> Vec<&webpki::CertRevocationList<'static>> {
+    pub fn webpki_lists(&self) -> Vec<&webpki::CertRevocationList<'static>> {
         self.crls.iter().map(|c| &c.webpki).collect()
     }
 }
@@ -347,12 +348,11 @@ fn load_all(paths: &[PathBuf], anchors: &[AnchorKey]) -> Result<CrlSnapshot> {
 }
 
 fn read_crl_file(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::malformed(format!(
+    let bytes = std::fs::read(path).or_err_with(Reason::Malformed, |e| {
+        format!(
             "trust.crls: cannot read {}: {e}; check the path and that the gateway's user may read it",
             path.display()
-        ))
-        .with_source(e)
+        )
     })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Ok(vec![bytes]);
@@ -448,7 +448,7 @@ fn all_algorithms() -> Vec<&'static dyn SignatureVerificationAlgorithm> {
 /// Whether the signed DER structure (a CRL or certificate: SEQUENCE of
 /// to-be-signed, AlgorithmIdentifier, BIT STRING) is signed by the key of
 /// `spki_der`.
-pub(crate) fn verify_signed_by(
+pub fn verify_signed_by(
     der: &[u8],
     spki_der: &[u8],
     algs: &[&'static dyn SignatureVerificationAlgorithm],
@@ -487,36 +487,6 @@ pub(crate) fn verify_signed_by(
         .any(|a| a.verify_signature(key, tbs, sig).is_ok())
 }
 
-/// One DER element: (tag, the whole element, its contents, what follows).
-pub(crate) type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-/// The first DER element of `input`. Only the single-byte tags and definite
-/// lengths DER allows.
-pub(crate) fn der_next(input: &[u8]) -> Option<DerElement<'_>> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let mut l = 0usize;
-        for &b in &rest[..n] {
-            l = (l << 8) | usize::from(b);
-        }
-        rest = &rest[n..];
-        l
-    };
-    if rest.len() < len {
-        return None;
-    }
-    let header = input.len() - rest.len();
-    let (contents, after) = rest.split_at(len);
-    Some((tag, &input[..header + len], contents, after))
-}
-
 fn to_datetime(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -526,7 +496,6 @@ mod tests {
     use super::*;
     use crate::devpki::tests::valid_now;
     use crate::devpki::{DevCa, Issued, KeyType};
-    use crate::error::Reason;
     use crate::signing::{
         CertPolicy, SigningKey, StaleCrlPolicy, TrustAnchors, VerifiedSigner, pae, sign_envelope,
         verify_signature,
@@ -926,23 +895,5 @@ mod tests {
             err(verify(&issued, &anchors)).reason(),
             Reason::CertificateRevoked
         );
-    }
-
-    #[test]
-    fn der_elements_are_split_and_bad_lengths_refused() {
-        assert_eq!(
-            der_next(&[0x30, 0x02, 0x05, 0x00, 0xff]),
-            Some((
-                0x30,
-                &[0x30, 0x02, 0x05, 0x00][..],
-                &[0x05, 0x00][..],
-                &[0xff][..]
-            ))
-        );
-        assert_eq!(der_next(&[0x30, 0x03, 0x05, 0x00]), None);
-        assert_eq!(der_next(&[0x30, 0x80]), None);
-        assert_eq!(der_next(&[0x30]), None);
-        let long = [&[0x04, 0x81, 0x80][..], &[0u8; 128]].concat();
-        assert_eq!(der_next(&long).map(|t| t.2.len()), Some(128));
     }
 }

@@ -30,11 +30,11 @@ pub mod pdf;
 
 use std::collections::HashSet;
 
+use lienthong_pki::signing::TrustAnchors;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::signing::TrustAnchors;
 use pdf::{Dict, Entry, Obj, Pdf, PdfError, Source};
 
 pub use pdf::{FileSource, PdfError as Error};
@@ -1590,7 +1590,7 @@ fn check_chain(
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
         .collect();
-    let algs = crate::signing::chain_algorithms(!anchors.policy().refuse_sha1);
+    let algs = lienthong_pki::signing::chain_algorithms(!anchors.policy().refuse_sha1);
     let snapshot = anchors.crls();
     let lists = snapshot
         .as_deref()
@@ -1608,7 +1608,7 @@ fn check_chain(
             anchors.webpki_anchors(),
             &intermediates,
             chain_at,
-            crate::signing::AnyExtendedKeyUsage,
+            lienthong_pki::signing::AnyExtendedKeyUsage,
             rev,
             None,
         )
@@ -1649,7 +1649,7 @@ fn check_chain(
         }
         return out;
     };
-    let revoked_on = |e: &crate::crl::RevokedEntry| {
+    let revoked_on = |e: &lienthong_pki::crl::RevokedEntry| {
         format!(
             "the signer's certificate was revoked on {} ({}), per {}",
             rfc3339(e.revocation_date).unwrap_or_default(),

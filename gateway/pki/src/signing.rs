@@ -18,6 +18,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use lienthong_proto::v1::{ENVELOPE_PAYLOAD_TYPE, Envelope, Signature, SignedEnvelope};
+use lienthong_types::error::{Context, Error, OrErr, Reason, Result};
+use lienthong_types::text::quote;
 use prost::Message;
 use prost::bytes::Bytes;
 use ring::rand::SystemRandom;
@@ -33,8 +35,6 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use crate::crl::{CrlSet, CrlSnapshot, LoadedCrl};
-use crate::error::{Error, Reason, Result};
-use crate::text::quote;
 
 /// DSSE's pre-authentication encoding:
 /// `"DSSEv1" SP LEN(type) SP type SP LEN(payload) SP payload`.
@@ -128,8 +128,9 @@ fn unknown_algorithm(s: &str) -> Error {
     )
 }
 
+/// The kind of a certificate's public key, as refusals name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyKind {
+pub enum KeyKind {
     Rsa,
     P256,
     P384,
@@ -194,15 +195,13 @@ impl SigningKey {
 
     /// Reads a PKCS#8 PEM key file; the error names the file.
     pub fn from_pkcs8_pem_file(path: &Path, prefer: Option<Algorithm>) -> Result<SigningKey> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::malformed(format!(
+        let text = std::fs::read_to_string(path).or_err_with(Reason::Malformed, |e| {
+            format!(
                 "cannot read the signing key {}: {e}; give the path of a PKCS#8 PEM key file",
                 path.display()
-            ))
-            .with_source(e)
+            )
         })?;
-        SigningKey::from_pkcs8_pem(&text, prefer)
-            .map_err(|e| Error::new(e.reason(), format!("{}: {}", path.display(), e.message())))
+        SigningKey::from_pkcs8_pem(&text, prefer).context(path.display())
     }
 
     /// Reads a PKCS#8 DER key.
@@ -414,15 +413,11 @@ impl TrustAnchors {
         for path in paths {
             let certs = load_certificates_pem(path)?;
             for (i, der) in certs.into_iter().enumerate() {
-                out.push(der).map_err(|e| {
-                    Error::new(
-                        e.reason(),
-                        format!(
-                            "trust anchor file {} (certificate {}): {}",
-                            path.display(),
-                            i + 1,
-                            e.message()
-                        ),
+                out.push(der).with_context(|| {
+                    format!(
+                        "trust anchor file {} (certificate {})",
+                        path.display(),
+                        i + 1
                     )
                 })?;
             }
@@ -539,7 +534,7 @@ impl TrustAnchors {
         &self.webpki
     }
 
-    pub(crate) fn subject_of(&self, anchor: &TrustAnchor<'_>) -> String {
+    pub fn subject_of(&self, anchor: &TrustAnchor<'_>) -> String {
         self.webpki
             .iter()
             .zip(&self.anchors)
@@ -1049,7 +1044,7 @@ fn bad_signature(msg: impl Into<String>) -> Error {
 /// Document-signing certificates carry clientAuth, emailProtection, vendor
 /// EKUs or none: the gateway does not judge a leaf by its EKU, only by its
 /// KeyUsage (checked separately).
-pub(crate) struct AnyExtendedKeyUsage;
+pub struct AnyExtendedKeyUsage;
 
 impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
     fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
@@ -1063,9 +1058,7 @@ impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
 /// What CA certificates and revocation lists may be signed with (chain
 /// links, not envelopes); SHA-1 (RSA PKCS#1 only: ring verifies no ECDSA
 /// with SHA-1) only when `allow_sha1`.
-pub(crate) fn chain_algorithms(
-    allow_sha1: bool,
-) -> Vec<&'static dyn SignatureVerificationAlgorithm> {
+pub fn chain_algorithms(allow_sha1: bool) -> Vec<&'static dyn SignatureVerificationAlgorithm> {
     use webpki::ring as w;
     let mut algs: Vec<&'static dyn SignatureVerificationAlgorithm> = vec![
         w::RSA_PKCS1_2048_8192_SHA256,
@@ -1527,7 +1520,7 @@ fn to_datetime(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-pub(crate) fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
+pub fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
     const RSA: &str = "1.2.840.113549.1.1.1";
     const EC: &str = "1.2.840.10045.2.1";
     const P256: &str = "1.2.840.10045.3.1.7";
@@ -1636,12 +1629,11 @@ pub fn load_certificate_pem(path: &Path) -> Result<Vec<u8>> {
 /// Every certificate of a PEM file, in order (a chain file: leaf first);
 /// a file holding one DER certificate is accepted too. Never empty.
 pub fn load_certificates_pem(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::malformed(format!(
+    let bytes = std::fs::read(path).or_err_with(Reason::Malformed, |e| {
+        format!(
             "cannot read the certificate file {}: {e}; check the path",
             path.display()
-        ))
-        .with_source(e)
+        )
     })?;
     let looks_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
     if !looks_pem {
@@ -2361,10 +2353,10 @@ mod tests {
             }
         }
         assert_eq!(found, 2, "both algorithm identifiers");
-        let Some((_, _, body, _)) = crate::crl::der_next(&der) else {
+        let Some((_, _, body, _)) = crate::der::der_next(&der) else {
             panic!("not DER");
         };
-        let Some((_, tbs, _, _)) = crate::crl::der_next(body) else {
+        let Some((_, tbs, _, _)) = crate::der::der_next(body) else {
             panic!("no tbs");
         };
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, tbs);

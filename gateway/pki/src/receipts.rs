@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lienthong_proto::v1::{self as pb, ReceiptPayload, SendReceipt};
+use lienthong_types::error::{Error, OrErr, Reason, Result};
 use prost::Message as _;
 use rustls_pki_types::UnixTime;
 
-use crate::error::{Error, Reason, Result};
 use crate::signing::{self, SigningKey, TrustAnchors, VerifiedSigner};
 
 /// The gateway's receipt key and certificate chain.
@@ -158,13 +158,10 @@ pub fn verify_receipt(
             "the receipt is not signed (the gateway had no receipt key configured)",
         ));
     };
-    let payload = ReceiptPayload::decode(receipt.receipt_payload.clone()).map_err(|e| {
-        Error::new(
-            Reason::BadSignature,
-            "the receipt's signed payload is not a ReceiptPayload",
-        )
-        .with_source(e)
-    })?;
+    let payload = ReceiptPayload::decode(receipt.receipt_payload.clone()).or_err(
+        Reason::BadSignature,
+        "the receipt's signed payload is not a ReceiptPayload",
+    )?;
     let at = payload.accepted_at.unwrap_or_default();
     let when = UnixTime::since_unix_epoch(Duration::from_secs(at.seconds.max(0) as u64));
     let pae = signing::pae(pb::RECEIPT_PAYLOAD_TYPE, &receipt.receipt_payload);

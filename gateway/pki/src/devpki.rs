@@ -10,6 +10,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use lienthong_types::OrganId;
+use lienthong_types::error::{Error, Reason, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
@@ -19,9 +21,6 @@ use ring::rand::SecureRandom;
 use rsa::pkcs8::EncodePrivateKey;
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use time::{Duration, OffsetDateTime};
-
-use crate::error::{Error, Reason, Result};
-use crate::organ_id::OrganId;
 
 /// The key algorithm of a generated certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

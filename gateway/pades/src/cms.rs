@@ -7,11 +7,10 @@
 //! (as `der` does on decode) cannot give those bytes back. Certificates are
 //! handed to x509-parser and webpki; the signature maths is ring's.
 
+use lienthong_pki::der::der_next;
+use lienthong_pki::signing::KeyKind;
 use ring::signature as rsig;
 use x509_parser::prelude::{FromDer, X509Certificate};
-
-use crate::crl::der_next;
-use crate::signing::KeyKind;
 
 /// A DER OBJECT IDENTIFIER's contents.
 type Oid = &'static [u8];
@@ -106,7 +105,7 @@ fn bad<T>(what: impl Into<String>) -> Result<T, String> {
 }
 
 /// One DER element of `input`, or a sentence.
-fn next<'a>(input: &'a [u8], what: &str) -> Result<crate::crl::DerElement<'a>, String> {
+fn next<'a>(input: &'a [u8], what: &str) -> Result<lienthong_pki::der::DerElement<'a>, String> {
     der_next(input).ok_or_else(|| format!("the signature's {what} is not valid DER"))
 }
 
@@ -463,7 +462,7 @@ fn key_kind(cert_der: &[u8]) -> KeyKind {
     if cert.public_key().algorithm.algorithm.as_bytes() == RSA_PSS {
         return KeyKind::Rsa;
     }
-    crate::signing::key_kind(&cert)
+    lienthong_pki::signing::key_kind(&cert)
 }
 
 fn key_bits_rsa(rsa_public_key: &[u8]) -> usize {
