@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lienthong_core::pades::cms;
+use lienthong_pades::cms;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(signed) = cms::decode(data) {

@@ -5,10 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lienthong_core::text::{self, TextKind};
 use lienthong_edxml::{
     decode, encode_to_vec, inspect_json, validate, DecodeOptions, EncodeOptions, MemorySink, MemorySource, Policy,
 };
+use lienthong_types::text::{self, TextKind};
 
 fuzz_target!(|data: &[u8]| {
     let mut sink = MemorySink::new();

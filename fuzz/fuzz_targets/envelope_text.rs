@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lienthong_core::text::{self, TextKind};
 use lienthong_proto::v1::Envelope;
+use lienthong_types::text::{self, TextKind};
 use prost::Message as _;
 
 fuzz_target!(|data: &[u8]| {

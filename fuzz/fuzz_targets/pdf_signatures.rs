@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lienthong_core::pades;
-use lienthong_core::signing::TrustAnchors;
+use lienthong_pades as pades;
+use lienthong_pki::signing::TrustAnchors;
 
 fuzz_target!(|data: &[u8]| {
     let anchors = TrustAnchors::empty();

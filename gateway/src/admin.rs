@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use lienthong_core::devpki::{self, KeyType};
 use lienthong_core::directory::{self, CertRef, ChangedBy, ClientRole};
 use lienthong_core::organ_id::{IdPolicy, OrganId};
 use lienthong_core::pipeline::{Gateway, Settings};
-use lienthong_core::receipts::ReceiptSigners;
-use lienthong_core::signing::TrustAnchors;
 use lienthong_core::store::{EventKind, Store};
+use lienthong_pki::devpki::{self, KeyType};
+use lienthong_pki::receipts::ReceiptSigners;
+use lienthong_pki::signing::TrustAnchors;
 use lienthong_proto::v1::TraceEvent;
 
 use crate::config::Config;
@@ -123,7 +123,7 @@ impl WhichCert {
     fn resolve(self) -> Result<CertRef> {
         match (self.cert, self.key) {
             (Some(path), _) => Ok(CertRef::Certificate(
-                lienthong_core::signing::load_certificate_pem(&path).map_err(core_err)?,
+                lienthong_pki::signing::load_certificate_pem(&path).map_err(core_err)?,
             )),
             (None, Some(key)) => Ok(CertRef::KeySha256(key)),
             (None, None) => anyhow::bail!("name the certificate: its PEM file, or --key SHA256"),
@@ -296,7 +296,7 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DirectoryCommand::BindCert { organ_id, cert } => {
-            let der = lienthong_core::signing::load_certificate_pem(&cert).map_err(core_err)?;
+            let der = lienthong_pki::signing::load_certificate_pem(&cert).map_err(core_err)?;
             let row = directory::bind_signing_cert(&store, &organ_id, der, &by)
                 .await
                 .map_err(core_err)?;
@@ -448,7 +448,7 @@ async fn bind_client(
     role: ClientRole,
     by: &ChangedBy,
 ) -> Result<ExitCode> {
-    let der = lienthong_core::signing::load_certificate_pem(cert).map_err(core_err)?;
+    let der = lienthong_pki::signing::load_certificate_pem(cert).map_err(core_err)?;
     let row = directory::bind_client_cert(store, name, der, role, by)
         .await
         .map_err(core_err)?;
@@ -650,7 +650,7 @@ pub fn verify_receipt(cfg: Config, args: VerifyReceiptArgs) -> Result<ExitCode> 
         "envelope_sha256": hex::encode(&receipt.envelope_sha256),
         "gateway": receipt.gateway,
     });
-    match lienthong_core::receipts::verify_receipt(&receipt, &anchors, &signers) {
+    match lienthong_pki::receipts::verify_receipt(&receipt, &anchors, &signers) {
         Ok(signer) => {
             let mut out = base;
             out["valid"] = true.into();

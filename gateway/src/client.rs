@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use lienthong_core::signing::{self, Algorithm, SigningKey};
+use lienthong_pki::signing::{self, Algorithm, SigningKey};
 use lienthong_proto::v1::{
     self as pb, Envelope, SendRequest, exchange_client::ExchangeClient, send_request::Item,
 };

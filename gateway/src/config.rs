@@ -272,13 +272,13 @@ pub struct TrustSection {
 
 impl Default for TrustSection {
     fn default() -> Self {
-        let p = lienthong_core::signing::CertPolicy::default();
+        let p = lienthong_pki::signing::CertPolicy::default();
         TrustSection {
             anchors: Vec::new(),
             crls: Vec::new(),
             stale_crl: match p.stale_crl {
-                lienthong_core::signing::StaleCrlPolicy::Refuse => StaleCrlSetting::Refuse,
-                lienthong_core::signing::StaleCrlPolicy::Warn => StaleCrlSetting::Warn,
+                lienthong_pki::signing::StaleCrlPolicy::Refuse => StaleCrlSetting::Refuse,
+                lienthong_pki::signing::StaleCrlPolicy::Warn => StaleCrlSetting::Warn,
             },
             require_revocation: p.require_revocation,
             refuse_sha1: p.refuse_sha1,
@@ -294,8 +294,8 @@ pub enum StaleCrlSetting {
 }
 
 impl TrustSection {
-    pub fn policy(&self) -> lienthong_core::signing::CertPolicy {
-        use lienthong_core::signing::{CertPolicy, StaleCrlPolicy};
+    pub fn policy(&self) -> lienthong_pki::signing::CertPolicy {
+        use lienthong_pki::signing::{CertPolicy, StaleCrlPolicy};
         CertPolicy {
             refuse_sha1: self.refuse_sha1,
             stale_crl: match self.stale_crl {
@@ -475,8 +475,8 @@ impl LimitsSection {
     }
 
     /// The bounds on one PDF's check (`lienthong pdf verify` uses them too).
-    pub fn pdf_limits(&self) -> lienthong_core::pades::Limits {
-        lienthong_core::pades::Limits {
+    pub fn pdf_limits(&self) -> lienthong_pades::Limits {
+        lienthong_pades::Limits {
             max_signatures: self.pdf_max_signatures.max(1),
             max_hash_multiple: self.pdf_max_hash_multiple.max(1),
             max_unzipped_bytes: self.pdf_max_unzipped_bytes,
@@ -553,7 +553,7 @@ impl Config {
 
     /// The receipt certificates a receipt may be signed with:
     /// `receipts.cert` and `receipts.trusted_signers`.
-    pub fn receipt_signers(&self) -> Result<lienthong_core::receipts::ReceiptSigners> {
+    pub fn receipt_signers(&self) -> Result<lienthong_pki::receipts::ReceiptSigners> {
         let files: Vec<PathBuf> = self
             .receipts
             .cert
@@ -561,15 +561,15 @@ impl Config {
             .chain(&self.receipts.trusted_signers)
             .cloned()
             .collect();
-        lienthong_core::receipts::ReceiptSigners::from_pem_files(&files)
+        lienthong_pki::receipts::ReceiptSigners::from_pem_files(&files)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
             .context("loading receipts.cert / receipts.trusted_signers")
     }
 
     /// The trust anchors with the certificate policy and the revocation
     /// lists of `[trust]`.
-    pub fn anchors(&self) -> Result<lienthong_core::signing::TrustAnchors> {
-        lienthong_core::signing::TrustAnchors::from_pem_files(&self.trust.anchors)
+    pub fn anchors(&self) -> Result<lienthong_pki::signing::TrustAnchors> {
+        lienthong_pki::signing::TrustAnchors::from_pem_files(&self.trust.anchors)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
             .context("loading trust.anchors")?
             .with_policy(self.trust.policy())
@@ -905,7 +905,7 @@ mod tests {
         assert_eq!(c.limits.max_attachments, 3);
         // The PDF check's bounds default to the core's; zero is not a bound.
         let pdf = c.limits.pdf_limits();
-        assert_eq!(pdf, lienthong_core::pades::Limits::default());
+        assert_eq!(pdf, lienthong_pades::Limits::default());
         std::fs::write(
             &f,
             "[limits]
@@ -928,7 +928,7 @@ pdf_checks_in_flight = 0
 
     #[test]
     fn trust_policy_and_storage_keys() -> Result<()> {
-        use lienthong_core::signing::{CertPolicy, StaleCrlPolicy};
+        use lienthong_pki::signing::{CertPolicy, StaleCrlPolicy};
         let c = Config::load(None)?;
         assert_eq!(c.trust.policy(), CertPolicy::default());
         assert!(c.trust.refuse_sha1);

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use lienthong_core::signing::{self, SigningKey};
 use lienthong_edxml::{DecodeOptions, DirSink, DirSource, EncodeOptions, Policy};
+use lienthong_pki::signing::{self, SigningKey};
 use lienthong_proto::v1::{self as pb, Envelope, SignedEnvelope};
 use prost::Message as _;
 use tokio::io::AsyncReadExt;

@@ -85,9 +85,9 @@ enum Command {
     /// directly): CSV, JSON or XLSX, headers in Vietnamese or English.
     Report(report::ReportArgs),
     /// Load generator: starts a throwaway gateway, drives it as many
-    /// agencies at once, and prints throughput, latency and errors.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// agencies at once, and prints throughput, latency and errors
+    /// (`lienthong-bench`, built beside this binary).
+    Bench(bench::BenchArgs),
     /// Operator announcements (reads and writes the database directly):
     /// maintenance windows.
     #[command(subcommand)]
@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Storage(cmd) => storage::run(cfg, cmd).await,
         Command::Report(args) => report::run(cfg, args).await,
         Command::VerifyReceipt(args) => admin::verify_receipt(cfg, args),
-        Command::Bench(cmd) => bench::run(cfg, cmd).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Admin(cmd) => maintenance_cmd::run(cfg, cmd).await,
         Command::Operator(cmd) => operator_cmd::run(cfg, cmd).await,
     }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use lienthong_core::blobs::BlobStore;
-use lienthong_core::pades;
-use lienthong_core::signing::TrustAnchors;
+use lienthong_pades as pades;
+use lienthong_pki::signing::TrustAnchors;
 
 use crate::config::Config;
 

@@ -7,8 +7,8 @@ use clap::Args;
 use std::sync::Arc;
 
 use lienthong_core::pipeline::{Gateway, Settings};
-use lienthong_core::receipts::ReceiptSigner;
 use lienthong_grpc::{AuthMode, GrpcServer};
+use lienthong_pki::receipts::ReceiptSigner;
 use lienthong_tls::{Alpn, ClientAuth, ReloadingTls, TlsFiles};
 use tokio::net::TcpListener;
 

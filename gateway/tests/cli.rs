@@ -1,7 +1,5 @@
 //! The command line as an operator meets it: help, configuration errors,
-//! and the directory import's row-by-row report. (Having an integration test
-//! here also makes `cargo test` build the `lienthong` binary that the
-//! end-to-end suite in tests/ starts.)
+//! and the directory import's row-by-row report.
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 """Agency software written against lienthong's contract alone, in Python.
 
-The interoperability test (tests/tests/interop.rs) runs it in a virtualenv of
+The interoperability test (gateway/tests/trust/interop.rs) runs it in a virtualenv of
 its own (requirements.txt). It generates the gRPC stubs from
 proto/lienthong/v1/lienthong.proto with grpcio-tools, connects with mutual
 TLS through grpcio (BoringSSL), and does what an agency's software does:

@@ -1,9 +1,8 @@
 //! The real packages in ../shared/samples/edxml (a provincial hub's and the
 //! national SDK's): decode → encode → decode loses nothing.
 //!
-//! They are reference data outside this repository: the test reads them
-//! only where the folder exists beside the workspace and says SKIPPED
-//! otherwise.
+//! They are reference data outside this repository, found by
+//! `lienthong_testkit::reference_samples`.
 
 mod common;
 
@@ -14,17 +13,7 @@ use lienthong_core::error::Reason;
 use lienthong_edxml::{DecodeOptions, MemorySink, Policy, decode, inspect_file, validate};
 
 fn samples() -> Option<Vec<PathBuf>> {
-    let root = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/samples/edxml"
-    ));
-    if !root.is_dir() {
-        println!(
-            "SKIPPED: {} does not exist; the real-sample round trip did not run",
-            root.display()
-        );
-        return None;
-    }
+    let root = lienthong_testkit::reference_samples("the real-sample round trip", "edxml")?;
     let mut files = Vec::new();
     for dir in [root.to_path_buf(), root.join("vpcp-sdk")] {
         let Ok(rd) = std::fs::read_dir(&dir) else {

@@ -22,6 +22,7 @@ use prost::Message as _;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Extensions;
 use tonic::metadata::MetadataMap;
@@ -55,13 +56,31 @@ pub enum AuthMode {
     Mtls(Arc<tls::ReloadingTls>),
 }
 
-/// The core's error as a gRPC status with `ErrorInfo`.
-pub fn status_of(e: &Error) -> Status {
-    let code = code_of(e.reason());
-    let mut meta = HashMap::new();
-    meta.insert("retryable".to_owned(), e.is_retryable().to_string());
-    let details = ErrorDetails::with_error_info(e.reason().as_str(), "lienthong", meta);
-    Status::with_error_details(code, e.message(), details)
+/// The gateway's error as the gRPC status it travels as: the code of its
+/// reason ([`code_of`]), its sentence, and `google.rpc.ErrorInfo` with the
+/// reason code and whether a retry can help. Every handler answers through
+/// this one mapping.
+pub trait IntoStatus {
+    type Output;
+    fn into_status(self) -> Self::Output;
+}
+
+impl IntoStatus for Error {
+    type Output = Status;
+    fn into_status(self) -> Status {
+        let code = code_of(self.reason());
+        let mut meta = HashMap::new();
+        meta.insert("retryable".to_owned(), self.is_retryable().to_string());
+        let details = ErrorDetails::with_error_info(self.reason().as_str(), "lienthong", meta);
+        Status::with_error_details(code, self.message(), details)
+    }
+}
+
+impl<T> IntoStatus for Result<T, Error> {
+    type Output = Result<T, Status>;
+    fn into_status(self) -> Result<T, Status> {
+        self.map_err(Error::into_status)
+    }
 }
 
 /// The gRPC code each reason travels with: what a generic client should do.
@@ -121,25 +140,45 @@ impl Shared {
     async fn caller(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Status> {
         let peer = peer_of(ext).map(|a| a.ip());
         if let Err(e) = self.peers.call(peer) {
-            return Err(status_of(&self.gw.refuse_unauthenticated(
-                Transport::Grpc,
-                peer,
-                e,
-            )));
+            return Err(self
+                .gw
+                .refuse_unauthenticated(Transport::Grpc, peer, e)
+                .into_status());
         }
         let caller = match self.identify(meta, ext).await {
             Ok(c) => c,
             // An outage is not the caller's doing: answered as one.
-            Err(e) if e.reason() == Reason::Unavailable => return Err(status_of(&e)),
+            Err(e) if e.reason() == Reason::Unavailable => return Err(e.into_status()),
             Err(e) => {
                 let e = self.gw.refuse_unauthenticated(Transport::Grpc, peer, e);
                 return Err(unauthenticated(&e));
             }
         };
         if let Err(e) = self.limiter.call(&caller.organ_id) {
-            return Err(status_of(&self.gw.refuse(Some(&caller), "", e).await));
+            return Err(self.refuse(&caller, e).await);
         }
         Ok(caller)
+    }
+
+    /// Answers a unary call: identifies the caller, runs `f` with the
+    /// caller and the request's message, and maps the outcome.
+    async fn answer<R, T>(
+        &self,
+        request: Request<R>,
+        f: impl AsyncFnOnce(&Caller, R) -> Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        let caller = self
+            .caller(request.metadata(), request.extensions())
+            .await?;
+        f(&caller, request.into_inner())
+            .await
+            .map(Response::new)
+            .into_status()
+    }
+
+    /// Refuses an identified caller's request: logged, then answered.
+    async fn refuse(&self, caller: &Caller, e: Error) -> Status {
+        self.gw.refuse(Some(caller), "", e).await.into_status()
     }
 
     /// A slot for one more open stream of the caller's.
@@ -149,7 +188,7 @@ impl Shared {
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
         match self.limiter.stream(&caller.organ_id) {
             Ok(p) => Ok(p),
-            Err(e) => Err(status_of(&self.gw.refuse(Some(caller), "", e).await)),
+            Err(e) => Err(self.refuse(caller, e).await),
         }
     }
 
@@ -214,97 +253,95 @@ pub struct AdminService {
     shared: Shared,
 }
 
+/// What a certificate bound to an agency is for.
+enum CertUse {
+    Signing,
+    Client,
+}
+
+impl AdminService {
+    async fn bind(
+        &self,
+        request: Request<pb::BindCertRequest>,
+        cert_use: CertUse,
+    ) -> Result<Response<pb::BoundCert>, Status> {
+        let gw = &self.shared.gw;
+        self.shared
+            .answer(request, async |caller, r| match cert_use {
+                CertUse::Signing => {
+                    gw.admin_bind_signing_cert(caller, &r.organ_id, &r.certificate)
+                        .await
+                }
+                CertUse::Client => {
+                    gw.admin_bind_client_cert(caller, &r.organ_id, &r.certificate)
+                        .await
+                }
+            })
+            .await
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn upsert_agency(
         &self,
         request: Request<pb::Agency>,
     ) -> Result<Response<pb::Agency>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
+        let gw = &self.shared.gw;
         self.shared
-            .gw
-            .admin_upsert_agency(&caller, request.into_inner())
+            .answer(request, async |caller, a| {
+                gw.admin_upsert_agency(caller, a).await
+            })
             .await
-            .map(Response::new)
-            .map_err(|e| status_of(&e))
     }
 
     async fn bind_signing_cert(
         &self,
         request: Request<pb::BindCertRequest>,
     ) -> Result<Response<pb::BoundCert>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let r = request.into_inner();
-        self.shared
-            .gw
-            .admin_bind_signing_cert(&caller, &r.organ_id, &r.certificate)
-            .await
-            .map(Response::new)
-            .map_err(|e| status_of(&e))
+        self.bind(request, CertUse::Signing).await
     }
 
     async fn bind_client_cert(
         &self,
         request: Request<pb::BindCertRequest>,
     ) -> Result<Response<pb::BoundCert>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let r = request.into_inner();
-        self.shared
-            .gw
-            .admin_bind_client_cert(&caller, &r.organ_id, &r.certificate)
-            .await
-            .map(Response::new)
-            .map_err(|e| status_of(&e))
+        self.bind(request, CertUse::Client).await
     }
 
     async fn represent(
         &self,
         request: Request<pb::RepresentRequest>,
     ) -> Result<Response<pb::RepresentResponse>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let r = request.into_inner();
+        let gw = &self.shared.gw;
         self.shared
-            .gw
-            .admin_represent(&caller, &r.agent, &r.principal, r.revoke)
+            .answer(request, async |caller, r| {
+                let changed = gw
+                    .admin_represent(caller, &r.agent, &r.principal, r.revoke)
+                    .await?;
+                Ok(pb::RepresentResponse { changed })
+            })
             .await
-            .map(|changed| Response::new(pb::RepresentResponse { changed }))
-            .map_err(|e| status_of(&e))
     }
 
     async fn verify_log(
         &self,
         request: Request<pb::VerifyLogRequest>,
     ) -> Result<Response<pb::VerifyLogResponse>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let v = self
-            .shared
-            .gw
-            .admin_verify_log(&caller)
+        let gw = &self.shared.gw;
+        self.shared
+            .answer(request, async |caller, _| {
+                let v = gw.admin_verify_log(caller).await?;
+                let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
+                Ok(pb::VerifyLogResponse {
+                    intact: problem.is_empty(),
+                    checked: v.checked,
+                    unchained: v.unchained,
+                    broken_at,
+                    problem,
+                })
+            })
             .await
-            .map_err(|e| status_of(&e))?;
-        let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
-        Ok(Response::new(pb::VerifyLogResponse {
-            intact: problem.is_empty(),
-            checked: v.checked,
-            unchained: v.unchained,
-            broken_at,
-            problem,
-        }))
     }
 }
 
@@ -316,14 +353,14 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let caller = s.caller(request.metadata(), request.extensions()).await?;
-        let _admission = s.gw.admit().map_err(|e| status_of(&e))?;
+        let _admission = s.gw.admit().into_status()?;
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let mut clock = limits::UploadClock::start(s.upload);
         let first = match next_message(&mut stream, &clock).await {
             Err(stall) => {
                 let e = clock.refusal(stall, "Send");
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
             Ok(Ok(Some(pb::SendRequest {
                 item: Some(Item::Envelope(env)),
@@ -332,29 +369,26 @@ impl pb::exchange_server::Exchange for ExchangeService {
                 let e = Error::malformed(
                     "the first message of a Send stream must carry the signed envelope",
                 );
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
             Ok(Ok(None)) => {
                 let e = Error::malformed("the Send stream ended before the signed envelope");
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
             Ok(Err(st)) => {
                 let e = transport_error(&st, "the first message of the Send stream");
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
         };
         let len = first.encoded_len();
         clock.add(len);
-        let mut sub =
-            s.gw.begin_send(&caller, first, len)
-                .await
-                .map_err(|e| status_of(&e))?;
+        let mut sub = s.gw.begin_send(&caller, first, len).await.into_status()?;
         loop {
             let next = match next_message(&mut stream, &clock).await {
                 Ok(next) => next,
                 Err(stall) => {
                     let e = clock.refusal(stall, "Send");
-                    return Err(status_of(&sub.abort(e).await));
+                    return Err(sub.abort(e).await.into_status());
                 }
             };
             match next {
@@ -362,24 +396,22 @@ impl pb::exchange_server::Exchange for ExchangeService {
                     item: Some(Item::Chunk(c)),
                 })) => {
                     clock.add(c.data.len());
-                    sub.write_chunk(c.index, &c.data)
-                        .await
-                        .map_err(|e| status_of(&e))?
+                    sub.write_chunk(c.index, &c.data).await.into_status()?
                 }
                 Ok(Some(_)) => {
                     let e = Error::malformed(
                         "only attachment chunks may follow the envelope on a Send stream",
                     );
-                    return Err(status_of(&sub.abort(e).await));
+                    return Err(sub.abort(e).await.into_status());
                 }
                 Ok(None) => break,
                 Err(st) => {
                     let e = transport_error(&st, "an attachment chunk");
-                    return Err(status_of(&sub.abort(e).await));
+                    return Err(sub.abort(e).await.into_status());
                 }
             }
         }
-        let receipt = sub.finish().await.map_err(|e| status_of(&e))?;
+        let receipt = sub.finish().await.into_status()?;
         Ok(Response::new(receipt))
     }
 
@@ -426,7 +458,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            let _ = tx.send(Err(status_of(&e))).await;
+                            let _ = tx.send(Err(e.into_status())).await;
                             break;
                         }
                     }
@@ -440,17 +472,13 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
+        let gw = &self.shared.gw;
         self.shared
-            .gw
-            .ack(&caller, &req.delivery_id)
+            .answer(request, async |caller, r| {
+                gw.ack(caller, &r.delivery_id).await?;
+                Ok(pb::AckResponse {})
+            })
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(pb::AckResponse {}))
     }
 
     type FetchAttachmentStream = ReceiverStream<Result<pb::AttachmentChunk, Status>>;
@@ -464,37 +492,25 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .caller(request.metadata(), request.extensions())
             .await?;
         let req = request.into_inner();
-        let mut reader = self
+        let reader = self
             .shared
             .gw
             .fetch_attachment(&caller, &req.from, &req.message_id, req.index)
             .await
-            .map_err(|e| status_of(&e))?;
-        let (tx, rx) = mpsc::channel(4);
+            .into_status()?;
         let index = req.index;
         let slot = self.shared.stream_slot(&caller).await?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            loop {
-                match reader.next_chunk(FETCH_CHUNK_BYTES).await {
-                    Ok(Some(data)) => {
-                        let chunk = pb::AttachmentChunk {
-                            index,
-                            data: data.into(),
-                        };
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Err(status_of(&e))).await;
-                        break;
-                    }
-                }
-            }
+        let chunks = futures::stream::try_unfold(reader, move |mut reader| async move {
+            let next = reader.next_chunk(FETCH_CHUNK_BYTES).await?;
+            Ok(next.map(|data| {
+                let chunk = pb::AttachmentChunk {
+                    index,
+                    data: data.into(),
+                };
+                (chunk, reader)
+            }))
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream_to_caller(slot, chunks)))
     }
 
     async fn send_edxml(
@@ -503,7 +519,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let caller = s.caller(request.metadata(), request.extensions()).await?;
-        let _admission = s.gw.admit().map_err(|e| status_of(&e))?;
+        let _admission = s.gw.admit().into_status()?;
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
         let (tx, reader) = edxml::gateway::chunk_channel(8);
@@ -512,16 +528,16 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let first = match next_message(&mut stream, &clock).await {
             Err(stall) => {
                 let e = clock.refusal(stall, "SendEdxml");
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 let e = Error::malformed("the SendEdxml stream is empty; send the package's bytes");
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
             Ok(Err(st)) => {
                 let e = transport_error(&st, "the first chunk of the edXML package");
-                return Err(status_of(&s.gw.refuse(Some(&caller), "", e).await));
+                return Err(s.refuse(&caller, e).await);
             }
         };
         let message_id = Some(first.message_id.clone()).filter(|m| !m.is_empty());
@@ -559,7 +575,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let result =
             edxml::gateway::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
         feeder.abort();
-        result.map(Response::new).map_err(|e| status_of(&e))
+        result.map(Response::new).into_status()
     }
 
     type FetchEdxmlStream = ReceiverStream<Result<pb::EdxmlChunk, Status>>;
@@ -573,7 +589,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .caller(request.metadata(), request.extensions())
             .await?;
         let req = request.into_inner();
-        let mut rx = edxml::gateway::render(
+        let rx = edxml::gateway::render(
             &self.shared.gw,
             &caller,
             &req.from,
@@ -581,60 +597,40 @@ impl pb::exchange_server::Exchange for ExchangeService {
             &self.shared.trace_organ_id,
         )
         .await
-        .map_err(|e| status_of(&e))?;
-        let (tx, out) = mpsc::channel(4);
+        .into_status()?;
         let slot = self.shared.stream_slot(&caller).await?;
-        tokio::spawn(async move {
-            let _slot = slot;
-            while let Some(item) = rx.recv().await {
-                let msg = item
-                    .map(|data| pb::EdxmlChunk {
-                        data,
-                        message_id: String::new(),
-                    })
-                    .map_err(|e| status_of(&e));
-                if tx.send(msg).await.is_err() {
-                    break;
-                }
-            }
+        let chunks = ReceiverStream::new(rx).map(|item| {
+            item.map(|data| pb::EdxmlChunk {
+                data,
+                message_id: String::new(),
+            })
         });
-        Ok(Response::new(ReceiverStream::new(out)))
+        Ok(Response::new(stream_to_caller(slot, chunks)))
     }
 
     async fn trace(
         &self,
         request: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
-        let events = self
-            .shared
-            .gw
-            .trace(Some(&caller), &req.from, &req.message_id)
+        let gw = &self.shared.gw;
+        self.shared
+            .answer(request, async |caller, r| {
+                let events = gw.trace(Some(caller), &r.from, &r.message_id).await?;
+                Ok(pb::TraceResponse { events })
+            })
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(pb::TraceResponse { events }))
     }
 
     async fn document_status(
         &self,
         request: Request<pb::DocumentStatusRequest>,
     ) -> Result<Response<pb::DocumentStatusResponse>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
-        let status = self
-            .shared
-            .gw
-            .document_status(&caller, &req.from, &req.document_id)
+        let gw = &self.shared.gw;
+        self.shared
+            .answer(request, async |caller, r| {
+                gw.document_status(caller, &r.from, &r.document_id).await
+            })
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(status))
     }
 }
 
@@ -644,38 +640,50 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::Agency>, Status> {
+        let gw = &self.shared.gw;
         self.shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
-        let a = self
-            .shared
-            .gw
-            .lookup(&req.organ_id)
+            .answer(request, async |_, r| gw.lookup(&r.organ_id).await)
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(a))
     }
 
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let gw = &self.shared.gw;
         self.shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
-        let (agencies, next_page_token) = self
-            .shared
-            .gw
-            .list(&req.under, req.page_size, &req.page_token)
+            .answer(request, async |_, r| {
+                let (agencies, next_page_token) =
+                    gw.list(&r.under, r.page_size, &r.page_token).await?;
+                Ok(pb::ListResponse {
+                    agencies,
+                    next_page_token,
+                })
+            })
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(pb::ListResponse {
-            agencies,
-            next_page_token,
-        }))
     }
+}
+
+/// Sends what `source` yields to the caller from a task of its own, holding
+/// the caller's stream slot until it ends. An error is sent as its status
+/// and ends the stream; a caller who hangs up stops it. The channel lets the
+/// source read a few items ahead of the network.
+fn stream_to_caller<T: Send + 'static>(
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    source: impl futures::Stream<Item = Result<T, Error>> + Send + 'static,
+) -> ReceiverStream<Result<T, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut source = std::pin::pin!(source);
+        while let Some(item) = source.next().await {
+            let last = item.is_err();
+            if tx.send(item.into_status()).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Puts the delivery's edXML rendering in `edxml` when it fits in one
@@ -743,9 +751,8 @@ async fn next_message<T>(
 
 /// The gRPC server, ready to be served on a listener.
 pub struct GrpcServer {
-    exchange: ExchangeService,
-    directory: DirectoryService,
-    admin: AdminService,
+    /// What every service shares, cloned into each when served.
+    shared: Shared,
     report_settings: lienthong_core::reports::ReportSettings,
     max_message: usize,
     connections: tls::ConnectionLimits,
@@ -765,13 +772,7 @@ impl GrpcServer {
             upload: limits::UploadLimits::default(),
         };
         GrpcServer {
-            exchange: ExchangeService {
-                shared: shared.clone(),
-            },
-            directory: DirectoryService {
-                shared: shared.clone(),
-            },
-            admin: AdminService { shared },
+            shared,
             report_settings: Default::default(),
             max_message,
             connections: tls::ConnectionLimits::default(),
@@ -781,31 +782,20 @@ impl GrpcServer {
     /// The policy edXML packages are checked with (lenient by default: what
     /// real producers send).
     pub fn with_edxml_policy(mut self, policy: Policy) -> Self {
-        self.exchange.shared.edxml_policy = policy;
-        self.directory.shared.edxml_policy = policy;
-        self.admin.shared.edxml_policy = policy;
+        self.shared.edxml_policy = policy;
         self
     }
 
     /// The pace an upload stream (Send, SendEdxml) must keep: its longest
     /// silence, its minimum rate after a grace period, its overall deadline.
     pub fn with_upload_limits(mut self, upload: limits::UploadLimits) -> Self {
-        for shared in [
-            &mut self.exchange.shared,
-            &mut self.directory.shared,
-            &mut self.admin.shared,
-        ] {
-            shared.upload = upload;
-        }
+        self.shared.upload = upload;
         self
     }
 
     /// Per-peer call rate, checked before the caller is identified.
     pub fn with_peer_limits(mut self, l: limits::PeerLimits) -> Self {
-        let peers = Arc::new(limits::PeerLimiter::new(l));
-        self.exchange.shared.peers = peers.clone();
-        self.directory.shared.peers = peers.clone();
-        self.admin.shared.peers = peers;
+        self.shared.peers = Arc::new(limits::PeerLimiter::new(l));
         self
     }
 
@@ -818,19 +808,14 @@ impl GrpcServer {
 
     /// Per-agency call rate and concurrent-stream limits.
     pub fn with_agency_limits(mut self, l: limits::AgencyLimits) -> Self {
-        let limiter = Arc::new(limits::AgencyLimiter::new(l));
-        self.exchange.shared.limiter = limiter.clone();
-        self.directory.shared.limiter = limiter.clone();
-        self.admin.shared.limiter = limiter;
+        self.shared.limiter = Arc::new(limits::AgencyLimiter::new(l));
         self
     }
 
     /// The agency code written in the TraceHeader of rendered edXML
     /// (default: the gateway's id).
     pub fn with_trace_organ_id(mut self, organ_id: &str) -> Self {
-        self.exchange.shared.trace_organ_id = organ_id.to_owned();
-        self.directory.shared.trace_organ_id = organ_id.to_owned();
-        self.admin.shared.trace_organ_id = organ_id.to_owned();
+        self.shared.trace_organ_id = organ_id.to_owned();
         self
     }
 
@@ -850,14 +835,23 @@ impl GrpcServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let (health, health_svc) = tonic_health::server::health_reporter();
-        let gw = self.exchange.shared.gw.clone();
+        let gw = self.shared.gw.clone();
         let connections = self.connections;
-        let tls = match &self.exchange.shared.auth {
+        let tls = match &self.shared.auth {
             AuthMode::Mtls(tls) => Some(tls.clone()),
             AuthMode::DevHeader => None,
         };
         tokio::spawn(readiness(gw, health));
-        let reports = reports::ReportsService::new(self.admin.shared.clone(), self.report_settings);
+        let reports = reports::ReportsService::new(self.shared.clone(), self.report_settings);
+        let exchange = ExchangeService {
+            shared: self.shared.clone(),
+        };
+        let directory = DirectoryService {
+            shared: self.shared.clone(),
+        };
+        let admin = AdminService {
+            shared: self.shared,
+        };
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -873,12 +867,12 @@ impl GrpcServer {
             .initial_connection_window_size(Some(CONNECTION_WINDOW));
         let mut router = builder
             .add_service(
-                ExchangeServer::new(self.exchange)
+                ExchangeServer::new(exchange)
                     .max_decoding_message_size(self.max_message)
                     .max_encoding_message_size(self.max_message),
             )
-            .add_service(DirectoryServer::new(self.directory))
-            .add_service(AdminServer::new(self.admin))
+            .add_service(DirectoryServer::new(directory))
+            .add_service(AdminServer::new(admin))
             .add_service(ReportsServer::new(reports))
             .add_service(health_svc);
         match reflection {

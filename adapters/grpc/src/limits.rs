@@ -76,10 +76,15 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 
     /// Takes one token of `key`'s bucket; false when it is empty.
     fn take(&self, key: &K) -> bool {
+        self.take_at(key, Instant::now())
+    }
+
+    /// [`Buckets::take`] at the instant `now`: the clock is the caller's, so
+    /// that a refill can be judged without depending on how fast code runs.
+    fn take_at(&self, key: &K, now: Instant) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
-        let now = Instant::now();
         let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let (map, pruned) = &mut *guard;
         if !map.contains_key(key) && map.len() >= MAX_BUCKETS {
@@ -134,7 +139,12 @@ impl AgencyLimiter {
 
     /// Takes one call from the agency's bucket.
     pub fn call(&self, organ_id: &str) -> Result<(), Error> {
-        if self.buckets.take(&organ_id.to_owned()) {
+        self.call_at(organ_id, Instant::now())
+    }
+
+    /// [`AgencyLimiter::call`] at the instant `now`.
+    pub fn call_at(&self, organ_id: &str, now: Instant) -> Result<(), Error> {
+        if self.buckets.take_at(&organ_id.to_owned(), now) {
             return Ok(());
         }
         Err(Error::new(
@@ -353,15 +363,28 @@ mod tests {
             burst: 3.0,
             max_streams: 2,
         });
+        // One instant for the burst: no refill can slip in between calls,
+        // however slowly they run.
+        let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(l.call("A").is_ok());
+            assert!(l.call_at("A", t0).is_ok());
         }
-        let e = l.call("A").err();
+        let e = l.call_at("A", t0).err();
         assert_eq!(e.map(|e| e.reason()), Some(Reason::RateLimited));
         // Another agency has its own bucket.
-        assert!(l.call("B").is_ok());
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(l.call("A").is_ok(), "the bucket refills with time");
+        assert!(l.call_at("B", t0).is_ok());
+        // Half a token later: still empty.
+        let half = t0 + Duration::from_micros(500);
+        assert!(l.call_at("A", half).is_err(), "half a token is not a call");
+        // 5 ms at 1000 calls/s refill the bucket (to its burst of 3).
+        let later = t0 + Duration::from_millis(5);
+        for _ in 0..3 {
+            assert!(
+                l.call_at("A", later).is_ok(),
+                "the bucket refills with time"
+            );
+        }
+        assert!(l.call_at("A", later).is_err(), "refilled only to the burst");
     }
 
     #[test]

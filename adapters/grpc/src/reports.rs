@@ -12,7 +12,7 @@ use lienthong_core::reports::{self, AgencyRow, Latency, Report, ReportSettings, 
 use lienthong_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::{Shared, status_of};
+use crate::Shared;
 
 /// `lienthong.v1.Reports`: operators only.
 #[derive(Clone)]
@@ -33,21 +33,19 @@ impl pb::reports_server::Reports for ReportsService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let r = request.into_inner();
-        let ask = SummaryRequest {
-            period: r.period,
-            agency: r.agency,
-            under: r.under,
-            province: r.province,
-        };
-        let report = reports::summary_for(&self.shared.gw, &caller, &ask, &self.settings)
+        self.shared
+            .answer(request, async |caller, r| {
+                let ask = SummaryRequest {
+                    period: r.period,
+                    agency: r.agency,
+                    under: r.under,
+                    province: r.province,
+                };
+                let report =
+                    reports::summary_for(&self.shared.gw, caller, &ask, &self.settings).await?;
+                Ok(response(report))
+            })
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(response(report)))
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use lienthong_core::error::Error;
 use lienthong_core::peers::PeerKey;
-use lienthong_core::signing::TrustAnchors;
+use lienthong_pki::signing::TrustAnchors;
 use rustls::DistinguishedName;
 use rustls::crypto::CryptoProvider;
 use rustls::server::ServerConfig;
@@ -179,7 +179,7 @@ impl ReloadingTls {
     /// cannot settle it, else `PERMISSION_DENIED`) and a sentence.
     pub fn verify_client(&self, chain: &[CertificateDer<'_>]) -> Result<[u8; 32], Error> {
         let loaded = self.current();
-        lienthong_core::signing::verify_client_chain(
+        lienthong_pki::signing::verify_client_chain(
             chain,
             &loaded.anchors,
             self.provider.signature_verification_algorithms.all,
@@ -561,7 +561,7 @@ impl ClientCertVerifier for DeferredClientCert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lienthong_core::devpki::{DevCa, KeyType};
+    use lienthong_pki::devpki::{DevCa, KeyType};
     use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
     /// What OpenSSL's `parse_ca_names` does with each name of a

@@ -19,8 +19,8 @@ use crate::directory_csv::{AgencyRow, RowProblem, read_directory_csv};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::pipeline::{Caller, Transport};
-use crate::signing::{describe_certificate, load_certificate_pem};
 use crate::store::{DirectoryChange, EventKind, NewEvent, Store, now_micros};
+use lienthong_pki::signing::{describe_certificate, load_certificate_pem};
 
 /// Who changes the directory, as the transfer log names them.
 #[derive(Debug, Clone)]

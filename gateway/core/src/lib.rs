@@ -1,7 +1,5 @@
 pub mod admin;
 pub mod blobs;
-pub mod crl;
-pub mod devpki;
 pub mod directory;
 pub mod directory_csv;
 pub mod error;
@@ -9,13 +7,14 @@ pub mod lifecycle;
 pub mod maintenance; // Maintenance notices
 pub mod metrics;
 pub mod operators;
-pub mod pades;
 pub mod peers;
 pub mod pipeline;
-pub mod receipts;
 pub mod reports;
 pub mod routing;
-pub mod signing;
 
+pub use lienthong_pades as pades;
+#[cfg(any(test, feature = "dev"))]
+pub use lienthong_pki::devpki;
+pub use lienthong_pki::{crl, receipts, signing};
 pub use lienthong_store::{rows, store};
 pub use lienthong_types::{now_micros, organ_id, text};

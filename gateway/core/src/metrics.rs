@@ -362,7 +362,7 @@ pub fn amqp_dead_lettered(reason: Reason) {
 
 /// A PDF attachment's signatures were checked (`verdict` is one of the
 /// four verdicts, so the label stays bounded).
-pub fn pdf_verified(verdict: crate::pades::Verdict) {
+pub fn pdf_verified(verdict: lienthong_pades::Verdict) {
     METRICS
         .pdf_verified
         .get_or_create(&VerdictLabel {

@@ -31,14 +31,14 @@ use crate::blobs::{BlobReader, BlobStore, BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::lifecycle;
 use crate::organ_id::{IdPolicy, OrganId};
-use crate::receipts::ReceiptSigner;
 use crate::routing::{self, RouteTable, Target};
 use crate::rows::{AgencyRow, DeliveryRow, EventRow, MessageRow};
-use crate::signing::{self, TrustAnchors};
 use crate::store::{
     AcceptError, EventKind, NewAttachment, NewEvent, NewMessage, PendingDelivery, Store, now_micros,
 };
 use crate::text;
+use lienthong_pki::receipts::ReceiptSigner;
+use lienthong_pki::signing::{self, TrustAnchors};
 
 /// Status codes a `StatusNotice` may carry (DESIGN.md §2).
 pub const STATUS_CODES: [&str; 9] = ["01", "02", "03", "04", "05", "06", "13", "15", "16"];
@@ -63,7 +63,7 @@ pub struct Limits {
     /// answers "try again" quickly rather than slowly for everyone.
     pub max_submissions_in_flight: usize,
     /// The work one PDF attachment's signature check may cost.
-    pub pdf: crate::pades::Limits,
+    pub pdf: lienthong_pades::Limits,
     /// PDF signature checks run at once (each a blocking thread hashing
     /// and reading); a submission whose PDF finds them all busy waits.
     pub pdf_checks_in_flight: usize,
@@ -88,7 +88,7 @@ impl Default for Limits {
             max_recipients: 1000,
             redelivery_after: Duration::from_secs(60),
             max_submissions_in_flight: 256,
-            pdf: crate::pades::Limits::default(),
+            pdf: lienthong_pades::Limits::default(),
             pdf_checks_in_flight: default_pdf_checks_in_flight(),
             pdf_check_wait: Duration::from_secs(120),
         }
@@ -2775,15 +2775,15 @@ async fn check_pdfs(
         let anchors = gw.anchors.clone();
         let blobs = gw.blobs.clone();
         let limits = gw.limits.pdf;
-        let moment = crate::pades::Moment::Received(check.received_at);
+        let moment = lienthong_pades::Moment::Received(check.received_at);
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let opts = crate::pades::Options {
+            let opts = lienthong_pades::Options {
                 moment,
                 limits,
                 scratch: &crate::blobs::BlobScratch(&blobs),
             };
-            crate::pades::verify_attachment(&source, &anchors, &opts)
+            lienthong_pades::verify_attachment(&source, &anchors, &opts)
         })
         .await
         .map_err(|_| {
@@ -2795,7 +2795,7 @@ async fn check_pdfs(
         let v = match result {
             Ok(report) => {
                 let warnings =
-                    crate::pades::decree30_warnings(&report, check.signer_name.as_deref());
+                    lienthong_pades::decree30_warnings(&report, check.signer_name.as_deref());
                 crate::metrics::pdf_verified(report.verdict);
                 crate::metrics::pdf_bytes_hashed(report.bytes_hashed);
                 if let Some(why) = &report.limit_reached {
@@ -2804,7 +2804,7 @@ async fn check_pdfs(
                 }
                 pdf_verification(i, r, &report, warnings)
             }
-            Err(crate::pades::AttachmentError::Storage(e)) => {
+            Err(lienthong_pades::AttachmentError::Storage(e)) => {
                 tracing::error!(attachment = i, name = %r.name, error = %e, "a zipped PDF could not be unpacked to the store's temporary area");
                 return Err(Error::new(
                     Reason::Unavailable,
@@ -2816,14 +2816,14 @@ async fn check_pdfs(
                     ),
                 ));
             }
-            Err(crate::pades::AttachmentError::Unreadable(e)) => {
+            Err(lienthong_pades::AttachmentError::Unreadable(e)) => {
                 // Declared a PDF but not one: the clerk is told, and
                 // `require` refuses it as unsigned-or-invalid below.
-                crate::metrics::pdf_verified(crate::pades::Verdict::Invalid);
+                crate::metrics::pdf_verified(lienthong_pades::Verdict::Invalid);
                 pb::PdfVerification {
                     attachment_index: i as u32,
                     attachment_name: r.name.clone(),
-                    verdict: crate::pades::Verdict::Invalid.as_str().to_owned(),
+                    verdict: lienthong_pades::Verdict::Invalid.as_str().to_owned(),
                     revisions: 0,
                     signatures: Vec::new(),
                     reasons: vec![format!(
@@ -2844,7 +2844,7 @@ async fn check_pdfs(
 fn pdf_verification(
     index: usize,
     r: &AttachmentRef,
-    report: &crate::pades::PdfReport,
+    report: &lienthong_pades::PdfReport,
     warnings: Vec<String>,
 ) -> pb::PdfVerification {
     pb::PdfVerification {

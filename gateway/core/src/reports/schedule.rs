@@ -19,8 +19,8 @@ use super::{Lang, Period, ReportSettings, Scope, summary_in};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::pipeline::{Caller, Gateway, Transport};
-use crate::signing::{self, SigningKey, TrustAnchors};
 use crate::store::{Store, now_micros};
+use lienthong_pki::signing::{self, SigningKey, TrustAnchors};
 
 /// What the monthly task writes, and where.
 #[derive(Debug, Clone)]

@@ -4,16 +4,17 @@
 //! drained and acknowledged.
 //!
 //! Shared by the core's report unit tests and its report acceptance test;
-//! the includer puts the core crate in scope as `lt`.
+//! the includer puts the core crate in scope as `lt`, and needs
+//! `lienthong-pki` with its `dev` feature.
 #![allow(dead_code)]
 
 use std::path::Path;
 
+use lienthong_pki::devpki::{DevCa, KeyType};
 use lienthong_proto::v1::{self as pb, Delivery, Envelope, SendReceipt, SignedEnvelope};
 use prost::Message as _;
 
 use super::lt;
-use lt::devpki::{DevCa, KeyType};
 use lt::error::{Reason, Result};
 use lt::pipeline::{Caller, Gateway, Limits, Settings, Transport};
 use lt::rows::{AgencyRow, SigningCertRow};

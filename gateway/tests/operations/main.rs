@@ -1,0 +1,11 @@
+//! What operators do, end to end: maintenance notices, reports, accounts and
+//! logins.
+//!
+//! Each test starts the real `lienthong` binary this package builds (see
+//! `lienthong_testkit::bin_path`) and drives it as agency software and
+//! operators would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod maintenance;
+mod operators;
+mod reports;
