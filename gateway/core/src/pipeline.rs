@@ -307,10 +307,6 @@ struct Inner {
     /// Calls refused before their caller was identified, summed per peer
     /// until the next line of the transfer log ([`crate::peers`]).
     unauthenticated: crate::peers::UnauthenticatedCalls,
-    /// One sweep of [`crate::reports::index_documents`] at a time: an
-    /// acceptance that waited finds its document indexed by the sweep
-    /// before, and its own sweep reads nothing.
-    indexing: tokio::sync::Mutex<()>,
 }
 
 struct Probe(BrokerProbe);
@@ -403,7 +399,6 @@ impl Gateway {
                 admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
                 pdf_checks: Arc::new(tokio::sync::Semaphore::new(pdf_checks)),
                 unauthenticated: Default::default(),
-                indexing: Default::default(),
             }),
         }
     }
@@ -945,6 +940,13 @@ impl Gateway {
                     status_note: effect.status_note,
                     priority: effect.priority,
                     due_at: effect.due_at,
+                    index: crate::reports::DocumentFacts::of(&envelope).map(|f| {
+                        lienthong_store::reports::DocumentIndex {
+                            due_date: f.due_date,
+                            code: f.code,
+                            subject: f.subject,
+                        }
+                    }),
                 },
                 verification,
                 envelope_sha,
@@ -2575,9 +2577,6 @@ impl Open {
                     transport = self.caller.transport.as_str(),
                     "accepted"
                 );
-                if m.kind == "document" {
-                    index_documents(gw).await;
-                }
                 Ok(make_receipt(&m, deliveries, false, &gw.gateway_id))
             }
             Err(AcceptError::AlreadyExists) => {
@@ -2961,18 +2960,6 @@ fn require_signed_pdf(refs: &[AttachmentRef], pdf: &[pb::PdfVerification]) -> Re
                 ),
             ))
         }
-    }
-}
-
-/// Fills the columns the reports and the dashboard read out of the
-/// envelopes (DueDate, số/ký hiệu, trích yếu) once a document is accepted,
-/// so that they only read. The document is accepted whatever happens here:
-/// a failure leaves it to the next sweep (the next acceptance, or `serve`'s
-/// start).
-async fn index_documents(gw: &Inner) {
-    let _one = gw.indexing.lock().await;
-    if let Err(e) = crate::reports::index_documents(&gw.store).await {
-        tracing::warn!(error = %format!("{e:#}"), "the accepted documents' due dates and codes could not be indexed yet");
     }
 }
 

@@ -522,10 +522,10 @@ impl DocumentFacts {
 
 /// Copies DueDate, số/ký hiệu and trích yếu out of the envelopes of
 /// documents that do not have them in their columns yet (`due_date IS
-/// NULL`), a page at a time. Returns how many documents it indexed. The
-/// pipeline runs it once a document is accepted, and the jobs that report
-/// (`serve` at start, the monthly reports, `lienthong report`) before they
-/// read, for rows written before; the reports and the dashboard only read.
+/// NULL`: rows accepted before the pipeline wrote them with the document),
+/// a page at a time. Returns how many documents it indexed. `serve` runs it
+/// at start, and the jobs that report (the monthly reports, `lienthong
+/// report`) before they read; the reports and the dashboard only read.
 pub async fn index_documents(store: &Store) -> Result<u64> {
     store
         .index_documents(|bytes| {

@@ -300,6 +300,9 @@ pub struct NewMessage {
     pub status_note: Option<String>,
     pub priority: i32,
     pub due_at: Option<i64>,
+    /// A document's facts for the reports and the dashboard, written with
+    /// it so that they only read.
+    pub index: Option<crate::reports::DocumentIndex>,
 }
 
 /// Why an acceptance did not commit.
@@ -1127,6 +1130,9 @@ async fn accept_in<C: ConnectionTrait>(
             replaces: Set(m.replaces.clone()),
             priority: Set(m.priority),
             due_at: Set(m.due_at),
+            due_date: Set(m.index.as_ref().map(|i| i.due_date.clone())),
+            code: Set(m.index.as_ref().map(|i| i.code.clone())),
+            subject: Set(m.index.as_ref().map(|i| i.subject.clone())),
             ..Default::default()
         }
         .insert(txn)
@@ -2034,6 +2040,7 @@ mod tests {
             status_note: None,
             priority: 0,
             due_at: None,
+            index: None,
         }
     }
 

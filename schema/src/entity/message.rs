@@ -34,6 +34,13 @@ pub struct Model {
     pub priority: i32,
     /// The end of its DueDate (Vietnam time), microseconds.
     pub due_at: Option<i64>,
+    /// What the reports and the dashboard read out of a document's envelope
+    /// (its DueDate `yyyy-MM-dd` or empty, số/ký hiệu, trích yếu), written
+    /// when it is accepted; `NULL` `due_date` means "not read yet" (rows
+    /// older than these columns, filled by the reports' indexing sweep).
+    pub due_date: Option<String>,
+    pub code: Option<String>,
+    pub subject: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
