@@ -6,6 +6,7 @@
 //! underlying reader, decoded in blocks and handed to the sink.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, BufRead, Read};
 
 use base64::Engine as _;
@@ -22,12 +23,34 @@ use quick_xml::events::Event;
 use ring::digest;
 
 use crate::sink::{AttachmentMeta, AttachmentSink, looks_like_zip, to_array, unzip_single};
-use crate::validate::Problem;
 use crate::values::{
     any_date, any_timestamp, iso_date, slash_date, standard_date, standard_timestamp, to_proto,
 };
 use crate::xml::{Attr, Element, NAMESPACE, Node, Ns, quoted, resolve_reference};
 use crate::{AttachmentInfo, Certificate, Package, SignatureInfo};
+
+/// One thing wrong with a package: where (an XPath-like location) and a
+/// sentence saying what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
 
 /// Bounds on what a package may make the decoder hold or do.
 #[derive(Debug, Clone)]

@@ -30,14 +30,14 @@ mod validate;
 mod values;
 mod xml;
 
-pub use decode::{DecodeOptions, Limits, decode};
+pub use decode::{DecodeOptions, Limits, Problem, decode};
 pub use encode::{EncodeOptions, encode, encode_to_vec, trace_header};
 pub use sink::{
     AttachmentMeta, AttachmentSink, AttachmentSource, DigestSink, DirSink, DirSource, FnSource,
     MemorySink, MemorySource, NoAttachments, ReadSeek, ZipEntry, unzip_single,
 };
 pub use validate::{
-    Policy, Problem, check, inspect_file, inspect_json, refusal, validate, validate_envelope,
+    Policy, check, inspect_file, inspect_json, refusal, validate, validate_envelope,
 };
 pub use values::format_timestamp;
 pub use xml::NAMESPACE;

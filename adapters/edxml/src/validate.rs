@@ -1,6 +1,5 @@
 //! What a package lacks under a policy, and a description for people.
 
-use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -10,7 +9,7 @@ use lienthong_core::organ_id::{IdPolicy, OrganId};
 use lienthong_proto::v1::{Envelope, Organization, XmlExtension, envelope::Body};
 use serde_json::{Value, json};
 
-use crate::decode::{DecodeOptions, decode};
+use crate::decode::{DecodeOptions, Problem, decode};
 use crate::sink::DigestSink;
 use crate::values::{
     any_date, any_timestamp, edxml_date, format_timestamp, from_proto, standard_date,
@@ -46,29 +45,6 @@ impl Policy {
             Policy::Strict => "strict",
             Policy::Lenient => "lenient",
         }
-    }
-}
-
-/// One thing wrong with a package: where (an XPath-like location) and a
-/// sentence saying what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub location: String,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem {
-            location: location.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location, self.message)
     }
 }
 

@@ -144,14 +144,7 @@ pub struct MessageHit {
     pub accepted_at: i64,
 }
 
-/// What [`Store::index_documents`] copies out of a document's envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DocumentIndex {
-    /// `yyyy-MM-dd`, or empty.
-    pub due_date: String,
-    pub code: String,
-    pub subject: String,
-}
+pub use crate::store::DocumentIndex;
 
 fn count(n: i64) -> u64 {
     n.max(0) as u64

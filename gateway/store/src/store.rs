@@ -302,7 +302,16 @@ pub struct NewMessage {
     pub due_at: Option<i64>,
     /// A document's facts for the reports and the dashboard, written with
     /// it so that they only read.
-    pub index: Option<crate::reports::DocumentIndex>,
+    pub index: Option<DocumentIndex>,
+}
+
+/// What [`Store::index_documents`] (and the pipeline, as it accepts) copies out of a document's envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DocumentIndex {
+    /// `yyyy-MM-dd`, or empty.
+    pub due_date: String,
+    pub code: String,
+    pub subject: String,
 }
 
 /// Why an acceptance did not commit.
