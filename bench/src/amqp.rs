@@ -1266,23 +1266,7 @@ fn print_table(r: &serde_json::Value) {
     let g = &r["gateway"];
     if !g.is_null() {
         println!();
-        println!(
-            "{:<34} {:>12}",
-            "gateway peak RSS (MB)",
-            g["peak_rss_kb"]
-                .as_f64()
-                .map(|k| format!("{:.1}", k / 1024.0))
-                .unwrap_or_else(|| "-".to_owned())
-        );
-        println!("{:<34} {:>12}", "gateway CPU (s)", f(&g["cpu_secs"]));
-        println!(
-            "{:<34} {:>12}",
-            "gateway CPU s / 1,000 documents",
-            match g["cpu_secs_per_1000_docs"].as_f64() {
-                Some(x) => format!("{x:.2}"),
-                None => "-".to_owned(),
-            }
-        );
+        super::print_gateway(g);
     }
     let b = &r["baseline"];
     if !b.is_null() {

@@ -1331,6 +1331,25 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     }))
 }
 
+/// The gateway's own resources, as every mode's table ends.
+fn print_gateway(g: &serde_json::Value) {
+    let fixed = |v: &serde_json::Value, places: usize| match v.as_f64() {
+        Some(x) => format!("{x:.places$}"),
+        None => "-".to_owned(),
+    };
+    println!(
+        "{:<34} {:>12}",
+        "gateway peak RSS (MB)",
+        fixed(&(g["peak_rss_kb"].as_f64().map(|k| k / 1024.0).into()), 1)
+    );
+    println!("{:<34} {:>12}", "gateway CPU (s)", fixed(&g["cpu_secs"], 1));
+    println!(
+        "{:<34} {:>12}",
+        "gateway CPU s / 1,000 documents",
+        fixed(&g["cpu_secs_per_1000_docs"], 2)
+    );
+}
+
 fn print_table(r: &serde_json::Value) {
     let f = |v: &serde_json::Value| match v.as_f64() {
         Some(x) => format!("{x:.1}"),
@@ -1430,24 +1449,7 @@ fn print_table(r: &serde_json::Value) {
         );
     }
     println!();
-    let g = &r["gateway"];
-    println!(
-        "{:<34} {:>12}",
-        "gateway peak RSS (MB)",
-        g["peak_rss_kb"]
-            .as_f64()
-            .map(|k| format!("{:.1}", k / 1024.0))
-            .unwrap_or_else(|| "-".to_owned())
-    );
-    println!("{:<34} {:>12}", "gateway CPU (s)", f(&g["cpu_secs"]));
-    println!(
-        "{:<34} {:>12}",
-        "gateway CPU s / 1,000 documents",
-        match g["cpu_secs_per_1000_docs"].as_f64() {
-            Some(x) => format!("{x:.2}"),
-            None => "-".to_owned(),
-        }
-    );
+    print_gateway(&r["gateway"]);
     let b = &r["baseline"];
     if !b["disk_write_mb_per_sec"].is_null() {
         println!(
