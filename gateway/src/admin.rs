@@ -363,7 +363,7 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
             for e in events {
-                let at = format_time(Some(&lienthong_core::pipeline::timestamp(e.at)));
+                let at = format_time(Some(&lienthong_core::timestamp(e.at)));
                 let actor = e.actor.unwrap_or_default();
                 if json {
                     println!(

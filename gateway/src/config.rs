@@ -764,9 +764,18 @@ impl Config {
                 r.accept_within_hours
             );
         }
+        let holidays = match &r.working_hours.holidays_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "reports.working_hours.holidays_file {}: cannot be read ({e})",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
         let calendar = r
             .working_hours
-            .calendar()
+            .calendar(holidays.as_deref())
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         Ok(lienthong_core::reports::ReportSettings {
             calendar,

@@ -9,7 +9,8 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lienthong_core::error::{Error, Reason, Result};
-use lienthong_core::pipeline::{Arrival, Caller, Gateway, Hops, sha256, truncate};
+use lienthong_core::pipeline::{Arrival, Caller, Gateway, Hops};
+use lienthong_core::{sha256, text::truncate};
 use prost::Message as _;
 use tokio::sync::watch;
 

@@ -72,7 +72,7 @@ pub fn kind(content_type: Option<&str>) -> Result<Kind> {
         "application/xml" | "text/xml" => Ok(Kind::Edxml),
         other => Err(Error::malformed(format!(
             "the content type {:?} is not one this gateway reads; publish {CONTENT_TYPE_ENVELOPE} (a SignedEnvelope) or {CONTENT_TYPE_STREAM}",
-            lienthong_core::pipeline::truncate(other, 100)
+            lienthong_core::text::truncate(other, 100)
         ))),
     }
 }

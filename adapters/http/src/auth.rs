@@ -201,7 +201,7 @@ pub(crate) async fn check_host(State(app): State<App>, req: Request, next: Next)
             "MISDIRECTED",
             format!(
                 "this gateway does not answer for the host {:?}; use one of its own names ({}), or ask its operators to add the name to http.allowed_hosts",
-                lienthong_core::pipeline::truncate(&h, 100),
+                lienthong_core::text::truncate(&h, 100),
                 app.hosts.describe()
             ),
         ),

@@ -417,7 +417,7 @@ async fn refusals(State(app): State<App>, Query(p): Params) -> Result<Response, 
         s => s.parse::<u32>().map_err(|_| {
             Error::malformed(format!(
                 "limit {:?} is not a whole number (1 to 200)",
-                lienthong_core::pipeline::truncate(s, 20)
+                lienthong_core::text::truncate(s, 20)
             ))
         })?,
     };

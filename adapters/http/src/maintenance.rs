@@ -138,7 +138,7 @@ fn instant(field: &str, s: &str) -> Result<i64, Error> {
         .map_err(|_| {
             Error::malformed(format!(
                 "{field} {:?} is not a time; write 2026-11-30T22:00 (Vietnam time) or RFC 3339 with an offset",
-                lienthong_core::pipeline::truncate(t, 40)
+                lienthong_core::text::truncate(t, 40)
             ))
         })
 }

@@ -3,6 +3,7 @@ pub mod blobs;
 pub mod directory;
 pub mod directory_csv;
 pub mod error;
+pub mod facts;
 pub mod lifecycle;
 pub mod maintenance; // Maintenance notices
 pub mod metrics;
@@ -17,4 +18,4 @@ pub use lienthong_pades as pades;
 pub use lienthong_pki::devpki;
 pub use lienthong_pki::{crl, receipts, signing};
 pub use lienthong_store::{rows, store};
-pub use lienthong_types::{now_micros, organ_id, text};
+pub use lienthong_types::{calendar, now_micros, organ_id, sha256, text, timestamp};

@@ -354,7 +354,7 @@ fn step(
     pb::LifecycleStep {
         event: event.to_owned(),
         state: state.label().to_owned(),
-        at: Some(crate::pipeline::timestamp(at)),
+        at: Some(lienthong_types::timestamp(at)),
         message_id: message_id.to_owned(),
         note: note.to_owned(),
     }
@@ -528,7 +528,7 @@ impl DocumentLifecycle {
                     organ_id: who.clone(),
                     state: r.state.label().to_owned(),
                     last_code: r.state.last_code.clone(),
-                    updated_at: Some(crate::pipeline::timestamp(r.state.updated_at)),
+                    updated_at: Some(lienthong_types::timestamp(r.state.updated_at)),
                     route: if r.route.starts_with("queue:") {
                         "queue".to_owned()
                     } else {

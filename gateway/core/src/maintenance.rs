@@ -28,9 +28,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::{Error, Reason, Result};
-use crate::pipeline::{Gateway, timestamp};
-use crate::reports::format_rfc3339;
+use crate::pipeline::Gateway;
 use crate::store::{Store, now_micros};
+use lienthong_types::calendar::format_rfc3339;
+use lienthong_types::timestamp;
 
 /// The longest message of a window, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 500;

@@ -49,7 +49,7 @@ impl OperatorRole {
             "admin" => Ok(OperatorRole::Admin),
             other => Err(Error::malformed(format!(
                 "{:?} is not a role; an operator is a viewer (dashboard and reports) or an admin (also maintenance and the directory)",
-                crate::pipeline::truncate(other, 20)
+                lienthong_types::text::truncate(other, 20)
             ))),
         }
     }
@@ -793,7 +793,7 @@ impl LoginGuard {
         peer: &str,
         policy: SessionPolicy,
     ) -> std::result::Result<NewSession, LoginRefusal> {
-        let name = crate::pipeline::truncate(name.trim(), 200).to_owned();
+        let name = lienthong_types::text::truncate(name.trim(), 200).to_owned();
         if let Some(retry_after) = self.throttled(&name, peer) {
             self.failed(&name, peer, true).await;
             return Err(LoginRefusal::Throttled { retry_after });
@@ -917,7 +917,7 @@ impl LoginGuard {
             }
             if p.names.len() < 5 {
                 p.names
-                    .insert(crate::pipeline::truncate(name, 100).to_owned());
+                    .insert(lienthong_types::text::truncate(name, 100).to_owned());
             } else if !p.names.contains(name) {
                 p.more_names += 1;
             }

@@ -36,9 +36,10 @@ use crate::rows::{AgencyRow, DeliveryRow, EventRow, MessageRow};
 use crate::store::{
     AcceptError, EventKind, NewAttachment, NewEvent, NewMessage, PendingDelivery, Store, now_micros,
 };
-use crate::text;
+use crate::text::{self, truncate};
 use lienthong_pki::receipts::ReceiptSigner;
 use lienthong_pki::signing::{self, TrustAnchors};
+use lienthong_types::{sha256, timestamp};
 
 /// Status codes a `StatusNotice` may carry (DESIGN.md §2).
 pub const STATUS_CODES: [&str; 9] = ["01", "02", "03", "04", "05", "06", "13", "15", "16"];
@@ -115,7 +116,7 @@ pub struct Settings {
     pub pdf_policy: PdfPolicy,
     /// Working days and hours (`reports.working_hours`): the same-day
     /// sending rule and the deadlines count in them.
-    pub calendar: crate::reports::WorkingCalendar,
+    pub calendar: lienthong_types::calendar::WorkingCalendar,
 }
 
 /// `signatures.pdf`: every PDF attachment's signatures are checked and the
@@ -149,7 +150,7 @@ impl Default for Settings {
             routes: RouteTable::default(),
             exchange: None,
             pdf_policy: PdfPolicy::default(),
-            calendar: crate::reports::WorkingCalendar::default(),
+            calendar: lienthong_types::calendar::WorkingCalendar::default(),
         }
     }
 }
@@ -293,7 +294,7 @@ struct Inner {
     routes: RouteTable,
     exchange: Option<ExchangeSettings>,
     pdf_policy: PdfPolicy,
-    calendar: crate::reports::WorkingCalendar,
+    calendar: lienthong_types::calendar::WorkingCalendar,
     /// Wakes the AMQP relay when the outbox gains rows.
     outbox_wake: watch::Sender<u64>,
     broker: std::sync::OnceLock<Probe>,
@@ -940,13 +941,7 @@ impl Gateway {
                     status_note: effect.status_note,
                     priority: effect.priority,
                     due_at: effect.due_at,
-                    index: crate::reports::DocumentFacts::of(&envelope).map(|f| {
-                        lienthong_store::reports::DocumentIndex {
-                            due_date: f.due_date,
-                            code: f.code,
-                            subject: f.subject,
-                        }
-                    }),
+                    index: crate::facts::of(&envelope),
                 },
                 verification,
                 envelope_sha,
@@ -1181,13 +1176,15 @@ impl Gateway {
                 let bt = doc.business.as_ref().map(|b| b.r#type).unwrap_or(0);
                 effect.business_type = bt;
                 effect.priority = i32::try_from(doc.priority).unwrap_or(0);
-                effect.due_at = crate::reports::parse_date(&doc.due_date)
+                effect.due_at = lienthong_types::calendar::parse_date(&doc.due_date)
                     .and_then(|d| d.next_day())
-                    .map(crate::reports::day_start_micros);
+                    .map(lienthong_types::calendar::day_start_micros);
                 // Decree 30: a document is sent the day it is signed, or the
                 // next working day at the latest. Reported, not refused.
-                if let Some(promulgated) = crate::reports::parse_date(&doc.promulgation_date) {
-                    let today = crate::reports::local_date(now_micros());
+                if let Some(promulgated) =
+                    lienthong_types::calendar::parse_date(&doc.promulgation_date)
+                {
+                    let today = lienthong_types::calendar::local_date(now_micros());
                     let late = inner.calendar.working_days_between(promulgated, today);
                     if late > 1 && !from_exchange {
                         effect.status_note = Some(format!(
@@ -1285,7 +1282,7 @@ impl Gateway {
                 if let Some(at) = life.recalled_at {
                     return Err(Error::malformed(format!(
                         "document {target} of {from} was recalled on {}: the sender's copy is frozen, so no further {what} of it is accepted",
-                        crate::reports::format_local(at)
+                        lienthong_types::calendar::format_local(at)
                     )));
                 }
                 if bt != lifecycle::BUSINESS_RECALL {
@@ -1512,7 +1509,7 @@ impl Gateway {
                         lifecycle::OVERDUE_DUE,
                         format!(
                             "document {document_id} not completed (06) by {who} by its due date ({})",
-                            due_at.map(|d| crate::reports::format_local(d - 1)).unwrap_or_default()
+                            due_at.map(|d| lienthong_types::calendar::format_local(d - 1)).unwrap_or_default()
                         ),
                     ));
                 }
@@ -2690,9 +2687,9 @@ impl LifecycleEffect {
             Body::Document(doc) => LifecycleEffect {
                 business_type: doc.business.as_ref().map(|b| b.r#type).unwrap_or(0),
                 priority: i32::try_from(doc.priority).unwrap_or(0),
-                due_at: crate::reports::parse_date(&doc.due_date)
+                due_at: lienthong_types::calendar::parse_date(&doc.due_date)
                     .and_then(|d| d.next_day())
-                    .map(crate::reports::day_start_micros),
+                    .map(lienthong_types::calendar::day_start_micros),
                 ..LifecycleEffect::default()
             },
             Body::Status(_) => LifecycleEffect::default(),
@@ -3323,6 +3320,3 @@ fn agency_pb(a: AgencyRow) -> Agency {
         active: a.active,
     }
 }
-
-pub use lienthong_types::text::truncate;
-pub use lienthong_types::{sha256, timestamp};

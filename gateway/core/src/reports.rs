@@ -27,27 +27,25 @@
 //!   submissions refused for a signature or certificate reason).
 
 mod dashboard;
-mod period;
 mod render;
 mod schedule;
 
 use std::collections::BTreeMap;
 
-use lienthong_proto::v1::{Envelope, SignedEnvelope, envelope::Body};
-use prost::Message as _;
 use serde::Serialize;
 
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId, TopicPattern};
-use crate::pipeline::{Gateway, truncate};
+use crate::pipeline::Gateway;
 use crate::store::{Store, now_micros};
-use lienthong_store::reports::{DocumentIndex, Duration, Filter, Percentiles, ReportWindow};
+use lienthong_store::reports::{Duration, Filter, Percentiles, ReportWindow};
+use lienthong_types::text::truncate;
 
 pub use dashboard::{
     Health, InboxDepth, OverdueDocument, Overview, Refusal, SearchHit, TraceLine, Traffic,
     inbox_depths, overview, recent_refusals, search,
 };
-pub use period::{
+pub use lienthong_types::calendar::{
     Period, VIETNAM, WorkingCalendar, WorkingHours, day_start_micros, format_local, format_rfc3339,
     local_date, parse_date,
 };
@@ -386,7 +384,7 @@ pub async fn summary_in(
     let cutoff = settings
         .calendar
         .cutoff(as_of, settings.accept_within_hours);
-    let today = period::iso_date(local_date(as_of));
+    let today = lienthong_types::calendar::iso_date(local_date(as_of));
     let window = ReportWindow {
         t0,
         t1,
@@ -464,8 +462,8 @@ pub async fn summary_in(
 
     Ok(Report {
         period: period.to_string(),
-        from: period::iso_date(d0),
-        to: period::iso_date(d1),
+        from: lienthong_types::calendar::iso_date(d0),
+        to: lienthong_types::calendar::iso_date(d1),
         scope: scope.to_string(),
         generated_at: format_rfc3339(now_micros()),
         as_of: format_rfc3339(as_of),
@@ -476,50 +474,6 @@ pub async fn summary_in(
     })
 }
 
-/// What [`index_documents`] reads out of a document's envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DocumentFacts {
-    /// `yyyy-MM-dd`, or empty when the document has no (valid) DueDate.
-    pub due_date: String,
-    /// Số/ký hiệu, `15/QĐ-UBND`; empty when the document has neither.
-    pub code: String,
-    /// Trích yếu, at most 500 bytes.
-    pub subject: String,
-}
-
-impl DocumentFacts {
-    /// The facts of an envelope's document (`None` for a status notice).
-    pub fn of(envelope: &Envelope) -> Option<DocumentFacts> {
-        let Some(Body::Document(doc)) = &envelope.body else {
-            return None;
-        };
-        let due_date = parse_date(&doc.due_date)
-            .map(period::iso_date)
-            .unwrap_or_default();
-        let (n, k) = (doc.code_number.trim(), doc.code_notation.trim());
-        let code = match (n.is_empty(), k.is_empty()) {
-            (false, false) => format!("{n}/{k}"),
-            (false, true) => n.to_owned(),
-            (true, false) => k.to_owned(),
-            (true, true) => String::new(),
-        };
-        Some(DocumentFacts {
-            due_date,
-            code: truncate(&code, 60).to_owned(),
-            subject: truncate(doc.subject.trim(), 500).to_owned(),
-        })
-    }
-
-    /// The facts of a stored `SignedEnvelope`; unreadable bytes give empty facts.
-    pub fn of_signed(bytes: &[u8]) -> DocumentFacts {
-        SignedEnvelope::decode(bytes)
-            .ok()
-            .and_then(|s| Envelope::decode(s.payload).ok())
-            .and_then(|e| DocumentFacts::of(&e))
-            .unwrap_or_default()
-    }
-}
-
 /// Copies DueDate, số/ký hiệu and trích yếu out of the envelopes of
 /// documents that do not have them in their columns yet (`due_date IS
 /// NULL`: rows accepted before the pipeline wrote them with the document),
@@ -527,16 +481,7 @@ impl DocumentFacts {
 /// at start, and the jobs that report (the monthly reports, `lienthong
 /// report`) before they read; the reports and the dashboard only read.
 pub async fn index_documents(store: &Store) -> Result<u64> {
-    store
-        .index_documents(|bytes| {
-            let f = DocumentFacts::of_signed(bytes);
-            DocumentIndex {
-                due_date: f.due_date,
-                code: f.code,
-                subject: f.subject,
-            }
-        })
-        .await
+    store.index_documents(crate::facts::of_signed).await
 }
 
 /// A reason code in plain Vietnamese, for the office.

@@ -1,13 +1,15 @@
 //! The words every part of lienthong shares, and nothing that does I/O:
 //! the error type and its reason codes ([`error`]), agency identifiers and
 //! routing-key patterns ([`organ_id`]), which characters an envelope's text
-//! fields may hold ([`text`]), and the time and digest helpers below.
+//! fields may hold ([`text`]), Vietnam time, report periods and the working
+//! calendar ([`calendar`]), and the time and digest helpers below.
 //!
 //! Architecture invariant: this crate depends on the protobuf messages
 //! alone (no database, network, file or clock other than `now_micros`), so
 //! the edXML codec, the PKI and the PDF checks can use it without linking
 //! the gateway.
 
+pub mod calendar;
 pub mod error;
 pub mod organ_id;
 pub mod text;

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use lienthong_proto::v1::TraceEvent;
 use serde::Serialize;
 
-use super::period::{self, day_start_micros, local_date};
 use super::{Period, ReportSettings, reason_vi};
 use crate::error::{Error, Reason, Result};
-use crate::pipeline::{Gateway, truncate};
+use crate::pipeline::Gateway;
 use crate::store::{Store, now_micros};
+use lienthong_types::calendar::{self as period, day_start_micros, local_date};
+use lienthong_types::text::truncate;
 
 pub use lienthong_store::reports::Traffic;
 

@@ -23,7 +23,7 @@ impl Format {
             "xlsx" => Ok(Format::Xlsx),
             other => Err(Error::malformed(format!(
                 "the format {:?} is not known; use csv, json or xlsx",
-                crate::pipeline::truncate(other, 20)
+                lienthong_types::text::truncate(other, 20)
             ))),
         }
     }

@@ -311,7 +311,7 @@ pub async fn send_monthly_report(
         files.push((name, format, bytes));
     }
     let now = now_micros();
-    let today = super::period::local_date(now);
+    let today = lienthong_types::calendar::local_date(now);
     let words = match period {
         Period::Month(y, m) => format!("tháng {:02}/{y}", m as u8),
         other => format!("kỳ {other}"),
@@ -324,7 +324,7 @@ pub async fn send_monthly_report(
             today.month() as u8,
             today.day()
         ),
-        promulgation_date: super::period::iso_date(today),
+        promulgation_date: lienthong_types::calendar::iso_date(today),
         type_name: "Báo cáo".to_owned(),
         subject: format!("Báo cáo tình hình gửi, nhận văn bản điện tử qua trục liên thông {words}"),
         content: format!(

@@ -7,6 +7,7 @@ mod world;
 
 use std::collections::HashMap;
 
+use lienthong_proto::v1::{Envelope, envelope::Body};
 use prost::Message as _;
 use time::Duration;
 
@@ -34,7 +35,7 @@ fn agencies() -> Vec<(String, String)> {
 
 fn day(offset_days: i64) -> String {
     let d = local_date(now_micros()) + Duration::days(offset_days);
-    period::iso_date(d)
+    lienthong_types::calendar::iso_date(d)
 }
 
 /// Yesterday to tomorrow: today's traffic, whatever the hour.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime, Time, UtcOffset, Weekday};
@@ -84,7 +85,7 @@ impl Period {
                 Reason::Malformed,
                 format!(
                     "the period {:?} is not valid{why}; write {PERIOD_FORMS}",
-                    crate::pipeline::truncate(t, 40)
+                    crate::text::truncate(t, 40)
                 ),
             )
         };
@@ -277,7 +278,9 @@ pub struct WorkingCalendar {
 
 impl WorkingHours {
     /// Checks the configuration; the error says which value is wrong.
-    pub fn calendar(&self) -> Result<WorkingCalendar> {
+    /// `holidays_file` is the text of the file [`WorkingHours::holidays_file`]
+    /// names: the caller reads it, as this crate does no I/O.
+    pub fn calendar(&self, holidays_file: Option<&str>) -> Result<WorkingCalendar> {
         let bad = |what: String| Error::new(Reason::Malformed, what);
         let start = parse_hm(&self.start).ok_or_else(|| {
             bad(format!(
@@ -321,13 +324,11 @@ impl WorkingHours {
             ));
         }
         let mut holidays = BTreeSet::new();
-        if let Some(path) = &self.holidays_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                bad(format!(
-                    "reports.working_hours.holidays_file {}: cannot be read ({e})",
-                    path.display()
-                ))
-            })?;
+        if let Some(text) = holidays_file {
+            let path = self
+                .holidays_file
+                .as_deref()
+                .unwrap_or(Path::new("holidays file"));
             for (i, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
@@ -366,7 +367,7 @@ impl Default for WorkingCalendar {
         // The defaults are valid; fall back to an all-week 07:30–17:00 if
         // that ever changed, rather than panic.
         WorkingHours::default()
-            .calendar()
+            .calendar(None)
             .unwrap_or(WorkingCalendar {
                 start: Time::MIDNIGHT,
                 end: Time::from_hms(23, 59, 59).unwrap_or(Time::MIDNIGHT),
@@ -477,16 +478,13 @@ impl WorkingCalendar {
 mod tests {
     #[test]
     fn working_days_and_a_holiday_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("holidays.txt");
-        std::fs::write(&file, "# Quốc khánh\n2026-09-02 Quốc khánh\n\n2026-09-01\n")
-            .expect("write");
-        let cal = WorkingHours {
-            holidays_file: Some(file.clone()),
+        let hours = WorkingHours {
+            holidays_file: Some("holidays.txt".into()),
             ..WorkingHours::default()
-        }
-        .calendar()
-        .expect("calendar");
+        };
+        let cal = hours
+            .calendar(Some("# Quốc khánh\n2026-09-02 Quốc khánh\n\n2026-09-01\n"))
+            .expect("calendar");
         let d = |s: &str| parse_date(s).expect("date");
         // Mon 31 Aug → Thu 3 Sep 2026: 1 and 2 September are holidays.
         assert_eq!(
@@ -502,14 +500,14 @@ mod tests {
             cal.working_days_between(d("2026-11-23"), d("2026-11-23")),
             0
         );
-        std::fs::write(&file, "2026-13-01\n").expect("write");
-        let err = WorkingHours {
-            holidays_file: Some(file),
-            ..WorkingHours::default()
-        }
-        .calendar()
-        .expect_err("a bad date");
-        assert!(err.message().contains("line 1"), "{}", err.message());
+        let err = hours
+            .calendar(Some("2026-13-01\n"))
+            .expect_err("a bad date");
+        assert!(
+            err.message().contains("holidays.txt line 1"),
+            "{}",
+            err.message()
+        );
     }
 
     use super::*;
@@ -611,7 +609,7 @@ mod tests {
             holidays: vec!["2026-11-20".to_owned()],
             ..Default::default()
         }
-        .calendar()
+        .calendar(None)
         .unwrap_or_default();
         // Friday 2026-11-27 16:00 → Monday 2026-11-30 08:30: 1 h + 1 h.
         let fri = at(date!(2026 - 11 - 27), 16, 0);
@@ -654,7 +652,7 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            assert!(wh.calendar().is_err(), "{wh:?}");
+            assert!(wh.calendar(None).is_err(), "{wh:?}");
         }
     }
 }
