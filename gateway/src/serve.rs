@@ -234,7 +234,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     });
     // Maintenance windows announced by `lienthong admin maintenance`
     // (another process) reach the following Receive streams through this poll.
-    let maintenance_task = tokio::spawn(lienthong_core::maintenance::watch_maintenance(
+    let maintenance_task = tokio::spawn(lienthong_core::pipeline::watch_maintenance(
         gw.clone(),
         lienthong_core::maintenance::POLL_INTERVAL,
         stopped(&stop_rx),
@@ -265,7 +265,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     };
     // Calls refused before identification: one summary line per peer per
     // minute in the transfer log, and a last one at shutdown.
-    let unauthenticated_task = tokio::spawn(lienthong_core::peers::watch_unauthenticated(
+    let unauthenticated_task = tokio::spawn(lienthong_core::pipeline::watch_unauthenticated(
         gw.clone(),
         lienthong_core::peers::SUMMARY_INTERVAL,
         stopped(&stop_rx),

@@ -15,10 +15,10 @@ use std::path::Path;
 
 use lienthong_store::rows;
 
+use crate::caller::{Caller, Transport};
 use crate::directory_csv::{AgencyRow, RowProblem, read_directory_csv};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
-use crate::pipeline::{Caller, Transport};
 use crate::store::{DirectoryChange, EventKind, NewEvent, Store, now_micros};
 use lienthong_pki::signing::{describe_certificate, load_certificate_pem};
 

@@ -1,5 +1,5 @@
-pub mod admin;
 pub mod blobs;
+pub mod caller;
 pub mod directory;
 pub mod directory_csv;
 pub mod error;

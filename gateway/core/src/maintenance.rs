@@ -18,7 +18,6 @@
 //! their acknowledgement and redelivery do not see them.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::{Error, Reason, Result};
-use crate::pipeline::Gateway;
 use crate::store::{Store, now_micros};
 use lienthong_types::calendar::format_rfc3339;
 use lienthong_types::timestamp;
@@ -240,7 +238,7 @@ pub async fn current(store: &Store) -> Result<Vec<Window>> {
 
 /// The windows not over yet, cancelled ones included (a stream that told a
 /// window must learn that it was cancelled).
-async fn not_over(store: &Store) -> Result<Vec<Window>> {
+pub(crate) async fn not_over(store: &Store) -> Result<Vec<Window>> {
     Ok(store
         .maintenance_windows_ending_after(now_micros())
         .await?
@@ -267,7 +265,7 @@ impl Default for Notices {
 impl Notices {
     /// Publishes `windows` if they differ from what was published; returns
     /// whether they did.
-    fn publish(&self, windows: Vec<Window>) -> bool {
+    pub(crate) fn publish(&self, windows: Vec<Window>) -> bool {
         self.tx.send_if_modified(|cur| {
             if **cur == windows {
                 false
@@ -276,97 +274,6 @@ impl Notices {
                 true
             }
         })
-    }
-}
-
-impl Gateway {
-    /// The windows current or to come, soonest first (the dashboard).
-    pub async fn maintenance_windows(&self) -> Result<Vec<Window>> {
-        current(self.store()).await
-    }
-
-    /// Announces a window and tells the following streams at once.
-    pub async fn announce_maintenance(
-        &self,
-        starts_at: i64,
-        ends_at: i64,
-        message: &str,
-    ) -> Result<Window> {
-        let w = announce(self.store(), starts_at, ends_at, message).await?;
-        self.refresh_notices().await?;
-        Ok(w)
-    }
-
-    /// Cancels a window and tells the following streams at once.
-    pub async fn cancel_maintenance(&self, id: i64) -> Result<Window> {
-        let w = cancel(self.store(), id).await?;
-        self.refresh_notices().await?;
-        Ok(w)
-    }
-
-    /// Reads the windows not yet over and publishes them to the following
-    /// streams when they changed.
-    pub async fn refresh_notices(&self) -> Result<()> {
-        let windows = not_over(self.store()).await?;
-        self.notices().publish(windows);
-        Ok(())
-    }
-
-    /// The notices of one `Receive` call: [`NoticeFeed::initial`] first,
-    /// then, if it follows, [`NoticeFeed::changed`]. If the table cannot be
-    /// read the call goes on without the initial notices (they are no
-    /// reason to keep an agency from its documents); the failure is logged.
-    pub async fn notice_feed(&self) -> NoticeFeed {
-        // Subscribe before reading, so no change between the two is missed.
-        let mut rx = self.notices().tx.subscribe();
-        rx.borrow_and_update();
-        let mut feed = NoticeFeed {
-            rx,
-            told: HashMap::new(),
-            initial: Vec::new(),
-        };
-        match not_over(self.store()).await {
-            Ok(windows) => {
-                feed.initial = feed.learn(&windows, now_micros());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e.chain(), "maintenance windows could not be read for a Receive call")
-            }
-        }
-        feed
-    }
-}
-
-/// Polls the maintenance windows every `every` until `stop` completes, and
-/// publishes them to the following `Receive` streams (see the module
-/// documentation). `serve` runs it.
-pub async fn watch_maintenance(gw: Gateway, every: Duration, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    let mut failing = false;
-    loop {
-        match not_over(gw.store()).await {
-            Ok(windows) => {
-                if failing {
-                    tracing::info!("maintenance windows are readable again");
-                    failing = false;
-                }
-                let summary: Vec<(i64, bool)> =
-                    windows.iter().map(|w| (w.id, w.is_cancelled())).collect();
-                if gw.notices().publish(windows) {
-                    tracing::info!(windows = ?summary, "maintenance windows changed; telling the following Receive streams");
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e.chain(), "cannot read the maintenance windows; retrying");
-                    failing = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(every) => {}
-        }
     }
 }
 
@@ -381,6 +288,23 @@ pub struct NoticeFeed {
 }
 
 impl NoticeFeed {
+    /// A feed that learns of every change from now on: subscribed before
+    /// the windows are read, so no change between the two is missed.
+    pub(crate) fn subscribe(notices: &Notices) -> NoticeFeed {
+        let mut rx = notices.tx.subscribe();
+        rx.borrow_and_update();
+        NoticeFeed {
+            rx,
+            told: HashMap::new(),
+            initial: Vec::new(),
+        }
+    }
+
+    /// Sets the initial notices from the windows read at the start.
+    pub(crate) fn start(&mut self, windows: &[Window]) {
+        self.initial = self.learn(windows, now_micros());
+    }
+
     /// The notices to send before any delivery: one per window current or
     /// to come. Empty after the first call.
     pub fn initial(&mut self) -> Vec<Delivery> {

@@ -603,27 +603,6 @@ pub async fn close_session(store: &Store, token: &str, op: &Operator) -> Result<
         .await
 }
 
-impl crate::pipeline::Gateway {
-    /// The session a browser's token opens (see [`session`]).
-    pub async fn operator_session(
-        &self,
-        token: &str,
-        policy: SessionPolicy,
-    ) -> Result<Option<Session>> {
-        session(self.store(), token, policy).await
-    }
-
-    /// Logs a browser out (see [`close_session`]).
-    pub async fn close_operator_session(&self, token: &str, op: &Operator) -> Result<()> {
-        close_session(self.store(), token, op).await
-    }
-
-    /// The guard in front of this gateway's logins.
-    pub fn login_guard(&self, limits: LoginLimits) -> LoginGuard {
-        LoginGuard::new(self.store().clone(), limits)
-    }
-}
-
 // ----- the login guard -------------------------------------------------------
 
 /// Why a login did not open a session.

@@ -19,14 +19,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::{Error, Reason, Result};
-use crate::pipeline::{Gateway, Transport};
-use crate::store::{EventKind, NewEvent, now_micros};
+use crate::error::{Error, Reason};
+use crate::caller::Transport;
+use crate::store::{EventKind, NewEvent};
 
 /// How often the sums are written: at most one line per peer this often.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
@@ -66,7 +65,7 @@ impl fmt::Display for PeerKey {
 }
 
 #[derive(Debug)]
-struct Tally {
+pub(crate) struct Tally {
     first_at: i64,
     last_at: i64,
     by_reason: BTreeMap<Reason, u64>,
@@ -81,7 +80,7 @@ impl Tally {
 
 /// Whose refusals a line sums: one peer, or every peer past [`MAX_PEERS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Who {
+pub(crate) enum Who {
     Peer(PeerKey),
     Unknown,
     Others,
@@ -106,7 +105,13 @@ pub struct UnauthenticatedCalls {
 
 impl UnauthenticatedCalls {
     /// Counts one refusal; true when it is the peer's first of the minute.
-    fn record(&self, transport: Transport, peer: Option<PeerKey>, err: &Error, at: i64) -> bool {
+    pub(crate) fn record(
+        &self,
+        transport: Transport,
+        peer: Option<PeerKey>,
+        err: &Error,
+        at: i64,
+    ) -> bool {
         let mut map = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
         let mut who = peer.map_or(Who::Unknown, Who::Peer);
         let key = (transport.as_str(), who);
@@ -131,14 +136,14 @@ impl UnauthenticatedCalls {
         first
     }
 
-    fn take(&self) -> BTreeMap<(&'static str, Who), Tally> {
+    pub(crate) fn take(&self) -> BTreeMap<(&'static str, Who), Tally> {
         let mut map = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *map)
     }
 }
 
 /// The transfer-log line summing one peer's refusals.
-fn summary(transport: &'static str, who: Who, t: &Tally) -> NewEvent {
+pub(crate) fn summary(transport: &'static str, who: Who, t: &Tally) -> NewEvent {
     let n = t.count();
     let reasons = t
         .by_reason
@@ -169,72 +174,6 @@ fn summary(transport: &'static str, who: Who, t: &Tally) -> NewEvent {
             Who::Unknown | Who::Others => None,
         },
         transport: transport.to_owned(),
-    }
-}
-
-impl Gateway {
-    /// Answers a call whose caller could not be identified: counted in the
-    /// metrics and summed for the peer's next `unauthenticated` line, never
-    /// written call by call. Returns `err` for the transport to answer with.
-    pub fn refuse_unauthenticated(
-        &self,
-        transport: Transport,
-        peer: Option<IpAddr>,
-        err: Error,
-    ) -> Error {
-        crate::metrics::call_unauthenticated(err.reason());
-        let peer = peer.map(PeerKey::of);
-        if self
-            .unauthenticated_calls()
-            .record(transport, peer, &err, now_micros())
-        {
-            // One line per peer per minute in the gateway's own log too.
-            tracing::warn!(
-                peer = %peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
-                transport = transport.as_str(),
-                reason = %err.reason(),
-                error = %err.message(),
-                "refused a call before its caller was identified; further refusals of this peer are summed in the transfer log"
-            );
-        }
-        err
-    }
-
-    /// Writes the sums of the refusals since the last call, one line per
-    /// peer, in one transaction; returns how many lines.
-    pub async fn flush_unauthenticated(&self) -> Result<usize> {
-        let tallies = self.unauthenticated_calls().take();
-        let events: Vec<NewEvent> = tallies
-            .iter()
-            .map(|((transport, who), t)| summary(transport, *who, t))
-            .collect();
-        let n = events.len();
-        if let Err(e) = self.store().log_all(events.clone()).await {
-            // The counts are in the metrics already; keep the sums here.
-            for ev in &events {
-                tracing::error!(detail = %ev.detail, "could not write this summary to the transfer log");
-            }
-            return Err(e);
-        }
-        Ok(n)
-    }
-}
-
-/// Writes the sums every `every` (normally [`SUMMARY_INTERVAL`]) until
-/// `stop`, then once more, so a stopping gateway loses none.
-pub async fn watch_unauthenticated(gw: Gateway, every: Duration, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        let stopping = tokio::select! {
-            _ = &mut stop => true,
-            _ = tokio::time::sleep(every) => false,
-        };
-        if let Err(e) = gw.flush_unauthenticated().await {
-            tracing::error!(error = %e.chain(), "could not write the unauthenticated calls' summary");
-        }
-        if stopping {
-            break;
-        }
     }
 }
 

@@ -114,7 +114,7 @@ async fn windows_written_behind_the_gateways_back_are_polled() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let gw = gateway(dir.path()).await?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let poller = tokio::spawn(maintenance::watch_maintenance(
+    let poller = tokio::spawn(lienthong_core::pipeline::watch_maintenance(
         gw.clone(),
         Duration::from_millis(100),
         async move {

@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 
 use lienthong_proto::v1::{
-    self as pb, Envelope, SignatureCheck, SignedEnvelope, Verification, envelope::Body,
+    self as pb, AttachmentRef, Envelope, SendReceipt, SignatureCheck, SignedEnvelope, Verification,
+    envelope::Body,
 };
 use prost::Message as _;
 
@@ -238,7 +239,73 @@ pub(super) fn validate_status(st: &pb::StatusNotice, policy: IdPolicy) -> Result
     })
 }
 
+/// Who sent an envelope: `from`, and the agent when the caller sent it in
+/// the name of an agency it represents.
+struct Sender {
+    from: OrganId,
+    agent: Option<String>,
+}
+
+/// What the body is, as the message's row records it.
+struct Content {
+    kind: &'static str,
+    document_id: String,
+    ref_from: Option<String>,
+    status_code: Option<String>,
+    refs: Vec<AttachmentRef>,
+    /// A status notice about a document this gateway has not carried.
+    answers_unknown_document: bool,
+}
+
+/// The envelope inside the signed bytes, within the size limit, of the
+/// right payload type, its text fields and message_id well formed.
+fn read_envelope(
+    signed: &SignedEnvelope,
+    encoded_len: usize,
+    limits: &Limits,
+    subject: &mut Subject,
+) -> Result<Envelope> {
+    if encoded_len > limits.max_envelope_bytes {
+        // The bytes are in memory already (the transport bounds them):
+        // read the ids so that the refusal can be traced by message_id.
+        if let Ok(env) = Envelope::decode(signed.payload.clone()) {
+            note_ids(subject, &env);
+        }
+        return Err(Error::new(
+            Reason::SizeLimit,
+            format!(
+                "the signed envelope is {encoded_len} bytes, more than this gateway's limit of {} bytes; send large content as attachments",
+                limits.max_envelope_bytes
+            ),
+        ));
+    }
+    if signed.payload_type != pb::ENVELOPE_PAYLOAD_TYPE {
+        return Err(Error::malformed(format!(
+            "payload_type is {:?}; it must be {:?}",
+            truncate(&signed.payload_type, 100),
+            pb::ENVELOPE_PAYLOAD_TYPE
+        )));
+    }
+    let envelope = Envelope::decode(signed.payload.clone()).map_err(|e| {
+        Error::malformed(
+            "the payload is not a lienthong.v1.Envelope protobuf; sign and send the encoded Envelope bytes",
+        )
+        .with_source(e)
+    })?;
+    note_ids(subject, &envelope);
+    // Before anything of it is compared, stored or logged: PostgreSQL
+    // cannot hold a NUL, and control characters break what reads the
+    // columns later (indexes, reports, the dashboard).
+    text::check_envelope(&envelope)?;
+    validate_message_id(&envelope.message_id)?;
+    Ok(envelope)
+}
+
 impl Gateway {
+    /// Runs the checks in order, each a named step below, and opens the
+    /// submission for its attachments. A repeat of accepted bytes ends here
+    /// with the first receipt. `subject` is filled as the envelope is read,
+    /// so that a refusal is logged with what was known of it.
     pub(super) async fn check(
         &self,
         caller: &Caller,
@@ -248,122 +315,28 @@ impl Gateway {
         arrival: Option<Arrival>,
         subject: &mut Subject,
     ) -> Result<Submission> {
-        let inner = &self.inner;
         let policy = match proof {
             Proof::Signatures => IdPolicy::Strict,
             Proof::CallerIdentity { policy, .. } => *policy,
         };
-        let limits = &inner.limits;
-        if encoded_len > limits.max_envelope_bytes {
-            // The bytes are in memory already (the transport bounds them):
-            // read the ids so that the refusal can be traced by message_id.
-            if let Ok(env) = Envelope::decode(signed.payload.clone()) {
-                note_ids(subject, &env);
-            }
-            return Err(Error::new(
-                Reason::SizeLimit,
-                format!(
-                    "the signed envelope is {encoded_len} bytes, more than this gateway's limit of {} bytes; send large content as attachments",
-                    limits.max_envelope_bytes
-                ),
-            ));
-        }
-        if signed.payload_type != pb::ENVELOPE_PAYLOAD_TYPE {
-            return Err(Error::malformed(format!(
-                "payload_type is {:?}; it must be {:?}",
-                truncate(&signed.payload_type, 100),
-                pb::ENVELOPE_PAYLOAD_TYPE
-            )));
-        }
-        let envelope = Envelope::decode(signed.payload.clone()).map_err(|e| {
-            Error::malformed(
-                "the payload is not a lienthong.v1.Envelope protobuf; sign and send the encoded Envelope bytes",
-            )
-            .with_source(e)
-        })?;
-        note_ids(subject, &envelope);
-        // Before anything of it is compared, stored or logged: PostgreSQL
-        // cannot hold a NUL, and control characters break what reads the
-        // columns later (indexes, reports, the dashboard).
-        text::check_envelope(&envelope)?;
-        validate_message_id(&envelope.message_id)?;
-        let from = OrganId::parse_with(&envelope.from, policy).map_err(|e| {
-            Error::new(
-                Reason::BadIdentifier,
-                format!("the envelope's `from`: {}", e.message()),
-            )
-        })?;
-        if caller.role == Role::Exchange {
-            // Over AMQP only a signature bound to `from` proves the origin.
-            if !matches!(proof, Proof::Signatures) {
-                return Err(Error::new(
-                    Reason::BadSignature,
-                    "a message taken from the exchange must be a signed envelope; this gateway cannot verify the origin of anything else",
-                ));
-            }
-        } else if from.as_str() != caller.organ_id
-            && !(caller.role == Role::Agency
-                && inner
-                    .store
-                    .represents(&caller.organ_id, from.as_str())
-                    .await?)
-        {
-            return Err(Error::new(
-                Reason::SenderMismatch,
-                format!(
-                    "the envelope is from {from} but you are authenticated as {}; an agency sends only as itself or as an agency it represents (`lienthong directory represent`)",
-                    caller.organ_id
-                ),
-            ));
-        }
+        let limits = &self.inner.limits;
+        let envelope = read_envelope(&signed, encoded_len, limits, subject)?;
+        let Sender { from, agent } = self.sender(caller, proof, &envelope, policy).await?;
         subject.sender = from.as_str().to_owned();
-        // An agency sending in the name of one it represents: named in the
-        // report and the log line, so nobody takes the agent's word for the
-        // principal's.
-        let agent = (caller.role == Role::Agency && from.as_str() != caller.organ_id)
-            .then(|| caller.organ_id.clone());
         let recipients = validate_recipients(&envelope.to, limits.max_recipients, policy)?;
 
         // Dedupe before the expensive checks: a repeat of accepted bytes is
         // answered with the first receipt.
         let signed_bytes = signed.encode_to_vec();
         let envelope_sha = sha256(&signed_bytes);
-        if let Some(existing) = inner
-            .store
-            .message(from.as_str(), &envelope.message_id)
+        if let Some(receipt) = self
+            .repeat(&from, &envelope.message_id, &envelope_sha, subject)
             .await?
         {
-            if existing.envelope_sha256 == hex::encode(envelope_sha) {
-                let receipt = self.receipt_for(&existing, true).await?;
-                inner
-                    .log_event(
-                        subject,
-                        EventKind::Duplicate,
-                        None,
-                        "a repeat of an accepted message; answered with the first receipt",
-                    )
-                    .await;
-                return Ok(Submission::duplicate(self.inner.clone(), receipt));
-            }
-            return Err(Error::new(
-                Reason::DuplicateConflict,
-                format!(
-                    "message_id {} was already accepted from {from} with different content; use a new message_id for a new message",
-                    envelope.message_id
-                ),
-            ));
+            return Ok(Submission::duplicate(self.inner.clone(), receipt));
         }
-
-        let sender = inner.store.agency(from.as_str()).await?;
-        if !sender.as_ref().is_some_and(|a| a.active) {
-            return Err(Error::new(
-                Reason::UnknownSender,
-                format!(
-                    "{from} is not an active agency in this gateway's directory; ask the gateway's operators to add it"
-                ),
-            ));
-        }
-        let (mut routes, elsewhere) = self
+        self.active_sender(&from).await?;
+        let (routes, elsewhere) = self
             .route(
                 &from,
                 &recipients,
@@ -381,107 +354,16 @@ impl Gateway {
                 "an edXML package carries no signature another gateway can verify, and some recipients are served by other gateways; send it to them as a signed envelope (Exchange.Send), or send the edXML only to this gateway's agencies",
             ));
         }
-
-        let mut verification = match proof {
-            Proof::Signatures => {
-                let mut v = self
-                    .verify_signatures(&signed, &from, signing::signed_at_of(&envelope))
-                    .await?;
-                if let Some(a) = &agent {
-                    v.summary.push_str(&format!("; sent by {a} for {from}"));
-                }
-                v
-            }
-            Proof::CallerIdentity { notes, .. } => {
-                let mut summary = match &agent {
-                    Some(a) => format!(
-                        "sent by {a} for {from}; not signed in a form this gateway verifies (edXML): accepted on the authenticated identity of {a}, which represents {from} in this gateway's directory"
-                    ),
-                    None => format!(
-                        "not signed in a form this gateway verifies (edXML); accepted on the authenticated identity of {from}"
-                    ),
-                };
-                for n in notes {
-                    summary.push_str("; ");
-                    summary.push_str(n);
-                }
-                Verification {
-                    signatures: Vec::new(),
-                    attachments_verified: false,
-                    checked_at: Some(timestamp(now_micros())),
-                    summary,
-                    warnings: Vec::new(),
-                    pdf: Vec::new(),
-                }
-            }
-        };
-
-        let mut unknown_document = false;
+        let mut verification = self
+            .proof_of_origin(proof, &signed, &envelope, &from, agent.as_deref())
+            .await?;
         let body = envelope.body.as_ref().ok_or_else(|| {
             Error::malformed("the envelope has neither a document nor a status notice")
         })?;
-        let (kind, document_id, ref_from, status_code, refs) = match body {
-            Body::Document(doc) => {
-                if let Some(mark) = secret_classification(doc, &envelope.extensions) {
-                    // Refused here, before any attachment byte is read: of a
-                    // secret document nothing but this refusal is kept.
-                    return Err(Error::new(
-                        Reason::SecretDocument,
-                        format!(
-                            "the document is classified {mark:?} (độ mật): documents containing state \
-                             secrets must not be sent over this system (Law on Protection of State \
-                             Secrets No. 29/2018/QH14; Decree 30/2020/NĐ-CP does not apply to them); \
-                             nothing of it was kept: send it by the channel your agency uses for \
-                             classified documents"
-                        ),
-                    ));
-                }
-                validate_document(doc, limits)?;
-                (
-                    "document",
-                    doc.document_id.clone(),
-                    None,
-                    None,
-                    doc.attachments.clone(),
-                )
-            }
-            Body::Status(st) => {
-                let doc_from = validate_status(st, policy)?;
-                // A status answers a document. Under the strict policy it
-                // must be one this gateway carried; real producers (lenient)
-                // also answer documents that reached them another way, so
-                // there it is carried and the report says so.
-                let known = inner
-                    .store
-                    .document(doc_from.as_str(), &st.document_id)
-                    .await?
-                    .is_some();
-                if !known {
-                    // From another gateway, a notice may overtake its
-                    // document: it is kept, and the lifecycle applies it
-                    // when the document arrives (see `lifecycle`).
-                    if policy == IdPolicy::Strict && caller.role != Role::Exchange {
-                        return Err(Error::new(
-                            Reason::NotFound,
-                            format!(
-                                "the status answers document {} of {doc_from}, which this gateway has not carried; check ResponseFor (document_from, document_id)",
-                                truncate(&st.document_id, 200)
-                            ),
-                        ));
-                    }
-                    unknown_document = true;
-                }
-                (
-                    "status",
-                    st.document_id.clone(),
-                    Some(doc_from.as_str().to_owned()),
-                    Some(st.code.clone()),
-                    Vec::new(),
-                )
-            }
-        };
-
-        if unknown_document {
+        let content = self
+            .check_body(caller, body, &envelope.extensions, policy)
+            .await?;
+        if content.answers_unknown_document {
             verification
                 .summary
                 .push_str("; it answers a document this gateway has not carried");
@@ -489,39 +371,10 @@ impl Gateway {
         if let (Proof::CallerIdentity { .. }, Some(agent)) = (proof, &agent) {
             agent_may_send_unsigned(agent, &from, body)?;
         }
-        let effect = match self
-            .check_lifecycle(caller, &from, &envelope.to, body, policy)
-            .await
-        {
-            Ok(e) => e,
-            // Under the lenient edXML policy, what real producers send is
-            // carried even when the lifecycle cannot take it (all nine codes
-            // of a test run in a row, a notice about a document that reached
-            // its recipient another way): the notice travels, the report
-            // says why it did not count, and the lifecycle shows it as not
-            // applied. Lenient relaxes format, never authority: who may
-            // recall, update, replace or answer a document
-            // (`PERMISSION_DENIED`) holds under every policy.
-            Err(e)
-                if policy == IdPolicy::Lenient
-                    && matches!(e.reason(), Reason::Malformed | Reason::NotFound) =>
-            {
-                let note = format!(
-                    "carried under the lenient policy, not applied to the document's lifecycle: {}",
-                    e.message()
-                );
-                let mut eff = LifecycleEffect::of_document(body);
-                eff.note = Some(note.clone());
-                if matches!(body, Body::Status(_)) {
-                    eff.status_note = Some(note);
-                }
-                eff
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(r) = effect.routes.clone() {
-            routes = r;
-        }
+        let effect = self
+            .lifecycle_effect(caller, &from, &envelope.to, body, policy)
+            .await?;
+        let routes = effect.routes.clone().unwrap_or(routes);
         if let Some(n) = &effect.note {
             verification.summary.push_str("; ");
             verification.summary.push_str(n);
@@ -540,17 +393,17 @@ impl Gateway {
         };
 
         Ok(Submission {
-            gw: inner.clone(),
+            gw: self.inner.clone(),
             state: State::Open(Box::new(Open {
                 subject: subject.clone(),
                 caller: caller.clone(),
                 message: NewMessage {
                     sender: from.as_str().to_owned(),
                     message_id: envelope.message_id.clone(),
-                    kind,
-                    document_id,
-                    ref_from,
-                    status_code,
+                    kind: content.kind,
+                    document_id: content.document_id,
+                    ref_from: content.ref_from,
+                    status_code: content.status_code,
                     envelope_sha256_hex: hex::encode(envelope_sha),
                     signed_envelope: signed_bytes,
                     verification: Vec::new(),
@@ -580,7 +433,7 @@ impl Gateway {
                 },
                 verification,
                 envelope_sha,
-                refs,
+                refs: content.refs,
                 current: 0,
                 writer: None,
                 sealed: Vec::new(),
@@ -588,6 +441,253 @@ impl Gateway {
                 pdf_check,
             })),
         })
+    }
+
+    /// Who the envelope is from, and whether the caller may send as them:
+    /// itself, or an agency it represents (then the caller is the agent).
+    /// Over AMQP only a signature bound to `from` proves the origin.
+    async fn sender(
+        &self,
+        caller: &Caller,
+        proof: &Proof,
+        envelope: &Envelope,
+        policy: IdPolicy,
+    ) -> Result<Sender> {
+        let from = OrganId::parse_with(&envelope.from, policy).map_err(|e| {
+            Error::new(
+                Reason::BadIdentifier,
+                format!("the envelope's `from`: {}", e.message()),
+            )
+        })?;
+        if caller.role == Role::Exchange {
+            if !matches!(proof, Proof::Signatures) {
+                return Err(Error::new(
+                    Reason::BadSignature,
+                    "a message taken from the exchange must be a signed envelope; this gateway cannot verify the origin of anything else",
+                ));
+            }
+        } else if from.as_str() != caller.organ_id
+            && !(caller.role == Role::Agency
+                && self
+                    .inner
+                    .store
+                    .represents(&caller.organ_id, from.as_str())
+                    .await?)
+        {
+            return Err(Error::new(
+                Reason::SenderMismatch,
+                format!(
+                    "the envelope is from {from} but you are authenticated as {}; an agency sends only as itself or as an agency it represents (`lienthong directory represent`)",
+                    caller.organ_id
+                ),
+            ));
+        }
+        // An agency sending in the name of one it represents: named in the
+        // report and the log line, so nobody takes the agent's word for the
+        // principal's.
+        let agent = (caller.role == Role::Agency && from.as_str() != caller.organ_id)
+            .then(|| caller.organ_id.clone());
+        Ok(Sender { from, agent })
+    }
+
+    /// The first receipt when these exact bytes were accepted before; a
+    /// refusal when the message_id was taken by other content.
+    async fn repeat(
+        &self,
+        from: &OrganId,
+        message_id: &str,
+        envelope_sha: &[u8; 32],
+        subject: &Subject,
+    ) -> Result<Option<SendReceipt>> {
+        let Some(existing) = self.inner.store.message(from.as_str(), message_id).await? else {
+            return Ok(None);
+        };
+        if existing.envelope_sha256 != hex::encode(envelope_sha) {
+            return Err(Error::new(
+                Reason::DuplicateConflict,
+                format!(
+                    "message_id {message_id} was already accepted from {from} with different content; use a new message_id for a new message"
+                ),
+            ));
+        }
+        let receipt = self.receipt_for(&existing, true).await?;
+        self.inner
+            .log_event(
+                subject,
+                EventKind::Duplicate,
+                None,
+                "a repeat of an accepted message; answered with the first receipt",
+            )
+            .await;
+        Ok(Some(receipt))
+    }
+
+    async fn active_sender(&self, from: &OrganId) -> Result<()> {
+        let sender = self.inner.store.agency(from.as_str()).await?;
+        if !sender.as_ref().is_some_and(|a| a.active) {
+            return Err(Error::new(
+                Reason::UnknownSender,
+                format!(
+                    "{from} is not an active agency in this gateway's directory; ask the gateway's operators to add it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What vouches for the origin: the verified signatures, or (edXML)
+    /// the caller's authenticated identity, said in the verification's
+    /// summary with the agent when there is one.
+    async fn proof_of_origin(
+        &self,
+        proof: &Proof,
+        signed: &SignedEnvelope,
+        envelope: &Envelope,
+        from: &OrganId,
+        agent: Option<&str>,
+    ) -> Result<Verification> {
+        Ok(match proof {
+            Proof::Signatures => {
+                let mut v = self
+                    .verify_signatures(signed, from, signing::signed_at_of(envelope))
+                    .await?;
+                if let Some(a) = agent {
+                    v.summary.push_str(&format!("; sent by {a} for {from}"));
+                }
+                v
+            }
+            Proof::CallerIdentity { notes, .. } => {
+                let mut summary = match agent {
+                    Some(a) => format!(
+                        "sent by {a} for {from}; not signed in a form this gateway verifies (edXML): accepted on the authenticated identity of {a}, which represents {from} in this gateway's directory"
+                    ),
+                    None => format!(
+                        "not signed in a form this gateway verifies (edXML); accepted on the authenticated identity of {from}"
+                    ),
+                };
+                for n in notes {
+                    summary.push_str("; ");
+                    summary.push_str(n);
+                }
+                Verification {
+                    signatures: Vec::new(),
+                    attachments_verified: false,
+                    checked_at: Some(timestamp(now_micros())),
+                    summary,
+                    warnings: Vec::new(),
+                    pdf: Vec::new(),
+                }
+            }
+        })
+    }
+
+    /// The document (not a state secret, its fields within bounds) or the
+    /// status notice (a valid code, about a document this gateway carried
+    /// unless the policy or the transport allows otherwise).
+    async fn check_body(
+        &self,
+        caller: &Caller,
+        body: &Body,
+        extensions: &[pb::XmlExtension],
+        policy: IdPolicy,
+    ) -> Result<Content> {
+        match body {
+            Body::Document(doc) => {
+                if let Some(mark) = secret_classification(doc, extensions) {
+                    // Refused here, before any attachment byte is read: of a
+                    // secret document nothing but this refusal is kept.
+                    return Err(Error::new(
+                        Reason::SecretDocument,
+                        format!(
+                            "the document is classified {mark:?} (độ mật): documents containing state \
+                             secrets must not be sent over this system (Law on Protection of State \
+                             Secrets No. 29/2018/QH14; Decree 30/2020/NĐ-CP does not apply to them); \
+                             nothing of it was kept: send it by the channel your agency uses for \
+                             classified documents"
+                        ),
+                    ));
+                }
+                validate_document(doc, &self.inner.limits)?;
+                Ok(Content {
+                    kind: "document",
+                    document_id: doc.document_id.clone(),
+                    ref_from: None,
+                    status_code: None,
+                    refs: doc.attachments.clone(),
+                    answers_unknown_document: false,
+                })
+            }
+            Body::Status(st) => {
+                let doc_from = validate_status(st, policy)?;
+                // A status answers a document. Under the strict policy it
+                // must be one this gateway carried; real producers (lenient)
+                // also answer documents that reached them another way, so
+                // there it is carried and the report says so.
+                let known = self
+                    .inner
+                    .store
+                    .document(doc_from.as_str(), &st.document_id)
+                    .await?
+                    .is_some();
+                // From another gateway, a notice may overtake its document:
+                // it is kept, and the lifecycle applies it when the document
+                // arrives (see `lifecycle`).
+                if !known && policy == IdPolicy::Strict && caller.role != Role::Exchange {
+                    return Err(Error::new(
+                        Reason::NotFound,
+                        format!(
+                            "the status answers document {} of {doc_from}, which this gateway has not carried; check ResponseFor (document_from, document_id)",
+                            truncate(&st.document_id, 200)
+                        ),
+                    ));
+                }
+                Ok(Content {
+                    kind: "status",
+                    document_id: st.document_id.clone(),
+                    ref_from: Some(doc_from.as_str().to_owned()),
+                    status_code: Some(st.code.clone()),
+                    refs: Vec::new(),
+                    answers_unknown_document: !known,
+                })
+            }
+        }
+    }
+
+    /// What the envelope does to a document's lifecycle. Under the lenient
+    /// edXML policy, what real producers send is carried even when the
+    /// lifecycle cannot take it (all nine codes of a test run in a row, a
+    /// notice about a document that reached its recipient another way): the
+    /// notice travels, the report says why it did not count, and the
+    /// lifecycle shows it as not applied. Lenient relaxes format, never
+    /// authority: who may recall, update, replace or answer a document
+    /// (`PERMISSION_DENIED`) holds under every policy.
+    async fn lifecycle_effect(
+        &self,
+        caller: &Caller,
+        from: &OrganId,
+        to: &[String],
+        body: &Body,
+        policy: IdPolicy,
+    ) -> Result<LifecycleEffect> {
+        match self.check_lifecycle(caller, from, to, body, policy).await {
+            Ok(e) => Ok(e),
+            Err(e)
+                if policy == IdPolicy::Lenient
+                    && matches!(e.reason(), Reason::Malformed | Reason::NotFound) =>
+            {
+                let note = format!(
+                    "carried under the lenient policy, not applied to the document's lifecycle: {}",
+                    e.message()
+                );
+                let mut eff = LifecycleEffect::of_document(body);
+                eff.note = Some(note.clone());
+                if matches!(body, Body::Status(_)) {
+                    eff.status_note = Some(note);
+                }
+                Ok(eff)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every signature must verify and chain to an anchor; at least one must

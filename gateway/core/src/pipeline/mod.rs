@@ -26,22 +26,28 @@ use crate::store::Store;
 use lienthong_pki::receipts::ReceiptSigner;
 use lienthong_pki::signing::TrustAnchors;
 
-mod caller;
+mod admin;
 mod checks;
+mod identify;
 mod inbox;
 mod lifecycle_checks;
 mod log;
+mod maintenance;
+mod operators;
 mod outbox;
+mod peers;
 mod queries;
 mod route;
 mod submission;
 
-use caller::Access;
-pub use caller::{Caller, Role, Transport};
+pub use crate::caller::{Caller, Role, Transport};
+use identify::Access;
 use inbox::Inboxes;
 pub use inbox::{AttachmentReader, Inbox, STANDING_CHECK};
 use log::Subject;
+pub use maintenance::watch_maintenance;
 pub use outbox::{Outbound, OutboxRow};
+pub use peers::watch_unauthenticated;
 use submission::Proof;
 pub use submission::{Arrival, Hops, Submission};
 

@@ -6,10 +6,10 @@ use lienthong_proto::v1::{Agency, BoundCert};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use super::{Caller, Gateway};
 use crate::directory::{self, ChangedBy, ClientRole};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
-use crate::pipeline::{Caller, Gateway};
 use crate::rows::AgencyRow;
 use crate::store::{LogVerification, now_micros};
 
