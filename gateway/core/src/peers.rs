@@ -23,8 +23,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::{Error, Reason};
 use crate::caller::Transport;
+use crate::error::{Error, Reason};
 use crate::store::{EventKind, NewEvent};
 
 /// How often the sums are written: at most one line per peer this often.

@@ -301,6 +301,40 @@ fn read_envelope(
     Ok(envelope)
 }
 
+/// What the envelope does to a document's lifecycle, given what the
+/// lifecycle said of it. Under the lenient edXML policy, what real
+/// producers send is carried even when the lifecycle cannot take it (all
+/// nine codes of a test run in a row, a notice about a document that reached
+/// its recipient another way): the notice travels, the report says why it
+/// did not count, and the lifecycle shows it as not applied. Lenient
+/// relaxes format, never authority: who may recall, update, replace or
+/// answer a document (`PERMISSION_DENIED`) holds under every policy.
+fn lifecycle_effect(
+    judged: Result<LifecycleEffect>,
+    body: &Body,
+    policy: IdPolicy,
+) -> Result<LifecycleEffect> {
+    match judged {
+        Ok(e) => Ok(e),
+        Err(e)
+            if policy == IdPolicy::Lenient
+                && matches!(e.reason(), Reason::Malformed | Reason::NotFound) =>
+        {
+            let note = format!(
+                "carried under the lenient policy, not applied to the document's lifecycle: {}",
+                e.message()
+            );
+            let mut eff = LifecycleEffect::of_document(body);
+            eff.note = Some(note.clone());
+            if matches!(body, Body::Status(_)) {
+                eff.status_note = Some(note);
+            }
+            Ok(eff)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Gateway {
     /// Runs the checks in order, each a named step below, and opens the
     /// submission for its attachments. A repeat of accepted bytes ends here
@@ -371,9 +405,10 @@ impl Gateway {
         if let (Proof::CallerIdentity { .. }, Some(agent)) = (proof, &agent) {
             agent_may_send_unsigned(agent, &from, body)?;
         }
-        let effect = self
-            .lifecycle_effect(caller, &from, &envelope.to, body, policy)
-            .await?;
+        let judged = self
+            .check_lifecycle(caller, &from, &envelope.to, body, policy)
+            .await;
+        let effect = lifecycle_effect(judged, body, policy)?;
         let routes = effect.routes.clone().unwrap_or(routes);
         if let Some(n) = &effect.note {
             verification.summary.push_str("; ");
@@ -650,43 +685,6 @@ impl Gateway {
                     answers_unknown_document: !known,
                 })
             }
-        }
-    }
-
-    /// What the envelope does to a document's lifecycle. Under the lenient
-    /// edXML policy, what real producers send is carried even when the
-    /// lifecycle cannot take it (all nine codes of a test run in a row, a
-    /// notice about a document that reached its recipient another way): the
-    /// notice travels, the report says why it did not count, and the
-    /// lifecycle shows it as not applied. Lenient relaxes format, never
-    /// authority: who may recall, update, replace or answer a document
-    /// (`PERMISSION_DENIED`) holds under every policy.
-    async fn lifecycle_effect(
-        &self,
-        caller: &Caller,
-        from: &OrganId,
-        to: &[String],
-        body: &Body,
-        policy: IdPolicy,
-    ) -> Result<LifecycleEffect> {
-        match self.check_lifecycle(caller, from, to, body, policy).await {
-            Ok(e) => Ok(e),
-            Err(e)
-                if policy == IdPolicy::Lenient
-                    && matches!(e.reason(), Reason::Malformed | Reason::NotFound) =>
-            {
-                let note = format!(
-                    "carried under the lenient policy, not applied to the document's lifecycle: {}",
-                    e.message()
-                );
-                let mut eff = LifecycleEffect::of_document(body);
-                eff.note = Some(note.clone());
-                if matches!(body, Body::Status(_)) {
-                    eff.status_note = Some(note);
-                }
-                Ok(eff)
-            }
-            Err(e) => Err(e),
         }
     }
 
