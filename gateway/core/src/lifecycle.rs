@@ -18,11 +18,7 @@ use lienthong_proto::v1 as pb;
 
 use crate::error::{Error, Reason, Result};
 use crate::rows::{DeliveryRow, EventRow, MessageRow};
-
-pub const BUSINESS_NEW: i32 = 0;
-pub const BUSINESS_RECALL: i32 = 1;
-pub const BUSINESS_UPDATE: i32 = 2;
-pub const BUSINESS_REPLACE: i32 = 3;
+use lienthong_proto::v1::BusinessType;
 
 /// Where a recipient's copy stands in its processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -405,7 +401,7 @@ impl DocumentLifecycle {
         let mut recalled_at = None;
         for (m, to, is_status) in items {
             if !is_status {
-                if m.business_type != BUSINESS_RECALL {
+                if m.business_type != BusinessType::Recall as i32 {
                     continue;
                 }
                 if recalled_at.is_none() {

@@ -27,6 +27,7 @@ use sea_orm::{
 };
 
 use crate::error::{Error, OrDb, Reason, Result, db_error};
+use lienthong_types::{MessageKind, Route};
 use tokio::sync::{mpsc, oneshot};
 
 pub use lienthong_types::now_micros;
@@ -265,7 +266,7 @@ pub struct NewAttachment {
 pub struct NewMessage {
     pub sender: String,
     pub message_id: String,
-    pub kind: &'static str,
+    pub kind: MessageKind,
     pub document_id: String,
     pub ref_from: Option<String>,
     pub status_code: Option<String>,
@@ -275,7 +276,7 @@ pub struct NewMessage {
     pub accepted_at: i64,
     pub attachments: Vec<NewAttachment>,
     /// (recipient, route): `local`, `exchange:<name>` or `queue:<name>`.
-    pub recipients: Vec<(String, String)>,
+    pub recipients: Vec<(String, Route)>,
     /// Recipients another gateway serves, that it got from elsewhere: traced,
     /// not delivered (the loop rule of `routing`).
     pub elsewhere: Vec<String>,
@@ -294,7 +295,7 @@ pub struct NewMessage {
     /// their inboxes (delivery pk, recipient, route), if they still have
     /// not been handed out when this commits; those that were meanwhile get
     /// the recall delivered instead.
-    pub withdraw: Vec<(i64, String, String)>,
+    pub withdraw: Vec<(i64, String, Route)>,
     /// What the lifecycle says about it, for its log line: a status's
     /// effect on the recipient's state; a document sent late.
     pub status_note: Option<String>,
@@ -984,7 +985,7 @@ impl Store {
         message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::DocumentId.eq(document_id))
-            .filter(message::Column::Kind.eq("document"))
+            .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
             .order_by_desc(message::Column::Id)
             .one(&self.db)
             .await
@@ -1001,7 +1002,7 @@ impl Store {
         message::Entity::find()
             .filter(message::Column::RefFrom.eq(doc_from))
             .filter(message::Column::DocumentId.eq(document_id))
-            .filter(message::Column::Kind.eq("status"))
+            .filter(message::Column::Kind.eq(MessageKind::Status.as_str()))
             .order_by_asc(message::Column::Id)
             .all(&self.db)
             .await
@@ -1018,7 +1019,7 @@ impl Store {
         message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::Replaces.eq(document_id))
-            .filter(message::Column::Kind.eq("document"))
+            .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
             .order_by_asc(message::Column::Id)
             .all(&self.db)
             .await
@@ -1029,7 +1030,7 @@ impl Store {
     pub async fn document_senders(&self, document_id: &str) -> Result<Vec<String>> {
         let rows = message::Entity::find()
             .filter(message::Column::DocumentId.eq(document_id))
-            .filter(message::Column::Kind.eq("document"))
+            .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
             .limit(20)
             .all(&self.db)
             .await
@@ -1125,7 +1126,7 @@ async fn accept_in<C: ConnectionTrait>(
         let inserted = message::ActiveModel {
             sender: Set(m.sender.clone()),
             message_id: Set(m.message_id.clone()),
-            kind: Set(m.kind.to_owned()),
+            kind: Set(m.kind.as_str().to_owned()),
             document_id: Set(m.document_id.clone()),
             ref_from: Set(m.ref_from.clone()),
             status_code: Set(m.status_code.clone()),
@@ -1208,7 +1209,7 @@ async fn accept_in<C: ConnectionTrait>(
                 delivery_id: Set(uuid::Uuid::now_v7().simple().to_string()),
                 message_pk: Set(msg.id),
                 recipient: Set(recipient.clone()),
-                route: Set(route.clone()),
+                route: Set(route.to_string()),
                 state: Set("pending".to_owned()),
                 attempts: Set(0),
                 created_at: Set(m.accepted_at),
@@ -1221,7 +1222,7 @@ async fn accept_in<C: ConnectionTrait>(
             .map_err(AcceptError::Db)?;
             // The outbox row commits with the message: what is accepted for
             // another gateway or a queue is published, whatever happens next.
-            if let Some((exchange, routing_key)) = amqp_destination(route, recipient) {
+            if let Some((exchange, routing_key)) = route.amqp_destination(recipient) {
                 outbox::ActiveModel {
                     delivery_pk: Set(d.id),
                     message_pk: Set(msg.id),
@@ -1500,7 +1501,7 @@ impl Store {
     ) -> Result<Vec<PendingDelivery>> {
         let mut q = delivery::Entity::find()
             .filter(delivery::Column::Recipient.eq(recipient))
-            .filter(delivery::Column::Route.eq("local"))
+            .filter(delivery::Column::Route.eq(Route::Local.to_string()))
             .filter(delivery::Column::State.eq("pending"))
             .filter(delivery::Column::Id.gt(after_id));
         if let Some(t) = delivered_before {
@@ -1755,11 +1756,11 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        if m.kind == "document" {
+        if m.kind == MessageKind::Document.as_str() {
             let answers = message::Entity::find()
                 .filter(message::Column::RefFrom.eq(sender))
                 .filter(message::Column::DocumentId.eq(m.document_id.clone()))
-                .filter(message::Column::Kind.eq("status"))
+                .filter(message::Column::Kind.eq(MessageKind::Status.as_str()))
                 .order_by_asc(message::Column::Id)
                 .all(&self.db)
                 .await
@@ -1816,7 +1817,7 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<message::Model>> {
         message::Entity::find()
-            .filter(message::Column::Kind.eq("document"))
+            .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
             .filter(message::Column::AcceptedAt.gte(since))
             .filter(message::Column::BusinessType.ne(1))
             .filter(
@@ -1930,19 +1931,6 @@ async fn bind_client<C: ConnectionTrait>(c: &C, row: client_cert::Model) -> Resu
 }
 
 /// The directory of a `sqlite:` URL's database file, when it has one.
-/// Where a delivery's route publishes: `(exchange, routing key)`, or `None`
-/// for the gateway's own inboxes. An exchange takes the recipient's code as
-/// routing key (the receiving gateway binds its patterns); an agency's queue
-/// is reached through the default exchange by its name.
-fn amqp_destination(route: &str, recipient: &str) -> Option<(String, String)> {
-    if let Some(name) = route.strip_prefix("exchange:") {
-        return Some((name.to_owned(), recipient.to_owned()));
-    }
-    route
-        .strip_prefix("queue:")
-        .map(|q| (String::new(), q.to_owned()))
-}
-
 fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -2025,7 +2013,7 @@ mod tests {
         NewMessage {
             sender: sender.into(),
             message_id: id.into(),
-            kind: "document",
+            kind: MessageKind::Document,
             document_id: format!("doc-{id}"),
             ref_from: None,
             status_code: None,
@@ -2034,10 +2022,7 @@ mod tests {
             verification: vec![],
             accepted_at: now_micros(),
             attachments: vec![],
-            recipients: to
-                .iter()
-                .map(|r| (r.to_string(), "local".to_string()))
-                .collect(),
+            recipients: to.iter().map(|r| (r.to_string(), Route::Local)).collect(),
             elsewhere: vec![],
             upstream: None,
             actor: sender.into(),

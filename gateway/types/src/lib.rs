@@ -1,6 +1,7 @@
 //! The words every part of lienthong shares, and nothing that does I/O:
 //! the error type and its reason codes ([`error`]), agency identifiers and
-//! routing-key patterns ([`organ_id`]), which characters an envelope's text
+//! routing-key patterns ([`organ_id`]), a message's kind and a
+//! delivery's [`Route`], which characters an envelope's text
 //! fields may hold ([`text`]), Vietnam time, report periods and the working
 //! calendar ([`calendar`]), and the time and digest helpers below.
 //!
@@ -12,10 +13,12 @@
 pub mod calendar;
 pub mod error;
 pub mod organ_id;
+pub mod route;
 pub mod text;
 
 pub use error::{Context, Error, Fault, OrErr, Reason, Result};
 pub use organ_id::OrganId;
+pub use route::{MessageKind, Route};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -5,20 +5,19 @@
 use std::collections::HashSet;
 
 use lienthong_proto::v1::{
-    self as pb, AttachmentRef, Envelope, SendReceipt, SignatureCheck, SignedEnvelope, Verification,
-    envelope::Body,
+    self as pb, AttachmentRef, BusinessType, Envelope, SendReceipt, SignatureCheck, SignedEnvelope,
+    Verification, envelope::Body,
 };
 use prost::Message as _;
 
 use rustls_pki_types::UnixTime;
 
 use crate::error::{Error, Reason, Result};
-use crate::lifecycle;
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::store::{EventKind, NewMessage, now_micros};
 use crate::text::{self, truncate};
 use lienthong_pki::signing;
-use lienthong_types::{sha256, timestamp};
+use lienthong_types::{MessageKind, Route, sha256, timestamp};
 
 use super::lifecycle_checks::LifecycleEffect;
 use super::submission::{Open, PdfCheck, State};
@@ -96,13 +95,16 @@ pub(super) fn secret_classification(
 pub(super) fn agent_may_send_unsigned(agent: &str, principal: &OrganId, body: &Body) -> Result<()> {
     let what = match body {
         Body::Status(st) => format!("status notice {}", truncate(&st.code, 8)),
-        Body::Document(doc) => match doc.business.as_ref().map(|b| b.r#type).unwrap_or(0) {
-            lifecycle::BUSINESS_NEW => return Ok(()),
-            lifecycle::BUSINESS_RECALL => "recall".to_owned(),
-            lifecycle::BUSINESS_UPDATE => "update".to_owned(),
-            lifecycle::BUSINESS_REPLACE => "replacement".to_owned(),
-            other => format!("document of business type {other}"),
-        },
+        Body::Document(doc) => {
+            let bt = doc.business.as_ref().map(|b| b.r#type).unwrap_or(0);
+            match BusinessType::try_from(bt) {
+                Ok(BusinessType::New) => return Ok(()),
+                Ok(BusinessType::Recall) => "recall".to_owned(),
+                Ok(BusinessType::Update) => "update".to_owned(),
+                Ok(BusinessType::Replace) => "replacement".to_owned(),
+                Err(_) => format!("document of business type {bt}"),
+            }
+        }
     };
     Err(Error::new(
         Reason::PermissionDenied,
@@ -248,7 +250,7 @@ struct Sender {
 
 /// What the body is, as the message's row records it.
 struct Content {
-    kind: &'static str,
+    kind: MessageKind,
     document_id: String,
     ref_from: Option<String>,
     status_code: Option<String>,
@@ -380,7 +382,7 @@ impl Gateway {
             )
             .await?;
         if matches!(proof, Proof::CallerIdentity { .. })
-            && routes.iter().any(|(_, r)| r.starts_with("exchange:"))
+            && routes.iter().any(|(_, r)| matches!(r, Route::Exchange(_)))
         {
             // Another gateway verifies the sender by its signature alone.
             return Err(Error::new(
@@ -644,7 +646,7 @@ impl Gateway {
                 }
                 validate_document(doc, &self.inner.limits)?;
                 Ok(Content {
-                    kind: "document",
+                    kind: MessageKind::Document,
                     document_id: doc.document_id.clone(),
                     ref_from: None,
                     status_code: None,
@@ -677,7 +679,7 @@ impl Gateway {
                     ));
                 }
                 Ok(Content {
-                    kind: "status",
+                    kind: MessageKind::Status,
                     document_id: st.document_id.clone(),
                     ref_from: Some(doc_from.as_str().to_owned()),
                     status_code: Some(st.code.clone()),

@@ -3,6 +3,8 @@
 //! and a document's status as the parties read it. The rules themselves are
 //! in [`crate::lifecycle`]; this module applies them to the store.
 
+use lienthong_proto::v1::BusinessType;
+use lienthong_types::Route;
 use std::collections::HashSet;
 
 use lienthong_proto::v1::{self as pb, Envelope, SignedEnvelope, envelope::Body};
@@ -26,8 +28,8 @@ pub(super) struct LifecycleEffect {
     pub(super) replaces: Option<String>,
     /// A recall: where it goes (every recipient still holding a copy),
     /// instead of the envelope's `to`.
-    pub(super) routes: Option<Vec<(String, String)>>,
-    pub(super) withdraw: Vec<(i64, String, String)>,
+    pub(super) routes: Option<Vec<(String, Route)>>,
+    pub(super) withdraw: Vec<(i64, String, Route)>,
     /// For the verification summary.
     pub(super) note: Option<String>,
     /// For the log line: a status's effect on each recipient's state
@@ -93,16 +95,14 @@ impl Gateway {
                         ));
                     }
                 }
-                if bt == lifecycle::BUSINESS_NEW {
-                    return Ok(effect);
-                }
-                let what = match bt {
-                    lifecycle::BUSINESS_RECALL => "recall",
-                    lifecycle::BUSINESS_UPDATE => "update",
-                    lifecycle::BUSINESS_REPLACE => "replacement",
-                    other => {
+                let what = match BusinessType::try_from(bt) {
+                    Ok(BusinessType::New) => return Ok(effect),
+                    Ok(BusinessType::Recall) => "recall",
+                    Ok(BusinessType::Update) => "update",
+                    Ok(BusinessType::Replace) => "replacement",
+                    Err(_) => {
                         return Err(Error::malformed(format!(
-                            "business.type {other} is not one of 0 (new), 1 (recall), 2 (update), 3 (replace)"
+                            "business.type {bt} is not one of 0 (new), 1 (recall), 2 (update), 3 (replace)"
                         )));
                     }
                 };
@@ -172,7 +172,7 @@ impl Gateway {
                         ),
                     ));
                 };
-                if original.business_type == lifecycle::BUSINESS_RECALL {
+                if original.business_type == BusinessType::Recall as i32 {
                     return Err(Error::malformed(format!(
                         "document {target} is itself a recall; a recall cannot be recalled, updated or replaced (send a new document instead)"
                     )));
@@ -184,7 +184,7 @@ impl Gateway {
                         lienthong_types::calendar::format_local(at)
                     )));
                 }
-                if bt != lifecycle::BUSINESS_RECALL {
+                if bt != BusinessType::Recall as i32 {
                     effect.note = Some(format!(
                         "a{} {what} of document {target}",
                         if what == "update" { "n" } else { "" }
@@ -208,12 +208,21 @@ impl Gateway {
                 }
                 let mut routes = Vec::new();
                 for d in deliveries {
+                    let route = Route::parse(&d.route).ok_or_else(|| {
+                        Error::new(
+                            Reason::Internal,
+                            format!(
+                                "delivery {} has a route this gateway cannot read ({:?})",
+                                d.delivery_id, d.route
+                            ),
+                        )
+                    })?;
                     match d.state.as_str() {
                         "withdrawn" => {}
                         "pending" if d.last_delivered_at.is_none() => {
-                            effect.withdraw.push((d.id, d.recipient, d.route))
+                            effect.withdraw.push((d.id, d.recipient, route))
                         }
-                        _ => routes.push((d.recipient, d.route)),
+                        _ => routes.push((d.recipient, route)),
                     }
                 }
                 effect.note = Some(format!(
@@ -473,9 +482,9 @@ impl Gateway {
         }
         let mut links = Vec::new();
         if let Some(target) = &document.replaces {
-            let relation = match document.business_type {
-                lifecycle::BUSINESS_RECALL => "recalls",
-                lifecycle::BUSINESS_UPDATE => "updates",
+            let relation = match BusinessType::try_from(document.business_type) {
+                Ok(BusinessType::Recall) => "recalls",
+                Ok(BusinessType::Update) => "updates",
                 _ => "replaces",
             };
             let target_msg = store.document(&document.sender, target).await?;
@@ -493,9 +502,9 @@ impl Gateway {
             .documents_referring(&document.sender, &document.document_id)
             .await?
         {
-            let relation = match m.business_type {
-                lifecycle::BUSINESS_RECALL => "recalled_by",
-                lifecycle::BUSINESS_UPDATE => "updated_by",
+            let relation = match BusinessType::try_from(m.business_type) {
+                Ok(BusinessType::Recall) => "recalled_by",
+                Ok(BusinessType::Update) => "updated_by",
                 _ => "replaced_by",
             };
             links.push(pb::DocumentLink {

@@ -5,6 +5,7 @@
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::OrganId;
 use crate::routing::{self, Target};
+use lienthong_types::Route;
 
 use super::{Arrival, Gateway};
 
@@ -19,7 +20,7 @@ impl Gateway {
         arrival: Option<&Arrival>,
         attachments_size: &u64,
         encoded_len: usize,
-    ) -> Result<(Vec<(String, String)>, Vec<String>)> {
+    ) -> Result<(Vec<(String, Route)>, Vec<String>)> {
         let inner = &self.inner;
         let from_here = inner.routes.is_local(from.as_str());
         let mut unknown = Vec::new();
@@ -34,9 +35,9 @@ impl Gateway {
                 Some(Target::Local) => match inner.store.agency(r.as_str()).await? {
                     Some(a) if a.active => {
                         let route = if a.channel == "amqp" && inner.exchange.is_some() {
-                            format!("queue:{}", routing::agency_queue(r.as_str()))
+                            Route::Queue(routing::agency_queue(r.as_str()))
                         } else {
-                            "local".to_owned()
+                            Route::Local
                         };
                         routes.push((id, route));
                     }
@@ -54,7 +55,7 @@ impl Gateway {
                     } else if inner.exchange.is_none() {
                         no_exchange.push(id);
                     } else {
-                        routes.push((id, format!("exchange:{name}")));
+                        routes.push((id, Route::Exchange(name.clone())));
                     }
                 }
             }
@@ -96,7 +97,7 @@ impl Gateway {
             ));
         }
         if let Some(x) = &inner.exchange
-            && routes.iter().any(|(_, route)| route != "local")
+            && routes.iter().any(|(_, route)| !route.is_local())
         {
             // The send stream's framing adds a few bytes per 256 KiB.
             let total = encoded_len as u64 + attachments_size + attachments_size / 16_384 + 1024;
