@@ -13,7 +13,7 @@
 //! This module only decodes; checking what was decoded is the pipeline's
 //! job.
 
-use lienthong_core::error::{Error, Result};
+use lienthong_core::error::{Error, OrErr, Reason, Result};
 use lienthong_proto::v1::{AttachmentChunk, SendRequest, SignedEnvelope, send_request};
 use prost::Message as _;
 use prost::bytes::{Buf, Bytes};
@@ -83,12 +83,10 @@ pub fn decode(kind: Kind, body: Vec<u8>) -> Result<Decoded> {
     match kind {
         Kind::Envelope => {
             let envelope_len = body.len();
-            let envelope = SignedEnvelope::decode(body).map_err(|e| {
-                Error::malformed(
-                    "the body is not a lienthong.v1.SignedEnvelope protobuf; publish the encoded SignedEnvelope bytes",
-                )
-                .with_source(e)
-            })?;
+            let envelope = SignedEnvelope::decode(body).or_err(
+                Reason::Malformed,
+                "the body is not a lienthong.v1.SignedEnvelope protobuf; publish the encoded SignedEnvelope bytes",
+            )?;
             Ok(Decoded {
                 envelope,
                 envelope_len,
@@ -103,23 +101,27 @@ pub fn decode(kind: Kind, body: Vec<u8>) -> Result<Decoded> {
 }
 
 fn decode_stream(mut body: Bytes) -> Result<Decoded> {
-    let bad = |what: &str| {
-        Error::malformed(format!(
+    let sentence = |what: &str| {
+        format!(
             "the body is not a valid {CONTENT_TYPE_STREAM} stream: {what}; write length-delimited SendRequest frames, the envelope first"
-        ))
+        )
     };
+    let bad = |what: &str| Error::malformed(sentence(what));
     let mut envelope = None;
     let mut chunks = Vec::new();
     while body.has_remaining() {
         let len = prost::encoding::decode_varint(&mut body)
-            .map_err(|e| bad("a frame length is not a varint").with_source(e))?;
+            .or_err_with(Reason::Malformed, |_| {
+                sentence("a frame length is not a varint")
+            })?;
         let len = usize::try_from(len).map_err(|_| bad("a frame is longer than the body"))?;
         if len > body.remaining() {
             return Err(bad("a frame is longer than the body"));
         }
         let frame = body.split_to(len);
-        let req = SendRequest::decode(frame.clone())
-            .map_err(|e| bad("a frame is not a SendRequest").with_source(e))?;
+        let req = SendRequest::decode(frame.clone()).or_err_with(Reason::Malformed, |_| {
+            sentence("a frame is not a SendRequest")
+        })?;
         match (req.item, envelope.is_some()) {
             (Some(send_request::Item::Envelope(e)), false) => {
                 // The frame's inner bytes are the envelope's encoding.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lienthong_core::error::{Error, Reason};
-use lienthong_core::pipeline::{Caller, Gateway, Transport};
+use lienthong_core::pipeline::{Admission, Caller, Gateway, Transport};
 use lienthong_proto::v1::{
     self as pb, admin_server::AdminServer, directory_server::DirectoryServer,
     exchange_server::ExchangeServer, reports_server::ReportsServer, send_request::Item,
@@ -21,7 +21,7 @@ use lienthong_proto::v1::{
 use prost::Message as _;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Extensions;
@@ -154,42 +154,95 @@ impl Shared {
                 return Err(unauthenticated(&e));
             }
         };
-        if let Err(e) = self.limiter.call(&caller.organ_id) {
-            return Err(self.refuse(&caller, e).await);
-        }
+        self.or_refuse(&caller, self.limiter.call(&caller.organ_id))
+            .await?;
         Ok(caller)
     }
 
-    /// Answers a unary call: identifies the caller, runs `f` with the
-    /// caller and the request's message, and maps the outcome.
-    async fn answer<R, T>(
-        &self,
-        request: Request<R>,
-        f: impl AsyncFnOnce(&Caller, R) -> Result<T, Error>,
-    ) -> Result<Response<T>, Status> {
+    /// The identified caller (see [`Shared::caller`]) and the request's
+    /// message.
+    async fn open<R>(&self, request: Request<R>) -> Result<(Caller, R), Status> {
         let caller = self
             .caller(request.metadata(), request.extensions())
             .await?;
-        f(&caller, request.into_inner())
+        Ok((caller, request.into_inner()))
+    }
+
+    /// Answers a unary call: identifies the caller, runs `f` with the
+    /// gateway, the caller and the request's message, and maps the outcome.
+    async fn answer<R, T>(
+        &self,
+        request: Request<R>,
+        f: impl AsyncFnOnce(&Gateway, &Caller, R) -> Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        let (caller, r) = self.open(request).await?;
+        f(&self.gw, &caller, r)
             .await
             .map(Response::new)
             .into_status()
     }
 
-    /// Refuses an identified caller's request: logged, then answered.
-    async fn refuse(&self, caller: &Caller, e: Error) -> Status {
-        self.gw.refuse(Some(caller), "", e).await.into_status()
+    /// An identified caller's request refused when `r` is an error: logged,
+    /// then answered.
+    async fn or_refuse<T>(&self, caller: &Caller, r: Result<T, Error>) -> Result<T, Status> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.gw.refuse(Some(caller), "", e).await.into_status()),
+        }
     }
 
     /// A slot for one more open stream of the caller's.
-    async fn stream_slot(
+    async fn stream_slot(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        self.or_refuse(caller, self.limiter.stream(&caller.organ_id))
+            .await
+    }
+
+    /// Begins an upload (`rpc`: "Send", "SendEdxml"): the caller
+    /// identified, the submission admitted and the caller's stream slot
+    /// taken (both held by the returned [`Held`]), the stream on its clock.
+    async fn upload<T>(
+        &self,
+        request: Request<Streaming<T>>,
+        rpc: &'static str,
+    ) -> Result<(Caller, Held, Upload<T>), Status> {
+        let (caller, stream) = self.open(request).await?;
+        let admission = self.gw.admit().into_status()?;
+        let slot = self.stream_slot(&caller).await?;
+        let upload = Upload {
+            stream,
+            clock: limits::UploadClock::start(self.upload),
+            rpc,
+        };
+        let held = Held {
+            _admission: admission,
+            _slot: slot,
+        };
+        Ok((caller, held, upload))
+    }
+
+    /// Answers a server stream: sends what `source` yields to the caller
+    /// from a task of its own, holding the caller's stream slot until it
+    /// ends. An error is sent as its status and ends the stream; a caller
+    /// who hangs up stops it. The channel lets the source read a few items
+    /// ahead of the network.
+    async fn stream_to_caller<T: Send + 'static>(
         &self,
         caller: &Caller,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
-        match self.limiter.stream(&caller.organ_id) {
-            Ok(p) => Ok(p),
-            Err(e) => Err(self.refuse(caller, e).await),
-        }
+        source: impl futures::Stream<Item = Result<T, Error>> + Send + 'static,
+    ) -> Result<Response<ReceiverStream<Result<T, Status>>>, Status> {
+        let slot = self.stream_slot(caller).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut source = std::pin::pin!(source);
+            while let Some(item) = source.next().await {
+                let last = item.is_err();
+                if tx.send(item.into_status()).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn identify(&self, meta: &MetadataMap, ext: &Extensions) -> Result<Caller, Error> {
@@ -265,9 +318,8 @@ impl AdminService {
         request: Request<pb::BindCertRequest>,
         cert_use: CertUse,
     ) -> Result<Response<pb::BoundCert>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, r| match cert_use {
+            .answer(request, async |gw, caller, r| match cert_use {
                 CertUse::Signing => {
                     gw.admin_bind_signing_cert(caller, &r.organ_id, &r.certificate)
                         .await
@@ -287,9 +339,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::Agency>,
     ) -> Result<Response<pb::Agency>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, a| {
+            .answer(request, async |gw, caller, a| {
                 gw.admin_upsert_agency(caller, a).await
             })
             .await
@@ -313,9 +364,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RepresentRequest>,
     ) -> Result<Response<pb::RepresentResponse>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, r| {
+            .answer(request, async |gw, caller, r| {
                 let changed = gw
                     .admin_represent(caller, &r.agent, &r.principal, r.revoke)
                     .await?;
@@ -328,9 +378,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::VerifyLogRequest>,
     ) -> Result<Response<pb::VerifyLogResponse>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, _| {
+            .answer(request, async |gw, caller, _| {
                 let v = gw.admin_verify_log(caller).await?;
                 let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
                 Ok(pb::VerifyLogResponse {
@@ -352,64 +401,41 @@ impl pb::exchange_server::Exchange for ExchangeService {
         request: Request<Streaming<pb::SendRequest>>,
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
-        let caller = s.caller(request.metadata(), request.extensions()).await?;
-        let _admission = s.gw.admit().into_status()?;
-        let _slot = s.stream_slot(&caller).await?;
-        let mut stream = request.into_inner();
-        let mut clock = limits::UploadClock::start(s.upload);
-        let first = match next_message(&mut stream, &clock).await {
-            Err(stall) => {
-                let e = clock.refusal(stall, "Send");
-                return Err(s.refuse(&caller, e).await);
-            }
-            Ok(Ok(Some(pb::SendRequest {
-                item: Some(Item::Envelope(env)),
-            }))) => env,
-            Ok(Ok(Some(_))) => {
-                let e = Error::malformed(
+        let (caller, _held, mut upload) = s.upload(request, "Send").await?;
+        let first = upload
+            .next("the first message of the Send stream")
+            .await
+            .and_then(|m| match m {
+                Some(pb::SendRequest {
+                    item: Some(Item::Envelope(env)),
+                }) => Ok(env),
+                Some(_) => Err(Error::malformed(
                     "the first message of a Send stream must carry the signed envelope",
-                );
-                return Err(s.refuse(&caller, e).await);
-            }
-            Ok(Ok(None)) => {
-                let e = Error::malformed("the Send stream ended before the signed envelope");
-                return Err(s.refuse(&caller, e).await);
-            }
-            Ok(Err(st)) => {
-                let e = transport_error(&st, "the first message of the Send stream");
-                return Err(s.refuse(&caller, e).await);
-            }
-        };
+                )),
+                None => Err(Error::malformed(
+                    "the Send stream ended before the signed envelope",
+                )),
+            });
+        let first = s.or_refuse(&caller, first).await?;
         let len = first.encoded_len();
-        clock.add(len);
+        upload.clock.add(len);
         let mut sub = s.gw.begin_send(&caller, first, len).await.into_status()?;
         loop {
-            let next = match next_message(&mut stream, &clock).await {
-                Ok(next) => next,
-                Err(stall) => {
-                    let e = clock.refusal(stall, "Send");
-                    return Err(sub.abort(e).await.into_status());
-                }
-            };
-            match next {
+            let e = match upload.next("an attachment chunk").await {
                 Ok(Some(pb::SendRequest {
                     item: Some(Item::Chunk(c)),
                 })) => {
-                    clock.add(c.data.len());
-                    sub.write_chunk(c.index, &c.data).await.into_status()?
-                }
-                Ok(Some(_)) => {
-                    let e = Error::malformed(
-                        "only attachment chunks may follow the envelope on a Send stream",
-                    );
-                    return Err(sub.abort(e).await.into_status());
+                    upload.clock.add(c.data.len());
+                    sub.write_chunk(c.index, &c.data).await.into_status()?;
+                    continue;
                 }
                 Ok(None) => break,
-                Err(st) => {
-                    let e = transport_error(&st, "an attachment chunk");
-                    return Err(sub.abort(e).await.into_status());
-                }
-            }
+                Ok(Some(_)) => Error::malformed(
+                    "only attachment chunks may follow the envelope on a Send stream",
+                ),
+                Err(e) => e,
+            };
+            return Err(sub.abort(e).await.into_status());
         }
         let receipt = sub.finish().await.into_status()?;
         Ok(Response::new(receipt))
@@ -421,11 +447,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
+        let (caller, req) = self.shared.open(request).await?;
         let mut inbox = self.shared.gw.inbox(&caller, req.follow).with_max(req.max);
         let (tx, rx) = mpsc::channel(4);
         let as_edxml = req.format == pb::DeliveryFormat::Edxml as i32;
@@ -472,9 +494,8 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, r| {
+            .answer(request, async |gw, caller, r| {
                 gw.ack(caller, &r.delivery_id).await?;
                 Ok(pb::AckResponse {})
             })
@@ -487,11 +508,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::FetchAttachmentRequest>,
     ) -> Result<Response<Self::FetchAttachmentStream>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
+        let (caller, req) = self.shared.open(request).await?;
         let reader = self
             .shared
             .gw
@@ -499,7 +516,6 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .await
             .into_status()?;
         let index = req.index;
-        let slot = self.shared.stream_slot(&caller).await?;
         let chunks = futures::stream::try_unfold(reader, move |mut reader| async move {
             let next = reader.next_chunk(FETCH_CHUNK_BYTES).await?;
             Ok(next.map(|data| {
@@ -510,7 +526,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                 (chunk, reader)
             }))
         });
-        Ok(Response::new(stream_to_caller(slot, chunks)))
+        self.shared.stream_to_caller(&caller, chunks).await
     }
 
     async fn send_edxml(
@@ -518,58 +534,37 @@ impl pb::exchange_server::Exchange for ExchangeService {
         request: Request<Streaming<pb::EdxmlChunk>>,
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
-        let caller = s.caller(request.metadata(), request.extensions()).await?;
-        let _admission = s.gw.admit().into_status()?;
-        let _slot = s.stream_slot(&caller).await?;
-        let mut stream = request.into_inner();
+        let (caller, _held, mut upload) = s.upload(request, "SendEdxml").await?;
         let (tx, reader) = edxml::gateway::chunk_channel(8);
-        let mut clock = limits::UploadClock::start(s.upload);
         // The first chunk may name the message_id; read it before decoding.
-        let first = match next_message(&mut stream, &clock).await {
-            Err(stall) => {
-                let e = clock.refusal(stall, "SendEdxml");
-                return Err(s.refuse(&caller, e).await);
-            }
-            Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => {
-                let e = Error::malformed("the SendEdxml stream is empty; send the package's bytes");
-                return Err(s.refuse(&caller, e).await);
-            }
-            Ok(Err(st)) => {
-                let e = transport_error(&st, "the first chunk of the edXML package");
-                return Err(s.refuse(&caller, e).await);
-            }
-        };
+        let first = upload
+            .next("the first chunk of the edXML package")
+            .await
+            .and_then(|m| {
+                m.ok_or_else(|| {
+                    Error::malformed("the SendEdxml stream is empty; send the package's bytes")
+                })
+            });
+        let first = s.or_refuse(&caller, first).await?;
         let message_id = Some(first.message_id.clone()).filter(|m| !m.is_empty());
-        clock.add(first.data.len());
+        upload.clock.add(first.data.len());
         // The decoder reads on a blocking thread; a stall reaches it as the
         // refusal it is, which the pipeline logs.
         let feeder = tokio::spawn(async move {
-            if tx.send(Ok(first.data)).await.is_err() {
-                return;
-            }
+            let mut chunk = first;
             loop {
-                let next = match next_message(&mut stream, &clock).await {
-                    Ok(next) => next,
-                    Err(stall) => {
-                        let _ = tx.send(Err(clock.refusal(stall, "SendEdxml"))).await;
-                        return;
-                    }
-                };
-                match next {
-                    Ok(Some(c)) => {
-                        clock.add(c.data.len());
-                        if tx.send(Ok(c.data)).await.is_err() {
-                            return;
-                        }
-                    }
+                if tx.send(Ok(chunk.data)).await.is_err() {
+                    return;
+                }
+                chunk = match upload.next("the edXML package").await {
+                    Ok(Some(c)) => c,
                     Ok(None) => return,
-                    Err(st) => {
-                        let e = transport_error(&st, "the edXML package");
+                    Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
-                }
+                };
+                upload.clock.add(chunk.data.len());
             }
         });
         let result =
@@ -584,37 +579,32 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::FetchEdxmlRequest>,
     ) -> Result<Response<Self::FetchEdxmlStream>, Status> {
-        let caller = self
-            .shared
-            .caller(request.metadata(), request.extensions())
-            .await?;
-        let req = request.into_inner();
+        let s = &self.shared;
+        let (caller, req) = s.open(request).await?;
         let rx = edxml::gateway::render(
-            &self.shared.gw,
+            &s.gw,
             &caller,
             &req.from,
             &req.message_id,
-            &self.shared.trace_organ_id,
+            &s.trace_organ_id,
         )
         .await
         .into_status()?;
-        let slot = self.shared.stream_slot(&caller).await?;
         let chunks = ReceiverStream::new(rx).map(|item| {
             item.map(|data| pb::EdxmlChunk {
                 data,
                 message_id: String::new(),
             })
         });
-        Ok(Response::new(stream_to_caller(slot, chunks)))
+        s.stream_to_caller(&caller, chunks).await
     }
 
     async fn trace(
         &self,
         request: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, r| {
+            .answer(request, async |gw, caller, r| {
                 let events = gw.trace(Some(caller), &r.from, &r.message_id).await?;
                 Ok(pb::TraceResponse { events })
             })
@@ -625,9 +615,8 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<pb::DocumentStatusRequest>,
     ) -> Result<Response<pb::DocumentStatusResponse>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |caller, r| {
+            .answer(request, async |gw, caller, r| {
                 gw.document_status(caller, &r.from, &r.document_id).await
             })
             .await
@@ -640,9 +629,8 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::Agency>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |_, r| gw.lookup(&r.organ_id).await)
+            .answer(request, async |gw, _, r| gw.lookup(&r.organ_id).await)
             .await
     }
 
@@ -650,9 +638,8 @@ impl pb::directory_server::Directory for DirectoryService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let gw = &self.shared.gw;
         self.shared
-            .answer(request, async |_, r| {
+            .answer(request, async |gw, _, r| {
                 let (agencies, next_page_token) =
                     gw.list(&r.under, r.page_size, &r.page_token).await?;
                 Ok(pb::ListResponse {
@@ -662,28 +649,6 @@ impl pb::directory_server::Directory for DirectoryService {
             })
             .await
     }
-}
-
-/// Sends what `source` yields to the caller from a task of its own, holding
-/// the caller's stream slot until it ends. An error is sent as its status
-/// and ends the stream; a caller who hangs up stops it. The channel lets the
-/// source read a few items ahead of the network.
-fn stream_to_caller<T: Send + 'static>(
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    source: impl futures::Stream<Item = Result<T, Error>> + Send + 'static,
-) -> ReceiverStream<Result<T, Status>> {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        let _slot = slot;
-        let mut source = std::pin::pin!(source);
-        while let Some(item) = source.next().await {
-            let last = item.is_err();
-            if tx.send(item.into_status()).await.is_err() || last {
-                break;
-            }
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// Puts the delivery's edXML rendering in `edxml` when it fits in one
@@ -738,15 +703,31 @@ fn transport_error(st: &Status, what: &str) -> Error {
     }
 }
 
-/// The next message of an upload stream, within the time its clock allows.
-async fn next_message<T>(
-    stream: &mut Streaming<T>,
-    clock: &limits::UploadClock,
-) -> Result<Result<Option<T>, Status>, limits::Stall> {
-    let (wait, stall) = clock.wait();
-    tokio::time::timeout(wait, stream.message())
-        .await
-        .map_err(|_| stall)
+/// What an upload holds until it is answered: the gateway's admission of
+/// the submission and the caller's stream slot.
+struct Held {
+    _admission: Admission,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// An upload stream (`rpc`) read at the pace its clock allows.
+struct Upload<T> {
+    stream: Streaming<T>,
+    clock: limits::UploadClock,
+    rpc: &'static str,
+}
+
+impl<T> Upload<T> {
+    /// The next message (`None` at the end of the stream), or the refusal
+    /// when the stream stalls or breaks during `what`.
+    async fn next(&mut self, what: &str) -> Result<Option<T>, Error> {
+        let (wait, stall) = self.clock.wait();
+        match tokio::time::timeout(wait, self.stream.message()).await {
+            Err(_) => Err(self.clock.refusal(stall, self.rpc)),
+            Ok(Err(st)) => Err(transport_error(&st, what)),
+            Ok(Ok(next)) => Ok(next),
+        }
+    }
 }
 
 /// The gRPC server, ready to be served on a listener.
@@ -768,7 +749,7 @@ impl GrpcServer {
             edxml_policy: Policy::Lenient,
             trace_organ_id: gw_id,
             limiter: Arc::new(limits::AgencyLimiter::new(limits::AgencyLimits::default())),
-            peers: Arc::new(limits::PeerLimiter::default()),
+            peers: Arc::new(limits::PeerLimiter::new(limits::PeerLimits::default())),
             upload: limits::UploadLimits::default(),
         };
         GrpcServer {

@@ -122,12 +122,6 @@ pub struct AgencyLimiter {
     streams: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-impl Default for AgencyLimiter {
-    fn default() -> Self {
-        AgencyLimiter::new(AgencyLimits::default())
-    }
-}
-
 impl AgencyLimiter {
     pub fn new(limits: AgencyLimits) -> Self {
         AgencyLimiter {
@@ -204,12 +198,6 @@ impl Default for PeerLimits {
 pub struct PeerLimiter {
     limits: PeerLimits,
     buckets: Buckets<PeerKey>,
-}
-
-impl Default for PeerLimiter {
-    fn default() -> Self {
-        PeerLimiter::new(PeerLimits::default())
-    }
 }
 
 impl PeerLimiter {

@@ -34,15 +34,14 @@ impl pb::reports_server::Reports for ReportsService {
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
         self.shared
-            .answer(request, async |caller, r| {
+            .answer(request, async |gw, caller, r| {
                 let ask = SummaryRequest {
                     period: r.period,
                     agency: r.agency,
                     under: r.under,
                     province: r.province,
                 };
-                let report =
-                    reports::summary_for(&self.shared.gw, caller, &ask, &self.settings).await?;
+                let report = reports::summary_for(gw, caller, &ask, &self.settings).await?;
                 Ok(response(report))
             })
             .await

@@ -41,7 +41,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use lienthong_core::error::{Error, Reason};
+use lienthong_core::error::{Error, OrErr, Reason};
 use lienthong_core::operators::{LoginLimits, Session, SessionPolicy};
 use lienthong_core::pipeline::Gateway;
 use lienthong_core::reports::{self, Format, Lang, Period, ReportSettings, Scope};
@@ -414,11 +414,11 @@ async fn overview(State(app): State<App>) -> Result<Response, ApiError> {
 async fn refusals(State(app): State<App>, Query(p): Params) -> Result<Response, ApiError> {
     let limit = match param(&p, "limit") {
         "" => 20,
-        s => s.parse::<u32>().map_err(|_| {
-            Error::malformed(format!(
+        s => s.parse::<u32>().or_err_with(Reason::Malformed, |_| {
+            format!(
                 "limit {:?} is not a whole number (1 to 200)",
                 lienthong_core::text::truncate(s, 20)
-            ))
+            )
         })?,
     };
     let _turn = app.query_turn().await?;

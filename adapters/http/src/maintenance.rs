@@ -6,7 +6,7 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use lienthong_core::error::Error;
+use lienthong_core::error::{Error, OrErr, Reason};
 use lienthong_core::maintenance::{Window, WindowJson};
 use lienthong_core::now_micros;
 use lienthong_core::operators::Session;
@@ -135,11 +135,11 @@ fn instant(field: &str, s: &str) -> Result<i64, Error> {
     });
     parsed
         .map(|d| (d.unix_timestamp_nanos() / 1000) as i64)
-        .map_err(|_| {
-            Error::malformed(format!(
+        .or_err_with(Reason::Malformed, |_| {
+            format!(
                 "{field} {:?} is not a time; write 2026-11-30T22:00 (Vietnam time) or RFC 3339 with an offset",
                 lienthong_core::text::truncate(t, 40)
-            ))
+            )
         })
 }
 

@@ -43,7 +43,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::fs;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, OrErr, Reason, Result};
 
 /// Plaintext bytes per sealed segment: what a reader holds at once.
 pub const SEGMENT_BYTES: usize = 1 << SEGMENT_LOG2;
@@ -160,12 +160,11 @@ impl EncryptionKeys {
     /// Reads a key file (see [`EncryptionKeys::parse`]). Warns when other
     /// users may read it.
     pub fn from_file(path: &Path) -> Result<EncryptionKeys> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::malformed(format!(
+        let text = std::fs::read_to_string(path).or_err_with(Reason::Malformed, |e| {
+            format!(
                 "storage.encryption_key_file: cannot read {}: {e}",
                 path.display()
-            ))
-            .with_source(e)
+            )
         })?;
         #[cfg(unix)]
         if let Ok(m) = std::fs::metadata(path) {

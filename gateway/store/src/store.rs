@@ -26,7 +26,7 @@ use sea_orm::{
     SqlErr, Statement, TransactionTrait,
 };
 
-use crate::error::{Error, OrDb, Reason, Result, db_error};
+use crate::error::{Error, OrDb, OrErr, Reason, Result, db_error};
 use lienthong_types::{MessageKind, Route};
 use tokio::sync::{mpsc, oneshot};
 
@@ -687,24 +687,16 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10));
         if url.starts_with("sqlite:") {
             if let Some(dir) = sqlite_dir(url) {
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    Error::new(
-                        Reason::Unavailable,
-                        format!(
-                            "cannot create the database directory {}; check database.url and the permissions",
-                            dir.display()
-                        ),
+                std::fs::create_dir_all(&dir).or_err_with(Reason::Unavailable, |_| {
+                    format!(
+                        "cannot create the database directory {}; check database.url and the permissions",
+                        dir.display()
                     )
-                    .with_source(e)
                 })?;
             }
             // Validate the URL here so that a typo gets a sentence, not a panic deep in sqlx.
-            SqliteConnectOptions::from_str(url).map_err(|e| {
-                Error::new(
-                    Reason::Unavailable,
-                    format!("database.url {url:?} is not a usable SQLite URL"),
-                )
-                .with_source(e)
+            SqliteConnectOptions::from_str(url).or_err_with(Reason::Unavailable, |_| {
+                format!("database.url {url:?} is not a usable SQLite URL")
             })?;
             opts.max_connections(8).map_sqlx_sqlite_opts(|o| {
                 o.create_if_missing(true)
@@ -716,16 +708,14 @@ impl Store {
         } else {
             opts.max_connections(16);
         }
-        let db = Database::connect(opts).await.map_err(|e| {
-            Error::new(
-                Reason::Unavailable,
-                format!("cannot connect to the database at {}", redact(url)),
-            )
-            .with_source(e)
-        })?;
-        Migrator::up(&db, None).await.map_err(|e| {
-            Error::new(Reason::Unavailable, "the database schema migration failed").with_source(e)
-        })?;
+        let db = Database::connect(opts)
+            .await
+            .or_err_with(Reason::Unavailable, |_| {
+                format!("cannot connect to the database at {}", redact(url))
+            })?;
+        Migrator::up(&db, None)
+            .await
+            .or_err(Reason::Unavailable, "the database schema migration failed")?;
         // Group commit runs on the runtime that opened the store.
         let committer = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
