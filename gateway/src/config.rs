@@ -726,7 +726,7 @@ pub struct ReportsSection {
     pub lang: String,
     /// A document is counted "without a 03" after this many working hours.
     pub accept_within_hours: f64,
-    pub working_hours: lienthong_core::reports::WorkingHours,
+    pub working_hours: lienthong_reports::WorkingHours,
     /// Agencies to send the monthly report to, as a signed document from
     /// `gateway.organ_id` with the CSV and XLSX attached.
     pub send_to: Vec<String>,
@@ -756,7 +756,7 @@ impl Default for ReportsSection {
 
 impl Config {
     /// How reports judge lateness, checked.
-    pub fn report_settings(&self) -> Result<lienthong_core::reports::ReportSettings> {
+    pub fn report_settings(&self) -> Result<lienthong_reports::ReportSettings> {
         let r = &self.reports;
         if !(r.accept_within_hours.is_finite() && r.accept_within_hours >= 0.0) {
             anyhow::bail!(
@@ -777,19 +777,19 @@ impl Config {
             .working_hours
             .calendar(holidays.as_deref())
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-        Ok(lienthong_core::reports::ReportSettings {
+        Ok(lienthong_reports::ReportSettings {
             calendar,
             accept_within_hours: r.accept_within_hours,
         })
     }
 
     /// The monthly report task's settings.
-    pub fn monthly_reports(&self) -> Result<lienthong_core::reports::MonthlyReports> {
-        let scope = lienthong_core::reports::Scope::parse(&self.reports.under)
+    pub fn monthly_reports(&self) -> Result<lienthong_reports::MonthlyReports> {
+        let scope = lienthong_reports::Scope::parse(&self.reports.under)
             .map_err(|e| anyhow::anyhow!("reports.under: {}", e.message()))?;
-        let lang = lienthong_core::reports::Lang::parse(&self.reports.lang)
+        let lang = lienthong_reports::Lang::parse(&self.reports.lang)
             .map_err(|e| anyhow::anyhow!("reports.lang: {}", e.message()))?;
-        Ok(lienthong_core::reports::MonthlyReports {
+        Ok(lienthong_reports::MonthlyReports {
             dir: self.reports.dir.clone(),
             scope,
             settings: self.report_settings()?,
@@ -802,7 +802,7 @@ impl Config {
     /// `None` when it is empty. The binding of the certificate in the
     /// directory is checked by `ReportSending::check` once the database is
     /// open.
-    pub fn report_sending(&self) -> Result<Option<lienthong_core::reports::ReportSending>> {
+    pub fn report_sending(&self) -> Result<Option<lienthong_reports::ReportSending>> {
         let r = &self.reports;
         if r.send_to.is_empty() {
             return Ok(None);
@@ -827,7 +827,7 @@ impl Config {
                 "reports.signing_key and reports.signing_cert go together: set both or neither"
             ),
         };
-        let sending = lienthong_core::reports::ReportSending::load(from, &r.send_to, key, cert)
+        let sending = lienthong_reports::ReportSending::load(from, &r.send_to, key, cert)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
             .with_context(|| format!("reports.send_to: loading {which}"))?;
         Ok(Some(sending))

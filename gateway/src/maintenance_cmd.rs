@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{ArgGroup, Args, Subcommand};
+use lienthong_core::calendar::VIETNAM;
 use lienthong_core::maintenance::{self, Window};
 use lienthong_core::now_micros;
-use lienthong_core::reports::VIETNAM;
 use lienthong_core::store::Store;
 use lienthong_proto::v1 as pb;
 use time::format_description::well_known::Rfc3339;

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Subcommand, ValueEnum};
+use lienthong_core::calendar::format_rfc3339;
 use lienthong_core::operators::{self, Actor, OperatorRole};
-use lienthong_core::reports::format_rfc3339;
 use lienthong_core::store::Store;
 
 use crate::config::Config;

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use lienthong_core::now_micros;
-use lienthong_core::reports::{self, Format, Lang, Period, Scope};
 use lienthong_core::store::Store;
+use lienthong_reports::{self as reports, Format, Lang, Period, Scope};
 
 use crate::config::Config;
 

@@ -98,7 +98,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // indexed once, beside the start; acceptances index their own.
     let sweep = store.clone();
     tokio::spawn(async move {
-        if let Err(e) = lienthong_core::reports::index_documents(&sweep).await {
+        if let Err(e) = lienthong_reports::index_documents(&sweep).await {
             tracing::warn!(error = %e.chain(), "indexing the documents' due dates and codes failed; the next acceptance tries again");
         }
     });
@@ -271,7 +271,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         stopped(&stop_rx),
     ));
     let reports_task = cfg.reports.monthly.then(|| {
-        tokio::spawn(lienthong_core::reports::run_monthly_reports(
+        tokio::spawn(lienthong_reports::run_monthly_reports(
             gw.clone(),
             monthly,
             stopped(&stop_rx),

@@ -734,7 +734,7 @@ impl<T> Upload<T> {
 pub struct GrpcServer {
     /// What every service shares, cloned into each when served.
     shared: Shared,
-    report_settings: lienthong_core::reports::ReportSettings,
+    report_settings: lienthong_reports::ReportSettings,
     max_message: usize,
     connections: tls::ConnectionLimits,
 }
@@ -801,10 +801,7 @@ impl GrpcServer {
     }
 
     /// How `Reports.Summary` judges lateness (working hours, N).
-    pub fn with_report_settings(
-        mut self,
-        settings: lienthong_core::reports::ReportSettings,
-    ) -> Self {
+    pub fn with_report_settings(mut self, settings: lienthong_reports::ReportSettings) -> Self {
         self.report_settings = settings;
         self
     }

@@ -2,14 +2,17 @@
 //! directory, for the gateway's operators only.
 //!
 //! The caller is authenticated like every other call ([`Shared::caller`]);
-//! the core then checks the operator role (`PERMISSION_DENIED`, logged),
-//! reads the period and scope, and computes the report by SQL aggregation.
-//! This module only turns the core's [`Report`] into protobuf.
+//! `lienthong_reports` then has the core check the operator role
+//! (`PERMISSION_DENIED`, logged), reads the period and scope, and computes
+//! the report by SQL aggregation. This module only turns the [`Report`]
+//! into protobuf.
 
 use std::collections::{BTreeMap, HashMap};
 
-use lienthong_core::reports::{self, AgencyRow, Latency, Report, ReportSettings, SummaryRequest};
 use lienthong_proto::v1 as pb;
+use lienthong_reports::{
+    self as reports, AgencyRow, Latency, Report, ReportSettings, SummaryRequest,
+};
 use tonic::{Request, Response, Status};
 
 use crate::Shared;

@@ -618,7 +618,7 @@ pub(crate) async fn session_info(axum::Extension(s): axum::Extension<Session>) -
         "name": s.operator.name,
         "role": s.operator.role,
         "via": s.via,
-        "expires_at": lienthong_core::reports::format_rfc3339(s.expires_at),
+        "expires_at": lienthong_core::calendar::format_rfc3339(s.expires_at),
         "csrf_token": s.csrf_token,
     }))
     .into_response()

@@ -1,8 +1,9 @@
 //! The HTTP adapter: health checks, Prometheus metrics, report downloads,
 //! a small JSON API and the dashboard of the province's IT office.
 //!
-//! API boundary: every handler calls a `lienthong_core` function that takes
-//! the [`Gateway`] (`reports::overview`, `reports::search`,
+//! API boundary: every handler calls a `lienthong_core` or
+//! `lienthong_reports` function that takes the [`Gateway`]
+//! (`reports::overview`, `reports::search`,
 //! `metrics::render`, `Gateway::operator_session`, …) and turns its answer, or its
 //! [`Error`], into HTTP. This crate knows nothing of the database.
 //!
@@ -44,7 +45,7 @@ use axum::routing::{get, post};
 use lienthong_core::error::{Error, OrErr, Reason};
 use lienthong_core::operators::{LoginLimits, Session, SessionPolicy};
 use lienthong_core::pipeline::Gateway;
-use lienthong_core::reports::{self, Format, Lang, Period, ReportSettings, Scope};
+use lienthong_reports::{self as reports, Format, Lang, Period, ReportSettings, Scope};
 use lienthong_tls::ReloadingTls;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -9,9 +9,9 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use lienthong_core as lt;
 use lienthong_http::HttpOptions;
+use lienthong_reports::ReportSettings;
 use lt::error::{Reason, Result};
 use lt::operators::OperatorRole;
-use lt::reports::ReportSettings;
 use lt::store::EventKind;
 use tower::ServiceExt;
 

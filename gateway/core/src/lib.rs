@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod operators;
 pub mod peers;
 pub mod pipeline;
-pub mod reports;
+pub mod records;
 pub mod routing;
 
 pub use lienthong_pades as pades;

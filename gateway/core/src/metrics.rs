@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::error::Reason;
 use crate::pipeline::Gateway;
-use crate::reports::inbox_depths;
+use crate::store::now_micros;
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -418,8 +418,9 @@ pub async fn render(gw: &Gateway) -> String {
     } else {
         None
     };
+    let now = now_micros();
     let depths = if up {
-        match inbox_depths(gw.store()).await {
+        match gw.store().pending_inboxes().await {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!(error = %e.chain(), "metrics: cannot read the inbox depths");
@@ -443,16 +444,16 @@ pub async fn render(gw: &Gateway) -> String {
         for (i, d) in depths.iter().enumerate() {
             if i < TOP_INBOXES {
                 let l = AgencyLabel {
-                    agency: d.organ_id.clone(),
+                    agency: d.recipient.clone(),
                 };
                 m.inbox_depth
                     .get_or_create(&l)
                     .set(d.depth.min(i64::MAX as u64) as i64);
-                m.inbox_oldest.get_or_create(&l).set(d.oldest_seconds);
+                m.inbox_oldest.get_or_create(&l).set(d.oldest_seconds(now));
             } else {
                 let o = other.get_or_insert((0, 0.0));
                 o.0 += d.depth;
-                o.1 = o.1.max(d.oldest_seconds);
+                o.1 = o.1.max(d.oldest_seconds(now));
             }
         }
         if let Some((depth, oldest)) = other {

@@ -16,9 +16,9 @@
 use std::time::{Duration, Instant};
 
 use lienthong_core::pipeline::{Gateway, Settings};
-use lienthong_core::reports::{self, Period, ReportSettings, Scope};
 use lienthong_core::rows::AgencyRow;
 use lienthong_core::store::{Store, now_micros};
+use lienthong_reports::{self as reports, Period, ReportSettings, Scope};
 use sea_orm::{ConnectionTrait, Database};
 
 const DB: &str = "lienthong_report_bench";

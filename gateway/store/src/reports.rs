@@ -110,6 +110,14 @@ pub struct PendingInbox {
     pub oldest_at: i64,
 }
 
+impl PendingInbox {
+    /// How long the oldest has waited at `now`, in seconds (never less
+    /// than zero).
+    pub fn oldest_seconds(&self, now: i64) -> f64 {
+        ((now - self.oldest_at).max(0) as f64) / 1e6
+    }
+}
+
 /// A `rejected` line of the transfer log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusalRow {
@@ -249,7 +257,8 @@ impl Store {
         })
     }
 
-    /// Every agency with unacknowledged deliveries (one query).
+    /// Every agency with unacknowledged deliveries (one query), the deepest
+    /// inbox first, then the one waiting longest, then by code.
     pub async fn pending_inboxes(&self) -> Result<Vec<PendingInbox>> {
         let mut q = Sql::new(self.backend());
         q.push(
@@ -264,6 +273,12 @@ impl Store {
                 oldest_at: int(&r, "oldest")?,
             });
         }
+        out.sort_by(|a, b| {
+            b.depth
+                .cmp(&a.depth)
+                .then(a.oldest_at.cmp(&b.oldest_at))
+                .then(a.recipient.cmp(&b.recipient))
+        });
         Ok(out)
     }
 

@@ -36,10 +36,10 @@ use lienthong_core as lt;
 #[path = "../../core/tests/support/world.rs"]
 mod world;
 
+use lienthong_reports::{AgencyRow, Latency, Period, ReportSettings, Scope, summary_in};
 use lienthong_schema::entity::{delivery, event, message};
 use lienthong_store::error::OrDb;
 use lt::error::{Reason, Result};
-use lt::reports::{AgencyRow, Latency, Period, ReportSettings, Scope, summary_in};
 use lt::store::now_micros;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use world::{Doc, World};
@@ -203,7 +203,7 @@ async fn generate(
                 3..=5 => 1,
                 _ => 0,
             };
-            let today = lt::reports::local_date(now_micros());
+            let today = lienthong_reports::local_date(now_micros());
             let due_date = match due {
                 -1 => iso(today - time::Duration::days(1)),
                 1 => iso(today + time::Duration::days(60)),
@@ -482,7 +482,7 @@ async fn latencies_from_rows(
 
 async fn check(world: &World, db_url: &str, exp: &[Expected]) -> Result<()> {
     let settings = ReportSettings::default();
-    let today = lt::reports::local_date(now_micros());
+    let today = lienthong_reports::local_date(now_micros());
     let period = Period::Range(
         today - time::Duration::days(1),
         today + time::Duration::days(1),
@@ -491,7 +491,7 @@ async fn check(world: &World, db_url: &str, exp: &[Expected]) -> Result<()> {
     // Số/ký hiệu, DueDate and trích yếu were read out of the envelopes as
     // each document was accepted: the sweep finds none left.
     let t = Instant::now();
-    let indexed = lt::reports::index_documents(&world.store).await?;
+    let indexed = lienthong_reports::index_documents(&world.store).await?;
     eprintln!("{indexed} documents indexed: {:?}", t.elapsed());
     let t = Instant::now();
     // The whole province, as a pattern.

@@ -14,7 +14,9 @@ use crate::rows::AgencyRow;
 use crate::store::{LogVerification, now_micros};
 
 impl Gateway {
-    pub(crate) async fn require_operator(&self, caller: &Caller, what: &str) -> Result<()> {
+    /// Reading the reports, traces and the directory is for the gateway's
+    /// operators; anyone else is refused `PERMISSION_DENIED`, logged.
+    pub async fn require_operator(&self, caller: &Caller, what: &str) -> Result<()> {
         if caller.is_operator() {
             return Ok(());
         }

@@ -3,9 +3,9 @@
 //! and status notices signed and sent through the one pipeline, inboxes
 //! drained and acknowledged.
 //!
-//! Shared by the core's report unit tests and its report acceptance test;
-//! the includer puts the core crate in scope as `lt`, and needs
-//! `lienthong-pki` with its `dev` feature.
+//! Shared by the reports' unit tests, the store's report acceptance test
+//! and the HTTP adapter's tests; the includer puts the core crate in scope
+//! as `lt`, and needs `lienthong-pki` with its `dev` feature.
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! What the dashboard and the metrics read: traffic today and this month,
-//! inbox depths, recent refusals, overdue documents, and a message's trace.
+//! What the dashboard reads: traffic today and this month, inbox depths,
+//! recent refusals, overdue documents, and a message's trace.
 
 use std::collections::HashMap;
 
@@ -7,10 +7,11 @@ use lienthong_proto::v1::TraceEvent;
 use serde::Serialize;
 
 use super::{Period, ReportSettings, reason_vi};
-use crate::error::{Error, Reason, Result};
-use crate::pipeline::Gateway;
-use crate::store::{Store, now_micros};
+use lienthong_core::pipeline::Gateway;
+use lienthong_core::records::Records;
 use lienthong_types::calendar::{self as period, day_start_micros, local_date};
+use lienthong_types::error::{Error, Reason, Result};
+use lienthong_types::now_micros;
 use lienthong_types::text::truncate;
 
 pub use lienthong_store::reports::Traffic;
@@ -89,8 +90,8 @@ pub struct Overview {
 
 const DAY: i64 = 86_400_000_000;
 
-async fn names(store: &Store) -> Result<HashMap<String, String>> {
-    Ok(store
+async fn names(records: Records<'_>) -> Result<HashMap<String, String>> {
+    Ok(records
         .agencies()
         .await?
         .into_iter()
@@ -102,50 +103,43 @@ fn name_of(names: &HashMap<String, String>, code: &str) -> String {
     names.get(code).cloned().unwrap_or_default()
 }
 
-async fn traffic(store: &Store, p: Period) -> Result<Traffic> {
+async fn traffic(records: Records<'_>, p: Period) -> Result<Traffic> {
     let (t0, t1) = p.bounds();
-    store.traffic(t0, t1).await
+    records.traffic(t0, t1).await
 }
 
 /// Every agency with unacknowledged deliveries, the deepest inbox first
-/// (one query; the metrics keep the top 20 and sum the rest).
-pub async fn inbox_depths(store: &Store) -> Result<Vec<InboxDepth>> {
+/// (one query). Reads a `Store` or a gateway's [`Records`].
+pub async fn inbox_depths<'a>(records: impl Into<Records<'a>>) -> Result<Vec<InboxDepth>> {
     let now = now_micros();
     let mut out = Vec::new();
-    for r in store.pending_inboxes().await? {
-        let oldest = r.oldest_at;
+    for r in records.into().pending_inboxes().await? {
         out.push(InboxDepth {
+            oldest_at: period::format_rfc3339(r.oldest_at),
+            oldest_seconds: r.oldest_seconds(now),
             organ_id: r.recipient,
             name: String::new(),
             depth: r.depth,
-            oldest_at: period::format_rfc3339(oldest),
-            oldest_seconds: ((now - oldest).max(0) as f64) / 1e6,
         });
     }
-    out.sort_by(|a, b| {
-        b.depth
-            .cmp(&a.depth)
-            .then(b.oldest_seconds.total_cmp(&a.oldest_seconds))
-            .then(a.organ_id.cmp(&b.organ_id))
-    });
     Ok(out)
 }
 
 /// The latest refusals, newest first (`limit` is kept within 1..=200).
 pub async fn recent_refusals(gw: &Gateway, limit: u32) -> Result<Vec<Refusal>> {
-    let store = gw.store();
-    let names = names(store).await?;
-    refusals_in(store, &names, limit).await
+    let records = gw.records();
+    let names = names(records).await?;
+    refusals_in(records, &names, limit).await
 }
 
 async fn refusals_in(
-    store: &Store,
+    records: Records<'_>,
     names: &HashMap<String, String>,
     limit: u32,
 ) -> Result<Vec<Refusal>> {
     let limit = limit.clamp(1, 200) as i64;
     let mut out = Vec::new();
-    for r in store.recent_refusals(limit).await? {
+    for r in records.recent_refusals(limit).await? {
         out.push(Refusal {
             at: period::format_rfc3339(r.at),
             sender_name: name_of(names, &r.sender),
@@ -162,31 +156,31 @@ async fn refusals_in(
 /// Traffic, inboxes, refusals, overdue documents and health, for the
 /// dashboard's first screen.
 pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overview> {
-    let store = gw.store();
+    let records = gw.records();
     let now = now_micros();
-    let database = store.ping().await.is_ok();
+    let database = records.ping().await.is_ok();
     if !database {
         return Err(Error::new(
             Reason::Unavailable,
             "the database does not answer; the figures cannot be read right now",
         ));
     }
-    let names = names(store).await?;
+    let names = names(records).await?;
     let today = Period::day_of(now);
     let month = Period::month_of(now);
-    let today_traffic = traffic(store, today).await?;
-    let month_traffic = traffic(store, month).await?;
-    let mut inboxes = inbox_depths(store).await?;
+    let today_traffic = traffic(records, today).await?;
+    let month_traffic = traffic(records, month).await?;
+    let mut inboxes = inbox_depths(records).await?;
     inboxes.truncate(10);
     for i in &mut inboxes {
         i.name = name_of(&names, &i.organ_id);
     }
-    let refusals = refusals_in(store, &names, 10).await?;
+    let refusals = refusals_in(records, &names, 10).await?;
 
     let today_date = local_date(now);
     let today_iso = period::iso_date(today_date);
     let year_ago = now - 365 * DAY;
-    let (overdue_total, most_overdue) = store.overdue_deliveries(year_ago, &today_iso).await?;
+    let (overdue_total, most_overdue) = records.overdue_deliveries(year_ago, &today_iso).await?;
     let mut overdue = Vec::new();
     for r in most_overdue {
         let days = period::parse_date(&r.due_date)
@@ -206,7 +200,9 @@ pub async fn overview(gw: &Gateway, settings: &ReportSettings) -> Result<Overvie
     }
 
     let cutoff = settings.calendar.cutoff(now, settings.accept_within_hours);
-    let without_03_total = store.deliveries_without_03(now - 30 * DAY, cutoff).await?;
+    let without_03_total = records
+        .deliveries_without_03(now - 30 * DAY, cutoff)
+        .await?;
 
     Ok(Overview {
         gateway: gw.gateway_id().to_owned(),
@@ -314,10 +310,10 @@ pub async fn search(gw: &Gateway, q: &str) -> Result<Vec<SearchHit>> {
             "Nội dung tìm kiếm quá dài (tối đa 200 ký tự).",
         ));
     }
-    let store = gw.store();
-    let names = names(store).await?;
+    let records = gw.records();
+    let names = names(records).await?;
     let mut hits = Vec::new();
-    for r in store.search_messages(q).await? {
+    for r in records.search_messages(q).await? {
         let trace = match gw.trace(None, &r.sender, &r.message_id).await {
             Ok(t) => t.into_iter().map(trace_line).collect(),
             Err(e) if e.reason() == Reason::NotFound => Vec::new(),

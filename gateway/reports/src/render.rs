@@ -5,7 +5,7 @@
 use rust_xlsxwriter::{Format as XFormat, Workbook, XlsxError};
 
 use super::{AgencyRow, Lang, Report, STATUS_CODES, reason_vi, status_words};
-use crate::error::{Error, Reason, Result};
+use lienthong_types::error::{Error, Reason, Result};
 
 /// A report file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,7 +346,7 @@ fn xlsx(report: &Report, lang: Lang) -> Result<Vec<u8>, XlsxError> {
     ws.write_string_with_format(0, 0, if vi { "Mã" } else { "Code" }, &head)?;
     ws.write_string_with_format(0, 1, if vi { "Ý nghĩa" } else { "Meaning" }, &head)?;
     let mut r = 1u32;
-    for reason in crate::error::Reason::ALL {
+    for reason in Reason::ALL {
         ws.write_string(r, 0, reason.as_str())?;
         ws.write_string(r, 1, reason_vi(reason.as_str()))?;
         r += 1;

@@ -34,11 +34,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::{Error, Reason, Result};
-use crate::organ_id::{IdPolicy, OrganId, TopicPattern};
-use crate::pipeline::Gateway;
-use crate::store::{Store, now_micros};
+use lienthong_core::pipeline::{Caller, Gateway};
+use lienthong_core::records::Records;
+use lienthong_core::store::Store;
 use lienthong_store::reports::{Duration, Filter, Percentiles, ReportWindow};
+use lienthong_types::error::{Error, Reason, Result};
+use lienthong_types::now_micros;
+use lienthong_types::organ_id::{IdPolicy, OrganId, TopicPattern};
 use lienthong_types::text::truncate;
 
 pub use dashboard::{
@@ -67,7 +69,7 @@ pub const SIGNATURE_REASONS: [Reason; 7] = [
 ];
 
 /// The status codes of DESIGN.md §2, in the order reports show them.
-pub const STATUS_CODES: [&str; 9] = crate::pipeline::STATUS_CODES;
+pub const STATUS_CODES: [&str; 9] = lienthong_core::pipeline::STATUS_CODES;
 
 /// The language of column headers and words in report files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,8 +148,11 @@ impl Scope {
     /// The agencies of the directory in this scope, ordered by code.
     /// `NotFound` when the named agency is not in the directory or the
     /// pattern matches none.
-    pub async fn resolve(&self, store: &Store) -> Result<Vec<(String, String)>> {
-        let all = store.agencies().await?;
+    pub async fn resolve<'a>(
+        &self,
+        records: impl Into<Records<'a>>,
+    ) -> Result<Vec<(String, String)>> {
+        let all = records.into().agencies().await?;
         if let Scope::Agency(id) | Scope::Under(id) = self
             && !all.iter().any(|a| a.organ_id == id.as_str())
         {
@@ -341,7 +346,7 @@ impl SummaryRequest {
 /// directory). A period without traffic gives a report of zeros.
 pub async fn summary_for(
     gw: &Gateway,
-    caller: &crate::pipeline::Caller,
+    caller: &Caller,
     request: &SummaryRequest,
     settings: &ReportSettings,
 ) -> Result<Report> {
@@ -358,19 +363,21 @@ pub async fn summary(
     scope: &Scope,
     settings: &ReportSettings,
 ) -> Result<Report> {
-    summary_in(gw.store(), period, scope, settings, now_micros()).await
+    summary_in(gw.records(), period, scope, settings, now_micros()).await
 }
 
 /// The report, judged at `as_of` (Unix microseconds): the instant from
-/// which "N working hours" and "past DueDate" are counted.
-pub async fn summary_in(
-    store: &Store,
+/// which "N working hours" and "past DueDate" are counted. Reads a
+/// [`Store`] or a gateway's [`Records`].
+pub async fn summary_in<'a>(
+    records: impl Into<Records<'a>>,
     period: Period,
     scope: &Scope,
     settings: &ReportSettings,
     as_of: i64,
 ) -> Result<Report> {
-    let agencies = scope.resolve(store).await?;
+    let records = records.into();
+    let agencies = scope.resolve(records).await?;
     let (t0, t1) = period.bounds();
     let (d0, d1) = period.days();
     let filter = match scope {
@@ -392,7 +399,7 @@ pub async fn summary_in(
         as_of,
         today,
     };
-    let found = store.report_rows(&window, &filter).await?;
+    let found = records.report_rows(&window, &filter).await?;
 
     for (agency, n) in found.sent {
         if let Some(row) = rows.get_mut(&agency) {
@@ -481,7 +488,9 @@ pub async fn summary_in(
 /// at start, and the jobs that report (the monthly reports, `lienthong
 /// report`) before they read; the reports and the dashboard only read.
 pub async fn index_documents(store: &Store) -> Result<u64> {
-    store.index_documents(crate::facts::of_signed).await
+    store
+        .index_documents(lienthong_core::facts::of_signed)
+        .await
 }
 
 /// A reason code in plain Vietnamese, for the office.

@@ -1,8 +1,8 @@
 //! The report queries on SQLite, over traffic sent through the real
 //! pipeline: each figure a clerk would read, checked against what was sent.
 
-use crate as lt;
-#[path = "../../tests/support/world.rs"]
+use lienthong_core as lt;
+#[path = "../../core/tests/support/world.rs"]
 mod world;
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use prost::Message as _;
 use time::Duration;
 
 use super::*;
-use crate::error::Result;
+use lt::error::Result;
 use world::{Doc, World};
 
 const A: usize = 0; // 000.00.01.H35 Văn phòng UBND tỉnh
@@ -88,7 +88,7 @@ fn row<'a>(r: &'a Report, id: &str) -> &'a AgencyRow {
 #[tokio::test]
 async fn a_report_counts_what_each_agency_sent_received_and_answered() -> Result<()> {
     let s = small().await?;
-    let store = s.world.gw.store();
+    let store = &s.world.store;
     let settings = ReportSettings::default();
     // Ten days on, eight working hours have passed for every delivery.
     let as_of = now_micros() + 10 * 86_400_000_000;
@@ -158,7 +158,7 @@ async fn a_report_counts_what_each_agency_sent_received_and_answered() -> Result
 #[tokio::test]
 async fn scopes_pick_parts_of_the_directory() -> Result<()> {
     let s = small().await?;
-    let store = s.world.gw.store();
+    let store = &s.world.store;
     let st = ReportSettings::default();
     let ids =
         |r: &Report| -> Vec<String> { r.agencies.iter().map(|a| a.organ_id.clone()).collect() };
@@ -234,7 +234,7 @@ async fn scopes_pick_parts_of_the_directory() -> Result<()> {
 #[tokio::test]
 async fn an_empty_period_gives_zeros_and_files_in_both_languages() -> Result<()> {
     let s = small().await?;
-    let store = s.world.gw.store();
+    let store = &s.world.store;
     let r = summary_in(
         store,
         Period::parse("2020-01")?,
@@ -377,9 +377,9 @@ async fn the_dashboard_finds_documents_refusals_and_overdue_ones() -> Result<()>
 #[tokio::test]
 async fn metrics_show_inbox_depths_and_database_health() -> Result<()> {
     let s = small().await?;
-    crate::metrics::message_refused(Reason::BadSignature);
-    crate::metrics::accept_seconds(0.02);
-    let text = crate::metrics::render(&s.world.gw).await;
+    lt::metrics::message_refused(Reason::BadSignature);
+    lt::metrics::accept_seconds(0.02);
+    let text = lt::metrics::render(&s.world.gw).await;
     for line in [
         "lienthong_inbox_depth{agency=\"000.21.31.H35\"} 1",
         "lienthong_database_up 1",
@@ -408,7 +408,7 @@ async fn the_monthly_report_is_written_once() -> Result<()> {
         lang: Lang::Vi,
         send: None,
     };
-    let files = write_monthly_report(s.world.gw.store(), &cfg, Period::parse("2026-10")?).await?;
+    let files = write_monthly_report(&s.world.store, &cfg, Period::parse("2026-10")?).await?;
     let names: Vec<String> = files
         .iter()
         .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -451,7 +451,7 @@ async fn fetch(
     message_id: &str,
     index: u32,
 ) -> Result<Vec<u8>> {
-    let caller = crate::pipeline::Caller::new(who, crate::pipeline::Transport::Grpc);
+    let caller = lt::pipeline::Caller::new(who, lt::pipeline::Transport::Grpc);
     let mut r = gw
         .fetch_attachment(&caller, from, message_id, index)
         .await?;
@@ -614,10 +614,10 @@ async fn sending_the_monthly_report_needs_a_bound_certificate() -> Result<()> {
 /// chained like any other, and no figure of a report moves for it.
 #[tokio::test]
 async fn directory_changes_are_logged_and_leave_the_figures_alone() -> Result<()> {
-    use crate::directory::{self, CertRef, ChangedBy};
-    use crate::store::EventKind;
+    use lt::directory::{self, CertRef, ChangedBy};
+    use lt::store::EventKind;
     let s = small().await?;
-    let store = s.world.gw.store();
+    let store = &s.world.store;
     let st = ReportSettings::default();
     let as_of = now_micros();
     let before = summary_in(store, around_today(), &Scope::All, &st, as_of).await?;

@@ -16,11 +16,13 @@ use rustls_pki_types::UnixTime;
 
 use super::render::{Format, period_file_name, to_csv, to_xlsx};
 use super::{Lang, Period, ReportSettings, Scope, summary_in};
-use crate::error::{Error, Reason, Result};
-use crate::organ_id::{IdPolicy, OrganId};
-use crate::pipeline::{Caller, Gateway, Transport};
-use crate::store::{Store, now_micros};
-use lienthong_pki::signing::{self, SigningKey, TrustAnchors};
+use lienthong_core::pipeline::{Caller, Gateway, Transport};
+use lienthong_core::records::Records;
+use lienthong_core::signing::{self, SigningKey, TrustAnchors};
+use lienthong_core::store::Store;
+use lienthong_types::error::{Error, Reason, Result};
+use lienthong_types::now_micros;
+use lienthong_types::organ_id::{IdPolicy, OrganId};
 
 /// What the monthly task writes, and where.
 #[derive(Debug, Clone)]
@@ -146,7 +148,7 @@ impl ReportSending {
                 })
             })?;
         let spki = hex::encode(verified.spki_sha256);
-        match gw.store().signing_cert(&spki).await? {
+        match gw.records().signing_cert(&spki).await? {
             Some(b) if b.organ_id == from => {}
             Some(b) => {
                 return Err(cannot(format!(
@@ -166,7 +168,7 @@ impl ReportSending {
         }
         for id in std::iter::once(&self.from).chain(&self.to) {
             if !gw
-                .store()
+                .records()
                 .agency(id.as_str())
                 .await?
                 .is_some_and(|a| a.active)
@@ -222,6 +224,18 @@ pub async fn write_monthly_report(
     cfg: &MonthlyReports,
     period: Period,
 ) -> Result<Vec<PathBuf>> {
+    let index = super::index_documents(store);
+    write_files(store.into(), index, cfg, period).await
+}
+
+/// [`write_monthly_report`] over `records`, `index` filling the report
+/// columns of old documents before they are read.
+async fn write_files(
+    records: Records<'_>,
+    index: impl Future<Output = Result<u64>>,
+    cfg: &MonthlyReports,
+    period: Period,
+) -> Result<Vec<PathBuf>> {
     let io = |what: String| {
         move |e: std::io::Error| Error::new(Reason::Unavailable, what).with_source(e)
     };
@@ -231,8 +245,8 @@ pub async fn write_monthly_report(
             "cannot create reports.dir {}",
             cfg.dir.display()
         )))?;
-    super::index_documents(store).await?;
-    let report = summary_in(store, period, &cfg.scope, &cfg.settings, now_micros()).await?;
+    index.await?;
+    let report = summary_in(records, period, &cfg.scope, &cfg.settings, now_micros()).await?;
     let mut written = Vec::new();
     for (format, path) in paths(&cfg.dir, period) {
         let bytes = match format {
@@ -261,7 +275,7 @@ pub async fn run_monthly_job(
 ) -> Result<(Vec<PathBuf>, Option<Sending>)> {
     let missing = paths(&cfg.dir, period).iter().any(|(_, p)| !p.exists());
     let written = if missing {
-        write_monthly_report(gw.store(), cfg, period).await?
+        write_files(gw.records(), gw.index_documents(), cfg, period).await?
     } else {
         Vec::new()
     };
@@ -291,7 +305,7 @@ pub async fn send_monthly_report(
     };
     let message_id = s.message_id(period);
     if gw
-        .store()
+        .records()
         .message(s.from.as_str(), &message_id)
         .await?
         .is_some()
