@@ -31,7 +31,6 @@ use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use lienthong_edxml as edxml;
 pub use lienthong_edxml::Policy;
 
 /// The metadata key that names the caller in `dev-header` mode.
@@ -41,6 +40,7 @@ pub const ORGAN_ID_HEADER: &str = "x-organ-id";
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
+mod edxml; // edXML packages through the pipeline
 pub mod limits;
 mod notices; // Maintenance notices on Receive
 pub mod reports;
@@ -522,7 +522,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let _admission = s.gw.admit().into_status()?;
         let _slot = s.stream_slot(&caller).await?;
         let mut stream = request.into_inner();
-        let (tx, reader) = edxml::gateway::chunk_channel(8);
+        let (tx, reader) = edxml::chunk_channel(8);
         let mut clock = limits::UploadClock::start(s.upload);
         // The first chunk may name the message_id; read it before decoding.
         let first = match next_message(&mut stream, &clock).await {
@@ -572,8 +572,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                 }
             }
         });
-        let result =
-            edxml::gateway::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
+        let result = edxml::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
         feeder.abort();
         result.map(Response::new).into_status()
     }
@@ -589,7 +588,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
             .caller(request.metadata(), request.extensions())
             .await?;
         let req = request.into_inner();
-        let rx = edxml::gateway::render(
+        let rx = edxml::render(
             &self.shared.gw,
             &caller,
             &req.from,
@@ -696,7 +695,7 @@ async fn render_inline(gw: &Gateway, hop: &str, caller: &Caller, d: &mut pb::Del
     else {
         return;
     };
-    match edxml::gateway::render_small(
+    match edxml::render_small(
         gw,
         caller,
         &env.from,
