@@ -15,6 +15,7 @@ use lienthong_pki::receipts::ReceiptSigners;
 use lienthong_pki::signing::TrustAnchors;
 use lienthong_proto::v1::TraceEvent;
 
+use crate::cli::{cli_user_name, format_time};
 use crate::config::Config;
 
 #[derive(Subcommand, Debug)]
@@ -133,35 +134,6 @@ impl WhichCert {
 
 fn cli_user() -> ChangedBy {
     ChangedBy::cli(&cli_user_name())
-}
-
-/// Who runs the command line, for the transfer log: the account the
-/// process runs as (from its uid, not from the environment, which anyone
-/// can set), and who became it through sudo.
-pub(crate) fn cli_user_name() -> String {
-    use std::os::unix::fs::MetadataExt as _;
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let name = uid.and_then(|uid| {
-        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-        passwd.lines().find_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let id = f.nth(1)?;
-            (id.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-        })
-    });
-    let mut who = match (name, uid) {
-        (Some(n), _) => n,
-        (None, Some(uid)) => format!("uid {uid}"),
-        (None, None) => "unknown".to_owned(),
-    };
-    if let Ok(by) = std::env::var("SUDO_USER")
-        && !by.is_empty()
-        && by != who
-    {
-        who = format!("{who} (sudo by {by})");
-    }
-    who
 }
 
 fn core_err(e: lienthong_core::error::Error) -> anyhow::Error {
@@ -854,19 +826,4 @@ pub fn trace_json(e: &TraceEvent) -> serde_json::Value {
         "reason": e.reason,
         "detail": e.detail,
     })
-}
-
-/// RFC 3339 in UTC.
-pub fn format_time(t: Option<&prost_types::Timestamp>) -> String {
-    let Some(t) = t else {
-        return String::new();
-    };
-    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

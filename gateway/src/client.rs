@@ -20,7 +20,7 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::admin::format_time;
+use crate::cli::format_time;
 use crate::config::Config;
 
 const CHUNK: usize = 256 * 1024;
@@ -435,7 +435,7 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
         };
         // A gateway notice (maintenance) is shown, never acknowledged.
         if let Some(n) = &d.notice {
-            println!("{}", crate::maintenance_cmd::notice_json(n));
+            println!("{}", notice_json(n));
             continue;
         }
         let Some(signed) = d.envelope.clone() else {
@@ -527,6 +527,20 @@ pub async fn receive(cfg: Config, args: ReceiveArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `lienthong receive` for a notice (it is not acknowledged).
+fn notice_json(n: &pb::GatewayNotice) -> serde_json::Value {
+    let t = |ts: Option<&prost_types::Timestamp>| format_time(ts);
+    serde_json::json!({
+        "notice": n.kind,
+        "id": n.id,
+        "starts_at": t(n.starts_at.as_ref()),
+        "ends_at": t(n.ends_at.as_ref()),
+        "message": n.message,
+        "announced_at": t(n.announced_at.as_ref()),
+        "cancelled": n.cancelled,
+    })
 }
 
 /// The folder of a document's attachments, inside its message folder: an

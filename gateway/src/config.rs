@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use lienthong_core::pipeline::Limits;
@@ -130,13 +131,30 @@ pub struct EdxmlSection {
     /// `lenient` (what real producers send: test-system ids, missing
     /// names, day-first dates) or `strict` (QCVN 102 and Decree 30 to the
     /// letter).
-    pub policy: crate::edxml_cmd::PolicySetting,
+    pub policy: PolicySetting,
 }
 
 impl Default for EdxmlSection {
     fn default() -> Self {
         EdxmlSection {
-            policy: crate::edxml_cmd::PolicySetting::Lenient,
+            policy: PolicySetting::Lenient,
+        }
+    }
+}
+
+/// The configured policy for edXML packages.
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySetting {
+    Strict,
+    Lenient,
+}
+
+impl PolicySetting {
+    pub fn policy(self) -> lienthong_edxml::Policy {
+        match self {
+            PolicySetting::Strict => lienthong_edxml::Policy::Strict,
+            PolicySetting::Lenient => lienthong_edxml::Policy::Lenient,
         }
     }
 }

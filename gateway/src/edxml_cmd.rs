@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use lienthong_edxml::{DecodeOptions, DirSink, DirSource, EncodeOptions, Policy};
+use lienthong_edxml::{DecodeOptions, DirSink, DirSource, EncodeOptions};
 use lienthong_pki::signing::{self, SigningKey};
 use lienthong_proto::v1::{self as pb, Envelope, SignedEnvelope};
 use prost::Message as _;
@@ -59,23 +59,6 @@ pub enum EdxmlCommand {
 pub enum ConvertTo {
     Envelope,
     Edxml,
-}
-
-/// The configured policy for edXML packages.
-#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicySetting {
-    Strict,
-    Lenient,
-}
-
-impl PolicySetting {
-    pub fn policy(self) -> Policy {
-        match self {
-            PolicySetting::Strict => Policy::Strict,
-            PolicySetting::Lenient => Policy::Lenient,
-        }
-    }
 }
 
 pub async fn run(cfg: Config, cmd: EdxmlCommand) -> Result<ExitCode> {

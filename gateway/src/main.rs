@@ -6,6 +6,7 @@
 
 mod admin;
 mod bench;
+mod cli;
 mod client;
 mod config;
 mod edxml_cmd;

@@ -12,7 +12,6 @@ use lienthong_core::calendar::VIETNAM;
 use lienthong_core::maintenance::{self, Window};
 use lienthong_core::now_micros;
 use lienthong_core::store::Store;
-use lienthong_proto::v1 as pb;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
@@ -111,20 +110,6 @@ fn parse_time(flag: &str, s: &str) -> Result<i64> {
             "{flag} {s:?} is not a time; write it as RFC 3339, e.g. 2026-11-30T22:00:00+07:00 (or 2026-11-30T22:00 for Vietnam time)"
         ),
     }
-}
-
-/// One line of `lienthong receive` for a notice (it is not acknowledged).
-pub fn notice_json(n: &pb::GatewayNotice) -> serde_json::Value {
-    let t = |ts: Option<&prost_types::Timestamp>| crate::admin::format_time(ts);
-    serde_json::json!({
-        "notice": n.kind,
-        "id": n.id,
-        "starts_at": t(n.starts_at.as_ref()),
-        "ends_at": t(n.ends_at.as_ref()),
-        "message": n.message,
-        "announced_at": t(n.announced_at.as_ref()),
-        "cancelled": n.cancelled,
-    })
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ impl From<RoleArg> for OperatorRole {
 /// Who runs the command, for the transfer log (as for the directory's
 /// changes).
 fn actor() -> Actor {
-    Actor::cli(&crate::admin::cli_user_name())
+    Actor::cli(&crate::cli::cli_user_name())
 }
 
 fn read_password(name: &str, from_stdin: bool) -> Result<String> {

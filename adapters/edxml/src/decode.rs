@@ -11,14 +11,14 @@ use std::io::{self, BufRead, Read};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use lienthong_core::error::{Error, Reason, Result};
-use lienthong_core::text::{self, TextKind};
 use lienthong_proto::prost::bytes::Bytes;
 use lienthong_proto::v1::{
     AttachmentRef, Business, BusinessDocumentInfo, BusinessReceiver, Document, Envelope,
     ManifestReference, Organization, Replacement, ResponseFor, Signer, Staff, StatusNotice,
     TraceHeader, XmlExtension, envelope::Body,
 };
+use lienthong_types::error::{Error, Reason, Result};
+use lienthong_types::text::{self, TextKind};
 use quick_xml::events::Event;
 use ring::digest;
 
@@ -308,7 +308,7 @@ impl<R: Read> Parser<R> {
         }
         let at = self.reader.error_position();
         match e {
-            // The transport's own refusal (see `gateway::chunk_channel`).
+            // The transport's own refusal (see the gRPC adapter's `chunk_channel`).
             quick_xml::Error::Io(io) => {
                 match io.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
                     Some(refusal) => Error::new(refusal.reason(), refusal.message()),
@@ -502,7 +502,7 @@ impl<R: Read> Parser<R> {
 
     /// Refuses what XML cannot carry and what no edXML value may hold (NUL
     /// and other control characters but tab and line breaks, noncharacters,
-    /// bidirectional overrides: see `lienthong_core::text`), naming the
+    /// bidirectional overrides: see `lienthong_types::text`), naming the
     /// element it was found in. quick-xml does not check characters itself,
     /// and a NUL would not survive being written again.
     fn legal(&self, s: String) -> Result<String> {

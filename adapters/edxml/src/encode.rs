@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
 
 use base64::Engine as _;
-use lienthong_core::error::{Error, Reason, Result};
 use lienthong_proto::v1::{
     AttachmentRef, Business, Document, Envelope, Organization, ResponseFor, Staff, StatusNotice,
     TraceHeader, XmlExtension, envelope::Body,
 };
+use lienthong_types::error::{Error, Reason, Result};
 use ring::digest;
 use time::OffsetDateTime;
 

@@ -24,7 +24,6 @@
 
 mod decode;
 mod encode;
-pub mod gateway;
 mod sink;
 mod validate;
 mod values;
@@ -34,7 +33,7 @@ pub use decode::{DecodeOptions, Limits, Problem, decode};
 pub use encode::{EncodeOptions, encode, encode_to_vec, trace_header};
 pub use sink::{
     AttachmentMeta, AttachmentSink, AttachmentSource, DigestSink, DirSink, DirSource, FnSource,
-    MemorySink, MemorySource, NoAttachments, ReadSeek, ZipEntry, unzip_single,
+    MemorySink, MemorySource, NoAttachments, ReadSeek, ZipEntry, not_begun, unzip_single,
 };
 pub use validate::{
     Policy, check, inspect_file, inspect_json, refusal, validate, validate_envelope,

@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use lienthong_core::error::{Error, Result};
 use lienthong_proto::v1::AttachmentRef;
+use lienthong_types::error::{Error, Result};
 use ring::digest;
 
 /// What the package says about an attachment when its bytes begin. Elements
@@ -71,7 +71,9 @@ pub(crate) fn to_array(d: &[u8]) -> [u8; 32] {
     out
 }
 
-pub(crate) fn not_begun() -> Error {
+/// The refusal of a sink given bytes before `begin`: the codec drives
+/// sinks in order, so this is its bug, not the package's.
+pub fn not_begun() -> Error {
     Error::malformed("attachment bytes arrived before the attachment began (a codec bug)")
 }
 
@@ -284,7 +286,7 @@ impl AttachmentSource for NoAttachments {
 
 fn missing(index: usize, a: &AttachmentRef) -> Error {
     Error::new(
-        lienthong_core::error::Reason::NotFound,
+        lienthong_types::error::Reason::NotFound,
         format!(
             "the bytes of attachment {index} ({}) are not available",
             a.name

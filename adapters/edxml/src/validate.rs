@@ -4,9 +4,9 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use lienthong_core::error::{Error, Result};
-use lienthong_core::organ_id::{IdPolicy, OrganId};
 use lienthong_proto::v1::{Envelope, Organization, XmlExtension, envelope::Body};
+use lienthong_types::error::{Error, Result};
+use lienthong_types::organ_id::{IdPolicy, OrganId};
 use serde_json::{Value, json};
 
 use crate::decode::{DecodeOptions, Problem, decode};
@@ -556,7 +556,7 @@ pub fn inspect_json(package: &Package) -> Value {
 pub fn inspect_file(path: &Path) -> Result<Value> {
     let f = File::open(path).map_err(|e| {
         Error::new(
-            lienthong_core::error::Reason::NotFound,
+            lienthong_types::error::Reason::NotFound,
             format!("cannot open {}: {e}", path.display()),
         )
     })?;

@@ -8,13 +8,13 @@ use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
 use common::*;
-use lienthong_core::error::Reason;
 use lienthong_edxml::{
     DecodeOptions, DirSink, DirSource, EncodeOptions, FnSource, MemorySource, NAMESPACE,
     NoAttachments, Policy, check, decode, encode, encode_to_vec, inspect_json, trace_header,
     validate,
 };
 use lienthong_proto::v1::{Envelope, StatusNotice, envelope::Body};
+use lienthong_types::error::Reason;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)

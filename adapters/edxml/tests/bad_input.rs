@@ -6,11 +6,11 @@ use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lienthong_core::error::{Error, Reason};
 use lienthong_edxml::{
     AttachmentMeta, AttachmentSink, DecodeOptions, DigestSink, Limits, MemorySink, NAMESPACE,
     Policy, check, decode, validate,
 };
+use lienthong_types::error::{Error, Reason};
 use ring::digest;
 
 fn refuse(xml: &[u8]) -> Error {
@@ -500,14 +500,14 @@ struct Measuring {
 }
 
 impl AttachmentSink for Measuring {
-    fn begin(&mut self, index: usize, meta: &AttachmentMeta) -> lienthong_core::error::Result<()> {
+    fn begin(&mut self, index: usize, meta: &AttachmentMeta) -> lienthong_types::error::Result<()> {
         self.inner.begin(index, meta)
     }
-    fn write(&mut self, bytes: &[u8]) -> lienthong_core::error::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> lienthong_types::error::Result<()> {
         self.largest_write = self.largest_write.max(bytes.len());
         self.inner.write(bytes)
     }
-    fn end(&mut self) -> lienthong_core::error::Result<(u64, [u8; 32])> {
+    fn end(&mut self) -> lienthong_types::error::Result<(u64, [u8; 32])> {
         self.inner.end()
     }
 }

@@ -9,8 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use lienthong_core::error::Reason;
 use lienthong_edxml::{DecodeOptions, MemorySink, Policy, decode, inspect_file, validate};
+use lienthong_types::error::Reason;
 
 fn samples() -> Option<Vec<PathBuf>> {
     let root = lienthong_testkit::reference_samples("the real-sample round trip", "edxml")?;

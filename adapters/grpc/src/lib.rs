@@ -31,7 +31,6 @@ use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use lienthong_edxml as edxml;
 pub use lienthong_edxml::Policy;
 
 /// The metadata key that names the caller in `dev-header` mode.
@@ -41,6 +40,7 @@ pub const ORGAN_ID_HEADER: &str = "x-organ-id";
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
+mod edxml; // edXML packages through the pipeline
 pub mod limits;
 mod notices; // Maintenance notices on Receive
 pub mod reports;
@@ -535,7 +535,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::SendReceipt>, Status> {
         let s = &self.shared;
         let (caller, _held, mut upload) = s.upload(request, "SendEdxml").await?;
-        let (tx, reader) = edxml::gateway::chunk_channel(8);
+        let (tx, reader) = edxml::chunk_channel(8);
         // The first chunk may name the message_id; read it before decoding.
         let first = upload
             .next("the first chunk of the edXML package")
@@ -567,8 +567,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                 upload.clock.add(chunk.data.len());
             }
         });
-        let result =
-            edxml::gateway::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
+        let result = edxml::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
         feeder.abort();
         result.map(Response::new).into_status()
     }
@@ -581,7 +580,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<Self::FetchEdxmlStream>, Status> {
         let s = &self.shared;
         let (caller, req) = s.open(request).await?;
-        let rx = edxml::gateway::render(
+        let rx = edxml::render(
             &s.gw,
             &caller,
             &req.from,
@@ -661,7 +660,7 @@ async fn render_inline(gw: &Gateway, hop: &str, caller: &Caller, d: &mut pb::Del
     else {
         return;
     };
-    match edxml::gateway::render_small(
+    match edxml::render_small(
         gw,
         caller,
         &env.from,

@@ -1590,7 +1590,7 @@ fn check_chain(
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
         .collect();
-    let algs = lienthong_pki::signing::chain_algorithms(!anchors.policy().refuse_sha1);
+    let algs = lienthong_pki::algorithms::chain_algorithms(!anchors.policy().refuse_sha1);
     let snapshot = anchors.crls();
     let lists = snapshot
         .as_deref()

@@ -32,8 +32,8 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use crate::algorithms::chain_algorithms;
 use crate::der::der_next;
-use crate::signing::TrustAnchors;
 
 /// How often a verification may look at the files' modification times.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -205,8 +205,12 @@ pub struct CrlSet {
 
 impl CrlSet {
     /// Reads every file; an error names the file and says what to do.
-    /// `anchors` are the trust anchors the lists are checked against.
-    pub fn load(paths: &[PathBuf], anchors: &TrustAnchors) -> Result<CrlSet> {
+    /// `anchors` are the certificates (DER) of the trust anchors the lists
+    /// are checked against, as a `&TrustAnchors` gives them.
+    pub fn load<'a>(
+        paths: &[PathBuf],
+        anchors: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<CrlSet> {
         let anchors = anchor_keys(anchors);
         let stamps = paths.iter().map(|p| stamp(p)).collect();
         let snapshot = load_all(paths, &anchors)?;
@@ -304,9 +308,9 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-fn anchor_keys(anchors: &TrustAnchors) -> Vec<AnchorKey> {
+fn anchor_keys<'a>(anchors: impl IntoIterator<Item = &'a [u8]>) -> Vec<AnchorKey> {
     anchors
-        .certificates_der()
+        .into_iter()
         .filter_map(|der| {
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
             Some(AnchorKey {
@@ -440,8 +444,8 @@ fn load_one(
 /// (SHA-1 included: at load the question is only "did this CA sign it";
 /// whether SHA-1 is acceptable is decided when the list is used).
 fn all_algorithms() -> Vec<&'static dyn SignatureVerificationAlgorithm> {
-    let mut algs = crate::signing::chain_algorithms(false);
-    algs.extend(crate::signing::chain_algorithms(true));
+    let mut algs = chain_algorithms(false);
+    algs.extend(chain_algorithms(true));
     algs
 }
 

@@ -9,6 +9,7 @@
 //! throwaway CA of `lienthong dev-pki` ([`devpki`]) is compiled only with
 //! the `dev` feature, so the gateway's own code paths cannot depend on it.
 
+pub mod algorithms;
 pub mod crl;
 pub mod der;
 #[cfg(any(test, feature = "dev"))]

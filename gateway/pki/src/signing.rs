@@ -26,14 +26,14 @@ use ring::rand::SystemRandom;
 use ring::signature::{self as rsig, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{
-    AlgorithmIdentifier, CertificateDer, InvalidSignature, PrivatePkcs8KeyDer,
-    SignatureVerificationAlgorithm, TrustAnchor, UnixTime, alg_id,
+    CertificateDer, PrivatePkcs8KeyDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use crate::algorithms::chain_algorithms;
 use crate::crl::{CrlSet, CrlSnapshot, LoadedCrl};
 
 /// DSSE's pre-authentication encoding:
@@ -526,7 +526,7 @@ impl TrustAnchors {
 
     /// The anchors' DER certificates (e.g. for a TLS client verifier).
     pub fn certificates_der(&self) -> impl Iterator<Item = &[u8]> {
-        self.anchors.iter().map(|a| a.der.as_slice())
+        self.into_iter()
     }
 
     /// The anchors in webpki's form (e.g. for a rustls `RootCertStore`).
@@ -544,6 +544,29 @@ impl TrustAnchors {
             })
             .map(|(_, a)| a.subject.clone())
             .unwrap_or_default()
+    }
+}
+
+/// The anchors' DER certificates: what revocation lists are checked
+/// against (`CrlSet::load`).
+impl<'a> IntoIterator for &'a TrustAnchors {
+    type Item = &'a [u8];
+    type IntoIter = AnchorCertificates<'a>;
+
+    fn into_iter(self) -> AnchorCertificates<'a> {
+        AnchorCertificates(self.anchors.iter())
+    }
+}
+
+/// The DER certificates of [`TrustAnchors`], in order.
+#[derive(Debug, Clone)]
+pub struct AnchorCertificates<'a>(std::slice::Iter<'a, Anchor>);
+
+impl<'a> Iterator for AnchorCertificates<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.0.next().map(|a| a.der.as_slice())
     }
 }
 
@@ -1054,67 +1077,6 @@ impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
         Ok(())
     }
 }
-
-/// What CA certificates and revocation lists may be signed with (chain
-/// links, not envelopes); SHA-1 (RSA PKCS#1 only: ring verifies no ECDSA
-/// with SHA-1) only when `allow_sha1`.
-pub fn chain_algorithms(allow_sha1: bool) -> Vec<&'static dyn SignatureVerificationAlgorithm> {
-    use webpki::ring as w;
-    let mut algs: Vec<&'static dyn SignatureVerificationAlgorithm> = vec![
-        w::RSA_PKCS1_2048_8192_SHA256,
-        w::RSA_PKCS1_2048_8192_SHA384,
-        w::RSA_PKCS1_2048_8192_SHA512,
-        w::RSA_PKCS1_3072_8192_SHA384,
-        w::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
-        w::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
-        w::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
-        w::ECDSA_P256_SHA256,
-        w::ECDSA_P256_SHA384,
-        w::ECDSA_P384_SHA256,
-        w::ECDSA_P384_SHA384,
-        w::ED25519,
-    ];
-    if allow_sha1 {
-        algs.push(RSA_PKCS1_SHA1);
-    }
-    algs
-}
-
-/// `sha1WithRSAEncryption` with its NULL parameters, as certificates carry it.
-const SHA1_WITH_RSA: [u8; 13] = [
-    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05, 0x05, 0x00,
-];
-
-/// RSA PKCS#1 v1.5 with SHA-1, for `trust.refuse_sha1 = false`: webpki has
-/// none, ring keeps one for legacy verification.
-#[derive(Debug)]
-struct RsaPkcs1Sha1;
-
-impl SignatureVerificationAlgorithm for RsaPkcs1Sha1 {
-    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
-        alg_id::RSA_ENCRYPTION
-    }
-
-    fn signature_alg_id(&self) -> AlgorithmIdentifier {
-        AlgorithmIdentifier::from_slice(&SHA1_WITH_RSA)
-    }
-
-    fn verify_signature(
-        &self,
-        public_key: &[u8],
-        message: &[u8],
-        signature: &[u8],
-    ) -> std::result::Result<(), InvalidSignature> {
-        rsig::UnparsedPublicKey::new(
-            &rsig::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-            public_key,
-        )
-        .verify(message, signature)
-        .map_err(|_| InvalidSignature)
-    }
-}
-
-static RSA_PKCS1_SHA1: &dyn SignatureVerificationAlgorithm = &RsaPkcs1Sha1;
 
 /// The SHA-1 signature algorithms a CA may have signed a certificate with.
 const SHA1_SIGNATURE_OIDS: [(&str, &str); 4] = [

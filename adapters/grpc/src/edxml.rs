@@ -12,18 +12,16 @@ use std::io::{self, Read, Write};
 use lienthong_core::blobs::{SealedBlob, TempWriter};
 use lienthong_core::error::{Error, Reason, Result};
 use lienthong_core::organ_id::IdPolicy;
-use lienthong_core::pipeline::{Caller, Gateway};
+use lienthong_core::pipeline::{AttachmentReader, Caller, Gateway};
+use lienthong_edxml::{
+    AttachmentMeta, AttachmentSink, DecodeOptions, EncodeOptions, FnSource, Limits, Package,
+    Policy, ReadSeek, check, decode, encode, not_begun, trace_header,
+};
 use lienthong_proto::v1::{Envelope, SendReceipt, envelope::Body};
 use prost::Message as _;
 use prost::bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-
-use crate::sink::not_begun;
-use crate::{
-    AttachmentMeta, AttachmentSink, DecodeOptions, EncodeOptions, FnSource, Limits, Package,
-    Policy, ReadSeek, check, decode, encode, trace_header,
-};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -252,7 +250,7 @@ impl Write for ChunkWriter {
 /// A stored attachment as a blocking `Read`, digest-checked at its end.
 struct BlobRead {
     handle: Handle,
-    reader: lienthong_core::pipeline::AttachmentReader,
+    reader: AttachmentReader,
     current: Vec<u8>,
     pos: usize,
 }
