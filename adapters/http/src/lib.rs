@@ -4,7 +4,7 @@
 //! API boundary: every handler calls a `lienthong_core` or
 //! `lienthong_reports` function that takes the [`Gateway`]
 //! (`reports::overview`, `reports::search`,
-//! `metrics::render`, `Gateway::operator_session`, …) and turns its answer, or its
+//! `Gateway::metrics_text`, `Gateway::operator_session`, …) and turns its answer, or its
 //! [`Error`], into HTTP. This crate knows nothing of the database.
 //!
 //! Who may ask what: every request but `/health/*` must be addressed to an
@@ -338,7 +338,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(refused) = auth::metrics_allowed(&app.metrics, &headers).await {
         return refused;
     }
-    let text = lienthong_core::metrics::render(&app.gw).await;
+    let text = app.gw.metrics_text().await;
     (
         [(header::CONTENT_TYPE, lienthong_core::metrics::CONTENT_TYPE)],
         text,

@@ -21,8 +21,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::error::Reason;
-use crate::pipeline::Gateway;
-use crate::store::now_micros;
+use lienthong_store::reports::PendingInbox;
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -408,28 +407,27 @@ pub fn accept_seconds(seconds: f64) {
     }
 }
 
-/// The metrics text: the counters, and the gauges read now (one query for
-/// the inboxes; a database that does not answer gives
-/// `lienthong_database_up 0` and no inbox series, not an error).
-pub async fn render(gw: &Gateway) -> String {
-    let up = gw.ready().await.is_ok();
-    let outbox = if up {
-        gw.outbox_depth().await.ok()
-    } else {
-        None
-    };
-    let now = now_micros();
-    let depths = if up {
-        match gw.store().pending_inboxes().await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e.chain(), "metrics: cannot read the inbox depths");
-                None
-            }
-        }
-    } else {
-        None
-    };
+/// What the gauges show, read by the gateway at each scrape
+/// (`Gateway::metrics_text`).
+#[derive(Debug, Default)]
+pub struct Readings {
+    pub database_up: bool,
+    pub outbox_depth: Option<u64>,
+    /// `None` when they could not be read: no inbox series then, rather
+    /// than stale ones.
+    pub inboxes: Option<Vec<PendingInbox>>,
+    /// The instant the inboxes' ages are measured at.
+    pub now: i64,
+}
+
+/// The metrics text: the counters, and the gauges of `readings`.
+pub fn render(readings: Readings) -> String {
+    let Readings {
+        database_up: up,
+        outbox_depth: outbox,
+        inboxes: depths,
+        now,
+    } = readings;
     let m = &*METRICS;
     let registry = m.registry.lock().unwrap_or_else(|p| p.into_inner());
     m.database_up.set(i64::from(up));

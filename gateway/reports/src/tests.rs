@@ -379,7 +379,7 @@ async fn metrics_show_inbox_depths_and_database_health() -> Result<()> {
     let s = small().await?;
     lt::metrics::message_refused(Reason::BadSignature);
     lt::metrics::accept_seconds(0.02);
-    let text = lt::metrics::render(&s.world.gw).await;
+    let text = s.world.gw.metrics_text().await;
     for line in [
         "lienthong_inbox_depth{agency=\"000.21.31.H35\"} 1",
         "lienthong_database_up 1",

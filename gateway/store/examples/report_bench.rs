@@ -252,11 +252,7 @@ async fn main() {
             .unwrap_or_else(|e| fail("overview", e.chain()))
     })
     .await;
-    timed(
-        "metrics: render (inbox depths)",
-        lienthong_core::metrics::render(&gw),
-    )
-    .await;
+    timed("metrics: render (inbox depths)", gw.metrics_text()).await;
     timed("dashboard: search by số/ký hiệu", async {
         reports::search(&gw, "4242/CV-UBND")
             .await

@@ -1,4 +1,5 @@
-//! Read-only questions: a message's trace, the directory's entries.
+//! Read-only questions: a message's trace, the directory's entries, the
+//! metrics' gauges.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,7 @@ use prost::Message as _;
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::rows::{AgencyRow, EventRow, MessageRow};
-use lienthong_types::timestamp;
+use lienthong_types::{now_micros, timestamp};
 
 use super::{Access, Caller, Gateway, Hops};
 
@@ -56,6 +57,29 @@ pub(super) fn agency_pb(a: AgencyRow) -> Agency {
 }
 
 impl Gateway {
+    /// The metrics text (OpenMetrics): the counters, and the gauges read
+    /// now (one query for the inboxes; a database that does not answer gives
+    /// `lienthong_database_up 0` and no inbox series, not an error).
+    pub async fn metrics_text(&self) -> String {
+        let up = self.ready().await.is_ok();
+        let mut readings = crate::metrics::Readings {
+            database_up: up,
+            now: now_micros(),
+            ..Default::default()
+        };
+        if up {
+            readings.outbox_depth = self.outbox_depth().await.ok();
+            readings.inboxes = match self.store().pending_inboxes().await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "metrics: cannot read the inbox depths");
+                    None
+                }
+            };
+        }
+        crate::metrics::render(readings)
+    }
+
     /// The transfer log of a message and of the statuses that answer it.
     /// `None` is the operator's view (command line), which sees everything.
     pub async fn trace(
