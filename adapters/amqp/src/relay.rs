@@ -21,14 +21,14 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use lienthong_core::error::Reason;
-use lienthong_core::pipeline::{Gateway, Hops, Outbound, OutboxRow};
+use lienthong_core::pipeline::{Gateway, Hops, Outbound, OutboxEntry};
 use prost::Message as _;
 
 use crate::wire::{self, CONTENT_TYPE_ENVELOPE, CONTENT_TYPE_STREAM, HEADER_GATEWAY, HEADER_HOPS};
 use crate::{AmqpConfig, AmqpError, declare_agency_queue};
 
 type Key = (String, String);
-type Confirmed = (OutboxRow, Key, usize, lapin::Result<Confirmation>);
+type Confirmed = (OutboxEntry, Key, usize, lapin::Result<Confirmation>);
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -155,7 +155,7 @@ pub(crate) async fn run(
 
 async fn settle(
     gw: &Gateway,
-    row: &OutboxRow,
+    row: &OutboxEntry,
     key: &Key,
     answer: lapin::Result<Confirmation>,
     retry_at: &mut HashMap<Key, Instant>,

@@ -893,17 +893,13 @@ mod tests {
             crate::blobs::BlobStore::unopened(dir.path()),
             Settings::default(),
         );
-        let outbox = rows::OutboxRow {
+        let outbox = crate::pipeline::OutboxEntry {
             id: 1,
             delivery_pk: 1,
             message_pk: 404,
             exchange: String::new(),
             routing_key: crate::routing::agency_queue(q),
-            state: "pending".to_owned(),
             attempts: 0,
-            last_error: None,
-            created_at: now_micros(),
-            sent_at: None,
         };
         assert!(set_active(&store, q, false, &by).await?);
         let held = gw.outbound(outbox.clone()).await.err();

@@ -28,8 +28,6 @@ pub mod rows {
     pub use lienthong_schema::entity::event::Model as EventRow;
     /// A message as accepted.
     pub use lienthong_schema::entity::message::Model as MessageRow;
-    /// A delivery that leaves through AMQP, until the broker confirms it.
-    pub use lienthong_schema::entity::outbox::Model as OutboxRow;
     /// A document-signing certificate bound to an agency.
     pub use lienthong_schema::entity::signing_cert::Model as SigningCertRow;
 }

@@ -315,6 +315,35 @@ pub struct DocumentIndex {
     pub subject: String,
 }
 
+/// A copy waiting to leave through AMQP, as the relay reads it: which
+/// delivery of which message, where it is published, and how often it was
+/// tried. The row's state and timestamps stay in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub delivery_pk: i64,
+    pub message_pk: i64,
+    /// `""` is the default exchange: an agency's own queue, named by
+    /// `routing_key`.
+    pub exchange: String,
+    pub routing_key: String,
+    /// Publications tried so far (the relay backs off by it).
+    pub attempts: i32,
+}
+
+impl From<outbox::Model> for OutboxEntry {
+    fn from(m: outbox::Model) -> OutboxEntry {
+        OutboxEntry {
+            id: m.id,
+            delivery_pk: m.delivery_pk,
+            message_pk: m.message_pk,
+            exchange: m.exchange,
+            routing_key: m.routing_key,
+            attempts: m.attempts,
+        }
+    }
+}
+
 /// Why an acceptance did not commit.
 #[derive(Debug)]
 pub enum AcceptError {
@@ -1323,7 +1352,7 @@ impl Store {
     // ----- outbox ----------------------------------------------------------
 
     /// Outbox rows still to publish with `id > after_id`, oldest first.
-    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<outbox::Model>> {
+    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<OutboxEntry>> {
         outbox::Entity::find()
             .filter(outbox::Column::State.eq("pending"))
             .filter(outbox::Column::Id.gt(after_id))
@@ -1332,12 +1361,13 @@ impl Store {
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(OutboxEntry::from).collect())
     }
 
     /// The oldest pending row of each (exchange, routing key), oldest first:
     /// the only rows the relay may publish next (a key's rows go in order),
     /// so keys held back by a retry never hide the others.
-    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<outbox::Model>> {
+    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<OutboxEntry>> {
         let ids: Vec<i64> = outbox::Entity::find()
             .select_only()
             .column_as(outbox::Column::Id.min(), "head")
@@ -1359,6 +1389,7 @@ impl Store {
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(OutboxEntry::from).collect())
     }
 
     /// How many outbox rows wait for the broker.
@@ -1374,7 +1405,7 @@ impl Store {
     /// its delivery is handed over — to another gateway (`sent`), or into an
     /// agency's own queue, which is that agency's inbox (`acked`: what it
     /// does with its queue is between it and the broker). Idempotent.
-    pub async fn outbox_sent(&self, row: &outbox::Model) -> Result<()> {
+    pub async fn outbox_sent(&self, row: &OutboxEntry) -> Result<()> {
         let now = now_micros();
         let txn = self.db.begin().await.or_db()?;
         let changed = outbox::Entity::update_many()

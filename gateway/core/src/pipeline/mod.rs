@@ -46,7 +46,7 @@ use inbox::Inboxes;
 pub use inbox::{AttachmentReader, Inbox, STANDING_CHECK};
 use log::Subject;
 pub use maintenance::watch_maintenance;
-pub use outbox::{Outbound, OutboxRow};
+pub use outbox::{Outbound, OutboxEntry};
 pub use peers::watch_unauthenticated;
 use submission::Proof;
 pub use submission::{Arrival, Hops, Submission};

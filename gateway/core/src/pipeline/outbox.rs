@@ -13,12 +13,12 @@ use super::queries::hops_of;
 use super::{AttachmentReader, Gateway, Subject, Transport};
 
 /// A row of the outbox (what the AMQP relay publishes).
-pub use lienthong_store::rows::OutboxRow;
+pub use lienthong_store::store::OutboxEntry;
 
 /// An outbox row with what it publishes.
 #[derive(Debug)]
 pub struct Outbound {
-    pub row: OutboxRow,
+    pub row: OutboxEntry,
     pub sender: String,
     pub message_id: String,
     /// The `SignedEnvelope` bytes as accepted.
@@ -50,13 +50,13 @@ impl Gateway {
     }
 
     /// Outbox rows still to publish with `id > after_id`, oldest first.
-    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<OutboxRow>> {
+    pub async fn outbox_pending(&self, after_id: i64, limit: u64) -> Result<Vec<OutboxEntry>> {
         self.inner.store.outbox_pending(after_id, limit).await
     }
 
     /// The next row of each routing key, oldest first (see
     /// `Store::outbox_heads`).
-    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<OutboxRow>> {
+    pub async fn outbox_heads(&self, limit: u64) -> Result<Vec<OutboxEntry>> {
         self.inner.store.outbox_heads(limit).await
     }
 
@@ -70,7 +70,7 @@ impl Gateway {
     /// A copy for the queue of an agency deactivated since it was accepted
     /// is held (`PERMISSION_DENIED`): it stays pending, and goes once the
     /// agency is activated again.
-    pub async fn outbound(&self, row: OutboxRow) -> Result<Outbound> {
+    pub async fn outbound(&self, row: OutboxEntry) -> Result<Outbound> {
         let inner = &self.inner;
         if row.exchange.is_empty()
             && let Some(organ_id) = routing::queue_agency(&row.routing_key)
@@ -126,12 +126,12 @@ impl Gateway {
     }
 
     /// The broker confirmed the row: its delivery is handed over.
-    pub async fn outbox_sent(&self, row: &OutboxRow) -> Result<()> {
+    pub async fn outbox_sent(&self, row: &OutboxEntry) -> Result<()> {
         self.inner.store.outbox_sent(row).await
     }
 
     /// Publishing the row failed; it stays pending and is tried again.
-    pub async fn outbox_failed(&self, row: &OutboxRow, error: &str) -> Result<()> {
+    pub async fn outbox_failed(&self, row: &OutboxEntry, error: &str) -> Result<()> {
         self.inner.store.outbox_failed(row.id, error).await
     }
 }
