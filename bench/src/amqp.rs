@@ -708,21 +708,11 @@ async fn pump(
     for p in publishers {
         p.await??;
     }
-    loop {
-        let notified = run.progress.notified();
-        {
-            let f = lock(&run.flow);
-            if f.delivered_ok >= f.expected && f.acked >= f.expected {
-                break;
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(30), notified)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
+    crate::drain(&run.progress, || {
+        let f = lock(&run.flow);
+        f.delivered_ok >= f.expected && f.acked >= f.expected
+    })
+    .await;
     Ok(start)
 }
 

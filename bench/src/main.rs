@@ -32,6 +32,24 @@ use tonic::transport::{Channel, Endpoint};
 
 mod amqp;
 
+/// Waits until `done` (everything accepted delivered and acknowledged), or
+/// until nothing moves for 30 s; `progress` is notified at each delivery or
+/// acknowledgement.
+pub(crate) async fn drain(progress: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let notified = progress.notified();
+        if done() {
+            return;
+        }
+        if tokio::time::timeout(Duration::from_secs(30), notified)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "lienthong-bench",
@@ -1211,23 +1229,11 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     for s in senders {
         s.await??;
     }
-    // Drain: until everything accepted is delivered and acknowledged, or
-    // nothing moves for 30 s.
-    loop {
-        let notified = load.progress.notified();
-        {
-            let t = lock(&load.tally);
-            if t.delivered_ok >= t.expected_deliveries && t.acked >= t.expected_deliveries {
-                break;
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(30), notified)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
+    drain(&load.progress, || {
+        let t = lock(&load.tally);
+        t.delivered_ok >= t.expected_deliveries && t.acked >= t.expected_deliveries
+    })
+    .await;
     for r in &receivers {
         r.abort();
     }
