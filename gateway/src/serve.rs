@@ -130,8 +130,11 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             exchange,
             pdf_policy: cfg.signatures.pdf.policy(),
             calendar: cfg.report_settings()?.calendar,
+            metrics: Default::default(),
         },
     );
+    // One counter of refused connections for both TLS listeners.
+    let refused_connections = lienthong_tls::RefusedConnections::register(gw.metrics_registry());
 
     let listener = TcpListener::bind(cfg.grpc.listen)
         .await
@@ -279,12 +282,13 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     });
     let grpc = {
         let (gw, tx, stop) = (gw.clone(), stop_tx.clone(), stopped(&stop_rx));
+        let refused = refused_connections.clone();
         async move {
             let r = GrpcServer::new(gw, auth)
                 .with_edxml_policy(cfg.edxml.policy.policy())
                 .with_agency_limits(cfg.limits.agency_limits())
                 .with_peer_limits(cfg.limits.peer_limits())
-                .with_connection_limits(cfg.limits.connection_limits())
+                .with_connection_limits(cfg.limits.connection_limits(), refused)
                 .with_upload_limits(cfg.limits.upload_limits())
                 .with_trace_organ_id(cfg.gateway.organ_id.as_deref().unwrap_or(&cfg.gateway.id))
                 .with_report_settings(grpc_report_settings)
@@ -301,9 +305,16 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
                 (Some(l), Some(tls)) => {
                     tls.spawn_watcher(std::time::Duration::from_secs(5));
                     let router = lienthong_http::router(gw, http_options);
-                    lienthong_http::serve_tls(l, tls, http_connections, router, stop)
-                        .await
-                        .context("the HTTPS server stopped")
+                    lienthong_http::serve_tls(
+                        l,
+                        tls,
+                        http_connections,
+                        refused_connections,
+                        router,
+                        stop,
+                    )
+                    .await
+                    .context("the HTTPS server stopped")
                 }
                 (Some(l), None) => {
                     lienthong_http::serve(l, lienthong_http::router(gw, http_options), stop)

@@ -15,7 +15,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::wire::{self, HEADER_DETAIL, HEADER_FAILURES, HEADER_HOPS, HEADER_REASON};
-use crate::{AmqpConfig, AmqpError};
+use crate::{AmqpConfig, AmqpError, AmqpMetrics};
 
 /// What became of one message.
 enum Outcome {
@@ -61,6 +61,7 @@ impl FailureBook {
 pub(crate) async fn run(
     gw: &Gateway,
     cfg: &AmqpConfig,
+    metrics: &AmqpMetrics,
     ch: &Channel,
     dead: &Channel,
     book: &mut FailureBook,
@@ -77,7 +78,7 @@ pub(crate) async fn run(
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         if delivery.redelivered {
-            lienthong_core::metrics::amqp_redelivered();
+            metrics.redelivered();
         }
         // Redeliveries past the limit mean the gateway kept failing on the
         // message (or crashing): set it aside — but not during an outage,
@@ -96,8 +97,10 @@ pub(crate) async fn run(
         };
         match &outcome {
             Outcome::Accepted => {}
-            Outcome::Refused(err) => dead_letter(dead, cfg, &delivery, err, None).await?,
-            Outcome::SetAside(err, n) => dead_letter(dead, cfg, &delivery, err, Some(*n)).await?,
+            Outcome::Refused(err) => dead_letter(dead, cfg, metrics, &delivery, err, None).await?,
+            Outcome::SetAside(err, n) => {
+                dead_letter(dead, cfg, metrics, &delivery, err, Some(*n)).await?
+            }
         }
         delivery.acker.ack(BasicAckOptions::default()).await?;
     }
@@ -283,6 +286,7 @@ fn redelivery_limit(d: &Delivery, max: u32) -> Option<Error> {
 async fn dead_letter(
     ch: &Channel,
     cfg: &AmqpConfig,
+    metrics: &AmqpMetrics,
     d: &Delivery,
     err: &Error,
     failures: Option<u32>,
@@ -329,7 +333,7 @@ async fn dead_letter(
             "the broker refused a dead-lettered copy; the message stays in the queue".to_owned(),
         ));
     }
-    lienthong_core::metrics::amqp_dead_lettered(err.reason());
+    metrics.dead_lettered(err.reason());
     tracing::warn!(
         message_id = %message_id_of(d),
         reason = %err.reason(),

@@ -33,6 +33,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use lienthong_core::pipeline::Gateway;
 use lienthong_core::routing::RouteTable;
+use lienthong_metrics::{Counter, Family, Gauge, ReasonLabel, Registry};
+use prometheus_client::encoding::EncodeLabelSet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -107,10 +109,66 @@ pub struct AmqpTls {
     pub key: Option<PathBuf>,
 }
 
+/// The adapter's metrics, registered into the gateway's registry.
+#[derive(Debug, Clone)]
+pub(crate) struct AmqpMetrics {
+    published: Family<ResultLabel, Counter>,
+    dead_lettered: Family<ReasonLabel, Counter>,
+    redelivered: Counter,
+    broker_up: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+impl AmqpMetrics {
+    fn register(r: &Registry) -> AmqpMetrics {
+        AmqpMetrics {
+            published: r.counters(
+                "lienthong_amqp_publishes",
+                "AMQP publications of the outbox relay by broker answer: confirmed, nacked, returned (no queue bound), failed (connection lost before the confirm)",
+            ),
+            dead_lettered: r.counters(
+                "lienthong_amqp_dead_lettered",
+                "Messages taken from the inbound queue and dead-lettered, by reason code",
+            ),
+            redelivered: r.counter(
+                "lienthong_amqp_redelivered",
+                "Messages the broker delivered again to the consumer (redelivered flag set)",
+            ),
+            broker_up: r.gauge(
+                "lienthong_broker_up",
+                "1 while the AMQP connection is up with its topology declared, else 0 (always 0 without amqp.url)",
+            ),
+        }
+    }
+
+    /// The broker answered a publication of the outbox relay: `confirmed`,
+    /// `nacked`, `returned` or `failed`.
+    pub(crate) fn published(&self, result: &'static str) {
+        self.published.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A message of the inbound queue went to the dead-letter exchange.
+    pub(crate) fn dead_lettered(&self, reason: lienthong_core::error::Reason) {
+        self.dead_lettered
+            .get_or_create(&ReasonLabel::new(reason.as_str()))
+            .inc();
+    }
+
+    /// The broker delivered a message again.
+    pub(crate) fn redelivered(&self) {
+        self.redelivered.inc();
+    }
+}
+
 /// What `/health/ready` and the metrics read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BrokerState {
     up: AtomicBool,
+    metrics: AmqpMetrics,
     // Held only to copy a string in or out, never across an await.
     last_error: std::sync::Mutex<String>,
 }
@@ -130,12 +188,12 @@ impl BrokerState {
 
     fn set_up(&self) {
         self.up.store(true, Ordering::Relaxed);
-        lienthong_core::metrics::broker_up(true);
+        self.metrics.broker_up.set(1);
     }
 
     fn set_down(&self, why: &str) {
         self.up.store(false, Ordering::Relaxed);
-        lienthong_core::metrics::broker_up(false);
+        self.metrics.broker_up.set(0);
         if let Ok(mut s) = self.last_error.lock() {
             *s = why.to_owned();
         }
@@ -161,7 +219,11 @@ pub fn spawn(
     routes: RouteTable,
     mut shutdown: watch::Receiver<bool>,
 ) -> (Arc<BrokerState>, tokio::task::JoinHandle<()>) {
-    let state = Arc::new(BrokerState::default());
+    let state = Arc::new(BrokerState {
+        up: AtomicBool::new(false),
+        metrics: AmqpMetrics::register(gw.metrics_registry()),
+        last_error: Default::default(),
+    });
     state.set_down("not connected yet");
     let st = state.clone();
     let task = tokio::spawn(async move {
@@ -247,8 +309,8 @@ async fn run_once(
     state.set_up();
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, "AMQP connected; topology declared");
     let result = tokio::select! {
-        r = consumer::run(gw, cfg, &consume_ch, &dead_ch, book, shutdown.clone()) => r,
-        r = relay::run(gw, cfg, &relay_ch, &topology) => r,
+        r = consumer::run(gw, cfg, &state.metrics, &consume_ch, &dead_ch, book, shutdown.clone()) => r,
+        r = relay::run(gw, cfg, &state.metrics, &relay_ch, &topology) => r,
     };
     // Best effort: the broker requeues what was not acknowledged.
     let _ = conn.close(200, "lienthong: reconnecting".into()).await;

@@ -25,7 +25,7 @@ use lienthong_core::pipeline::{Gateway, Hops, Outbound, OutboxEntry};
 use prost::Message as _;
 
 use crate::wire::{self, CONTENT_TYPE_ENVELOPE, CONTENT_TYPE_STREAM, HEADER_GATEWAY, HEADER_HOPS};
-use crate::{AmqpConfig, AmqpError, declare_agency_queue};
+use crate::{AmqpConfig, AmqpError, AmqpMetrics, declare_agency_queue};
 
 type Key = (String, String);
 type Confirmed = (OutboxEntry, Key, usize, lapin::Result<Confirmation>);
@@ -35,6 +35,7 @@ const READ_CHUNK: usize = 256 * 1024;
 pub(crate) async fn run(
     gw: &Gateway,
     cfg: &AmqpConfig,
+    metrics: &AmqpMetrics,
     ch: &Channel,
     topology: &Channel,
 ) -> Result<(), AmqpError> {
@@ -141,7 +142,7 @@ pub(crate) async fn run(
                 busy.remove(&key);
                 busy_rows.remove(&row.id);
                 bytes_in_flight = bytes_in_flight.saturating_sub(len);
-                settle(gw, &row, &key, answer, &mut retry_at).await?;
+                settle(gw, metrics, &row, &key, answer, &mut retry_at).await?;
             }
             changed = wake.changed() => {
                 if changed.is_err() {
@@ -155,6 +156,7 @@ pub(crate) async fn run(
 
 async fn settle(
     gw: &Gateway,
+    metrics: &AmqpMetrics,
     row: &OutboxEntry,
     key: &Key,
     answer: lapin::Result<Confirmation>,
@@ -168,7 +170,7 @@ async fn settle(
     };
     match answer {
         Ok(Confirmation::Ack(None)) => {
-            lienthong_core::metrics::amqp_published("confirmed");
+            metrics.published("confirmed");
             retry_at.remove(key);
             if let Err(e) = gw.outbox_sent(row).await {
                 // It stays pending and goes again; the receiver drops the
@@ -177,7 +179,7 @@ async fn settle(
             }
         }
         Ok(Confirmation::Ack(Some(_))) => {
-            lienthong_core::metrics::amqp_published("returned");
+            metrics.published("returned");
             failed(format!(
                 "no queue is bound for routing key {} on exchange {}: no gateway serves that code yet",
                 row.routing_key, row.exchange
@@ -186,12 +188,12 @@ async fn settle(
             retry_at.insert(key.clone(), Instant::now() + backoff(row.attempts));
         }
         Ok(Confirmation::Nack(_)) | Ok(Confirmation::NotRequested) => {
-            lienthong_core::metrics::amqp_published("nacked");
+            metrics.published("nacked");
             failed("the broker did not take the message (nack)".to_owned()).await;
             retry_at.insert(key.clone(), Instant::now() + backoff(row.attempts));
         }
         Err(e) => {
-            lienthong_core::metrics::amqp_published("failed");
+            metrics.published("failed");
             return Err(e.into());
         }
     }

@@ -736,6 +736,7 @@ pub struct GrpcServer {
     report_settings: lienthong_reports::ReportSettings,
     max_message: usize,
     connections: tls::ConnectionLimits,
+    refused: Option<tls::RefusedConnections>,
 }
 
 impl GrpcServer {
@@ -756,6 +757,7 @@ impl GrpcServer {
             report_settings: Default::default(),
             max_message,
             connections: tls::ConnectionLimits::default(),
+            refused: None,
         }
     }
 
@@ -780,9 +782,15 @@ impl GrpcServer {
     }
 
     /// Bounds on TLS handshakes and connections, per peer and in all
-    /// (mutual TLS only).
-    pub fn with_connection_limits(mut self, l: tls::ConnectionLimits) -> Self {
+    /// (mutual TLS only), and where connections closed before any call are
+    /// counted (one counter for every listener of the gateway).
+    pub fn with_connection_limits(
+        mut self,
+        l: tls::ConnectionLimits,
+        refused: tls::RefusedConnections,
+    ) -> Self {
         self.connections = l;
+        self.refused = Some(refused);
         self
     }
 
@@ -814,6 +822,9 @@ impl GrpcServer {
         let (health, health_svc) = tonic_health::server::health_reporter();
         let gw = self.shared.gw.clone();
         let connections = self.connections;
+        let refused = self
+            .refused
+            .unwrap_or_else(|| tls::RefusedConnections::register(gw.metrics_registry()));
         let tls = match &self.shared.auth {
             AuthMode::Mtls(tls) => Some(tls.clone()),
             AuthMode::DevHeader => None,
@@ -860,7 +871,10 @@ impl GrpcServer {
             Some(tls) => {
                 tls.spawn_watcher(Duration::from_secs(5));
                 router
-                    .serve_with_incoming_shutdown(tls.incoming(listener, connections), shutdown)
+                    .serve_with_incoming_shutdown(
+                        tls.incoming(listener, connections, refused),
+                        shutdown,
+                    )
                     .await
             }
             None => {

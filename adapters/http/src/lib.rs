@@ -340,7 +340,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     }
     let text = app.gw.metrics_text().await;
     (
-        [(header::CONTENT_TYPE, lienthong_core::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, lienthong_metrics::CONTENT_TYPE)],
         text,
     )
         .into_response()

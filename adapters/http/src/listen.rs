@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use lienthong_tls::{ConnectionLimits, ReloadingTls, TlsConnection};
+use lienthong_tls::{ConnectionLimits, RefusedConnections, ReloadingTls, TlsConnection};
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -101,12 +101,13 @@ pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
     limits: ConnectionLimits,
+    refused: RefusedConnections,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let incoming = TlsIncoming {
-        rx: tls.incoming(listener, limits),
+        rx: tls.incoming(listener, limits, refused),
         local,
     };
     axum::serve(

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use lienthong_core::error::Error;
 use lienthong_core::peers::PeerKey;
+use lienthong_metrics::{Counter, Family, ReasonLabel, Registry};
 use lienthong_pki::signing::TrustAnchors;
 use rustls::DistinguishedName;
 use rustls::crypto::CryptoProvider;
@@ -196,6 +197,7 @@ impl ReloadingTls {
         self: &Arc<Self>,
         listener: TcpListener,
         limits: ConnectionLimits,
+        refused: RefusedConnections,
     ) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
         let (tx, rx) = mpsc::channel(64);
         let me = Arc::clone(self);
@@ -218,20 +220,21 @@ impl ReloadingTls {
                 let key = PeerKey::of(peer.ip());
                 // Dropping `tcp` closes it: over a limit, nothing is read.
                 let Some(connection) = peer_connections.take(key) else {
-                    refused(peer, "peer_connections");
+                    refused.count(peer, "peer_connections");
                     continue;
                 };
                 let Some(handshake) = peer_handshakes.take(key) else {
-                    refused(peer, "peer_handshakes");
+                    refused.count(peer, "peer_handshakes");
                     continue;
                 };
                 let Ok(in_flight) = handshakes.clone().try_acquire_owned() else {
-                    refused(peer, "handshakes");
+                    refused.count(peer, "handshakes");
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(me.current().config.clone());
                 let tx = tx.clone();
+                let refused = refused.clone();
                 let timeout = limits.handshake_timeout;
                 tokio::spawn(async move {
                     let accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
@@ -252,11 +255,11 @@ impl ReloadingTls {
                             let _ = tx.send(Ok(conn)).await;
                         }
                         Ok(Err(e)) => {
-                            lienthong_core::metrics::connection_refused("handshake_failed");
+                            refused.inc("handshake_failed");
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            lienthong_core::metrics::connection_refused("handshake_timeout");
+                            refused.inc("handshake_timeout");
                             tracing::debug!(%peer, "TLS handshake timed out");
                         }
                     }
@@ -267,9 +270,29 @@ impl ReloadingTls {
     }
 }
 
-fn refused(peer: SocketAddr, why: &'static str) {
-    lienthong_core::metrics::connection_refused(why);
-    tracing::debug!(%peer, limit = why, "connection closed at once: over a connection limit");
+/// `lienthong_connections_refused`: connections closed before any call,
+/// on every TLS listener of the gateway (register it once, and give each
+/// listener a clone).
+#[derive(Clone, Debug)]
+pub struct RefusedConnections(Family<ReasonLabel, Counter>);
+
+impl RefusedConnections {
+    pub fn register(registry: &Registry) -> RefusedConnections {
+        RefusedConnections(registry.counters(
+            "lienthong_connections_refused",
+            "Connections to the gRPC listener closed before any call: peer_handshakes, handshakes, peer_connections (over a limit), handshake_failed, handshake_timeout",
+        ))
+    }
+
+    /// `why` is one of the closed set of the metric's help.
+    fn inc(&self, why: &'static str) {
+        self.0.get_or_create(&ReasonLabel::new(why)).inc();
+    }
+
+    fn count(&self, peer: SocketAddr, why: &'static str) {
+        self.inc(why);
+        tracing::debug!(%peer, limit = why, "connection closed at once: over a connection limit");
+    }
 }
 
 /// Bounds on connections, before and after the TLS handshake. Zero turns a

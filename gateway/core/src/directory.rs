@@ -17,7 +17,7 @@ use lienthong_store::rows;
 
 use crate::caller::{Caller, Transport};
 use crate::directory_csv::{AgencyRow, RowProblem, read_directory_csv};
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, OrErr, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::store::{DirectoryChange, EventKind, NewEvent, Store, now_micros};
 use lienthong_pki::signing::{describe_certificate, load_certificate_pem};
@@ -93,12 +93,8 @@ pub async fn import_csv(
     policy: IdPolicy,
     by: &ChangedBy,
 ) -> Result<ImportOutcome> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        Error::new(
-            Reason::NotFound,
-            format!("cannot open the directory file {}", path.display()),
-        )
-        .with_source(e)
+    let file = std::fs::File::open(path).or_err_with(Reason::NotFound, |_| {
+        format!("cannot open the directory file {}", path.display())
     })?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     let mut hashed = HashingReader::new(file);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, OrErr, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::text::quote;
 
@@ -345,12 +345,8 @@ fn read_limited(reader: impl Read) -> Result<Vec<u8>> {
     reader
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut data)
-        .map_err(|e| {
-            Error::new(
-                Reason::Unavailable,
-                format!("cannot read the directory file: {e}; check the path and try again"),
-            )
-            .with_source(e)
+        .or_err_with(Reason::Unavailable, |e| {
+            format!("cannot read the directory file: {e}; check the path and try again")
         })?;
     if data.len() as u64 > MAX_FILE_BYTES {
         return Err(Error::malformed(format!(

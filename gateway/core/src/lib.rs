@@ -6,7 +6,7 @@ pub mod error;
 pub mod facts;
 pub mod lifecycle;
 pub mod maintenance; // Maintenance notices
-pub mod metrics;
+mod metrics;
 pub mod operators;
 pub mod peers;
 pub mod pipeline;

@@ -377,15 +377,16 @@ async fn the_dashboard_finds_documents_refusals_and_overdue_ones() -> Result<()>
 #[tokio::test]
 async fn metrics_show_inbox_depths_and_database_health() -> Result<()> {
     let s = small().await?;
-    lt::metrics::message_refused(Reason::BadSignature);
-    lt::metrics::accept_seconds(0.02);
     let text = s.world.gw.metrics_text().await;
+    // The gateway's own registry: exactly the two refusals of `small`,
+    // whatever other gateways of this process counted.
     for line in [
         "lienthong_inbox_depth{agency=\"000.21.31.H35\"} 1",
         "lienthong_database_up 1",
         "lienthong_build_info{version=\"",
         "# TYPE lienthong_accept_seconds histogram",
-        "lienthong_messages_refused_total{reason=\"BAD_SIGNATURE\"}",
+        "lienthong_messages_refused_total{reason=\"UNKNOWN_RECIPIENT\"} 1\n",
+        "lienthong_messages_refused_total{reason=\"CERTIFICATE_NOT_BOUND\"} 1\n",
         "lienthong_inbox_oldest_unacknowledged_seconds{agency=\"000.21.31.H35\"}",
     ] {
         assert!(text.contains(line), "{line:?} missing from\n{text}");

@@ -12,7 +12,7 @@ use prost::Message as _;
 
 use rustls_pki_types::UnixTime;
 
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, OrErr, Reason, Result};
 use crate::organ_id::{IdPolicy, OrganId};
 use crate::store::{EventKind, NewMessage, now_micros};
 use crate::text::{self, truncate};
@@ -288,12 +288,10 @@ fn read_envelope(
             pb::ENVELOPE_PAYLOAD_TYPE
         )));
     }
-    let envelope = Envelope::decode(signed.payload.clone()).map_err(|e| {
-        Error::malformed(
-            "the payload is not a lienthong.v1.Envelope protobuf; sign and send the encoded Envelope bytes",
-        )
-        .with_source(e)
-    })?;
+    let envelope = Envelope::decode(signed.payload.clone()).or_err(
+        Reason::Malformed,
+        "the payload is not a lienthong.v1.Envelope protobuf; sign and send the encoded Envelope bytes",
+    )?;
     note_ids(subject, &envelope);
     // Before anything of it is compared, stored or logged: PostgreSQL
     // cannot hold a NUL, and control characters break what reads the

@@ -12,7 +12,13 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::blobs::BlobReader;
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, OrErr, Reason, Result};
+
+/// What was accepted was stored whole and checked; if it cannot be read
+/// back, the gateway's data is damaged — its fault, and not one a retry
+/// mends (not `UNAVAILABLE`).
+const STORED_ENVELOPE_UNREADABLE: &str =
+    "a stored envelope could not be read back; the gateway's data is damaged, tell its operators";
 use crate::store::{PendingDelivery, now_micros};
 use crate::text::truncate;
 use lienthong_types::timestamp;
@@ -123,7 +129,7 @@ impl Inbox {
         }
         loop {
             if let Some((p, attempt)) = self.buffered.pop_front() {
-                crate::metrics::delivery_handed_out();
+                self.gw.metrics.delivery_handed_out();
                 return Ok(Some(self.delivery(p, attempt)?));
             }
             let limit = match self.remaining {
@@ -211,11 +217,8 @@ impl Inbox {
     }
 
     pub(super) fn delivery(&self, p: PendingDelivery, attempt: i32) -> Result<Delivery> {
-        let envelope =
-            SignedEnvelope::decode(p.message.signed_envelope.as_slice()).map_err(|e| {
-                Error::new(Reason::Unavailable, "a stored envelope could not be read")
-                    .with_source(e)
-            })?;
+        let envelope = SignedEnvelope::decode(p.message.signed_envelope.as_slice())
+            .or_err(Reason::Internal, STORED_ENVELOPE_UNREADABLE)?;
         let verification = Verification::decode(p.message.verification.as_slice()).ok();
         Ok(Delivery {
             delivery_id: p.delivery.delivery_id,
@@ -260,7 +263,7 @@ impl Gateway {
         {
             Some(outcome) => {
                 if outcome == crate::store::AckOutcome::Acknowledged {
-                    crate::metrics::delivery_acknowledged();
+                    self.inner.metrics.delivery_acknowledged();
                 }
                 Ok(())
             }
@@ -285,9 +288,8 @@ impl Gateway {
         let m = self
             .authorised_message(caller, from, message_id, Access::Content)
             .await?;
-        SignedEnvelope::decode(m.signed_envelope.as_slice()).map_err(|e| {
-            Error::new(Reason::Unavailable, "a stored envelope could not be read").with_source(e)
-        })
+        SignedEnvelope::decode(m.signed_envelope.as_slice())
+            .or_err(Reason::Internal, STORED_ENVELOPE_UNREADABLE)
     }
 
     /// Opens an attachment of a message the caller sent or received.

@@ -440,7 +440,7 @@ impl Gateway {
                             transport: "gateway".to_owned(),
                         })
                         .await?;
-                    crate::metrics::document_overdue(reason);
+                    self.metrics().document_overdue(reason);
                     written += 1;
                 }
             }

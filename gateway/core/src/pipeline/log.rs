@@ -45,7 +45,7 @@ impl Inner {
     }
 
     pub(super) async fn log_refusal(&self, subject: &Subject, err: &Error) {
-        crate::metrics::message_refused(err.reason());
+        self.metrics.message_refused(err.reason());
         tracing::warn!(
             message_id = %subject.message_id,
             from = %subject.sender,

@@ -124,6 +124,9 @@ pub struct Settings {
     /// Working days and hours (`reports.working_hours`): the same-day
     /// sending rule and the deadlines count in them.
     pub calendar: lienthong_types::calendar::WorkingCalendar,
+    /// Where the gateway registers its metrics; the adapters register theirs
+    /// into the same registry ([`Gateway::metrics_registry`]).
+    pub metrics: lienthong_metrics::Registry,
 }
 
 /// `signatures.pdf`: every PDF attachment's signatures are checked and the
@@ -158,6 +161,7 @@ impl Default for Settings {
             exchange: None,
             pdf_policy: PdfPolicy::default(),
             calendar: lienthong_types::calendar::WorkingCalendar::default(),
+            metrics: lienthong_metrics::Registry::new(),
         }
     }
 }
@@ -188,6 +192,7 @@ struct Inner {
     /// Calls refused before their caller was identified, summed per peer
     /// until the next line of the transfer log ([`crate::peers`]).
     unauthenticated: crate::peers::UnauthenticatedCalls,
+    metrics: crate::metrics::Metrics,
 }
 
 struct Probe(BrokerProbe);
@@ -206,11 +211,12 @@ pub type BrokerProbe = Arc<dyn Fn() -> std::result::Result<(), String> + Send + 
 #[derive(Debug)]
 pub struct Admission {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    gateway: Gateway,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        crate::metrics::submissions_in_flight(-1);
+        self.gateway.metrics().submissions_in_flight(-1);
     }
 }
 
@@ -250,12 +256,23 @@ impl Gateway {
                 admission: Arc::new(tokio::sync::Semaphore::new(in_flight)),
                 pdf_checks: Arc::new(tokio::sync::Semaphore::new(pdf_checks)),
                 unauthenticated: Default::default(),
+                metrics: crate::metrics::Metrics::register(&settings.metrics),
             }),
         }
     }
 
     pub(crate) fn unauthenticated_calls(&self) -> &crate::peers::UnauthenticatedCalls {
         &self.inner.unauthenticated
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The registry of the gateway's metrics, for the adapters to register
+    /// theirs beside the pipeline's.
+    pub fn metrics_registry(&self) -> &lienthong_metrics::Registry {
+        self.inner.metrics.registry()
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -286,11 +303,14 @@ impl Gateway {
     pub fn admit(&self) -> Result<Admission> {
         match self.inner.admission.clone().try_acquire_owned() {
             Ok(permit) => {
-                crate::metrics::submissions_in_flight(1);
-                Ok(Admission { _permit: permit })
+                self.metrics().submissions_in_flight(1);
+                Ok(Admission {
+                    _permit: permit,
+                    gateway: self.clone(),
+                })
             }
             Err(_) => {
-                crate::metrics::submission_shed();
+                self.metrics().submission_shed();
                 Err(Error::new(
                     Reason::Unavailable,
                     format!(

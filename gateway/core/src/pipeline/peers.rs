@@ -19,7 +19,7 @@ impl Gateway {
         peer: Option<IpAddr>,
         err: Error,
     ) -> Error {
-        crate::metrics::call_unauthenticated(err.reason());
+        self.metrics().call_unauthenticated(err.reason());
         let peer = peer.map(PeerKey::of);
         if self
             .unauthenticated_calls()

@@ -77,7 +77,7 @@ impl Gateway {
                 }
             };
         }
-        crate::metrics::render(readings)
+        self.metrics().render(readings)
     }
 
     /// The transfer log of a message and of the statuses that answer it.

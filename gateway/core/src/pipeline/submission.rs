@@ -332,9 +332,10 @@ impl Open {
                 }
                 let routes: HashSet<&str> = deliveries.iter().map(|d| d.route.as_str()).collect();
                 for route in routes {
-                    crate::metrics::message_accepted(route);
+                    gw.metrics.message_accepted(route);
                 }
-                crate::metrics::accept_seconds(self.started.elapsed().as_secs_f64());
+                gw.metrics
+                    .accept_seconds(self.started.elapsed().as_secs_f64());
                 tracing::info!(
                     message_id = %m.message_id,
                     from = %m.sender,
@@ -440,10 +441,10 @@ pub(super) async fn check_pdfs(
             Ok(report) => {
                 let warnings =
                     lienthong_pades::decree30_warnings(&report, check.signer_name.as_deref());
-                crate::metrics::pdf_verified(report.verdict);
-                crate::metrics::pdf_bytes_hashed(report.bytes_hashed);
+                gw.metrics.pdf_verified(report.verdict);
+                gw.metrics.pdf_bytes_hashed(report.bytes_hashed);
                 if let Some(why) = &report.limit_reached {
-                    crate::metrics::pdf_check_limited();
+                    gw.metrics.pdf_check_limited();
                     tracing::warn!(attachment = i, name = %r.name, limit = %why, "a PDF was not fully checked");
                 }
                 pdf_verification(i, r, &report, warnings)
@@ -463,7 +464,7 @@ pub(super) async fn check_pdfs(
             Err(lienthong_pades::AttachmentError::Unreadable(e)) => {
                 // Declared a PDF but not one: the clerk is told, and
                 // `require` refuses it as unsigned-or-invalid below.
-                crate::metrics::pdf_verified(lienthong_pades::Verdict::Invalid);
+                gw.metrics.pdf_verified(lienthong_pades::Verdict::Invalid);
                 pb::PdfVerification {
                     attachment_index: i as u32,
                     attachment_name: r.name.clone(),
