@@ -1,5 +1,9 @@
 //! Bad packages get a clear refusal, in bounded memory and time.
+//!
+//! A binary of its own: it measures the process's peak memory and its
+//! threads' CPU time, which other themes' tests would add to.
 
+#[path = "edxml/common.rs"]
 mod common;
 
 use std::io::{self, Read};

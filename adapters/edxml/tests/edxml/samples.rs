@@ -4,11 +4,9 @@
 //! They are reference data outside this repository, found by
 //! `lienthong_testkit::reference_samples`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use lienthong_edxml::{DecodeOptions, MemorySink, Policy, decode, inspect_file, validate};
 use lienthong_types::error::Reason;
 

@@ -1,13 +1,11 @@
 //! The crate as the gateway uses it: a package decoded to files and fed on,
 //! a stored envelope delivered as edXML with the gateway's hop, inspect.
 
-mod common;
-
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use lienthong_edxml::{
     DecodeOptions, DirSink, DirSource, EncodeOptions, FnSource, MemorySource, NAMESPACE,
     NoAttachments, Policy, check, decode, encode, encode_to_vec, inspect_json, trace_header,

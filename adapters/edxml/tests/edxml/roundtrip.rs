@@ -1,9 +1,7 @@
 //! Property tests: envelopes through edXML and back, and packages written
 //! every way producers write them.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use lienthong_edxml::{
     DecodeOptions, EncodeOptions, MemorySink, MemorySource, NAMESPACE, decode, encode_to_vec,
     format_timestamp,
