@@ -40,6 +40,40 @@ pub const ORGAN_ID_HEADER: &str = "x-organ-id";
 pub const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const FETCH_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A unary handler of a `#[tonic::async_trait]` service: the caller
+/// identified, `body` run with the gateway, the caller and the request's
+/// message, and its outcome mapped once ([`Shared::answer`]). Written as
+/// the method `async_trait` itself makes of an `async fn`, so that it may
+/// stand among the service's other methods; `self` is passed in because a
+/// macro's own `self` is not the caller's.
+macro_rules! unary {
+    ($this:ident . $name:ident($req:ty) -> $resp:ty =
+        |$gw:pat_param, $caller:pat_param, $r:pat_param| $body:expr) => {
+        fn $name<'life0, 'async_trait>(
+            &'life0 $this,
+            request: ::tonic::Request<$req>,
+        ) -> ::std::pin::Pin<
+            Box<
+                dyn ::std::future::Future<
+                        Output = Result<::tonic::Response<$resp>, ::tonic::Status>,
+                    > + Send
+                    + 'async_trait,
+            >,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                $this
+                    .shared
+                    .answer(request, async |$gw, $caller, $r| $body)
+                    .await
+            })
+        }
+    };
+}
+
 mod edxml; // edXML packages through the pipeline
 pub mod limits;
 mod notices; // Maintenance notices on Receive
@@ -335,16 +369,8 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
-    async fn upsert_agency(
-        &self,
-        request: Request<pb::Agency>,
-    ) -> Result<Response<pb::Agency>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, a| {
-                gw.admin_upsert_agency(caller, a).await
-            })
-            .await
-    }
+    unary!(self.upsert_agency(pb::Agency) -> pb::Agency =
+        |gw, caller, a| gw.admin_upsert_agency(caller, a).await);
 
     async fn bind_signing_cert(
         &self,
@@ -360,42 +386,36 @@ impl pb::admin_server::Admin for AdminService {
         self.bind(request, CertUse::Client).await
     }
 
-    async fn represent(
-        &self,
-        request: Request<pb::RepresentRequest>,
-    ) -> Result<Response<pb::RepresentResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, r| {
-                let changed = gw
-                    .admin_represent(caller, &r.agent, &r.principal, r.revoke)
-                    .await?;
-                Ok(pb::RepresentResponse { changed })
-            })
-            .await
-    }
+    unary!(self.represent(pb::RepresentRequest) -> pb::RepresentResponse =
+    |gw, caller, r| {
+        let changed = gw
+            .admin_represent(caller, &r.agent, &r.principal, r.revoke)
+            .await?;
+        Ok(pb::RepresentResponse { changed })
+    });
 
-    async fn verify_log(
-        &self,
-        request: Request<pb::VerifyLogRequest>,
-    ) -> Result<Response<pb::VerifyLogResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, _| {
-                let v = gw.admin_verify_log(caller).await?;
-                let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
-                Ok(pb::VerifyLogResponse {
-                    intact: problem.is_empty(),
-                    checked: v.checked,
-                    unchained: v.unchained,
-                    broken_at,
-                    problem,
-                })
-            })
-            .await
-    }
+    unary!(self.verify_log(pb::VerifyLogRequest) -> pb::VerifyLogResponse =
+    |gw, caller, _| {
+        let v = gw.admin_verify_log(caller).await?;
+        let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
+        Ok(pb::VerifyLogResponse {
+            intact: problem.is_empty(),
+            checked: v.checked,
+            unchained: v.unchained,
+            broken_at,
+            problem,
+        })
+    });
 }
 
 #[tonic::async_trait]
 impl pb::exchange_server::Exchange for ExchangeService {
+    // What the streaming calls answer with: bounded channels, so a slow
+    // reader holds up its own stream only.
+    type ReceiveStream = ReceiverStream<Result<pb::Delivery, Status>>;
+    type FetchAttachmentStream = ReceiverStream<Result<pb::AttachmentChunk, Status>>;
+    type FetchEdxmlStream = ReceiverStream<Result<pb::EdxmlChunk, Status>>;
+
     async fn send(
         &self,
         request: Request<Streaming<pb::SendRequest>>,
@@ -440,8 +460,6 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let receipt = sub.finish().await.into_status()?;
         Ok(Response::new(receipt))
     }
-
-    type ReceiveStream = ReceiverStream<Result<pb::Delivery, Status>>;
 
     async fn receive(
         &self,
@@ -490,19 +508,10 @@ impl pb::exchange_server::Exchange for ExchangeService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn ack(
-        &self,
-        request: Request<pb::AckRequest>,
-    ) -> Result<Response<pb::AckResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, r| {
-                gw.ack(caller, &r.delivery_id).await?;
-                Ok(pb::AckResponse {})
-            })
-            .await
-    }
-
-    type FetchAttachmentStream = ReceiverStream<Result<pb::AttachmentChunk, Status>>;
+    unary!(self.ack(pb::AckRequest) -> pb::AckResponse = |gw, caller, r| {
+        gw.ack(caller, &r.delivery_id).await?;
+        Ok(pb::AckResponse {})
+    });
 
     async fn fetch_attachment(
         &self,
@@ -533,8 +542,8 @@ impl pb::exchange_server::Exchange for ExchangeService {
         &self,
         request: Request<Streaming<pb::EdxmlChunk>>,
     ) -> Result<Response<pb::SendReceipt>, Status> {
-        let s = &self.shared;
-        let (caller, _held, mut upload) = s.upload(request, "SendEdxml").await?;
+        let (caller, _held, mut upload) = self.shared.upload(request, "SendEdxml").await?;
+        let shared = &self.shared;
         let (tx, reader) = edxml::chunk_channel(8);
         // The first chunk may name the message_id; read it before decoding.
         let first = upload
@@ -545,7 +554,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                     Error::malformed("the SendEdxml stream is empty; send the package's bytes")
                 })
             });
-        let first = s.or_refuse(&caller, first).await?;
+        let first = shared.or_refuse(&caller, first).await?;
         let message_id = Some(first.message_id.clone()).filter(|m| !m.is_empty());
         upload.clock.add(first.data.len());
         // The decoder reads on a blocking thread; a stall reaches it as the
@@ -567,12 +576,11 @@ impl pb::exchange_server::Exchange for ExchangeService {
                 upload.clock.add(chunk.data.len());
             }
         });
-        let result = edxml::submit(&s.gw, &caller, reader, message_id, s.edxml_policy).await;
+        let result =
+            edxml::submit(&shared.gw, &caller, reader, message_id, shared.edxml_policy).await;
         feeder.abort();
         result.map(Response::new).into_status()
     }
-
-    type FetchEdxmlStream = ReceiverStream<Result<pb::EdxmlChunk, Status>>;
 
     async fn fetch_edxml(
         &self,
@@ -598,56 +606,27 @@ impl pb::exchange_server::Exchange for ExchangeService {
         s.stream_to_caller(&caller, chunks).await
     }
 
-    async fn trace(
-        &self,
-        request: Request<pb::TraceRequest>,
-    ) -> Result<Response<pb::TraceResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, r| {
-                let events = gw.trace(Some(caller), &r.from, &r.message_id).await?;
-                Ok(pb::TraceResponse { events })
-            })
-            .await
-    }
+    unary!(self.trace(pb::TraceRequest) -> pb::TraceResponse = |gw, caller, r| {
+        let events = gw.trace(Some(caller), &r.from, &r.message_id).await?;
+        Ok(pb::TraceResponse { events })
+    });
 
-    async fn document_status(
-        &self,
-        request: Request<pb::DocumentStatusRequest>,
-    ) -> Result<Response<pb::DocumentStatusResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, r| {
-                gw.document_status(caller, &r.from, &r.document_id).await
-            })
-            .await
-    }
+    unary!(self.document_status(pb::DocumentStatusRequest) -> pb::DocumentStatusResponse =
+        |gw, caller, r| gw.document_status(caller, &r.from, &r.document_id).await);
 }
 
 #[tonic::async_trait]
 impl pb::directory_server::Directory for DirectoryService {
-    async fn lookup(
-        &self,
-        request: Request<pb::LookupRequest>,
-    ) -> Result<Response<pb::Agency>, Status> {
-        self.shared
-            .answer(request, async |gw, _, r| gw.lookup(&r.organ_id).await)
-            .await
-    }
+    unary!(self.lookup(pb::LookupRequest) -> pb::Agency =
+        |gw, _, r| gw.lookup(&r.organ_id).await);
 
-    async fn list(
-        &self,
-        request: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, _, r| {
-                let (agencies, next_page_token) =
-                    gw.list(&r.under, r.page_size, &r.page_token).await?;
-                Ok(pb::ListResponse {
-                    agencies,
-                    next_page_token,
-                })
-            })
-            .await
-    }
+    unary!(self.list(pb::ListRequest) -> pb::ListResponse = |gw, _, r| {
+        let (agencies, next_page_token) = gw.list(&r.under, r.page_size, &r.page_token).await?;
+        Ok(pb::ListResponse {
+            agencies,
+            next_page_token,
+        })
+    });
 }
 
 /// Puts the delivery's edXML rendering in `edxml` when it fits in one

@@ -13,7 +13,6 @@ use lienthong_proto::v1 as pb;
 use lienthong_reports::{
     self as reports, AgencyRow, Latency, Report, ReportSettings, SummaryRequest,
 };
-use tonic::{Request, Response, Status};
 
 use crate::Shared;
 
@@ -32,23 +31,16 @@ impl ReportsService {
 
 #[tonic::async_trait]
 impl pb::reports_server::Reports for ReportsService {
-    async fn summary(
-        &self,
-        request: Request<pb::ReportRequest>,
-    ) -> Result<Response<pb::ReportResponse>, Status> {
-        self.shared
-            .answer(request, async |gw, caller, r| {
-                let ask = SummaryRequest {
-                    period: r.period,
-                    agency: r.agency,
-                    under: r.under,
-                    province: r.province,
-                };
-                let report = reports::summary_for(gw, caller, &ask, &self.settings).await?;
-                Ok(response(report))
-            })
-            .await
-    }
+    unary!(self.summary(pb::ReportRequest) -> pb::ReportResponse = |gw, caller, r| {
+        let ask = SummaryRequest {
+            period: r.period,
+            agency: r.agency,
+            under: r.under,
+            province: r.province,
+        };
+        let report = reports::summary_for(gw, caller, &ask, &self.settings).await?;
+        Ok(response(report))
+    });
 }
 
 /// The core's report as protobuf, field for field.
