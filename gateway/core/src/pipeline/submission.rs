@@ -17,7 +17,7 @@ use crate::error::{Error, Reason, Result};
 use crate::organ_id::IdPolicy;
 use crate::rows::{DeliveryRow, MessageRow};
 use crate::store::{AcceptError, NewAttachment, NewMessage, now_micros};
-use lienthong_types::timestamp;
+use lienthong_types::{Route, timestamp};
 
 use super::{Caller, Gateway, Inner, PdfPolicy, Role, Subject};
 
@@ -327,12 +327,12 @@ impl Open {
                 for r in &recipients {
                     gw.inboxes.notify(r);
                 }
-                if deliveries.iter().any(|d| d.route != "local") {
+                if deliveries.iter().any(|d| !d.route.is_local()) {
                     gw.outbox_wake.send_modify(|v| *v = v.wrapping_add(1));
                 }
-                let routes: HashSet<&str> = deliveries.iter().map(|d| d.route.as_str()).collect();
+                let routes: HashSet<&Route> = deliveries.iter().map(|d| &d.route).collect();
                 for route in routes {
-                    crate::metrics::message_accepted(route);
+                    crate::metrics::message_accepted(&route.to_string());
                 }
                 crate::metrics::accept_seconds(self.started.elapsed().as_secs_f64());
                 tracing::info!(
@@ -643,7 +643,7 @@ pub(super) fn make_receipt(
             .into_iter()
             .map(|d| pb::RecipientRoute {
                 organ_id: d.recipient,
-                route: d.route,
+                route: d.route.to_string(),
             })
             .collect(),
         gateway: gateway.to_owned(),
