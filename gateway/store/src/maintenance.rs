@@ -26,6 +26,12 @@ pub struct MaintenanceRow {
     pub cancelled_at: Option<i64>,
 }
 
+impl MaintenanceRow {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled_at.is_some()
+    }
+}
+
 impl From<maintenance::Model> for MaintenanceRow {
     fn from(m: maintenance::Model) -> MaintenanceRow {
         MaintenanceRow {
