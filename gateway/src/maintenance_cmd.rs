@@ -87,7 +87,10 @@ async fn maintenance(cfg: Config, args: MaintenanceArgs) -> Result<ExitCode> {
 }
 
 fn print_window(w: &Window) -> Result<()> {
-    println!("{}", serde_json::to_string(&w.to_json(now_micros()))?);
+    println!(
+        "{}",
+        serde_json::to_string(&maintenance::to_json(w, now_micros()))?
+    );
     Ok(())
 }
 

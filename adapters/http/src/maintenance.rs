@@ -7,7 +7,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use lienthong_core::error::{Error, OrErr, Reason};
-use lienthong_core::maintenance::{Window, WindowJson};
+use lienthong_core::maintenance::{Window, WindowJson, to_json};
 use lienthong_core::now_micros;
 use lienthong_core::operators::Session;
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ fn when(rfc3339: &str) -> (String, String) {
 }
 
 fn banner(w: &Window, now: i64) -> Banner {
-    let j = w.to_json(now);
+    let j = to_json(w, now);
     let (from_vi, from_en) = when(&j.starts_at);
     let (to_vi, to_en) = when(&j.ends_at);
     let (text_vi, text_en) = if j.state == "ongoing" {

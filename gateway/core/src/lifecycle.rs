@@ -19,6 +19,7 @@ use lienthong_proto::v1 as pb;
 use crate::error::{Error, Reason, Result};
 use crate::rows::{DeliveryRow, EventRow, MessageRow};
 use lienthong_proto::v1::BusinessType;
+use lienthong_types::Route;
 
 /// Where a recipient's copy stands in its processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -266,7 +267,7 @@ pub struct DocumentLifecycle {
 
 #[derive(Debug, Clone)]
 pub struct Recipient {
-    pub route: String,
+    pub route: Route,
     pub state: RecipientState,
     pub steps: Vec<pb::LifecycleStep>,
 }
@@ -277,7 +278,7 @@ impl Recipient {
     /// back from its recipient: the broker's confirm and the recipient's
     /// first notices can cross.
     pub fn as_seen_by_notice(&self) -> RecipientState {
-        if self.route != "local" && self.state.processing == Processing::Sent {
+        if !self.route.is_local() && self.state.processing == Processing::Sent {
             RecipientState {
                 processing: Processing::Delivered,
                 ..self.state.clone()
@@ -525,10 +526,9 @@ impl DocumentLifecycle {
                     state: r.state.label().to_owned(),
                     last_code: r.state.last_code.clone(),
                     updated_at: Some(lienthong_types::timestamp(r.state.updated_at)),
-                    route: if r.route.starts_with("queue:") {
-                        "queue".to_owned()
-                    } else {
-                        r.route.clone()
+                    route: match &r.route {
+                        Route::Queue(_) => "queue".to_owned(),
+                        other => other.to_string(),
                     },
                     overdue: r.steps.iter().any(|s| s.event == "overdue") && r.state.is_open(),
                     steps: r.steps.clone(),

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lienthong_proto::v1::{Delivery, GatewayNotice};
-use lienthong_store::maintenance::MaintenanceRow;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -41,29 +40,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// `GatewayNotice.kind` of a maintenance window.
 pub const KIND: &str = "maintenance";
 
-/// A maintenance window. Times are Unix microseconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
-    pub id: i64,
-    pub starts_at: i64,
-    pub ends_at: i64,
-    pub message: String,
-    pub announced_at: i64,
-    pub cancelled_at: Option<i64>,
-}
-
-impl From<MaintenanceRow> for Window {
-    fn from(m: MaintenanceRow) -> Self {
-        Window {
-            id: m.id,
-            starts_at: m.starts_at,
-            ends_at: m.ends_at,
-            message: m.message,
-            announced_at: m.announced_at,
-            cancelled_at: m.cancelled_at,
-        }
-    }
-}
+/// A maintenance window, as the store keeps it. Times are Unix
+/// microseconds.
+pub use lienthong_store::maintenance::MaintenanceRow as Window;
 
 /// A window as the command line and the dashboard's JSON show it: times in
 /// Vietnam time (RFC 3339, `+07:00`) and as Unix seconds.
@@ -83,60 +62,50 @@ pub struct WindowJson {
     pub state: &'static str,
 }
 
-impl Window {
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled_at.is_some()
+/// `upcoming`, `ongoing`, `over` or `cancelled` at `now`.
+fn state(w: &Window, now: i64) -> &'static str {
+    if w.is_cancelled() {
+        "cancelled"
+    } else if w.ends_at <= now {
+        "over"
+    } else if w.starts_at <= now {
+        "ongoing"
+    } else {
+        "upcoming"
     }
+}
 
-    /// `upcoming`, `ongoing`, `over` or `cancelled` at `now`.
-    pub fn state(&self, now: i64) -> &'static str {
-        if self.is_cancelled() {
-            "cancelled"
-        } else if self.ends_at <= now {
-            "over"
-        } else if self.starts_at <= now {
-            "ongoing"
-        } else {
-            "upcoming"
-        }
-    }
-
-    /// The notice agencies receive.
-    pub fn notice(&self) -> GatewayNotice {
-        GatewayNotice {
-            id: self.id.to_string(),
+/// The notice of a window as a `Delivery` of a `Receive` stream: no
+/// envelope, no delivery_id, not to be acknowledged.
+fn notice_delivery(w: &Window) -> Delivery {
+    Delivery {
+        notice: Some(GatewayNotice {
+            id: w.id.to_string(),
             kind: KIND.to_owned(),
-            starts_at: Some(timestamp(self.starts_at)),
-            ends_at: Some(timestamp(self.ends_at)),
-            message: self.message.clone(),
-            announced_at: Some(timestamp(self.announced_at)),
-            cancelled: self.is_cancelled(),
-        }
+            starts_at: Some(timestamp(w.starts_at)),
+            ends_at: Some(timestamp(w.ends_at)),
+            message: w.message.clone(),
+            announced_at: Some(timestamp(w.announced_at)),
+            cancelled: w.is_cancelled(),
+        }),
+        ..Default::default()
     }
+}
 
-    /// The notice as a `Delivery` of a `Receive` stream: no envelope, no
-    /// delivery_id, not to be acknowledged.
-    pub fn delivery(&self) -> Delivery {
-        Delivery {
-            notice: Some(self.notice()),
-            ..Default::default()
-        }
-    }
-
-    pub fn to_json(&self, now: i64) -> WindowJson {
-        WindowJson {
-            id: self.id,
-            kind: KIND,
-            starts_at: format_rfc3339(self.starts_at),
-            ends_at: format_rfc3339(self.ends_at),
-            starts_at_unix: self.starts_at.div_euclid(1_000_000),
-            ends_at_unix: self.ends_at.div_euclid(1_000_000),
-            message: self.message.clone(),
-            announced_at: format_rfc3339(self.announced_at),
-            cancelled: self.is_cancelled(),
-            cancelled_at: self.cancelled_at.map(format_rfc3339),
-            state: self.state(now),
-        }
+/// A window as the command line and the dashboard show it at `now`.
+pub fn to_json(w: &Window, now: i64) -> WindowJson {
+    WindowJson {
+        id: w.id,
+        kind: KIND,
+        starts_at: format_rfc3339(w.starts_at),
+        ends_at: format_rfc3339(w.ends_at),
+        starts_at_unix: w.starts_at.div_euclid(1_000_000),
+        ends_at_unix: w.ends_at.div_euclid(1_000_000),
+        message: w.message.clone(),
+        announced_at: format_rfc3339(w.announced_at),
+        cancelled: w.is_cancelled(),
+        cancelled_at: w.cancelled_at.map(format_rfc3339),
+        state: state(w, now),
     }
 }
 
@@ -186,10 +155,9 @@ pub async fn announce(
 ) -> Result<Window> {
     let now = now_micros();
     let message = validate(starts_at, ends_at, message, now)?;
-    let row = store
+    let w = store
         .announce_maintenance(starts_at, ends_at, message, now)
         .await?;
-    let w = Window::from(row);
     tracing::info!(
         id = w.id,
         starts_at = %format_rfc3339(w.starts_at),
@@ -212,7 +180,7 @@ pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
         ));
     };
     if row.cancelled_at.is_some() {
-        return Ok(row.into());
+        return Ok(row);
     }
     let now = now_micros();
     if row.ends_at <= now {
@@ -221,7 +189,7 @@ pub async fn cancel(store: &Store, id: i64) -> Result<Window> {
             format_rfc3339(row.ends_at)
         )));
     }
-    let w = Window::from(store.cancel_maintenance(row, now).await?);
+    let w = store.cancel_maintenance(row, now).await?;
     tracing::info!(id = w.id, message = %w.message, "maintenance window cancelled");
     Ok(w)
 }
@@ -239,12 +207,7 @@ pub async fn current(store: &Store) -> Result<Vec<Window>> {
 /// The windows not over yet, cancelled ones included (a stream that told a
 /// window must learn that it was cancelled).
 pub(crate) async fn not_over(store: &Store) -> Result<Vec<Window>> {
-    Ok(store
-        .maintenance_windows_ending_after(now_micros())
-        .await?
-        .into_iter()
-        .map(Window::from)
-        .collect())
+    store.maintenance_windows_ending_after(now_micros()).await
 }
 
 /// The windows not over yet, as last read by [`watch_maintenance`], for the
@@ -339,12 +302,12 @@ impl NoticeFeed {
                 Some((true, _)) => {}
                 Some((false, _)) if !w.is_cancelled() => {}
                 Some((false, _)) => {
-                    out.push(w.delivery());
+                    out.push(notice_delivery(w));
                     self.told.insert(w.id, (true, w.ends_at));
                 }
                 None => {
                     if !w.is_cancelled() {
-                        out.push(w.delivery());
+                        out.push(notice_delivery(w));
                     }
                     self.told.insert(w.id, (w.is_cancelled(), w.ends_at));
                 }
@@ -452,11 +415,11 @@ mod tests {
         // 2026-11-30 15:00 UTC = 22:00 in Vietnam.
         let start = 1_796_050_800 * 1_000_000;
         let w = window(7, start, start + 2 * H, false);
-        let j = w.to_json(start - H);
+        let j = to_json(&w, start - H);
         assert_eq!(j.starts_at, "2026-11-30T22:00:00+07:00");
         assert_eq!(j.ends_at, "2026-12-01T00:00:00+07:00");
         assert_eq!(j.state, "upcoming");
-        assert_eq!(w.to_json(start + H).state, "ongoing");
-        assert_eq!(w.to_json(start + 3 * H).state, "over");
+        assert_eq!(to_json(&w, start + H).state, "ongoing");
+        assert_eq!(to_json(&w, start + 3 * H).state, "over");
     }
 }

@@ -16,6 +16,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 
 use crate::error::Reason;
 use lienthong_store::reports::PendingInbox;
+use lienthong_types::route::Route;
 
 /// How many agencies get their own inbox series; the rest are `other`.
 pub const TOP_INBOXES: usize = 20;
@@ -177,28 +178,28 @@ impl Metrics {
 
 /// A route as a label value: `local`, or `exchange:<name>` from the
 /// configured routes (a bounded set); anything else is `other`.
-fn route_label(route: &str) -> String {
-    if route.starts_with("queue:") {
+fn route_label(route: &Route) -> String {
+    match route {
+        Route::Local => "local".to_owned(),
         // One queue per agency: the agency is not a label value.
-        return "queue".to_owned();
-    }
-    let ok = route == "local"
-        || route.strip_prefix("exchange:").is_some_and(|n| {
-            !n.is_empty()
+        Route::Queue(_) => "queue".to_owned(),
+        // Exchanges come from the configuration; a name no configuration
+        // would hold is not let into a label.
+        Route::Exchange(n)
+            if !n.is_empty()
                 && n.len() <= 100
                 && n.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        });
-    if ok {
-        route.to_owned()
-    } else {
-        "other".to_owned()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')) =>
+        {
+            format!("exchange:{n}")
+        }
+        Route::Exchange(_) => "other".to_owned(),
     }
 }
 
 impl Metrics {
     /// A message was accepted; call once per distinct route of its deliveries.
-    pub(crate) fn message_accepted(&self, route: &str) {
+    pub(crate) fn message_accepted(&self, route: &Route) {
         self.accepted
             .get_or_create(&RouteLabel {
                 route: route_label(route),
@@ -346,13 +347,17 @@ mod tests {
 
     #[test]
     fn route_labels_are_bounded() {
-        assert_eq!(route_label("local"), "local");
+        let exchange = |n: &str| route_label(&Route::Exchange(n.to_owned()));
+        assert_eq!(route_label(&Route::Local), "local");
         assert_eq!(
-            route_label("exchange:lienthong.documents"),
+            route_label(&Route::Queue("lienthong.agency.x".into())),
+            "queue"
+        );
+        assert_eq!(
+            exchange("lienthong.documents"),
             "exchange:lienthong.documents"
         );
-        assert_eq!(route_label("exchange:"), "other");
-        assert_eq!(route_label("exchange:a b\"c"), "other");
-        assert_eq!(route_label("000.00.01.H35"), "other");
+        assert_eq!(exchange(""), "other");
+        assert_eq!(exchange("a b\"c"), "other");
     }
 }

@@ -4,14 +4,46 @@
 
 use lienthong_schema::entity::maintenance;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, Unchanged,
 };
 
 use crate::error::{OrDb, Result};
 use crate::store::Store;
 
-/// A maintenance window as stored. Times are Unix microseconds.
-pub use lienthong_schema::entity::maintenance::Model as MaintenanceRow;
+/// A maintenance window as stored (cancelled ones keep their row). Times
+/// are Unix microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceRow {
+    pub id: i64,
+    /// When the maintenance begins.
+    pub starts_at: i64,
+    /// When it is over, after `starts_at`.
+    pub ends_at: i64,
+    /// What agencies and the dashboard are told.
+    pub message: String,
+    pub announced_at: i64,
+    /// Set when an operator cancelled the window.
+    pub cancelled_at: Option<i64>,
+}
+
+impl MaintenanceRow {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled_at.is_some()
+    }
+}
+
+impl From<maintenance::Model> for MaintenanceRow {
+    fn from(m: maintenance::Model) -> MaintenanceRow {
+        MaintenanceRow {
+            id: m.id,
+            starts_at: m.starts_at,
+            ends_at: m.ends_at,
+            message: m.message,
+            announced_at: m.announced_at,
+            cancelled_at: m.cancelled_at,
+        }
+    }
+}
 
 impl Store {
     /// Writes a new window, announced at `announced_at`.
@@ -33,6 +65,7 @@ impl Store {
         .insert(self.connection())
         .await
         .or_db()
+        .map(MaintenanceRow::from)
     }
 
     /// The window `id`, if there is one.
@@ -41,13 +74,23 @@ impl Store {
             .one(self.connection())
             .await
             .or_db()
+            .map(|w| w.map(MaintenanceRow::from))
     }
 
     /// Marks a window cancelled at `at`.
     pub async fn cancel_maintenance(&self, row: MaintenanceRow, at: i64) -> Result<MaintenanceRow> {
-        let mut active = row.into_active_model();
-        active.cancelled_at = Set(Some(at));
-        active.update(self.connection()).await.or_db()
+        maintenance::ActiveModel {
+            id: Unchanged(row.id),
+            starts_at: Unchanged(row.starts_at),
+            ends_at: Unchanged(row.ends_at),
+            message: Unchanged(row.message),
+            announced_at: Unchanged(row.announced_at),
+            cancelled_at: Set(Some(at)),
+        }
+        .update(self.connection())
+        .await
+        .or_db()
+        .map(MaintenanceRow::from)
     }
 
     /// The windows that end after `now`, cancelled ones included, soonest
@@ -60,5 +103,6 @@ impl Store {
             .all(self.connection())
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(MaintenanceRow::from).collect())
     }
 }

@@ -16,9 +16,71 @@ use crate::error::{Error, OrDb, Reason, Result};
 use crate::store::{NewEvent, Store, append_events};
 
 /// An operator account as stored (the password as its PHC string).
-pub use lienthong_schema::entity::operator::Model as OperatorRow;
+/// Removed accounts keep their row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRow {
+    pub id: i64,
+    pub name: String,
+    /// `viewer` or `admin`.
+    pub role: String,
+    /// Argon2id PHC string; `None`: logs in only with a client certificate.
+    pub password_hash: Option<String>,
+    /// `active`, `disabled` or `removed`.
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub password_changed_at: Option<i64>,
+    pub last_login_at: Option<i64>,
+}
+
+impl From<operator::Model> for OperatorRow {
+    fn from(m: operator::Model) -> OperatorRow {
+        OperatorRow {
+            id: m.id,
+            name: m.name,
+            role: m.role,
+            password_hash: m.password_hash,
+            state: m.state,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            password_changed_at: m.password_changed_at,
+            last_login_at: m.last_login_at,
+        }
+    }
+}
+
 /// A logged-in browser, keyed by the SHA-256 of its token.
-pub use lienthong_schema::entity::operator_session::Model as SessionRow;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub token_sha256: String,
+    pub operator_id: i64,
+    /// What every state-changing request of the session must carry.
+    pub csrf_token: String,
+    /// `password` or `certificate`.
+    pub via: String,
+    /// Where the login came from (IP address).
+    pub peer: String,
+    pub created_at: i64,
+    /// Moves forward as the session is used (at most once a minute).
+    pub last_seen_at: i64,
+    /// The absolute end, whatever the use.
+    pub expires_at: i64,
+}
+
+impl From<operator_session::Model> for SessionRow {
+    fn from(m: operator_session::Model) -> SessionRow {
+        SessionRow {
+            token_sha256: m.token_sha256,
+            operator_id: m.operator_id,
+            csrf_token: m.csrf_token,
+            via: m.via,
+            peer: m.peer,
+            created_at: m.created_at,
+            last_seen_at: m.last_seen_at,
+            expires_at: m.expires_at,
+        }
+    }
+}
 
 /// What a change writes to an account, with its transfer-log line. A field
 /// left `None` keeps its value.
@@ -53,6 +115,7 @@ impl Store {
             .one(self.connection())
             .await
             .or_db()
+            .map(|o| o.map(OperatorRow::from))
     }
 
     /// Every account, removed ones included, by name.
@@ -62,6 +125,7 @@ impl Store {
             .all(self.connection())
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(OperatorRow::from).collect())
     }
 
     /// How many client certificates are bound to each operator name.
@@ -92,7 +156,7 @@ impl Store {
             .one(&txn)
             .await
             .or_db()?;
-        let change = decide(existing.as_ref())?;
+        let change = decide(existing.clone().map(OperatorRow::from).as_ref())?;
         let row = match existing {
             Some(m) => {
                 let id = m.id;
@@ -145,7 +209,7 @@ impl Store {
         };
         append_events(&txn, vec![change.line], now).await.or_db()?;
         txn.commit().await.or_db()?;
-        Ok(row)
+        Ok(row.into())
     }
 
     /// Opens a session, sweeping the sessions that expired (past
@@ -198,6 +262,7 @@ impl Store {
             .one(self.connection())
             .await
             .or_db()
+            .map(|s| s.map(SessionRow::from))
     }
 
     /// The account with this id.
@@ -206,6 +271,7 @@ impl Store {
             .one(self.connection())
             .await
             .or_db()
+            .map(|o| o.map(OperatorRow::from))
     }
 
     /// Forgets an expired session.

@@ -27,6 +27,10 @@ use sea_orm::{
 };
 
 use crate::error::{Error, OrDb, OrErr, Reason, Result, db_error};
+use crate::rows::{
+    AgencyRow, AttachmentRow, ClientCertRow, DeliveryRow, EventRow, MessageRow, SigningCertRow,
+    read_all,
+};
 use lienthong_types::{MessageKind, Route};
 use tokio::sync::{mpsc, oneshot};
 
@@ -355,8 +359,8 @@ pub enum AcceptError {
 /// A delivery with the message it carries.
 #[derive(Debug, Clone)]
 pub struct PendingDelivery {
-    pub delivery: delivery::Model,
-    pub message: message::Model,
+    pub delivery: DeliveryRow,
+    pub message: MessageRow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,15 +375,15 @@ pub enum AckOutcome {
 #[derive(Debug, Default)]
 pub struct DirectoryChange {
     /// Agencies inserted or replaced.
-    pub agencies: Vec<agency::Model>,
+    pub agencies: Vec<AgencyRow>,
     /// (organ_id, active): an agency deactivated or activated.
     pub set_active: Vec<(String, bool)>,
     /// Signing certificates bound (re-binding a key moves it).
-    pub bind_signing: Vec<signing_cert::Model>,
+    pub bind_signing: Vec<SigningCertRow>,
     /// (key sha256, organ_id): signing certificates unbound.
     pub unbind_signing: Vec<(String, String)>,
     /// Client certificates bound.
-    pub bind_client: Vec<client_cert::Model>,
+    pub bind_client: Vec<ClientCertRow>,
     /// (key sha256, organ_id or operator name, role): client certificates
     /// unbound.
     pub unbind_client: Vec<(String, String, String)>,
@@ -401,7 +405,7 @@ pub struct Store {
     committer: Option<mpsc::Sender<Job>>,
 }
 
-type Accepted = (message::Model, Vec<delivery::Model>);
+type Accepted = (MessageRow, Vec<DeliveryRow>);
 
 /// One write waiting for the group commit.
 enum Job {
@@ -779,19 +783,21 @@ impl Store {
 
     // ----- directory -------------------------------------------------------
 
-    pub async fn agency(&self, organ_id: &str) -> Result<Option<agency::Model>> {
+    pub async fn agency(&self, organ_id: &str) -> Result<Option<AgencyRow>> {
         agency::Entity::find_by_id(organ_id.to_owned())
             .one(&self.db)
             .await
             .or_db()
+            .map(|a| a.map(AgencyRow::from))
     }
 
-    pub async fn agencies(&self) -> Result<Vec<agency::Model>> {
+    pub async fn agencies(&self) -> Result<Vec<AgencyRow>> {
         agency::Entity::find()
             .order_by_asc(agency::Column::OrganId)
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(AgencyRow::from).collect())
     }
 
     /// Applies a directory change and appends its lines to the transfer
@@ -936,11 +942,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<signing_cert::Model>> {
+    pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<SigningCertRow>> {
         signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
             .one(&self.db)
             .await
             .or_db()
+            .map(|c| c.map(SigningCertRow::from))
     }
 
     /// Whether `agent` may send in the name of `principal`.
@@ -954,53 +961,59 @@ impl Store {
         )
     }
 
-    pub async fn client_cert(&self, spki_sha256_hex: &str) -> Result<Option<client_cert::Model>> {
+    pub async fn client_cert(&self, spki_sha256_hex: &str) -> Result<Option<ClientCertRow>> {
         client_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
             .one(&self.db)
             .await
             .or_db()
+            .map(|c| c.map(ClientCertRow::from))
     }
 
-    pub async fn signing_certs_of(&self, organ_id: &str) -> Result<Vec<signing_cert::Model>> {
+    pub async fn signing_certs_of(&self, organ_id: &str) -> Result<Vec<SigningCertRow>> {
         signing_cert::Entity::find()
             .filter(signing_cert::Column::OrganId.eq(organ_id))
             .order_by_asc(signing_cert::Column::BoundAt)
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(SigningCertRow::from).collect())
     }
 
     /// The client certificates bound to an agency or an operator's name.
-    pub async fn client_certs_of(&self, name: &str) -> Result<Vec<client_cert::Model>> {
+    pub async fn client_certs_of(&self, name: &str) -> Result<Vec<ClientCertRow>> {
         client_cert::Entity::find()
             .filter(client_cert::Column::OrganId.eq(name))
             .order_by_asc(client_cert::Column::BoundAt)
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(ClientCertRow::from).collect())
     }
 
     // ----- messages --------------------------------------------------------
 
-    pub async fn message(&self, sender: &str, message_id: &str) -> Result<Option<message::Model>> {
+    pub async fn message(&self, sender: &str, message_id: &str) -> Result<Option<MessageRow>> {
         message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::MessageId.eq(message_id))
             .one(&self.db)
             .await
-            .or_db()
+            .or_db()?
+            .map(MessageRow::try_from)
+            .transpose()
     }
 
-    pub async fn message_by_pk(&self, pk: i64) -> Result<Option<message::Model>> {
-        message::Entity::find_by_id(pk).one(&self.db).await.or_db()
+    pub async fn message_by_pk(&self, pk: i64) -> Result<Option<MessageRow>> {
+        message::Entity::find_by_id(pk)
+            .one(&self.db)
+            .await
+            .or_db()?
+            .map(MessageRow::try_from)
+            .transpose()
     }
 
     /// The latest accepted document of `sender` with this document_id.
-    pub async fn document(
-        &self,
-        sender: &str,
-        document_id: &str,
-    ) -> Result<Option<message::Model>> {
+    pub async fn document(&self, sender: &str, document_id: &str) -> Result<Option<MessageRow>> {
         message::Entity::find()
             .filter(message::Column::Sender.eq(sender))
             .filter(message::Column::DocumentId.eq(document_id))
@@ -1008,7 +1021,9 @@ impl Store {
             .order_by_desc(message::Column::Id)
             .one(&self.db)
             .await
-            .or_db()
+            .or_db()?
+            .map(MessageRow::try_from)
+            .transpose()
     }
 
     /// The status notices answering document `document_id` of `doc_from`,
@@ -1017,15 +1032,17 @@ impl Store {
         &self,
         doc_from: &str,
         document_id: &str,
-    ) -> Result<Vec<message::Model>> {
-        message::Entity::find()
-            .filter(message::Column::RefFrom.eq(doc_from))
-            .filter(message::Column::DocumentId.eq(document_id))
-            .filter(message::Column::Kind.eq(MessageKind::Status.as_str()))
-            .order_by_asc(message::Column::Id)
-            .all(&self.db)
-            .await
-            .or_db()
+    ) -> Result<Vec<MessageRow>> {
+        read_all(
+            message::Entity::find()
+                .filter(message::Column::RefFrom.eq(doc_from))
+                .filter(message::Column::DocumentId.eq(document_id))
+                .filter(message::Column::Kind.eq(MessageKind::Status.as_str()))
+                .order_by_asc(message::Column::Id)
+                .all(&self.db)
+                .await
+                .or_db()?,
+        )
     }
 
     /// The recall, update and replacement documents `sender` sent about its
@@ -1034,15 +1051,17 @@ impl Store {
         &self,
         sender: &str,
         document_id: &str,
-    ) -> Result<Vec<message::Model>> {
-        message::Entity::find()
-            .filter(message::Column::Sender.eq(sender))
-            .filter(message::Column::Replaces.eq(document_id))
-            .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
-            .order_by_asc(message::Column::Id)
-            .all(&self.db)
-            .await
-            .or_db()
+    ) -> Result<Vec<MessageRow>> {
+        read_all(
+            message::Entity::find()
+                .filter(message::Column::Sender.eq(sender))
+                .filter(message::Column::Replaces.eq(document_id))
+                .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
+                .order_by_asc(message::Column::Id)
+                .all(&self.db)
+                .await
+                .or_db()?,
+        )
     }
 
     /// The senders of documents with this document_id (whoever sent them).
@@ -1060,22 +1079,25 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn attachments(&self, message_pk: i64) -> Result<Vec<attachment::Model>> {
+    pub async fn attachments(&self, message_pk: i64) -> Result<Vec<AttachmentRow>> {
         attachment::Entity::find()
             .filter(attachment::Column::MessagePk.eq(message_pk))
             .order_by_asc(attachment::Column::Idx)
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(AttachmentRow::from).collect())
     }
 
-    pub async fn deliveries_of(&self, message_pk: i64) -> Result<Vec<delivery::Model>> {
-        delivery::Entity::find()
-            .filter(delivery::Column::MessagePk.eq(message_pk))
-            .order_by_asc(delivery::Column::Id)
-            .all(&self.db)
-            .await
-            .or_db()
+    pub async fn deliveries_of(&self, message_pk: i64) -> Result<Vec<DeliveryRow>> {
+        read_all(
+            delivery::Entity::find()
+                .filter(delivery::Column::MessagePk.eq(message_pk))
+                .order_by_asc(delivery::Column::Id)
+                .all(&self.db)
+                .await
+                .or_db()?,
+        )
     }
 
     /// Whether any message with this attachment digest is stored.
@@ -1092,10 +1114,7 @@ impl Store {
     /// transaction — shared with the other acceptances waiting at that
     /// moment (group commit). Returns, once committed, the message row and
     /// its deliveries.
-    pub async fn accept(
-        &self,
-        m: NewMessage,
-    ) -> Result<(message::Model, Vec<delivery::Model>), AcceptError> {
+    pub async fn accept(&self, m: NewMessage) -> Result<Accepted, AcceptError> {
         let m = match &self.committer {
             Some(tx) => {
                 let (reply, answer) = oneshot::channel();
@@ -1258,7 +1277,7 @@ async fn accept_in<C: ConnectionTrait>(
                 .await
                 .map_err(AcceptError::Db)?;
             }
-            deliveries.push(d);
+            deliveries.push(DeliveryRow::written(d, route.clone()));
         }
         let base = NewEvent {
             kind: EventKind::Accepted,
@@ -1328,7 +1347,7 @@ async fn accept_in<C: ConnectionTrait>(
                 ..base.clone()
             });
         }
-        Ok(((msg, deliveries), events))
+        Ok(((MessageRow::written(msg, m.kind), deliveries), events))
     }
 }
 
@@ -1532,21 +1551,24 @@ impl Store {
                     .or(delivery::Column::LastDeliveredAt.lt(t)),
             );
         }
-        let ds = q
-            .order_by_asc(delivery::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .or_db()?;
+        let ds: Vec<DeliveryRow> = read_all(
+            q.order_by_asc(delivery::Column::Id)
+                .limit(limit)
+                .all(&self.db)
+                .await
+                .or_db()?,
+        )?;
         if ds.is_empty() {
             return Ok(Vec::new());
         }
         let pks: Vec<i64> = ds.iter().map(|d| d.message_pk).collect();
-        let msgs = message::Entity::find()
-            .filter(message::Column::Id.is_in(pks))
-            .all(&self.db)
-            .await
-            .or_db()?;
+        let msgs: Vec<MessageRow> = read_all(
+            message::Entity::find()
+                .filter(message::Column::Id.is_in(pks))
+                .all(&self.db)
+                .await
+                .or_db()?,
+        )?;
         let mut out = Vec::with_capacity(ds.len());
         for d in ds {
             match msgs.iter().find(|m| m.id == d.message_pk) {
@@ -1768,55 +1790,38 @@ impl Store {
 
     /// The messages a trace of (sender, message_id) covers: the message
     /// itself and, for a document, the status notices that answer it.
-    pub async fn traced_messages(
-        &self,
-        sender: &str,
-        message_id: &str,
-    ) -> Result<Vec<message::Model>> {
+    pub async fn traced_messages(&self, sender: &str, message_id: &str) -> Result<Vec<MessageRow>> {
         let Some(m) = self.message(sender, message_id).await? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        if m.kind == MessageKind::Document.as_str() {
-            let answers = message::Entity::find()
-                .filter(message::Column::RefFrom.eq(sender))
-                .filter(message::Column::DocumentId.eq(m.document_id.clone()))
-                .filter(message::Column::Kind.eq(MessageKind::Status.as_str()))
-                .order_by_asc(message::Column::Id)
-                .all(&self.db)
-                .await
-                .or_db()?;
-            out.push(m);
-            out.extend(answers);
-        } else {
-            out.push(m);
-        }
+        let answers = match m.kind {
+            MessageKind::Document => self.statuses_answering(sender, &m.document_id).await?,
+            MessageKind::Status => Vec::new(),
+        };
+        let mut out = vec![m];
+        out.extend(answers);
         Ok(out)
     }
 
     /// Events of the given (sender, message_id) pairs, in log order.
-    pub async fn events_of(&self, keys: &[(String, String)]) -> Result<Vec<event::Model>> {
+    pub async fn events_of(&self, keys: &[(String, String)]) -> Result<Vec<EventRow>> {
         let mut all = Vec::new();
         for (sender, message_id) in keys {
-            let mut evs = event::Entity::find()
+            let evs = event::Entity::find()
                 .filter(event::Column::Sender.eq(sender.as_str()))
                 .filter(event::Column::MessageId.eq(message_id.as_str()))
                 .order_by_asc(event::Column::Id)
                 .all(&self.db)
                 .await
                 .or_db()?;
-            all.append(&mut evs);
+            all.extend(evs.into_iter().map(EventRow::from));
         }
         all.sort_by_key(|e| e.id);
         Ok(all)
     }
 
     /// The overdue events of one message.
-    pub async fn overdue_events(
-        &self,
-        sender: &str,
-        message_id: &str,
-    ) -> Result<Vec<event::Model>> {
+    pub async fn overdue_events(&self, sender: &str, message_id: &str) -> Result<Vec<EventRow>> {
         event::Entity::find()
             .filter(event::Column::Sender.eq(sender))
             .filter(event::Column::MessageId.eq(message_id))
@@ -1825,6 +1830,7 @@ impl Store {
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(EventRow::from).collect())
     }
 
     /// Documents a deadline may concern: accepted since `since`, not
@@ -1836,21 +1842,23 @@ impl Store {
         now: i64,
         priorities: &[i32],
         limit: u64,
-    ) -> Result<Vec<message::Model>> {
-        message::Entity::find()
-            .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
-            .filter(message::Column::AcceptedAt.gte(since))
-            .filter(message::Column::BusinessType.ne(1))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(message::Column::Priority.is_in(priorities.iter().copied()))
-                    .add(message::Column::DueAt.lte(now)),
-            )
-            .order_by_asc(message::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .or_db()
+    ) -> Result<Vec<MessageRow>> {
+        read_all(
+            message::Entity::find()
+                .filter(message::Column::Kind.eq(MessageKind::Document.as_str()))
+                .filter(message::Column::AcceptedAt.gte(since))
+                .filter(message::Column::BusinessType.ne(1))
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(message::Column::Priority.is_in(priorities.iter().copied()))
+                        .add(message::Column::DueAt.lte(now)),
+                )
+                .order_by_asc(message::Column::Id)
+                .limit(limit)
+                .all(&self.db)
+                .await
+                .or_db()?,
+        )
     }
 
     /// The transfer log's lines of one kind, newest first, at most `limit`;
@@ -1860,7 +1868,7 @@ impl Store {
         kind: EventKind,
         sender: Option<&str>,
         limit: u64,
-    ) -> Result<Vec<event::Model>> {
+    ) -> Result<Vec<EventRow>> {
         let mut q = event::Entity::find().filter(event::Column::Kind.eq(kind.as_str()));
         if let Some(s) = sender {
             q = q.filter(event::Column::Sender.eq(s));
@@ -1870,16 +1878,18 @@ impl Store {
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(EventRow::from).collect())
     }
 
     /// Events whose message_id is this one, whoever sent it (operator view).
-    pub async fn events_by_message_id(&self, message_id: &str) -> Result<Vec<event::Model>> {
+    pub async fn events_by_message_id(&self, message_id: &str) -> Result<Vec<EventRow>> {
         event::Entity::find()
             .filter(event::Column::MessageId.eq(message_id))
             .order_by_asc(event::Column::Id)
             .all(&self.db)
             .await
             .or_db()
+            .map(|rows| rows.into_iter().map(EventRow::from).collect())
     }
 
     /// Raw statement execution for tests and tools.
@@ -1894,7 +1904,7 @@ impl Store {
 }
 
 /// Binds a signing certificate's key to an agency (re-binding moves it).
-async fn bind_cert<C: ConnectionTrait>(c: &C, row: signing_cert::Model) -> Result<(), DbErr> {
+async fn bind_cert<C: ConnectionTrait>(c: &C, row: SigningCertRow) -> Result<(), DbErr> {
     signing_cert::Entity::insert(signing_cert::ActiveModel {
         spki_sha256: Set(row.spki_sha256),
         organ_id: Set(row.organ_id),
@@ -1922,7 +1932,7 @@ async fn bind_cert<C: ConnectionTrait>(c: &C, row: signing_cert::Model) -> Resul
 }
 
 /// Binds a client certificate's key (re-binding moves it).
-async fn bind_client<C: ConnectionTrait>(c: &C, row: client_cert::Model) -> Result<(), DbErr> {
+async fn bind_client<C: ConnectionTrait>(c: &C, row: ClientCertRow) -> Result<(), DbErr> {
     client_cert::Entity::insert(client_cert::ActiveModel {
         spki_sha256: Set(row.spki_sha256),
         organ_id: Set(row.organ_id),

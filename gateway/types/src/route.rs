@@ -65,6 +65,15 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// Reads the stored form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<MessageKind> {
+        match s {
+            "document" => Some(MessageKind::Document),
+            "status" => Some(MessageKind::Status),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MessageKind::Document => "document",
@@ -94,6 +103,10 @@ mod tests {
         }
         assert_eq!(Route::parse("locale"), None);
         assert_eq!(Route::parse("000.00.01.H35"), None);
+        for k in [MessageKind::Document, MessageKind::Status] {
+            assert_eq!(MessageKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(MessageKind::parse("Document"), None);
     }
 
     #[test]

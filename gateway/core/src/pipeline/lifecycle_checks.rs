@@ -208,21 +208,12 @@ impl Gateway {
                 }
                 let mut routes = Vec::new();
                 for d in deliveries {
-                    let route = Route::parse(&d.route).ok_or_else(|| {
-                        Error::new(
-                            Reason::Internal,
-                            format!(
-                                "delivery {} has a route this gateway cannot read ({:?})",
-                                d.delivery_id, d.route
-                            ),
-                        )
-                    })?;
                     match d.state.as_str() {
                         "withdrawn" => {}
                         "pending" if d.last_delivered_at.is_none() => {
-                            effect.withdraw.push((d.id, d.recipient, route))
+                            effect.withdraw.push((d.id, d.recipient, d.route))
                         }
-                        _ => routes.push((d.recipient, route)),
+                        _ => routes.push((d.recipient, d.route)),
                     }
                 }
                 effect.note = Some(format!(

@@ -17,7 +17,7 @@ use crate::error::{Error, Reason, Result};
 use crate::organ_id::IdPolicy;
 use crate::rows::{DeliveryRow, MessageRow};
 use crate::store::{AcceptError, NewAttachment, NewMessage, now_micros};
-use lienthong_types::timestamp;
+use lienthong_types::{Route, timestamp};
 
 use super::{Caller, Gateway, Inner, PdfPolicy, Role, Subject};
 
@@ -327,10 +327,10 @@ impl Open {
                 for r in &recipients {
                     gw.inboxes.notify(r);
                 }
-                if deliveries.iter().any(|d| d.route != "local") {
+                if deliveries.iter().any(|d| !d.route.is_local()) {
                     gw.outbox_wake.send_modify(|v| *v = v.wrapping_add(1));
                 }
-                let routes: HashSet<&str> = deliveries.iter().map(|d| d.route.as_str()).collect();
+                let routes: HashSet<&Route> = deliveries.iter().map(|d| &d.route).collect();
                 for route in routes {
                     gw.metrics.message_accepted(route);
                 }
@@ -644,7 +644,7 @@ pub(super) fn make_receipt(
             .into_iter()
             .map(|d| pb::RecipientRoute {
                 organ_id: d.recipient,
-                route: d.route,
+                route: d.route.to_string(),
             })
             .collect(),
         gateway: gateway.to_owned(),
