@@ -1,4 +1,4 @@
-//! Issue 7's acceptance test: generated traffic for a directory of 500
+//! The reports' acceptance test: generated traffic for a directory of 500
 //! agencies goes through the real pipeline in-process (signed envelopes,
 //! inboxes, acknowledgements, status notices, refusals); the report's
 //! figures must equal counts kept independently while the traffic was made.
