@@ -4,6 +4,8 @@
 //! operations, named in the domain's words.
 
 pub mod blobs;
+mod commit;
+mod directory_cache;
 pub mod error;
 pub mod maintenance;
 pub mod operators;

@@ -66,6 +66,21 @@ impl Sql {
         self
     }
 
+    /// `(?, ?), (?, ?), …`: pairs to match a row value against, as in
+    /// `(a, b) IN (VALUES …)` (both engines read it; SQLite has no other
+    /// form of a row-value list).
+    pub(crate) fn pairs<A, B>(&mut self, pairs: impl IntoIterator<Item = (A, B)>) -> &mut Sql
+    where
+        A: Into<Value>,
+        B: Into<Value>,
+    {
+        for (i, (a, b)) in pairs.into_iter().enumerate() {
+            self.push(if i == 0 { "(" } else { ", (" });
+            self.bind(a).push(", ").bind(b).push(")");
+        }
+        self
+    }
+
     /// ` AND col IN (…)` for a scope (nothing for every agency).
     pub(crate) fn filter(&mut self, col: &str, f: &Filter) -> &mut Sql {
         match f {
@@ -175,5 +190,15 @@ mod tests {
         q.push("SELECT 1 WHERE x = ").bind(1i64).filter("y", &codes);
         assert_eq!(q.text, "SELECT 1 WHERE x = ? AND y IN (?, ?)");
         assert_eq!(like_escape("50%_a\\"), "50\\%\\_a\\\\");
+        let mut q = Sql::new(DbBackend::Postgres);
+        q.push("UPDATE t SET x = ")
+            .bind(1i64)
+            .push(" WHERE (a, b) IN (VALUES ");
+        q.pairs([("p", "q"), ("r", "s")]).push(")");
+        assert_eq!(
+            q.text,
+            "UPDATE t SET x = $1 WHERE (a, b) IN (VALUES ($2, $3), ($4, $5))"
+        );
+        assert_eq!(q.values.len(), 5);
     }
 }

@@ -10,6 +10,7 @@
 //! ever inserted into.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lienthong_schema::Migrator;
@@ -21,9 +22,9 @@ use lienthong_schema::entity::{
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    SqlErr, Statement, TransactionTrait,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, PaginatorTrait, PrimaryKeyTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    Statement, TransactionTrait,
 };
 
 use crate::error::{Error, OrDb, OrErr, Reason, Result, db_error};
@@ -33,6 +34,9 @@ use crate::rows::{
 };
 use lienthong_types::{MessageKind, Route};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::commit::{Accepted, AckRequest, COMMIT_QUEUE, DeliveredMarks, Job, committer_gone};
+use crate::directory_cache::{self, DirectoryCache};
 
 pub use lienthong_types::now_micros;
 
@@ -107,26 +111,6 @@ pub struct NewEvent {
     pub transport: String,
 }
 
-impl NewEvent {
-    fn into_active(self, at: i64, seq: i64, prev_hash: String, hash: String) -> event::ActiveModel {
-        event::ActiveModel {
-            at: Set(at),
-            kind: Set(self.kind.as_str().to_owned()),
-            sender: Set(self.sender),
-            message_id: Set(self.message_id),
-            recipient: Set(self.recipient),
-            reason: Set(self.reason),
-            detail: Set(self.detail),
-            actor: Set(self.actor),
-            transport: Set(self.transport),
-            chain_seq: Set(Some(seq)),
-            prev_hash: Set(Some(prev_hash)),
-            hash: Set(Some(hash)),
-            ..Default::default()
-        }
-    }
-}
-
 /// The hash of one transfer-log event, chained to the one before it.
 ///
 /// Every field is length-prefixed so that no two different events encode
@@ -184,66 +168,15 @@ fn event_hash(e: &event::Model) -> Option<String> {
     ))
 }
 
-/// Appends events to the hash chain inside the caller's transaction. The
-/// head row is updated first: it serialises appenders (a row lock in
-/// PostgreSQL, the write lock in SQLite), so the chain follows commit order.
+/// Appends events to the hash chain inside the caller's transaction, after
+/// the head row's position (see [`crate::commit::append`]).
 pub(crate) async fn append_events<C: ConnectionTrait>(
     c: &C,
     events: Vec<NewEvent>,
     at: i64,
 ) -> Result<(), DbErr> {
-    append_timed(c, events.into_iter().map(|e| (at, e)).collect()).await
-}
-
-/// [`append_events`] with a time per event (a group commit appends the
-/// events of several acceptances and acknowledgements at once).
-async fn append_timed<C: ConnectionTrait>(
-    c: &C,
-    events: Vec<(i64, NewEvent)>,
-) -> Result<(), DbErr> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let n = events.len() as i64;
-    let backend = c.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash"
-        }
-        _ => "UPDATE log_head SET seq = seq + ? WHERE id = 1 RETURNING seq, hash",
-    };
-    let row = c
-        .query_one_raw(Statement::from_sql_and_values(backend, sql, [n.into()]))
-        .await?
-        .ok_or_else(|| DbErr::Custom("the transfer log's head row is missing".to_owned()))?;
-    let end: i64 = row.try_get("", "seq")?;
-    let mut prev: String = row.try_get("", "hash")?;
-    let mut rows = Vec::with_capacity(events.len());
-    for (i, (at, e)) in events.into_iter().enumerate() {
-        let seq = end - n + 1 + i as i64;
-        let hash = chain_hash(
-            &prev,
-            seq,
-            at,
-            e.kind.as_str(),
-            &e.sender,
-            &e.message_id,
-            e.recipient.as_deref(),
-            e.reason.as_deref(),
-            &e.detail,
-            e.actor.as_deref(),
-            &e.transport,
-        );
-        rows.push(e.into_active(at, seq, prev, hash.clone()));
-        prev = hash;
-    }
-    event::Entity::insert_many(rows).exec(c).await?;
-    log_head::Entity::update_many()
-        .col_expr(log_head::Column::Hash, Expr::value(prev))
-        .filter(log_head::Column::Id.eq(1))
-        .exec(c)
-        .await?;
-    Ok(())
+    let events: Vec<(i64, NewEvent)> = events.into_iter().map(|e| (at, e)).collect();
+    crate::commit::append(c, None, &events).await.map(|_| ())
 }
 
 /// What `lienthong log verify` found.
@@ -403,311 +336,8 @@ pub struct Store {
     /// many as are waiting, in one transaction (one fsync). `None` outside
     /// a runtime (then each acceptance commits alone).
     committer: Option<mpsc::Sender<Job>>,
-}
-
-type Accepted = (MessageRow, Vec<DeliveryRow>);
-
-/// One write waiting for the group commit.
-enum Job {
-    Accept {
-        message: Box<NewMessage>,
-        reply: oneshot::Sender<Result<Accepted, AcceptError>>,
-    },
-    Ack {
-        ack: AckRequest,
-        reply: oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
-    },
-    Delivered {
-        marks: DeliveredMarks,
-        reply: oneshot::Sender<Result<(), DbErr>>,
-    },
-}
-
-/// Deliveries handed out (a batch an inbox read), and their log lines.
-struct DeliveredMarks {
-    ids: Vec<i64>,
-    events: Vec<NewEvent>,
-    at: i64,
-}
-
-struct AckRequest {
-    recipient: String,
-    delivery_id: String,
-    transport: String,
-    at: i64,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Job::Accept { message, .. } => f
-                .debug_struct("Accept")
-                .field("message_id", &message.message_id)
-                .finish(),
-            Job::Ack { ack, .. } => f
-                .debug_struct("Ack")
-                .field("delivery_id", &ack.delivery_id)
-                .finish(),
-            Job::Delivered { marks, .. } => f
-                .debug_struct("Delivered")
-                .field("deliveries", &marks.ids.len())
-                .finish(),
-        }
-    }
-}
-
-/// The committer is the gateway's way to the database: when it has stopped
-/// (the runtime is shutting down), the database is as good as unreachable.
-fn committer_gone() -> DbErr {
-    DbErr::Conn(sea_orm::RuntimeErr::Internal(
-        "the group committer stopped before answering".to_owned(),
-    ))
-}
-
-/// The most acceptances one transaction takes. A lone acceptance never
-/// waits for company: the committer takes what is queued when it is free.
-const MAX_GROUP: usize = 64;
-
-/// Acceptances queued for the committer before senders wait (backpressure).
-const COMMIT_QUEUE: usize = 256;
-
-async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => group.push(j),
-                Err(_) => break,
-            }
-        }
-        commit_group(&db, group).await;
-    }
-}
-
-/// What one job of a group came to, before the shared commit.
-enum Done {
-    Accept(
-        oneshot::Sender<Result<Accepted, AcceptError>>,
-        Box<Result<Accepted, AcceptError>>,
-    ),
-    Ack(
-        oneshot::Sender<Result<Option<AckOutcome>, DbErr>>,
-        Result<Option<AckOutcome>, DbErr>,
-    ),
-    Delivered(oneshot::Sender<Result<(), DbErr>>),
-}
-
-impl Done {
-    /// Tells the job's caller it failed with the group (nothing committed),
-    /// with the group's own error: whether it was an outage or not is the
-    /// caller's answer too.
-    fn fail(self, err: &DbErr) {
-        match self {
-            Done::Accept(reply, _) => {
-                let _ = reply.send(Err(AcceptError::Db(err.clone())));
-            }
-            Done::Ack(reply, _) => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            Done::Delivered(reply) => {
-                let _ = reply.send(Err(err.clone()));
-            }
-        }
-    }
-
-    /// Tells the job's caller its outcome, once the group has committed.
-    fn answer(self) {
-        match self {
-            Done::Accept(reply, r) => {
-                let _ = reply.send(*r);
-            }
-            Done::Ack(reply, r) => {
-                let _ = reply.send(r);
-            }
-            Done::Delivered(reply) => {
-                let _ = reply.send(Ok(()));
-            }
-        }
-    }
-}
-
-/// Writes a group of acceptances and acknowledgements in one transaction.
-/// Each acceptance of a group of several runs in a savepoint of its own: one
-/// refused (a duplicate message_id) does not undo the others. The transfer
-/// log's lines of the whole group are appended once, at the end (one head
-/// update for the group). Nobody hears "accepted" or "acknowledged" before
-/// the whole transaction has committed.
-async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
-    let fail_all = |group: Vec<Job>, err: DbErr| {
-        for j in group {
-            match j {
-                Job::Accept { reply, .. } => {
-                    let _ = reply.send(Err(AcceptError::Db(err.clone())));
-                }
-                Job::Ack { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-                Job::Delivered { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
-        }
-    };
-    let txn = match db.begin().await {
-        Ok(t) => t,
-        Err(e) => return fail_all(group, e),
-    };
-    let alone = group.len() == 1;
-    let mut lone_failure = false;
-    let mut events: Vec<(i64, NewEvent)> = Vec::new();
-    let mut done = Vec::with_capacity(group.len());
-    for j in group {
-        match j {
-            Job::Accept { message, reply } => {
-                let at = message.accepted_at;
-                let r = if alone {
-                    // Nothing to keep apart: a failure rolls the whole
-                    // transaction back.
-                    accept_in(&txn, *message).await
-                } else {
-                    match txn.begin().await {
-                        Ok(sp) => match accept_in(&sp, *message).await {
-                            Ok(ok) => sp.commit().await.map(|()| ok).map_err(AcceptError::Db),
-                            Err(e) => {
-                                let _ = sp.rollback().await;
-                                Err(e)
-                            }
-                        },
-                        Err(e) => Err(AcceptError::Db(e)),
-                    }
-                };
-                // A lone acceptance that failed may have written part of
-                // itself: the transaction must not commit.
-                lone_failure |= alone && r.is_err();
-                let r = r.map(|(accepted, evs)| {
-                    events.extend(evs.into_iter().map(|e| (at, e)));
-                    accepted
-                });
-                done.push(Done::Accept(reply, Box::new(r)));
-            }
-            Job::Ack { ack, reply } => {
-                let at = ack.at;
-                // An acknowledgement has no expected failure: a database
-                // error fails the group (each caller may ack again).
-                let r = match ack_in(&txn, &ack).await {
-                    Ok((outcome, ev)) => {
-                        events.extend(ev.map(|e| (at, e)));
-                        Ok(outcome)
-                    }
-                    Err(e) => {
-                        drop(txn);
-                        done.into_iter().for_each(|d| d.fail(&e));
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                done.push(Done::Ack(reply, r));
-            }
-            Job::Delivered { marks, reply } => {
-                // No expected failure either: a database error fails the
-                // group (the inbox reads the batch again).
-                let marked = delivery::Entity::update_many()
-                    .col_expr(
-                        delivery::Column::Attempts,
-                        Expr::col(delivery::Column::Attempts).add(1),
-                    )
-                    .col_expr(delivery::Column::LastDeliveredAt, Expr::value(marks.at))
-                    .filter(delivery::Column::Id.is_in(marks.ids))
-                    .exec(&txn)
-                    .await;
-                if let Err(e) = marked {
-                    drop(txn);
-                    done.into_iter().for_each(|d| d.fail(&e));
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-                events.extend(marks.events.into_iter().map(|e| (marks.at, e)));
-                done.push(Done::Delivered(reply));
-            }
-        }
-    }
-    if lone_failure {
-        // Nothing of it is kept; its caller hears its own error (a
-        // duplicate stays a duplicate, not a database failure).
-        let _ = txn.rollback().await;
-        done.into_iter().for_each(Done::answer);
-        return;
-    }
-    let committed = match append_timed(&txn, events).await {
-        Ok(()) => txn.commit().await,
-        Err(e) => Err(e),
-    };
-    match committed {
-        Ok(()) => done.into_iter().for_each(Done::answer),
-        Err(e) => done.into_iter().for_each(|d| d.fail(&e)),
-    }
-}
-
-/// Acknowledges one delivery inside the caller's transaction; the log line
-/// is returned for the caller to append.
-async fn ack_in<C: ConnectionTrait>(
-    c: &C,
-    a: &AckRequest,
-) -> Result<(Option<AckOutcome>, Option<NewEvent>), DbErr> {
-    let backend = c.get_database_backend();
-    // Write first (a SQLite transaction that reads before it writes can fail
-    // to upgrade its lock), and learn the message in the same statement.
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "UPDATE deliveries SET state = 'acked', acked_at = $1 \
-             WHERE delivery_id = $2 AND recipient = $3 AND state = 'pending' RETURNING message_pk"
-        }
-        _ => {
-            "UPDATE deliveries SET state = 'acked', acked_at = ? \
-             WHERE delivery_id = ? AND recipient = ? AND state = 'pending' RETURNING message_pk"
-        }
-    };
-    let row = c
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [
-                a.at.into(),
-                a.delivery_id.clone().into(),
-                a.recipient.clone().into(),
-            ],
-        ))
-        .await?;
-    let Some(row) = row else {
-        let known = delivery::Entity::find()
-            .filter(delivery::Column::DeliveryId.eq(a.delivery_id.as_str()))
-            .filter(delivery::Column::Recipient.eq(a.recipient.as_str()))
-            .one(c)
-            .await?;
-        return Ok((known.map(|_| AckOutcome::AlreadyAcknowledged), None));
-    };
-    let message_pk: i64 = row.try_get("", "message_pk")?;
-    let msg = message::Entity::find_by_id(message_pk)
-        .select_only()
-        .column(message::Column::Sender)
-        .column(message::Column::MessageId)
-        .into_tuple::<(String, String)>()
-        .one(c)
-        .await?;
-    let (sender, message_id) = msg.unwrap_or_default();
-    Ok((
-        Some(AckOutcome::Acknowledged),
-        Some(NewEvent {
-            kind: EventKind::Acknowledged,
-            sender,
-            message_id,
-            recipient: Some(a.recipient.clone()),
-            reason: None,
-            detail: format!("delivery {} acknowledged", a.delivery_id),
-            actor: Some(a.recipient.clone()),
-            transport: a.transport.clone(),
-        }),
-    ))
+    /// The directory's rows the pipeline reads on every call.
+    directory: Arc<DirectoryCache>,
 }
 
 impl Store {
@@ -752,20 +382,29 @@ impl Store {
         // Group commit runs on the runtime that opened the store.
         let committer = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
-            rt.spawn(commit_loop(db.clone(), rx));
+            rt.spawn(crate::commit::commit_loop(db.clone(), rx));
             tx
         });
-        Ok(Store { db, committer })
+        Ok(Store {
+            db,
+            committer,
+            directory: Arc::default(),
+        })
     }
 
-    /// The committer for acknowledgements and hand-out marks: on SQLite,
-    /// which has one writer at a time anyway, they share its transactions;
-    /// PostgreSQL runs them on the pool in parallel, where they commit
-    /// faster than through the one committer.
-    fn small_writes_committer(&self) -> Option<&mpsc::Sender<Job>> {
-        self.committer
-            .as_ref()
-            .filter(|_| self.db.get_database_backend() == DbBackend::Sqlite)
+    /// Hands a job to the group committer and waits for its answer, or,
+    /// without a committer (no runtime, or it is shutting down), writes it
+    /// alone here.
+    async fn commit<T>(&self, job: Job, answer: oneshot::Receiver<T>) -> Option<T> {
+        let job = match &self.committer {
+            Some(tx) => match tx.send(job).await {
+                Ok(()) => return answer.await.ok(),
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        crate::commit::commit_alone(&self.db, job).await;
+        answer.await.ok()
     }
 
     pub(crate) fn connection(&self) -> &DatabaseConnection {
@@ -783,12 +422,56 @@ impl Store {
 
     // ----- directory -------------------------------------------------------
 
-    pub async fn agency(&self, organ_id: &str) -> Result<Option<AgencyRow>> {
-        agency::Entity::find_by_id(organ_id.to_owned())
-            .one(&self.db)
+    /// Confirms the directory kept in memory against the database's
+    /// version (one small read): a call does this when it begins, so that
+    /// it sees every change made before, by whichever process.
+    pub async fn confirm_directory(&self) -> Result<()> {
+        let backend = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                backend,
+                "SELECT version FROM directory_version WHERE id = 1",
+            ))
             .await
-            .or_db()
-            .map(|a| a.map(AgencyRow::from))
+            .or_db()?
+            .ok_or_else(|| {
+                Error::new(
+                    Reason::Internal,
+                    "the directory's version row is missing; the database was changed by hand",
+                )
+            })?;
+        let version: i64 = row.try_get("", "version").or_db()?;
+        self.directory.confirmed(version);
+        Ok(())
+    }
+
+    /// A directory entry from memory, or read (and kept) when it is not
+    /// there.
+    async fn directory_entry<K, F>(&self, key: K::Key, read: F) -> Result<K::Value>
+    where
+        K: directory_cache::Kind,
+        F: AsyncFnOnce(&DatabaseConnection) -> Result<K::Value>,
+    {
+        if !self.directory.fresh() {
+            self.confirm_directory().await?;
+        }
+        match self.directory.get::<K>(&key) {
+            Ok(v) => Ok(v),
+            Err(generation) => {
+                let v = read(&self.db).await?;
+                self.directory.put::<K>(generation, key, v.clone());
+                Ok(v)
+            }
+        }
+    }
+
+    pub async fn agency(&self, organ_id: &str) -> Result<Option<AgencyRow>> {
+        let key = organ_id.to_owned();
+        self.directory_entry::<directory_cache::Agencies, _>(key.clone(), async |db| {
+            row_by_id::<agency::Entity, _>(db, key).await
+        })
+        .await
     }
 
     pub async fn agencies(&self) -> Result<Vec<AgencyRow>> {
@@ -938,35 +621,45 @@ impl Store {
             }
         }
         append_events(&txn, log, now).await.or_db()?;
-        txn.commit().await.or_db()?;
-        Ok(())
+        txn.execute_raw(Statement::from_string(
+            txn.get_database_backend(),
+            "UPDATE directory_version SET version = version + 1 WHERE id = 1",
+        ))
+        .await
+        .or_db()?;
+        // Whatever the commit's outcome, what is kept in memory may be old.
+        let committed = txn.commit().await.or_db();
+        self.directory.changed();
+        committed
     }
 
     pub async fn signing_cert(&self, spki_sha256_hex: &str) -> Result<Option<SigningCertRow>> {
-        signing_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
-            .one(&self.db)
-            .await
-            .or_db()
-            .map(|c| c.map(SigningCertRow::from))
+        let key = spki_sha256_hex.to_owned();
+        self.directory_entry::<directory_cache::Signing, _>(key.clone(), async |db| {
+            row_by_id::<signing_cert::Entity, _>(db, key).await
+        })
+        .await
     }
 
     /// Whether `agent` may send in the name of `principal`.
     pub async fn represents(&self, agent: &str, principal: &str) -> Result<bool> {
-        Ok(
-            representation::Entity::find_by_id((agent.to_owned(), principal.to_owned()))
-                .one(&self.db)
-                .await
-                .or_db()?
-                .is_some(),
-        )
+        let key = (agent.to_owned(), principal.to_owned());
+        self.directory_entry::<directory_cache::Represents, _>(key.clone(), async |db| {
+            Ok(
+                row_by_id::<representation::Entity, representation::Model>(db, key)
+                    .await?
+                    .is_some(),
+            )
+        })
+        .await
     }
 
     pub async fn client_cert(&self, spki_sha256_hex: &str) -> Result<Option<ClientCertRow>> {
-        client_cert::Entity::find_by_id(spki_sha256_hex.to_owned())
-            .one(&self.db)
-            .await
-            .or_db()
-            .map(|c| c.map(ClientCertRow::from))
+        let key = spki_sha256_hex.to_owned();
+        self.directory_entry::<directory_cache::Client, _>(key.clone(), async |db| {
+            row_by_id::<client_cert::Entity, _>(db, key).await
+        })
+        .await
     }
 
     pub async fn signing_certs_of(&self, organ_id: &str) -> Result<Vec<SigningCertRow>> {
@@ -1115,239 +808,14 @@ impl Store {
     /// moment (group commit). Returns, once committed, the message row and
     /// its deliveries.
     pub async fn accept(&self, m: NewMessage) -> Result<Accepted, AcceptError> {
-        let m = match &self.committer {
-            Some(tx) => {
-                let (reply, answer) = oneshot::channel();
-                match tx
-                    .send(Job::Accept {
-                        message: Box::new(m),
-                        reply,
-                    })
-                    .await
-                {
-                    Ok(()) => {
-                        return answer
-                            .await
-                            .unwrap_or_else(|_| Err(AcceptError::Db(committer_gone())));
-                    }
-                    // The committer is gone (its runtime is shutting down):
-                    // commit alone.
-                    Err(mpsc::error::SendError(Job::Accept { message, .. })) => *message,
-                    Err(mpsc::error::SendError(_)) => {
-                        return Err(AcceptError::Db(DbErr::Custom(
-                            "the group committer was handed the wrong job".to_owned(),
-                        )));
-                    }
-                }
-            }
-            None => m,
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Accept {
+            message: Box::new(m),
+            reply,
         };
-        let at = m.accepted_at;
-        let txn = self.db.begin().await.map_err(AcceptError::Db)?;
-        let (done, events) = accept_in(&txn, m).await?;
-        append_events(&txn, events, at)
+        self.commit(job, answer)
             .await
-            .map_err(AcceptError::Db)?;
-        txn.commit().await.map_err(AcceptError::Db)?;
-        Ok(done)
-    }
-}
-
-/// Everything one acceptance writes, inside the caller's transaction (or
-/// savepoint), except its transfer-log lines: those are returned, for the
-/// caller to append in the same transaction.
-async fn accept_in<C: ConnectionTrait>(
-    txn: &C,
-    m: NewMessage,
-) -> Result<(Accepted, Vec<NewEvent>), AcceptError> {
-    {
-        let inserted = message::ActiveModel {
-            sender: Set(m.sender.clone()),
-            message_id: Set(m.message_id.clone()),
-            kind: Set(m.kind.as_str().to_owned()),
-            document_id: Set(m.document_id.clone()),
-            ref_from: Set(m.ref_from.clone()),
-            status_code: Set(m.status_code.clone()),
-            envelope_sha256: Set(m.envelope_sha256_hex.clone()),
-            signed_envelope: Set(m.signed_envelope),
-            verification: Set(m.verification),
-            accepted_at: Set(m.accepted_at),
-            attachment_count: Set(m.attachments.len() as i32),
-            upstream: Set(m.upstream.clone()),
-            business_type: Set(m.business_type),
-            replaces: Set(m.replaces.clone()),
-            priority: Set(m.priority),
-            due_at: Set(m.due_at),
-            due_date: Set(m.index.as_ref().map(|i| i.due_date.clone())),
-            code: Set(m.index.as_ref().map(|i| i.code.clone())),
-            subject: Set(m.index.as_ref().map(|i| i.subject.clone())),
-            ..Default::default()
-        }
-        .insert(txn)
-        .await;
-        let msg = match inserted {
-            Ok(msg) => msg,
-            Err(e) => {
-                // Rollback happens on drop of the transaction.
-                return Err(match e.sql_err() {
-                    Some(SqlErr::UniqueConstraintViolation(_)) => AcceptError::AlreadyExists,
-                    _ => AcceptError::Db(e),
-                });
-            }
-        };
-        if !m.attachments.is_empty() {
-            let rows = m
-                .attachments
-                .iter()
-                .enumerate()
-                .map(|(i, a)| attachment::ActiveModel {
-                    message_pk: Set(msg.id),
-                    idx: Set(i as i32),
-                    name: Set(a.name.clone()),
-                    content_type: Set(a.content_type.clone()),
-                    size: Set(a.size as i64),
-                    sha256: Set(a.sha256_hex.clone()),
-                });
-            attachment::Entity::insert_many(rows)
-                .exec(txn)
-                .await
-                .map_err(AcceptError::Db)?;
-        }
-        // A recall takes the recalled document out of the inboxes that have
-        // not yet had it; a copy handed out meanwhile gets the recall.
-        let mut recipients = m.recipients.clone();
-        let mut withdrawn = Vec::new();
-        for (pk, recipient, route) in &m.withdraw {
-            let taken = delivery::Entity::update_many()
-                .col_expr(delivery::Column::State, Expr::value("withdrawn"))
-                .col_expr(delivery::Column::AckedAt, Expr::value(m.accepted_at))
-                .filter(delivery::Column::Id.eq(*pk))
-                .filter(delivery::Column::State.eq("pending"))
-                .filter(delivery::Column::LastDeliveredAt.is_null())
-                .exec(txn)
-                .await
-                .map_err(AcceptError::Db)?
-                .rows_affected;
-            if taken == 1 {
-                outbox::Entity::update_many()
-                    .col_expr(outbox::Column::State, Expr::value("cancelled"))
-                    .filter(outbox::Column::DeliveryPk.eq(*pk))
-                    .filter(outbox::Column::State.eq("pending"))
-                    .exec(txn)
-                    .await
-                    .map_err(AcceptError::Db)?;
-                withdrawn.push(recipient.clone());
-            } else if !recipients.iter().any(|(r, _)| r == recipient) {
-                recipients.push((recipient.clone(), route.clone()));
-            }
-        }
-        let mut deliveries = Vec::with_capacity(recipients.len());
-        for (recipient, route) in &recipients {
-            let d = delivery::ActiveModel {
-                delivery_id: Set(uuid::Uuid::now_v7().simple().to_string()),
-                message_pk: Set(msg.id),
-                recipient: Set(recipient.clone()),
-                route: Set(route.to_string()),
-                state: Set("pending".to_owned()),
-                attempts: Set(0),
-                created_at: Set(m.accepted_at),
-                last_delivered_at: Set(None),
-                acked_at: Set(None),
-                ..Default::default()
-            }
-            .insert(txn)
-            .await
-            .map_err(AcceptError::Db)?;
-            // The outbox row commits with the message: what is accepted for
-            // another gateway or a queue is published, whatever happens next.
-            if let Some((exchange, routing_key)) = route.amqp_destination(recipient) {
-                outbox::ActiveModel {
-                    delivery_pk: Set(d.id),
-                    message_pk: Set(msg.id),
-                    exchange: Set(exchange),
-                    routing_key: Set(routing_key),
-                    state: Set("pending".to_owned()),
-                    attempts: Set(0),
-                    last_error: Set(None),
-                    created_at: Set(m.accepted_at),
-                    sent_at: Set(None),
-                    ..Default::default()
-                }
-                .insert(txn)
-                .await
-                .map_err(AcceptError::Db)?;
-            }
-            deliveries.push(DeliveryRow::written(d, route.clone()));
-        }
-        let base = NewEvent {
-            kind: EventKind::Accepted,
-            sender: m.sender.clone(),
-            message_id: m.message_id.clone(),
-            recipient: None,
-            reason: None,
-            detail: String::new(),
-            actor: Some(m.actor.clone()),
-            transport: m.transport.clone(),
-        };
-        let mut accepted_detail = format!(
-            "accepted over {} for {} recipient(s), {} attachment(s), envelope sha256 {}",
-            m.transport,
-            recipients.len(),
-            m.attachments.len(),
-            m.envelope_sha256_hex
-        );
-        if let Some(a) = &m.agent {
-            accepted_detail.push_str(&format!("; sent by {a} for {}", m.sender));
-        }
-        if let (None, Some(n)) = (&m.status_code, &m.status_note) {
-            accepted_detail.push_str("; ");
-            accepted_detail.push_str(n);
-        }
-        let mut events = vec![NewEvent {
-            detail: accepted_detail,
-            ..base.clone()
-        }];
-        if let (Some(code), Some(doc_from)) = (&m.status_code, &m.ref_from) {
-            let mut detail = format!("status {code} for document {} of {doc_from}", m.document_id);
-            if let Some(n) = &m.status_note {
-                detail.push_str(": ");
-                detail.push_str(n);
-            }
-            events.push(NewEvent {
-                kind: EventKind::StatusReceived,
-                reason: Some(code.clone()),
-                detail,
-                ..base.clone()
-            });
-        }
-        for recipient in &withdrawn {
-            events.push(NewEvent {
-                kind: EventKind::Withdrawn,
-                recipient: Some(recipient.clone()),
-                detail: format!(
-                    "document {} recalled before it was delivered: taken out of the inbox",
-                    m.replaces.as_deref().unwrap_or_default()
-                ),
-                ..base.clone()
-            });
-        }
-        for (recipient, route) in &recipients {
-            events.push(NewEvent {
-                kind: EventKind::Routed,
-                recipient: Some(recipient.clone()),
-                detail: format!("route {route}"),
-                ..base.clone()
-            });
-        }
-        for recipient in &m.elsewhere {
-            events.push(NewEvent {
-                kind: EventKind::Routed,
-                recipient: Some(recipient.clone()),
-                detail: "served by another gateway, which had it from the same exchange; not forwarded from here".to_owned(),
-                ..base.clone()
-            });
-        }
-        Ok(((MessageRow::written(msg, m.kind), deliveries), events))
+            .unwrap_or_else(|| Err(AcceptError::Db(committer_gone())))
     }
 }
 
@@ -1616,40 +1084,11 @@ impl Store {
             events,
             at: now,
         };
-        let marks = match self.small_writes_committer() {
-            Some(tx) => {
-                let (reply, answer) = oneshot::channel();
-                match tx.send(Job::Delivered { marks, reply }).await {
-                    Ok(()) => {
-                        return match answer.await {
-                            Ok(r) => r.map(|()| attempts).or_db(),
-                            Err(_) => Err(db_error(committer_gone())),
-                        };
-                    }
-                    Err(mpsc::error::SendError(Job::Delivered { marks, .. })) => marks,
-                    Err(mpsc::error::SendError(_)) => {
-                        return Err(db_error(DbErr::Custom(
-                            "the group committer was handed the wrong job".to_owned(),
-                        )));
-                    }
-                }
-            }
-            None => marks,
-        };
-        let txn = self.db.begin().await.or_db()?;
-        delivery::Entity::update_many()
-            .col_expr(
-                delivery::Column::Attempts,
-                Expr::col(delivery::Column::Attempts).add(1),
-            )
-            .col_expr(delivery::Column::LastDeliveredAt, Expr::value(now))
-            .filter(delivery::Column::Id.is_in(marks.ids))
-            .exec(&txn)
-            .await
-            .or_db()?;
-        append_events(&txn, marks.events, now).await.or_db()?;
-        txn.commit().await.or_db()?;
-        Ok(attempts)
+        let (reply, answer) = oneshot::channel();
+        match self.commit(Job::Delivered { marks, reply }, answer).await {
+            Some(r) => r.map(|()| attempts).or_db(),
+            None => Err(db_error(committer_gone())),
+        }
     }
 
     /// Acknowledges a delivery of `recipient`. Unknown ids, and ids of other
@@ -1666,35 +1105,11 @@ impl Store {
             transport: transport.to_owned(),
             at: now_micros(),
         };
-        let ack = match self.small_writes_committer() {
-            Some(tx) => {
-                let (reply, answer) = oneshot::channel();
-                match tx.send(Job::Ack { ack, reply }).await {
-                    Ok(()) => {
-                        return match answer.await {
-                            Ok(r) => r.or_db(),
-                            Err(_) => Err(db_error(committer_gone())),
-                        };
-                    }
-                    Err(mpsc::error::SendError(Job::Ack { ack, .. })) => ack,
-                    Err(mpsc::error::SendError(_)) => {
-                        return Err(db_error(DbErr::Custom(
-                            "the group committer was handed the wrong job".to_owned(),
-                        )));
-                    }
-                }
-            }
-            None => ack,
-        };
-        let txn = self.db.begin().await.or_db()?;
-        let (outcome, event) = ack_in(&txn, &ack).await.or_db()?;
-        if let Some(e) = event {
-            append_events(&txn, vec![e], ack.at).await.or_db()?;
-            txn.commit().await.or_db()?;
-        } else {
-            txn.rollback().await.or_db()?;
+        let (reply, answer) = oneshot::channel();
+        match self.commit(Job::Ack { ack, reply }, answer).await {
+            Some(r) => r.or_db(),
+            None => Err(db_error(committer_gone())),
         }
-        Ok(outcome)
     }
 
     /// Walks the transfer log's hash chain from the start and reports the
@@ -1904,6 +1319,22 @@ impl Store {
 }
 
 /// Binds a signing certificate's key to an agency (re-binding moves it).
+/// One row by its primary key, as the store's own record.
+async fn row_by_id<E, R>(
+    db: &DatabaseConnection,
+    id: <E::PrimaryKey as PrimaryKeyTrait>::ValueType,
+) -> Result<Option<R>>
+where
+    E: EntityTrait,
+    R: From<E::Model>,
+{
+    E::find_by_id(id)
+        .one(db)
+        .await
+        .or_db()
+        .map(|r| r.map(R::from))
+}
+
 async fn bind_cert<C: ConnectionTrait>(c: &C, row: SigningCertRow) -> Result<(), DbErr> {
     signing_cert::Entity::insert(signing_cert::ActiveModel {
         spki_sha256: Set(row.spki_sha256),
@@ -2005,6 +1436,7 @@ impl From<AcceptError> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::Statement;
 
     #[test]
     fn sqlite_dir_is_found() {
@@ -2327,6 +1759,7 @@ mod tests {
         let s = Store {
             db,
             committer: None,
+            directory: Arc::default(),
         };
         // Only the log itself: later migrations add columns that today's
         // entities write, so today's `accept` cannot run on the old schema.

@@ -12,6 +12,7 @@ mod m20261124_000006_outbox; // The AMQP outbox, upstream hops
 mod m20261125_000007_lifecycle; // Business type and references
 mod m20261125_000008_maintenance; // Maintenance notices
 mod m20261206_000009_operators;
+mod m20261207_000010_directory_version;
 
 pub use m20261124_000003_log_chain::GENESIS;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000007_lifecycle::Migration),
             Box::new(m20261125_000008_maintenance::Migration),
             Box::new(m20261206_000009_operators::Migration),
+            Box::new(m20261207_000010_directory_version::Migration),
         ]
     }
 }

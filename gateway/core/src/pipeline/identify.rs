@@ -93,6 +93,8 @@ impl Gateway {
         transport: Transport,
     ) -> Result<Caller> {
         let hex = hex::encode(spki_sha256);
+        // Every look-up of this call sees the directory as it is now.
+        self.inner.store.confirm_directory().await?;
         // Not logged here: a caller that cannot be identified is answered
         // and summed per peer by the transport ([`Gateway::refuse_unauthenticated`]),
         // never written to the transfer log call by call.
@@ -129,7 +131,7 @@ impl Gateway {
             role,
             client_key: Some(hex),
         };
-        self.standing(&caller).await?;
+        self.standing_as_confirmed(&caller).await?;
         Ok(caller)
     }
 
@@ -153,6 +155,12 @@ impl Gateway {
     /// ([`Gateway::refuse_unauthenticated`]); a call under way that it ends
     /// logs it once.
     pub async fn standing(&self, caller: &Caller) -> Result<()> {
+        self.inner.store.confirm_directory().await?;
+        self.standing_as_confirmed(caller).await
+    }
+
+    /// [`Gateway::standing`] with the directory this call confirmed.
+    async fn standing_as_confirmed(&self, caller: &Caller) -> Result<()> {
         let store = &self.inner.store;
         if let Some(key) = &caller.client_key {
             let role = match caller.role {

@@ -748,6 +748,11 @@ impl Gateway {
         // lienthong_accept_seconds covers the whole submission, signature
         // checks included.
         let started = std::time::Instant::now();
+        if caller.role == Role::Exchange {
+            // A message from a queue is a call of its own; callers that are
+            // identified confirmed the directory when they were.
+            self.inner.store.confirm_directory().await?;
+        }
         let mut subject = Subject {
             sender: if caller.role == Role::Exchange {
                 String::new()
