@@ -836,6 +836,8 @@ impl LoginGuard {
         spki_sha256: &[u8; 32],
     ) -> std::result::Result<Operator, LoginRefusal> {
         let hex = hex::encode(spki_sha256);
+        // A login is a call of its own: it sees the bindings as they are now.
+        self.inner.store.confirm_directory().await?;
         let binding = self
             .inner
             .store

@@ -242,9 +242,11 @@ async fn write_group(
     let acks: Vec<&AckRequest> = group.acks.iter().map(|(a, _)| a).collect();
     let (acked, ack_events) = ack_all(&txn, &acks).await?;
     events.extend(ack_events);
-    mark_all(&txn, group.marks.iter().map(|(m, _)| m)).await?;
+    // The group's hand-outs and their lines carry one time, as its
+    // acknowledgements do: the rows and the log agree to the microsecond.
+    let marked_at = mark_all(&txn, group.marks.iter().map(|(m, _)| m)).await?;
     for (m, _) in &group.marks {
-        events.extend(m.events.iter().cloned().map(|e| (m.at, e)));
+        events.extend(m.events.iter().cloned().map(|e| (marked_at, e)));
     }
     let new_head = append(&txn, head.as_ref(), &events).await?;
     match txn.commit().await {
@@ -787,7 +789,7 @@ pub(crate) async fn ack_all<C: ConnectionTrait>(
             Some(pk) if first.insert(key.clone()) => {
                 let (sender, message_id) = keys.get(pk).cloned().unwrap_or_default();
                 events.push((
-                    a.at,
+                    at,
                     NewEvent {
                         kind: EventKind::Acknowledged,
                         sender,
@@ -809,11 +811,12 @@ pub(crate) async fn ack_all<C: ConnectionTrait>(
     Ok((outcomes, events))
 }
 
-/// Marks handed-out deliveries: one update for every batch of the group.
+/// Marks handed-out deliveries: one update for every batch of the group,
+/// at the latest of their times, which it returns.
 pub(crate) async fn mark_all<'m, C: ConnectionTrait>(
     c: &C,
     marks: impl Iterator<Item = &'m DeliveredMarks>,
-) -> Result<(), DbErr> {
+) -> Result<i64, DbErr> {
     let mut ids = Vec::new();
     let mut at = 0;
     for m in marks {
@@ -833,7 +836,7 @@ pub(crate) async fn mark_all<'m, C: ConnectionTrait>(
             .exec(c)
             .await?;
     }
-    Ok(())
+    Ok(at)
 }
 
 // ----- the transfer log's chain ---------------------------------------------

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::rows::{AgencyRow, ClientCertRow, SigningCertRow};
@@ -33,6 +34,18 @@ const MAX_ENTRIES: usize = 20_000;
 #[derive(Debug, Default)]
 pub(crate) struct DirectoryCache {
     state: RwLock<Cached>,
+    /// One confirmation at a time: calls that begin while one is under way
+    /// wait for the next and share it.
+    confirming: tokio::sync::Mutex<()>,
+    /// Confirmations started, and the number of the last one that ended.
+    started: AtomicU64,
+    ended: AtomicU64,
+}
+
+/// A confirmation under way; see [`DirectoryCache::confirmation`].
+pub(crate) struct Confirmation<'a> {
+    pub(crate) number: u64,
+    _one_at_a_time: tokio::sync::MutexGuard<'a, ()>,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +107,27 @@ impl DirectoryCache {
         self.read()
             .confirmed_at
             .is_some_and(|t| t.elapsed() < UNCONFIRMED_FOR_AT_MOST)
+    }
+
+    /// A confirmation for a call that begins now, or `None` when one that
+    /// started after the call began has ended meanwhile: its answer holds
+    /// for this call too.
+    pub(crate) async fn confirmation(&self) -> Option<Confirmation<'_>> {
+        let asked = self.started.load(Ordering::SeqCst);
+        let guard = self.confirming.lock().await;
+        if self.ended.load(Ordering::SeqCst) > asked {
+            return None;
+        }
+        Some(Confirmation {
+            number: self.started.fetch_add(1, Ordering::SeqCst) + 1,
+            _one_at_a_time: guard,
+        })
+    }
+
+    /// Confirmation `number` found the directory at `version`.
+    pub(crate) fn confirmed_by(&self, number: u64, version: i64) {
+        self.confirmed(version);
+        self.ended.fetch_max(number, Ordering::SeqCst);
     }
 
     /// The database says the directory is at `version` now.
@@ -187,6 +221,41 @@ mod tests {
         // Another process moved the version: everything goes.
         cache.confirmed(3);
         assert!(cache.get::<Agencies>(&"A".to_owned()).is_err());
+    }
+
+    #[tokio::test]
+    async fn only_a_confirmation_that_began_after_a_call_answers_for_it() {
+        use std::sync::Arc;
+        let cache = Arc::new(DirectoryCache::default());
+        let waiting = |cache: &Arc<DirectoryCache>| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                match cache.confirmation().await {
+                    Some(c) => {
+                        // Under way for a moment, then done.
+                        tokio::task::yield_now().await;
+                        cache.confirmed_by(c.number, 1);
+                        Some(c.number)
+                    }
+                    None => None,
+                }
+            })
+        };
+        let Some(first) = cache.confirmation().await else {
+            panic!("nothing was confirmed yet");
+        };
+        // Two calls begin while the first confirmation is under way: it
+        // began before them, so it cannot answer for them. The first to get
+        // its turn confirms; the other shares that one.
+        let x = waiting(&cache);
+        let y = waiting(&cache);
+        tokio::task::yield_now().await;
+        cache.confirmed_by(first.number, 1);
+        drop(first);
+        let (x, y) = (x.await.ok().flatten(), y.await.ok().flatten());
+        assert_eq!((x, y), (Some(2), None), "x confirms again, y shares it");
+        // A call that begins after that has nothing under way: its own.
+        assert_eq!(waiting(&cache).await.ok().flatten(), Some(3));
     }
 
     #[test]

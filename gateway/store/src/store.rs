@@ -426,6 +426,9 @@ impl Store {
     /// version (one small read): a call does this when it begins, so that
     /// it sees every change made before, by whichever process.
     pub async fn confirm_directory(&self) -> Result<()> {
+        let Some(confirmation) = self.directory.confirmation().await else {
+            return Ok(());
+        };
         let backend = self.db.get_database_backend();
         let row = self
             .db
@@ -442,7 +445,7 @@ impl Store {
                 )
             })?;
         let version: i64 = row.try_get("", "version").or_db()?;
-        self.directory.confirmed(version);
+        self.directory.confirmed_by(confirmation.number, version);
         Ok(())
     }
 

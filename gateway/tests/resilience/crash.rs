@@ -12,28 +12,43 @@ use lienthong_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_sqlite() {
-    let Some(mut gw) = TestGateway::start("crash_sqlite", Backend::Sqlite).await else {
-        return;
-    };
-    within(
-        Duration::from_secs(300),
-        "the crash scenario",
-        crash(&mut gw),
-    )
-    .await;
+    on(Backend::Sqlite, "crash_sqlite", "the crash scenario", crash).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_postgres() {
-    let Some(mut gw) = TestGateway::start("crash_postgres", Backend::Postgres).await else {
-        return;
-    };
-    within(
-        Duration::from_secs(300),
+    on(
+        Backend::Postgres,
+        "crash_postgres",
         "the crash scenario",
-        crash(&mut gw),
+        crash,
     )
     .await;
+}
+
+/// A scenario on a gateway of its own, within five minutes.
+async fn on(
+    backend: Backend,
+    name: &str,
+    what: &str,
+    scenario: impl AsyncFnOnce(&mut TestGateway),
+) {
+    let Some(mut gw) = TestGateway::start(name, backend).await else {
+        return;
+    };
+    within(Duration::from_secs(300), what, scenario(&mut gw)).await;
+}
+
+/// Sends in flight fail once the gateway is killed; the loops stop
+/// shortly after.
+async fn stop_senders(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        within(Duration::from_secs(60), "the sender tasks", t)
+            .await
+            .unwrap();
+    }
 }
 
 #[derive(Default)]
@@ -178,14 +193,7 @@ async fn crash(gw: &mut TestGateway) {
                 .push(format!("{held_id}: {:?} {}", s.code(), s.message()));
         }
     }
-    // Sends in flight fail now; stop the loop shortly after.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        within(Duration::from_secs(60), "the sender tasks", t)
-            .await
-            .unwrap();
-    }
+    stop_senders(&stop, tasks).await;
     let log = std::mem::take(&mut *log.lock().unwrap());
     assert!(
         log.receipted.len() >= before_kill,
@@ -319,4 +327,188 @@ fn chunk_request(data: prost::bytes::Bytes) -> v1::SendRequest {
             data,
         })),
     }
+}
+
+/// SIGKILL while many small sends share group commits: after a restart,
+/// every receipt a sender got is a document in B's inbox, and nothing is
+/// there that was sent after the kill. Each send that failed is then sent
+/// again with the very same signed bytes: one that had committed before the
+/// kill is answered as a repeat with its first receipt, the others are
+/// accepted now, and B ends with every document exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_a_group_commit_sqlite() {
+    on(
+        Backend::Sqlite,
+        "crash_group_sqlite",
+        "the group-commit crash scenario",
+        crash_in_group_commit,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_a_group_commit_postgres() {
+    on(
+        Backend::Postgres,
+        "crash_group_postgres",
+        "the group-commit crash scenario",
+        crash_in_group_commit,
+    )
+    .await;
+}
+
+/// One send of the group-commit scenario.
+struct Sent {
+    signed: v1::SignedEnvelope,
+    message_id: String,
+    /// The gateway had been killed when the send began.
+    after_kill: bool,
+    receipt: Option<v1::SendReceipt>,
+}
+
+async fn crash_in_group_commit(gw: &mut TestGateway) {
+    const SENDERS: usize = 24;
+    let a = gw.agency(A);
+    let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for lane in 0..SENDERS {
+        let (a, sent, stop, killed, in_flight) = (
+            a.clone(),
+            sent.clone(),
+            stop.clone(),
+            killed.clone(),
+            in_flight.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let draft = a.draft_document(&[B], &format!("Công văn {i} (luồng {lane})"), &[]);
+                let signed = a.sign(&draft.envelope);
+                let after_kill = killed.load(Ordering::SeqCst);
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                let result = a.send_signed(signed.clone(), Vec::new()).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                let failed = result.is_err();
+                sent.lock().unwrap().push(Sent {
+                    signed,
+                    message_id: draft.envelope.message_id.clone(),
+                    after_kill,
+                    receipt: result.ok(),
+                });
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    // Enough commits to be sure groups form, then kill with sends in flight.
+    let t0 = Instant::now();
+    loop {
+        let receipted = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.receipt.is_some())
+            .count();
+        if receipted >= 300 && in_flight.load(Ordering::SeqCst) >= SENDERS / 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "only {receipted} receipts in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    killed.store(true, Ordering::SeqCst);
+    gw.kill_9().expect("the gateway was running");
+    stop_senders(&stop, tasks).await;
+    let mut sent = std::mem::take(&mut *sent.lock().unwrap());
+    let cut = sent
+        .iter()
+        .filter(|s| !s.after_kill && s.receipt.is_none())
+        .count();
+    eprintln!(
+        "group crash: {} sends, {} receipted, {cut} cut by the kill",
+        sent.len(),
+        sent.iter().filter(|s| s.receipt.is_some()).count()
+    );
+    assert!(cut >= 1, "no send was under way at the kill");
+
+    gw.restart().await;
+    let b = gw.agency(B);
+    let delivered = |inbox: &[v1::Delivery]| -> HashMap<String, usize> {
+        let ids: Vec<String> = inbox
+            .iter()
+            .map(|d| {
+                decode_envelope(d.envelope.as_ref().expect("delivery without envelope")).message_id
+            })
+            .collect();
+        counts(ids.iter().map(String::as_str))
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect()
+    };
+    let inbox = b
+        .receive_all(0)
+        .await
+        .expect("B: Receive after the restart");
+    let first = delivered(&inbox);
+    for s in &sent {
+        let n = first.get(&s.message_id).copied().unwrap_or(0);
+        if s.receipt.is_some() {
+            assert_eq!(
+                n, 1,
+                "{} got a receipt and is delivered {n} times",
+                s.message_id
+            );
+        } else if s.after_kill {
+            assert_eq!(
+                n, 0,
+                "{} was sent to a dead gateway, yet it is delivered",
+                s.message_id
+            );
+        } else {
+            assert!(n <= 1, "{} is delivered {n} times", s.message_id);
+        }
+    }
+    let known: HashSet<&str> = sent.iter().map(|s| s.message_id.as_str()).collect();
+    for id in first.keys() {
+        assert!(
+            known.contains(id.as_str()),
+            "B holds a message nobody sent: {id}"
+        );
+    }
+
+    // Every failed send again, the same bytes: a repeat of what committed
+    // before the kill gets its first receipt, the rest are accepted now.
+    let mut repeats = 0;
+    for s in sent.iter_mut().filter(|s| s.receipt.is_none()) {
+        let receipt = a
+            .send_signed(s.signed.clone(), Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("{} sent again: {e:?}", s.message_id));
+        let was_delivered = first.contains_key(&s.message_id);
+        assert_eq!(
+            receipt.duplicate, was_delivered,
+            "{}: delivered before it was sent again, so it is a repeat (and only then)",
+            s.message_id
+        );
+        repeats += usize::from(receipt.duplicate);
+        s.receipt = Some(receipt);
+    }
+    eprintln!("group crash: {repeats} of the failed sends had committed before the kill");
+    let all = delivered(&b.receive_all(0).await.expect("B: Receive at the end"));
+    for s in &sent {
+        assert_eq!(
+            all.get(&s.message_id).copied(),
+            Some(1),
+            "{} after every send has its receipt",
+            s.message_id
+        );
+    }
+    assert_eq!(all.len(), sent.len(), "B holds exactly what was sent");
 }

@@ -359,16 +359,23 @@ impl Gateway {
         subject.sender = from.as_str().to_owned();
         let recipients = validate_recipients(&envelope.to, limits.max_recipients, policy)?;
 
-        // Dedupe before the expensive checks: a repeat of accepted bytes is
-        // answered with the first receipt.
+        // A repeat of accepted bytes is answered with the first receipt.
+        // With attachments it is looked for now, before they stream in
+        // again. Without, the commit finds it (one read less for every new
+        // message), and a refusal looks for it before it is given: a repeat
+        // is answered whatever changed since the first was accepted.
         let signed_bytes = signed.encode_to_vec();
         let envelope_sha = sha256(&signed_bytes);
-        if let Some(receipt) = self
-            .repeat(&from, &envelope.message_id, &envelope_sha, subject)
-            .await?
+        let has_attachments =
+            matches!(&envelope.body, Some(Body::Document(d)) if !d.attachments.is_empty());
+        if has_attachments
+            && let Some(receipt) = self
+                .repeat(&from, &envelope.message_id, &envelope_sha, subject)
+                .await?
         {
             return Ok(Submission::duplicate(self.inner.clone(), receipt));
         }
+        let checked: Result<Submission> = async {
         self.active_sender(&from).await?;
         let (routes, elsewhere) = self
             .route(
@@ -476,6 +483,20 @@ impl Gateway {
                 pdf_check,
             })),
         })
+        }
+        .await;
+        match checked {
+            Err(refused) if !has_attachments && !refused.reason().is_gateway_fault() => {
+                match self
+                    .repeat(&from, &envelope.message_id, &envelope_sha, subject)
+                    .await?
+                {
+                    Some(receipt) => Ok(Submission::duplicate(self.inner.clone(), receipt)),
+                    None => Err(refused),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Who the envelope is from, and whether the caller may send as them:

@@ -16,7 +16,7 @@ use crate::blobs::{BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::IdPolicy;
 use crate::rows::{DeliveryRow, MessageRow};
-use crate::store::{AcceptError, NewAttachment, NewMessage, now_micros};
+use crate::store::{AcceptError, EventKind, NewAttachment, NewMessage, now_micros};
 use lienthong_types::{Route, timestamp};
 
 use super::{Caller, Gateway, Inner, PdfPolicy, Role, Subject};
@@ -351,6 +351,13 @@ impl Open {
                 match existing {
                     Some(e) if e.envelope_sha256 == hex::encode(self.envelope_sha) => {
                         let deliveries = gw.store.deliveries_of(e.id).await?;
+                        gw.log_event(
+                            &self.subject,
+                            EventKind::Duplicate,
+                            None,
+                            "a repeat of an accepted message; answered with the first receipt",
+                        )
+                        .await;
                         Ok(make_receipt(&e, deliveries, true, &gw.gateway_id))
                     }
                     _ => {
