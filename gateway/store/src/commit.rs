@@ -173,7 +173,13 @@ async fn commit_group(db: &DatabaseConnection, head: &mut Option<Head>, jobs: Ve
             Job::Delivered { marks, reply } => group.marks.push((marks, reply)),
         }
     }
-    let mut outcome = write_group(db, head, &group, false).await;
+    // PostgreSQL writes acceptances one by one (a statement per row, each
+    // in a savepoint): a multi-row insert is a new statement for every size
+    // of group, and preparing one there cost more than the rows it saved
+    // (docs/performance.md). A statement that takes arrays would give it
+    // one statement for any size.
+    let one_by_one = db.get_database_backend() == DbBackend::Postgres;
+    let mut outcome = write_group(db, head, &group, one_by_one).await;
     if let Err(Retry::OneByOne) = outcome {
         outcome = write_group(db, head, &group, true).await;
     }
@@ -248,7 +254,17 @@ async fn write_group(
     for (m, _) in &group.marks {
         events.extend(m.events.iter().cloned().map(|e| (marked_at, e)));
     }
-    let new_head = append(&txn, head.as_ref(), &events).await?;
+    // On PostgreSQL the acknowledgements and marks append from the pool
+    // too, queueing for the head row's lock: a compare-and-set would wait
+    // for one of them, fail, and queue again behind all the others. There
+    // the head is taken with the locking update, in its turn. SQLite's
+    // writer holds the write lock from its first statement: its set never
+    // waits.
+    let known = match db.get_database_backend() {
+        DbBackend::Sqlite => head.as_ref(),
+        _ => None,
+    };
+    let new_head = append(&txn, known, &events).await?;
     match txn.commit().await {
         Ok(()) => {
             if new_head.is_some() {
