@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod error;
 pub mod maintenance;
 pub mod operators;
+pub mod outbox;
 pub mod reports;
 pub mod rows;
 mod sql;
