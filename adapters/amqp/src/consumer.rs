@@ -288,17 +288,25 @@ pub(crate) async fn run(
                 }
                 window.push(delivery);
             }
-            Some((tag, settled)) = running.next(), if !running.is_empty() => {
-                settled?;
-                window.settle(tag);
+            Some(first) = running.next(), if !running.is_empty() => {
                 // What settled meanwhile (a group commit answers several at
-                // once) is acknowledged with it.
-                while let Some(Some((tag, settled))) = running.next().now_or_never() {
-                    settled?;
-                    window.settle(tag);
+                // once) is acknowledged with it; what is durable is
+                // acknowledged even when another message ends the run.
+                let ready = std::iter::from_fn(|| running.next().now_or_never().flatten());
+                let mut failed = None;
+                for (tag, settled) in std::iter::once(first).chain(ready) {
+                    match settled {
+                        Ok(()) => window.settle(tag),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
                 }
                 for (acker, multiple) in window.acks() {
                     acker.ack(BasicAckOptions { multiple }).await?;
+                }
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
             else => {
