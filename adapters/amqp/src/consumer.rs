@@ -1,16 +1,53 @@
-//! The inbound queue → the pipeline, one message at a time, in order.
+//! The inbound queue → the pipeline: up to `amqp.prefetch` messages at once,
+//! in order per sender and recipient.
+//!
+//! Each message goes through the one pipeline as it always did (decode,
+//! checks, the group commit; a gateway's failure holds it and tries again).
+//! Running several at once is what lets the store's group committer commit
+//! them together; the window of messages in progress is the channel's
+//! prefetch (`basic.qos`), so memory is bounded by it.
+//!
+//! Order. A message starts only when no earlier message that is still
+//! unsettled shares a (sender, recipient) pair with it (`Window`). The pairs
+//! are read from the envelope the way the pipeline reads it — the first
+//! frame of a stream, `from` and `to` trimmed as `OrganId::parse_with`
+//! trims them — so two messages the pipeline would accept for one pair
+//! always have a pair in common here. A message whose envelope cannot be
+//! read (the pipeline refuses it) waits for everything before it and holds
+//! back everything after it: it goes through alone, in order. A held
+//! message (retrying with backoff) blocks only the pairs it has; the others
+//! go on. Messages of different pairs may be accepted in another order than
+//! the queue's, which the pipeline allows for anything arriving from an
+//! exchange (a notice or a recall may overtake its document on the way, and
+//! the lifecycle applies it when the document comes); a reply to a message
+//! can only be published after that message was accepted and delivered.
+//!
+//! Acknowledgement. A message is acknowledged to the broker only after its
+//! outcome is durable: accepted (committed), or dead-lettered with the
+//! broker's confirm of the copy. A run of settled messages at the front of
+//! the window is acknowledged with one `multiple` ack of the last of them —
+//! every delivery of this channel up to that tag is settled then, and the
+//! ones acknowledged alone before have left the window; a settled message
+//! behind an unsettled one is acknowledged alone at once, so that it does
+//! not take a place of the prefetch while the one before it is held. What
+//! is unsettled when the connection or the gateway stops stays
+//! unacknowledged, and the broker hands it out again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::Channel;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Acker, Channel};
 use lienthong_core::error::{Error, Reason, Result};
 use lienthong_core::pipeline::{Arrival, Caller, Gateway, Hops};
 use lienthong_core::{sha256, text::truncate};
+use lienthong_proto::v1::Envelope;
 use prost::Message as _;
 use tokio::sync::watch;
 
@@ -34,9 +71,12 @@ enum Outcome {
 /// back after a lost connection keeps its count. In memory: a restart
 /// starts every count again, and the broker's own `x-delivery-count`
 /// (`amqp.max_redeliveries`) bounds what a restart could not.
+///
+/// Shared by the messages in progress; the lock is taken only to read or
+/// change a count, never across an await.
 #[derive(Debug, Default)]
 pub(crate) struct FailureBook {
-    counts: HashMap<[u8; 32], u32>,
+    counts: Mutex<HashMap<[u8; 32], u32>>,
 }
 
 impl FailureBook {
@@ -44,19 +84,179 @@ impl FailureBook {
     /// them restarts those counts, nothing more.
     const MAX_ENTRIES: usize = 1024;
 
-    fn count(&mut self, key: [u8; 32]) -> u32 {
-        if self.counts.len() >= Self::MAX_ENTRIES && !self.counts.contains_key(&key) {
-            self.counts.clear();
+    fn count(&self, key: [u8; 32]) -> u32 {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= Self::MAX_ENTRIES && !counts.contains_key(&key) {
+            counts.clear();
         }
-        let n = self.counts.entry(key).or_insert(0);
+        let n = counts.entry(key).or_insert(0);
         *n += 1;
         *n
     }
 
-    fn forget(&mut self, key: &[u8; 32]) {
-        self.counts.remove(key);
+    fn forget(&self, key: &[u8; 32]) {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
+
+/// Whom a message is from and for, as far as order goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pairs {
+    /// (sender, recipient) for every recipient in `to`.
+    Known(Vec<(String, String)>),
+    /// The envelope could not be read: it goes through alone.
+    Unknown,
+}
+
+impl Pairs {
+    fn of(d: &Delivery) -> Pairs {
+        let content_type = d.properties.content_type().as_ref().map(|c| c.as_str());
+        let envelope = wire::kind(content_type)
+            .ok()
+            .and_then(|kind| wire::envelope_only(kind, &d.data))
+            .and_then(|signed| Envelope::decode(signed.payload).ok());
+        let Some(env) = envelope else {
+            return Pairs::Unknown;
+        };
+        let from = env.from.trim();
+        if from.is_empty() || env.to.is_empty() {
+            return Pairs::Unknown;
+        }
+        Pairs::Known(
+            env.to
+                .iter()
+                .map(|to| (from.to_owned(), to.trim().to_owned()))
+                .collect(),
+        )
+    }
+}
+
+enum State {
+    Waiting(Box<Delivery>),
+    Running,
+    Settled,
+}
+
+struct Slot {
+    tag: u64,
+    acker: Acker,
+    pairs: Pairs,
+    state: State,
+}
+
+/// The messages taken from the queue and not yet acknowledged, in delivery
+/// order: which may start, and which to acknowledge how.
+#[derive(Default)]
+struct Window {
+    slots: VecDeque<Slot>,
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn push(&mut self, d: Delivery) {
+        self.slots.push_back(Slot {
+            tag: d.delivery_tag,
+            acker: d.acker.clone(),
+            pairs: Pairs::of(&d),
+            state: State::Waiting(Box::new(d)),
+        });
+    }
+
+    /// The waiting messages that no earlier unsettled one shares a pair
+    /// with, now marked running.
+    fn start(&mut self) -> Vec<Delivery> {
+        let mut ready = Vec::new();
+        {
+            let mut taken: HashSet<(&str, &str)> = HashSet::new();
+            let mut earlier = false;
+            for (i, slot) in self.slots.iter().enumerate() {
+                let waiting = match slot.state {
+                    State::Settled => continue,
+                    State::Waiting(_) => true,
+                    State::Running => false,
+                };
+                match &slot.pairs {
+                    Pairs::Unknown => {
+                        if waiting && !earlier {
+                            ready.push(i);
+                        }
+                        // Nothing after it may start before it settles.
+                        break;
+                    }
+                    Pairs::Known(pairs) => {
+                        if waiting
+                            && !pairs
+                                .iter()
+                                .any(|(f, t)| taken.contains(&(f.as_str(), t.as_str())))
+                        {
+                            ready.push(i);
+                        }
+                        taken.extend(pairs.iter().map(|(f, t)| (f.as_str(), t.as_str())));
+                    }
+                }
+                earlier = true;
+            }
+        }
+        ready
+            .into_iter()
+            .filter_map(|i| {
+                let slot = &mut self.slots[i];
+                match std::mem::replace(&mut slot.state, State::Running) {
+                    State::Waiting(d) => Some(*d),
+                    other => {
+                        slot.state = other;
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The message's outcome is durable: it may be acknowledged.
+    fn settle(&mut self, tag: u64) {
+        if let Ok(i) = self.slots.binary_search_by_key(&tag, |s| s.tag) {
+            self.slots[i].state = State::Settled;
+        }
+    }
+
+    /// Takes the settled messages out of the window, with the acks that
+    /// acknowledge them: one `multiple` ack for the settled run at the
+    /// front, one ack each for those behind an unsettled message: (the
+    /// delivery's acker, whether the ack is `multiple`).
+    fn acks(&mut self) -> Vec<(Acker, bool)> {
+        let mut out = Vec::new();
+        let mut run = 0;
+        let mut last = None;
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| matches!(s.state, State::Settled))
+        {
+            last = self.slots.pop_front();
+            run += 1;
+        }
+        if let Some(s) = last {
+            out.push((s.acker, run > 1));
+        }
+        self.slots.retain(|s| {
+            if matches!(s.state, State::Settled) {
+                out.push((s.acker.clone(), false));
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+}
+
+type Settled<'a> = BoxFuture<'a, (u64, Result<(), AmqpError>)>;
 
 pub(crate) async fn run(
     gw: &Gateway,
@@ -64,8 +264,8 @@ pub(crate) async fn run(
     metrics: &AmqpMetrics,
     ch: &Channel,
     dead: &Channel,
-    book: &mut FailureBook,
-    mut shutdown: watch::Receiver<bool>,
+    book: &FailureBook,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
     let mut consumer = ch
         .basic_consume(
@@ -75,57 +275,116 @@ pub(crate) async fn run(
             FieldTable::default(),
         )
         .await?;
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        if delivery.redelivered {
-            metrics.redelivered();
-        }
-        // Redeliveries past the limit mean the gateway kept failing on the
-        // message (or crashing): set it aside — but not during an outage,
-        // which redelivers everything it held, poison or not.
-        let over_limit = match redelivery_limit(&delivery, cfg.max_redeliveries) {
-            Some(refusal) if gw.healthy().await.is_ok() => Some(refusal),
-            _ => None,
-        };
-        let outcome = match over_limit {
-            Some(refusal) => {
-                let caller = caller_of(&delivery);
-                let id = message_id_of(&delivery);
-                Outcome::Refused(gw.refuse(Some(&caller), &id, refusal).await)
+    let room = usize::from(cfg.prefetch.max(1));
+    let mut window = Window::default();
+    let mut running: FuturesUnordered<Settled<'_>> = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            next = consumer.next(), if window.len() < room => {
+                let Some(delivery) = next else { break };
+                let delivery = delivery?;
+                if delivery.redelivered {
+                    metrics.redelivered();
+                }
+                window.push(delivery);
             }
-            None => process_until_settled(gw, cfg, &delivery, book, &mut shutdown).await?,
-        };
-        match &outcome {
-            Outcome::Accepted => {}
-            Outcome::Refused(err) => dead_letter(dead, cfg, metrics, &delivery, err, None).await?,
-            Outcome::SetAside(err, n) => {
-                dead_letter(dead, cfg, metrics, &delivery, err, Some(*n)).await?
+            Some(first) = running.next(), if !running.is_empty() => {
+                // What settled meanwhile (a group commit answers several at
+                // once) is acknowledged with it; what is durable is
+                // acknowledged even when another message ends the run.
+                let ready = std::iter::from_fn(|| running.next().now_or_never().flatten());
+                let mut failed = None;
+                for (tag, settled) in std::iter::once(first).chain(ready) {
+                    match settled {
+                        Ok(()) => window.settle(tag),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                for (acker, multiple) in window.acks() {
+                    acker.ack(BasicAckOptions { multiple }).await?;
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            }
+            else => {
+                // Not reached: a full window always has a message running
+                // (the first unsettled one may always start).
+                return Err(AmqpError::Setup("the consumer's window is stuck".to_owned()));
             }
         }
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        for delivery in window.start() {
+            let tag = delivery.delivery_tag;
+            let shutdown = shutdown.clone();
+            running.push(
+                async move {
+                    let r = handle(gw, cfg, metrics, dead, book, delivery, shutdown).await;
+                    (tag, r)
+                }
+                .boxed(),
+            );
+        }
     }
     Err(AmqpError::Setup(
         "the broker ended the consumer (queue deleted or connection closed)".to_owned(),
     ))
 }
 
+/// Takes one message to a durable outcome: accepted, or dead-lettered with
+/// the broker's confirm (acknowledging it is the caller's).
+async fn handle(
+    gw: &Gateway,
+    cfg: &AmqpConfig,
+    metrics: &AmqpMetrics,
+    dead: &Channel,
+    book: &FailureBook,
+    delivery: Delivery,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AmqpError> {
+    // Redeliveries past the limit mean the gateway kept failing on the
+    // message (or crashing): set it aside — but not during an outage,
+    // which redelivers everything it held, poison or not.
+    let over_limit = match redelivery_limit(&delivery, cfg.max_redeliveries) {
+        Some(refusal) if gw.healthy().await.is_ok() => Some(refusal),
+        _ => None,
+    };
+    let outcome = match over_limit {
+        Some(refusal) => {
+            let caller = caller_of(&delivery);
+            let id = message_id_of(&delivery);
+            Outcome::Refused(gw.refuse(Some(&caller), &id, refusal).await)
+        }
+        None => process_until_settled(gw, cfg, &delivery, book, &mut shutdown).await?,
+    };
+    match &outcome {
+        Outcome::Accepted => {}
+        Outcome::Refused(err) => dead_letter(dead, cfg, metrics, &delivery, err, None).await?,
+        Outcome::SetAside(err, n) => {
+            dead_letter(dead, cfg, metrics, &delivery, err, Some(*n)).await?
+        }
+    }
+    Ok(())
+}
+
 /// Tries a message until it is accepted, refused, or set aside. A failure
 /// that is the gateway's, not the message's (`UNAVAILABLE`, `INTERNAL`),
 /// holds it — unacknowledged, so a crash hands it back to the broker — and
-/// tries again with backoff; taking the next message instead would reorder
-/// what one sender sent one recipient.
+/// tries again with backoff; the messages behind it that share a (sender,
+/// recipient) pair with it wait for it (see `Window`).
 ///
 /// Such a failure counts against the message only while the gateway is
 /// otherwise healthy (its database answers a ping, its attachment store
 /// takes a write): then it is this message that fails, and after
 /// `amqp.max_failures` counted failures it is set aside, so that no message
-/// can hold the queue. During an outage nothing is counted, and the queue
-/// waits, in order, for the gateway to come back.
+/// can hold the queue. During an outage nothing is counted, and the messages
+/// wait, each pair in order, for the gateway to come back.
 async fn process_until_settled(
     gw: &Gateway,
     cfg: &AmqpConfig,
     d: &Delivery,
-    book: &mut FailureBook,
+    book: &FailureBook,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Outcome, AmqpError> {
     let key = sha256(&d.data);
@@ -341,4 +600,161 @@ async fn dead_letter(
         "AMQP message dead-lettered"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::BasicProperties;
+    use lienthong_proto::v1::SignedEnvelope;
+
+    fn body(from: &str, to: &[&str]) -> Vec<u8> {
+        let env = Envelope {
+            message_id: "m".to_owned(),
+            from: from.to_owned(),
+            to: to.iter().map(|t| (*t).to_owned()).collect(),
+            ..Default::default()
+        };
+        SignedEnvelope {
+            payload: env.encode_to_vec().into(),
+            payload_type: "application/vnd.lienthong.envelope.v1+protobuf".to_owned(),
+            signatures: Vec::new(),
+        }
+        .encode_to_vec()
+    }
+
+    fn delivery(tag: u64, data: Vec<u8>, content_type: &str) -> Delivery {
+        let mut d = Delivery::mock(tag, "".into(), "".into(), false, data);
+        d.properties = BasicProperties::default().with_content_type(content_type.into());
+        d
+    }
+
+    fn letter(tag: u64, from: &str, to: &[&str]) -> Delivery {
+        delivery(tag, body(from, to), wire::CONTENT_TYPE_ENVELOPE)
+    }
+
+    fn tags(ds: Vec<Delivery>) -> Vec<u64> {
+        ds.into_iter().map(|d| d.delivery_tag).collect()
+    }
+
+    fn acker(tag: u64) -> Acker {
+        Delivery::mock(tag, "".into(), "".into(), false, Vec::new()).acker
+    }
+
+    #[test]
+    fn a_pair_goes_in_order_while_other_pairs_go_alongside() {
+        let mut w = Window::default();
+        w.push(letter(1, "A", &["B"]));
+        w.push(letter(2, "A", &["B"]));
+        w.push(letter(3, "C", &["B"]));
+        w.push(letter(4, "X", &["D", "B"]));
+        w.push(letter(5, "A", &["D", "B"]));
+        w.push(letter(6, "B", &["A"]));
+        assert_eq!(tags(w.start()), [1, 3, 4, 6]);
+        // 1 is held (retrying): only what shares A → B waits for it.
+        w.settle(3);
+        w.settle(4);
+        w.settle(6);
+        assert!(w.start().is_empty(), "2 and 5 share A → B with 1");
+        assert_eq!(
+            w.acks(),
+            [(acker(3), false), (acker(4), false), (acker(6), false)],
+            "settled behind a held message: acknowledged at once, alone"
+        );
+        w.settle(1);
+        assert_eq!(tags(w.start()), [2], "5 shares A → B with 2");
+        assert_eq!(w.acks(), [(acker(1), false)]);
+        w.settle(2);
+        assert_eq!(tags(w.start()), [5]);
+        w.settle(5);
+        assert_eq!(w.acks(), [(acker(5), true)], "2 and 5: one ack");
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn a_settled_run_at_the_front_is_acknowledged_with_one_multiple_ack() {
+        let mut w = Window::default();
+        for (tag, from) in [(1, "A"), (2, "C"), (3, "X"), (4, "Y")] {
+            w.push(letter(tag, from, &["B"]));
+        }
+        assert_eq!(tags(w.start()), [1, 2, 3, 4]);
+        w.settle(2);
+        w.settle(1);
+        w.settle(4);
+        // 1 and 2 up to 2; 4 alone (3 is unsettled between).
+        assert_eq!(w.acks(), [(acker(2), true), (acker(4), false)]);
+        w.settle(3);
+        assert_eq!(w.acks(), [(acker(3), false)]);
+        assert!(w.acks().is_empty());
+    }
+
+    #[test]
+    fn a_message_whose_envelope_cannot_be_read_goes_through_alone() {
+        let mut w = Window::default();
+        w.push(letter(1, "A", &["B"]));
+        w.push(delivery(
+            2,
+            b"\xff\xff not protobuf".to_vec(),
+            "application/x-protobuf",
+        ));
+        w.push(letter(3, "C", &["D"]));
+        w.push(delivery(4, b"<edXML/>".to_vec(), "application/xml"));
+        w.push(letter(5, "E", &[]));
+        w.push(letter(6, "F", &["G"]));
+        assert_eq!(tags(w.start()), [1]);
+        w.settle(1);
+        assert_eq!(tags(w.start()), [2]);
+        w.settle(2);
+        assert_eq!(tags(w.start()), [3]);
+        assert!(w.start().is_empty());
+        w.settle(3);
+        assert_eq!(tags(w.start()), [4]);
+        w.settle(4);
+        assert_eq!(
+            tags(w.start()),
+            [5],
+            "no recipient: the pipeline refuses it, alone"
+        );
+        w.settle(5);
+        assert_eq!(tags(w.start()), [6]);
+    }
+
+    #[test]
+    fn pairs_are_read_as_the_pipeline_reads_them() {
+        // A stream's envelope is its first frame; its attachments are not
+        // read for this.
+        let signed = SignedEnvelope::decode(&body(" A", &["B ", "C"])[..]).unwrap();
+        let mut stream = wire::stream_start(&signed.encode_to_vec(), 0);
+        wire::stream_push(&mut stream, 0, &vec![7u8; 300_000]);
+        let d = delivery(1, stream, wire::CONTENT_TYPE_STREAM);
+        let pairs = |v: &[(&str, &str)]| {
+            Pairs::Known(
+                v.iter()
+                    .map(|(f, t)| ((*f).to_owned(), (*t).to_owned()))
+                    .collect(),
+            )
+        };
+        assert_eq!(Pairs::of(&d), pairs(&[("A", "B"), ("A", "C")]));
+        // Identifiers are trimmed as the pipeline trims them: the same pair.
+        let mut w = Window::default();
+        w.push(d);
+        w.push(letter(2, "A", &["C"]));
+        assert_eq!(tags(w.start()), [1]);
+        // A stream that starts with attachment bytes is refused: alone.
+        let mut chunk_first = Vec::new();
+        wire::stream_push(&mut chunk_first, 0, b"x");
+        let d = delivery(3, chunk_first, wire::CONTENT_TYPE_STREAM);
+        assert_eq!(Pairs::of(&d), Pairs::Unknown);
+    }
+
+    #[test]
+    fn failures_are_counted_per_message_until_forgotten() {
+        let book = FailureBook::default();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(book.count(a), 1);
+        assert_eq!(book.count(a), 2);
+        assert_eq!(book.count(b), 1);
+        book.forget(&a);
+        assert_eq!(book.count(a), 1);
+    }
 }

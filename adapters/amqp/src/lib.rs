@@ -2,8 +2,9 @@
 //! that would rather read a queue than call gRPC (DESIGN.md §4).
 //!
 //! A source and a sink around the one pipeline:
-//! - **consumer** (source): takes messages from the inbound queue in order,
-//!   feeds each to `Gateway::begin_send_arrived`, and acknowledges it to the
+//! - **consumer** (source): takes messages from the inbound queue, up to
+//!   `amqp.prefetch` at once and in order per sender and recipient, feeds
+//!   each to `Gateway::begin_send_arrived`, and acknowledges it to the
 //!   broker only after the pipeline made it durable. What can never be
 //!   accepted goes to the dead-letter exchange with its reason; what failed
 //!   for a passing reason (the database is down) is held and tried again,
@@ -56,7 +57,9 @@ pub struct AmqpConfig {
     /// that its broker account needs no right on the default exchange,
     /// which reaches every queue of the virtual host.
     pub agency_exchange: String,
-    /// Unacknowledged messages the broker may hand the consumer at once.
+    /// Unacknowledged messages the broker may hand the consumer at once:
+    /// the messages the consumer works on at once (in order per sender and
+    /// recipient).
     pub prefetch: u16,
     /// Publications the relay may have waiting for their confirm at once.
     pub confirm_window: usize,
@@ -229,7 +232,7 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let max = Duration::from_secs(cfg.reconnect_max_secs.max(1));
         let mut backoff = Duration::from_millis(200);
-        let mut book = consumer::FailureBook::default();
+        let book = consumer::FailureBook::default();
         loop {
             let mut connected = false;
             let run = run_once(
@@ -238,7 +241,7 @@ pub fn spawn(
                 &routes,
                 &st,
                 &mut connected,
-                &mut book,
+                &book,
                 shutdown.clone(),
             );
             let ended = tokio::select! {
@@ -278,7 +281,7 @@ async fn run_once(
     routes: &RouteTable,
     state: &BrokerState,
     connected: &mut bool,
-    book: &mut consumer::FailureBook,
+    book: &consumer::FailureBook,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
     let url = cfg

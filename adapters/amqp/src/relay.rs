@@ -4,12 +4,23 @@
 //! publication waiting for its confirm, and its rows go in `id` order, so a
 //! nack or a lost connection can never let a later message of a sender to a
 //! recipient overtake an earlier one. Different keys go in parallel, up to
-//! `amqp.confirm_window` at once.
+//! `amqp.confirm_window` at once. A window of several publications per key
+//! would not keep that: the broker confirms each publication on its own, so
+//! the earlier of two may be nacked (or returned, when a binding went away
+//! in between) while the later is confirmed and already in the queue; the
+//! earlier one, published again, then arrives after it. Only a connection
+//! lost with both unconfirmed republishes them in order. One per key it
+//! stays.
 //!
 //! At-least-once: a row is marked sent only after the broker's confirm; a
 //! connection lost in between publishes it again. The receiving gateway
 //! drops the repeat by (sender, message_id); an agency reading its own
 //! queue does the same with the message_id property.
+//!
+//! Marking: the confirms that have arrived together (the broker often
+//! confirms several publications in one frame) are marked sent in one
+//! transaction (`Gateway::outbox_sent_many`), not one each; a key's next row
+//! is read only after its row was marked, so the order above holds.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -138,11 +149,31 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
-            Some((row, key, len, answer)) = in_flight.next(), if !in_flight.is_empty() => {
-                busy.remove(&key);
-                busy_rows.remove(&row.id);
-                bytes_in_flight = bytes_in_flight.saturating_sub(len);
-                settle(gw, metrics, &row, &key, answer, &mut retry_at).await?;
+            Some(first) = in_flight.next(), if !in_flight.is_empty() => {
+                // Every confirm that has come meanwhile is settled with it:
+                // the rows confirmed are marked together.
+                let mut answers = vec![first];
+                while let Some(Some(answer)) = in_flight.next().now_or_never() {
+                    answers.push(answer);
+                }
+                let mut confirmed = Vec::with_capacity(answers.len());
+                let mut lost = None;
+                for (row, key, len, answer) in answers {
+                    busy.remove(&key);
+                    busy_rows.remove(&row.id);
+                    bytes_in_flight = bytes_in_flight.saturating_sub(len);
+                    match settle(gw, metrics, &row, &key, answer, &mut retry_at).await {
+                        Ok(true) => confirmed.push(row),
+                        Ok(false) => {}
+                        Err(e) => {
+                            lost.get_or_insert(e);
+                        }
+                    }
+                }
+                mark_sent(gw, &confirmed).await;
+                if let Some(e) = lost {
+                    return Err(e);
+                }
             }
             changed = wake.changed() => {
                 if changed.is_err() {
@@ -154,6 +185,9 @@ pub(crate) async fn run(
     }
 }
 
+/// Notes the broker's answer to one publication; `Ok(true)` when it was
+/// confirmed (the caller marks it sent, with the others confirmed at the
+/// same time).
 async fn settle(
     gw: &Gateway,
     metrics: &AmqpMetrics,
@@ -161,7 +195,7 @@ async fn settle(
     key: &Key,
     answer: lapin::Result<Confirmation>,
     retry_at: &mut HashMap<Key, Instant>,
-) -> Result<(), AmqpError> {
+) -> Result<bool, AmqpError> {
     let failed = |why: String| async move {
         tracing::warn!(outbox_id = row.id, exchange = %row.exchange, routing_key = %row.routing_key, error = %why, "outbox: not published; will try again");
         if let Err(e) = gw.outbox_failed(row, &why).await {
@@ -172,11 +206,7 @@ async fn settle(
         Ok(Confirmation::Ack(None)) => {
             metrics.published("confirmed");
             retry_at.remove(key);
-            if let Err(e) = gw.outbox_sent(row).await {
-                // It stays pending and goes again; the receiver drops the
-                // repeat by (sender, message_id).
-                tracing::warn!(outbox_id = row.id, error = %e.chain(), "outbox: confirmed but cannot mark it sent");
-            }
+            return Ok(true);
         }
         Ok(Confirmation::Ack(Some(_))) => {
             metrics.published("returned");
@@ -197,7 +227,20 @@ async fn settle(
             return Err(e.into());
         }
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Marks confirmed rows sent, in one transaction.
+async fn mark_sent(gw: &Gateway, rows: &[OutboxEntry]) {
+    if rows.is_empty() {
+        return;
+    }
+    if let Err(e) = gw.outbox_sent_many(rows).await {
+        // They stay pending and go again; the receiver drops the repeats
+        // by (sender, message_id).
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        tracing::warn!(outbox_ids = ?ids, error = %e.chain(), "outbox: confirmed but cannot mark them sent");
+    }
 }
 
 /// 1 s, 2 s, 4 s … at most 64 s between tries of one key.

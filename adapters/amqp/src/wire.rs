@@ -100,6 +100,28 @@ pub fn decode(kind: Kind, body: Vec<u8>) -> Result<Decoded> {
     }
 }
 
+/// The signed envelope of a body, without reading or copying its
+/// attachments: `decode` takes a stream's envelope from its first frame and
+/// refuses a stream that starts otherwise, so whenever `decode` reads a
+/// body, this reads the same envelope. `None` for what `decode` would
+/// refuse (and for some bodies it would refuse later, which is no matter:
+/// nothing of those is accepted).
+pub fn envelope_only(kind: Kind, body: &[u8]) -> Option<SignedEnvelope> {
+    match kind {
+        Kind::Envelope => SignedEnvelope::decode(body).ok(),
+        Kind::Stream => {
+            let mut rest = body;
+            let len = prost::encoding::decode_varint(&mut rest).ok()?;
+            let frame = rest.get(..usize::try_from(len).ok()?)?;
+            match SendRequest::decode(frame).ok()?.item? {
+                send_request::Item::Envelope(e) => Some(e),
+                send_request::Item::Chunk(_) => None,
+            }
+        }
+        Kind::Edxml => None,
+    }
+}
+
 fn decode_stream(mut body: Bytes) -> Result<Decoded> {
     let sentence = |what: &str| {
         format!(

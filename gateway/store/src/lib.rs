@@ -9,6 +9,7 @@ mod directory_cache;
 pub mod error;
 pub mod maintenance;
 pub mod operators;
+pub mod outbox;
 pub mod reports;
 pub mod rows;
 mod sql;

@@ -352,6 +352,46 @@ impl Client {
         out
     }
 
+    /// Takes `n` messages from `queue` (waiting up to `limit` for them), then
+    /// whatever else comes within `quiet` on the same consumer: (the `n`,
+    /// those after them). One consumer for both matters: a message of a
+    /// quorum queue acknowledged just before its channel closed has been
+    /// seen handed out again (redelivered) to the next consumer, so a second
+    /// `take` could count a message twice that was published once.
+    pub async fn take_then_more(
+        &self,
+        queue: &str,
+        n: usize,
+        limit: Duration,
+        quiet: Duration,
+    ) -> (Vec<lapin::message::Delivery>, Vec<lapin::message::Delivery>) {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let mut consumer = consumer(&ch, queue, "test").await.expect("consume");
+        let mut out = Vec::new();
+        let mut more = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let until = if out.len() < n {
+                deadline
+            } else {
+                tokio::time::Instant::now() + quiet
+            };
+            match tokio::time::timeout_at(until, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    if out.len() < n {
+                        out.push(d);
+                    } else {
+                        more.push(d);
+                    }
+                }
+                _ => break,
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        (out, more)
+    }
+
     /// Gets one message and gives it back (`nack` with requeue): a consumer
     /// that fails on it, as a crashing gateway would.
     pub async fn get_and_return(&self, queue: &str) -> bool {

@@ -125,9 +125,11 @@ impl Gateway {
         })
     }
 
-    /// The broker confirmed the row: its delivery is handed over.
-    pub async fn outbox_sent(&self, row: &OutboxEntry) -> Result<()> {
-        self.inner.store.outbox_sent(row).await
+    /// The broker confirmed these rows: their deliveries are handed over,
+    /// in one transaction. Rows marked before are left as they are; answers
+    /// how many were marked now.
+    pub async fn outbox_sent_many(&self, rows: &[OutboxEntry]) -> Result<usize> {
+        self.inner.store.outbox_sent_many(rows).await
     }
 
     /// Publishing the row failed; it stays pending and is tried again.
