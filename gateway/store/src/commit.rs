@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::rows::{DeliveryRow, MessageRow};
 use crate::sql::Sql;
-use crate::store::{AcceptError, AckOutcome, EventKind, NewEvent, NewMessage, chain_hash};
+use crate::writes::{AcceptError, AckOutcome, EventKind, NewEvent, NewMessage, chain_hash};
 
 /// A message row and its deliveries, as committed.
 pub(crate) type Accepted = (MessageRow, Vec<DeliveryRow>);

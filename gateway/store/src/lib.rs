@@ -14,5 +14,6 @@ pub mod reports;
 pub mod rows;
 mod sql;
 pub mod store;
+mod writes;
 
 pub use store::Store;

@@ -163,7 +163,7 @@ impl Store {
     /// keeps, read in one read-only snapshot.
     pub async fn report_rows(&self, w: &ReportWindow, filter: &Filter) -> Result<ReportRows> {
         let backend = self.backend();
-        let txn = sql::snapshot(self).await?;
+        let txn = sql::snapshot(self.connection()).await?;
         let mut out = ReportRows::default();
 
         // Documents sent.

@@ -2,13 +2,12 @@
 //! and PostgreSQL, with placeholders written the way each engine wants.
 
 use sea_orm::{
-    AccessMode, ConnectionTrait, DatabaseTransaction, DbBackend, IsolationLevel, QueryResult,
-    Statement, TransactionTrait, Value,
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    IsolationLevel, QueryResult, Statement, TransactionTrait, Value,
 };
 
 use crate::error::OrDb;
 use crate::error::Result;
-use crate::store::Store;
 
 /// Above this many agencies a scope is filtered after aggregation (the
 /// grouped rows are few) instead of by a long `IN` list.
@@ -128,9 +127,8 @@ impl Sql {
 /// quadratic (minutes instead of seconds); hash joins keep every query
 /// linear in the rows of the period. `work_mem` is raised for this
 /// transaction only.
-pub(crate) async fn snapshot(store: &Store) -> Result<DatabaseTransaction> {
-    let db = store.connection();
-    match store.backend() {
+pub(crate) async fn snapshot(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    match db.get_database_backend() {
         DbBackend::Postgres => {
             let txn = db
                 .begin_with_config(

@@ -37,120 +37,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::commit::{Accepted, AckRequest, COMMIT_QUEUE, DeliveredMarks, Job, committer_gone};
 use crate::directory_cache::{self, DirectoryCache};
+pub use crate::writes::{
+    AcceptError, AckOutcome, DocumentIndex, EventKind, NewAttachment, NewEvent, NewMessage,
+    chain_hash,
+};
 
 pub use lienthong_types::now_micros;
-
-/// What happened to a message. The strings are what the transfer log and
-/// `Trace` show; reports count them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Accepted,
-    Routed,
-    Rejected,
-    Delivered,
-    Acknowledged,
-    StatusReceived,
-    Duplicate,
-    /// A stored attachment failed its digest check when it was read.
-    IntegrityFailed,
-    /// A recalled document taken out of an inbox before delivery.
-    Withdrawn,
-    /// A deadline passed with a recipient not there yet.
-    Overdue,
-    /// The directory changed: an agency added, changed, deactivated or
-    /// activated, a certificate bound or unbound, a representation granted
-    /// or revoked. `sender` is the agency concerned (empty for an import as
-    /// a whole or an operator's certificate), `message_id` is empty, `actor`
-    /// who made the change.
-    DirectoryChanged,
-    /// Calls from one peer refused before their caller was identified,
-    /// summed over a minute (one line per peer, never one per call).
-    Unauthenticated,
-    /// An operator account was added, removed, disabled, enabled or given
-    /// a new password (`actor`: who did it; `detail`: what).
-    OperatorChanged,
-    /// An operator logged in (`reason` empty), or logins failed (`reason`
-    /// `LOGIN_FAILED`, one line per peer and minute at most).
-    OperatorLogin,
-    /// An operator logged out.
-    OperatorLogout,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Accepted => "accepted",
-            EventKind::Routed => "routed",
-            EventKind::Rejected => "rejected",
-            EventKind::Delivered => "delivered",
-            EventKind::Acknowledged => "acknowledged",
-            EventKind::StatusReceived => "status_received",
-            EventKind::Duplicate => "duplicate",
-            EventKind::IntegrityFailed => "integrity_failed",
-            EventKind::Withdrawn => "withdrawn",
-            EventKind::Overdue => "overdue",
-            EventKind::DirectoryChanged => "directory_changed",
-            EventKind::Unauthenticated => "unauthenticated",
-            EventKind::OperatorChanged => "operator_changed",
-            EventKind::OperatorLogin => "operator_login",
-            EventKind::OperatorLogout => "operator_logout",
-        }
-    }
-}
-
-/// One line of the transfer log, before it is written.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub kind: EventKind,
-    pub sender: String,
-    pub message_id: String,
-    pub recipient: Option<String>,
-    pub reason: Option<String>,
-    pub detail: String,
-    pub actor: Option<String>,
-    pub transport: String,
-}
-
-/// The hash of one transfer-log event, chained to the one before it.
-///
-/// Every field is length-prefixed so that no two different events encode
-/// the same bytes; `None` and `Some("")` differ.
-#[allow(clippy::too_many_arguments)]
-pub fn chain_hash(
-    prev_hash: &str,
-    seq: i64,
-    at: i64,
-    kind: &str,
-    sender: &str,
-    message_id: &str,
-    recipient: Option<&str>,
-    reason: Option<&str>,
-    detail: &str,
-    actor: Option<&str>,
-    transport: &str,
-) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"lienthong-log-v1\n");
-    let mut field = |v: Option<&str>| match v {
-        Some(v) => {
-            ctx.update(format!("{}:", v.len()).as_bytes());
-            ctx.update(v.as_bytes());
-        }
-        None => ctx.update(b"-:"),
-    };
-    field(Some(prev_hash));
-    field(Some(&seq.to_string()));
-    field(Some(&at.to_string()));
-    field(Some(kind));
-    field(Some(sender));
-    field(Some(message_id));
-    field(recipient);
-    field(reason);
-    field(Some(detail));
-    field(actor);
-    field(Some(transport));
-    hex::encode(ctx.finish())
-}
 
 fn event_hash(e: &event::Model) -> Option<String> {
     Some(chain_hash(
@@ -190,68 +82,6 @@ pub struct LogVerification {
     pub first_broken: Option<(i64, String)>,
 }
 
-#[derive(Debug, Clone)]
-pub struct NewAttachment {
-    pub name: String,
-    pub content_type: String,
-    pub size: u64,
-    pub sha256_hex: String,
-}
-
-/// Everything a message's acceptance writes.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub sender: String,
-    pub message_id: String,
-    pub kind: MessageKind,
-    pub document_id: String,
-    pub ref_from: Option<String>,
-    pub status_code: Option<String>,
-    pub envelope_sha256_hex: String,
-    pub signed_envelope: Vec<u8>,
-    pub verification: Vec<u8>,
-    pub accepted_at: i64,
-    pub attachments: Vec<NewAttachment>,
-    /// (recipient, route): `local`, `exchange:<name>` or `queue:<name>`.
-    pub recipients: Vec<(String, Route)>,
-    /// Recipients another gateway serves, that it got from elsewhere: traced,
-    /// not delivered (the loop rule of `routing`).
-    pub elsewhere: Vec<String>,
-    /// Serialized `pipeline::Hops`: where the message was before.
-    pub upstream: Option<Vec<u8>>,
-    pub actor: String,
-    /// The agency that sent it in the sender's name (a representation),
-    /// for the log line.
-    pub agent: Option<String>,
-    pub transport: String,
-    /// `business.type` of a document (0 new, 1 recall, 2 update, 3 replace).
-    pub business_type: i32,
-    /// The document_id a recall, update or replacement refers to.
-    pub replaces: Option<String>,
-    /// A recall: the deliveries of the recalled document to take out of
-    /// their inboxes (delivery pk, recipient, route), if they still have
-    /// not been handed out when this commits; those that were meanwhile get
-    /// the recall delivered instead.
-    pub withdraw: Vec<(i64, String, Route)>,
-    /// What the lifecycle says about it, for its log line: a status's
-    /// effect on the recipient's state; a document sent late.
-    pub status_note: Option<String>,
-    pub priority: i32,
-    pub due_at: Option<i64>,
-    /// A document's facts for the reports and the dashboard, written with
-    /// it so that they only read.
-    pub index: Option<DocumentIndex>,
-}
-
-/// What [`Store::index_documents`] (and the pipeline, as it accepts) copies out of a document's envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct DocumentIndex {
-    /// `yyyy-MM-dd`, or empty.
-    pub due_date: String,
-    pub code: String,
-    pub subject: String,
-}
-
 /// A copy waiting to leave through AMQP, as the relay reads it: which
 /// delivery of which message, where it is published, and how often it was
 /// tried. The row's state and timestamps stay in the store.
@@ -281,25 +111,11 @@ impl From<outbox::Model> for OutboxEntry {
     }
 }
 
-/// Why an acceptance did not commit.
-#[derive(Debug)]
-pub enum AcceptError {
-    /// (sender, message_id) was accepted before, maybe concurrently.
-    AlreadyExists,
-    Db(DbErr),
-}
-
 /// A delivery with the message it carries.
 #[derive(Debug, Clone)]
 pub struct PendingDelivery {
     pub delivery: DeliveryRow,
     pub message: MessageRow,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckOutcome {
-    Acknowledged,
-    AlreadyAcknowledged,
 }
 
 /// One change of the directory with its lines in the transfer log: written
@@ -1178,7 +994,6 @@ impl Store {
     }
 }
 
-/// Binds a signing certificate's key to an agency (re-binding moves it).
 /// One row by its primary key, as the store's own record.
 async fn row_by_id<E, R>(
     db: &DatabaseConnection,
@@ -1195,6 +1010,7 @@ where
         .map(|r| r.map(R::from))
 }
 
+/// Binds a signing certificate's key to an agency (re-binding moves it).
 async fn bind_cert<C: ConnectionTrait>(c: &C, row: SigningCertRow) -> Result<(), DbErr> {
     signing_cert::Entity::insert(signing_cert::ActiveModel {
         spki_sha256: Set(row.spki_sha256),
