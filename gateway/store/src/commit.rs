@@ -1,8 +1,11 @@
 //! The group committer: one task writes the gateway's busy writes —
 //! acceptances, acknowledgements, the marks of handed-out deliveries — as
-//! many as are waiting, in one transaction, with a few statements per group
-//! rather than per document, and extends the transfer log's chain from a
-//! head it keeps in memory.
+//! many as are waiting, in one transaction (one fsync). On SQLite it does so
+//! with a few statements per group rather than per document, and extends
+//! the transfer log's chain from a head it keeps in memory. On PostgreSQL
+//! it writes each acceptance with statements of its own in a savepoint, and
+//! acknowledgements and marks commit on the pool instead (see
+//! `commit_group` and `Store::commit_small`: measured, not assumed).
 //!
 //! Architecture invariant: nobody hears "accepted" or "acknowledged" before
 //! the transaction that holds it has committed; a job that fails alone (a
@@ -159,11 +162,11 @@ struct Written {
     acked: Vec<Option<AckOutcome>>,
 }
 
-/// Writes a group in one transaction. The acceptances go in with one
-/// statement per table for the whole group; if that fails (a constraint
-/// this writer could not foresee), the group is written again with each
-/// acceptance in a savepoint of its own, so that the one at fault is
-/// refused alone.
+/// Writes a group in one transaction. On SQLite the acceptances go in
+/// with one statement per table for the whole group; if that fails, the
+/// group is written again with each acceptance in a savepoint of its own,
+/// so that the one at fault is refused alone (the way PostgreSQL always
+/// writes them).
 async fn commit_group(db: &DatabaseConnection, head: &mut Option<Head>, jobs: Vec<Job>) {
     let mut group = Group::default();
     for j in jobs {
@@ -203,8 +206,7 @@ async fn commit_group(db: &DatabaseConnection, head: &mut Option<Head>, jobs: Ve
 }
 
 enum Retry {
-    /// The group's acceptances together broke a constraint: write them one
-    /// by one.
+    /// The group's acceptances failed together: write them one by one.
     OneByOne,
     /// The transaction failed; nothing of it is kept.
     Failed(DbErr),
@@ -237,12 +239,15 @@ async fn write_group(
     } else {
         match accept_all(&txn, &messages).await {
             Ok(done) => done,
-            Err(e) if e.sql_err().is_some() => {
-                tracing::warn!(error = %e, "a group of acceptances broke a constraint; writing them one by one");
+            Err(e) => {
+                // Whatever one message did to the group (a constraint, a
+                // value the database refuses), the others must not pay for
+                // it: written one by one, only that one fails. An outage
+                // fails the second try as well.
+                tracing::warn!(error = %e, "a group of acceptances failed together; writing them one by one");
                 let _ = txn.rollback().await;
                 return Err(Retry::OneByOne);
             }
-            Err(e) => return Err(Retry::Failed(e)),
         }
     };
     let acks: Vec<&AckRequest> = group.acks.iter().map(|(a, _)| a).collect();
@@ -879,15 +884,20 @@ pub(crate) async fn append<C: ConnectionTrait>(
         let (rows, end) = chained(start, events);
         let sql = match backend {
             DbBackend::Postgres => {
-                "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3"
+                "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3 AND hash = $4"
             }
-            _ => "UPDATE log_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ?",
+            _ => "UPDATE log_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ?",
         };
         let moved = c
             .execute_raw(Statement::from_sql_and_values(
                 backend,
                 sql,
-                [end.seq.into(), end.hash.clone().into(), start.seq.into()],
+                [
+                    end.seq.into(),
+                    end.hash.clone().into(),
+                    start.seq.into(),
+                    start.hash.clone().into(),
+                ],
             ))
             .await?
             .rows_affected();

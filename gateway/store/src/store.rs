@@ -1265,6 +1265,48 @@ mod tests {
         burst_with_a_duplicate(&s).await
     }
 
+    /// A message the database itself refuses, inside a burst that shares
+    /// commits: it fails alone; every other one is accepted, delivered and
+    /// logged once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_the_database_refuses_fails_alone_in_its_group() -> Result<()> {
+        let (_d, s) = store().await?;
+        s.execute_sql(
+            "CREATE TRIGGER test_refuse BEFORE INSERT ON messages \
+             WHEN NEW.message_id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .await?;
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let s = s.clone();
+            let id = if i == 50 {
+                "poison".to_owned()
+            } else {
+                format!("m{i}")
+            };
+            tasks.push(tokio::spawn(async move {
+                (id.clone(), s.accept(new_message("A", &id, &["B"])).await)
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                (_, Ok(_)) => accepted += 1,
+                (id, Err(AcceptError::Db(e))) => {
+                    assert_eq!(id, "poison", "{id} failed with the one at fault: {e}")
+                }
+                (id, Err(AcceptError::AlreadyExists)) => panic!("{id}: not a duplicate"),
+            }
+        }
+        assert_eq!(accepted, 99);
+        assert_eq!(s.pending("B", 0, None, 1000).await?.len(), 99);
+        assert!(s.message("A", "poison").await?.is_none());
+        let log = s.verify_log().await?;
+        assert!(log.first_broken.is_none(), "{log:?}");
+        assert_eq!(log.checked, 99 * 2, "an accepted and a routed line each");
+        Ok(())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_commit_on_postgres() -> Result<()> {
         let admin = std::env::var("LIENTHONG_TEST_PG_URL")
