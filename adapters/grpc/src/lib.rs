@@ -857,8 +857,14 @@ impl GrpcServer {
                     .await
             }
             None => {
+                // As on the TLS path: a small answer must not wait for the
+                // peer's delayed ACK (Nagle's algorithm held every reply
+                // about 40 ms).
                 router
-                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        shutdown,
+                    )
                     .await
             }
         }

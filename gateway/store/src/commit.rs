@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 
 use lienthong_schema::entity::{attachment, delivery, event, log_head, message, outbox};
 use lienthong_types::Route;
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
     QuerySelect, QueryTrait, Set, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
@@ -49,16 +49,34 @@ pub(crate) enum Job {
     },
     Delivered {
         marks: DeliveredMarks,
-        reply: oneshot::Sender<Result<(), DbErr>>,
+        reply: MarkReply,
     },
 }
 
-/// Deliveries handed out (a batch an inbox read), and their log lines.
+/// Deliveries about to be handed to their recipient (a batch an inbox
+/// read, or deliveries it heard of as they landed).
 pub(crate) struct DeliveredMarks {
-    pub(crate) ids: Vec<i64>,
-    pub(crate) events: Vec<NewEvent>,
+    pub(crate) items: Vec<MarkItem>,
+    /// Only deliveries never handed out before are marked (and so handed
+    /// out): a delivery heard of as it landed may meanwhile have been read
+    /// by another stream of the same recipient.
+    pub(crate) only_new: bool,
+    pub(crate) transport: String,
     pub(crate) at: i64,
 }
+
+/// A delivery to mark, with what its log line names.
+pub(crate) struct MarkItem {
+    pub(crate) id: i64,
+    pub(crate) sender: String,
+    pub(crate) message_id: String,
+    pub(crate) recipient: String,
+    pub(crate) route: String,
+}
+
+/// Each item's attempt number once marked; `None` for one not marked (no
+/// longer pending, or with `only_new` handed out already).
+pub(crate) type MarkReply = oneshot::Sender<Result<Vec<Option<i32>>, DbErr>>;
 
 pub(crate) struct AckRequest {
     pub(crate) recipient: String,
@@ -80,7 +98,7 @@ impl std::fmt::Debug for Job {
                 .finish(),
             Job::Delivered { marks, .. } => f
                 .debug_struct("Delivered")
-                .field("deliveries", &marks.ids.len())
+                .field("deliveries", &marks.items.len())
                 .finish(),
         }
     }
@@ -139,7 +157,7 @@ type AckReply = oneshot::Sender<Result<Option<AckOutcome>, DbErr>>;
 struct Group {
     accepts: Vec<(Box<NewMessage>, AcceptReply)>,
     acks: Vec<(AckRequest, AckReply)>,
-    marks: Vec<(DeliveredMarks, oneshot::Sender<Result<(), DbErr>>)>,
+    marks: Vec<(DeliveredMarks, MarkReply)>,
 }
 
 impl Group {
@@ -160,6 +178,7 @@ impl Group {
 struct Written {
     accepted: Vec<Result<Accepted, AcceptError>>,
     acked: Vec<Option<AckOutcome>>,
+    marked: Vec<Vec<Option<i32>>>,
 }
 
 /// Writes a group in one transaction. On SQLite the acceptances go in
@@ -194,8 +213,8 @@ async fn commit_group(db: &DatabaseConnection, head: &mut Option<Head>, jobs: Ve
             for ((_, reply), r) in group.acks.into_iter().zip(written.acked) {
                 let _ = reply.send(Ok(r));
             }
-            for (_, reply) in group.marks {
-                let _ = reply.send(Ok(()));
+            for ((_, reply), r) in group.marks.into_iter().zip(written.marked) {
+                let _ = reply.send(Ok(r));
             }
         }
         Err(Retry::OneByOne) => group.fail(&DbErr::Custom(
@@ -255,10 +274,9 @@ async fn write_group(
     events.extend(ack_events);
     // The group's hand-outs and their lines carry one time, as its
     // acknowledgements do: the rows and the log agree to the microsecond.
-    let marked_at = mark_all(&txn, group.marks.iter().map(|(m, _)| m)).await?;
-    for (m, _) in &group.marks {
-        events.extend(m.events.iter().cloned().map(|e| (marked_at, e)));
-    }
+    let marks: Vec<&DeliveredMarks> = group.marks.iter().map(|(m, _)| m).collect();
+    let (marked, mark_events) = mark_all(&txn, &marks).await?;
+    events.extend(mark_events);
     // On PostgreSQL the acknowledgements and marks append from the pool
     // too, queueing for the head row's lock: a compare-and-set would wait
     // for one of them, fail, and queue again behind all the others. There
@@ -275,7 +293,11 @@ async fn write_group(
             if new_head.is_some() {
                 *head = new_head;
             }
-            Ok(Written { accepted, acked })
+            Ok(Written {
+                accepted,
+                acked,
+                marked,
+            })
         }
         Err(e) => {
             // Whether it committed is unknown: read the head again next time.
@@ -832,32 +854,74 @@ pub(crate) async fn ack_all<C: ConnectionTrait>(
     Ok((outcomes, events))
 }
 
-/// Marks handed-out deliveries: one update for every batch of the group,
-/// at the latest of their times, which it returns.
-pub(crate) async fn mark_all<'m, C: ConnectionTrait>(
+/// Marks deliveries handed out: at most two updates for every batch of the
+/// group (those marked whatever their past, and those marked only if never
+/// handed out), at the latest of their times, which their log lines carry
+/// too. A delivery no longer pending is not marked: it was acknowledged or
+/// taken out of the inbox since it was read. A delivery asked for twice in
+/// one group goes to the first batch that asked.
+pub(crate) async fn mark_all<C: ConnectionTrait>(
     c: &C,
-    marks: impl Iterator<Item = &'m DeliveredMarks>,
-) -> Result<i64, DbErr> {
-    let mut ids = Vec::new();
-    let mut at = 0;
+    marks: &[&DeliveredMarks],
+) -> Result<(Vec<Vec<Option<i32>>>, Vec<(i64, NewEvent)>), DbErr> {
+    let at = marks.iter().map(|m| m.at).max().unwrap_or(0);
+    let mut attempts: HashMap<i64, i32> = HashMap::new();
+    for only_new in [false, true] {
+        let mut ids: Vec<i64> = marks
+            .iter()
+            .filter(|m| m.only_new == only_new)
+            .flat_map(|m| m.items.iter().map(|i| i.id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut q = Sql::new(c.get_database_backend());
+            q.push("UPDATE deliveries SET attempts = attempts + 1, last_delivered_at = ")
+                .bind(at)
+                .push(" WHERE state = 'pending'");
+            if only_new {
+                q.push(" AND last_delivered_at IS NULL");
+            }
+            q.push(" AND id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(*id);
+            }
+            q.push(") RETURNING id, attempts");
+            for row in c.query_all_raw(q.statement()).await? {
+                attempts.insert(row.try_get("", "id")?, row.try_get("", "attempts")?);
+            }
+        }
+    }
+    let mut events = Vec::new();
+    let mut outcomes = Vec::with_capacity(marks.len());
     for m in marks {
-        ids.extend_from_slice(&m.ids);
-        at = Ord::max(at, m.at);
+        let mut these = Vec::with_capacity(m.items.len());
+        for item in &m.items {
+            // `remove`: the first batch that asked takes it.
+            let attempt = attempts.remove(&item.id);
+            if let Some(attempt) = attempt {
+                events.push((
+                    at,
+                    NewEvent {
+                        kind: EventKind::Delivered,
+                        sender: item.sender.clone(),
+                        message_id: item.message_id.clone(),
+                        recipient: Some(item.recipient.clone()),
+                        reason: None,
+                        detail: format!("attempt {attempt} via {}", item.route),
+                        actor: Some(item.recipient.clone()),
+                        transport: m.transport.clone(),
+                    },
+                ));
+            }
+            these.push(attempt);
+        }
+        outcomes.push(these);
     }
-    ids.sort_unstable();
-    ids.dedup();
-    for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
-        delivery::Entity::update_many()
-            .col_expr(
-                delivery::Column::Attempts,
-                Expr::col(delivery::Column::Attempts).add(1),
-            )
-            .col_expr(delivery::Column::LastDeliveredAt, Expr::value(at))
-            .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
-            .exec(c)
-            .await?;
-    }
-    Ok(at)
+    Ok((outcomes, events))
 }
 
 // ----- the transfer log's chain ---------------------------------------------

@@ -35,7 +35,9 @@ use crate::rows::{
 use lienthong_types::{MessageKind, Route};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commit::{Accepted, AckRequest, COMMIT_QUEUE, DeliveredMarks, Job, committer_gone};
+use crate::commit::{
+    Accepted, AckRequest, COMMIT_QUEUE, DeliveredMarks, Job, MarkItem, committer_gone,
+};
 use crate::directory_cache::{self, DirectoryCache};
 pub use crate::writes::{
     AcceptError, AckOutcome, DocumentIndex, EventKind, NewAttachment, NewEvent, NewMessage,
@@ -726,43 +728,45 @@ impl Store {
     }
 
     /// Records that deliveries are being handed to their recipient, in one
-    /// transaction for the batch an inbox read (one fsync, one log append,
-    /// however many); returns each one's attempt number, in order.
-    pub async fn mark_delivered_batch(
+    /// transaction for the batch (one fsync, one log append, however many);
+    /// returns each one's attempt number, in order. `None` marks one not to
+    /// hand out: acknowledged or taken out of the inbox since it was read,
+    /// or, with `only_new`, handed out already (by another stream of the
+    /// same recipient, or the read that found it first).
+    pub async fn mark_delivered_batch<P: std::borrow::Borrow<PendingDelivery>>(
         &self,
-        batch: &[PendingDelivery],
+        batch: &[P],
         transport: &str,
-    ) -> Result<Vec<i32>> {
+        only_new: bool,
+    ) -> Result<Vec<Option<i32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_micros();
-        let attempts: Vec<i32> = batch.iter().map(|p| p.delivery.attempts + 1).collect();
-        let events = batch
+        let items = batch
             .iter()
-            .zip(&attempts)
-            .map(|(p, attempt)| NewEvent {
-                kind: EventKind::Delivered,
-                sender: p.message.sender.clone(),
-                message_id: p.message.message_id.clone(),
-                recipient: Some(p.delivery.recipient.clone()),
-                reason: None,
-                detail: format!("attempt {attempt} via {}", p.delivery.route),
-                actor: Some(p.delivery.recipient.clone()),
-                transport: transport.to_owned(),
+            .map(|p| {
+                let p = p.borrow();
+                MarkItem {
+                    id: p.delivery.id,
+                    sender: p.message.sender.clone(),
+                    message_id: p.message.message_id.clone(),
+                    recipient: p.delivery.recipient.clone(),
+                    route: p.delivery.route.to_string(),
+                }
             })
             .collect();
         let marks = DeliveredMarks {
-            ids: batch.iter().map(|p| p.delivery.id).collect(),
-            events,
-            at: now,
+            items,
+            only_new,
+            transport: transport.to_owned(),
+            at: now_micros(),
         };
         let (reply, answer) = oneshot::channel();
         match self
             .commit_small(Job::Delivered { marks, reply }, answer)
             .await
         {
-            Some(r) => r.map(|()| attempts).or_db(),
+            Some(r) => r.or_db(),
             None => Err(db_error(committer_gone())),
         }
     }
@@ -1402,7 +1406,10 @@ mod tests {
         let (_d, s) = store().await?;
         s.accept(new_message("A", "m1", &["B"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
-        assert_eq!(s.mark_delivered_batch(&p[..1], "test").await?[0], 1);
+        assert_eq!(
+            s.mark_delivered_batch(&p[..1], "test", false).await?,
+            [Some(1)]
+        );
         let long_ago = now_micros() - 60_000_000;
         assert!(s.pending("B", 0, Some(long_ago), 10).await?.is_empty());
         assert_eq!(
@@ -1412,12 +1419,52 @@ mod tests {
         Ok(())
     }
 
+    /// A delivery heard of as it landed is handed out only if no read
+    /// handed it out first; one acknowledged since it was read is not
+    /// handed out again, and only what is handed out has a log line.
+    #[tokio::test]
+    async fn only_deliveries_still_due_are_marked_handed_out() -> Result<()> {
+        let (_d, s) = store().await?;
+        s.accept(new_message("A", "m1", &["B"])).await?;
+        s.accept(new_message("A", "m2", &["B"])).await?;
+        let p = s.pending("B", 0, None, 10).await?;
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            s.mark_delivered_batch(&p[..1], "test", false).await?,
+            [Some(1)]
+        );
+        // The first was read and handed out: heard of again, it is not.
+        assert_eq!(
+            s.mark_delivered_batch(&p, "test", true).await?,
+            [None, Some(1)]
+        );
+        // Handed out again by the redelivery scan: a second attempt.
+        assert_eq!(
+            s.mark_delivered_batch(&p[..1], "test", false).await?,
+            [Some(2)]
+        );
+        s.ack("B", &p[1].delivery.delivery_id, "test").await?;
+        assert_eq!(
+            s.mark_delivered_batch(&p[1..], "test", false).await?,
+            [None]
+        );
+        let events = s
+            .events_of(&[("A".into(), "m1".into()), ("A".into(), "m2".into())])
+            .await?;
+        let delivered = events
+            .iter()
+            .filter(|e| e.kind.as_str() == "delivered")
+            .count();
+        assert_eq!(delivered, 3);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn transfer_log_is_a_hash_chain_and_tampering_is_found() -> Result<()> {
         let (_d, s) = store().await?;
         s.accept(new_message("A", "m1", &["B", "C"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
-        s.mark_delivered_batch(&p[..1], "test").await?;
+        s.mark_delivered_batch(&p[..1], "test", false).await?;
         s.ack("B", &p[0].delivery.delivery_id, "test").await?;
         s.accept(new_message("A", "m2", &["B"])).await?;
         let v = s.verify_log().await?;

@@ -290,8 +290,7 @@ async fn crash(gw: &mut TestGateway) {
         .map(|(id, dg)| (id.as_str(), *dg))
         .collect();
     for (id, (size, sha)) in &want {
-        let got = b
-            .fetch_attachment_sha256(id, A, 0)
+        let got = heeding_limits(|| b.fetch_attachment_sha256(id, A, 0))
             .await
             .unwrap_or_else(|s| panic!("FetchAttachment({id}) after restart: {s:?}"));
         assert_eq!(
@@ -303,7 +302,7 @@ async fn crash(gw: &mut TestGateway) {
 
     // --- B acks everything; after another restart the inbox is empty -------
     for d in &inbox {
-        b.ack(&d.delivery_id)
+        heeding_limits(|| b.ack(&d.delivery_id))
             .await
             .unwrap_or_else(|s| panic!("Ack {}: {s:?}", d.delivery_id));
     }

@@ -2378,3 +2378,24 @@ impl HttpSession {
         .await
     }
 }
+
+/// Makes a call as a client that heeds the gateway does: told RATE_LIMITED
+/// (`RESOURCE_EXHAUSTED`), it waits the second the sentence asks for and
+/// tries again, a few times. For tests that read or acknowledge a whole
+/// inbox at once, faster than one agency may call.
+pub async fn heeding_limits<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            r => return r,
+        }
+    }
+}

@@ -3,13 +3,15 @@
 //! attachments.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lienthong_proto::v1::{Delivery, SignedEnvelope, Verification};
 use prost::Message as _;
 
-use tokio::sync::watch;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::blobs::BlobReader;
 use crate::error::{Error, OrErr, Reason, Result};
@@ -26,26 +28,84 @@ use lienthong_types::timestamp;
 use super::queries::hops_of;
 use super::{Access, Caller, Gateway, Inner, Role, Subject};
 
-/// Wakes the live `Receive` streams of a recipient when a delivery lands.
+/// Deliveries heard of per recipient and not yet taken by its live streams;
+/// a stream that falls further behind reads the database instead.
+const FEED_DEPTH: usize = 64;
+/// Bytes of envelopes held in memory for live streams, all recipients
+/// together: beyond it (streams not reading), they read the database.
+const FEED_BYTES: usize = 64 << 20;
+/// A larger envelope is read from the database by the stream that wants it.
+const FEED_ENVELOPE_MAX: usize = 1 << 20;
+
+/// A delivery as it landed, for the live `Receive` streams of its
+/// recipient. The rows stay the truth: a stream hands one out only after
+/// marking it handed out (`only_new`), so one that a read of the database
+/// handed out already, or one acknowledged or recalled since, is skipped.
+#[derive(Debug, Clone)]
+pub(super) enum Landed {
+    /// A delivery just committed, with its message.
+    Delivery(Arc<Fresh>),
+    /// Something landed that is not carried here: look in the database.
+    Look,
+}
+
+#[derive(Debug)]
+pub(super) struct Fresh {
+    pending: PendingDelivery,
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Tells the live `Receive` streams of a recipient what lands for it.
 #[derive(Debug, Default)]
 pub(super) struct Inboxes {
     // Held only for map access, never across an await.
-    pub(super) senders: Mutex<HashMap<String, watch::Sender<u64>>>,
+    senders: Mutex<HashMap<String, broadcast::Sender<Landed>>>,
+    held: Arc<AtomicUsize>,
 }
 
 impl Inboxes {
-    pub(super) fn subscribe(&self, recipient: &str) -> watch::Receiver<u64> {
+    pub(super) fn subscribe(&self, recipient: &str) -> broadcast::Receiver<Landed> {
         let mut map = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(recipient.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| broadcast::channel(FEED_DEPTH).0)
             .subscribe()
     }
 
-    pub(super) fn notify(&self, recipient: &str) {
+    /// A delivery committed for a recipient of this gateway's inboxes.
+    pub(super) fn landed(&self, pending: PendingDelivery) {
         let map = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(recipient) {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+        let Some(tx) = map.get(&pending.delivery.recipient) else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            return;
         }
+        let bytes = pending.message.signed_envelope.len() + pending.message.verification.len();
+        let fits = bytes <= FEED_ENVELOPE_MAX
+            && self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                    (h + bytes <= FEED_BYTES).then_some(h + bytes)
+                })
+                .is_ok();
+        let landed = if fits {
+            Landed::Delivery(Arc::new(Fresh {
+                pending,
+                bytes,
+                held: self.held.clone(),
+            }))
+        } else {
+            Landed::Look
+        };
+        // No receiver left since the count: nothing to tell.
+        let _ = tx.send(landed);
     }
 }
 
@@ -87,6 +147,23 @@ pub(super) fn no_inbox() -> Error {
     )
 }
 
+/// A delivery about to be handed out: read from the database, or heard of
+/// as it landed.
+#[derive(Debug)]
+pub(super) enum Handed {
+    Read(PendingDelivery),
+    Fresh(Arc<Fresh>),
+}
+
+impl Handed {
+    fn pending(&self) -> &PendingDelivery {
+        match self {
+            Handed::Read(p) => p,
+            Handed::Fresh(f) => &f.pending,
+        }
+    }
+}
+
 /// Pulls a recipient's deliveries, oldest first. The first pass hands out
 /// every unacknowledged delivery; a following stream then gets new ones as
 /// they land and, after `redelivery_after`, the ones still unacknowledged.
@@ -99,11 +176,18 @@ pub struct Inbox {
     pub(super) cursor: i64,
     /// Read and marked delivered (with their attempt numbers), not yet
     /// handed out.
-    pub(super) buffered: VecDeque<(PendingDelivery, i32)>,
+    pub(super) buffered: VecDeque<(Handed, i32)>,
     /// Deliveries the caller still wants (`Receive.max`); `None`: no bound.
     /// Nothing beyond it is read, so nothing beyond it is marked handed out.
     pub(super) remaining: Option<u32>,
-    pub(super) wake: watch::Receiver<u64>,
+    /// What lands for the caller while the stream is open.
+    pub(super) feed: broadcast::Receiver<Landed>,
+    /// Heard of and not yet looked at.
+    pub(super) landed: VecDeque<Arc<Fresh>>,
+    /// Something landed that only the database can tell.
+    pub(super) look: bool,
+    /// When the database was last read for deliveries due again.
+    pub(super) scanned_at: tokio::time::Instant,
     /// When the caller's standing was last checked (see
     /// [`Gateway::standing`]).
     pub(super) standing_at: tokio::time::Instant,
@@ -123,14 +207,20 @@ impl Inbox {
 
     /// The next delivery; `None` when the inbox is drained and the stream
     /// does not follow, or `max` deliveries were handed out.
+    ///
+    /// The first pass reads the database, oldest first. Then a following
+    /// stream hands out what lands from memory (marking each handed out
+    /// first) and reads the database only when told to look, when it fell
+    /// behind what memory keeps, and every `tick` for deliveries due again.
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
         if self.caller.role != Role::Agency {
             return Err(no_inbox());
         }
+        let tick = (self.gw.limits.redelivery_after / 4).max(Duration::from_millis(250));
         loop {
             if let Some((p, attempt)) = self.buffered.pop_front() {
                 self.gw.metrics.delivery_handed_out();
-                return Ok(Some(self.delivery(p, attempt)?));
+                return Ok(Some(self.delivery(p.pending(), attempt)?));
             }
             let limit = match self.remaining {
                 Some(0) => return Ok(None),
@@ -140,65 +230,109 @@ impl Inbox {
             if self.standing_at.elapsed() >= STANDING_CHECK {
                 self.check_standing().await?;
             }
-            // Mark the current notification seen before looking, so a
-            // delivery that lands during the query wakes us again.
-            self.wake.borrow_and_update();
-            let batch = if self.first_pass {
-                self.gw
-                    .store
-                    .pending(&self.caller.organ_id, self.cursor, None, limit)
-                    .await?
-            } else {
-                let lease = self.gw.limits.redelivery_after.as_micros() as i64;
-                self.gw
-                    .store
-                    .pending(&self.caller.organ_id, 0, Some(now_micros() - lease), limit)
-                    .await?
-            };
-            if let Some(last) = batch.last() {
-                self.cursor = self.cursor.max(last.delivery.id);
-                // The whole batch is marked handed out at once, through
-                // the group committer: a recipient with a backlog costs a
-                // share of one fsync per batch, not one per document. What is marked and not yet sent when the
-                // stream ends comes again after `redelivery_after`, as any
-                // unacknowledged delivery does.
-                let attempts = self
-                    .gw
-                    .store
-                    .mark_delivered_batch(&batch, self.caller.transport.as_str())
-                    .await?;
-                if let Some(n) = self.remaining.as_mut() {
-                    *n = n.saturating_sub(batch.len() as u32);
-                }
-                self.buffered.extend(batch.into_iter().zip(attempts));
-                continue;
-            }
-            if self.first_pass {
-                self.first_pass = false;
-                if self.follow {
+            if !self.first_pass {
+                self.hear();
+                if !self.landed.is_empty() {
+                    self.claim(limit as usize).await?;
                     continue;
+                }
+            }
+            if self.first_pass || self.look || self.scanned_at.elapsed() >= tick {
+                // Whatever lands from now on is heard of: the read below
+                // need not be told again.
+                self.look = false;
+                let batch = if self.first_pass {
+                    self.gw
+                        .store
+                        .pending(&self.caller.organ_id, self.cursor, None, limit)
+                        .await?
+                } else {
+                    self.scanned_at = tokio::time::Instant::now();
+                    let lease = self.gw.limits.redelivery_after.as_micros() as i64;
+                    self.gw
+                        .store
+                        .pending(&self.caller.organ_id, 0, Some(now_micros() - lease), limit)
+                        .await?
+                };
+                if let Some(last) = batch.last() {
+                    self.cursor = self.cursor.max(last.delivery.id);
+                    let full = batch.len() as u64 == limit;
+                    // The whole batch is marked handed out at once, through
+                    // the group committer: a recipient with a backlog costs
+                    // a share of one fsync per batch, not one per document.
+                    // What is marked and not yet sent when the stream ends
+                    // comes again after `redelivery_after`, as any
+                    // unacknowledged delivery does.
+                    self.hand_out(batch.into_iter().map(Handed::Read).collect(), false)
+                        .await?;
+                    // A full batch may have more behind it.
+                    self.look = full;
+                    continue;
+                }
+                if self.first_pass {
+                    self.first_pass = false;
+                    self.scanned_at = tokio::time::Instant::now();
+                    if self.follow {
+                        continue;
+                    }
                 }
             }
             if !self.follow {
                 return Ok(None);
             }
-            let tick = (self.gw.limits.redelivery_after / 4).max(Duration::from_millis(250));
-            let looked = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    changed = self.wake.changed() => {
-                        if changed.is_err() {
-                            return Ok(None);
-                        }
-                        break;
-                    }
-                    _ = tokio::time::sleep_until(looked + tick) => break,
-                    _ = tokio::time::sleep_until(self.standing_at + STANDING_CHECK) => {
-                        self.check_standing().await?;
-                    }
+            tokio::select! {
+                heard = self.feed.recv() => match heard {
+                    Ok(Landed::Delivery(fresh)) => self.landed.push_back(fresh),
+                    Ok(Landed::Look) | Err(broadcast::error::RecvError::Lagged(_)) => self.look = true,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                },
+                _ = tokio::time::sleep_until(self.scanned_at + tick) => {}
+                _ = tokio::time::sleep_until(self.standing_at + STANDING_CHECK) => {
+                    self.check_standing().await?;
                 }
             }
         }
+    }
+
+    /// Takes what was heard of without waiting.
+    fn hear(&mut self) {
+        loop {
+            match self.feed.try_recv() {
+                Ok(Landed::Delivery(fresh)) => self.landed.push_back(fresh),
+                Ok(Landed::Look) | Err(TryRecvError::Lagged(_)) => self.look = true,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Marks up to `limit` of the deliveries heard of handed out, oldest
+    /// first, and keeps those no read handed out before.
+    async fn claim(&mut self, limit: usize) -> Result<()> {
+        let n = limit.min(self.landed.len());
+        let mut batch: Vec<Arc<Fresh>> = self.landed.drain(..n).collect();
+        batch.sort_by_key(|f| f.pending.delivery.id);
+        self.hand_out(batch.into_iter().map(Handed::Fresh).collect(), true)
+            .await
+    }
+
+    /// Marks a batch handed out (one commit for all of it) and keeps, with
+    /// their attempt numbers, those the rows say are still to hand out.
+    async fn hand_out(&mut self, batch: Vec<Handed>, only_new: bool) -> Result<()> {
+        let refs: Vec<&PendingDelivery> = batch.iter().map(Handed::pending).collect();
+        let attempts = self
+            .gw
+            .store
+            .mark_delivered_batch(&refs, self.caller.transport.as_str(), only_new)
+            .await?;
+        for (p, attempt) in batch.into_iter().zip(attempts) {
+            if let Some(attempt) = attempt {
+                if let Some(n) = self.remaining.as_mut() {
+                    *n = n.saturating_sub(1);
+                }
+                self.buffered.push_back((p, attempt));
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn check_standing(&mut self) -> Result<()> {
@@ -216,12 +350,12 @@ impl Inbox {
         Ok(())
     }
 
-    pub(super) fn delivery(&self, p: PendingDelivery, attempt: i32) -> Result<Delivery> {
+    pub(super) fn delivery(&self, p: &PendingDelivery, attempt: i32) -> Result<Delivery> {
         let envelope = SignedEnvelope::decode(p.message.signed_envelope.as_slice())
             .or_err(Reason::Internal, STORED_ENVELOPE_UNREADABLE)?;
         let verification = Verification::decode(p.message.verification.as_slice()).ok();
         Ok(Delivery {
-            delivery_id: p.delivery.delivery_id,
+            delivery_id: p.delivery.delivery_id.clone(),
             envelope: Some(envelope),
             trace: hops_of(&p.message, &self.gw.gateway_id),
             accepted_at: Some(timestamp(p.message.accepted_at)),
@@ -244,7 +378,10 @@ impl Gateway {
             cursor: 0,
             buffered: VecDeque::new(),
             remaining: None,
-            wake: self.inner.inboxes.subscribe(&caller.organ_id),
+            feed: self.inner.inboxes.subscribe(&caller.organ_id),
+            landed: VecDeque::new(),
+            look: false,
+            scanned_at: tokio::time::Instant::now(),
             // The caller's standing was checked when it was identified.
             standing_at: tokio::time::Instant::now(),
         }

@@ -16,7 +16,9 @@ use crate::blobs::{BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::IdPolicy;
 use crate::rows::{DeliveryRow, MessageRow};
-use crate::store::{AcceptError, EventKind, NewAttachment, NewMessage, now_micros};
+use crate::store::{
+    AcceptError, EventKind, NewAttachment, NewMessage, PendingDelivery, now_micros,
+};
 use lienthong_types::{Route, timestamp};
 
 use super::{Caller, Gateway, Inner, PdfPolicy, Role, Subject};
@@ -324,8 +326,11 @@ impl Open {
         let message_id = msg.message_id.clone();
         match gw.store.accept(msg).await {
             Ok((m, deliveries)) => {
-                for r in &recipients {
-                    gw.inboxes.notify(r);
+                for d in deliveries.iter().filter(|d| d.route.is_local()) {
+                    gw.inboxes.landed(PendingDelivery {
+                        delivery: d.clone(),
+                        message: m.clone(),
+                    });
                 }
                 if deliveries.iter().any(|d| !d.route.is_local()) {
                     gw.outbox_wake.send_modify(|v| *v = v.wrapping_add(1));
