@@ -6,12 +6,13 @@
 //! name. What was the one chain becomes `main`, hashes untouched, so a log
 //! written before verifies as it did.
 //!
-//! Expand first: the release before this one keeps working on the new
-//! schema. It inserts events without naming a chain (the column's default
-//! puts them in `main`) and moves the head row it knows as `id = 1`, which
-//! is kept on `main`'s row. Its `log verify` knows a single chain, so it
-//! reads right only while `main` is the only one. Dropping the default and
-//! the `id` column is for a later migration, once no such release runs.
+//! Expand first: a gateway of the release before this one, running while
+//! another migrates, keeps working on the new schema. It inserts events
+//! without naming a chain (the column's default puts them in `main`) and
+//! moves the head row it knows as `id = 1`, which is kept on `main`'s row.
+//! Its `log verify` knows a single chain, so it reads right only while
+//! `main` is the only one. Dropping the default and the `id` column is for
+//! a later migration, once no such release runs.
 
 use sea_orm_migration::sea_orm::{DbBackend, Statement};
 use sea_orm_migration::{prelude::*, schema::*};
