@@ -203,7 +203,7 @@ pub struct DocumentStatusArgs {
 }
 
 async fn store(cfg: &Config) -> Result<Store> {
-    Store::connect(&cfg.database.url)
+    Store::connect(&cfg.database.url, cfg.writer()?)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
 }
@@ -650,27 +650,48 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
                 .verify_log()
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
-            match v.first_broken {
-                None => {
-                    println!(
-                        "the transfer log is intact: {} chained event(s){}",
-                        v.checked,
-                        if v.unchained > 0 {
-                            format!(", {} written before the chain existed", v.unchained)
-                        } else {
-                            String::new()
-                        }
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some((seq, what)) => {
-                    println!(
-                        "the transfer log is BROKEN at event {seq}: {what} ({} event(s) before it are intact)",
-                        v.checked
-                    );
-                    Ok(ExitCode::from(1))
+            let unchained = if v.unchained > 0 {
+                format!(", {} written before the chain existed", v.unchained)
+            } else {
+                String::new()
+            };
+            let broken = v.chains.iter().filter(|c| c.first_broken.is_some()).count();
+            if broken == 0 {
+                println!(
+                    "the transfer log is intact: {} chained event(s) in {} chain(s){unchained}",
+                    v.checked(),
+                    v.chains.len()
+                );
+            } else {
+                println!(
+                    "the transfer log is BROKEN in {broken} of {} chain(s){unchained}",
+                    v.chains.len()
+                );
+            }
+            // One line per chain, each with its head: keep them to compare
+            // with the next run (a cut tail with its head rewritten to match
+            // shows only against an earlier head).
+            for c in &v.chains {
+                let head = match &c.head {
+                    Some((seq, hash)) => format!("head at event {seq} ({hash})"),
+                    None => "no head row".to_owned(),
+                };
+                match &c.first_broken {
+                    None => println!(
+                        "  chain {}: intact, {} event(s), {head}",
+                        c.chain, c.checked
+                    ),
+                    Some((seq, what)) => println!(
+                        "  chain {}: BROKEN at event {seq}: {what} ({} event(s) before it are intact; {head})",
+                        c.chain, c.checked
+                    ),
                 }
             }
+            Ok(if broken == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -765,6 +786,7 @@ async fn log_reader(cfg: &Config) -> Result<Gateway> {
         Settings {
             gateway_id: cfg.gateway.id.clone(),
             database_url: cfg.database.url.clone(),
+            writer: cfg.writer()?,
             storage_path: cfg.storage.path.clone(),
             anchors: TrustAnchors::default(),
             limits: cfg.limits.to_limits(),

@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use lienthong_core::pipeline::Limits;
+use lienthong_core::store::WriterId;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -195,6 +196,10 @@ pub struct GatewaySection {
     /// The agency code this gateway writes in the TraceHeader of the edXML
     /// it renders (e.g. the province's office, 000.00.01.H35). Default: `id`.
     pub organ_id: Option<String>,
+    /// This replica's name, when several gateways share one database: the
+    /// chain of the transfer log it (and every command run with its
+    /// configuration) extends. Unset: the chain `main`.
+    pub replica: Option<String>,
 }
 
 impl Default for GatewaySection {
@@ -202,6 +207,7 @@ impl Default for GatewaySection {
         GatewaySection {
             id: "lienthong".to_owned(),
             organ_id: None,
+            replica: None,
         }
     }
 }
@@ -553,6 +559,17 @@ impl Config {
             )
         })?;
         Ok(cfg)
+    }
+
+    /// Who this process appends to the transfer log as: `gateway.replica`,
+    /// or the chain `main` without one.
+    pub fn writer(&self) -> Result<WriterId> {
+        match self.gateway.replica.as_deref() {
+            None => Ok(WriterId::main()),
+            Some(name) => {
+                WriterId::new(name).map_err(|e| anyhow::anyhow!("gateway.replica: {}", e.message()))
+            }
+        }
     }
 
     /// The gRPC address a local client should dial.
@@ -950,6 +967,29 @@ pdf_checks_in_flight = 0
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("lisen"), "{err}");
+        Ok(())
+    }
+
+    /// Without `gateway.replica` every process writes the chain `main`;
+    /// with it, the replica's own; a name that cannot be a chain's is
+    /// refused, naming the key.
+    #[test]
+    fn the_replica_names_the_chain_of_the_transfer_log() -> Result<()> {
+        assert_eq!(Config::load(None)?.writer()?, WriterId::main());
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(&f, "[gateway]\nreplica = \"lienthong-1\"\n")?;
+        assert_eq!(Config::load(Some(&f))?.writer()?.as_str(), "lienthong-1");
+        std::fs::write(&f, "[gateway]\nreplica = \"bản sao 1\"\n")?;
+        let err = Config::load(Some(&f))?
+            .writer()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("gateway.replica") && err.contains("bản sao 1"),
+            "{err}"
+        );
         Ok(())
     }
 

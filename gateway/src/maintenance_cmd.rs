@@ -59,7 +59,7 @@ async fn maintenance(cfg: Config, args: MaintenanceArgs) -> Result<ExitCode> {
         (Some(from), Some(to)) => Some((parse_time("--from", from)?, parse_time("--to", to)?)),
         _ => None,
     };
-    let store = Store::connect(&cfg.database.url)
+    let store = Store::connect(&cfg.database.url, cfg.writer()?)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let core = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.message());

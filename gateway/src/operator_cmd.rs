@@ -122,7 +122,7 @@ pub async fn run(cfg: Config, cmd: OperatorCommand) -> Result<ExitCode> {
         } => Some(read_password(name, *password_stdin)?),
         _ => None,
     };
-    let store = Store::connect(&cfg.database.url)
+    let store = Store::connect(&cfg.database.url, cfg.writer()?)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let core = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.message());

@@ -60,7 +60,7 @@ pub async fn run(cfg: Config, args: ReportArgs) -> Result<ExitCode> {
         );
     }
     let settings = cfg.report_settings()?;
-    let store = Store::connect(&cfg.database.url)
+    let store = Store::connect(&cfg.database.url, cfg.writer()?)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     // Documents accepted before their columns were filled (by an older

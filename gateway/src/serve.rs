@@ -89,7 +89,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // The attachment store opens with the storage keys, and refuses
     // wrong ones before anything else is touched.
     let blobs = crate::storage::open_blob_store(&cfg).await?;
-    let store = lienthong_core::store::Store::connect(&cfg.database.url)
+    let store = lienthong_core::store::Store::connect(&cfg.database.url, cfg.writer()?)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
         .context("opening the database")?;
@@ -122,6 +122,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         Settings {
             gateway_id: cfg.gateway.id.clone(),
             database_url: cfg.database.url.clone(),
+            writer: cfg.writer()?,
             storage_path: cfg.storage.path.clone(),
             anchors,
             limits: cfg.limits.to_limits(),

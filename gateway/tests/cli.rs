@@ -1,5 +1,6 @@
 //! The command line as an operator meets it: help, configuration errors,
-//! and the directory import's row-by-row report.
+//! the directory import's row-by-row report, and the transfer log's chain
+//! of each replica.
 
 use std::process::Command;
 
@@ -160,4 +161,59 @@ fn bench_grpc_carries_every_document() {
         assert!(r[key]["p99"].is_number(), "no {key}.p99 in {r}");
     }
     assert!(r["gateway"]["peak_rss_kb"].is_number(), "{r}");
+}
+
+/// Each replica's commands extend a chain of the transfer log of their own,
+/// named by `gateway.replica` (here from the environment, as replicas set
+/// it); `log verify` lists every chain with its head. A name that cannot be
+/// a chain's is refused, naming the key, before anything is written.
+#[test]
+fn log_verify_lists_the_chain_of_each_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("l.db").display());
+    let csv = dir.path().join("dir.csv");
+    std::fs::write(
+        &csv,
+        "organ_id,name\n000.00.00.H35,Ủy ban nhân dân tỉnh Lai Châu\n",
+    )
+    .expect("write");
+    let run = |replica: Option<&str>, args: &[&str]| {
+        let mut c = lienthong();
+        c.env("LIENTHONG_DATABASE__URL", &db)
+            .env_remove("LIENTHONG_GATEWAY__REPLICA");
+        if let Some(r) = replica {
+            c.env("LIENTHONG_GATEWAY__REPLICA", r);
+        }
+        c.args(args).output().expect("run lienthong")
+    };
+    let import = |replica| {
+        let out = run(
+            replica,
+            &["directory", "import", &csv.display().to_string()],
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = import(None);
+    assert!(ok, "{err}");
+    // The same file again, by a replica: only the import's own line.
+    let (ok, err) = import(Some("lienthong-2"));
+    assert!(ok, "{err}");
+    let (ok, err) = import(Some("bản sao 2"));
+    assert!(!ok && err.contains("gateway.replica"), "{err}");
+
+    let out = run(None, &["log", "verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("the transfer log is intact: ") && text.contains(" in 2 chain(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  chain lienthong-2: intact, 1 event(s), head at event 1 ("),
+        "{text}"
+    );
+    assert!(text.contains("\n  chain main: intact, "), "{text}");
 }

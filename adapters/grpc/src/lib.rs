@@ -397,13 +397,36 @@ impl pb::admin_server::Admin for AdminService {
     unary!(self.verify_log(pb::VerifyLogRequest) -> pb::VerifyLogResponse =
     |gw, caller, _| {
         let v = gw.admin_verify_log(caller).await?;
-        let (broken_at, problem) = v.first_broken.unwrap_or((0, String::new()));
+        let (broken_chain, broken_at, problem) = v
+            .first_broken()
+            .map(|(c, seq, what)| (c.to_owned(), seq, what.to_owned()))
+            .unwrap_or_default();
+        let chains = v
+            .chains
+            .iter()
+            .map(|c| {
+                let (head_seq, head_hash) = c.head.clone().unwrap_or_default();
+                let (broken_at, problem) = c.first_broken.clone().unwrap_or_default();
+                pb::LogChain {
+                    name: c.chain.clone(),
+                    checked: c.checked,
+                    has_head: c.head.is_some(),
+                    head_seq,
+                    head_hash,
+                    intact: c.first_broken.is_none(),
+                    broken_at,
+                    problem,
+                }
+            })
+            .collect();
         Ok(pb::VerifyLogResponse {
-            intact: problem.is_empty(),
-            checked: v.checked,
+            intact: v.intact(),
+            checked: v.checked(),
             unchained: v.unchained,
             broken_at,
             problem,
+            chains,
+            broken_chain,
         })
     });
 }

@@ -764,6 +764,7 @@ impl ClientRole {
 mod tests {
     use super::*;
     use crate::devpki::{DevCa, KeyType};
+    use crate::store::WriterId;
 
     fn issue(ca: &DevCa, organ_id: &str) -> Result<crate::devpki::Issued> {
         let now = time::OffsetDateTime::now_utc();
@@ -788,7 +789,11 @@ mod tests {
     #[tokio::test]
     async fn imports_and_unbindings_leave_their_lines() -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let store = Store::connect(&format!("sqlite://{}/d.db", dir.path().display())).await?;
+        let store = Store::connect(
+            &format!("sqlite://{}/d.db", dir.path().display()),
+            WriterId::main(),
+        )
+        .await?;
         let ca = DevCa::generate("Directory Test CA", KeyType::EcP256)?;
         let issued = issue(&ca, "000.00.01.H35")?;
         let der = issued.cert_der.clone();
@@ -856,7 +861,7 @@ mod tests {
         assert_eq!(wrong.err().map(|e| e.reason()), Some(Reason::NotFound));
         let bad = CertRef::KeySha256("abc".into()).key();
         assert_eq!(bad.err().map(|e| e.reason()), Some(Reason::Malformed));
-        assert_eq!(store.verify_log().await?.first_broken, None);
+        assert_eq!(store.verify_log().await?.first_broken(), None);
         Ok(())
     }
 
@@ -867,7 +872,11 @@ mod tests {
     async fn copies_for_a_deactivated_queue_agency_are_held() -> Result<()> {
         use crate::pipeline::{Gateway, Settings};
         let dir = tempfile::tempdir()?;
-        let store = Store::connect(&format!("sqlite://{}/q.db", dir.path().display())).await?;
+        let store = Store::connect(
+            &format!("sqlite://{}/q.db", dir.path().display()),
+            WriterId::main(),
+        )
+        .await?;
         let q = "000.00.31.H35";
         let row = |active| rows::AgencyRow {
             organ_id: q.to_owned(),

@@ -123,10 +123,10 @@ async fn windows_written_behind_the_gateways_back_are_polled() -> Result<()> {
     ));
     let mut following = gw.notice_feed().await;
     // The command line writes the database through a store of its own.
-    let other = lienthong_core::store::Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("db.sqlite").display()
-    ))
+    let other = lienthong_core::store::Store::connect(
+        &format!("sqlite://{}", dir.path().join("db.sqlite").display()),
+        lienthong_core::store::WriterId::main(),
+    )
     .await?;
     let now = now_micros();
     let w = maintenance::announce(&other, now - HOUR, now + HOUR, "Đang nâng cấp").await?;

@@ -651,6 +651,6 @@ async fn directory_changes_are_logged_and_leave_the_figures_alone() -> Result<()
         assert_eq!((e.transport.as_str(), e.message_id.as_str()), ("cli", ""));
     }
     let v = store.verify_log().await?;
-    assert_eq!(v.first_broken, None, "{v:?}");
+    assert_eq!(v.first_broken(), None, "{v:?}");
     Ok(())
 }

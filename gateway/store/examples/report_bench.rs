@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lienthong_core::pipeline::{Gateway, Settings};
 use lienthong_core::rows::AgencyRow;
-use lienthong_core::store::{Store, now_micros};
+use lienthong_core::store::{Store, WriterId, now_micros};
 use lienthong_reports::{self as reports, Period, ReportSettings, Scope};
 use sea_orm::{ConnectionTrait, Database};
 
@@ -171,7 +171,7 @@ async fn main() {
                 .unwrap_or_else(|e| fail(&sql, e));
         }
     }
-    let store = Store::connect(&url)
+    let store = Store::connect(&url, WriterId::main())
         .await
         .unwrap_or_else(|e| fail("connect", e.chain()));
     if !reuse {

@@ -13,16 +13,19 @@
 //! others of its group still commit.
 //!
 //! Architecture invariant: the chain's head in memory is only ever what this
-//! task saw commit. Other writers (the directory, refusals, the relay)
-//! append through the head row as before; the committer's compare-and-set on
-//! that row notices them and reads the head again. After a crash the head is
-//! read again from what committed.
+//! task saw commit. The committer extends its process's chain (its
+//! `WriterId`); the other appenders of the process (the directory, refusals,
+//! the relay) and its command-line tools append to the same chain through
+//! its head row, and the committer's compare-and-set on that row notices
+//! them and reads the head again. Other replicas extend chains of their own
+//! and never move this one's row. After a crash the head is read again from
+//! what committed.
 
 use std::collections::{HashMap, HashSet};
 
 use lienthong_schema::entity::{attachment, delivery, event, log_head, message, outbox};
 use lienthong_types::Route;
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter,
     QuerySelect, QueryTrait, Set, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
@@ -32,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::rows::{DeliveryRow, MessageRow};
 use crate::sql::Sql;
-use crate::writes::{AcceptError, AckOutcome, EventKind, NewEvent, NewMessage, chain_hash};
+use crate::writes::{AcceptError, AckOutcome, EventKind, NewEvent, NewMessage, WriterId};
 
 /// A message row and its deliveries, as committed.
 pub(crate) type Accepted = (MessageRow, Vec<DeliveryRow>);
@@ -123,8 +126,12 @@ pub(crate) const COMMIT_QUEUE: usize = 256;
 /// on bound values for the widest table (messages, about 20 columns).
 const ROWS_PER_STATEMENT: usize = 256;
 
-pub(crate) async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>) {
-    let mut head: Option<Head> = None;
+pub(crate) async fn commit_loop(
+    db: DatabaseConnection,
+    writer: WriterId,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let mut chain = Chain::new(writer);
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -133,20 +140,33 @@ pub(crate) async fn commit_loop(db: DatabaseConnection, mut rx: mpsc::Receiver<J
                 Err(_) => break,
             }
         }
-        commit_group(&db, &mut head, group).await;
+        commit_group(&db, &mut chain, group).await;
     }
 }
 
 /// Writes one job in a transaction of its own (no committer to share one).
-pub(crate) async fn commit_alone(db: &DatabaseConnection, job: Job) {
-    commit_group(db, &mut None, vec![job]).await;
+pub(crate) async fn commit_alone(db: &DatabaseConnection, writer: &WriterId, job: Job) {
+    commit_group(db, &mut Chain::new(writer.clone()), vec![job]).await;
 }
 
-/// The transfer log's head: the last position of the chain and its hash.
+/// A chain's head: its last position and that event's hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
     seq: i64,
     hash: String,
+}
+
+/// The chain a committer extends, and its head as the committer last saw
+/// it commit (`None`: not known, read it under the row's lock).
+pub(crate) struct Chain {
+    writer: WriterId,
+    head: Option<Head>,
+}
+
+impl Chain {
+    fn new(writer: WriterId) -> Chain {
+        Chain { writer, head: None }
+    }
 }
 
 type AcceptReply = oneshot::Sender<Result<Accepted, AcceptError>>;
@@ -186,7 +206,7 @@ struct Written {
 /// group is written again with each acceptance in a savepoint of its own,
 /// so that the one at fault is refused alone (the way PostgreSQL always
 /// writes them).
-async fn commit_group(db: &DatabaseConnection, head: &mut Option<Head>, jobs: Vec<Job>) {
+async fn commit_group(db: &DatabaseConnection, chain: &mut Chain, jobs: Vec<Job>) {
     let mut group = Group::default();
     for j in jobs {
         match j {
@@ -201,9 +221,9 @@ async fn commit_group(db: &DatabaseConnection, head: &mut Option<Head>, jobs: Ve
     // (docs/performance.md). A statement that takes arrays would give it
     // one statement for any size.
     let one_by_one = db.get_database_backend() == DbBackend::Postgres;
-    let mut outcome = write_group(db, head, &group, one_by_one).await;
+    let mut outcome = write_group(db, chain, &group, one_by_one).await;
     if let Err(Retry::OneByOne) = outcome {
-        outcome = write_group(db, head, &group, true).await;
+        outcome = write_group(db, chain, &group, true).await;
     }
     match outcome {
         Ok(written) => {
@@ -239,7 +259,7 @@ impl From<DbErr> for Retry {
 
 async fn write_group(
     db: &DatabaseConnection,
-    head: &mut Option<Head>,
+    chain: &mut Chain,
     group: &Group,
     one_by_one: bool,
 ) -> Result<Written, Retry> {
@@ -284,14 +304,14 @@ async fn write_group(
     // writer holds the write lock from its first statement: its set never
     // waits.
     let known = match db.get_database_backend() {
-        DbBackend::Sqlite => head.as_ref(),
+        DbBackend::Sqlite => chain.head.as_ref(),
         _ => None,
     };
-    let new_head = append(&txn, known, &events).await?;
+    let new_head = append(&txn, &chain.writer, known, &events).await?;
     match txn.commit().await {
         Ok(()) => {
             if new_head.is_some() {
-                *head = new_head;
+                chain.head = new_head;
             }
             Ok(Written {
                 accepted,
@@ -301,7 +321,7 @@ async fn write_group(
         }
         Err(e) => {
             // Whether it committed is unknown: read the head again next time.
-            *head = None;
+            chain.head = None;
             Err(Retry::Failed(e))
         }
     }
@@ -926,17 +946,19 @@ pub(crate) async fn mark_all<C: ConnectionTrait>(
 
 // ----- the transfer log's chain ---------------------------------------------
 
-/// Chains `events` after the head inside the caller's transaction and
-/// returns the new head, for the caller to keep once the transaction has
-/// committed (`None`: nothing appended).
+/// Chains `events` after the head of `writer`'s chain inside the caller's
+/// transaction and returns the new head, for the caller to keep once the
+/// transaction has committed (`None`: nothing appended).
 ///
-/// With a head known, one compare-and-set of the head row both checks it
-/// and moves it. Without one, or when another writer moved it meanwhile,
-/// the head row is taken with an update that reads it back: that update
-/// serialises appenders (a row lock in PostgreSQL, the write lock in
-/// SQLite), so the chain follows commit order.
+/// With a head known, one compare-and-set of the chain's head row both
+/// checks it and moves it. Without one, or when another appender of the
+/// same chain moved it meanwhile, the row is taken with an update that
+/// reads it back: that update serialises the chain's appenders (a row lock
+/// in PostgreSQL, the write lock in SQLite), so a chain follows commit
+/// order. Appenders of other chains take other rows.
 pub(crate) async fn append<C: ConnectionTrait>(
     c: &C,
+    writer: &WriterId,
     known: Option<&Head>,
     events: &[(i64, NewEvent)],
 ) -> Result<Option<Head>, DbErr> {
@@ -945,12 +967,12 @@ pub(crate) async fn append<C: ConnectionTrait>(
     }
     let backend = c.get_database_backend();
     if let Some(start) = known {
-        let (rows, end) = chained(start, events);
+        let (rows, end) = chained(writer, start, events);
         let sql = match backend {
             DbBackend::Postgres => {
-                "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3 AND hash = $4"
+                "UPDATE log_head SET seq = $1, hash = $2 WHERE chain = $3 AND seq = $4 AND hash = $5"
             }
-            _ => "UPDATE log_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ? AND hash = ?",
+            _ => "UPDATE log_head SET seq = ?, hash = ? WHERE chain = ? AND seq = ? AND hash = ?",
         };
         let moved = c
             .execute_raw(Statement::from_sql_and_values(
@@ -959,6 +981,7 @@ pub(crate) async fn append<C: ConnectionTrait>(
                 [
                     end.seq.into(),
                     end.hash.clone().into(),
+                    writer.as_str().into(),
                     start.seq.into(),
                     start.hash.clone().into(),
                 ],
@@ -970,50 +993,89 @@ pub(crate) async fn append<C: ConnectionTrait>(
             return Ok(Some(end));
         }
     }
-    let n = events.len() as i64;
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "UPDATE log_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash"
-        }
-        _ => "UPDATE log_head SET seq = seq + ? WHERE id = 1 RETURNING seq, hash",
-    };
-    let row = c
-        .query_one_raw(Statement::from_sql_and_values(backend, sql, [n.into()]))
-        .await?
-        .ok_or_else(|| DbErr::Custom("the transfer log's head row is missing".to_owned()))?;
-    let start = Head {
-        seq: row.try_get::<i64>("", "seq")? - n,
-        hash: row.try_get("", "hash")?,
-    };
-    let (rows, end) = chained(&start, events);
+    let start = take_head(c, writer, events.len() as i64).await?;
+    let (rows, end) = chained(writer, &start, events);
     insert_events(c, rows).await?;
     log_head::Entity::update_many()
         .col_expr(log_head::Column::Hash, Expr::value(end.hash.clone()))
-        .filter(log_head::Column::Id.eq(1))
+        .filter(log_head::Column::Chain.eq(writer.as_str()))
         .exec(c)
         .await?;
     Ok(Some(end))
 }
 
-fn chained(start: &Head, events: &[(i64, NewEvent)]) -> (Vec<event::ActiveModel>, Head) {
+/// Moves the head of `writer`'s chain `n` positions on, holding its row
+/// until the transaction ends, and returns where it stood. A writer's first
+/// append makes its chain's row, in the transaction of its first events:
+/// a chain's row never stands without them.
+async fn take_head<C: ConnectionTrait>(c: &C, writer: &WriterId, n: i64) -> Result<Head, DbErr> {
+    let backend = c.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "UPDATE log_head SET seq = seq + $1 WHERE chain = $2 RETURNING seq, hash"
+        }
+        _ => "UPDATE log_head SET seq = seq + ? WHERE chain = ? RETURNING seq, hash",
+    };
+    let take = Statement::from_sql_and_values(backend, sql, [n.into(), writer.as_str().into()]);
+    let row = match c.query_one_raw(take.clone()).await? {
+        Some(row) => row,
+        None => {
+            // Events of the chain without its row: the row was removed by
+            // hand. Starting the chain again would clash with their
+            // positions and hide what happened; `log verify` names it.
+            let orphans = event::Entity::find()
+                .select_only()
+                .column(event::Column::Id)
+                .filter(event::Column::Chain.eq(writer.as_str()))
+                .limit(1)
+                .into_tuple::<i64>()
+                .one(c)
+                .await?;
+            if orphans.is_some() {
+                return Err(DbErr::Custom(format!(
+                    "the transfer log's chain {writer} has events but no head row; \
+                     run `lienthong log verify`"
+                )));
+            }
+            // Another process of the same writer may make it at the same
+            // moment: then this one waits for it and takes that row.
+            log_head::Entity::insert(log_head::ActiveModel {
+                chain: Set(writer.as_str().to_owned()),
+                id: Set(None),
+                seq: Set(0),
+                hash: Set(writer.genesis()),
+            })
+            .on_conflict(
+                OnConflict::column(log_head::Column::Chain)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(c)
+            .await?;
+            c.query_one_raw(take).await?.ok_or_else(|| {
+                DbErr::Custom(format!(
+                    "the head row of the transfer log's chain {writer} could not be made"
+                ))
+            })?
+        }
+    };
+    Ok(Head {
+        seq: row.try_get::<i64>("", "seq")? - n,
+        hash: row.try_get("", "hash")?,
+    })
+}
+
+fn chained(
+    writer: &WriterId,
+    start: &Head,
+    events: &[(i64, NewEvent)],
+) -> (Vec<event::ActiveModel>, Head) {
     let mut prev = start.hash.clone();
     let mut rows = Vec::with_capacity(events.len());
     let mut seq = start.seq;
     for (at, e) in events {
         seq += 1;
-        let hash = chain_hash(
-            &prev,
-            seq,
-            *at,
-            e.kind.as_str(),
-            &e.sender,
-            &e.message_id,
-            e.recipient.as_deref(),
-            e.reason.as_deref(),
-            &e.detail,
-            e.actor.as_deref(),
-            &e.transport,
-        );
+        let hash = e.chain_hash(&prev, seq, *at);
         rows.push(event::ActiveModel {
             at: Set(*at),
             kind: Set(e.kind.as_str().to_owned()),
@@ -1024,6 +1086,7 @@ fn chained(start: &Head, events: &[(i64, NewEvent)]) -> (Vec<event::ActiveModel>
             detail: Set(e.detail.clone()),
             actor: Set(e.actor.clone()),
             transport: Set(e.transport.clone()),
+            chain: Set(writer.as_str().to_owned()),
             chain_seq: Set(Some(seq)),
             prev_hash: Set(Some(prev)),
             hash: Set(Some(hash.clone())),

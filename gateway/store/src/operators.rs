@@ -207,7 +207,9 @@ impl Store {
                 .or_db()?
             }
         };
-        append_events(&txn, vec![change.line], now).await.or_db()?;
+        append_events(&txn, self.writer(), vec![change.line], now)
+            .await
+            .or_db()?;
         txn.commit().await.or_db()?;
         Ok(row.into())
     }
@@ -252,7 +254,9 @@ impl Store {
             .exec(&txn)
             .await
             .or_db()?;
-        append_events(&txn, vec![line], now).await.or_db()?;
+        append_events(&txn, self.writer(), vec![line], now)
+            .await
+            .or_db()?;
         txn.commit().await.or_db()
     }
 
@@ -301,7 +305,9 @@ impl Store {
             .exec(&txn)
             .await
             .or_db()?;
-        append_events(&txn, vec![line], now).await.or_db()?;
+        append_events(&txn, self.writer(), vec![line], now)
+            .await
+            .or_db()?;
         txn.commit().await.or_db()
     }
 }

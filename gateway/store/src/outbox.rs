@@ -157,7 +157,9 @@ impl Store {
                 who.get(&row.delivery_pk).cloned().unwrap_or_default();
             events.extend(sent_lines(row, sender, message_id, recipient));
         }
-        append_events(&txn, events, now).await.or_db()?;
+        append_events(&txn, self.writer(), events, now)
+            .await
+            .or_db()?;
         txn.commit().await.or_db()?;
         Ok(marked.len())
     }
@@ -235,6 +237,7 @@ fn sent_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::WriterId;
     use lienthong_schema::entity::message;
     use sea_orm::{ActiveModelTrait, Set};
 
@@ -322,7 +325,11 @@ mod tests {
     #[tokio::test]
     async fn confirms_are_marked_together_once_each_with_their_lines() -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let s = Store::connect(&format!("sqlite://{}/o.db", dir.path().display())).await?;
+        let s = Store::connect(
+            &format!("sqlite://{}/o.db", dir.path().display()),
+            WriterId::main(),
+        )
+        .await?;
         let m1 = copies(&s, "A", "m1", &[("B", ""), ("X", "lienthong.documents")]).await?;
         let m2 = copies(&s, "C", "m2", &[("B", "")]).await?;
         let m3 = copies(&s, "A", "m3", &[("D", "")]).await?;
@@ -380,15 +387,19 @@ mod tests {
         assert_eq!(lines(&s, "A", "m3").await?.len(), 2);
         assert_eq!(s.outbox_depth().await?, 0);
         let log = s.verify_log().await?;
-        assert_eq!(log.first_broken, None, "{log:?}");
-        assert_eq!(log.checked, 7);
+        assert_eq!(log.first_broken(), None, "{log:?}");
+        assert_eq!(log.checked(), 7);
         Ok(())
     }
 
     #[tokio::test]
     async fn a_batch_longer_than_one_list_is_marked_whole() -> Result<()> {
         let dir = tempfile::tempdir()?;
-        let s = Store::connect(&format!("sqlite://{}/o.db", dir.path().display())).await?;
+        let s = Store::connect(
+            &format!("sqlite://{}/o.db", dir.path().display()),
+            WriterId::main(),
+        )
+        .await?;
         let mut rows = Vec::new();
         for i in 0..(IN_LIST + 7) {
             rows.extend(copies(&s, "A", &format!("m{i}"), &[("B", "")]).await?);
@@ -397,7 +408,7 @@ mod tests {
         assert_eq!(s.outbox_depth().await?, 0);
         let last = lines(&s, "A", &format!("m{}", IN_LIST + 6)).await?;
         assert_eq!(last.len(), 2, "{last:?}");
-        assert_eq!(s.verify_log().await?.checked, 2 * (IN_LIST as u64 + 7));
+        assert_eq!(s.verify_log().await?.checked(), 2 * (IN_LIST as u64 + 7));
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! Architecture invariant: the `events` table (the transfer log) is only
 //! ever inserted into.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use lienthong_schema::entity::{
     agency, attachment, client_cert, delivery, event, log_head, message, outbox, representation,
     signing_cert,
 };
+use lienthong_schema::migration::MAIN_CHAIN;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
@@ -41,7 +43,7 @@ use crate::commit::{
 use crate::directory_cache::{self, DirectoryCache};
 pub use crate::writes::{
     AcceptError, AckOutcome, DocumentIndex, EventKind, NewAttachment, NewEvent, NewMessage,
-    chain_hash,
+    WriterId, chain_genesis, chain_hash,
 };
 
 pub use lienthong_types::now_micros;
@@ -62,26 +64,69 @@ fn event_hash(e: &event::Model) -> Option<String> {
     ))
 }
 
-/// Appends events to the hash chain inside the caller's transaction, after
-/// the head row's position (see [`crate::commit::append`]).
+/// Appends events to `writer`'s hash chain inside the caller's
+/// transaction, after its head row's position (see
+/// [`crate::commit::append`]).
 pub(crate) async fn append_events<C: ConnectionTrait>(
     c: &C,
+    writer: &WriterId,
     events: Vec<NewEvent>,
     at: i64,
 ) -> Result<(), DbErr> {
     let events: Vec<(i64, NewEvent)> = events.into_iter().map(|e| (at, e)).collect();
-    crate::commit::append(c, None, &events).await.map(|_| ())
+    crate::commit::append(c, writer, None, &events)
+        .await
+        .map(|_| ())
 }
 
-/// What `lienthong log verify` found.
+/// What `lienthong log verify` found: every chain of the transfer log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogVerification {
-    /// Chained events checked.
-    pub checked: u64,
+    /// Each chain, by name: those with a head row and those with events.
+    pub chains: Vec<ChainVerification>,
     /// Events written before the chain existed (no hash to check).
     pub unchained: u64,
-    /// The first broken link, if any: the chain position and what is wrong.
+}
+
+/// What `lienthong log verify` found in one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainVerification {
+    /// The chain's name: the writer that extends it.
+    pub chain: String,
+    /// Events checked in order, from the first to the end or to the first
+    /// broken link.
+    pub checked: u64,
+    /// The position and hash its head row names (`None`: it has no row).
+    pub head: Option<(i64, String)>,
+    /// The first broken link, if any: the position and what is wrong.
     pub first_broken: Option<(i64, String)>,
+}
+
+impl LogVerification {
+    /// No chain has a broken link.
+    pub fn intact(&self) -> bool {
+        self.chains.iter().all(|c| c.first_broken.is_none())
+    }
+
+    /// Chained events checked, in all chains.
+    pub fn checked(&self) -> u64 {
+        self.chains.iter().map(|c| c.checked).sum()
+    }
+
+    /// The first broken link of the first chain that has one: the chain,
+    /// the position and what is wrong.
+    pub fn first_broken(&self) -> Option<(&str, i64, &str)> {
+        self.chains.iter().find_map(|c| {
+            c.first_broken
+                .as_ref()
+                .map(|(seq, what)| (c.chain.as_str(), *seq, what.as_str()))
+        })
+    }
+
+    /// One chain's result, by name.
+    pub fn chain(&self, name: &str) -> Option<&ChainVerification> {
+        self.chains.iter().find(|c| c.chain == name)
+    }
 }
 
 /// A copy waiting to leave through AMQP, as the relay reads it: which
@@ -156,12 +201,16 @@ pub struct Store {
     committer: Option<mpsc::Sender<Job>>,
     /// The directory's rows the pipeline reads on every call.
     directory: Arc<DirectoryCache>,
+    /// The chain of the transfer log every append of this store extends.
+    writer: WriterId,
 }
 
 impl Store {
     /// Connects and applies pending migrations. `sqlite:` URLs get their
     /// directory created and run in WAL mode with full fsync on commit.
-    pub async fn connect(url: &str) -> Result<Store> {
+    /// Everything this store appends to the transfer log goes to `writer`'s
+    /// chain.
+    pub async fn connect(url: &str, writer: WriterId) -> Result<Store> {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -200,14 +249,20 @@ impl Store {
         // Group commit runs on the runtime that opened the store.
         let committer = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
-            rt.spawn(crate::commit::commit_loop(db.clone(), rx));
+            rt.spawn(crate::commit::commit_loop(db.clone(), writer.clone(), rx));
             tx
         });
         Ok(Store {
             db,
             committer,
             directory: Arc::default(),
+            writer,
         })
+    }
+
+    /// The chain of the transfer log this store appends to.
+    pub fn writer(&self) -> &WriterId {
+        &self.writer
     }
 
     /// Hands a job to the group committer and waits for its answer, or,
@@ -221,7 +276,7 @@ impl Store {
             },
             None => job,
         };
-        crate::commit::commit_alone(&self.db, job).await;
+        crate::commit::commit_alone(&self.db, &self.writer, job).await;
         answer.await.ok()
     }
 
@@ -232,7 +287,7 @@ impl Store {
     /// docs/performance.md).
     async fn commit_small<T>(&self, job: Job, answer: oneshot::Receiver<T>) -> Option<T> {
         if self.db.get_database_backend() == DbBackend::Postgres {
-            crate::commit::commit_alone(&self.db, job).await;
+            crate::commit::commit_alone(&self.db, &self.writer, job).await;
             return answer.await.ok();
         }
         self.commit(job, answer).await
@@ -454,7 +509,7 @@ impl Store {
                 )));
             }
         }
-        append_events(&txn, log, now).await.or_db()?;
+        append_events(&txn, &self.writer, log, now).await.or_db()?;
         txn.execute_raw(Statement::from_string(
             txn.get_database_backend(),
             "UPDATE directory_version SET version = version + 1 WHERE id = 1",
@@ -665,7 +720,9 @@ impl Store {
             return Ok(());
         }
         let txn = self.db.begin().await.or_db()?;
-        append_events(&txn, events, now_micros()).await.or_db()?;
+        append_events(&txn, &self.writer, events, now_micros())
+            .await
+            .or_db()?;
         txn.commit().await.or_db()?;
         Ok(())
     }
@@ -792,25 +849,63 @@ impl Store {
         }
     }
 
-    /// Walks the transfer log's hash chain from the start and reports the
-    /// first broken link: an edited event (its hash no longer matches), a
-    /// removed one (a gap in the positions), or a removed tail (the head
-    /// names a later position). Reads in pages: memory stays flat.
+    /// Walks every chain of the transfer log from its start and reports,
+    /// for each, its length, its head and its first broken link: an edited
+    /// event (its hash no longer matches), a removed one (a gap in the
+    /// positions), a removed tail (the head names a later position), a head
+    /// row without its chain's events, or events without their head row.
+    /// Reads in pages, one chain at a time: memory stays flat whatever the
+    /// log's length.
     pub async fn verify_log(&self) -> Result<LogVerification> {
         let unchained = event::Entity::find()
             .filter(event::Column::ChainSeq.is_null())
             .count(&self.db)
             .await
             .or_db()?;
-        let mut out = LogVerification {
+        let heads: BTreeMap<String, log_head::Model> = log_head::Entity::find()
+            .all(&self.db)
+            .await
+            .or_db()?
+            .into_iter()
+            .map(|h| (h.chain.clone(), h))
+            .collect();
+        // A chain is known by its head row or by its events: either one
+        // without the other is a break.
+        let mut names: BTreeSet<String> = heads.keys().cloned().collect();
+        names.extend(
+            event::Entity::find()
+                .select_only()
+                .column(event::Column::Chain)
+                .filter(event::Column::ChainSeq.is_not_null())
+                .distinct()
+                .into_tuple::<String>()
+                .all(&self.db)
+                .await
+                .or_db()?,
+        );
+        let mut chains = Vec::with_capacity(names.len());
+        for name in names {
+            chains.push(self.verify_chain(name.clone(), heads.get(&name)).await?);
+        }
+        Ok(LogVerification { chains, unchained })
+    }
+
+    async fn verify_chain(
+        &self,
+        chain: String,
+        head: Option<&log_head::Model>,
+    ) -> Result<ChainVerification> {
+        let mut out = ChainVerification {
             checked: 0,
-            unchained,
+            head: head.map(|h| (h.seq, h.hash.clone())),
             first_broken: None,
+            chain,
         };
-        let mut expected_prev = lienthong_schema::migration::GENESIS.to_owned();
+        let mut expected_prev = chain_genesis(&out.chain);
         let mut expected_seq = 1i64;
         loop {
             let page = event::Entity::find()
+                .filter(event::Column::Chain.eq(out.chain.as_str()))
                 .filter(event::Column::ChainSeq.gte(expected_seq))
                 .order_by_asc(event::Column::ChainSeq)
                 .limit(1000)
@@ -830,13 +925,12 @@ impl Store {
                     return Ok(out);
                 }
                 if e.prev_hash.as_deref() != Some(expected_prev.as_str()) {
-                    out.first_broken = Some((
-                        seq,
-                        format!(
-                            "event {seq} (id {}) does not follow the event before it",
-                            e.id
-                        ),
-                    ));
+                    let what = if seq == 1 {
+                        "does not start this chain (it was written in another)"
+                    } else {
+                        "does not follow the event before it"
+                    };
+                    out.first_broken = Some((seq, format!("event {seq} (id {}) {what}", e.id)));
                     return Ok(out);
                 }
                 let Some(h) = event_hash(&e) else {
@@ -858,26 +952,54 @@ impl Store {
                 expected_seq += 1;
             }
         }
-        let head = log_head::Entity::find_by_id(1)
-            .one(&self.db)
-            .await
-            .or_db()?;
-        match head {
-            Some(h) if h.seq == expected_seq - 1 && h.hash == expected_prev => {}
-            Some(h) => {
-                out.first_broken = Some((
-                    expected_seq,
-                    format!(
-                        "the log ends at event {} but its head names event {}: events were removed from the end",
-                        expected_seq - 1,
-                        h.seq
-                    ),
-                ));
+        let last = expected_seq - 1;
+        out.first_broken = match head {
+            None => Some((
+                0,
+                format!("the chain has {last} event(s) but no head row: the row was removed"),
+            )),
+            Some(h) if h.seq == last && h.hash == expected_prev => {
+                // A chain's row is written with its first events; only a
+                // new database's `main` stands at its genesis with none.
+                (last == 0 && h.chain != MAIN_CHAIN).then(|| {
+                    (
+                        0,
+                        "the chain has a head row but no events, and a chain's row is written \
+                         with its first events: they were removed"
+                            .to_owned(),
+                    )
+                })
             }
-            None => {
-                out.first_broken = Some((0, "the log's head row is missing".to_owned()));
-            }
-        }
+            Some(h) if h.seq > last && last == 0 => Some((
+                1,
+                format!(
+                    "the chain has no events but its head names event {}: they were removed",
+                    h.seq
+                ),
+            )),
+            Some(h) if h.seq > last => Some((
+                expected_seq,
+                format!(
+                    "the chain ends at event {last} but its head names event {}: events were removed from the end",
+                    h.seq
+                ),
+            )),
+            Some(h) if h.seq < last => Some((
+                h.seq + 1,
+                format!(
+                    "the chain goes on to event {last} but its head names event {}: the head row was set back",
+                    h.seq
+                ),
+            )),
+            Some(_) if last == 0 => Some((
+                0,
+                "the head's hash is not the chain's first: the head row was changed".to_owned(),
+            )),
+            Some(_) => Some((
+                last,
+                format!("the head's hash is not that of event {last}: the head row was changed"),
+            )),
+        };
         Ok(out)
     }
 
@@ -1118,6 +1240,8 @@ mod tests {
     use super::*;
     use sea_orm::Statement;
 
+    mod chains;
+
     #[test]
     fn sqlite_dir_is_found() {
         assert_eq!(
@@ -1148,7 +1272,7 @@ mod tests {
     async fn store() -> Result<(tempfile::TempDir, Store)> {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let s = Store::connect(&url).await?;
+        let s = Store::connect(&url, WriterId::main()).await?;
         Ok((dir, s))
     }
 
@@ -1212,9 +1336,9 @@ mod tests {
         assert_eq!((accepted, duplicates), (199, 1));
         assert_eq!(s.pending("B", 0, None, 1000).await?.len(), 199);
         let log = s.verify_log().await?;
-        assert!(log.first_broken.is_none(), "{log:?}");
+        assert!(log.intact(), "{log:?}");
         assert_eq!(
-            log.checked,
+            log.checked(),
             199 * 2,
             "an accepted and a routed line per message"
         );
@@ -1306,13 +1430,19 @@ mod tests {
         assert_eq!(s.pending("B", 0, None, 1000).await?.len(), 99);
         assert!(s.message("A", "poison").await?.is_none());
         let log = s.verify_log().await?;
-        assert!(log.first_broken.is_none(), "{log:?}");
-        assert_eq!(log.checked, 99 * 2, "an accepted and a routed line each");
+        assert!(log.intact(), "{log:?}");
+        assert_eq!(log.checked(), 99 * 2, "an accepted and a routed line each");
         Ok(())
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_commit_on_postgres() -> Result<()> {
+    /// Runs `test` on a PostgreSQL database of its own (named after
+    /// `label`), dropped afterwards whatever the outcome. Without a server
+    /// it is skipped, saying so, unless `LIENTHONG_REQUIRE_SERVICES` is set.
+    pub(super) async fn on_postgres<F, Fut>(label: &str, test: F) -> Result<()>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
         let admin = std::env::var("LIENTHONG_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let db = match Database::connect(&admin).await {
@@ -1328,13 +1458,13 @@ mod tests {
                 let _ = std::io::Write::write_fmt(
                     &mut std::io::stderr().lock(),
                     format_args!(
-                        "SKIPPED: group_commit_on_postgres: PostgreSQL at {admin} is unreachable ({e})\n"
+                        "SKIPPED: {label} on PostgreSQL: PostgreSQL at {admin} is unreachable ({e})\n"
                     ),
                 );
                 return Ok(());
             }
         };
-        let name = format!("lienthong_group_commit_{}", std::process::id());
+        let name = format!("lienthong_{label}_{}", std::process::id());
         db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
             .await
             .or_db()?;
@@ -1346,14 +1476,7 @@ mod tests {
             .map(|(b, _)| b)
             .unwrap_or(&admin)
             .to_owned();
-        let url = format!("{base}/{name}");
-        let outcome = tokio::spawn(async move {
-            let s = Store::connect(&url).await?;
-            let r = burst_with_a_duplicate(&s).await;
-            s.db.clone().close().await.ok();
-            r
-        })
-        .await;
+        let outcome = tokio::spawn(test(format!("{base}/{name}"))).await;
         db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await
             .or_db()?;
@@ -1361,6 +1484,17 @@ mod tests {
             Ok(result) => result,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_on_postgres() -> Result<()> {
+        on_postgres("group_commit", |url| async move {
+            let s = Store::connect(&url, WriterId::main()).await?;
+            let r = burst_with_a_duplicate(&s).await;
+            s.db.clone().close().await.ok();
+            r
+        })
+        .await
     }
 
     #[tokio::test]
@@ -1468,19 +1602,19 @@ mod tests {
         s.ack("B", &p[0].delivery.delivery_id, "test").await?;
         s.accept(new_message("A", "m2", &["B"])).await?;
         let v = s.verify_log().await?;
-        assert_eq!(v.first_broken, None, "{v:?}");
-        assert_eq!(v.checked, 7);
+        assert_eq!(v.first_broken(), None, "{v:?}");
+        assert_eq!(v.checked(), 7);
 
         // An edited detail is found at its position.
         s.execute_sql("UPDATE events SET detail = 'nothing to see' WHERE chain_seq = 5")
             .await?;
         let v = s.verify_log().await?;
-        assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(5), "{v:?}");
-        assert!(
-            v.first_broken
-                .as_ref()
-                .is_some_and(|b| b.1.contains("changed"))
+        assert_eq!(
+            v.first_broken().map(|b| (b.0, b.1)),
+            Some(("main", 5)),
+            "{v:?}"
         );
+        assert!(v.first_broken().is_some_and(|b| b.2.contains("changed")));
         Ok(())
     }
 
@@ -1490,65 +1624,18 @@ mod tests {
         for i in 0..3 {
             s.accept(new_message("A", &format!("m{i}"), &["B"])).await?;
         }
-        assert_eq!(s.verify_log().await?.first_broken, None);
+        assert_eq!(s.verify_log().await?.first_broken(), None);
         s.execute_sql("DELETE FROM events WHERE chain_seq = (SELECT MAX(chain_seq) FROM events)")
             .await?;
         let v = s.verify_log().await?;
         assert!(
-            v.first_broken
-                .as_ref()
-                .is_some_and(|b| b.1.contains("removed")),
+            v.first_broken().is_some_and(|b| b.2.contains("removed")),
             "{v:?}"
         );
         s.execute_sql("DELETE FROM events WHERE chain_seq = 2")
             .await?;
         let v = s.verify_log().await?;
-        assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(2), "{v:?}");
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn the_chain_survives_later_migrations() -> Result<()> {
-        use lienthong_schema::{Migrator, MigratorTrait};
-        let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
-        let db = sea_orm::Database::connect(&url).await.or_db()?;
-        // Up to and including the migration that starts the chain.
-        let chain_at = Migrator::migrations()
-            .iter()
-            .position(|m| m.name().contains("log_chain"))
-            .map(|i| i as u32 + 1)
-            .unwrap_or(0);
-        assert!(chain_at > 0, "no log_chain migration");
-        Migrator::up(&db, Some(chain_at)).await.or_db()?;
-        let s = Store {
-            db,
-            committer: None,
-            directory: Arc::default(),
-        };
-        // Only the log itself: later migrations add columns that today's
-        // entities write, so today's `accept` cannot run on the old schema.
-        for kind in [EventKind::Accepted, EventKind::Routed] {
-            s.log(NewEvent {
-                kind,
-                sender: "A".into(),
-                message_id: "before".into(),
-                recipient: Some("B".into()),
-                reason: None,
-                detail: "written before the later migrations".into(),
-                actor: Some("A".into()),
-                transport: "test".into(),
-            })
-            .await?;
-        }
-        let before = s.verify_log().await?;
-        assert_eq!(before.first_broken, None);
-        // Every later migration, then more traffic: the chain still holds.
-        Migrator::up(&s.db, None).await.or_db()?;
-        s.accept(new_message("A", "after", &["B"])).await?;
-        let after = s.verify_log().await?;
-        assert_eq!(after.first_broken, None, "{after:?}");
-        assert_eq!(after.checked, before.checked + 2);
+        assert_eq!(v.first_broken().map(|b| b.1), Some(2), "{v:?}");
         Ok(())
     }
 }

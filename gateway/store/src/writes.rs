@@ -2,6 +2,10 @@
 //! message to accept, a line of the transfer log (and the hash that chains
 //! it), and what became of an acceptance or an acknowledgement.
 
+use std::sync::Arc;
+
+use lienthong_schema::migration::{GENESIS, MAIN_CHAIN};
+use lienthong_types::error::Error;
 use lienthong_types::{MessageKind, Route};
 use sea_orm::DbErr;
 
@@ -74,6 +78,107 @@ pub struct NewEvent {
     pub detail: String,
     pub actor: Option<String>,
     pub transport: String,
+}
+
+/// Who appends to the transfer log, and so which of its hash chains: each
+/// writer extends a chain of its own, named by it, so that gateway replicas
+/// sharing one database never queue for one another's head. A process
+/// writes to one chain only — its pipeline, directory changes, refusals,
+/// relay and command-line tools alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WriterId(Arc<str>);
+
+impl WriterId {
+    /// The longest name: a host or pod name fits.
+    pub const MAX_LEN: usize = 63;
+
+    /// The default chain: a gateway without a replica name, and every event
+    /// written before chains had names.
+    pub fn main() -> WriterId {
+        WriterId(Arc::from(MAIN_CHAIN))
+    }
+
+    /// A writer named `name`: 1 to 63 ASCII letters, digits, `.`, `_` or
+    /// `-`, beginning with a letter or a digit, so that it reads the same
+    /// in the log, in SQL and in a shell.
+    pub fn new(name: &str) -> Result<WriterId, Error> {
+        let well_formed = (1..=Self::MAX_LEN).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !well_formed {
+            return Err(Error::malformed(format!(
+                "{} cannot name a chain of the transfer log: use 1 to {} ASCII letters, digits, \
+                 '.', '_' or '-', beginning with a letter or a digit",
+                lienthong_types::text::quote(name),
+                Self::MAX_LEN
+            )));
+        }
+        Ok(WriterId(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The hash before this writer's first event.
+    pub fn genesis(&self) -> String {
+        chain_genesis(&self.0)
+    }
+}
+
+impl Default for WriterId {
+    fn default() -> Self {
+        WriterId::main()
+    }
+}
+
+impl std::fmt::Display for WriterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The hash before a chain's first event.
+///
+/// The `main` chain keeps the genesis the one chain always had (zeros), so
+/// that logs written before chains had names verify unchanged. Any other
+/// chain starts from a hash of its name: its first link, and through it
+/// every later one, commits to the chain it was written in. Positions and
+/// links already catch one event moved into another chain; this also
+/// catches a whole chain relabelled — one replica's events passed off as
+/// another's, or as `main`'s — which would otherwise verify as well under
+/// its new name as under its own.
+pub fn chain_genesis(chain: &str) -> String {
+    if chain == MAIN_CHAIN {
+        return GENESIS.to_owned();
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"lienthong-log-chain-v1\n");
+    ctx.update(format!("{}:", chain.len()).as_bytes());
+    ctx.update(chain.as_bytes());
+    hex::encode(ctx.finish())
+}
+
+impl NewEvent {
+    /// Its hash at position `seq` of a chain, after the event whose hash is
+    /// `prev_hash`, written at `at`.
+    pub fn chain_hash(&self, prev_hash: &str, seq: i64, at: i64) -> String {
+        chain_hash(
+            prev_hash,
+            seq,
+            at,
+            self.kind.as_str(),
+            &self.sender,
+            &self.message_id,
+            self.recipient.as_deref(),
+            self.reason.as_deref(),
+            &self.detail,
+            self.actor.as_deref(),
+            &self.transport,
+        )
+    }
 }
 
 /// The hash of one transfer-log event, chained to the one before it.

@@ -733,6 +733,20 @@ async fn operator_changes_over_grpc_name_the_operator() {
             .receive_all(0)
             .await
             .expect("B is active again");
+        // The log as the operator reads it: one chain, `main`, whose head
+        // is its last event.
+        let v = admin
+            .verify_log(ops.request(pb::VerifyLogRequest {}))
+            .await
+            .expect("the operator checks the log")
+            .into_inner();
+        assert!(v.intact && v.problem.is_empty(), "{v:?}");
+        assert_eq!(v.chains.len(), 1, "{v:?}");
+        let main = &v.chains[0];
+        assert_eq!(main.name, "main", "{v:?}");
+        assert!(main.intact && main.has_head, "{v:?}");
+        assert_eq!((main.checked, main.head_seq), (v.checked, v.checked as i64));
+        assert_eq!(main.head_hash.len(), 64, "{v:?}");
 
         cli_ok(
             &gw,

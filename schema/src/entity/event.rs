@@ -22,9 +22,14 @@ pub struct Model {
     pub actor: Option<String>,
     /// The transport it came through: grpc, amqp, cli.
     pub transport: String,
-    /// Position in the gateway's hash chain (1, 2, 3, ...).
+    /// The hash chain it belongs to: the writer that appended it (a gateway
+    /// replica), `main` for a gateway without a replica name and for every
+    /// event written before chains had names.
+    pub chain: String,
+    /// Position in its chain (1, 2, 3, ...).
     pub chain_seq: Option<i64>,
-    /// Hash of the event at `chain_seq - 1` (the genesis hash for the first).
+    /// Hash of the event at `chain_seq - 1` of the same chain (the chain's
+    /// genesis hash for the first).
     pub prev_hash: Option<String>,
     /// SHA-256 over `prev_hash` and this event's fields (see the core's
     /// `store::chain_hash`).

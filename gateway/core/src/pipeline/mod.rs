@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::blobs::{BlobStore, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::routing::RouteTable;
-use crate::store::Store;
+use crate::store::{Store, WriterId};
 use lienthong_pki::receipts::ReceiptSigner;
 use lienthong_pki::signing::TrustAnchors;
 
@@ -109,6 +109,9 @@ pub struct Settings {
     /// This gateway's name in traces and receipts.
     pub gateway_id: String,
     pub database_url: String,
+    /// The chain of the transfer log this gateway extends (one per replica;
+    /// `main` by default).
+    pub writer: WriterId,
     pub storage_path: PathBuf,
     pub anchors: TrustAnchors,
     pub limits: Limits,
@@ -153,6 +156,7 @@ impl Default for Settings {
         Settings {
             gateway_id: "lienthong".to_owned(),
             database_url: "sqlite://./data/lienthong.db".to_owned(),
+            writer: WriterId::main(),
             storage_path: PathBuf::from("./data/blobs"),
             anchors: TrustAnchors::empty(),
             limits: Limits::default(),
@@ -229,7 +233,7 @@ pub struct Gateway {
 impl Gateway {
     /// Connects the database (migrating it) and opens the attachment store.
     pub async fn open(settings: Settings) -> Result<Gateway> {
-        let store = Store::connect(&settings.database_url).await?;
+        let store = Store::connect(&settings.database_url, settings.writer.clone()).await?;
         let blobs = BlobStore::open(&settings.storage_path).await?;
         Ok(Gateway::from_parts(store, blobs, settings))
     }

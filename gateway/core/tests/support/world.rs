@@ -61,7 +61,7 @@ impl World {
     ) -> Result<World> {
         let ca = DevCa::generate("Lienthong test CA", KeyType::EcP256)?;
         let anchors = TrustAnchors::from_der_certs([ca.cert_der()])?;
-        let store = lt::store::Store::connect(db_url).await?;
+        let store = lt::store::Store::connect(db_url, lt::store::WriterId::main()).await?;
         let blobs = lt::blobs::BlobStore::open(storage).await?;
         let gw = Gateway::from_parts(
             store.clone(),
