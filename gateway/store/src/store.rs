@@ -234,6 +234,10 @@ impl Store {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
+                    // A multi-row statement inside a transaction keeps a
+                    // statement journal (to undo itself alone); in a file,
+                    // that was a temporary file written per group.
+                    .pragma("temp_store", "memory")
             });
         } else {
             opts.max_connections(16);
