@@ -21,7 +21,7 @@
 //! not done here: the operator (or a cron job) puts current files in place.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -139,15 +139,38 @@ fn reason_name(r: webpki::RevocationReason) -> &'static str {
     }
 }
 
+/// Numbers every snapshot read from files, in the order they were read:
+/// verified chains remember the one they were judged under
+/// ([`crate::chain_cache`]), and a reload is a new number.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 /// The lists in force at one moment. Cheap to hold: verifications share it.
 #[derive(Debug, Default)]
 pub struct CrlSnapshot {
     crls: Vec<LoadedCrl>,
+    generation: u64,
 }
 
 impl CrlSnapshot {
     pub fn crls(&self) -> &[LoadedCrl] {
         &self.crls
+    }
+
+    /// Which reading of the files this is: every load or reload has a
+    /// number greater than all before it (0: an empty default).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The earliest nextUpdate (Unix seconds) of the lists whose issuer is
+    /// `issuer_der` (DER Name): webpki may judge a certificate of that
+    /// issuer by any of them.
+    pub fn next_update_of_issuer(&self, issuer_der: &[u8]) -> Option<i64> {
+        self.crls
+            .iter()
+            .filter(|c| c.issuer_der == issuer_der)
+            .map(|c| c.next_update)
+            .min()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -348,7 +371,10 @@ fn load_all(paths: &[PathBuf], anchors: &[AnchorKey]) -> Result<CrlSnapshot> {
             crls.push(crl);
         }
     }
-    Ok(CrlSnapshot { crls })
+    Ok(CrlSnapshot {
+        crls,
+        generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+    })
 }
 
 fn read_crl_file(path: &Path) -> Result<Vec<Vec<u8>>> {
@@ -828,14 +854,22 @@ mod tests {
         let anchors = base.with_crls(set);
         let shared = anchors.clone();
         assert!(verify(&issued, &anchors).is_ok());
+        assert!(verify(&issued, &shared).is_ok());
+        let stats = anchors.chain_cache_stats();
+        assert_eq!(
+            (stats.verified, stats.reused),
+            (1, 1),
+            "kept for both clones"
+        );
 
         // The CA revokes it; the operator copies the new list in place.
         w.write("root.crl", &crl(&root, &[(&issued.cert_der, tu)], tu, nu));
         assert_eq!(
             err(verify(&issued, &shared)).reason(),
             Reason::CertificateRevoked,
-            "a clone sees the reload"
+            "a clone sees the reload, and the chain kept before it is dropped"
         );
+        assert_eq!(anchors.chain_cache_stats().entries, 0);
 
         // A half-written copy does not undo the revocation.
         w.write("root.crl", b"\x30\x82\x01");
@@ -844,6 +878,96 @@ mod tests {
             Reason::CertificateRevoked
         );
         assert_eq!(anchors.crls().map(|s| s.crls().len()), Some(1));
+    }
+
+    /// Another certificate for `issued`'s key, with its own serial.
+    fn same_key_again(ca: &DevCa, issued: &Issued) -> Issued {
+        let made = (|| {
+            let key = KeyPair::from_pem(&issued.key_pem)?;
+            let ca_key = KeyPair::from_pem(ca.key_pem())?;
+            let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(ca.cert_der()), ca_key)?;
+            let mut params = rcgen::CertificateParams::default();
+            (params.not_before, params.not_after) = valid_now();
+            params.serial_number = Some(SerialNumber::from(0x5a5a_5a5a_u64));
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "VP");
+            params.is_ca = rcgen::IsCa::ExplicitNoCa;
+            params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            params.use_authority_key_identifier_extension = true;
+            params.signed_by(&key, &issuer)
+        })();
+        match made {
+            Ok(c) => Issued {
+                cert_der: c.der().to_vec(),
+                cert_pem: c.pem(),
+                key_pem: issued.key_pem.clone(),
+                chain_der: vec![c.der().to_vec()],
+            },
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_kept_chain_never_vouches_for_another_certificate_of_the_same_key() {
+        let w = World::new();
+        let root = ok(DevCa::generate("Test Root CA", KeyType::EcP256));
+        let renewed = leaf(&root, "VP");
+        let revoked = same_key_again(&root, &renewed);
+        let (tu, nu) = fresh();
+        let file = w.write("root.crl", &crl(&root, &[(&revoked.cert_der, tu)], tu, nu));
+        let anchors = w.anchors(&root, CertPolicy::default(), &[file]);
+        for _ in 0..2 {
+            let v = ok(verify(&renewed, &anchors));
+            assert_eq!(
+                v.spki_sha256,
+                ok(crate::signing::spki_sha256(&revoked.cert_der))
+            );
+            assert_eq!(
+                err(verify(&revoked, &anchors)).reason(),
+                Reason::CertificateRevoked
+            );
+        }
+        let stats = anchors.chain_cache_stats();
+        assert_eq!(
+            (stats.verified, stats.reused, stats.entries),
+            (3, 1, 1),
+            "{stats:?}"
+        );
+    }
+
+    #[test]
+    fn a_kept_chain_ends_at_the_lists_next_update_and_stale_lists_keep_nothing() {
+        let w = World::new();
+        let root = ok(DevCa::generate("Test Root CA", KeyType::EcP256));
+        let issued = leaf(&root, "VP");
+        let now = OffsetDateTime::now_utc();
+        let next = now + Days::days(2);
+        let file = w.write("root.crl", &crl(&root, &[], now - Days::hours(1), next));
+        let anchors = w.anchors(&root, CertPolicy::default(), &[file]);
+        let at = |t: OffsetDateTime| {
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
+        };
+        let verify_at = |t| {
+            let key = ok(SigningKey::from_pkcs8_pem(&issued.key_pem, None));
+            let signed = ok(sign_envelope(&Envelope::default(), &key, &issued.chain_der));
+            let msg = pae(&signed.payload_type, &signed.payload);
+            verify_signature(&signed.signatures[0], &msg, &anchors, at(t))
+        };
+        let v = ok(verify_at(now));
+        assert!(v.warnings.is_empty() && v.revocation.is_some_and(|r| !r.stale));
+        ok(verify_at(now + Days::days(1)));
+        assert_eq!(anchors.chain_cache_stats().verified, 1);
+
+        // Past nextUpdate the list is stale: judged again, with the warning,
+        // and that judgement is not kept (it holds for no later time).
+        for _ in 0..2 {
+            let v = ok(verify_at(next + Days::hours(1)));
+            assert!(v.revocation.is_some_and(|r| r.stale));
+            assert!(v.warnings[0].contains("expired on"), "{:?}", v.warnings);
+        }
+        let stats = anchors.chain_cache_stats();
+        assert_eq!((stats.verified, stats.reused), (3, 1), "{stats:?}");
     }
 
     #[test]

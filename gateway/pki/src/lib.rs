@@ -1,7 +1,8 @@
 //! The gateway's public-key infrastructure, apart from everything that
 //! stores or carries documents: DSSE signatures of envelopes ([`signing`]),
 //! certificate chains to the trust anchors and the certificate policy,
-//! revocation lists ([`crl`]), the DER reader the lists and the PDF
+//! revocation lists ([`crl`]), the chains already verified
+//! ([`chain_cache`]), the DER reader the lists and the PDF
 //! signatures share ([`der`]), and signed receipts ([`receipts`]).
 //!
 //! Architecture invariant: no database, no network, no async runtime; what
@@ -10,6 +11,7 @@
 //! the `dev` feature, so the gateway's own code paths cannot depend on it.
 
 pub mod algorithms;
+pub mod chain_cache;
 pub mod crl;
 pub mod der;
 #[cfg(any(test, feature = "dev"))]

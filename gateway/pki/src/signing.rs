@@ -34,6 +34,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use crate::algorithms::chain_algorithms;
+use crate::chain_cache::{ChainCache, ChainCacheStats, ChainKey, VerifiedChain};
 use crate::crl::{CrlSet, CrlSnapshot, LoadedCrl};
 
 /// DSSE's pre-authentication encoding:
@@ -391,13 +392,16 @@ impl Default for CertPolicy {
 
 /// The CA certificates signatures must chain to (`trust.anchors`), with the
 /// certificate policy and the revocation lists (`trust.crls`) that go with
-/// them. Clones share the revocation lists, so a reload is seen by all.
+/// them. Clones share the revocation lists, so a reload is seen by all, and
+/// the chains already verified ([`crate::chain_cache`]), so a signer's
+/// chain is checked once for all of them.
 #[derive(Debug, Clone, Default)]
 pub struct TrustAnchors {
     anchors: Vec<Anchor>,
     webpki: Vec<TrustAnchor<'static>>,
     policy: CertPolicy,
     crls: Option<Arc<CrlSet>>,
+    chains: Arc<ChainCache>,
 }
 
 impl TrustAnchors {
@@ -480,7 +484,27 @@ impl TrustAnchors {
     /// The same anchors under `policy`.
     pub fn with_policy(mut self, policy: CertPolicy) -> TrustAnchors {
         self.policy = policy;
+        self.fresh_chains()
+    }
+
+    /// Chains verified under other anchors, lists or policy say nothing
+    /// under these.
+    fn fresh_chains(self) -> TrustAnchors {
+        let capacity = self.chains.capacity();
+        self.with_chain_cache(capacity)
+    }
+
+    /// Keeps at most `capacity` verified chains (default
+    /// [`crate::chain_cache::DEFAULT_CAPACITY`]); 0 verifies every
+    /// signature's chain anew.
+    pub fn with_chain_cache(mut self, capacity: usize) -> TrustAnchors {
+        self.chains = Arc::new(ChainCache::with_capacity(capacity));
         self
+    }
+
+    /// How many chains were verified and how many signatures reused one.
+    pub fn chain_cache_stats(&self) -> ChainCacheStats {
+        self.chains.stats()
     }
 
     /// The same anchors with the revocation lists of these files
@@ -498,7 +522,7 @@ impl TrustAnchors {
     /// The same anchors with an already loaded set of revocation lists.
     pub fn with_crls(mut self, crls: CrlSet) -> TrustAnchors {
         self.crls = Some(Arc::new(crls));
-        self
+        self.fresh_chains()
     }
 
     pub fn policy(&self) -> CertPolicy {
@@ -535,6 +559,12 @@ impl TrustAnchors {
     }
 
     pub fn subject_of(&self, anchor: &TrustAnchor<'_>) -> String {
+        self.anchor_of(anchor)
+            .map(|a| a.subject.clone())
+            .unwrap_or_default()
+    }
+
+    fn anchor_of(&self, anchor: &TrustAnchor<'_>) -> Option<&Anchor> {
         self.webpki
             .iter()
             .zip(&self.anchors)
@@ -542,8 +572,7 @@ impl TrustAnchors {
                 w.subject.as_ref() == anchor.subject.as_ref()
                     && w.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
             })
-            .map(|(_, a)| a.subject.clone())
-            .unwrap_or_default()
+            .map(|(_, a)| a)
     }
 }
 
@@ -776,7 +805,65 @@ pub fn verify_signature_with(
         ));
     }
 
-    let ee_der = CertificateDer::from(leaf_der.as_ref());
+    let snapshot = anchors.crls.as_ref().map(|c| c.snapshot());
+    let generation = snapshot.as_deref().map_or(0, CrlSnapshot::generation);
+    let key = ChainKey::of(&sig.certificates);
+    let verified = match anchors.chains.get(&key, generation, unix_secs(now)) {
+        Some(chain) => {
+            // The path was valid at every time the entry holds for; the
+            // claimed signing time is this document's own.
+            if let Some(at) = opts.signed_at {
+                let path_certs: Vec<&X509Certificate<'_>> = std::iter::once(leaf)
+                    .chain(chain.path.iter().filter_map(|&i| parsed.get(i)))
+                    .collect();
+                check_validity_at_signing(&path_certs, at)?;
+            }
+            chain
+        }
+        None => {
+            anchors.chains.count_verification();
+            let (chain, cacheable) =
+                verify_chain(sig, leaf_der, &parsed, anchors, opts, snapshot.as_deref())?;
+            let chain = Arc::new(chain);
+            if cacheable {
+                anchors.chains.insert(key, generation, Arc::clone(&chain));
+            }
+            chain
+        }
+    };
+
+    Ok(VerifiedSigner {
+        algorithm,
+        subject: leaf.subject().to_string(),
+        chain: verified.chain.clone(),
+        trust_anchor: verified.trust_anchor.clone(),
+        spki_sha256: sha256(leaf.public_key().raw),
+        serial: hex::encode(leaf.raw_serial()),
+        not_after: to_datetime(leaf.validity().not_after.timestamp()),
+        revocation: verified.revocation.clone(),
+        warnings: verified.warnings.clone(),
+    })
+}
+
+/// Builds the path from the signature's leaf (`parsed[0]`) to the anchors
+/// and checks it against the revocation lists of `snapshot`: what
+/// [`crate::chain_cache`] keeps. Also whether the outcome may be kept: not
+/// when a list is already stale (its warning is for this verification), nor
+/// when the signature carries certificates the path does not use (another
+/// time might choose another path through them).
+fn verify_chain(
+    sig: &Signature,
+    leaf_der: &[u8],
+    parsed: &[X509Certificate<'_>],
+    anchors: &TrustAnchors,
+    opts: &VerifyOptions,
+    snapshot: Option<&CrlSnapshot>,
+) -> Result<(VerifiedChain, bool)> {
+    let now = opts.now;
+    let policy = anchors.policy;
+    let leaf = &parsed[0];
+    let who = display_name(leaf);
+    let ee_der = CertificateDer::from(leaf_der);
     let ee = webpki::EndEntityCert::try_from(&ee_der).map_err(|e| {
         bad_signature(format!(
             "the certificate of {who} cannot be used for verification ({e}); ask its CA for a \
@@ -788,11 +875,7 @@ pub fn verify_signature_with(
         .map(|c| CertificateDer::from(c.as_ref()))
         .collect();
     let algs = chain_algorithms(!policy.refuse_sha1);
-    let snapshot = anchors.crls.as_ref().map(|c| c.snapshot());
-    let lists = snapshot
-        .as_deref()
-        .map(CrlSnapshot::webpki_lists)
-        .unwrap_or_default();
+    let lists = snapshot.map(CrlSnapshot::webpki_lists).unwrap_or_default();
     let revocation = revocation_options(&lists, policy);
     let path = ee
         .verify_for_usage(
@@ -804,26 +887,37 @@ pub fn verify_signature_with(
             revocation,
             None,
         )
-        .map_err(|e| chain_refusal(e, &parsed, now, snapshot.as_deref()))?;
+        .map_err(|e| chain_refusal(e, parsed, now, snapshot))?;
 
     // The certificates of the path webpki chose (the signer may have sent
     // more), leaf first, as parsed above.
     let mut path_certs: Vec<&X509Certificate<'_>> = vec![leaf];
+    let mut positions = Vec::new();
     let mut chain = Vec::new();
     for c in path.intermediate_certificates() {
         let der = c.der();
-        let found = sig
+        let position = sig
             .certificates
             .iter()
-            .position(|s| s.as_ref() == der.as_ref())
-            .and_then(|i| parsed.get(i));
-        if let Some(p) = found {
+            .position(|s| s.as_ref() == der.as_ref());
+        let found = position.and_then(|i| Some((i, parsed.get(i)?)));
+        if let Some((i, p)) = found {
             path_certs.push(p);
+            positions.push(i);
         }
-        chain.push(found.map(|c| c.subject().to_string()).unwrap_or_default());
+        chain.push(
+            found
+                .map(|(_, c)| c.subject().to_string())
+                .unwrap_or_default(),
+        );
     }
-    let trust_anchor = anchors.subject_of(path.anchor());
+    let anchor = anchors.anchor_of(path.anchor());
+    let trust_anchor = anchor.map(|a| a.subject.clone()).unwrap_or_default();
     chain.push(trust_anchor.clone());
+    let unused = sig.certificates[1..]
+        .iter()
+        .enumerate()
+        .any(|(i, c)| !positions.contains(&(i + 1)) && anchor.is_none_or(|a| a.der != c.as_ref()));
 
     if let Some(at) = opts.signed_at {
         check_validity_at_signing(&path_certs, at)?;
@@ -832,7 +926,19 @@ pub fn verify_signature_with(
     let now_s = unix_secs(now);
     let mut warnings = Vec::new();
     let mut revocation = None;
-    match snapshot.as_deref().filter(|s| !s.is_empty()) {
+    // The times this outcome holds for: every certificate of the path valid
+    // (webpki: notBefore <= t <= notAfter), every list that judged it not
+    // stale (t < nextUpdate).
+    let mut valid_from = i64::MIN;
+    let mut valid_until = i64::MAX;
+    for c in &path_certs {
+        valid_from = valid_from.max(c.validity().not_before.timestamp());
+        valid_until = valid_until.min(c.validity().not_after.timestamp().saturating_add(1));
+        if let Some(next) = snapshot.and_then(|s| s.next_update_of_issuer(c.issuer().as_raw())) {
+            valid_until = valid_until.min(next);
+        }
+    }
+    match snapshot.filter(|s| !s.is_empty()) {
         None if policy.require_revocation => {
             return Err(Error::new(
                 Reason::UntrustedCertificate,
@@ -883,17 +989,17 @@ pub fn verify_signature_with(
         }
     }
 
-    Ok(VerifiedSigner {
-        algorithm,
-        subject: leaf.subject().to_string(),
+    let verified = VerifiedChain {
+        path: positions,
         chain,
         trust_anchor,
-        spki_sha256: sha256(leaf.public_key().raw),
-        serial: hex::encode(leaf.raw_serial()),
-        not_after: to_datetime(leaf.validity().not_after.timestamp()),
         revocation,
         warnings,
-    })
+        valid_from,
+        valid_until,
+    };
+    let cacheable = !unused && verified.valid_from <= now_s && now_s < verified.valid_until;
+    Ok((verified, cacheable))
 }
 
 /// webpki's revocation options for `lists` under `policy`: the whole chain
@@ -2413,6 +2519,183 @@ mod tests {
             Some(now.unix_timestamp() as u64)
         );
         assert!(signed_at_of(&envelope()).is_none());
+    }
+
+    // ----- the verified chains kept ------------------------------------
+
+    fn at(t: OffsetDateTime) -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
+    }
+
+    fn signed_with(issued: &Issued, chain: &[Vec<u8>], subject: &str) -> SignedEnvelope {
+        let key = ok(SigningKey::from_pkcs8_pem(&issued.key_pem, None));
+        let mut env = envelope();
+        if let Some(Body::Document(d)) = env.body.as_mut() {
+            d.subject = subject.to_owned();
+        }
+        ok(sign_envelope(&env, &key, chain))
+    }
+
+    fn verify_at(
+        signed: &SignedEnvelope,
+        a: &TrustAnchors,
+        opts: &VerifyOptions,
+    ) -> Result<VerifiedSigner> {
+        let msg = pae(&signed.payload_type, &signed.payload);
+        verify_signature_with(&signed.signatures[0], &msg, a, opts)
+    }
+
+    #[test]
+    fn a_chain_is_verified_once_and_every_document_is_still_checked() {
+        let root = ec_root();
+        let mid = ok(root.intermediate("Test Issuing CA", KeyType::EcP256));
+        let issued = leaf(&mid, KeyType::EcP256);
+        let trust = anchors(&root);
+        let shared = trust.clone();
+        let first = ok(verify_one(
+            &signed_with(&issued, &issued.chain_der, "một"),
+            &trust,
+        ));
+        let second = ok(verify_one(
+            &signed_with(&issued, &issued.chain_der, "hai"),
+            &shared,
+        ));
+        assert_eq!(first, second, "the same outcome, from the cache");
+        let stats = trust.chain_cache_stats();
+        assert_eq!((stats.verified, stats.reused, stats.entries), (1, 1, 1));
+
+        // The signature over each document is its own: a changed payload is
+        // refused though its chain is known.
+        let mut changed = signed_with(&issued, &issued.chain_der, "ba");
+        let mut payload = changed.payload.to_vec();
+        payload.push(b' ');
+        changed.payload = payload.into();
+        assert_eq!(
+            err(verify_one(&changed, &trust)).reason(),
+            Reason::BadSignature
+        );
+
+        // So is the claimed signing time.
+        let now = OffsetDateTime::now_utc();
+        let e = err(verify_at(
+            &signed_with(&issued, &issued.chain_der, "bốn"),
+            &trust,
+            &VerifyOptions::at(UnixTime::now()).signed_at(Some(at(now - Duration::days(3)))),
+        ));
+        assert_eq!(e.reason(), Reason::CertificateExpired, "{}", e.message());
+        assert!(e.message().contains("was not valid yet"), "{}", e.message());
+
+        // The leaf without its intermediate is another list of certificates:
+        // refused, as without a cache.
+        let bare = signed_with(&issued, &issued.chain_der[..1], "năm");
+        assert_eq!(
+            err(verify_one(&bare, &trust)).reason(),
+            Reason::UntrustedCertificate
+        );
+        // The root sent along (a common habit) is the anchor: still kept.
+        let mut with_root = issued.chain_der.clone();
+        with_root.push(root.cert_der().to_vec());
+        for subject in ["sáu", "bảy"] {
+            ok(verify_one(
+                &signed_with(&issued, &with_root, subject),
+                &trust,
+            ));
+        }
+        // A certificate the path does not use: verified every time.
+        let stranger = leaf(&root, KeyType::EcP256);
+        let mut with_stranger = issued.chain_der.clone();
+        with_stranger.push(stranger.cert_der.clone());
+        for subject in ["tám", "chín"] {
+            ok(verify_one(
+                &signed_with(&issued, &with_stranger, subject),
+                &trust,
+            ));
+        }
+        let stats = trust.chain_cache_stats();
+        assert_eq!(
+            (stats.verified, stats.entries),
+            (1 + 1 + 1 + 2, 2),
+            "{stats:?}"
+        );
+
+        // Other anchors or another policy start with nothing kept.
+        let strict = trust.clone().with_policy(CertPolicy {
+            refuse_sha1: false,
+            ..CertPolicy::default()
+        });
+        assert_eq!(strict.chain_cache_stats(), ChainCacheStats::default());
+    }
+
+    #[test]
+    fn a_kept_chain_is_used_only_while_its_path_is_valid() {
+        let root = ec_root();
+        let now = OffsetDateTime::now_utc();
+        // The intermediate expires before the leaf: it bounds the entry.
+        let mid = ok(root.intermediate_with_validity(
+            "Test Issuing CA",
+            KeyType::EcP256,
+            (now - Duration::days(1), now + Duration::days(5)),
+        ));
+        let issued = ok(mid.issue_signing(
+            "000.00.01.H35",
+            "VP",
+            KeyType::EcP256,
+            (now - Duration::days(1), now + Duration::days(30)),
+        ));
+        let trust = anchors(&root);
+        let signed = signed_with(&issued, &issued.chain_der, "một");
+        let when = |t| VerifyOptions::at(at(t));
+        ok(verify_at(&signed, &trust, &when(now)));
+        ok(verify_at(&signed, &trust, &when(now + Duration::days(4))));
+        assert_eq!(trust.chain_cache_stats().verified, 1);
+
+        let e = err(verify_at(&signed, &trust, &when(now + Duration::days(6))));
+        assert_eq!(e.reason(), Reason::CertificateExpired, "{}", e.message());
+        assert!(
+            e.message().contains("CN=Test Issuing CA"),
+            "{}",
+            e.message()
+        );
+        // Before the path was valid, too.
+        let e = err(verify_at(&signed, &trust, &when(now - Duration::days(2))));
+        assert_eq!(e.reason(), Reason::CertificateExpired, "{}", e.message());
+        let stats = trust.chain_cache_stats();
+        assert_eq!((stats.verified, stats.reused), (3, 1), "{stats:?}");
+    }
+
+    #[test]
+    fn the_cache_keeps_a_bounded_number_of_chains() {
+        let root = ec_root();
+        let trust = anchors(&root).with_chain_cache(2);
+        let signers: Vec<Issued> = (0..3).map(|_| leaf(&root, KeyType::EcP256)).collect();
+        for s in &signers {
+            ok(verify_one(&signed_with(s, &s.chain_der, "một"), &trust));
+        }
+        assert_eq!(trust.chain_cache_stats().entries, 2);
+        // The first one went out first: verified again; the last is kept.
+        ok(verify_one(
+            &signed_with(&signers[0], &signers[0].chain_der, "hai"),
+            &trust,
+        ));
+        ok(verify_one(
+            &signed_with(&signers[2], &signers[2].chain_der, "hai"),
+            &trust,
+        ));
+        let stats = trust.chain_cache_stats();
+        assert_eq!(
+            (stats.verified, stats.reused, stats.entries),
+            (4, 1, 2),
+            "{stats:?}"
+        );
+
+        let off = anchors(&root).with_chain_cache(0);
+        for _ in 0..2 {
+            ok(verify_one(
+                &signed_with(&signers[0], &signers[0].chain_der, "ba"),
+                &off,
+            ));
+        }
+        assert_eq!(off.chain_cache_stats().verified, 2);
     }
 
     proptest! {

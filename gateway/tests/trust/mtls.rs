@@ -284,7 +284,11 @@ fn intermediate_ca(pki: &std::path::Path, args: &[&str]) {
 /// Writes the intermediate CA's revocation list to `path` in one step (the
 /// gateway never sees half a file). `dates`: thisUpdate and nextUpdate as
 /// `YYYYMMDDHHMMSSZ`, else a week from now.
-fn publish_crl(pki: &std::path::Path, path: &std::path::Path, dates: Option<(&str, &str)>) {
+pub(crate) fn publish_crl(
+    pki: &std::path::Path,
+    path: &std::path::Path,
+    dates: Option<(&str, &str)>,
+) {
     let tmp = path.with_extension("new");
     let tmp_s = tmp.display().to_string();
     let mut args = vec!["-gencrl", "-crlexts", "crl_ext", "-out", &tmp_s];
@@ -296,6 +300,22 @@ fn publish_crl(pki: &std::path::Path, path: &std::path::Path, dates: Option<(&st
     }
     intermediate_ca(pki, &args);
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The intermediate CA revokes the certificate `openssl/LEAF` of the
+/// OpenSSL PKI (keyCompromise) and publishes its list to `crl`.
+pub(crate) fn revoke(pki: &std::path::Path, crl: &std::path::Path, leaf: &str) {
+    let leaf = pki.join("openssl").join(leaf);
+    intermediate_ca(
+        pki,
+        &[
+            "-revoke",
+            &leaf.display().to_string(),
+            "-crl_reason",
+            "keyCompromise",
+        ],
+    );
+    publish_crl(pki, crl, None);
 }
 
 /// Revocation applies to client certificates: once the CA's list in
@@ -330,17 +350,7 @@ async fn a_revoked_client_certificate_is_refused() {
                 .expect("A's certificate is good for now");
 
             // The CA revokes A's client certificate and publishes its list.
-            let leaf = pki.path().join(format!("openssl/{A}.client.leaf.pem"));
-            intermediate_ca(
-                pki.path(),
-                &[
-                    "-revoke",
-                    &leaf.display().to_string(),
-                    "-crl_reason",
-                    "keyCompromise",
-                ],
-            );
-            publish_crl(pki.path(), &crl, None);
+            revoke(pki.path(), &crl, &format!("{A}.client.leaf.pem"));
 
             // The gateway reads the list again within seconds.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);

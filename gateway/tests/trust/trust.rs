@@ -253,6 +253,70 @@ async fn second_signing_cert(gw: &TestGateway, organ_id: &str) -> (Agency, PathB
     (a, path)
 }
 
+/// The gateway keeps a signer's verified chain from one document to the
+/// next, and a revocation list read again drops it: once the CA's list in
+/// `trust.crls` names A's signing certificate, A's next document is refused
+/// as revoked (naming the certificate and the reason) while B goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_certificate_revoked_after_its_chain_was_kept_is_refused() {
+    let Some(pki) = openssl_pki("trust_signing_revoked") else {
+        return;
+    };
+    let crl = pki.path().join("intermediate.crl.pem");
+    crate::mtls::publish_crl(pki.path(), &crl, None);
+    let opts = GatewayOptions {
+        pki: Some(pki.path().to_path_buf()),
+        extra_trust: format!("crls = [\"{}\"]\n", crl.display()),
+        ..Default::default()
+    };
+    let Some(gw) = TestGateway::start_with("trust_signing_revoked", opts).await else {
+        return;
+    };
+    within(
+        Duration::from_secs(180),
+        "a signing certificate revoked",
+        async {
+            let a = gw.agency(A);
+            let b = gw.agency(B);
+            // Two documents: the second is judged with the chain kept.
+            for subject in ["Trước khi bị thu hồi", "Lần thứ hai"] {
+                a.send_document(&[B], subject, &[])
+                    .await
+                    .expect("A's certificate is good for now");
+            }
+
+            // The CA revokes A's signing certificate and publishes its list.
+            crate::mtls::revoke(pki.path(), &crl, &format!("{A}.leaf.pem"));
+
+            // The gateway reads the list again within seconds.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let err = loop {
+                match a.send_document(&[B], "Sau khi bị thu hồi", &[]).await {
+                    Err(e) => break e,
+                    Ok(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Ok(_) => panic!("a document signed with A's revoked certificate is accepted"),
+                }
+            };
+            assert_eq!(
+                reason_of(&err).as_deref(),
+                Some("CERTIFICATE_REVOKED"),
+                "{err:?}"
+            );
+            assert!(
+                err.message().contains("was revoked") && err.message().contains("keyCompromise"),
+                "{}",
+                err.message()
+            );
+            b.send_document(&[A], "Vẫn gửi được", &[])
+                .await
+                .expect("B's certificate is not on the list");
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unbound_signing_certificate_signs_nothing_more() {
     let Some(gw) = TestGateway::start("trust_unbind_cert", Backend::Sqlite).await else {
