@@ -151,7 +151,7 @@ pub(super) fn no_inbox() -> Error {
 /// as it landed.
 #[derive(Debug)]
 pub(super) enum Handed {
-    Read(PendingDelivery),
+    Read(Box<PendingDelivery>),
     Fresh(Arc<Fresh>),
 }
 
@@ -263,8 +263,14 @@ impl Inbox {
                     // What is marked and not yet sent when the stream ends
                     // comes again after `redelivery_after`, as any
                     // unacknowledged delivery does.
-                    self.hand_out(batch.into_iter().map(Handed::Read).collect(), false)
-                        .await?;
+                    self.hand_out(
+                        batch
+                            .into_iter()
+                            .map(|p| Handed::Read(Box::new(p)))
+                            .collect(),
+                        false,
+                    )
+                    .await?;
                     // A full batch may have more behind it.
                     self.look = full;
                     continue;
