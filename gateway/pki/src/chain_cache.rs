@@ -31,7 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::signing::RevocationInfo;
+use crate::crl::RevocationInfo;
 
 /// How many chains a `TrustAnchors` keeps by default: far more signers
 /// than a province has, few enough (a few KB each) to never matter.

@@ -521,6 +521,35 @@ fn to_datetime(unix: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Where a certificate's revocation status came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationInfo {
+    /// `crl:` and the path of the file in `trust.crls`.
+    pub source: String,
+    /// The list's issuer (the certificate's CA).
+    pub issuer: String,
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+    /// The list's CRL number (decimal), when it has one.
+    pub crl_number: Option<String>,
+    /// The list was past its nextUpdate at the check (accepted under
+    /// `trust.stale_crl = "warn"`).
+    pub stale: bool,
+}
+
+impl RevocationInfo {
+    pub(crate) fn of(crl: &LoadedCrl, now: i64) -> RevocationInfo {
+        RevocationInfo {
+            source: format!("crl:{}", crl.source().display()),
+            issuer: crl.issuer().to_owned(),
+            this_update: crl.this_update(),
+            next_update: crl.next_update(),
+            crl_number: crl.crl_number().map(str::to_owned),
+            stale: crl.is_stale_at(now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,8 @@ use x509_parser::prelude::FromDer;
 
 use crate::algorithms::chain_algorithms;
 use crate::chain_cache::{ChainCache, ChainCacheStats, ChainKey, VerifiedChain};
-use crate::crl::{CrlSet, CrlSnapshot, LoadedCrl};
+pub use crate::crl::RevocationInfo;
+use crate::crl::{CrlSet, CrlSnapshot};
 
 /// DSSE's pre-authentication encoding:
 /// `"DSSEv1" SP LEN(type) SP type SP LEN(payload) SP payload`.
@@ -627,35 +628,6 @@ pub struct VerifiedSigner {
     /// What the receiving clerk should know although the signature was
     /// accepted: a stale revocation list, revocation not checked.
     pub warnings: Vec<String>,
-}
-
-/// Where a certificate's revocation status came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevocationInfo {
-    /// `crl:` and the path of the file in `trust.crls`.
-    pub source: String,
-    /// The list's issuer (the certificate's CA).
-    pub issuer: String,
-    pub this_update: OffsetDateTime,
-    pub next_update: OffsetDateTime,
-    /// The list's CRL number (decimal), when it has one.
-    pub crl_number: Option<String>,
-    /// The list was past its nextUpdate at the check (accepted under
-    /// `trust.stale_crl = "warn"`).
-    pub stale: bool,
-}
-
-impl RevocationInfo {
-    fn of(crl: &LoadedCrl, now: i64) -> RevocationInfo {
-        RevocationInfo {
-            source: format!("crl:{}", crl.source().display()),
-            issuer: crl.issuer().to_owned(),
-            this_update: crl.this_update(),
-            next_update: crl.next_update(),
-            crl_number: crl.crl_number().map(str::to_owned),
-            stale: crl.is_stale_at(now),
-        }
-    }
 }
 
 /// When a signature is judged.
