@@ -3124,8 +3124,12 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             write_sample_documents(Path::new(&dir));
         }
-        if Command::new("qpdf").arg("--version").output().is_err() {
-            crate::notice("SKIPPED: qpdf not found; the toolkit's PDFs are not cross-checked");
+        if !tool(
+            "qpdf",
+            "--version",
+            "qpdf",
+            "the toolkit's PDFs are not cross-checked",
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -3152,8 +3156,12 @@ mod tests {
 
     #[test]
     fn pdfsig_verifies_the_signatures() {
-        if Command::new("pdfsig").arg("-v").output().is_err() {
-            crate::notice("SKIPPED: pdfsig (poppler) not found; signatures are not cross-checked");
+        if !tool(
+            "pdfsig",
+            "-v",
+            "poppler-utils",
+            "signatures are not cross-checked",
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -3181,11 +3189,28 @@ mod tests {
     }
 
     fn openssl() -> bool {
-        if Command::new("openssl").arg("version").output().is_ok() {
-            true
-        } else {
-            crate::notice("SKIPPED: openssl not found; the toolkit's CMS is not cross-checked");
-            false
+        tool(
+            "openssl",
+            "version",
+            "openssl",
+            "the toolkit's CMS is not cross-checked",
+        )
+    }
+
+    /// Whether an independent tool is there to cross-check with. Missing,
+    /// it is a SKIPPED line, or a failure where services are required (CI
+    /// installs it).
+    fn tool(program: &str, version_arg: &str, package: &str, unchecked: &str) -> bool {
+        match Command::new(program).arg(version_arg).output() {
+            Ok(_) => true,
+            Err(e) if crate::require_services() => panic!(
+                "{program} not found ({e}), and LIENTHONG_REQUIRE_SERVICES=1 says it must be \
+                 there; install it (Debian: apt-get install {package})"
+            ),
+            Err(_) => {
+                crate::notice(&format!("SKIPPED: {program} not found; {unchecked}"));
+                false
+            }
         }
     }
 
