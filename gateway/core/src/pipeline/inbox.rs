@@ -21,6 +21,7 @@ use crate::error::{Error, OrErr, Reason, Result};
 /// mends (not `UNAVAILABLE`).
 const STORED_ENVELOPE_UNREADABLE: &str =
     "a stored envelope could not be read back; the gateway's data is damaged, tell its operators";
+use crate::rows::{DeliveryRow, MessageRow};
 use crate::store::{PendingDelivery, now_micros};
 use crate::text::truncate;
 use lienthong_types::timestamp;
@@ -78,15 +79,20 @@ impl Inboxes {
             .subscribe()
     }
 
-    /// A delivery committed for a recipient of this gateway's inboxes.
-    pub(super) fn landed(&self, pending: PendingDelivery) {
+    /// A delivery committed for a recipient of this gateway's inboxes. The
+    /// message is copied only for a recipient with a stream listening.
+    pub(super) fn landed(&self, delivery: &DeliveryRow, message: &MessageRow) {
         let map = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = map.get(&pending.delivery.recipient) else {
+        let Some(tx) = map.get(&delivery.recipient) else {
             return;
         };
         if tx.receiver_count() == 0 {
             return;
         }
+        let pending = PendingDelivery {
+            delivery: delivery.clone(),
+            message: message.clone(),
+        };
         let bytes = pending.message.signed_envelope.len() + pending.message.verification.len();
         let fits = bytes <= FEED_ENVELOPE_MAX
             && self
@@ -384,7 +390,13 @@ impl Gateway {
             cursor: 0,
             buffered: VecDeque::new(),
             remaining: None,
-            feed: self.inner.inboxes.subscribe(&caller.organ_id),
+            // Only a following stream listens: one that drains and ends
+            // would make every acceptance copy its message for nothing.
+            feed: if follow {
+                self.inner.inboxes.subscribe(&caller.organ_id)
+            } else {
+                broadcast::channel(1).1
+            },
             landed: VecDeque::new(),
             look: false,
             scanned_at: tokio::time::Instant::now(),

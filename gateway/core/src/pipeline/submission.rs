@@ -16,9 +16,7 @@ use crate::blobs::{BlobWriter, SealedBlob};
 use crate::error::{Error, Reason, Result};
 use crate::organ_id::IdPolicy;
 use crate::rows::{DeliveryRow, MessageRow};
-use crate::store::{
-    AcceptError, EventKind, NewAttachment, NewMessage, PendingDelivery, now_micros,
-};
+use crate::store::{AcceptError, EventKind, NewAttachment, NewMessage, now_micros};
 use lienthong_types::{Route, timestamp};
 
 use super::{Caller, Gateway, Inner, PdfPolicy, Role, Subject};
@@ -327,10 +325,7 @@ impl Open {
         match gw.store.accept(msg).await {
             Ok((m, deliveries)) => {
                 for d in deliveries.iter().filter(|d| d.route.is_local()) {
-                    gw.inboxes.landed(PendingDelivery {
-                        delivery: d.clone(),
-                        message: m.clone(),
-                    });
+                    gw.inboxes.landed(d, &m);
                 }
                 if deliveries.iter().any(|d| !d.route.is_local()) {
                     gw.outbox_wake.send_modify(|v| *v = v.wrapping_add(1));
