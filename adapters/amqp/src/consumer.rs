@@ -41,7 +41,9 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Acker, Channel};
 use lienthong_core::error::{Error, Reason, Result};
@@ -267,6 +269,7 @@ pub(crate) async fn run(
     book: &FailureBook,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
+    previous_consumer_gone(ch, &cfg.queue).await?;
     let mut consumer = ch
         .basic_consume(
             cfg.queue.as_str().into(),
@@ -278,9 +281,28 @@ pub(crate) async fn run(
     let room = usize::from(cfg.prefetch.max(1));
     let mut window = Window::default();
     let mut running: FuturesUnordered<Settled<'_>> = FuturesUnordered::new();
+    // A stopping gateway takes no new message from the stream and takes
+    // every message it started to a durable outcome, acknowledged; what it
+    // had not started goes back to the broker when the channel closes, at
+    // the head of the queue and in order.
+    let mut stop = shutdown.clone();
+    let mut stopping = false;
     loop {
+        if stopping && running.is_empty() {
+            // Closed with the subscription still on, so that the broker
+            // takes back at once, to the head of the queue, whatever it had
+            // handed over: dropped first, lapin's consumer would cancel the
+            // subscription, and the deliveries the broker still writes after
+            // a cancel (lapin drops them) would be taken back only later,
+            // behind messages served to the next consumer.
+            ch.close(200, "lienthong: stopping".into()).await?;
+            return Ok(());
+        }
         tokio::select! {
-            next = consumer.next(), if window.len() < room => {
+            _ = stop.wait_for(|s| *s).map(|_| ()), if !stopping => {
+                stopping = true;
+            }
+            next = consumer.next(), if !stopping && window.len() < room => {
                 let Some(delivery) = next else { break };
                 let delivery = delivery?;
                 if delivery.redelivered {
@@ -305,8 +327,14 @@ pub(crate) async fn run(
                 for (acker, multiple) in window.acks() {
                     acker.ack(BasicAckOptions { multiple }).await?;
                 }
-                if let Some(e) = failed {
-                    return Err(e);
+                match failed {
+                    // Held when the stop came (the gateway could not take
+                    // it): not acknowledged, so the broker keeps it.
+                    Some(e) if stopping => {
+                        tracing::info!(error = %e, "AMQP consumer stopping with a message unacknowledged");
+                    }
+                    Some(e) => return Err(e),
+                    None => {}
                 }
             }
             else => {
@@ -314,6 +342,9 @@ pub(crate) async fn run(
                 // (the first unsettled one may always start).
                 return Err(AmqpError::Setup("the consumer's window is stuck".to_owned()));
             }
+        }
+        if stopping {
+            continue;
         }
         for delivery in window.start() {
             let tag = delivery.delivery_tag;
@@ -331,6 +362,44 @@ pub(crate) async fn run(
         "the broker ended the consumer (queue deleted or connection closed)".to_owned(),
     ))
 }
+
+/// Waits (a few seconds at most) until the queue has no consumer: the
+/// previous run of this gateway, if its connection has only just closed,
+/// still holds the messages it had not acknowledged, and a quorum queue
+/// takes them back — to the head, in order — only when it has seen that
+/// consumer go. Subscribing before that, the new consumer would be served
+/// later messages of a sender first.
+async fn previous_consumer_gone(ch: &Channel, queue: &str) -> Result<(), AmqpError> {
+    let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+    loop {
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        if q.consumer_count() == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                queue,
+                consumers = q.consumer_count(),
+                "AMQP: another consumer still reads the inbound queue; subscribing beside it (messages it holds and hands back may come after later ones of their sender)"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long a starting gateway waits for the consumer of its previous run
+/// to be gone.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Takes one message to a durable outcome: accepted, or dead-lettered with
 /// the broker's confirm (acknowledging it is the caller's).

@@ -214,6 +214,11 @@ pub enum AmqpError {
     Core(#[from] lienthong_core::error::Error),
 }
 
+/// How long a stopping gateway waits for the messages it is checking and
+/// the confirms of what it published, before it closes the connection
+/// anyway (well inside systemd's 90 s stop timeout).
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Starts the adapter: a task that keeps a connection to the broker until
 /// `shutdown` turns true. Returns what health checks read.
 pub fn spawn(
@@ -244,9 +249,16 @@ pub fn spawn(
                 &book,
                 shutdown.clone(),
             );
+            let mut stop = shutdown.clone();
             let ended = tokio::select! {
                 r = run => r,
-                _ = shutdown.wait_for(|s| *s) => Ok(()),
+                _ = async {
+                    let _ = stop.wait_for(|s| *s).await;
+                    tokio::time::sleep(DRAIN_GRACE).await;
+                } => {
+                    tracing::warn!(grace_secs = DRAIN_GRACE.as_secs(), "AMQP: stopped before everything in flight was settled; the broker hands back what was not acknowledged, and unconfirmed publications go again at the next start");
+                    Ok(())
+                }
             };
             match ended {
                 Ok(()) => {
@@ -311,12 +323,29 @@ async fn run_once(
     *connected = true;
     state.set_up();
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, "AMQP connected; topology declared");
-    let result = tokio::select! {
-        r = consumer::run(gw, cfg, &state.metrics, &consume_ch, &dead_ch, book, shutdown.clone()) => r,
-        r = relay::run(gw, cfg, &state.metrics, &relay_ch, &topology) => r,
-    };
+    let stopping = shutdown.clone();
+    // Either ends the connection when it fails; at a stop, each finishes
+    // what it started and the connection closes after both.
+    let result = tokio::try_join!(
+        consumer::run(
+            gw,
+            cfg,
+            &state.metrics,
+            &consume_ch,
+            &dead_ch,
+            book,
+            shutdown.clone()
+        ),
+        relay::run(gw, cfg, &state.metrics, &relay_ch, &topology, shutdown),
+    )
+    .map(|_| ());
     // Best effort: the broker requeues what was not acknowledged.
-    let _ = conn.close(200, "lienthong: reconnecting".into()).await;
+    let why = if *stopping.borrow() {
+        "lienthong: stopping"
+    } else {
+        "lienthong: reconnecting"
+    };
+    let _ = conn.close(200, why.into()).await;
     result
 }
 

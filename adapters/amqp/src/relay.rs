@@ -17,6 +17,10 @@
 //! drops the repeat by (sender, message_id); an agency reading its own
 //! queue does the same with the message_id property.
 //!
+//! Stopping: nothing new is published, and what is waiting for its confirm
+//! is settled and marked before the connection closes (within
+//! `DRAIN_GRACE`, see the adapter), so a clean stop sends nothing twice.
+//!
 //! Marking: the confirms that have arrived together (the broker often
 //! confirms several publications in one frame) are marked sent in one
 //! transaction (`Gateway::outbox_sent_many`), not one each; a key's next row
@@ -34,6 +38,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use lienthong_core::error::Reason;
 use lienthong_core::pipeline::{Gateway, Hops, Outbound, OutboxEntry};
 use prost::Message as _;
+use tokio::sync::watch;
 
 use crate::wire::{self, CONTENT_TYPE_ENVELOPE, CONTENT_TYPE_STREAM, HEADER_GATEWAY, HEADER_HOPS};
 use crate::{AmqpConfig, AmqpError, AmqpMetrics, declare_agency_queue};
@@ -49,6 +54,7 @@ pub(crate) async fn run(
     metrics: &AmqpMetrics,
     ch: &Channel,
     topology: &Channel,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
     let window = cfg.confirm_window.max(1);
     let budget = usize::try_from(cfg.max_message_bytes.saturating_mul(4)).unwrap_or(usize::MAX);
@@ -62,8 +68,12 @@ pub(crate) async fn run(
     let mut retry_at: HashMap<Key, Instant> = HashMap::new();
     let mut declared: HashSet<String> = HashSet::new();
     let mut bytes_in_flight = 0usize;
+    let mut stopping = false;
     loop {
-        if in_flight.len() < window && bytes_in_flight < budget {
+        if stopping && in_flight.is_empty() {
+            return Ok(());
+        }
+        if !stopping && in_flight.len() < window && bytes_in_flight < budget {
             let rows = match gw.outbox_heads(scan).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -149,6 +159,12 @@ pub(crate) async fn run(
             }
         }
         tokio::select! {
+            _ = shutdown.wait_for(|s| *s).map(|_| ()), if !stopping => {
+                // What is published waits for its confirm and is marked
+                // sent: dropped unconfirmed, it would go again at the next
+                // start and a queue-reading agency would get it twice.
+                stopping = true;
+            }
             Some(first) = in_flight.next(), if !in_flight.is_empty() => {
                 // Every confirm that has come meanwhile is settled with it:
                 // the rows confirmed are marked together.

@@ -661,6 +661,47 @@ fn assert_each_once_in_order(
     }
 }
 
+/// Takes what the agencies that read their own queues got: every document
+/// sent to each, each once (nothing more comes within a quiet second or
+/// two), in order per sender.
+async fn queues_hold_each_once_in_order(
+    client: &Client,
+    readers: &[&str],
+    sent: &HashMap<(String, String), Vec<String>>,
+) {
+    for reader in readers {
+        let queue = format!("lienthong.agency.{reader}");
+        let expected: usize = sent
+            .iter()
+            .filter(|((_, to), _)| to == reader)
+            .map(|(_, ids)| ids.len())
+            .sum();
+        let (got, more) = client
+            .take_then_more(
+                &queue,
+                expected,
+                Duration::from_secs(300),
+                Duration::from_secs(2),
+            )
+            .await;
+        let more: Vec<String> = more
+            .iter()
+            .map(|d| envelope_of_body(&d.data).message_id)
+            .collect();
+        assert!(
+            more.is_empty(),
+            "{queue} got more than was sent to it (a document twice): {more:?}"
+        );
+        assert_eq!(
+            got.len(),
+            expected,
+            "{queue}: {} of {expected} documents",
+            got.len()
+        );
+        assert_each_once_in_order(reader, got.iter().map(|d| envelope_of_body(&d.data)), sent);
+    }
+}
+
 async fn pg_admin(db: &str) -> Db {
     let _ = db;
     Db::connect(&pg_admin_url())
@@ -1482,38 +1523,7 @@ async fn documents_taken_many_at_once_leave_in_order_per_sender_and_recipient_ex
         published.push(id);
     }
     gw.restart().await;
-
-    for reader in readers {
-        let queue = format!("lienthong.agency.{reader}");
-        let expected: usize = sent
-            .iter()
-            .filter(|((_, to), _)| to == reader)
-            .map(|(_, ids)| ids.len())
-            .sum();
-        let (got, more) = client
-            .take_then_more(
-                &queue,
-                expected,
-                Duration::from_secs(300),
-                Duration::from_secs(1),
-            )
-            .await;
-        assert_eq!(
-            got.len(),
-            expected,
-            "{queue}: {} of {expected} documents",
-            got.len()
-        );
-        assert_each_once_in_order(reader, got.iter().map(|d| envelope_of_body(&d.data)), &sent);
-        let more: Vec<String> = more
-            .iter()
-            .map(|d| envelope_of_body(&d.data).message_id)
-            .collect();
-        assert!(
-            more.is_empty(),
-            "{queue} got more than was sent to it: {more:?}"
-        );
-    }
+    queues_hold_each_once_in_order(&client, &readers, &sent).await;
     assert!(
         client
             .take(&dead_letter_queue("H35"), 1, Duration::from_millis(500))
@@ -1534,4 +1544,79 @@ async fn documents_taken_many_at_once_leave_in_order_per_sender_and_recipient_ex
         accepted, published,
         "every document was accepted in the order published: nothing ran at once, so the order above was not put to the test"
     );
+}
+
+/// The IT office restarts the gateway (SIGTERM, as systemd does) again and
+/// again while it takes several hundred documents from the inbound queue and
+/// publishes them to agencies that read their own queues. Each stop finishes
+/// what was started: the checks under way end and are acknowledged, the
+/// publications waiting for their confirms are confirmed and marked sent. So
+/// no agency's queue gets a document twice, and each (sender, recipient)
+/// sequence keeps its order across the stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_stopped_again_and_again_sends_each_document_once_in_order() {
+    let _shared = BROKER.read().await;
+    let Some(vhost) = Vhost::create_or_skip("stops") else {
+        return;
+    };
+    let readers = [PROVINCE, A, B, C];
+    let (_t, pki) = amqp::federated_pki_dir(&readers);
+    let Some(mut gw) = gateway("amqp-stops", "H35", &vhost, &pki, Backend::Sqlite, "").await else {
+        return;
+    };
+    broker_up(&gw).await;
+    gw.stop();
+
+    const DOCUMENTS: usize = 1200;
+    let senders = [A, B, C, X, Y];
+    let agencies: HashMap<&str, Agency> = senders.iter().map(|s| (*s, gw.agency(s))).collect();
+    let client = Client::connect(&vhost).await;
+    let mut sent: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for i in 0..DOCUMENTS {
+        let from = senders[i % senders.len()];
+        let others: Vec<&str> = readers.iter().copied().filter(|r| *r != from).collect();
+        let to = others[(i / senders.len()) % others.len()];
+        let agency = &agencies[from];
+        let draft = agency.draft_document(&[to], &format!("Văn bản số {i}"), &[]);
+        let signed = agency.sign(&draft.envelope);
+        let id = draft.envelope.message_id.clone();
+        client
+            .publish(
+                EXCHANGE,
+                to,
+                &signed.encode_to_vec(),
+                Some(CONTENT_TYPE_ENVELOPE),
+                Some(&id),
+            )
+            .await;
+        sent.entry((from.to_owned(), to.to_owned()))
+            .or_default()
+            .push(id);
+    }
+
+    // Stopped at different moments, each time cleanly.
+    let mut stopped_while_publishing = 0;
+    for run_ms in [150u64, 250, 100, 300, 200, 350, 150, 250] {
+        gw.restart().await;
+        tokio::time::sleep(Duration::from_millis(run_ms)).await;
+        let status = gw.stop().expect("the gateway was running");
+        assert!(
+            status.success(),
+            "the gateway did not stop cleanly ({status}):\n{}",
+            gw.log_tails(40)
+        );
+        let outbox = gw
+            .sql_rows("SELECT count(*) AS total, count(sent_at) AS sent FROM outbox")
+            .await;
+        let (total, sent_rows) = (outbox[0].get::<i64>("total"), outbox[0].get::<i64>("sent"));
+        if sent_rows > 0 && (sent_rows < total || (total as usize) < DOCUMENTS) {
+            stopped_while_publishing += 1;
+        }
+    }
+    assert!(
+        stopped_while_publishing >= 2,
+        "no stop came while documents were being published: the stops did not put anything to the test"
+    );
+    gw.restart().await;
+    queues_hold_each_once_in_order(&client, &readers, &sent).await;
 }
