@@ -243,6 +243,12 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         lienthong_core::maintenance::POLL_INTERVAL,
         stopped(&stop_rx),
     ));
+    // Replicas on one PostgreSQL database: a document another replica
+    // accepts reaches the Receive streams open here.
+    let landed_task = tokio::spawn(lienthong_core::pipeline::watch_landed(
+        gw.clone(),
+        stopped(&stop_rx),
+    ));
     // Deadlines — an `overdue` line when a recipient misses one.
     let deadlines = cfg.lifecycle.deadlines()?;
     let deadline_task = {
@@ -335,6 +341,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let (grpc, web) = tokio::join!(grpc, web);
     signal.abort();
     let _ = maintenance_task.await;
+    let _ = landed_task.await;
     let _ = deadline_task.await;
     let _ = unauthenticated_task.await;
     if let Some(t) = reports_task {

@@ -308,6 +308,17 @@ async fn write_group(
         _ => None,
     };
     let new_head = append(&txn, &chain.writer, known, &events).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Other replicas' Receive streams for these recipients look.
+        let local = accepted
+            .iter()
+            .flatten()
+            .flat_map(|(_, deliveries)| deliveries.iter())
+            .filter(|d| d.route.is_local())
+            .map(|d| d.recipient.as_str())
+            .collect();
+        crate::landed::notify(&txn, &chain.writer, local).await?;
+    }
     match txn.commit().await {
         Ok(()) => {
             if new_head.is_some() {

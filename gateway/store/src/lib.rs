@@ -7,6 +7,7 @@ pub mod blobs;
 mod commit;
 mod directory_cache;
 pub mod error;
+pub mod landed;
 pub mod maintenance;
 pub mod operators;
 pub mod outbox;

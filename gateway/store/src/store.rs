@@ -269,6 +269,12 @@ impl Store {
         &self.writer
     }
 
+    /// Listens for deliveries the other writers of this database commit
+    /// (`None` on SQLite, which has one writer).
+    pub async fn listen_landed(&self) -> Result<Option<crate::landed::LandedListener>> {
+        crate::landed::LandedListener::open(&self.db, self.writer.clone()).await
+    }
+
     /// Hands a job to the group committer and waits for its answer, or,
     /// without a committer (no runtime, or it is shutting down), writes it
     /// alone here.

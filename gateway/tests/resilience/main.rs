@@ -8,3 +8,4 @@
 mod crash;
 mod limits;
 mod overload;
+mod replicas;

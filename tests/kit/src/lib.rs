@@ -522,6 +522,73 @@ max_attachment_bytes = {matt}
         fs::write(&self.config_path, text).expect("write config");
     }
 
+    /// Another replica of this gateway: `lienthong serve` with the same
+    /// configuration (database, attachment store, trust, PKI), its own
+    /// listen addresses and `LIENTHONG_GATEWAY__REPLICA=replica`. Drop it
+    /// before `self`, which owns the database.
+    pub async fn start_replica(&self, replica: &str) -> TestGateway {
+        let tempdir = tempfile::Builder::new()
+            .prefix(&format!("lienthong-e2e-{}-{replica}-", self.name))
+            .tempdir()
+            .expect("temp dir");
+        let dir = tempdir.path().to_path_buf();
+        let config =
+            fs::read_to_string(&self.config_path).expect("read the first replica's config");
+        let mut env = self.env.clone();
+        env.push(("LIENTHONG_GATEWAY__REPLICA".to_owned(), replica.to_owned()));
+        let mut gw = TestGateway {
+            child: None,
+            name: format!("{}-{replica}", self.name),
+            grpc_addr: self.grpc_addr,
+            stdout_path: dir.join("gateway.stdout.log"),
+            stderr_path: dir.join("gateway.stderr.log"),
+            config_path: dir.join("lienthong.toml"),
+            dir,
+            pki_dir: self.pki_dir.clone(),
+            storage_path: self.storage_path.clone(),
+            db_url: self.db_url.clone(),
+            backend: self.backend,
+            mtls: self.mtls,
+            http_addr: self.http_addr,
+            http_section: self.http_section,
+            starts: 0,
+            bin: self.bin.clone(),
+            env,
+            _pg: None,
+            tempdir: Some(tempdir),
+        };
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let mut text = config.replace(
+                &format!("listen = \"{}\"", self.grpc_addr),
+                &format!("listen = \"127.0.0.1:{}\"", free_port()),
+            );
+            if let Some(http) = self.http_addr {
+                text = text.replace(
+                    &format!("listen = \"{http}\""),
+                    &format!("listen = \"{}:{}\"", http.ip(), free_port()),
+                );
+            }
+            fs::write(&gw.config_path, &text).expect("write the replica's config");
+            let listen = |section: &str| -> Option<SocketAddr> {
+                let at = text.find(&format!("[{section}]"))?;
+                let line = text[at..].lines().find(|l| l.starts_with("listen = "))?;
+                line.trim_start_matches("listen = ")
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+            };
+            gw.grpc_addr = listen("grpc").expect("the replica's grpc.listen");
+            gw.http_addr = self.http_addr.and(listen("http"));
+            match gw.spawn_and_wait().await {
+                Ok(()) => return gw,
+                Err(e) if e.contains("in use") => last_err = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the replica could not bind its ports: {last_err}");
+    }
+
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
         self.starts += 1;
         let open = |p: &Path| {

@@ -115,6 +115,69 @@ impl Inboxes {
     }
 }
 
+impl Inboxes {
+    /// Something landed for `recipient` that this gateway did not commit
+    /// itself (another replica did): its live streams look in the database.
+    pub(super) fn look(&self, recipient: &str) {
+        let map = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(recipient) {
+            let _ = tx.send(Landed::Look);
+        }
+    }
+
+    /// Anything may have landed for anyone (a notice may have been lost).
+    pub(super) fn look_all(&self) {
+        let map = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in map.values() {
+            let _ = tx.send(Landed::Look);
+        }
+    }
+}
+
+/// Wakes this replica's live `Receive` streams when another replica of the
+/// same PostgreSQL database commits deliveries for their recipients. Nothing
+/// to do on SQLite (one process). While the database is away it tries
+/// again, and after a lost connection it wakes every stream, since a notice
+/// may have been missed.
+pub async fn watch_landed(gw: Gateway, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut listener = loop {
+        match gw.inner.store.listen_landed().await {
+            Ok(Some(l)) => break l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "cannot listen for deliveries other replicas commit; trying again");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    loop {
+        let heard = tokio::select! {
+            _ = &mut stop => return,
+            heard = listener.next() => heard,
+        };
+        match heard {
+            Ok(lienthong_store::landed::Heard::Landed { recipients }) => {
+                for r in &recipients {
+                    gw.inner.inboxes.look(r);
+                }
+            }
+            Ok(lienthong_store::landed::Heard::Missed) => gw.inner.inboxes.look_all(),
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "lost the connection that listens for other replicas' deliveries; the streams look for themselves meanwhile");
+                gw.inner.inboxes.look_all();
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// A stored attachment being read for a caller. A failed digest check is
 /// written to the transfer log (`integrity_failed`) before it is returned.
 #[derive(Debug)]

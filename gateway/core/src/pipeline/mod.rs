@@ -43,7 +43,7 @@ mod submission;
 pub use crate::caller::{Caller, Role, Transport};
 use identify::Access;
 use inbox::Inboxes;
-pub use inbox::{AttachmentReader, Inbox, STANDING_CHECK};
+pub use inbox::{AttachmentReader, Inbox, STANDING_CHECK, watch_landed};
 use log::Subject;
 pub use maintenance::watch_maintenance;
 pub use outbox::{Outbound, OutboxEntry};

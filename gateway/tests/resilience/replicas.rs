@@ -1,0 +1,78 @@
+//! Two replicas of one gateway on one PostgreSQL database, as a province
+//! runs them behind a load balancer: an agency's `Receive` stream open on
+//! one replica hears what the other accepts at once, not at the streams'
+//! periodic look; acknowledgements on either replica go into the transfer
+//! log, each replica's in a chain of its own, and the log verifies.
+
+use std::time::{Duration, Instant};
+
+use lienthong_testkit::v1::ReceiveRequest;
+use lienthong_testkit::*;
+use tokio_stream::StreamExt;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_on_one_replica_hears_what_the_other_accepts_at_once() {
+    // The streams' own look comes every quarter of redelivery_after:
+    // 150 s here, so only the replicas' notices can bring documents sooner.
+    let opts = GatewayOptions {
+        backend: Backend::Postgres,
+        extra_limits: "redelivery_after_secs = 600\n".to_owned(),
+        ..Default::default()
+    };
+    let Some(first) = TestGateway::start_with("replicas", opts).await else {
+        return;
+    };
+    let second = first.start_replica("replica-2").await;
+    within(Duration::from_secs(120), "two replicas", async {
+        let a = first.agency(A);
+        let b = second.agency(B);
+        let mut follow = b
+            .exchange()
+            .receive(b.request(ReceiveRequest {
+                follow: true,
+                ..Default::default()
+            }))
+            .await
+            .expect("B follows its inbox on the second replica")
+            .into_inner();
+        // The stream is open before the first document is sent.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let mut slowest = Duration::ZERO;
+        for i in 0..20 {
+            let sent = a
+                .send_document(&[B], &format!("Công văn số {i}"), &[])
+                .await
+                .expect("A sends through the first replica");
+            let started = Instant::now();
+            let got = tokio::time::timeout(Duration::from_secs(10), follow.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "document {i} accepted by the first replica did not reach B's stream on the second within 10 s"
+                    )
+                })
+                .expect("the stream is open")
+                .expect("a delivery");
+            slowest = slowest.max(started.elapsed());
+            let env = decode_envelope(got.envelope.as_ref().expect("the delivery's envelope"));
+            assert_eq!(env.message_id, sent.message_id(), "document {i}");
+            b.ack(&got.delivery_id).await.expect("B acknowledges on the second replica");
+        }
+        eprintln!("the slowest of 20 documents reached the other replica's stream in {slowest:?}");
+
+        // Each replica wrote to its own chain; the log verifies whole.
+        let chains = first
+            .sql_rows("SELECT chain, count(*) AS n FROM events GROUP BY chain ORDER BY chain")
+            .await;
+        let names: Vec<String> = chains.iter().map(|r| r.get::<String>("chain")).collect();
+        assert!(
+            names.contains(&"main".to_owned()) && names.contains(&"replica-2".to_owned()),
+            "chains written: {names:?}"
+        );
+        let verify = second.run_cli(&["log", "verify"]).await;
+        assert!(verify.status.success(), "{}", describe_output(&verify));
+    })
+    .await;
+    drop(second);
+}
