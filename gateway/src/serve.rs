@@ -251,27 +251,35 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     ));
     // Deadlines — an `overdue` line when a recipient misses one.
     let deadlines = cfg.lifecycle.deadlines()?;
+    // On one replica at a time (the lease "deadlines").
     let deadline_task = {
-        let (gw, mut stop) = (gw.clone(), stop_rx.clone());
+        let gw = gw.clone();
         let every = std::time::Duration::from_secs(cfg.lifecycle.check_every_secs.max(1));
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                match gw
-                    .check_deadlines(&deadlines, lienthong_core::now_micros())
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(count = n, "recipients missed a deadline (overdue)"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the deadline check failed; it runs again later")
+        tokio::spawn(lienthong_core::pipeline::while_leading(
+            gw.clone(),
+            "deadlines",
+            stopped(&stop_rx),
+            move || {
+                let (gw, deadlines) = (gw.clone(), deadlines.clone());
+                async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        match gw
+                            .check_deadlines(&deadlines, lienthong_core::now_micros())
+                            .await
+                        {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::info!(count = n, "recipients missed a deadline (overdue)")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the deadline check failed; it runs again later")
+                            }
+                        }
                     }
                 }
-            }
-        })
+            },
+        ))
     };
     // Calls refused before identification: one summary line per peer per
     // minute in the transfer log, and a last one at shutdown.
@@ -280,11 +288,20 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         lienthong_core::peers::SUMMARY_INTERVAL,
         stopped(&stop_rx),
     ));
+    // On one replica at a time (the lease "reports"): one report a month.
     let reports_task = cfg.reports.monthly.then(|| {
-        tokio::spawn(lienthong_reports::run_monthly_reports(
+        let gw = gw.clone();
+        tokio::spawn(lienthong_core::pipeline::while_leading(
             gw.clone(),
-            monthly,
+            "reports",
             stopped(&stop_rx),
+            move || {
+                lienthong_reports::run_monthly_reports(
+                    gw.clone(),
+                    monthly.clone(),
+                    std::future::pending::<()>(),
+                )
+            },
         ))
     });
     let grpc = {

@@ -194,6 +194,17 @@ impl BrokerState {
         self.metrics.broker_up.set(1);
     }
 
+    /// Another replica holds the lease: nothing to connect for, and
+    /// nothing wrong.
+    fn set_standby(&self) {
+        self.up.store(true, Ordering::Relaxed);
+        self.metrics.broker_up.set(0);
+        if let Ok(mut s) = self.last_error.lock() {
+            "standing by: another replica consumes the inbound queue and relays the outbox"
+                .clone_into(&mut s);
+        }
+    }
+
     fn set_down(&self, why: &str) {
         self.up.store(false, Ordering::Relaxed);
         self.metrics.broker_up.set(0);
@@ -213,6 +224,13 @@ pub enum AmqpError {
     #[error("the gateway's database: {0}")]
     Core(#[from] lienthong_core::error::Error),
 }
+
+/// The lease of the consumer and the relay (one replica at a time).
+const LEASE: &str = "amqp";
+
+/// A replica still waiting for the lease after this stands by: another
+/// holds it.
+const STANDBY_AFTER: Duration = Duration::from_secs(3);
 
 /// How long a stopping gateway waits for the messages it is checking and
 /// the confirms of what it published, before it closes the connection
@@ -238,7 +256,50 @@ pub fn spawn(
         let max = Duration::from_secs(cfg.reconnect_max_secs.max(1));
         let mut backoff = Duration::from_millis(200);
         let book = consumer::FailureBook::default();
+        // The consumer and the relay run on one replica at a time: two
+        // consumers of the inbound queue, or two relays of the outbox, would
+        // break the order per sender and recipient.
+        let mut lease = None;
         loop {
+            if lease.is_none() {
+                let mut stop = shutdown.clone();
+                let asking = gw.lease(LEASE);
+                tokio::pin!(asking);
+                // Granted at once to the only replica, or to the first: only
+                // one that waits is standing by (and healthy).
+                let standby = tokio::time::sleep(STANDBY_AFTER);
+                tokio::pin!(standby);
+                let mut standing_by = false;
+                let taken = loop {
+                    tokio::select! {
+                        l = &mut asking => break l,
+                        _ = &mut standby, if !standing_by => {
+                            standing_by = true;
+                            st.set_standby();
+                        }
+                        _ = stop.wait_for(|s| *s) => {
+                            st.set_down("shut down");
+                            return;
+                        }
+                    }
+                };
+                match taken {
+                    Ok(l) => {
+                        tracing::info!(
+                            "AMQP: this replica consumes the inbound queue and relays the outbox"
+                        );
+                        lease = Some(l);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.chain(), "AMQP: cannot ask for the lease; trying again");
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(held) = lease.as_mut() else {
+                continue;
+            };
             let mut connected = false;
             let run = run_once(
                 &gw,
@@ -250,8 +311,13 @@ pub fn spawn(
                 shutdown.clone(),
             );
             let mut stop = shutdown.clone();
+            let mut lost = false;
             let ended = tokio::select! {
                 r = run => r,
+                _ = held.lost() => {
+                    lost = true;
+                    Err(AmqpError::Setup("this replica lost the AMQP lease (its database connection); another replica takes over".to_owned()))
+                }
                 _ = async {
                     let _ = stop.wait_for(|s| *s).await;
                     tokio::time::sleep(DRAIN_GRACE).await;
@@ -260,6 +326,9 @@ pub fn spawn(
                     Ok(())
                 }
             };
+            if lost {
+                lease = None;
+            }
             match ended {
                 Ok(()) => {
                     st.set_down("shut down");

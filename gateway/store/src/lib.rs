@@ -8,6 +8,7 @@ mod commit;
 mod directory_cache;
 pub mod error;
 pub mod landed;
+pub mod lease;
 pub mod maintenance;
 pub mod operators;
 pub mod outbox;

@@ -41,6 +41,7 @@ use crate::commit::{
     Accepted, AckRequest, COMMIT_QUEUE, DeliveredMarks, Job, MarkItem, committer_gone,
 };
 use crate::directory_cache::{self, DirectoryCache};
+pub use crate::lease::Lease;
 pub use crate::writes::{
     AcceptError, AckOutcome, DocumentIndex, EventKind, NewAttachment, NewEvent, NewMessage,
     WriterId, chain_genesis, chain_hash,
@@ -267,6 +268,12 @@ impl Store {
     /// The chain of the transfer log this store appends to.
     pub fn writer(&self) -> &WriterId {
         &self.writer
+    }
+
+    /// Waits until this process holds the lease of `job`, a job that runs
+    /// on one replica at a time (at once on SQLite).
+    pub async fn lease(&self, job: &str) -> Result<crate::lease::Lease> {
+        crate::lease::Lease::take(&self.db, job).await
     }
 
     /// Listens for deliveries the other writers of this database commit

@@ -30,6 +30,7 @@ mod admin;
 mod checks;
 mod identify;
 mod inbox;
+mod leader;
 mod lifecycle_checks;
 mod log;
 mod maintenance;
@@ -44,6 +45,7 @@ pub use crate::caller::{Caller, Role, Transport};
 use identify::Access;
 use inbox::Inboxes;
 pub use inbox::{AttachmentReader, Inbox, STANDING_CHECK, watch_landed};
+pub use leader::while_leading;
 use log::Subject;
 pub use maintenance::watch_maintenance;
 pub use outbox::{Outbound, OutboxEntry};
@@ -281,6 +283,13 @@ impl Gateway {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Waits until this replica holds the lease of `job`, one that runs on
+    /// one replica at a time (see [`while_leading`]; the AMQP adapter holds
+    /// its own, to stop in its own way).
+    pub async fn lease(&self, job: &str) -> Result<crate::store::Lease> {
+        self.inner.store.lease(job).await
     }
 
     /// A temporary file in the attachment store's `tmp/`, for a transport

@@ -1,0 +1,112 @@
+//! Jobs that must run on one replica at a time (the AMQP consumer and relay,
+//! the deadline checks, the monthly report) hold a lease: a PostgreSQL
+//! session advisory lock on a connection of their own. PostgreSQL lets it go
+//! when that connection ends — the holder crashed, was killed or lost the
+//! network — and another replica, asking every second, takes it within
+//! seconds. The holder checks its connection every `CHECK` and gives the
+//! job up when it is gone, since the lock went with it.
+//!
+//! On SQLite one process writes the database: every lease is granted at
+//! once and never lost.
+
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+use sea_orm::sqlx::{Connection, Executor, Row};
+use sea_orm::{DatabaseConnection, DbBackend};
+
+use crate::error::{OrErr, Reason, Result};
+
+/// How often a holder checks that its lock is still held, and a replica
+/// waiting for a lease asks again.
+const CHECK: Duration = Duration::from_secs(1);
+
+/// A job's lease, held as long as this value lives and its connection does.
+pub struct Lease {
+    job: String,
+    conn: Option<PgConnection>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("job", &self.job).finish()
+    }
+}
+
+/// The advisory lock's key: the job's name hashed, the same on every
+/// replica and release, apart from any other application's keys by the
+/// prefix.
+fn key(job: &str) -> i64 {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("lienthong.lease.{job}").as_bytes(),
+    );
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    i64::from_be_bytes(b)
+}
+
+impl Lease {
+    /// Waits until this process holds `job`'s lease. `Err` only when the
+    /// database cannot be reached at all (the caller tries again).
+    pub async fn take(db: &DatabaseConnection, job: &str) -> Result<Lease> {
+        if db.get_database_backend() != DbBackend::Postgres {
+            return Ok(Lease {
+                job: job.to_owned(),
+                conn: None,
+            });
+        }
+        let options: PgConnectOptions =
+            (*db.get_postgres_connection_pool().connect_options()).clone();
+        let mut conn = PgConnection::connect_with(&options).await.or_err(
+            Reason::Unavailable,
+            "cannot open a connection to hold a job's lease",
+        )?;
+        loop {
+            let held: bool = conn
+                .fetch_one(sea_orm::sqlx::query("SELECT pg_try_advisory_lock($1)").bind(key(job)))
+                .await
+                .and_then(|row| row.try_get(0))
+                .or_err(Reason::Unavailable, "cannot ask for a job's lease")?;
+            if held {
+                return Ok(Lease {
+                    job: job.to_owned(),
+                    conn: Some(conn),
+                });
+            }
+            tokio::time::sleep(CHECK).await;
+        }
+    }
+
+    /// Resolves when the lease is lost: its connection broke, so PostgreSQL
+    /// has let the lock go and another replica may hold it now. Never on
+    /// SQLite.
+    pub async fn lost(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(CHECK).await;
+            if let Err(e) = conn.ping().await {
+                tracing::warn!(job = %self.job, error = %e, "the connection holding a job's lease is gone; giving the job up");
+                self.conn = None;
+                return;
+            }
+        }
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key;
+
+    #[test]
+    fn each_job_has_its_own_key_and_every_replica_the_same() {
+        assert_eq!(key("amqp"), key("amqp"));
+        assert_ne!(key("amqp"), key("deadlines"));
+    }
+}
