@@ -202,10 +202,40 @@ pub struct DocumentStatusArgs {
     pub json: bool,
 }
 
-async fn store(cfg: &Config) -> Result<Store> {
-    Store::connect(&cfg.database.url, cfg.writer()?)
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// Only say what is pending; exit 1 when something is.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub async fn migrate(cfg: Config, args: MigrateArgs) -> Result<ExitCode> {
+    let url = &cfg.database.url;
+    let found = lienthong_core::store::migrate(url, !args.check)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let where_ = lienthong_core::store::redact(url);
+    if found.pending.is_empty() {
+        println!("the schema of {where_} is up to date with this release");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = found.pending.join(", ");
+    if args.check {
+        println!(
+            "{} migration(s) pending on {where_}: {list}",
+            found.pending.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "applied {} migration(s) to {where_}: {list}",
+        found.pending.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn store(cfg: &Config) -> Result<Store> {
+    cfg.open_store().await
 }
 
 pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {

@@ -231,14 +231,26 @@ impl Default for GrpcSection {
 pub struct DatabaseSection {
     /// `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
     pub url: String,
+    /// `auto`: every start applies the pending migrations (one process).
+    /// `manual`: `lienthong migrate` applies them, once, and a gateway whose
+    /// schema is behind refuses to start (replicas).
+    pub migrate: MigrateSetting,
 }
 
 impl Default for DatabaseSection {
     fn default() -> Self {
         DatabaseSection {
             url: "sqlite://./data/lienthong.db".to_owned(),
+            migrate: MigrateSetting::Auto,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrateSetting {
+    Auto,
+    Manual,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -570,6 +582,19 @@ impl Config {
                 WriterId::new(name).map_err(|e| anyhow::anyhow!("gateway.replica: {}", e.message()))
             }
         }
+    }
+
+    /// The database, as `database.migrate` says to open it: pending
+    /// migrations applied (`auto`) or refused (`manual`); a schema newer
+    /// than this release is refused either way.
+    pub async fn open_store(&self) -> Result<lienthong_core::store::Store> {
+        let migrations = match self.database.migrate {
+            MigrateSetting::Auto => lienthong_core::store::Migrations::Apply,
+            MigrateSetting::Manual => lienthong_core::store::Migrations::Require,
+        };
+        lienthong_core::store::Store::open(&self.database.url, self.writer()?, migrations)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))
     }
 
     /// The gRPC address a local client should dial.

@@ -51,6 +51,10 @@ enum LogFormat {
 enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
+    /// Bring the database's schema up to this release (with
+    /// `database.migrate = "manual"`: once, before this release's replicas
+    /// start). `--check` only says what is pending.
+    Migrate(admin::MigrateArgs),
     /// Manage the agency directory.
     #[command(subcommand)]
     Directory(admin::DirectoryCommand),
@@ -129,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve(args) => serve::run(cfg, args).await,
+        Command::Migrate(args) => admin::migrate(cfg, args).await,
         Command::Directory(cmd) => admin::directory(cfg, cmd).await,
         Command::DevPki(args) => admin::dev_pki(args),
         Command::Send(args) => client::send(cfg, *args).await,

@@ -11,7 +11,6 @@ use clap::{ArgGroup, Args, Subcommand};
 use lienthong_core::calendar::VIETNAM;
 use lienthong_core::maintenance::{self, Window};
 use lienthong_core::now_micros;
-use lienthong_core::store::Store;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
@@ -59,9 +58,7 @@ async fn maintenance(cfg: Config, args: MaintenanceArgs) -> Result<ExitCode> {
         (Some(from), Some(to)) => Some((parse_time("--from", from)?, parse_time("--to", to)?)),
         _ => None,
     };
-    let store = Store::connect(&cfg.database.url, cfg.writer()?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let store = cfg.open_store().await?;
     let core = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.message());
     if let Some(id) = args.cancel {
         let w = maintenance::cancel(&store, id).await.map_err(core)?;

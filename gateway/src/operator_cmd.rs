@@ -10,7 +10,6 @@ use anyhow::{Result, bail};
 use clap::{Subcommand, ValueEnum};
 use lienthong_core::calendar::format_rfc3339;
 use lienthong_core::operators::{self, Actor, OperatorRole};
-use lienthong_core::store::Store;
 
 use crate::config::Config;
 
@@ -122,9 +121,7 @@ pub async fn run(cfg: Config, cmd: OperatorCommand) -> Result<ExitCode> {
         } => Some(read_password(name, *password_stdin)?),
         _ => None,
     };
-    let store = Store::connect(&cfg.database.url, cfg.writer()?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let store = cfg.open_store().await?;
     let core = |e: lienthong_core::error::Error| anyhow::anyhow!("{}", e.message());
     let by = actor();
     let done = match cmd {

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use lienthong_core::now_micros;
-use lienthong_core::store::Store;
 use lienthong_reports::{self as reports, Format, Lang, Period, Scope};
 
 use crate::config::Config;
@@ -60,9 +59,7 @@ pub async fn run(cfg: Config, args: ReportArgs) -> Result<ExitCode> {
         );
     }
     let settings = cfg.report_settings()?;
-    let store = Store::connect(&cfg.database.url, cfg.writer()?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let store = cfg.open_store().await?;
     // Documents accepted before their columns were filled (by an older
     // version) are indexed first: the report itself only reads.
     reports::index_documents(&store)

@@ -89,10 +89,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // The attachment store opens with the storage keys, and refuses
     // wrong ones before anything else is touched.
     let blobs = crate::storage::open_blob_store(&cfg).await?;
-    let store = lienthong_core::store::Store::connect(&cfg.database.url, cfg.writer()?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))
-        .context("opening the database")?;
+    let store = cfg.open_store().await.context("opening the database")?;
     // Documents accepted before their report columns were filled (by an
     // older version, or when indexing after an acceptance failed) are
     // indexed once, beside the start; acceptances index their own.

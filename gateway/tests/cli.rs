@@ -217,3 +217,64 @@ fn log_verify_lists_the_chain_of_each_replica() {
     );
     assert!(text.contains("\n  chain main: intact, "), "{text}");
 }
+
+/// Replicas are upgraded with `database.migrate = "manual"`: a release
+/// whose schema is behind refuses to start until `lienthong migrate` ran
+/// once, and no release runs on a schema a newer one migrated.
+#[test]
+fn migrate_applies_what_is_pending_once_and_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("l.db").display());
+    let run = |args: &[&str]| {
+        let out = lienthong()
+            .env("LIENTHONG_DATABASE__URL", &db)
+            .env("LIENTHONG_DATABASE__MIGRATE", "manual")
+            .env_remove("LIENTHONG_GATEWAY__REPLICA")
+            .args(args)
+            .output()
+            .expect("run lienthong");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["migrate", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("migration(s) pending") && out.contains("m20261124_000001_core"),
+        "{out}"
+    );
+    // Behind, and manual: a command that opens the database refuses.
+    let (code, _, err) = run(&["directory", "list"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("run `lienthong migrate`"), "{err}");
+    let (code, out, err) = run(&["migrate"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("applied "), "{out}");
+    let (code, out, _) = run(&["migrate", "--check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("up to date"), "{out}");
+    let (code, _, err) = run(&["directory", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // A newer release migrated it since.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let conn = lienthong_testkit::Db::connect(&db).await.expect("open the database");
+        conn.execute(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000099_future', 0)",
+        )
+        .await
+        .expect("a newer release's migration");
+        conn.close().await;
+    });
+    for args in [&["migrate"][..], &["directory", "list"]] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("migrated by a newer release") && err.contains("m20991231_000099_future"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -192,6 +192,170 @@ pub struct DirectoryChange {
     pub log: Vec<NewEvent>,
 }
 
+/// Connects with the gateway's options: `sqlite:` URLs get their directory
+/// created and run in WAL mode with full fsync on commit.
+async fn connect_database(url: &str) -> Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        if let Some(dir) = sqlite_dir(url) {
+            std::fs::create_dir_all(&dir).or_err_with(Reason::Unavailable, |_| {
+                    format!(
+                        "cannot create the database directory {}; check database.url and the permissions",
+                        dir.display()
+                    )
+                })?;
+        }
+        // Validate the URL here so that a typo gets a sentence, not a panic deep in sqlx.
+        SqliteConnectOptions::from_str(url).or_err_with(Reason::Unavailable, |_| {
+            format!("database.url {url:?} is not a usable SQLite URL")
+        })?;
+        opts.max_connections(8).map_sqlx_sqlite_opts(|o| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+                // A multi-row statement inside a transaction keeps a
+                // statement journal (to undo itself alone); in a file,
+                // that was a temporary file written per group.
+                .pragma("temp_store", "memory")
+        });
+    } else {
+        opts.max_connections(16);
+    }
+    let db = Database::connect(opts)
+        .await
+        .or_err_with(Reason::Unavailable, |_| {
+            format!("cannot connect to the database at {}", redact(url))
+        })?;
+    Ok(db)
+}
+
+/// What `lienthong migrate` does: reads the database's schema against this
+/// release and, with `apply`, applies what is pending. Refuses a schema
+/// migrated by a newer release. Returns the state found before applying.
+pub async fn migrate(url: &str, apply: bool) -> Result<SchemaState> {
+    let db = connect_database(url).await?;
+    let schema = SchemaState::read(&db).await?;
+    schema.refuse_newer()?;
+    if apply && !schema.pending.is_empty() {
+        Migrator::up(&db, None)
+            .await
+            .or_err(Reason::Unavailable, "the database schema migration failed")?;
+    }
+    let _ = db.close().await;
+    Ok(schema)
+}
+
+/// What opening the store does with a schema that is behind this release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// Apply the pending migrations (the embedded default: one process).
+    Apply,
+    /// Refuse to start: `lienthong migrate` applies them, once, apart from
+    /// the replicas (`database.migrate = "manual"`).
+    Require,
+}
+
+/// The database's schema against the migrations this release knows.
+#[derive(Debug, Default)]
+pub struct SchemaState {
+    /// Known to this release, not applied yet.
+    pub pending: Vec<String>,
+    /// Applied by a newer release, unknown to this one.
+    pub unknown: Vec<String>,
+}
+
+impl SchemaState {
+    /// Reads `seaql_migrations` itself: sea-orm's own check fails on an
+    /// unknown migration with a sentence about missing files.
+    pub async fn read(db: &DatabaseConnection) -> Result<SchemaState> {
+        let known: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        let exists = match db.get_database_backend() {
+            DbBackend::Sqlite => {
+                "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'"
+            }
+            _ => {
+                "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'seaql_migrations'"
+            }
+        };
+        let n: i64 = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), exists))
+            .await
+            .or_err(
+                Reason::Unavailable,
+                "cannot read the database's schema version",
+            )?
+            .map(|r| r.try_get("", "n"))
+            .transpose()
+            .or_err(
+                Reason::Unavailable,
+                "cannot read the database's schema version",
+            )?
+            .unwrap_or(0);
+        let applied: Vec<String> = if n == 0 {
+            Vec::new()
+        } else {
+            db.query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT version FROM seaql_migrations ORDER BY version",
+            ))
+            .await
+            .or_err(
+                Reason::Unavailable,
+                "cannot read the database's schema version",
+            )?
+            .iter()
+            .map(|r| r.try_get::<String>("", "version"))
+            .collect::<std::result::Result<_, _>>()
+            .or_err(
+                Reason::Unavailable,
+                "cannot read the database's schema version",
+            )?
+        };
+        Ok(SchemaState {
+            pending: known
+                .iter()
+                .filter(|k| !applied.contains(k))
+                .cloned()
+                .collect(),
+            unknown: applied.into_iter().filter(|a| !known.contains(a)).collect(),
+        })
+    }
+
+    fn refuse_newer(&self) -> Result<()> {
+        match self.unknown.first() {
+            None => Ok(()),
+            Some(v) => Err(Error::new(
+                Reason::Internal,
+                format!(
+                    "the database's schema was migrated by a newer release of lienthong ({} migration(s) this release does not know, the first {v}); run that release or a newer one — a release never runs on a schema newer than it knows",
+                    self.unknown.len()
+                ),
+            )),
+        }
+    }
+
+    fn refuse_pending(&self) -> Result<()> {
+        match self.pending.first() {
+            None => Ok(()),
+            Some(v) => Err(Error::new(
+                Reason::Internal,
+                format!(
+                    "the database's schema is behind this release ({} migration(s) to apply, the first {v}) and database.migrate is \"manual\": run `lienthong migrate` once with this release, then start it",
+                    self.pending.len()
+                ),
+            )),
+        }
+    }
+}
+
 /// The database, with the schema migrated.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -212,45 +376,24 @@ impl Store {
     /// Everything this store appends to the transfer log goes to `writer`'s
     /// chain.
     pub async fn connect(url: &str, writer: WriterId) -> Result<Store> {
-        let mut opts = ConnectOptions::new(url.to_owned());
-        opts.sqlx_logging(false)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10));
-        if url.starts_with("sqlite:") {
-            if let Some(dir) = sqlite_dir(url) {
-                std::fs::create_dir_all(&dir).or_err_with(Reason::Unavailable, |_| {
-                    format!(
-                        "cannot create the database directory {}; check database.url and the permissions",
-                        dir.display()
-                    )
-                })?;
+        Self::open(url, writer, Migrations::Apply).await
+    }
+
+    /// Connects; applies pending migrations or, with `Migrations::Require`,
+    /// refuses a schema that is behind (naming `lienthong migrate`). Either
+    /// way it refuses a schema migrated by a newer release.
+    pub async fn open(url: &str, writer: WriterId, migrations: Migrations) -> Result<Store> {
+        let db = connect_database(url).await?;
+        let schema = SchemaState::read(&db).await?;
+        schema.refuse_newer()?;
+        match migrations {
+            Migrations::Apply => {
+                Migrator::up(&db, None)
+                    .await
+                    .or_err(Reason::Unavailable, "the database schema migration failed")?;
             }
-            // Validate the URL here so that a typo gets a sentence, not a panic deep in sqlx.
-            SqliteConnectOptions::from_str(url).or_err_with(Reason::Unavailable, |_| {
-                format!("database.url {url:?} is not a usable SQLite URL")
-            })?;
-            opts.max_connections(8).map_sqlx_sqlite_opts(|o| {
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(30))
-                    .foreign_keys(true)
-                    // A multi-row statement inside a transaction keeps a
-                    // statement journal (to undo itself alone); in a file,
-                    // that was a temporary file written per group.
-                    .pragma("temp_store", "memory")
-            });
-        } else {
-            opts.max_connections(16);
+            Migrations::Require => schema.refuse_pending()?,
         }
-        let db = Database::connect(opts)
-            .await
-            .or_err_with(Reason::Unavailable, |_| {
-                format!("cannot connect to the database at {}", redact(url))
-            })?;
-        Migrator::up(&db, None)
-            .await
-            .or_err(Reason::Unavailable, "the database schema migration failed")?;
         // Group commit runs on the runtime that opened the store.
         let committer = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
