@@ -21,7 +21,7 @@ use lienthong_proto::v1::{
 use prost::Message as _;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Extensions;
@@ -153,7 +153,14 @@ struct Shared {
     peers: Arc<limits::PeerLimiter>,
     /// The pace an upload stream must keep.
     upload: limits::UploadLimits,
+    /// Turns true when the gateway starts to stop: health says NOT_SERVING
+    /// and following `Receive` streams end with `UNAVAILABLE`, so that
+    /// agencies' software reconnects (to another replica) at once.
+    stopping: Arc<watch::Sender<bool>>,
 }
+
+/// What a following stream is told when the gateway stops.
+const STOPPING: &str = "this gateway is stopping (a restart or an upgrade); connect again — another replica, or this one once it is back, carries on where this stream ended: nothing unacknowledged is lost";
 
 /// HTTP/2 flow-control windows: what one stream, and one connection, may
 /// send before the gateway has read it. A 1 GiB upload on a loaded machine
@@ -499,6 +506,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         let gw = self.shared.gw.clone();
         let hop = self.shared.trace_organ_id.clone();
         let notices = self.shared.gw.notice_feed().await;
+        let mut stopping = self.shared.stopping.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
             // Notices (maintenance windows) first, then beside the deliveries.
@@ -509,6 +517,10 @@ impl pb::exchange_server::Exchange for ExchangeService {
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,
+                    _ = futures::FutureExt::map(stopping.wait_for(|s| *s), |_| ()) => {
+                        let _ = tx.send(Err(Status::unavailable(STOPPING))).await;
+                        break;
+                    }
                     next = inbox.next() => match next {
                         Ok(Some(mut d)) => {
                             if as_edxml {
@@ -756,6 +768,7 @@ impl GrpcServer {
             limiter: Arc::new(limits::AgencyLimiter::new(limits::AgencyLimits::default())),
             peers: Arc::new(limits::PeerLimiter::new(limits::PeerLimits::default())),
             upload: limits::UploadLimits::default(),
+            stopping: Arc::new(watch::channel(false).0),
         };
         GrpcServer {
             shared,
@@ -834,7 +847,14 @@ impl GrpcServer {
             AuthMode::Mtls(tls) => Some(tls.clone()),
             AuthMode::DevHeader => None,
         };
-        tokio::spawn(readiness(gw, health));
+        let stopping = self.shared.stopping.clone();
+        tokio::spawn(readiness(gw, health, stopping.subscribe()));
+        // Not ready first, then the following streams end, then tonic stops
+        // taking calls and waits for those in flight.
+        let shutdown = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
         let reports = reports::ReportsService::new(self.shared.clone(), self.report_settings);
         let exchange = ExchangeService {
             shared: self.shared.clone(),
@@ -897,11 +917,17 @@ impl GrpcServer {
     }
 }
 
-/// Reports SERVING while the database answers, NOT_SERVING when it does not.
-async fn readiness(gw: Gateway, health: tonic_health::server::HealthReporter) {
+/// Reports SERVING while the database answers, NOT_SERVING when it does not
+/// and from the moment the gateway starts to stop.
+async fn readiness(
+    gw: Gateway,
+    health: tonic_health::server::HealthReporter,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut last: Option<bool> = None;
     loop {
-        let ok = gw.ready().await.is_ok();
+        let stop = *stopping.borrow();
+        let ok = !stop && gw.ready().await.is_ok();
         if last != Some(ok) {
             let status = if ok {
                 tonic_health::ServingStatus::Serving
@@ -917,11 +943,19 @@ async fn readiness(gw: Gateway, health: tonic_health::server::HealthReporter) {
             ] {
                 health.set_service_status(name, status).await;
             }
-            if !ok {
+            if stop {
+                tracing::info!("stopping: reporting NOT_SERVING");
+            } else if !ok {
                 tracing::error!("the database does not answer: reporting NOT_SERVING");
             }
             last = Some(ok);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        if stop {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stopping.changed() => {}
+        }
     }
 }

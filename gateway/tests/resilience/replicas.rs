@@ -76,3 +76,80 @@ async fn a_stream_on_one_replica_hears_what_the_other_accepts_at_once() {
     .await;
     drop(second);
 }
+
+/// A replica stopped (SIGTERM, as a rolling restart does) while an agency
+/// follows its inbox: it says NOT_SERVING, ends the stream at once with
+/// `UNAVAILABLE` and a sentence telling the software to connect again, and
+/// exits cleanly — it does not hang on the open stream until it is killed.
+/// The agency reconnects to the other replica and gets what was sent
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_replica_ends_its_streams_so_agencies_reconnect_elsewhere() {
+    let opts = GatewayOptions {
+        backend: Backend::Postgres,
+        ..Default::default()
+    };
+    let Some(first) = TestGateway::start_with("draining", opts).await else {
+        return;
+    };
+    let mut second = first.start_replica("replica-2").await;
+    within(Duration::from_secs(120), "a stopping replica", async {
+        let b = second.agency(B);
+        let mut follow = b
+            .exchange()
+            .receive(b.request(ReceiveRequest {
+                follow: true,
+                ..Default::default()
+            }))
+            .await
+            .expect("B follows its inbox on the second replica")
+            .into_inner();
+        let reader = tokio::spawn(async move {
+            loop {
+                match follow.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return Some(status),
+                    None => return None,
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let (status, second) = tokio::task::spawn_blocking(move || {
+            let status = second.stop();
+            (status, second)
+        })
+        .await
+        .expect("stop");
+        let took = started.elapsed();
+        let status = status.expect("the replica was running");
+        assert!(
+            status.success(),
+            "the replica did not exit cleanly ({status}) in {took:?}:\n{}",
+            second.log_tails(40)
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "the replica took {took:?} to stop with a stream open"
+        );
+        let ended = reader.await.expect("the reader");
+        let ended = ended.expect("the stream ended with a status, not silently");
+        assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+        assert!(
+            ended.message().contains("connect again"),
+            "{}",
+            ended.message()
+        );
+
+        // B's software reconnects to the first replica.
+        let sent = first
+            .agency(A)
+            .send_document(&[B], "Gửi trong lúc khởi động lại", &[])
+            .await
+            .expect("A sends");
+        let got = receive_message(&first.agency(B), sent.message_id()).await;
+        assert!(got.envelope.is_some());
+        drop(second);
+    })
+    .await;
+}
