@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use lienthong_testkit::v1::ReceiveRequest;
 use lienthong_testkit::*;
 use tokio_stream::StreamExt;
 
@@ -27,14 +26,9 @@ async fn a_stream_on_one_replica_hears_what_the_other_accepts_at_once() {
         let a = first.agency(A);
         let b = second.agency(B);
         let mut follow = b
-            .exchange()
-            .receive(b.request(ReceiveRequest {
-                follow: true,
-                ..Default::default()
-            }))
+            .follow()
             .await
-            .expect("B follows its inbox on the second replica")
-            .into_inner();
+            .expect("B follows its inbox on the second replica");
         // The stream is open before the first document is sent.
         tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -96,14 +90,9 @@ async fn a_stopping_replica_ends_its_streams_so_agencies_reconnect_elsewhere() {
     within(Duration::from_secs(120), "a stopping replica", async {
         let b = second.agency(B);
         let mut follow = b
-            .exchange()
-            .receive(b.request(ReceiveRequest {
-                follow: true,
-                ..Default::default()
-            }))
+            .follow()
             .await
-            .expect("B follows its inbox on the second replica")
-            .into_inner();
+            .expect("B follows its inbox on the second replica");
         let reader = tokio::spawn(async move {
             loop {
                 match follow.next().await {

@@ -1689,6 +1689,18 @@ impl Agency {
         })
     }
 
+    /// `Receive(follow=true)`: the agency's software following its inbox.
+    pub async fn follow(&self) -> Result<tonic::Streaming<Delivery>, Status> {
+        Ok(self
+            .exchange()
+            .receive(self.request(ReceiveRequest {
+                follow: true,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner())
+    }
+
     /// `Receive(follow=false, max)`, collected until the stream ends (30 s at most).
     pub async fn receive_all(&self, max: u32) -> Result<Vec<Delivery>, Status> {
         let fut = async {
