@@ -90,6 +90,28 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // wrong ones before anything else is touched.
     let blobs = crate::storage::open_blob_store(&cfg).await?;
     let store = cfg.open_store().await.context("opening the database")?;
+    // One live process per chain of the transfer log: a second replica
+    // with the same name would extend the same chain. Held until exit.
+    // A process of the same name killed a moment ago may still hold it
+    // until PostgreSQL notices its connection is gone.
+    let mut replica = None;
+    for _ in 0..10 {
+        replica = store
+            .try_lease(&format!("replica:{}", store.writer()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        if replica.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let _replica = match replica {
+        Some(l) => l,
+        None => anyhow::bail!(
+            "another live replica already serves as {:?} on this database: give each replica its own gateway.replica (LIENTHONG_GATEWAY__REPLICA); a replica without one is \"main\"",
+            store.writer().as_str()
+        ),
+    };
     // Documents accepted before their report columns were filled (by an
     // older version, or when indexing after an acceptance failed) are
     // indexed once, beside the start; acceptances index their own.

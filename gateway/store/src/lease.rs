@@ -50,11 +50,21 @@ impl Lease {
     /// Waits until this process holds `job`'s lease. `Err` only when the
     /// database cannot be reached at all (the caller tries again).
     pub async fn take(db: &DatabaseConnection, job: &str) -> Result<Lease> {
+        loop {
+            if let Some(lease) = Self::try_take(db, job).await? {
+                return Ok(lease);
+            }
+            tokio::time::sleep(CHECK).await;
+        }
+    }
+
+    /// The lease if no other process holds it now, `None` if one does.
+    pub async fn try_take(db: &DatabaseConnection, job: &str) -> Result<Option<Lease>> {
         if db.get_database_backend() != DbBackend::Postgres {
-            return Ok(Lease {
+            return Ok(Some(Lease {
                 job: job.to_owned(),
                 conn: None,
-            });
+            }));
         }
         let options: PgConnectOptions =
             (*db.get_postgres_connection_pool().connect_options()).clone();
@@ -62,20 +72,19 @@ impl Lease {
             Reason::Unavailable,
             "cannot open a connection to hold a job's lease",
         )?;
-        loop {
-            let held: bool = conn
-                .fetch_one(sea_orm::sqlx::query("SELECT pg_try_advisory_lock($1)").bind(key(job)))
-                .await
-                .and_then(|row| row.try_get(0))
-                .or_err(Reason::Unavailable, "cannot ask for a job's lease")?;
-            if held {
-                return Ok(Lease {
-                    job: job.to_owned(),
-                    conn: Some(conn),
-                });
-            }
-            tokio::time::sleep(CHECK).await;
+        let held: bool = conn
+            .fetch_one(sea_orm::sqlx::query("SELECT pg_try_advisory_lock($1)").bind(key(job)))
+            .await
+            .and_then(|row| row.try_get(0))
+            .or_err(Reason::Unavailable, "cannot ask for a job's lease")?;
+        if !held {
+            let _ = conn.close().await;
+            return Ok(None);
         }
+        Ok(Some(Lease {
+            job: job.to_owned(),
+            conn: Some(conn),
+        }))
     }
 
     /// Resolves when the lease is lost: its connection broke, so PostgreSQL

@@ -419,6 +419,11 @@ impl Store {
         crate::lease::Lease::take(&self.db, job).await
     }
 
+    /// The lease of `job` if no other process holds it now.
+    pub async fn try_lease(&self, job: &str) -> Result<Option<crate::lease::Lease>> {
+        crate::lease::Lease::try_take(&self.db, job).await
+    }
+
     /// Listens for deliveries the other writers of this database commit
     /// (`None` on SQLite, which has one writer).
     pub async fn listen_landed(&self) -> Result<Option<crate::landed::LandedListener>> {

@@ -2,7 +2,8 @@
 //! runs them behind a load balancer: an agency's `Receive` stream open on
 //! one replica hears what the other accepts at once, not at the streams'
 //! periodic look; acknowledgements on either replica go into the transfer
-//! log, each replica's in a chain of its own, and the log verifies.
+//! log, each replica's in a chain of its own, and the log verifies; a
+//! second live process with a replica's name is refused.
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,28 @@ async fn a_stream_on_one_replica_hears_what_the_other_accepts_at_once() {
         );
         let verify = second.run_cli(&["log", "verify"]).await;
         assert!(verify.status.success(), "{}", describe_output(&verify));
+
+        // A second live process named replica-2 would extend its chain too:
+        // refused, with what to do.
+        let mut twin = lienthong_command(&bin_path(), &second.dir);
+        twin.env("LIENTHONG_GATEWAY__REPLICA", "replica-2")
+            .arg("--config")
+            .arg(&second.config_path)
+            .arg("serve");
+        let twin = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::from(twin).output(),
+        )
+        .await
+        .expect("the twin gives up within 30 s")
+        .expect("run lienthong");
+        let err = String::from_utf8_lossy(&twin.stderr);
+        assert!(!twin.status.success(), "{}", describe_output(&twin));
+        assert!(
+            err.contains("another live replica already serves as \"replica-2\"")
+                && err.contains("gateway.replica"),
+            "{err}"
+        );
     })
     .await;
     drop(second);
