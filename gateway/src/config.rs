@@ -597,6 +597,40 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{}", e.chain()))
     }
 
+    /// What every replica of one database must share, as digests: the
+    /// trust anchors and revocation lists by content (their paths may
+    /// differ from host to host), the routes and what refuses a signature.
+    pub fn replica_config(&self) -> Result<lienthong_core::store::ReplicaConfig> {
+        let files = |paths: &[PathBuf], what: &str| -> Result<Vec<String>> {
+            let mut digests = paths
+                .iter()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map(|b| hex::encode(lienthong_core::sha256(&b)))
+                        .with_context(|| format!("{what}: cannot read {}", p.display()))
+                })
+                .collect::<Result<Vec<String>>>()?;
+            digests.sort();
+            Ok(digests)
+        };
+        let trust = format!(
+            "anchors {:?}\ncrls {:?}\nrequire_revocation {}\nrefuse_sha1 {}\n",
+            files(&self.trust.anchors, "trust.anchors")?,
+            files(&self.trust.crls, "trust.crls")?,
+            self.trust.require_revocation,
+            self.trust.refuse_sha1,
+        );
+        let routes: String = self
+            .routes
+            .iter()
+            .map(|r| format!("{} -> {}\n", r.pattern, r.to))
+            .collect();
+        Ok(lienthong_core::store::ReplicaConfig {
+            trust_sha256: hex::encode(lienthong_core::sha256(trust.as_bytes())),
+            routes_sha256: hex::encode(lienthong_core::sha256(routes.as_bytes())),
+        })
+    }
+
     /// The gRPC address a local client should dial.
     pub fn grpc_client_url(&self) -> String {
         let mut addr = self.grpc.listen;

@@ -97,7 +97,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let mut replica = None;
     for _ in 0..10 {
         replica = store
-            .try_lease(&format!("replica:{}", store.writer()))
+            .try_lease(&lienthong_core::store::name_lease(store.writer().as_str()))
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
         if replica.is_some() {
@@ -112,6 +112,11 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             store.writer().as_str()
         ),
     };
+    // The same trust and routes as every other live replica, or refused.
+    store
+        .join_replicas(&cfg.replica_config()?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     // Documents accepted before their report columns were filled (by an
     // older version, or when indexing after an acceptance failed) are
     // indexed once, beside the start; acceptances index their own.

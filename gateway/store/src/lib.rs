@@ -12,6 +12,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod operators;
 pub mod outbox;
+pub mod replicas;
 pub mod reports;
 pub mod rows;
 mod sql;

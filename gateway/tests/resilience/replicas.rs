@@ -3,7 +3,8 @@
 //! one replica hears what the other accepts at once, not at the streams'
 //! periodic look; acknowledgements on either replica go into the transfer
 //! log, each replica's in a chain of its own, and the log verifies; a
-//! second live process with a replica's name is refused.
+//! second live process with a replica's name is refused, and so is a
+//! replica with other routes.
 
 use std::time::{Duration, Instant};
 
@@ -70,23 +71,22 @@ async fn a_stream_on_one_replica_hears_what_the_other_accepts_at_once() {
 
         // A second live process named replica-2 would extend its chain too:
         // refused, with what to do.
-        let mut twin = lienthong_command(&bin_path(), &second.dir);
-        twin.env("LIENTHONG_GATEWAY__REPLICA", "replica-2")
-            .arg("--config")
-            .arg(&second.config_path)
-            .arg("serve");
-        let twin = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::process::Command::from(twin).output(),
-        )
-        .await
-        .expect("the twin gives up within 30 s")
-        .expect("run lienthong");
-        let err = String::from_utf8_lossy(&twin.stderr);
-        assert!(!twin.status.success(), "{}", describe_output(&twin));
+        let err = refused_serve(&second.dir, &second.config_path, "replica-2").await;
         assert!(
             err.contains("another live replica already serves as \"replica-2\"")
                 && err.contains("gateway.replica"),
+            "{err}"
+        );
+
+        // A third replica that routes a code the others do not: refused,
+        // naming what differs.
+        let other = second.dir.join("other-routes.toml");
+        let mut text = std::fs::read_to_string(&second.config_path).expect("config");
+        text.push_str("\n[[routes]]\npattern = \"#.H99\"\nto = \"local\"\n");
+        std::fs::write(&other, text).expect("write");
+        let err = refused_serve(&second.dir, &other, "replica-3").await;
+        assert!(
+            err.contains("runs with other routes ([[routes]]) than this one"),
             "{err}"
         );
     })
@@ -164,4 +164,24 @@ async fn a_stopping_replica_ends_its_streams_so_agencies_reconnect_elsewhere() {
         drop(second);
     })
     .await;
+}
+
+/// Runs `serve` as replica `name` with `config`, which must refuse to start;
+/// returns what it said.
+async fn refused_serve(dir: &std::path::Path, config: &std::path::Path, name: &str) -> String {
+    let mut serve = lienthong_command(&bin_path(), dir);
+    serve
+        .env("LIENTHONG_GATEWAY__REPLICA", name)
+        .arg("--config")
+        .arg(config)
+        .arg("serve");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::from(serve).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("replica {name} did not give up within 30 s"))
+    .expect("run lienthong");
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

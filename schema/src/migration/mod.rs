@@ -14,6 +14,7 @@ mod m20261125_000008_maintenance; // Maintenance notices
 mod m20261206_000009_operators;
 mod m20261207_000010_directory_version;
 mod m20261207_000011_log_chains; // One chain per writer
+mod m20261207_000012_replicas; // Replicas' configuration digests
 
 pub use m20261124_000003_log_chain::GENESIS;
 pub use m20261207_000011_log_chains::MAIN_CHAIN;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000009_operators::Migration),
             Box::new(m20261207_000010_directory_version::Migration),
             Box::new(m20261207_000011_log_chains::Migration),
+            Box::new(m20261207_000012_replicas::Migration),
         ]
     }
 }
