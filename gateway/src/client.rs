@@ -29,7 +29,8 @@ const CHUNK: usize = 256 * 1024;
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// Gateway address, http://HOST:PORT or https://HOST:PORT for mutual
-    /// TLS (default: from grpc.listen and auth.mode).
+    /// TLS (default: from grpc.listen and auth.mode). Several, separated by
+    /// commas (the replicas of one gateway): the first that answers is used.
     #[arg(long)]
     pub server: Option<String>,
     /// With https: the authority that issued the gateway's certificate (PEM).
@@ -126,11 +127,41 @@ pub struct ReceiveArgs {
 }
 
 pub(crate) async fn connect(cfg: &Config, c: &ConnectArgs) -> Result<ExchangeClient<Channel>> {
-    let url = c.server.clone().unwrap_or_else(|| cfg.grpc_client_url());
+    let urls = c.server.clone().unwrap_or_else(|| cfg.grpc_client_url());
+    let mut failures = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match endpoint(url, c)?.connect().await {
+            Ok(ch) => {
+                return Ok(ExchangeClient::new(ch)
+                    .max_decoding_message_size(16 * 1024 * 1024)
+                    .max_encoding_message_size(16 * 1024 * 1024));
+            }
+            Err(e) => failures.push(format!(
+                "{url}: {}",
+                anyhow::Error::from(e)
+                    .chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            )),
+        }
+    }
+    match failures.len() {
+        0 => bail!("--server names no gateway address"),
+        1 => bail!("cannot reach the gateway at {}", failures.join("")),
+        _ => bail!(
+            "cannot reach any of the gateway's addresses: {}",
+            failures.join("; ")
+        ),
+    }
+}
+
+/// One gateway address, with the TLS settings when it is `https://`.
+fn endpoint(url: &str, c: &ConnectArgs) -> Result<Endpoint> {
     // Larger HTTP/2 windows than the 64 KiB default, so that a large
     // attachment streams down at the disk's pace (the gateway does the same
     // for uploads).
-    let mut endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("{url} is not a valid gateway address"))?
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(2 * 1024 * 1024);
@@ -155,13 +186,7 @@ pub(crate) async fn connect(cfg: &Config, c: &ConnectArgs) -> Result<ExchangeCli
             .tls_config(tls)
             .context("the TLS settings are not usable")?;
     }
-    let ch = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {url}"))?;
-    Ok(ExchangeClient::new(ch)
-        .max_decoding_message_size(16 * 1024 * 1024)
-        .max_encoding_message_size(16 * 1024 * 1024))
+    Ok(endpoint)
 }
 
 pub(crate) fn with_identity<T>(msg: T, organ_id: &str) -> Result<Request<T>> {

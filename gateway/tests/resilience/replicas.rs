@@ -161,6 +161,21 @@ async fn a_stopping_replica_ends_its_streams_so_agencies_reconnect_elsewhere() {
             .expect("A sends");
         let got = receive_message(&first.agency(B), sent.message_id()).await;
         assert!(got.envelope.is_some());
+
+        // The command line, given both replicas' addresses, passes over the
+        // stopped one.
+        let again = first
+            .agency(A)
+            .send_document(&[B], "Gửi lần nữa", &[])
+            .await
+            .expect("A sends");
+        let servers = format!("http://{},http://{}", second.grpc_addr, first.grpc_addr);
+        let out = first
+            .run_cli(&["receive", "--as", B, "--server", &servers])
+            .await;
+        assert!(out.status.success(), "{}", describe_output(&out));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.contains(again.message_id()), "{printed}");
         drop(second);
     })
     .await;
