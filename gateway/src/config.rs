@@ -600,7 +600,7 @@ impl Config {
     /// What every replica of one database must share, as digests: the
     /// trust anchors and revocation lists by content (their paths may
     /// differ from host to host), the routes and what refuses a signature.
-    pub fn replica_config(&self) -> Result<lienthong_core::store::ReplicaConfig> {
+    pub fn replica_config(&self) -> Result<lienthong_core::replicas::ReplicaConfig> {
         let files = |paths: &[PathBuf], what: &str| -> Result<Vec<String>> {
             let mut digests = paths
                 .iter()
@@ -625,7 +625,7 @@ impl Config {
             .iter()
             .map(|r| format!("{} -> {}\n", r.pattern, r.to))
             .collect();
-        Ok(lienthong_core::store::ReplicaConfig {
+        Ok(lienthong_core::replicas::ReplicaConfig {
             trust_sha256: hex::encode(lienthong_core::sha256(trust.as_bytes())),
             routes_sha256: hex::encode(lienthong_core::sha256(routes.as_bytes())),
         })

@@ -97,7 +97,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let mut replica = None;
     for _ in 0..10 {
         replica = store
-            .try_lease(&lienthong_core::store::name_lease(store.writer().as_str()))
+            .try_lease(&lienthong_core::replicas::name_lease(
+                store.writer().as_str(),
+            ))
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
         if replica.is_some() {

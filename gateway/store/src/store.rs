@@ -42,7 +42,6 @@ use crate::commit::{
 };
 use crate::directory_cache::{self, DirectoryCache};
 pub use crate::lease::Lease;
-pub use crate::replicas::{ReplicaConfig, name_lease};
 pub use crate::writes::{
     AcceptError, AckOutcome, DocumentIndex, EventKind, NewAttachment, NewEvent, NewMessage,
     WriterId, chain_genesis, chain_hash,
