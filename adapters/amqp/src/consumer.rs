@@ -295,7 +295,11 @@ pub(crate) async fn run(
             // subscription, and the deliveries the broker still writes after
             // a cancel (lapin drops them) would be taken back only later,
             // behind messages served to the next consumer.
-            ch.close(200, "lienthong: stopping".into()).await?;
+            // A failed close must not end the relay's drain beside it: the
+            // connection's close hands the rest back just the same.
+            if let Err(e) = ch.close(200, "lienthong: stopping".into()).await {
+                tracing::info!(error = %e, "AMQP: the consuming channel did not close cleanly; the connection's close hands its messages back");
+            }
             return Ok(());
         }
         tokio::select! {

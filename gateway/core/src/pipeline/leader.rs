@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::Gateway;
 
 /// Runs the job `make` builds while this replica leads `job`, until `stop`.
-/// When the job ends by itself, it is started again (still leading).
+/// When the job ends by itself, it is started again a second later (still
+/// leading).
 pub async fn while_leading<F, Fut>(
     gw: Gateway,
     job: &str,
@@ -40,7 +41,12 @@ pub async fn while_leading<F, Fut>(
             tokio::select! {
                 _ = &mut stop => return,
                 _ = lease.lost() => break,
-                _ = make() => {}
+                // A job that ended by itself starts again a second later,
+                // never in a tight loop.
+                _ = async {
+                    make().await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } => {}
             }
         }
     }
