@@ -676,8 +676,9 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
     let store = store(&cfg).await?;
     match cmd {
         LogCommand::Verify => {
+            let certs = lienthong_core::pipeline::ReceiptCerts(cfg.receipt_signers()?);
             let v = store
-                .verify_log()
+                .verify_log_with(certs.as_verifier())
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
             let unchained = if v.unchained > 0 {
@@ -686,16 +687,22 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
                 String::new()
             };
             let broken = v.chains.iter().filter(|c| c.first_broken.is_some()).count();
-            if broken == 0 {
+            if v.intact() {
                 println!(
                     "the transfer log is intact: {} chained event(s) in {} chain(s){unchained}",
                     v.checked(),
                     v.chains.len()
                 );
-            } else {
+            } else if broken > 0 {
                 println!(
                     "the transfer log is BROKEN in {broken} of {} chain(s){unchained}",
                     v.chains.len()
+                );
+            } else {
+                println!(
+                    "the transfer log is BROKEN: each of its {} chain(s) verifies alone, but its checkpoints found {} problem(s){unchained}",
+                    v.chains.len(),
+                    v.findings.len()
                 );
             }
             // One line per chain, each with its head: keep them to compare
@@ -717,7 +724,32 @@ pub async fn log(cfg: Config, cmd: LogCommand) -> Result<ExitCode> {
                     ),
                 }
             }
-            Ok(if broken == 0 {
+            let cp = &v.checkpoints;
+            if cp.read == 0 {
+                println!("  checkpoints: none");
+            } else {
+                let mut line = format!(
+                    "  checkpoints: {} read, {} with a valid signature",
+                    cp.read, cp.verified
+                );
+                if cp.unsigned > 0 {
+                    line.push_str(&format!(
+                        ", {} unsigned (written without receipts.key: they prove nothing against someone who can write to the database)",
+                        cp.unsigned
+                    ));
+                }
+                if cp.unchecked > 0 {
+                    line.push_str(&format!(
+                        ", {} signed but not checked (no receipts.cert or receipts.trusted_signers configured)",
+                        cp.unchecked
+                    ));
+                }
+                println!("{line}");
+            }
+            for f in &v.findings {
+                println!("  BROKEN: {}", f.what);
+            }
+            Ok(if v.intact() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -821,6 +853,7 @@ async fn log_reader(cfg: &Config) -> Result<Gateway> {
             anchors: TrustAnchors::default(),
             limits: cfg.limits.to_limits(),
             receipt_signer: None,
+            receipt_certs: Default::default(),
             ..Settings::default()
         },
     ))

@@ -40,6 +40,25 @@ pub struct Config {
     pub signatures: SignaturesSection,
     /// Deadlines of the document lifecycle.
     pub lifecycle: LifecycleSection,
+    /// The transfer log's checkpoints.
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// How often this replica writes a signed checkpoint of every chain's
+    /// head into its chain of the transfer log (besides one at start and
+    /// one at a clean stop); 0 writes none.
+    pub checkpoint_every_secs: u64,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            checkpoint_every_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -256,8 +275,12 @@ pub enum MigrateSetting {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
-    /// Where attachments are kept, content-addressed.
+    /// Where attachments are kept, content-addressed; with the database
+    /// backend only this process's temporary files.
     pub path: PathBuf,
+    /// Where stored attachments live: files under `path`, or rows of the
+    /// PostgreSQL database (replicas then share nothing else).
+    pub backend: StorageBackend,
     /// A file of `KEYID:BASE64` lines (the first is the current
     /// key): attachments are then encrypted at rest with AES-256-GCM.
     pub encryption_key_file: Option<PathBuf>,
@@ -270,10 +293,18 @@ impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
             path: PathBuf::from("./data/blobs"),
+            backend: StorageBackend::Filesystem,
             encryption_key_file: None,
             encryption_key: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageBackend {
+    Filesystem,
+    Database,
 }
 
 /// A secret from the configuration: `Debug` never shows it.
@@ -613,10 +644,21 @@ impl Config {
             digests.sort();
             Ok(digests)
         };
+        // The revocation lists by where they are read from, not by their
+        // contents: a list is replaced with a newer one every few days, each
+        // replica reloads it by itself, and a replica restarted after the
+        // replacement must not be refused for reading the newer one.
+        let mut crls: Vec<String> = self
+            .trust
+            .crls
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        crls.sort();
         let trust = format!(
             "anchors {:?}\ncrls {:?}\nrequire_revocation {}\nrefuse_sha1 {}\n",
             files(&self.trust.anchors, "trust.anchors")?,
-            files(&self.trust.crls, "trust.crls")?,
+            crls,
             self.trust.require_revocation,
             self.trust.refuse_sha1,
         );
@@ -1026,6 +1068,24 @@ pdf_checks_in_flight = 0
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("lisen"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn attachments_are_files_unless_the_database_is_named() -> Result<()> {
+        assert_eq!(
+            Config::load(None)?.storage.backend,
+            StorageBackend::Filesystem
+        );
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(&f, "[storage]\nbackend = \"database\"\n")?;
+        assert_eq!(
+            Config::load(Some(&f))?.storage.backend,
+            StorageBackend::Database
+        );
+        std::fs::write(&f, "[storage]\nbackend = \"s3\"\n")?;
+        assert!(Config::load(Some(&f)).is_err());
         Ok(())
     }
 

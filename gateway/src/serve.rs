@@ -77,19 +77,20 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         )),
         (None, None) => {
             tracing::warn!(
-                "no receipts.key configured: receipts are not signed, senders get no proof of acceptance"
+                "no receipts.key configured: receipts and the transfer log's checkpoints are not signed, senders get no proof of acceptance"
             );
             None
         }
         _ => anyhow::bail!("receipts.key and receipts.cert go together: set both or neither"),
     };
-    // Only `verify-receipt` reads them; a file that is not there is said at
-    // start-up, not on the day a receipt is disputed.
-    cfg.receipt_signers()?;
-    // The attachment store opens with the storage keys, and refuses
-    // wrong ones before anything else is touched.
-    let blobs = crate::storage::open_blob_store(&cfg).await?;
+    // `verify-receipt` and `log verify` read them; a file that is not there
+    // is said at start-up, not on the day a receipt is disputed.
+    let receipt_certs = lienthong_core::pipeline::ReceiptCerts(cfg.receipt_signers()?);
     let store = cfg.open_store().await.context("opening the database")?;
+    // The attachment store opens with the storage keys, and refuses wrong
+    // ones before this replica joins; after the database, which holds it
+    // with storage.backend = "database".
+    let blobs = crate::storage::open_blob_store(&cfg, &store).await?;
     // One live process per chain of the transfer log: a second replica
     // with the same name would extend the same chain. Held until exit.
     // A process of the same name killed a moment ago may still hold it
@@ -107,7 +108,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    let _replica = match replica {
+    let replica = match replica {
         Some(l) => l,
         None => anyhow::bail!(
             "another live replica already serves as {:?} on this database: give each replica its own gateway.replica (LIENTHONG_GATEWAY__REPLICA); a replica without one is \"main\"",
@@ -143,7 +144,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             max_message_bytes: cfg.amqp.max_message_bytes,
         });
     let gw = Gateway::from_parts(
-        store,
+        store.clone(),
         blobs,
         Settings {
             gateway_id: cfg.gateway.id.clone(),
@@ -153,6 +154,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             anchors,
             limits: cfg.limits.to_limits(),
             receipt_signer,
+            receipt_certs,
             routes: routes.clone(),
             exchange,
             pdf_policy: cfg.signatures.pdf.policy(),
@@ -160,6 +162,12 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             metrics: Default::default(),
         },
     );
+    // A checkpoint at start records where every chain stood before this
+    // replica takes traffic, and one at a clean stop where it left them.
+    let checkpoint_every = cfg.log.checkpoint_every_secs;
+    if checkpoint_every > 0 {
+        write_checkpoint(&gw, "start").await;
+    }
     // One counter of refused connections for both TLS listeners.
     let refused_connections = lienthong_tls::RefusedConnections::register(gw.metrics_registry());
 
@@ -247,6 +255,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             let _ = tx.send(true);
         })
     };
+    let name_task = tokio::spawn(hold_replica_name(store.clone(), replica, stop_tx.clone()));
     // The AMQP adapter keeps its own connection (reconnecting as
     // needed) until shutdown; health checks read its state.
     let amqp_task = cfg.amqp.url.as_ref().map(|url| {
@@ -307,6 +316,14 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             },
         ))
     };
+    // Every replica witnesses every chain, in its own chain.
+    let checkpoint_task = (checkpoint_every > 0).then(|| {
+        tokio::spawn(lienthong_core::pipeline::watch_checkpoints(
+            gw.clone(),
+            std::time::Duration::from_secs(checkpoint_every),
+            stopped(&stop_rx),
+        ))
+    });
     // Calls refused before identification: one summary line per peer per
     // minute in the transfer log, and a last one at shutdown.
     let unauthenticated_task = tokio::spawn(lienthong_core::pipeline::watch_unauthenticated(
@@ -349,7 +366,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         }
     };
     let web = {
-        let (tx, stop) = (stop_tx.clone(), stopped(&stop_rx));
+        let (gw, tx, stop) = (gw.clone(), stop_tx.clone(), stopped(&stop_rx));
         async move {
             let r = match (http, http_tls) {
                 (Some(l), Some(tls)) => {
@@ -383,6 +400,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     };
     let (grpc, web) = tokio::join!(grpc, web);
     signal.abort();
+    name_task.abort();
     let _ = maintenance_task.await;
     let _ = landed_task.await;
     let _ = deadline_task.await;
@@ -393,10 +411,64 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     if let Some(t) = amqp_task {
         let _ = t.await;
     }
+    if let Some(t) = checkpoint_task {
+        let _ = t.await;
+        // After every other writer of this process has stopped: the last
+        // line of its chain.
+        write_checkpoint(&gw, "stop").await;
+    }
     grpc?;
     web?;
     tracing::info!("lienthong stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps this replica's name while it runs. The name's lease goes with its
+/// connection — a database restart or failover ends it — and is taken
+/// again as soon as the database answers. Should another process have taken
+/// the name meanwhile (started with the same `gateway.replica` while this
+/// one was cut off), two processes would extend one chain of the transfer
+/// log: this one stops instead.
+async fn hold_replica_name(
+    store: lienthong_core::store::Store,
+    mut lease: lienthong_core::store::Lease,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
+    let name = lienthong_core::replicas::name_lease(store.writer().as_str());
+    loop {
+        lease.lost().await;
+        lease = loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match store.try_lease(&name).await {
+                Ok(Some(l)) => {
+                    tracing::info!(replica = %store.writer().as_str(), "this replica holds its name again");
+                    break l;
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        replica = %store.writer().as_str(),
+                        "another process took this replica's name (gateway.replica) while the database was away; stopping, so that two processes do not extend one chain of the transfer log"
+                    );
+                    let _ = stop.send(true);
+                    return;
+                }
+                Err(_) => continue,
+            }
+        };
+    }
+}
+
+async fn write_checkpoint(gw: &Gateway, when: &str) {
+    match gw.write_checkpoint().await {
+        Ok(cp) => tracing::info!(
+            chains = cp.heads.len(),
+            "wrote a checkpoint of the transfer log at {when}"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e.chain(),
+            "could not write a checkpoint of the transfer log at {when}"
+        ),
+    }
 }
 
 async fn shutdown_signal() {

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use lienthong_core::blobs::{BlobStore, EncryptionKeys};
+use lienthong_core::store::Store;
 
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 
 #[derive(Subcommand, Debug)]
 pub enum StorageCommand {
@@ -45,7 +46,13 @@ pub async fn run(cfg: Config, cmd: StorageCommand) -> Result<ExitCode> {
                      new key on the first line, the old ones after it)"
                 );
             };
-            let store = open_with(&cfg, Some(keys)).await?;
+            let db = match cfg.storage.backend {
+                StorageBackend::Filesystem => None,
+                StorageBackend::Database => {
+                    Some(cfg.open_store().await.context("opening the database")?)
+                }
+            };
+            let store = open_with(&cfg, Some(keys), db.as_ref()).await?;
             let r = store
                 .rotate_key()
                 .await
@@ -115,10 +122,24 @@ pub fn encryption_keys(cfg: &Config) -> Result<Option<EncryptionKeys>> {
 }
 
 /// The attachment store as `serve` uses it: with the configured keys, and
-/// refusing to open with wrong ones (the error says which key and why).
-pub async fn open_blob_store(cfg: &Config) -> Result<BlobStore> {
+/// refusing to open with wrong ones (the error says which key and why);
+/// in `db` with `storage.backend = "database"`.
+pub async fn open_blob_store(cfg: &Config, db: &Store) -> Result<BlobStore> {
     let keys = encryption_keys(cfg)?;
-    let store = open_with(cfg, keys).await?;
+    let mut store = open_with(cfg, keys, Some(db)).await?;
+    // This replica's leftovers go now; other replicas' uploads in progress
+    // on a shared store stay.
+    store
+        .claim_temp_files(db.writer().as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))
+        .with_context(|| format!("cleaning {}", cfg.storage.path.join("tmp").display()))?;
+    if store.in_database() {
+        tracing::info!(
+            tmp = %cfg.storage.path.join("tmp").display(),
+            "attachments are kept in the database; uploads pass through this replica's temporary folder"
+        );
+    }
     match store.encryption_key_id() {
         Some(id) => tracing::info!(key_id = id, "attachments are encrypted at rest"),
         None => tracing::warn!(
@@ -128,14 +149,30 @@ pub async fn open_blob_store(cfg: &Config) -> Result<BlobStore> {
     Ok(store)
 }
 
-async fn open_with(cfg: &Config, keys: Option<EncryptionKeys>) -> Result<BlobStore> {
-    BlobStore::open_with(&cfg.storage.path, keys)
-        .await
+async fn open_with(
+    cfg: &Config,
+    keys: Option<EncryptionKeys>,
+    db: Option<&Store>,
+) -> Result<BlobStore> {
+    let opened = match (cfg.storage.backend, db) {
+        (StorageBackend::Database, Some(db)) => {
+            BlobStore::open_in_database(&cfg.storage.path, keys, db).await
+        }
+        (StorageBackend::Database, None) => anyhow::bail!(
+            "storage.backend = \"database\": the attachment store opens with the database"
+        ),
+        (StorageBackend::Filesystem, _) => BlobStore::open_with(&cfg.storage.path, keys).await,
+    };
+    opened
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
-        .with_context(|| {
-            format!(
+        .with_context(|| match cfg.storage.backend {
+            StorageBackend::Filesystem => format!(
                 "opening the attachment store {}",
                 cfg.storage.path.display()
-            )
+            ),
+            StorageBackend::Database => format!(
+                "opening the attachment store in the database (temporary files in {})",
+                cfg.storage.path.display()
+            ),
         })
 }

@@ -43,8 +43,9 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// `amqp://user:pass@host:5672/vhost` or `amqps://…`. Without it AMQP
-    /// is off.
+    /// `amqp://user:pass@host:5672/vhost` or `amqps://…`; for the nodes of
+    /// a RabbitMQ cluster, one URL per node separated by commas. Without it
+    /// AMQP is off.
     pub url: Option<String>,
     /// The topic exchange documents travel on (routing key: the recipient).
     pub exchange: String,
@@ -260,6 +261,7 @@ pub fn spawn(
         // consumers of the inbound queue, or two relays of the outbox, would
         // break the order per sender and recipient.
         let mut lease = None;
+        let mut attempt = Attempt::default();
         loop {
             if lease.is_none() {
                 let mut stop = shutdown.clone();
@@ -300,13 +302,13 @@ pub fn spawn(
             let Some(held) = lease.as_mut() else {
                 continue;
             };
-            let mut connected = false;
+            attempt.connected = false;
             let run = run_once(
                 &gw,
                 &cfg,
                 &routes,
                 &st,
-                &mut connected,
+                &mut attempt,
                 &book,
                 shutdown.clone(),
             );
@@ -337,7 +339,7 @@ pub fn spawn(
                 Err(e) => {
                     let why = e.to_string();
                     st.set_down(&why);
-                    if connected {
+                    if attempt.connected {
                         backoff = Duration::from_millis(200);
                     }
                     tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "AMQP connection lost or refused; reconnecting");
@@ -356,20 +358,25 @@ pub fn spawn(
     (state, task)
 }
 
+/// What one connection attempt leaves for the next.
+#[derive(Default)]
+struct Attempt {
+    /// The node of `amqp.url` to try first.
+    next_node: usize,
+    /// Whether it got as far as the topology (the backoff starts again).
+    connected: bool,
+}
+
 async fn run_once(
     gw: &Gateway,
     cfg: &AmqpConfig,
     routes: &RouteTable,
     state: &BrokerState,
-    connected: &mut bool,
+    attempt: &mut Attempt,
     book: &consumer::FailureBook,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AmqpError> {
-    let url = cfg
-        .url
-        .as_deref()
-        .ok_or_else(|| AmqpError::Setup("amqp.url is not set".to_owned()))?;
-    let conn = connect(url, &cfg.tls).await?;
+    let conn = connect_any(cfg, &mut attempt.next_node).await?;
     let mut topology = conn.create_channel().await?;
     declare(&conn, &mut topology, cfg, routes).await?;
     // Agencies that read a queue get it now, so they can subscribe before
@@ -389,7 +396,7 @@ async fn run_once(
     relay_ch
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    *connected = true;
+    attempt.connected = true;
     state.set_up();
     tracing::info!(queue = %cfg.queue, exchange = %cfg.exchange, "AMQP connected; topology declared");
     let stopping = shutdown.clone();
@@ -416,6 +423,51 @@ async fn run_once(
     };
     let _ = conn.close(200, why.into()).await;
     result
+}
+
+/// The URLs of `amqp.url`: one per node of the broker's cluster.
+fn node_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Connects to the first node that answers, starting at `*next` and going
+/// round. The node after the one connected is tried first next time: when
+/// the connection is lost because its node went down, the next attempt does
+/// not begin by waiting on it.
+async fn connect_any(cfg: &AmqpConfig, next: &mut usize) -> Result<Connection, AmqpError> {
+    let urls = node_urls(cfg.url.as_deref().unwrap_or_default());
+    if urls.is_empty() {
+        return Err(AmqpError::Setup("amqp.url is not set".to_owned()));
+    }
+    let mut last = None;
+    for k in 0..urls.len() {
+        let i = (*next + k) % urls.len();
+        match connect(urls[i], &cfg.tls).await {
+            Ok(conn) => {
+                *next = (i + 1) % urls.len();
+                if urls.len() > 1 {
+                    tracing::info!(
+                        node = i + 1,
+                        nodes = urls.len(),
+                        "AMQP: connected to node {} of amqp.url",
+                        i + 1
+                    );
+                }
+                return Ok(conn);
+            }
+            Err(e) => {
+                if urls.len() > 1 {
+                    tracing::warn!(node = i + 1, error = %e, "AMQP: node {} of amqp.url refused; trying the next", i + 1);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    *next = (*next + 1) % urls.len();
+    Err(last.unwrap_or_else(|| AmqpError::Setup("amqp.url is not set".to_owned())))
 }
 
 async fn connect(url: &str, tls: &AmqpTls) -> Result<Connection, AmqpError> {
@@ -484,8 +536,21 @@ pub fn check(cfg: &AmqpConfig) -> Result<(), String> {
     let Some(url) = &cfg.url else {
         return Ok(());
     };
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err("amqp.url must start with amqp:// or amqps://".to_owned());
+    let urls = node_urls(url);
+    if urls.is_empty() {
+        return Err(
+            "amqp.url is empty: give the broker's URL, or leave it out to turn AMQP off".to_owned(),
+        );
+    }
+    if urls
+        .iter()
+        .any(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://")))
+    {
+        return Err("amqp.url must start with amqp:// or amqps:// (each URL, when several nodes are listed separated by commas)".to_owned());
+    }
+    let tls = urls[0].starts_with("amqps://");
+    if urls.iter().any(|u| u.starts_with("amqps://") != tls) {
+        return Err("amqp.url lists nodes with amqp:// and others with amqps://: one broker's nodes are reached the same way".to_owned());
     }
     let t = &cfg.tls;
     if t.cert.is_some() != t.key.is_some() {
@@ -498,7 +563,7 @@ pub fn check(cfg: &AmqpConfig) -> Result<(), String> {
             return Err(format!("amqp.tls.{key}: cannot read {}: {e}", p.display()));
         }
     }
-    if !url.starts_with("amqps://") && (t.ca.is_some() || t.cert.is_some()) {
+    if !tls && (t.ca.is_some() || t.cert.is_some()) {
         return Err("amqp.tls.* is set but amqp.url is not amqps://".to_owned());
     }
     Ok(())
@@ -623,4 +688,39 @@ async fn declare_agency_queue(ch: &Channel, cfg: &AmqpConfig, name: &str) -> Res
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_url(url: &str) -> AmqpConfig {
+        AmqpConfig {
+            url: Some(url.to_owned()),
+            ..AmqpConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_nodes_of_a_cluster_are_listed_with_commas() {
+        assert_eq!(
+            node_urls("amqp://a:5672/%2f, amqp://b:5672/%2f,amqp://c:5672/%2f,"),
+            [
+                "amqp://a:5672/%2f",
+                "amqp://b:5672/%2f",
+                "amqp://c:5672/%2f"
+            ]
+        );
+        assert!(check(&with_url("amqp://a:5672/%2f,amqp://b:5672/%2f")).is_ok());
+    }
+
+    #[test]
+    fn a_list_that_mixes_schemes_or_is_empty_is_refused() {
+        let mixed = check(&with_url("amqp://a:5672/%2f,amqps://b:5671/%2f")).unwrap_err();
+        assert!(mixed.contains("reached the same way"), "{mixed}");
+        let bad = check(&with_url("amqp://a:5672/%2f,http://b")).unwrap_err();
+        assert!(bad.contains("must start with amqp://"), "{bad}");
+        let empty = check(&with_url(" , ")).unwrap_err();
+        assert!(empty.contains("amqp.url is empty"), "{empty}");
+    }
 }

@@ -429,6 +429,15 @@ impl pb::admin_server::Admin for AdminService {
                 }
             })
             .collect();
+        let findings = v
+            .findings
+            .iter()
+            .map(|f| pb::LogFinding {
+                chain: f.chain.clone(),
+                seq: f.seq,
+                problem: f.what.clone(),
+            })
+            .collect();
         Ok(pb::VerifyLogResponse {
             intact: v.intact(),
             checked: v.checked(),
@@ -437,6 +446,11 @@ impl pb::admin_server::Admin for AdminService {
             problem,
             chains,
             broken_chain,
+            checkpoints: v.checkpoints.read,
+            checkpoints_verified: v.checkpoints.verified,
+            checkpoints_unsigned: v.checkpoints.unsigned,
+            checkpoints_unchecked: v.checkpoints.unchecked,
+            findings,
         })
     });
 }

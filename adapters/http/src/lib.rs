@@ -23,6 +23,7 @@
 //! | `/logout` | viewer | `POST`: end the session |
 //! | `/health/live` | anyone | 200 while the process runs |
 //! | `/health/ready` | anyone | 200 while the database answers and, with AMQP, the broker is connected; else 503 |
+//! | `/health/grpc` | anyone | 200 while agencies can be served over gRPC here (the database answers), whatever the broker; else 503: what a load balancer in front of replicas checks |
 //! | `/metrics` | token | Prometheus (OpenMetrics text) |
 //! | `/reports/summary.{csv,json,xlsx}?period=&under=&agency=&lang=` | viewer | a report file |
 //! | `/api/session` | viewer | who is logged in, and the CSRF token |
@@ -169,6 +170,7 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
         .route("/assets/dashboard.css", get(style))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/health/grpc", get(serving_grpc))
         .route("/metrics", get(metrics))
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/login/certificate", post(auth::login_certificate))
@@ -309,6 +311,16 @@ async fn live() -> Response {
     axum::Json(serde_json::json!({"status": "live"})).into_response()
 }
 
+/// Whether agencies can be served here. A broker that is away does not
+/// count: sends and receipts go on (the outbox keeps what leaves), so a
+/// load balancer must not take this replica out of the agencies' rotation
+/// for it — with replicas, the one holding the AMQP lease would otherwise
+/// leave the rotation at every broker outage.
+async fn serving_grpc(State(app): State<App>) -> Result<Response, ApiError> {
+    app.gw.ready().await?;
+    Ok(axum::Json(serde_json::json!({"status": "serving", "database": "up"})).into_response())
+}
+
 async fn ready(State(app): State<App>) -> Result<Response, ApiError> {
     app.gw.ready().await?;
     match app.gw.broker_status() {
@@ -436,6 +448,6 @@ async fn search(State(app): State<App>, Query(p): Params) -> Result<Response, Ap
 async fn not_found() -> ApiError {
     ApiError(Error::new(
         Reason::NotFound,
-        "no such page; the dashboard is at / (log in at /login), metrics at /metrics, health at /health/live and /health/ready",
+        "no such page; the dashboard is at / (log in at /login), metrics at /metrics, health at /health/live, /health/ready and /health/grpc",
     ))
 }

@@ -61,6 +61,35 @@ impl ReceiptSigner {
         });
         Ok(())
     }
+
+    /// Signs DSSE's pre-authentication encoding of `payload` under
+    /// `payload_type`, naming the key rather than carrying the certificate
+    /// chain: for records the gateway writes often (the transfer log's
+    /// checkpoints), checked against the pinned receipt certificates.
+    pub fn sign_detached(&self, payload_type: &str, payload: &[u8]) -> Result<DetachedSignature> {
+        let leaf = self.chain.first().ok_or_else(|| {
+            Error::new(
+                Reason::Internal,
+                "the receipt key has no certificate (receipts.cert)",
+            )
+        })?;
+        let value = self.key.sign(&signing::pae(payload_type, payload))?;
+        Ok(DetachedSignature {
+            algorithm: self.key.algorithm().as_str().to_owned(),
+            key_sha256: signing::spki_sha256(leaf)?,
+            value,
+        })
+    }
+}
+
+/// A signature made by [`ReceiptSigner::sign_detached`]: the algorithm, the
+/// SHA-256 of the signer's SubjectPublicKeyInfo (what the receipt
+/// certificates are pinned by) and the signature's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachedSignature {
+    pub algorithm: String,
+    pub key_sha256: [u8; 32],
+    pub value: Vec<u8>,
 }
 
 /// The receipt certificates a receipt may be signed with, pinned by the
@@ -76,6 +105,7 @@ pub struct ReceiptSigners {
 struct PinnedSigner {
     spki_sha256: [u8; 32],
     subject: String,
+    der: Vec<u8>,
 }
 
 impl ReceiptSigners {
@@ -99,6 +129,7 @@ impl ReceiptSigners {
             self.signers.push(PinnedSigner {
                 spki_sha256: info.spki_sha256,
                 subject: info.subject,
+                der: der.to_vec(),
             });
         }
         Ok(())
@@ -115,6 +146,44 @@ impl ReceiptSigners {
             .map(|s| format!("{} (key sha256 {})", s.subject, hex::encode(s.spki_sha256)))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// Checks a [`DetachedSignature`] over DSSE's pre-authentication
+    /// encoding of `payload`: made by the key of one of the pinned
+    /// certificates, whose subject it returns. The pin is the trust, so no
+    /// chain is built: a checkpoint stays provable after its certificate
+    /// expired, as long as its certificate stays listed.
+    pub fn verify_detached(
+        &self,
+        payload_type: &str,
+        payload: &[u8],
+        sig: &DetachedSignature,
+    ) -> Result<String> {
+        let Some(pinned) = self
+            .signers
+            .iter()
+            .find(|s| s.spki_sha256 == sig.key_sha256)
+        else {
+            let accepted = if self.is_empty() {
+                "none is configured (receipts.cert, receipts.trusted_signers)".to_owned()
+            } else {
+                format!("accepted here: {}", self.describe())
+            };
+            return Err(Error::new(
+                Reason::CertificateNotBound,
+                format!(
+                    "it is signed by a key (sha256 {}) that is not one of the gateway's receipt certificates; {accepted}",
+                    hex::encode(sig.key_sha256)
+                ),
+            ));
+        };
+        signing::verify_with_certificate(
+            &sig.algorithm,
+            &pinned.der,
+            &signing::pae(payload_type, payload),
+            &sig.value,
+        )?;
+        Ok(pinned.subject.clone())
     }
 
     fn check(&self, signer: &VerifiedSigner) -> Result<()> {
@@ -300,6 +369,29 @@ mod tests {
         gateway.sign(&mut own)?;
         let e = verify_receipt(&own, &anchors, &ReceiptSigners::default()).err();
         assert!(e.is_some_and(|e| e.message().contains("receipts.trusted_signers")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_detached_signature_verifies_against_the_pins_only() -> Result<()> {
+        let (gateway, pins, agency, _) = world()?;
+        const TYPE: &str = "application/vnd.lienthong.test+json";
+        let sig = gateway.sign_detached(TYPE, b"{\"v\":1}")?;
+        assert!(
+            pins.verify_detached(TYPE, b"{\"v\":1}", &sig)?
+                .contains("Cổng liên thông")
+        );
+        let e = pins.verify_detached(TYPE, b"{\"v\":2}", &sig).err();
+        assert_eq!(e.map(|e| e.reason()), Some(Reason::BadSignature));
+        let e = pins.verify_detached("other/type", b"{\"v\":1}", &sig).err();
+        assert_eq!(e.map(|e| e.reason()), Some(Reason::BadSignature));
+        let by_agency = agency.sign_detached(TYPE, b"{\"v\":1}")?;
+        let e = pins.verify_detached(TYPE, b"{\"v\":1}", &by_agency).err();
+        assert_eq!(e.map(|e| e.reason()), Some(Reason::CertificateNotBound));
+        let e = ReceiptSigners::default()
+            .verify_detached(TYPE, b"{\"v\":1}", &sig)
+            .err();
+        assert!(e.is_some_and(|e| e.message().contains("receipts.cert")));
         Ok(())
     }
 

@@ -1615,6 +1615,38 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Checks a signature with the key of one certificate and nothing more:
+/// no chain, no validity period. For signers pinned by their key (the
+/// gateway's checkpoints of its transfer log), where the pin is the trust.
+pub fn verify_with_certificate(
+    algorithm: &str,
+    cert_der: &[u8],
+    signed_bytes: &[u8],
+    value: &[u8],
+) -> Result<()> {
+    let algorithm = Algorithm::parse(algorithm).ok_or_else(|| unknown_algorithm(algorithm))?;
+    let cert = parse_cert(cert_der).map_err(|_| not_a_certificate())?;
+    let who = display_name(&cert);
+    let kind = key_kind(&cert);
+    if kind != algorithm.key_kind() {
+        return Err(bad_signature(format!(
+            "the signature says {algorithm} but the certificate of {who} holds {}",
+            kind.describe()
+        )));
+    }
+    rsig::UnparsedPublicKey::new(
+        algorithm.verification(),
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(signed_bytes, value)
+    .map_err(|_| {
+        bad_signature(format!(
+            "the {algorithm} signature does not verify with the certificate of {who}: the signed \
+             bytes changed after signing"
+        ))
+    })
+}
+
 /// SHA-256 of a certificate's SubjectPublicKeyInfo: the key's fingerprint,
 /// stable across renewals that keep the key.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32]> {

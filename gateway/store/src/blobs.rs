@@ -1,4 +1,5 @@
-//! Content-addressed attachment storage under `storage.path`.
+//! Content-addressed attachment storage under `storage.path`, or in the
+//! PostgreSQL database.
 //!
 //! Bytes are written to `tmp/` while they stream in, hashed on the way, and
 //! fsynced; only an attachment whose size and SHA-256 match the signed
@@ -6,6 +7,21 @@
 //! directory) — before the database transaction that makes the message
 //! visible commits. A crash in between leaves at worst an unreferenced blob,
 //! never a referenced blob that is missing.
+//!
+//! # In the database
+//!
+//! With [`BlobStore::open_in_database`] (`storage.backend = "database"`)
+//! replicas on one PostgreSQL database share their attachments through it
+//! and need no shared filesystem. Uploads still stream to the replica's own
+//! `tmp/` and are sealed there as above; the commit copies that file,
+//! [`DB_CHUNK_BYTES`] at a time, into the rows of `stored_blob_chunks` and
+//! its row in `stored_blobs`, in one transaction committed before the
+//! message's (the same order as the rename). The rows hold exactly the
+//! bytes the file would have held, header and key id included, so
+//! encryption at rest, the digest check on every read and key rotation
+//! are the same; the key checks are rows of `storage_keychecks`. Readers
+//! fetch one chunk at a time. Random access is only ever needed on
+//! temporary files (the PDF check), which stay on the local disk.
 //!
 //! # Encryption at rest
 //!
@@ -30,7 +46,8 @@
 //! to start with a wrong key instead of failing on the first fetch.
 //!
 //! Architecture invariant: memory per stream is one chunk (one segment when
-//! encrypted), whatever the size of the attachment.
+//! encrypted, plus one database chunk with the database backend), whatever
+//! the size of the attachment.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -40,10 +57,11 @@ use base64::Engine as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait, Value};
 use tokio::fs;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use crate::error::{Error, OrErr, Reason, Result};
+use crate::error::{Error, OrDb, OrErr, Reason, Result};
 
 /// Plaintext bytes per sealed segment: what a reader holds at once.
 pub const SEGMENT_BYTES: usize = 1 << SEGMENT_LOG2;
@@ -63,8 +81,17 @@ const MAX_KEY_ID: usize = 64;
 const MAX_HEADER: usize = 8 + 3 + MAX_KEY_ID + NONCE_PREFIX_BYTES;
 const KEYCHECK_DIR: &str = "keycheck";
 const KEYCHECK_PLAINTEXT: &[u8] = b"lienthong storage key check v1";
+/// A file of `tmp/` left untouched this long is a leftover of a crash. An
+/// upload writes to its file every few seconds (one that pauses longer than
+/// `limits.idle_stream_secs`, a minute by default, is given up), and a file
+/// kept for a check is read within the request.
+const LEFTOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Suffix of the temporary file `rotate-key` writes beside a blob.
 const REKEY_SUFFIX: &str = ".rekey";
+/// Bytes of the stored form per row of `stored_blob_chunks`: what a reader
+/// or a commit holds of it at once. Large enough that a chunk's round trip
+/// is small beside its transfer, small enough for many streams at a time.
+pub const DB_CHUNK_BYTES: usize = 256 * 1024;
 
 // ---------------------------------------------------------------------------
 // Keys
@@ -461,7 +488,32 @@ enum OpenFailure {
     Tampered {
         segment: u64,
     },
-    Io(std::io::Error),
+    Io(Error),
+}
+
+/// What a stored blob's bytes are read from: its file, or its chunk rows.
+trait StoredRead {
+    /// Up to `buf.len()` bytes; 0 at the end.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize>;
+
+    /// Fills `buf`; `false` when the bytes end first.
+    async fn fill(&mut self, buf: &mut [u8]) -> Result<bool> {
+        let mut at = 0;
+        while at < buf.len() {
+            let n = self.read_some(&mut buf[at..]).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            at += n;
+        }
+        Ok(true)
+    }
+}
+
+impl StoredRead for fs::File {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
+        Ok(AsyncReadExt::read(self, buf).await?)
+    }
 }
 
 /// Opens an encrypted blob segment by segment.
@@ -489,7 +541,7 @@ impl Opener {
     }
 
     /// Reads and opens the next segment into `buf`; `false` after the last.
-    async fn next_segment<R: AsyncRead + Unpin>(
+    async fn next_segment<R: StoredRead>(
         &mut self,
         file: &mut R,
     ) -> std::result::Result<bool, OpenFailure> {
@@ -504,13 +556,11 @@ impl Opener {
             self.header.segment + TAG_BYTES
         };
         self.buf.resize(len, 0);
-        if let Err(e) = file.read_exact(&mut self.buf).await {
+        match file.fill(&mut self.buf).await {
+            Ok(true) => {}
             // The file shrank under us: as good as truncated.
-            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                OpenFailure::Tampered { segment: index }
-            } else {
-                OpenFailure::Io(e)
-            });
+            Ok(false) => return Err(OpenFailure::Tampered { segment: index }),
+            Err(e) => return Err(OpenFailure::Io(e)),
         }
         let aad = self.header.aad(self.counter, last);
         let plain = self
@@ -545,11 +595,28 @@ async fn read_header(file: &mut fs::File, file_len: u64) -> Result<Option<Header
 // The store
 // ---------------------------------------------------------------------------
 
-/// The root of the attachment store.
+/// The attachment store: its local root (`tmp/`, and `blobs/` when the
+/// blobs are files), its keys, and where stored blobs live.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
     keys: Option<EncryptionKeys>,
+    place: Place,
+    /// Starts the names of this process's temporary files: its replica's
+    /// name once [claimed](BlobStore::claim_temp_files), so that a restart
+    /// removes what it left, and only that, from a `tmp/` other processes
+    /// may share.
+    temp_prefix: String,
+}
+
+/// Where stored blobs live. Temporary files are always under the root.
+#[derive(Debug, Clone)]
+enum Place {
+    /// `blobs/<aa>/<sha256>` and `keycheck/<key id>` under the root.
+    Filesystem,
+    /// Rows of `stored_blobs`, `stored_blob_chunks` and `storage_keychecks`
+    /// (PostgreSQL only).
+    Database(DatabaseConnection),
 }
 
 impl BlobStore {
@@ -559,7 +626,7 @@ impl BlobStore {
     /// cannot be read; the gateway itself opens the store with
     /// [`BlobStore::open_with`].
     pub async fn open(root: impl Into<PathBuf>) -> Result<BlobStore> {
-        BlobStore::open_dirs(root.into(), None).await
+        BlobStore::open_dirs(root.into(), None, true).await
     }
 
     /// A handle on the store that touches nothing on disk: for tools that
@@ -576,6 +643,8 @@ impl BlobStore {
         BlobStore {
             root: root.into(),
             keys,
+            place: Place::Filesystem,
+            temp_prefix: String::new(),
         }
     }
 
@@ -588,17 +657,71 @@ impl BlobStore {
         root: impl Into<PathBuf>,
         keys: Option<EncryptionKeys>,
     ) -> Result<BlobStore> {
-        let store = BlobStore::open_dirs(root.into(), keys).await?;
+        let store = BlobStore::open_dirs(root.into(), keys, true).await?;
         store.check_keys().await?;
         Ok(store)
     }
 
-    async fn open_dirs(root: PathBuf, keys: Option<EncryptionKeys>) -> Result<BlobStore> {
-        fs::create_dir_all(root.join("blobs")).await?;
+    /// [`BlobStore::open_with`], keeping the stored blobs and the key
+    /// checks in `store`'s database instead of under `root`, which holds
+    /// only this process's temporary files (every replica has its own).
+    /// PostgreSQL only: SQLite has one process, which needs no sharing, and
+    /// would hold the attachments in its one file.
+    pub async fn open_in_database(
+        root: impl Into<PathBuf>,
+        keys: Option<EncryptionKeys>,
+        store: &crate::Store,
+    ) -> Result<BlobStore> {
+        let db = store.connection();
+        if db.get_database_backend() != DbBackend::Postgres {
+            return Err(Error::malformed(
+                "storage.backend = \"database\" keeps attachments in PostgreSQL, and \
+                 database.url is SQLite: use storage.backend = \"filesystem\" with SQLite (one \
+                 process needs no shared store), or move to PostgreSQL",
+            ));
+        }
+        let mut blobs = BlobStore::open_dirs(root.into(), keys, false).await?;
+        blobs.place = Place::Database(db.clone());
+        blobs.check_keys().await?;
+        Ok(blobs)
+    }
+
+    /// Whether stored blobs live in the database.
+    pub fn in_database(&self) -> bool {
+        matches!(self.place, Place::Database(_))
+    }
+
+    /// The store as errors and logs name it.
+    fn describe(&self) -> String {
+        match self.place {
+            Place::Filesystem => format!("the attachment store {}", self.root.display()),
+            Place::Database(_) => "the attachment store in the database".to_owned(),
+        }
+    }
+
+    async fn open_dirs(
+        root: PathBuf,
+        keys: Option<EncryptionKeys>,
+        files: bool,
+    ) -> Result<BlobStore> {
+        if files {
+            fs::create_dir_all(root.join("blobs")).await?;
+        }
         let tmp = root.join("tmp");
         if fs::try_exists(&tmp).await? {
             let mut dir = fs::read_dir(&tmp).await?;
             while let Some(entry) = dir.next_entry().await? {
+                // Only leftovers: `tmp/` may be shared with other processes
+                // (replicas on one shared store, `storage rotate-key` beside
+                // a running gateway), whose uploads in progress are written
+                // to every few seconds.
+                let untouched = match entry.metadata().await.and_then(|m| m.modified()) {
+                    Ok(at) => at.elapsed().unwrap_or_default(),
+                    Err(_) => continue,
+                };
+                if untouched < LEFTOVER_AFTER {
+                    continue;
+                }
                 // A leftover that cannot be removed is harmless; say so and go on.
                 if let Err(e) = fs::remove_file(entry.path()).await {
                     tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a leftover temporary file");
@@ -606,7 +729,12 @@ impl BlobStore {
             }
         }
         fs::create_dir_all(&tmp).await?;
-        Ok(BlobStore { root, keys })
+        Ok(BlobStore {
+            root,
+            keys,
+            place: Place::Filesystem,
+            temp_prefix: String::new(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -628,9 +756,22 @@ impl BlobStore {
         self.root.join(KEYCHECK_DIR).join(id)
     }
 
-    /// The key ids that have a check file: every id the store has sealed
-    /// blobs under since its last completed rotation.
+    /// The key ids that have a check file (or row): every id the store has
+    /// sealed blobs under since its last completed rotation.
     async fn keycheck_ids(&self) -> Result<Vec<String>> {
+        if let Place::Database(db) = &self.place {
+            let rows = db
+                .query_all_raw(pg(
+                    "SELECT key_id FROM storage_keychecks ORDER BY key_id",
+                    [],
+                ))
+                .await
+                .or_db()?;
+            return rows
+                .iter()
+                .map(|r| r.try_get::<String>("", "key_id").or_db())
+                .collect();
+        }
         let dir = self.root.join(KEYCHECK_DIR);
         let mut ids = Vec::new();
         if !fs::try_exists(&dir).await? {
@@ -655,46 +796,65 @@ impl BlobStore {
                 return Ok(());
             }
             return Err(Error::malformed(format!(
-                "the attachment store {} holds attachments encrypted with key {}, but no storage \
-                 encryption key is configured; set storage.encryption_key_file (or \
+                "{} holds attachments encrypted with key {}, but no storage encryption key is \
+                 configured; set storage.encryption_key_file (or \
                  LIENTHONG_STORAGE__ENCRYPTION_KEY) to the keys used before",
-                self.root.display(),
+                self.describe(),
                 existing.join(", ")
             )));
         };
         for id in &existing {
             if keys.get(id).is_none() {
                 return Err(Error::malformed(format!(
-                    "the attachment store {} holds attachments encrypted with key {id}, which {} \
-                     does not hold; put key {id} back in it (an old key may be removed only after \
-                     `lienthong storage rotate-key` has re-encrypted everything under the current \
-                     key)",
-                    self.root.display(),
+                    "{} holds attachments encrypted with key {id}, which {} does not hold; put \
+                     key {id} back in it (an old key may be removed only after `lienthong \
+                     storage rotate-key` has re-encrypted everything under the current key)",
+                    self.describe(),
                     keys.source()
                 )));
             }
         }
         for k in keys.keys.iter() {
-            let path = self.keycheck_path(&k.id);
-            match fs::read(&path).await {
-                Ok(sealed) => {
-                    if !keycheck_opens(k, sealed) {
-                        return Err(Error::malformed(format!(
-                            "the key {} in {} is not the key the attachment store {} was \
-                             encrypted with under that id (its check file {} does not open): a \
-                             wrong or mistyped key; give the key file used before",
-                            k.id,
-                            keys.source(),
-                            self.root.display(),
-                            path.display()
-                        )));
+            if let Some(sealed) = self.keycheck(&k.id).await?
+                && !keycheck_opens(k, sealed)
+            {
+                let check = match self.place {
+                    Place::Filesystem => {
+                        format!("its check file {}", self.keycheck_path(&k.id).display())
                     }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+                    Place::Database(_) => "its row in storage_keychecks".to_owned(),
+                };
+                return Err(Error::malformed(format!(
+                    "the key {} in {} is not the key {} was encrypted with under that id ({check} \
+                     does not open): a wrong or mistyped key; give the key file used before",
+                    k.id,
+                    keys.source(),
+                    self.describe(),
+                )));
             }
         }
         self.ensure_keycheck().await
+    }
+
+    /// The sealed key check of key `id`, if the store has one.
+    async fn keycheck(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match &self.place {
+            Place::Filesystem => match fs::read(self.keycheck_path(id)).await {
+                Ok(sealed) => Ok(Some(sealed)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Place::Database(db) => db
+                .query_one_raw(pg(
+                    "SELECT sealed FROM storage_keychecks WHERE key_id = $1",
+                    [id.into()],
+                ))
+                .await
+                .or_db()?
+                .map(|r| r.try_get::<Vec<u8>>("", "sealed"))
+                .transpose()
+                .or_db(),
+        }
     }
 
     /// Makes sure the current key has its check file. Called at open and
@@ -705,6 +865,10 @@ impl BlobStore {
         let Some(k) = self.keys.as_ref().and_then(EncryptionKeys::current) else {
             return Ok(());
         };
+        if let Place::Database(db) = &self.place {
+            db.execute_raw(keycheck_insert(k)?).await.or_db()?;
+            return Ok(());
+        }
         let path = self.keycheck_path(&k.id);
         if fs::try_exists(&path).await? {
             return Ok(());
@@ -713,11 +877,49 @@ impl BlobStore {
         write_atomically(&path, &keycheck_seal(k)?).await
     }
 
-    /// A new file name under `tmp/`, which every start empties.
+    /// A new file name under `tmp/`, whose leftovers every start removes.
     fn temp_path(&self) -> PathBuf {
-        self.root
-            .join("tmp")
-            .join(format!("{}.part", uuid::Uuid::new_v4().simple()))
+        self.root.join("tmp").join(format!(
+            "{}{}.part",
+            self.temp_prefix,
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    /// Names this process's temporary files after `owner` (its replica's
+    /// name, unique among live processes) and removes every temporary file
+    /// an earlier process of that name left, however recent: a crash's
+    /// leftovers go at the restart. Files of other owners are left to
+    /// their own restarts, or to the hour after which any start removes
+    /// them.
+    pub async fn claim_temp_files(&mut self, owner: &str) -> Result<()> {
+        let safe: String = owner
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.temp_prefix = format!("{safe}~");
+        let tmp = self.root.join("tmp");
+        fs::create_dir_all(&tmp).await?;
+        let mut dir = fs::read_dir(&tmp).await?;
+        while let Some(entry) = dir.next_entry().await? {
+            if !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&self.temp_prefix)
+            {
+                continue;
+            }
+            if let Err(e) = fs::remove_file(entry.path()).await {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a leftover temporary file");
+            }
+        }
+        Ok(())
     }
 
     /// The sealer for a new file: `None` when the store keeps plaintext.
@@ -749,6 +951,9 @@ impl BlobStore {
     /// Moves a verified temporary blob into place. Returns whether the blob
     /// was new (false when identical bytes were already stored).
     pub async fn commit(&self, blob: SealedBlob) -> Result<bool> {
+        if let Place::Database(db) = &self.place {
+            return self.commit_rows(db, blob).await;
+        }
         let hex = hex::encode(blob.sha256);
         let dest = self.path_of(&hex);
         let Some(parent) = dest.parent() else {
@@ -780,9 +985,98 @@ impl BlobStore {
         Ok(true)
     }
 
+    /// Copies a verified temporary blob into its rows, one chunk in memory
+    /// at a time, in one transaction: its `stored_blobs` row is never seen
+    /// without all its chunks. The row goes in first, so that two replicas
+    /// committing the same bytes at once queue on it and the second finds
+    /// them stored.
+    async fn commit_rows(&self, db: &DatabaseConnection, blob: SealedBlob) -> Result<bool> {
+        let hex = hex::encode(blob.sha256);
+        // Most repeats are found without a transaction.
+        if self.stored_row(db, &hex).await?.is_some() {
+            return Ok(false);
+        }
+        let Some(src) = blob.guard.0.as_ref() else {
+            return Err(Error::new(
+                Reason::Unavailable,
+                "a temporary attachment was lost before it could be stored",
+            ));
+        };
+        let mut file = fs::File::open(src).await?;
+        let stored_size = file.metadata().await?.len();
+        let mut head = vec![0u8; MAX_HEADER];
+        let got = fill_up(&mut file, &mut head).await?;
+        file.seek(SeekFrom::Start(0)).await?;
+        let key_id = if blob.encrypted {
+            let Some(h) = Header::parse(&head[..got]) else {
+                return Err(Error::new(
+                    Reason::Unavailable,
+                    "a temporary attachment has no readable header",
+                ));
+            };
+            Some(h.key_id)
+        } else {
+            None
+        };
+        let key = key_id.as_deref().map(|id| self.key_for(id)).transpose()?;
+        let chunks = stored_size.div_ceil(DB_CHUNK_BYTES as u64);
+        let txn = db.begin().await.or_db()?;
+        let inserted = txn
+            .execute_raw(pg(
+                "INSERT INTO stored_blobs (sha256, size, stored_size, key_id, chunks, stored_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+                [
+                    hex.as_str().into(),
+                    size_value(blob.size)?,
+                    size_value(stored_size)?,
+                    key_id.clone().into(),
+                    size_value(chunks)?,
+                    crate::store::now_micros().into(),
+                ],
+            ))
+            .await
+            .or_db()?
+            .rows_affected();
+        if inserted == 0 {
+            // Committed by another process since the look above.
+            txn.rollback().await.or_db()?;
+            return Ok(false);
+        }
+        write_chunks(&txn, &hex, &mut file, stored_size).await?;
+        // With the blob, so that no blob is ever under a key without its
+        // check, even one a rotation retired while this process wrote.
+        if let Some(k) = key {
+            txn.execute_raw(keycheck_insert(k)?).await.or_db()?;
+        }
+        txn.commit().await.or_db()?;
+        Ok(true)
+    }
+
+    /// The row of a stored blob: (stored size, chunks, stored at).
+    async fn stored_row(&self, db: &DatabaseConnection, hex: &str) -> Result<Option<StoredRow>> {
+        let Some(row) = db
+            .query_one_raw(pg(
+                "SELECT stored_size, chunks, key_id, stored_at FROM stored_blobs \
+                 WHERE sha256 = $1",
+                [hex.into()],
+            ))
+            .await
+            .or_db()?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(StoredRow {
+            stored_size: u64::try_from(row.try_get::<i64>("", "stored_size").or_db()?).unwrap_or(0),
+            chunks: row.try_get::<i64>("", "chunks").or_db()?,
+            key_id: row.try_get::<Option<String>>("", "key_id").or_db()?,
+            stored_at: row.try_get::<i64>("", "stored_at").or_db()?,
+        }))
+    }
+
     /// Whether the store can take bytes now: a small file written, fsynced
     /// and removed in its temporary folder (a full disk, a read-only or
-    /// vanished mount fail here).
+    /// vanished mount fail here), and with the database backend a database
+    /// that takes writes (not a standby).
     pub async fn check_writable(&self) -> Result<()> {
         let path = self
             .root
@@ -794,12 +1088,47 @@ impl BlobStore {
         f.sync_all().await?;
         drop(f);
         drop(guard);
+        if let Place::Database(db) = &self.place {
+            let read_only = db
+                .query_one_raw(pg(
+                    "SELECT current_setting('transaction_read_only') AS ro",
+                    [],
+                ))
+                .await
+                .or_db()?
+                .map(|r| r.try_get::<String>("", "ro"))
+                .transpose()
+                .or_db()?;
+            if read_only.as_deref() != Some("off") {
+                return Err(Error::new(
+                    Reason::Unavailable,
+                    "the database that keeps the attachments takes no writes now (a standby, or \
+                     read-only); nothing was accepted, send it again later",
+                ));
+            }
+        }
         Ok(())
     }
 
     /// Removes a stored blob (used only to undo a commit whose database
     /// transaction failed, when no other message references the bytes).
     pub async fn remove(&self, sha256_hex: &str) -> Result<()> {
+        if let Place::Database(db) = &self.place {
+            // Never bytes a committed message names: another replica may
+            // have committed one with them since the caller looked.
+            let txn = db.begin().await.or_db()?;
+            for sql in [
+                "DELETE FROM stored_blobs WHERE sha256 = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM attachments WHERE sha256 = $1)",
+                "DELETE FROM stored_blob_chunks WHERE sha256 = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM stored_blobs WHERE sha256 = $1)",
+            ] {
+                txn.execute_raw(pg(sql, [sha256_hex.into()]))
+                    .await
+                    .or_db()?;
+            }
+            return txn.commit().await.or_db();
+        }
         match fs::remove_file(self.path_of(sha256_hex)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -809,24 +1138,53 @@ impl BlobStore {
 
     /// Opens a stored blob for reading, checking its size on the way in.
     pub async fn open_blob(&self, sha256_hex: &str, expected_size: u64) -> Result<BlobReader> {
-        let path = self.path_of(sha256_hex);
-        let file = match fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::error!(
-                    sha256 = sha256_hex,
-                    "a stored attachment is missing from disk"
-                );
-                return Err(Error::new(
-                    Reason::DigestMismatch,
-                    "the stored attachment is missing from the gateway's disk; the operators have been alerted",
-                ));
+        let (src, file_len) = match &self.place {
+            Place::Filesystem => match fs::File::open(self.path_of(sha256_hex)).await {
+                Ok(f) => {
+                    let len = f.metadata().await?.len();
+                    (Stored::File(f), len)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::error!(
+                        sha256 = sha256_hex,
+                        "a stored attachment is missing from disk"
+                    );
+                    return Err(Error::new(
+                        Reason::DigestMismatch,
+                        "the stored attachment is missing from the gateway's disk; the operators have been alerted",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            },
+            Place::Database(db) => {
+                let Some(row) = self.stored_row(db, sha256_hex).await? else {
+                    tracing::error!(
+                        sha256 = sha256_hex,
+                        "a stored attachment is missing from the database"
+                    );
+                    return Err(Error::new(
+                        Reason::DigestMismatch,
+                        "the stored attachment is missing from the gateway's database; the operators have been alerted",
+                    ));
+                };
+                let rows = ChunkRows {
+                    db: db.clone(),
+                    sha: sha256_hex.to_owned(),
+                    chunks: row.chunks,
+                    stored_at: row.stored_at,
+                    next: 0,
+                    buf: Vec::new(),
+                    pos: 0,
+                };
+                (Stored::Rows(Box::new(rows)), row.stored_size)
             }
-            Err(e) => return Err(e.into()),
         };
-        let file_len = file.metadata().await?.len();
+        let place = match self.place {
+            Place::Filesystem => "on disk",
+            Place::Database(_) => "in the database",
+        };
         let mut reader = BlobReader {
-            file,
+            src,
             expected: sha256_hex.to_owned(),
             expected_size,
             hasher: Some(digest::Context::new(&digest::SHA256)),
@@ -838,15 +1196,15 @@ impl BlobStore {
         if file_len == expected_size {
             return Ok(reader);
         }
-        let Some(header) = read_header(&mut reader.file, file_len).await? else {
+        let Some(header) = reader.src.read_header(file_len).await? else {
             tracing::error!(
                 sha256 = sha256_hex,
-                on_disk = file_len,
+                stored = file_len,
                 expected = expected_size,
-                "a stored attachment changed size on disk"
+                "a stored attachment changed size {place}"
             );
             return Err(altered(format!(
-                "the stored attachment has {file_len} bytes on disk, not the {expected_size} it \
+                "the stored attachment has {file_len} bytes {place}, not the {expected_size} it \
                  was accepted with"
             )));
         };
@@ -859,12 +1217,12 @@ impl BlobStore {
             _ => {
                 tracing::error!(
                     sha256 = sha256_hex,
-                    on_disk = file_len,
+                    stored = file_len,
                     expected = encrypted_len(header.len(), expected_size),
-                    "a stored encrypted attachment was truncated or extended on disk"
+                    "a stored encrypted attachment was truncated or extended {place}"
                 );
                 Err(altered(format!(
-                    "the stored attachment was truncated or extended on disk ({file_len} bytes \
+                    "the stored attachment was truncated or extended {place} ({file_len} bytes \
                      where {} were written)",
                     encrypted_len(header.len(), expected_size)
                 )))
@@ -926,6 +1284,10 @@ impl BlobStore {
             current_key: current.id.clone(),
             ..RotationReport::default()
         };
+        if let Place::Database(db) = &self.place {
+            self.rotate_rows(db, current, &mut report).await?;
+            return Ok(report);
+        }
         let blobs = self.root.join("blobs");
         let mut prefixes = Vec::new();
         let mut rd = fs::read_dir(&blobs).await?;
@@ -1040,11 +1402,214 @@ impl BlobStore {
     }
 }
 
+impl BlobStore {
+    /// [`BlobStore::rotate_key`] in the database: blob by blob in the order
+    /// of their digests, each read (and checked) through a reader into a
+    /// new temporary file sealed under the current key, whose chunks then
+    /// replace the old ones in one transaction.
+    async fn rotate_rows(
+        &self,
+        db: &DatabaseConnection,
+        current: &StorageKey,
+        report: &mut RotationReport,
+    ) -> Result<()> {
+        let mut after = String::new();
+        loop {
+            let rows = db
+                .query_all_raw(pg(
+                    "SELECT sha256, size, key_id FROM stored_blobs WHERE sha256 > $1 \
+                     ORDER BY sha256 LIMIT 100",
+                    [after.as_str().into()],
+                ))
+                .await
+                .or_db()?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let sha: String = row.try_get("", "sha256").or_db()?;
+                let size: i64 = row.try_get("", "size").or_db()?;
+                let key_id: Option<String> = row.try_get("", "key_id").or_db()?;
+                after.clone_from(&sha);
+                if key_id.as_deref() == Some(current.id.as_str()) {
+                    report.already_current += 1;
+                    continue;
+                }
+                if let Some(id) = &key_id
+                    && self.keys.as_ref().and_then(|k| k.get(id)).is_none()
+                {
+                    report.failed.push((
+                        sha,
+                        format!("encrypted with key {id}, which the key file does not hold"),
+                    ));
+                    continue;
+                }
+                let size = u64::try_from(size).unwrap_or(0);
+                match self.rotate_row(db, &sha, size, current).await {
+                    Ok(Rotated::Gone) => {}
+                    Ok(Rotated::AlreadyCurrent) => report.already_current += 1,
+                    Ok(Rotated::Reencrypted) => report.reencrypted += 1,
+                    Ok(Rotated::Encrypted) => report.encrypted += 1,
+                    Ok(Rotated::Damaged) => {
+                        tracing::error!(sha256 = %sha, "a stored attachment no longer matches its digest; left as it is");
+                        report.damaged.push(sha);
+                    }
+                    Ok(Rotated::UnknownKey(id)) => report.failed.push((
+                        sha,
+                        format!("encrypted with key {id}, which the key file does not hold"),
+                    )),
+                    Err(e) => report.failed.push((sha, e.chain())),
+                }
+            }
+        }
+        if report.damaged.is_empty() && report.failed.is_empty() {
+            let retired = db
+                .query_all_raw(pg(
+                    "DELETE FROM storage_keychecks WHERE key_id <> $1 RETURNING key_id",
+                    [current.id.as_str().into()],
+                ))
+                .await
+                .or_db()?;
+            for r in retired {
+                report.retired_keys.push(r.try_get("", "key_id").or_db()?);
+            }
+            report.retired_keys.sort();
+        }
+        Ok(())
+    }
+
+    async fn rotate_row(
+        &self,
+        db: &DatabaseConnection,
+        sha: &str,
+        size: u64,
+        current: &StorageKey,
+    ) -> Result<Rotated> {
+        let Some(before) = self.stored_row(db, sha).await? else {
+            return Ok(Rotated::Gone);
+        };
+        let was_plaintext = before.key_id.is_none();
+        // Sealed like any new blob: under the current key, hashed on the way.
+        let mut w = self.create().await?;
+        let mut reader = match self.open_blob(sha, size).await {
+            Ok(r) => r,
+            Err(e) if e.reason() == Reason::DigestMismatch => return Ok(Rotated::Damaged),
+            Err(e) => return Err(e),
+        };
+        loop {
+            match reader.next_chunk(SEGMENT_BYTES).await {
+                Ok(Some(c)) => w.write(&c).await?,
+                Ok(None) => break,
+                Err(e) if e.reason() == Reason::DigestMismatch => return Ok(Rotated::Damaged),
+                Err(e) => return Err(e),
+            }
+        }
+        let sealed = w.seal().await?;
+        if hex::encode(sealed.sha256) != sha {
+            return Ok(Rotated::Damaged);
+        }
+        let Some(src) = sealed.guard.0.as_ref() else {
+            return Err(Error::new(
+                Reason::Unavailable,
+                "a temporary attachment was lost before it could be stored",
+            ));
+        };
+        let mut file = fs::File::open(src).await?;
+        let stored_size = file.metadata().await?.len();
+        let txn = db.begin().await.or_db()?;
+        let locked = txn
+            .query_one_raw(pg(
+                "SELECT stored_at FROM stored_blobs WHERE sha256 = $1 FOR UPDATE",
+                [sha.into()],
+            ))
+            .await
+            .or_db()?;
+        let Some(locked) = locked else {
+            return Ok(Rotated::Gone);
+        };
+        if locked.try_get::<i64>("", "stored_at").or_db()? != before.stored_at {
+            // Rewritten since it was read (another rotation): theirs stands.
+            return Ok(Rotated::AlreadyCurrent);
+        }
+        txn.execute_raw(pg(
+            "DELETE FROM stored_blob_chunks WHERE sha256 = $1",
+            [sha.into()],
+        ))
+        .await
+        .or_db()?;
+        let chunks = write_chunks(&txn, sha, &mut file, stored_size).await?;
+        // Readers that opened the old rows see the change by this.
+        let stored_at = crate::store::now_micros().max(before.stored_at + 1);
+        txn.execute_raw(pg(
+            "UPDATE stored_blobs SET stored_size = $2, key_id = $3, chunks = $4, stored_at = $5 \
+             WHERE sha256 = $1",
+            [
+                sha.into(),
+                size_value(stored_size)?,
+                current.id.as_str().into(),
+                size_value(chunks)?,
+                stored_at.into(),
+            ],
+        ))
+        .await
+        .or_db()?;
+        txn.execute_raw(keycheck_insert(current)?).await.or_db()?;
+        txn.commit().await.or_db()?;
+        Ok(if was_plaintext {
+            Rotated::Encrypted
+        } else {
+            Rotated::Reencrypted
+        })
+    }
+}
+
+/// Copies `file` (`stored_size` bytes, read from its current position)
+/// into the chunk rows of `sha`, one chunk in memory at a time; returns how
+/// many chunks it wrote.
+async fn write_chunks(
+    txn: &sea_orm::DatabaseTransaction,
+    sha: &str,
+    file: &mut fs::File,
+    stored_size: u64,
+) -> Result<u64> {
+    let mut chunk = vec![0u8; DB_CHUNK_BYTES];
+    let mut n = 0u64;
+    let mut total = 0u64;
+    loop {
+        let len = fill_up(file, &mut chunk).await?;
+        if len == 0 {
+            break;
+        }
+        txn.execute_raw(pg(
+            // Chunks without a row (a row removed by hand) are replaced:
+            // the row this transaction holds owns the digest.
+            "INSERT INTO stored_blob_chunks (sha256, n, bytes) VALUES ($1, $2, $3) \
+             ON CONFLICT (sha256, n) DO UPDATE SET bytes = EXCLUDED.bytes",
+            [
+                sha.into(),
+                chunk_number(n)?,
+                Value::from(chunk[..len].to_vec()),
+            ],
+        ))
+        .await
+        .or_db()?;
+        n += 1;
+        total += len as u64;
+    }
+    if total != stored_size || n != stored_size.div_ceil(DB_CHUNK_BYTES as u64) {
+        return Err(Error::new(
+            Reason::Unavailable,
+            "a temporary attachment changed while it was being stored",
+        ));
+    }
+    Ok(n)
+}
+
 /// Reads `src` (decrypting with `opener`, or as plaintext) into a new
 /// encrypted file at `tmp`, fsynced. `None` when a segment does not open;
 /// else the plaintext digest and the temporary file's guard.
-async fn reseal(
-    src: &mut fs::File,
+async fn reseal<R: StoredRead>(
+    src: &mut R,
     mut opener: Option<Opener>,
     key: &StorageKey,
     tmp: &Path,
@@ -1069,13 +1634,13 @@ async fn reseal(
                 }
                 Ok(false) => break,
                 Err(OpenFailure::Tampered { .. }) => return Ok(None),
-                Err(OpenFailure::Io(e)) => return Err(e.into()),
+                Err(OpenFailure::Io(e)) => return Err(e),
             }
         },
         None => {
             let mut buf = vec![0u8; SEGMENT_BYTES];
             loop {
-                let n = src.read(&mut buf).await?;
+                let n = src.read_some(&mut buf).await?;
                 if n == 0 {
                     break;
                 }
@@ -1585,12 +2150,182 @@ impl BlobSource {
     }
 }
 
+/// The bytes of a stored blob as a reader reads them.
+enum Stored {
+    File(fs::File),
+    Rows(Box<ChunkRows>),
+}
+
+impl StoredRead for Stored {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
+        match self {
+            Stored::File(f) => f.read_some(buf).await,
+            Stored::Rows(r) => r.read_some(buf).await,
+        }
+    }
+}
+
+impl Stored {
+    fn place(&self) -> &'static str {
+        match self {
+            Stored::File(_) => "on disk",
+            Stored::Rows(_) => "in the database",
+        }
+    }
+
+    /// Reads the header at the start, if there is one, and leaves the
+    /// reader after it.
+    async fn read_header(&mut self, len: u64) -> Result<Option<Header>> {
+        match self {
+            Stored::File(f) => read_header(f, len).await,
+            Stored::Rows(r) => {
+                // The header is far shorter than a chunk: all in the first.
+                let mut none = [0u8; 0];
+                r.read_some(&mut none).await?;
+                let header = Header::parse(&r.buf);
+                if let Some(h) = &header {
+                    r.pos = usize::try_from(h.len()).unwrap_or(r.buf.len());
+                }
+                Ok(header)
+            }
+        }
+    }
+
+    /// Whether the rows were rewritten (or removed) since the reader
+    /// opened them. Never for a file.
+    async fn rewritten(&self) -> bool {
+        let Stored::Rows(r) = self else {
+            return false;
+        };
+        match r
+            .db
+            .query_one_raw(pg(
+                "SELECT stored_at FROM stored_blobs WHERE sha256 = $1",
+                [r.sha.as_str().into()],
+            ))
+            .await
+        {
+            Ok(Some(row)) => row
+                .try_get::<i64>("", "stored_at")
+                .is_ok_and(|at| at != r.stored_at),
+            Ok(None) => true,
+            // Unknown: the damage is reported as found.
+            Err(_) => false,
+        }
+    }
+}
+
+/// A blob's rows of `stored_blob_chunks`, fetched one at a time.
+struct ChunkRows {
+    db: DatabaseConnection,
+    sha: String,
+    /// How many chunks its row says it has.
+    chunks: i64,
+    /// Its row's `stored_at` when it was opened: a rotation changes it.
+    stored_at: i64,
+    next: i64,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl StoredRead for ChunkRows {
+    /// With an empty `buf`, fetches the next chunk if the current one is
+    /// read out (which is how the header is read).
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.next >= self.chunks {
+                return Ok(0);
+            }
+            let row = self
+                .db
+                .query_one_raw(pg(
+                    "SELECT bytes FROM stored_blob_chunks WHERE sha256 = $1 AND n = $2",
+                    [self.sha.as_str().into(), chunk_number(self.next as u64)?],
+                ))
+                .await
+                .or_db()?;
+            let Some(row) = row else {
+                tracing::error!(sha256 = %self.sha, chunk = self.next, "a chunk of a stored attachment is missing from the database");
+                return Err(altered(format!(
+                    "part {} of {} of the stored attachment is missing from the database",
+                    self.next + 1,
+                    self.chunks
+                )));
+            };
+            self.buf = row.try_get::<Vec<u8>>("", "bytes").or_db()?;
+            self.pos = 0;
+            self.next += 1;
+            if buf.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.buf.len() - self.pos);
+        buf[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A row of `stored_blobs`.
+#[derive(Debug)]
+struct StoredRow {
+    stored_size: u64,
+    chunks: i64,
+    key_id: Option<String>,
+    stored_at: i64,
+}
+
+/// A statement for the database backend, which is PostgreSQL only.
+fn pg<I: IntoIterator<Item = Value>>(sql: &str, values: I) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn size_value(n: u64) -> Result<Value> {
+    i64::try_from(n).map(Value::from).map_err(|_| {
+        Error::new(
+            Reason::SizeLimit,
+            "the attachment is too large for the database",
+        )
+    })
+}
+
+fn chunk_number(n: u64) -> Result<Value> {
+    i32::try_from(n).map(Value::from).map_err(|_| {
+        Error::new(
+            Reason::SizeLimit,
+            "the attachment is too large for the database",
+        )
+    })
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+async fn fill_up(file: &mut fs::File, buf: &mut [u8]) -> Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        let n = file.read(&mut buf[at..]).await?;
+        if n == 0 {
+            break;
+        }
+        at += n;
+    }
+    Ok(at)
+}
+
+fn keycheck_insert(k: &StorageKey) -> Result<Statement> {
+    // A replica that wrote it first wins; both sealed the same key.
+    Ok(pg(
+        "INSERT INTO storage_keychecks (key_id, sealed) VALUES ($1, $2) \
+         ON CONFLICT (key_id) DO NOTHING",
+        [k.id.as_str().into(), keycheck_seal(k)?.into()],
+    ))
+}
+
 /// Reads a stored blob chunk by chunk (decrypting it when it is encrypted)
 /// and checks, at the end, that the bytes still have the digest they were
 /// stored under (a blob edited on disk is caught on fetch; an encrypted one
 /// already at the segment that was edited).
 pub struct BlobReader {
-    file: fs::File,
+    src: Stored,
     expected: String,
     expected_size: u64,
     hasher: Option<digest::Context>,
@@ -1619,13 +2354,30 @@ impl BlobReader {
     /// The next chunk of at most `max` bytes; `None` at the end, after the
     /// digest has been checked.
     pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
+        match self.next_checked(max).await {
+            // A file being rotated is replaced by a rename and this reader
+            // keeps the one it opened; rows are replaced in place, so a
+            // rotation committed while they were read shows as damage.
+            Err(e) if e.reason() == Reason::DigestMismatch && self.src.rewritten().await => {
+                tracing::warn!(sha256 = %self.expected, "a stored attachment was re-encrypted while it was read");
+                Err(Error::new(
+                    Reason::Unavailable,
+                    "the stored attachment was re-encrypted (lienthong storage rotate-key) while \
+                     it was read; do not use the bytes received and fetch it again",
+                ))
+            }
+            r => r,
+        }
+    }
+
+    async fn next_checked(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
         let max = max.max(1);
         let Some(hasher) = self.hasher.as_mut() else {
             return Ok(None);
         };
         let Some(op) = self.opener.as_mut() else {
             let mut buf = vec![0u8; max];
-            let n = self.file.read(&mut buf).await?;
+            let n = self.src.read_some(&mut buf).await?;
             if n == 0 {
                 return self.finish().map(|()| None);
             }
@@ -1635,7 +2387,7 @@ impl BlobReader {
             return Ok(Some(buf));
         };
         while op.pos == op.buf.len() {
-            match op.next_segment(&mut self.file).await {
+            match op.next_segment(&mut self.src).await {
                 Ok(true) => {
                     hasher.update(&op.buf);
                     self.read += op.buf.len() as u64;
@@ -1650,13 +2402,14 @@ impl BlobReader {
                         "a stored encrypted attachment does not authenticate: it was altered on disk"
                     );
                     return Err(altered(format!(
-                        "the stored attachment was altered on disk: its part {} does not \
+                        "the stored attachment was altered {}: its part {} does not \
                          authenticate under storage key {}",
+                        self.src.place(),
                         segment + 1,
                         op.header.key_id
                     )));
                 }
-                Err(OpenFailure::Io(e)) => return Err(e.into()),
+                Err(OpenFailure::Io(e)) => return Err(e),
             }
         }
         let n = max.min(op.buf.len() - op.pos);
@@ -1689,6 +2442,8 @@ impl BlobReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod in_database;
 
     fn sha(data: &[u8]) -> [u8; 32] {
         let mut out = [0u8; 32];
@@ -1874,8 +2629,18 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("tmp"))?;
         std::fs::write(dir.path().join("tmp/old.part"), b"crash leftover")?;
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("tmp/old.part"))?
+            .set_modified(std::time::SystemTime::now() - 2 * LEFTOVER_AFTER)?;
+        // Another process's upload in progress on a shared store.
+        std::fs::write(dir.path().join("tmp/busy.part"), b"upload in progress")?;
         let store = BlobStore::open(dir.path()).await?;
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        assert_eq!(left, ["busy.part"]);
+        std::fs::remove_file(dir.path().join("tmp/busy.part"))?;
         for expect_new in [true, false] {
             let mut w = store.create().await?;
             w.write(b"same").await?;
@@ -1984,11 +2749,22 @@ mod tests {
                 drop(sealed);
                 assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
             }
-            // A crash leaves it behind: the next open removes it.
-            let w = store.temp_file()?;
-            std::mem::forget(w);
+            // A crash leaves it behind: the next process of the same
+            // name removes it at start; one of another name (a replica
+            // sharing the store, whose upload it could be) does not.
+            let mut owned = BlobStore::open(dir.path()).await?;
+            owned.claim_temp_files("gw-a").await?;
+            std::mem::forget(owned.temp_file()?);
             assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 1);
-            BlobStore::open(dir.path()).await?;
+            BlobStore::open(dir.path())
+                .await?
+                .claim_temp_files("gw-b")
+                .await?;
+            assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 1);
+            BlobStore::open(dir.path())
+                .await?
+                .claim_temp_files("gw-a")
+                .await?;
             assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
         }
         Ok(())

@@ -60,10 +60,8 @@ pub(crate) enum Job {
 /// read, or deliveries it heard of as they landed).
 pub(crate) struct DeliveredMarks {
     pub(crate) items: Vec<MarkItem>,
-    /// Only deliveries never handed out before are marked (and so handed
-    /// out): a delivery heard of as it landed may meanwhile have been read
-    /// by another stream of the same recipient.
-    pub(crate) only_new: bool,
+    /// Which of them may be marked (and so handed out).
+    pub(crate) hand_out: HandOut,
     pub(crate) transport: String,
     pub(crate) at: i64,
 }
@@ -77,8 +75,26 @@ pub(crate) struct MarkItem {
     pub(crate) route: String,
 }
 
+/// Which deliveries of a batch a stream may hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HandOut {
+    /// Every one still pending, whatever its past: a stream that starts
+    /// takes over what the agency's earlier streams were handed and did
+    /// not acknowledge.
+    Pending,
+    /// Only those not handed out at or after this time (µs): never handed
+    /// out, or due again. Another stream of the same recipient — on this
+    /// replica or another — may have handed it out since it was read.
+    NotSince(i64),
+}
+
+impl HandOut {
+    /// Only deliveries never handed out: those heard of as they landed.
+    pub const NEW: HandOut = HandOut::NotSince(i64::MIN);
+}
+
 /// Each item's attempt number once marked; `None` for one not marked (no
-/// longer pending, or with `only_new` handed out already).
+/// longer pending, or handed out since, see [`HandOut`]).
 pub(crate) type MarkReply = oneshot::Sender<Result<Vec<Option<i32>>, DbErr>>;
 
 pub(crate) struct AckRequest {
@@ -154,6 +170,16 @@ pub(crate) async fn commit_alone(db: &DatabaseConnection, writer: &WriterId, job
 pub(crate) struct Head {
     seq: i64,
     hash: String,
+}
+
+impl Head {
+    pub(crate) fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    pub(crate) fn hash(&self) -> &str {
+        &self.hash
+    }
 }
 
 /// The chain a committer extends, and its head as the committer last saw
@@ -885,9 +911,8 @@ pub(crate) async fn ack_all<C: ConnectionTrait>(
     Ok((outcomes, events))
 }
 
-/// Marks deliveries handed out: at most two updates for every batch of the
-/// group (those marked whatever their past, and those marked only if never
-/// handed out), at the latest of their times, which their log lines carry
+/// Marks deliveries handed out: one update per kind of batch in the group
+/// (see [`HandOut`]; a group holds few kinds), at the latest of their times, which their log lines carry
 /// too. A delivery no longer pending is not marked: it was acknowledged or
 /// taken out of the inbox since it was read. A delivery asked for twice in
 /// one group goes to the first batch that asked.
@@ -897,10 +922,13 @@ pub(crate) async fn mark_all<C: ConnectionTrait>(
 ) -> Result<(Vec<Vec<Option<i32>>>, Vec<(i64, NewEvent)>), DbErr> {
     let at = marks.iter().map(|m| m.at).max().unwrap_or(0);
     let mut attempts: HashMap<i64, i32> = HashMap::new();
-    for only_new in [false, true] {
+    let mut modes: Vec<HandOut> = marks.iter().map(|m| m.hand_out).collect();
+    modes.sort_unstable();
+    modes.dedup();
+    for mode in modes {
         let mut ids: Vec<i64> = marks
             .iter()
-            .filter(|m| m.only_new == only_new)
+            .filter(|m| m.hand_out == mode)
             .flat_map(|m| m.items.iter().map(|i| i.id))
             .collect();
         ids.sort_unstable();
@@ -910,8 +938,16 @@ pub(crate) async fn mark_all<C: ConnectionTrait>(
             q.push("UPDATE deliveries SET attempts = attempts + 1, last_delivered_at = ")
                 .bind(at)
                 .push(" WHERE state = 'pending'");
-            if only_new {
-                q.push(" AND last_delivered_at IS NULL");
+            match mode {
+                HandOut::Pending => {}
+                HandOut::NEW => {
+                    q.push(" AND last_delivered_at IS NULL");
+                }
+                HandOut::NotSince(t) => {
+                    q.push(" AND (last_delivered_at IS NULL OR last_delivered_at < ")
+                        .bind(t)
+                        .push(")");
+                }
             }
             q.push(" AND id IN (");
             for (i, id) in chunk.iter().enumerate() {
@@ -1005,21 +1041,37 @@ pub(crate) async fn append<C: ConnectionTrait>(
         }
     }
     let start = take_head(c, writer, events.len() as i64).await?;
-    let (rows, end) = chained(writer, &start, events);
+    append_after(c, writer, &start, events).await.map(Some)
+}
+
+/// Writes `events` after `start`, the head [`take_head`] returned in the
+/// same transaction (and moved on by as many positions), and sets the
+/// row's hash to the new head's.
+pub(crate) async fn append_after<C: ConnectionTrait>(
+    c: &C,
+    writer: &WriterId,
+    start: &Head,
+    events: &[(i64, NewEvent)],
+) -> Result<Head, DbErr> {
+    let (rows, end) = chained(writer, start, events);
     insert_events(c, rows).await?;
     log_head::Entity::update_many()
         .col_expr(log_head::Column::Hash, Expr::value(end.hash.clone()))
         .filter(log_head::Column::Chain.eq(writer.as_str()))
         .exec(c)
         .await?;
-    Ok(Some(end))
+    Ok(end)
 }
 
 /// Moves the head of `writer`'s chain `n` positions on, holding its row
 /// until the transaction ends, and returns where it stood. A writer's first
 /// append makes its chain's row, in the transaction of its first events:
 /// a chain's row never stands without them.
-async fn take_head<C: ConnectionTrait>(c: &C, writer: &WriterId, n: i64) -> Result<Head, DbErr> {
+pub(crate) async fn take_head<C: ConnectionTrait>(
+    c: &C,
+    writer: &WriterId,
+    n: i64,
+) -> Result<Head, DbErr> {
     let backend = c.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => {

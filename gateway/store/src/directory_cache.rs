@@ -37,9 +37,25 @@ pub(crate) struct DirectoryCache {
     /// One confirmation at a time: calls that begin while one is under way
     /// wait for the next and share it.
     confirming: tokio::sync::Mutex<()>,
-    /// Confirmations started, and the number of the last one that ended.
+    /// Confirmations started, the number of the last one that ended, and
+    /// of the last one that found the database out.
     started: AtomicU64,
     ended: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// What a call that begins now does about the directory's version; see
+/// [`DirectoryCache::confirmation`].
+pub(crate) enum Confirm<'a> {
+    /// Read it: this confirmation is the call's own.
+    Read(Confirmation<'a>),
+    /// One that started after the call began has ended meanwhile: its
+    /// answer holds for this call too.
+    Confirmed,
+    /// One that started after the call began found the database out: so it
+    /// is for this call, which does not wait as long again for the same
+    /// answer behind the others that waited.
+    Unavailable,
 }
 
 /// A confirmation under way; see [`DirectoryCache::confirmation`].
@@ -109,19 +125,26 @@ impl DirectoryCache {
             .is_some_and(|t| t.elapsed() < UNCONFIRMED_FOR_AT_MOST)
     }
 
-    /// A confirmation for a call that begins now, or `None` when one that
-    /// started after the call began has ended meanwhile: its answer holds
-    /// for this call too.
-    pub(crate) async fn confirmation(&self) -> Option<Confirmation<'_>> {
+    /// A confirmation for a call that begins now, or the answer of one
+    /// that started after the call began and ended meanwhile.
+    pub(crate) async fn confirmation(&self) -> Confirm<'_> {
         let asked = self.started.load(Ordering::SeqCst);
         let guard = self.confirming.lock().await;
         if self.ended.load(Ordering::SeqCst) > asked {
-            return None;
+            return Confirm::Confirmed;
         }
-        Some(Confirmation {
+        if self.failed.load(Ordering::SeqCst) > asked {
+            return Confirm::Unavailable;
+        }
+        Confirm::Read(Confirmation {
             number: self.started.fetch_add(1, Ordering::SeqCst) + 1,
             _one_at_a_time: guard,
         })
+    }
+
+    /// Confirmation `number` found the database out.
+    pub(crate) fn unreachable(&self, number: u64) {
+        self.failed.fetch_max(number, Ordering::SeqCst);
     }
 
     /// Confirmation `number` found the directory at `version`.
@@ -231,17 +254,18 @@ mod tests {
             let cache = cache.clone();
             tokio::spawn(async move {
                 match cache.confirmation().await {
-                    Some(c) => {
+                    Confirm::Read(c) => {
                         // Under way for a moment, then done.
                         tokio::task::yield_now().await;
                         cache.confirmed_by(c.number, 1);
                         Some(c.number)
                     }
-                    None => None,
+                    Confirm::Confirmed => None,
+                    Confirm::Unavailable => panic!("nothing failed"),
                 }
             })
         };
-        let Some(first) = cache.confirmation().await else {
+        let Confirm::Read(first) = cache.confirmation().await else {
             panic!("nothing was confirmed yet");
         };
         // Two calls begin while the first confirmation is under way: it
@@ -256,6 +280,45 @@ mod tests {
         assert_eq!((x, y), (Some(2), None), "x confirms again, y shares it");
         // A call that begins after that has nothing under way: its own.
         assert_eq!(waiting(&cache).await.ok().flatten(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_that_found_the_database_out_answers_for_the_calls_that_waited() {
+        use std::sync::Arc;
+        let cache = Arc::new(DirectoryCache::default());
+        let Confirm::Read(first) = cache.confirmation().await else {
+            panic!("nothing was confirmed yet");
+        };
+        // Calls that begin while it is under way wait for the next one.
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    match cache.confirmation().await {
+                        Confirm::Read(c) => {
+                            tokio::task::yield_now().await;
+                            cache.unreachable(c.number);
+                            "read"
+                        }
+                        Confirm::Confirmed => "confirmed",
+                        Confirm::Unavailable => "unavailable",
+                    }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        cache.unreachable(first.number);
+        drop(first);
+        let mut got = Vec::new();
+        for w in waiting {
+            got.push(w.await.expect("a waiting call"));
+        }
+        // The first began before them: the first to get its turn asks the
+        // database itself; the others take its answer, not a turn each.
+        got.sort();
+        assert_eq!(got, ["read", "unavailable", "unavailable"]);
+        // A call that begins after that asks again.
+        assert!(matches!(cache.confirmation().await, Confirm::Read(_)));
     }
 
     #[test]

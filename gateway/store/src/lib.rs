@@ -4,6 +4,7 @@
 //! operations, named in the domain's words.
 
 pub mod blobs;
+pub mod checkpoint;
 mod commit;
 mod directory_cache;
 pub mod error;

@@ -37,6 +37,11 @@ use crate::rows::{
 use lienthong_types::{MessageKind, Route};
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::checkpoint::{
+    CHECKPOINT_PAYLOAD_TYPE, ChainHead, Checkpoint, CheckpointCounts, CheckpointSignature,
+    CheckpointSigner, CheckpointVerifier, LogFinding,
+};
+pub use crate::commit::HandOut;
 use crate::commit::{
     Accepted, AckRequest, COMMIT_QUEUE, DeliveredMarks, Job, MarkItem, committer_gone,
 };
@@ -87,6 +92,11 @@ pub struct LogVerification {
     pub chains: Vec<ChainVerification>,
     /// Events written before the chain existed (no hash to check).
     pub unchained: u64,
+    /// The checkpoints read and how their signatures stood.
+    pub checkpoints: CheckpointCounts,
+    /// What the checkpoints tell that no chain alone can: a chain missing,
+    /// cut back or rewritten, a checkpoint that is not the gateway's.
+    pub findings: Vec<LogFinding>,
 }
 
 /// What `lienthong log verify` found in one chain.
@@ -104,9 +114,9 @@ pub struct ChainVerification {
 }
 
 impl LogVerification {
-    /// No chain has a broken link.
+    /// No chain has a broken link, and the checkpoints found nothing.
     pub fn intact(&self) -> bool {
-        self.chains.iter().all(|c| c.first_broken.is_none())
+        self.chains.iter().all(|c| c.first_broken.is_none()) && self.findings.is_empty()
     }
 
     /// Chained events checked, in all chains.
@@ -114,14 +124,22 @@ impl LogVerification {
         self.chains.iter().map(|c| c.checked).sum()
     }
 
-    /// The first broken link of the first chain that has one: the chain,
-    /// the position and what is wrong.
+    /// The first broken link of the first chain that has one, else the
+    /// first finding of the checkpoints: the chain, the position and what
+    /// is wrong.
     pub fn first_broken(&self) -> Option<(&str, i64, &str)> {
-        self.chains.iter().find_map(|c| {
-            c.first_broken
-                .as_ref()
-                .map(|(seq, what)| (c.chain.as_str(), *seq, what.as_str()))
-        })
+        self.chains
+            .iter()
+            .find_map(|c| {
+                c.first_broken
+                    .as_ref()
+                    .map(|(seq, what)| (c.chain.as_str(), *seq, what.as_str()))
+            })
+            .or_else(|| {
+                self.findings
+                    .first()
+                    .map(|f| (f.chain.as_str(), f.seq, f.what.as_str()))
+            })
     }
 
     /// One chain's result, by name.
@@ -196,9 +214,13 @@ pub struct DirectoryChange {
 /// created and run in WAL mode with full fsync on commit.
 async fn connect_database(url: &str) -> Result<DatabaseConnection> {
     let mut opts = ConnectOptions::new(url.to_owned());
+    // During a database outage every call waits this long before it is
+    // refused UNAVAILABLE ("try again"), and a call may need two
+    // connections: short enough that agencies hear it well within their own
+    // deadlines, long enough that a busy pool is not taken for an outage.
     opts.sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5));
     if url.starts_with("sqlite:") {
         if let Some(dir) = sqlite_dir(url) {
             std::fs::create_dir_all(&dir).or_err_with(Reason::Unavailable, |_| {
@@ -415,6 +437,15 @@ impl Store {
 
     /// Waits until this process holds the lease of `job`, a job that runs
     /// on one replica at a time (at once on SQLite).
+    /// Appends a checkpoint of every chain's head to this replica's chain
+    /// (see [`crate::checkpoint`]), signed by `signer` when there is one.
+    pub async fn write_checkpoint(
+        &self,
+        signer: Option<&dyn CheckpointSigner>,
+    ) -> Result<Checkpoint> {
+        crate::checkpoint::write(&self.db, &self.writer, signer).await
+    }
+
     pub async fn lease(&self, job: &str) -> Result<crate::lease::Lease> {
         crate::lease::Lease::take(&self.db, job).await
     }
@@ -477,27 +508,49 @@ impl Store {
     /// version (one small read): a call does this when it begins, so that
     /// it sees every change made before, by whichever process.
     pub async fn confirm_directory(&self) -> Result<()> {
-        let Some(confirmation) = self.directory.confirmation().await else {
-            return Ok(());
+        let confirmation = match self.directory.confirmation().await {
+            directory_cache::Confirm::Read(c) => c,
+            directory_cache::Confirm::Confirmed => return Ok(()),
+            directory_cache::Confirm::Unavailable => {
+                return Err(Error::unavailable(
+                    "the database",
+                    "it did not answer the directory's confirmation this call waited for",
+                ));
+            }
         };
         let backend = self.db.get_database_backend();
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(
-                backend,
-                "SELECT version FROM directory_version WHERE id = 1",
-            ))
-            .await
-            .or_db()?
-            .ok_or_else(|| {
-                Error::new(
-                    Reason::Internal,
-                    "the directory's version row is missing; the database was changed by hand",
-                )
-            })?;
-        let version: i64 = row.try_get("", "version").or_db()?;
-        self.directory.confirmed_by(confirmation.number, version);
-        Ok(())
+        let read = async {
+            let row = self
+                .db
+                .query_one_raw(Statement::from_string(
+                    backend,
+                    "SELECT version FROM directory_version WHERE id = 1",
+                ))
+                .await
+                .or_db()?
+                .ok_or_else(|| {
+                    Error::new(
+                        Reason::Internal,
+                        "the directory's version row is missing; the database was changed by hand",
+                    )
+                })?;
+            row.try_get::<i64>("", "version").or_db()
+        };
+        match read.await {
+            Ok(version) => {
+                self.directory.confirmed_by(confirmation.number, version);
+                Ok(())
+            }
+            Err(e) => {
+                // Each call waiting behind this one would otherwise wait as
+                // long for the database again, one after the other: during
+                // an outage, the last of them for minutes.
+                if e.reason() == Reason::Unavailable {
+                    self.directory.unreachable(confirmation.number);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A directory entry from memory, or read (and kept) when it is not
@@ -953,13 +1006,14 @@ impl Store {
     /// transaction for the batch (one fsync, one log append, however many);
     /// returns each one's attempt number, in order. `None` marks one not to
     /// hand out: acknowledged or taken out of the inbox since it was read,
-    /// or, with `only_new`, handed out already (by another stream of the
-    /// same recipient, or the read that found it first).
+    /// or handed out since as `hand_out` says (by another stream of the same
+    /// recipient, on this replica or another, or the read that found it
+    /// first).
     pub async fn mark_delivered_batch<P: std::borrow::Borrow<PendingDelivery>>(
         &self,
         batch: &[P],
         transport: &str,
-        only_new: bool,
+        hand_out: HandOut,
     ) -> Result<Vec<Option<i32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -979,7 +1033,7 @@ impl Store {
             .collect();
         let marks = DeliveredMarks {
             items,
-            only_new,
+            hand_out,
             transport: transport.to_owned(),
             at: now_micros(),
         };
@@ -1020,8 +1074,21 @@ impl Store {
     /// positions), a removed tail (the head names a later position), a head
     /// row without its chain's events, or events without their head row.
     /// Reads in pages, one chain at a time: memory stays flat whatever the
-    /// log's length.
+    /// log's length. Checkpoints' signatures are counted, not checked: see
+    /// [`Store::verify_log_with`].
     pub async fn verify_log(&self) -> Result<LogVerification> {
+        self.verify_log_with(None).await
+    }
+
+    /// [`Store::verify_log`], and the checkpoints: each one's signature
+    /// checked with `keys` (the gateway's receipt certificates; without
+    /// them signed checkpoints are counted as unchecked), and every chain
+    /// it names holding, at the position named, the event with the hash
+    /// named. Memory stays one recorded head per chain.
+    pub async fn verify_log_with(
+        &self,
+        keys: Option<&dyn CheckpointVerifier>,
+    ) -> Result<LogVerification> {
         let unchained = event::Entity::find()
             .filter(event::Column::ChainSeq.is_null())
             .count(&self.db)
@@ -1048,17 +1115,29 @@ impl Store {
                 .await
                 .or_db()?,
         );
+        let mut walk = crate::checkpoint::CheckpointWalk::new(keys);
         let mut chains = Vec::with_capacity(names.len());
         for name in names {
-            chains.push(self.verify_chain(name.clone(), heads.get(&name)).await?);
+            chains.push(
+                self.verify_chain(name.clone(), heads.get(&name), &mut walk)
+                    .await?,
+            );
         }
-        Ok(LogVerification { chains, unchained })
+        let names: BTreeSet<&str> = chains.iter().map(|c| c.chain.as_str()).collect();
+        let (checkpoints, findings) = walk.settle(&self.db, &names).await?;
+        Ok(LogVerification {
+            chains,
+            unchained,
+            checkpoints,
+            findings,
+        })
     }
 
     async fn verify_chain(
         &self,
         chain: String,
         head: Option<&log_head::Model>,
+        walk: &mut crate::checkpoint::CheckpointWalk<'_>,
     ) -> Result<ChainVerification> {
         let mut out = ChainVerification {
             checked: 0,
@@ -1111,6 +1190,9 @@ impl Store {
                         ),
                     ));
                     return Ok(out);
+                }
+                if e.kind == EventKind::Checkpoint.as_str() {
+                    walk.checkpoint(&out.chain, seq, &e, &expected_prev);
                 }
                 out.checked += 1;
                 expected_prev = h;
@@ -1376,6 +1458,10 @@ fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
 
 /// A database URL without its password, for messages and logs.
 pub fn redact(url: &str) -> String {
+    // Several URLs (the nodes of a cluster), each with its own password.
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -1401,11 +1487,12 @@ impl From<AcceptError> for Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sea_orm::Statement;
 
     mod chains;
+    mod checkpoints;
 
     #[test]
     fn sqlite_dir_is_found() {
@@ -1432,6 +1519,10 @@ mod tests {
             "postgres://postgres@127.0.0.1/test"
         );
         assert_eq!(redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        assert_eq!(
+            redact("amqp://lt:one@mq1:5672/%2f,amqp://lt:two@mq2:5672/%2f"),
+            "amqp://lt:***@mq1:5672/%2f,amqp://lt:***@mq2:5672/%2f"
+        );
     }
 
     async fn store() -> Result<(tempfile::TempDir, Store)> {
@@ -1603,7 +1694,7 @@ mod tests {
     /// Runs `test` on a PostgreSQL database of its own (named after
     /// `label`), dropped afterwards whatever the outcome. Without a server
     /// it is skipped, saying so, unless `LIENTHONG_REQUIRE_SERVICES` is set.
-    pub(super) async fn on_postgres<F, Fut>(label: &str, test: F) -> Result<()>
+    pub(crate) async fn on_postgres<F, Fut>(label: &str, test: F) -> Result<()>
     where
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -1706,7 +1797,8 @@ mod tests {
         s.accept(new_message("A", "m1", &["B"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
         assert_eq!(
-            s.mark_delivered_batch(&p[..1], "test", false).await?,
+            s.mark_delivered_batch(&p[..1], "test", HandOut::Pending)
+                .await?,
             [Some(1)]
         );
         let long_ago = now_micros() - 60_000_000;
@@ -1729,22 +1821,33 @@ mod tests {
         let p = s.pending("B", 0, None, 10).await?;
         assert_eq!(p.len(), 2);
         assert_eq!(
-            s.mark_delivered_batch(&p[..1], "test", false).await?,
+            s.mark_delivered_batch(&p[..1], "test", HandOut::Pending)
+                .await?,
             [Some(1)]
         );
         // The first was read and handed out: heard of again, it is not.
         assert_eq!(
-            s.mark_delivered_batch(&p, "test", true).await?,
+            s.mark_delivered_batch(&p, "test", HandOut::NEW).await?,
             [None, Some(1)]
         );
-        // Handed out again by the redelivery scan: a second attempt.
+        // A scan that found it due before that hand-out (a stream on
+        // another replica, told of it too) does not hand it out again...
+        let before = now_micros() - 60_000_000;
         assert_eq!(
-            s.mark_delivered_batch(&p[..1], "test", false).await?,
+            s.mark_delivered_batch(&p[..1], "test", HandOut::NotSince(before))
+                .await?,
+            [None]
+        );
+        // ...a scan that finds it due again does: a second attempt.
+        assert_eq!(
+            s.mark_delivered_batch(&p[..1], "test", HandOut::NotSince(now_micros() + 1))
+                .await?,
             [Some(2)]
         );
         s.ack("B", &p[1].delivery.delivery_id, "test").await?;
         assert_eq!(
-            s.mark_delivered_batch(&p[1..], "test", false).await?,
+            s.mark_delivered_batch(&p[1..], "test", HandOut::Pending)
+                .await?,
             [None]
         );
         let events = s
@@ -1763,7 +1866,8 @@ mod tests {
         let (_d, s) = store().await?;
         s.accept(new_message("A", "m1", &["B", "C"])).await?;
         let p = s.pending("B", 0, None, 10).await?;
-        s.mark_delivered_batch(&p[..1], "test", false).await?;
+        s.mark_delivered_batch(&p[..1], "test", HandOut::Pending)
+            .await?;
         s.ack("B", &p[0].delivery.delivery_id, "test").await?;
         s.accept(new_message("A", "m2", &["B"])).await?;
         let v = s.verify_log().await?;

@@ -43,6 +43,9 @@ pub enum EventKind {
     OperatorLogin,
     /// An operator logged out.
     OperatorLogout,
+    /// A replica's signed record of every chain's head (`detail`: see
+    /// `crate::checkpoint`); no sender, no message.
+    Checkpoint,
 }
 
 impl EventKind {
@@ -63,6 +66,7 @@ impl EventKind {
             EventKind::OperatorChanged => "operator_changed",
             EventKind::OperatorLogin => "operator_login",
             EventKind::OperatorLogout => "operator_logout",
+            EventKind::Checkpoint => "checkpoint",
         }
     }
 }

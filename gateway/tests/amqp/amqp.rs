@@ -856,6 +856,10 @@ async fn ten_thousand_messages_cross_a_broker_restart_exactly_once_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What a load balancer in front of replicas checks: this one still
+    // serves agencies.
+    let (code, body) = amqp::http_get(http, "/health/grpc").await;
+    assert_eq!(code, 200, "/health/grpc while the broker is away: {body}");
     ctl("start_app");
     assert!(seen_down, "/health/ready never reported the broker down");
 
@@ -1106,7 +1110,7 @@ async fn copies_for_a_gateway_not_yet_bound_wait_in_order_and_go_when_it_binds()
 
 /// Waits until the gateway says it is connected with its topology declared
 /// (before that, a message published to the exchange has no queue to go to).
-async fn broker_up(gw: &TestGateway) {
+pub(crate) async fn broker_up(gw: &TestGateway) {
     let http = gw.http_addr.expect("HTTP listener");
     for _ in 0..200 {
         let (code, body) = amqp::http_get(http, "/health/ready").await;
@@ -1119,7 +1123,7 @@ async fn broker_up(gw: &TestGateway) {
 }
 
 /// The envelope a message body carries (a bare envelope or a send stream).
-fn envelope_of_body(body: &[u8]) -> lienthong_testkit::v1::Envelope {
+pub(crate) fn envelope_of_body(body: &[u8]) -> lienthong_testkit::v1::Envelope {
     use lienthong_testkit::v1::{SendRequest, send_request::Item};
     if let Ok(signed) = SignedEnvelope::decode(body)
         && !signed.payload.is_empty()

@@ -811,6 +811,9 @@ async fn operator_changes_over_grpc_name_the_operator() {
         assert!(main.intact && main.has_head, "{v:?}");
         assert_eq!((main.checked, main.head_seq), (v.checked, v.checked as i64));
         assert_eq!(main.head_hash.len(), 64, "{v:?}");
+        // The checkpoint written at start, unsigned: no receipts.key here.
+        assert!(v.checkpoints >= 1 && v.findings.is_empty(), "{v:?}");
+        assert_eq!(v.checkpoints_unsigned, v.checkpoints, "{v:?}");
 
         cli_ok(
             &gw,

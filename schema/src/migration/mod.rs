@@ -15,6 +15,7 @@ mod m20261206_000009_operators;
 mod m20261207_000010_directory_version;
 mod m20261207_000011_log_chains; // One chain per writer
 mod m20261207_000012_replicas; // Replicas' configuration digests
+mod m20261207_000013_stored_blobs; // Attachments in the database
 
 pub use m20261124_000003_log_chain::GENESIS;
 pub use m20261207_000011_log_chains::MAIN_CHAIN;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_directory_version::Migration),
             Box::new(m20261207_000011_log_chains::Migration),
             Box::new(m20261207_000012_replicas::Migration),
+            Box::new(m20261207_000013_stored_blobs::Migration),
         ]
     }
 }

@@ -40,7 +40,13 @@ pub struct Vhost {
 
 /// Runs `rabbitmqctl ARGS...`; `Err` says why it could not or what it said.
 pub fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
-    let out = StdCommand::new("rabbitmqctl")
+    run_ctl(&mut StdCommand::new("rabbitmqctl"), args)
+}
+
+/// Runs a `rabbitmqctl` command with `args`; `Err` says why it could not
+/// or what it said.
+pub(crate) fn run_ctl(cmd: &mut StdCommand, args: &[&str]) -> Result<(), String> {
+    let out = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -286,7 +292,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(vhost: &Vhost) -> Client {
-        let conn = Connection::connect(&vhost.url, ConnectionProperties::default())
+        Client::connect_url(&vhost.url).await
+    }
+
+    pub async fn connect_url(url: &str) -> Client {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
         let ch = conn.create_channel().await.expect("channel");

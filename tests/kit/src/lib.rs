@@ -11,6 +11,7 @@
 //!   of the signing contract (DSSE PAE, JOSE algorithms) on `ring`.
 //! * [`pki`] — certificates the gateway must refuse (untrusted, expired),
 //!   issued with `rcgen`.
+//! * [`PgCluster`] — a PostgreSQL cluster of one test, to stop and start.
 //!
 //! Environment:
 //! * `LIENTHONG_BIN` — the binary (default: `target/<profile>/lienthong`).
@@ -267,6 +268,10 @@ pub struct GatewayOptions {
     pub extra_http: String,
     /// `http.listen`'s address (default 127.0.0.1); the port is picked.
     pub http_ip: Option<std::net::IpAddr>,
+    /// With [`Backend::Postgres`]: the admin URL of the server to make the
+    /// gateway's database on (e.g. a [`PgCluster`] of the test's own),
+    /// instead of `LIENTHONG_TEST_PG_URL`'s.
+    pub pg_server: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -287,6 +292,7 @@ impl Default for GatewayOptions {
             env: Vec::new(),
             extra_http: String::new(),
             http_ip: None,
+            pg_server: None,
         }
     }
 }
@@ -335,7 +341,12 @@ impl TestGateway {
         let bin = bin_path();
         let pg = match opts.backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(PgDatabase::create_or_skip(name).await?),
+            Backend::Postgres => Some(match &opts.pg_server {
+                Some(server) => PgDatabase::create(server, "lienthong_e2e")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}")),
+                None => PgDatabase::create_or_skip(name).await?,
+            }),
         };
         let tempdir = tempfile::Builder::new()
             .prefix(&format!("lienthong-e2e-{name}-"))
@@ -527,13 +538,37 @@ max_attachment_bytes = {matt}
     /// listen addresses and `LIENTHONG_GATEWAY__REPLICA=replica`. Drop it
     /// before `self`, which owns the database.
     pub async fn start_replica(&self, replica: &str) -> TestGateway {
+        self.spawn_replica(replica, false).await
+    }
+
+    /// [`TestGateway::start_replica`] with a `storage.path` of its own (in
+    /// its temp dir): replicas with `storage.backend = "database"` share
+    /// nothing but the database.
+    pub async fn start_replica_with_own_storage(&self, replica: &str) -> TestGateway {
+        self.spawn_replica(replica, true).await
+    }
+
+    async fn spawn_replica(&self, replica: &str, own_storage: bool) -> TestGateway {
         let tempdir = tempfile::Builder::new()
             .prefix(&format!("lienthong-e2e-{}-{replica}-", self.name))
             .tempdir()
             .expect("temp dir");
         let dir = tempdir.path().to_path_buf();
-        let config =
+        let mut config =
             fs::read_to_string(&self.config_path).expect("read the first replica's config");
+        let storage_path = if own_storage {
+            let own = dir.join("blobs");
+            config = config.replace(
+                &format!(
+                    "path = {}",
+                    toml_str(&self.storage_path.display().to_string())
+                ),
+                &format!("path = {}", toml_str(&own.display().to_string())),
+            );
+            own
+        } else {
+            self.storage_path.clone()
+        };
         let mut env = self.env.clone();
         env.push(("LIENTHONG_GATEWAY__REPLICA".to_owned(), replica.to_owned()));
         let mut gw = TestGateway {
@@ -545,7 +580,7 @@ max_attachment_bytes = {matt}
             config_path: dir.join("lienthong.toml"),
             dir,
             pki_dir: self.pki_dir.clone(),
-            storage_path: self.storage_path.clone(),
+            storage_path,
             db_url: self.db_url.clone(),
             backend: self.backend,
             mtls: self.mtls,
@@ -1915,7 +1950,10 @@ pub async fn within<T>(
 pub mod amqp;
 mod db;
 pub use db::*;
+mod pg_cluster;
+pub use pg_cluster::*;
 pub mod edxml;
+pub mod rabbit_cluster;
 // The PDF signing toolkit of `lienthong pdf verify`'s tests.
 pub mod pdf;
 

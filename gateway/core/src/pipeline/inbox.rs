@@ -22,7 +22,7 @@ use crate::error::{Error, OrErr, Reason, Result};
 const STORED_ENVELOPE_UNREADABLE: &str =
     "a stored envelope could not be read back; the gateway's data is damaged, tell its operators";
 use crate::rows::{DeliveryRow, MessageRow};
-use crate::store::{PendingDelivery, now_micros};
+use crate::store::{HandOut, PendingDelivery, now_micros};
 use crate::text::truncate;
 use lienthong_types::timestamp;
 
@@ -40,8 +40,9 @@ const FEED_ENVELOPE_MAX: usize = 1 << 20;
 
 /// A delivery as it landed, for the live `Receive` streams of its
 /// recipient. The rows stay the truth: a stream hands one out only after
-/// marking it handed out (`only_new`), so one that a read of the database
-/// handed out already, or one acknowledged or recalled since, is skipped.
+/// marking it handed out (`HandOut::NEW`), so one that a read of the
+/// database handed out already, or one acknowledged or recalled since, is
+/// skipped.
 #[derive(Debug, Clone)]
 pub(super) enum Landed {
     /// A delivery just committed, with its message.
@@ -310,18 +311,26 @@ impl Inbox {
                 // Whatever lands from now on is heard of: the read below
                 // need not be told again.
                 self.look = false;
-                let batch = if self.first_pass {
-                    self.gw
+                let (batch, hand_out) = if self.first_pass {
+                    let batch = self
+                        .gw
                         .store
                         .pending(&self.caller.organ_id, self.cursor, None, limit)
-                        .await?
+                        .await?;
+                    (batch, HandOut::Pending)
                 } else {
                     self.scanned_at = tokio::time::Instant::now();
                     let lease = self.gw.limits.redelivery_after.as_micros() as i64;
-                    self.gw
+                    let due = now_micros() - lease;
+                    let batch = self
+                        .gw
                         .store
-                        .pending(&self.caller.organ_id, 0, Some(now_micros() - lease), limit)
-                        .await?
+                        .pending(&self.caller.organ_id, 0, Some(due), limit)
+                        .await?;
+                    // Marked only if still due when marked: another stream
+                    // of this recipient — on another replica, told of the
+                    // same deliveries — may hand them out meanwhile.
+                    (batch, HandOut::NotSince(due))
                 };
                 if let Some(last) = batch.last() {
                     self.cursor = self.cursor.max(last.delivery.id);
@@ -337,7 +346,7 @@ impl Inbox {
                             .into_iter()
                             .map(|p| Handed::Read(Box::new(p)))
                             .collect(),
-                        false,
+                        hand_out,
                     )
                     .await?;
                     // A full batch may have more behind it.
@@ -386,18 +395,18 @@ impl Inbox {
         let n = limit.min(self.landed.len());
         let mut batch: Vec<Arc<Fresh>> = self.landed.drain(..n).collect();
         batch.sort_by_key(|f| f.pending.delivery.id);
-        self.hand_out(batch.into_iter().map(Handed::Fresh).collect(), true)
+        self.hand_out(batch.into_iter().map(Handed::Fresh).collect(), HandOut::NEW)
             .await
     }
 
     /// Marks a batch handed out (one commit for all of it) and keeps, with
     /// their attempt numbers, those the rows say are still to hand out.
-    async fn hand_out(&mut self, batch: Vec<Handed>, only_new: bool) -> Result<()> {
+    async fn hand_out(&mut self, batch: Vec<Handed>, hand_out: HandOut) -> Result<()> {
         let refs: Vec<&PendingDelivery> = batch.iter().map(Handed::pending).collect();
         let attempts = self
             .gw
             .store
-            .mark_delivered_batch(&refs, self.caller.transport.as_str(), only_new)
+            .mark_delivered_batch(&refs, self.caller.transport.as_str(), hand_out)
             .await?;
         for (p, attempt) in batch.into_iter().zip(attempts) {
             if let Some(attempt) = attempt {

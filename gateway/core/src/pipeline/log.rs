@@ -54,13 +54,26 @@ impl Inner {
             error = %err.chain(),
             "refused"
         );
-        self.log_event(
+        let e = Self::new_event(
             subject,
             EventKind::Rejected,
             Some(err.reason().as_str()),
             err.message(),
-        )
-        .await;
+        );
+        if err.reason() == Reason::Unavailable {
+            // An outage, most often of the database that keeps the log:
+            // the sender is told to try again at once, not after the log's
+            // own wait for a connection; the line is written when the
+            // database takes it, or said in the process log.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store.log(e).await {
+                    tracing::error!(error = %err.chain(), kind = EventKind::Rejected.as_str(), "could not write to the transfer log");
+                }
+            });
+            return;
+        }
+        self.write_event(e).await;
     }
 
     pub(super) async fn log_event(
@@ -70,9 +83,27 @@ impl Inner {
         reason: Option<&str>,
         detail: &str,
     ) {
+        self.write_event(Self::new_event(subject, kind, reason, detail))
+            .await;
+    }
+
+    async fn write_event(&self, e: NewEvent) {
+        let kind = e.kind;
+        if let Err(err) = self.store.log(e).await {
+            // The refusal itself still reaches the sender; the operator sees this.
+            tracing::error!(error = %err.chain(), kind = kind.as_str(), "could not write to the transfer log");
+        }
+    }
+
+    fn new_event(
+        subject: &Subject,
+        kind: EventKind,
+        reason: Option<&str>,
+        detail: &str,
+    ) -> NewEvent {
         // What a caller sent may be quoted here; the log keeps it printable
         // (and storable: PostgreSQL refuses a NUL in text).
-        let e = NewEvent {
+        NewEvent {
             kind,
             sender: text::printable(&subject.sender).into_owned(),
             message_id: text::printable(&subject.message_id).into_owned(),
@@ -81,10 +112,6 @@ impl Inner {
             detail: text::printable(detail).into_owned(),
             actor: subject.actor.clone(),
             transport: subject.transport.as_str().to_owned(),
-        };
-        if let Err(err) = self.store.log(e).await {
-            // The refusal itself still reaches the sender; the operator sees this.
-            tracing::error!(error = %err.chain(), kind = kind.as_str(), "could not write to the transfer log");
         }
     }
 }

@@ -27,6 +27,7 @@ use lienthong_pki::receipts::ReceiptSigner;
 use lienthong_pki::signing::TrustAnchors;
 
 mod admin;
+mod checkpoints;
 mod checks;
 mod identify;
 mod inbox;
@@ -42,6 +43,7 @@ mod route;
 mod submission;
 
 pub use crate::caller::{Caller, Role, Transport};
+pub use checkpoints::{ReceiptCerts, ReceiptKey, watch_checkpoints};
 use identify::Access;
 use inbox::Inboxes;
 pub use inbox::{AttachmentReader, Inbox, STANDING_CHECK, watch_landed};
@@ -118,7 +120,11 @@ pub struct Settings {
     pub anchors: TrustAnchors,
     pub limits: Limits,
     /// The gateway's key for signing receipts; receipts are unsigned without it.
+    /// It signs the transfer log's checkpoints too.
     pub receipt_signer: Option<Arc<ReceiptSigner>>,
+    /// The receipt certificates (`receipts.cert`, `receipts.trusted_signers`)
+    /// the checkpoints' signatures are checked with (`VerifyLog`).
+    pub receipt_certs: ReceiptCerts,
     /// Where each recipient's copy goes.
     pub routes: RouteTable,
     /// The national exchange, when `amqp.url` is configured; without it,
@@ -163,6 +169,7 @@ impl Default for Settings {
             anchors: TrustAnchors::empty(),
             limits: Limits::default(),
             receipt_signer: None,
+            receipt_certs: ReceiptCerts::default(),
             routes: RouteTable::default(),
             exchange: None,
             pdf_policy: PdfPolicy::default(),
@@ -181,6 +188,7 @@ struct Inner {
     limits: Limits,
     inboxes: Inboxes,
     receipt_signer: Option<Arc<ReceiptSigner>>,
+    receipt_certs: ReceiptCerts,
     routes: RouteTable,
     exchange: Option<ExchangeSettings>,
     pdf_policy: PdfPolicy,
@@ -252,6 +260,7 @@ impl Gateway {
                 limits: settings.limits,
                 inboxes: Inboxes::default(),
                 receipt_signer: settings.receipt_signer,
+                receipt_certs: settings.receipt_certs,
                 routes: settings.routes,
                 exchange: settings.exchange,
                 pdf_policy: settings.pdf_policy,
