@@ -264,6 +264,11 @@ pub struct GrpcArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Gateway replicas: `lienthong serve` processes on one PostgreSQL
+    /// database, sender *i* on replica *i mod N*, the receiver of agency
+    /// *j* on replica *(j + 1) mod N*, so that deliveries cross replicas.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// The mode named in the report (`big` runs through this one).
     #[arg(skip)]
     pub mode: &'static str,
@@ -288,6 +293,7 @@ async fn run(cmd: BenchCommand) -> Result<ExitCode> {
                 keep: big.keep,
                 baseline: big.baseline,
                 json: big.json,
+                replicas: 1,
                 mode: "big",
             };
             grpc(args).await
@@ -301,27 +307,52 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 // ----- the throwaway gateway -----------------------------------------------
 
-struct Gateway {
+/// One `lienthong serve` process of the throwaway gateway.
+struct Replica {
+    /// `gateway.replica`; none when the gateway runs alone (the transfer
+    /// log's chain `main`, as a gateway without replicas writes).
+    name: Option<String>,
     child: Option<std::process::Child>,
+    url: String,
+    stderr: PathBuf,
+}
+
+impl Replica {
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("main")
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+struct Gateway {
+    /// The first started alone; the others once it was serving.
+    replicas: Vec<Replica>,
     dir: PathBuf,
     pki: PathBuf,
-    url: String,
     db_url: String,
     pg: Option<kit::PgDatabase>,
     keep: bool,
 }
 
 impl Gateway {
+    /// The first replica's process (the only one outside `bench grpc`).
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.replicas.first().and_then(Replica::pid)
     }
 
     async fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            let _ =
+        // All at once: each may take its grace period to drain.
+        let stops = self
+            .replicas
+            .iter_mut()
+            .filter_map(|r| r.child.take())
+            .map(|child| {
                 tokio::task::spawn_blocking(move || kit::terminate(child, Duration::from_secs(10)))
-                    .await;
-        }
+            });
+        let _ = futures::future::join_all(stops).await;
         if self.keep {
             eprintln!("bench: kept {}", self.dir.display());
             if let Some(pg) = &mut self.pg {
@@ -383,10 +414,9 @@ async fn start_gateway_with(args: &GrpcArgs, extra: &Extra) -> Result<Gateway> {
     let dir = std::fs::canonicalize(&dir)?;
     let pki = dir.join("pki");
     let mut gw = Gateway {
-        child: None,
+        replicas: Vec::new(),
         dir: dir.clone(),
         pki: pki.clone(),
-        url: String::new(),
         db_url: String::new(),
         pg: None,
         keep: args.keep,
@@ -424,21 +454,14 @@ async fn setup(gw: &mut Gateway, exe: &Path, args: &GrpcArgs, extra: &Extra) -> 
         .arg(key_type_name(args.key_type));
     run_checked(cmd, "lienthong dev-pki")?;
 
-    let grpc = kit::pick_port().context("cannot bind 127.0.0.1:0")?;
-    let http = kit::pick_port().context("cannot bind 127.0.0.1:0")?;
-    let config = dir.join("lienthong.toml");
     let p = |f: &str| kit::toml_str(&gw.pki.join(f).display().to_string());
+    // Every replica's configuration is this one with listen addresses of
+    // its own (`listen_on`).
     let text = format!(
         r#"# written by `lienthong bench grpc`
 [gateway]
 id = "lienthong-bench"
 organ_id = "000.00.00.H35"
-
-[grpc]
-listen = "127.0.0.1:{grpc}"
-
-[http]
-listen = "127.0.0.1:{http}"
 
 [database]
 url = {db}
@@ -472,7 +495,10 @@ max_attachment_bytes = {matt}
         rcert = p("gateway.pem"),
         matt = (args.attachment_bytes as u64).max(1 << 20) * 2,
     );
-    std::fs::write(&config, format!("{text}{}", extra.config))?;
+    let text = format!("{text}{}", extra.config);
+    let config = dir.join("lienthong.toml");
+    let (first, first_url) = listen_on(&text)?;
+    std::fs::write(&config, first)?;
     if let Some(edit) = &extra.directory {
         let csv = gw.pki.join("directory.csv");
         let text = std::fs::read_to_string(&csv)?;
@@ -487,40 +513,99 @@ max_attachment_bytes = {matt}
         .arg(gw.pki.join("directory.csv"));
     run_checked(cmd, "lienthong directory import")?;
 
-    let stdout = std::fs::File::create(dir.join("gateway.stdout.log"))?;
-    let stderr = std::fs::File::create(dir.join("gateway.stderr.log"))?;
-    let mut cmd = kit::lienthong_command(exe, &dir);
-    cmd.env("RUST_LOG", "warn")
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
-    gw.child = Some(cmd.spawn().context("cannot start lienthong serve")?);
-    gw.url = format!("http://127.0.0.1:{grpc}");
-    wait_serving(gw).await
+    // One at a time, each once the one before is serving (the import has
+    // migrated the database): replicas join a running gateway, as in
+    // operation, and one that cannot start is named alone.
+    let count = args.replicas.max(1);
+    for k in 0..count {
+        let (config, url, logs) = if k == 0 {
+            (config.clone(), first_url.clone(), "gateway".to_owned())
+        } else {
+            let config = dir.join(format!("lienthong-{}.toml", k + 1));
+            let (own, url) = listen_on(&text)?;
+            std::fs::write(&config, own)?;
+            (config, url, format!("gateway-{}", k + 1))
+        };
+        let name = (count > 1).then(|| format!("replica-{}", k + 1));
+        let replica = spawn_replica(exe, &dir, &config, url, &logs, name)?;
+        gw.replicas.push(replica);
+        if let Some(r) = gw.replicas.last_mut() {
+            wait_serving(r).await?;
+        }
+    }
+    Ok(())
 }
 
-async fn wait_serving(gw: &mut Gateway) -> Result<()> {
+/// The configuration `text` with gRPC and HTTP listeners on free loopback
+/// ports, and the gRPC URL.
+fn listen_on(text: &str) -> Result<(String, String)> {
+    let grpc = kit::pick_port().context("cannot bind 127.0.0.1:0")?;
+    let http = kit::pick_port().context("cannot bind 127.0.0.1:0")?;
+    let text = format!(
+        "{text}\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+    );
+    Ok((text, format!("http://127.0.0.1:{grpc}")))
+}
+
+/// `lienthong serve` on `config` (listening at `url`), its output in
+/// `<logs>.stdout.log` and `<logs>.stderr.log`, named `name` in the
+/// transfer log.
+fn spawn_replica(
+    exe: &Path,
+    dir: &Path,
+    config: &Path,
+    url: String,
+    logs: &str,
+    name: Option<String>,
+) -> Result<Replica> {
+    let stderr = dir.join(format!("{logs}.stderr.log"));
+    let out = std::fs::File::create(dir.join(format!("{logs}.stdout.log")))?;
+    let err = std::fs::File::create(&stderr)?;
+    let mut cmd = kit::lienthong_command(exe, dir);
+    cmd.env("RUST_LOG", "warn");
+    if let Some(name) = &name {
+        cmd.env("LIENTHONG_GATEWAY__REPLICA", name);
+    }
+    cmd.arg("--config")
+        .arg(config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let child = cmd.spawn().context("cannot start lienthong serve")?;
+    Ok(Replica {
+        name,
+        child: Some(child),
+        url,
+        stderr,
+    })
+}
+
+async fn wait_serving(r: &mut Replica) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(child) = gw.child.as_mut()
+        if let Some(child) = r.child.as_mut()
             && let Ok(Some(status)) = child.try_wait()
         {
-            gw.child = None;
-            let err =
-                std::fs::read_to_string(gw.dir.join("gateway.stderr.log")).unwrap_or_default();
-            bail!("lienthong serve exited ({status}) before it was ready:\n{err}");
+            r.child = None;
+            let err = std::fs::read_to_string(&r.stderr).unwrap_or_default();
+            bail!(
+                "lienthong serve ({}) exited ({status}) before it was ready:\n{err}",
+                r.name()
+            );
         }
-        let ep = Endpoint::from_shared(gw.url.clone())?
+        let ep = Endpoint::from_shared(r.url.clone())?
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(2));
         if kit::health_serving(ep).await.is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the gateway at {} did not become SERVING in 60 s", gw.url);
+            bail!(
+                "the gateway's replica {} at {} did not become SERVING in 60 s",
+                r.name(),
+                r.url
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -632,12 +717,16 @@ struct Sent {
     sha: Vec<u8>,
     to: Vec<String>,
     accepted_at: Option<SystemTime>,
+    /// The replica it was sent to.
+    via: usize,
 }
 
 #[derive(Default)]
 struct Tally {
     sent: HashMap<String, Sent>,
-    delivered: HashMap<(String, String), SystemTime>,
+    /// When each (message, recipient) was delivered, and whether by another
+    /// replica than the one that accepted the message.
+    delivered: HashMap<(String, String), (SystemTime, bool)>,
     errors: BTreeMap<String, u64>,
     /// Sends the gateway turned away as overloaded (UNAVAILABLE or
     /// RESOURCE_EXHAUSTED): nothing was kept, the sender may try again.
@@ -656,6 +745,12 @@ struct Tally {
     last_accept: Option<Instant>,
     last_deliver: Option<Instant>,
     last_ack: Option<Instant>,
+    /// Per replica: documents it accepted, deliveries it handed out.
+    accepted_by: Vec<u64>,
+    delivered_by: Vec<u64>,
+    /// Deliveries handed out by another replica than the one that accepted
+    /// the document.
+    delivered_across: u64,
 }
 
 impl Tally {
@@ -802,12 +897,12 @@ impl Load {
 /// Closed loop: the next document when the last one is answered.
 async fn sender(
     load: Arc<Load>,
-    mut client: ExchangeClient<Channel>,
+    (via, mut client): (usize, ExchangeClient<Channel>),
     deadline: Option<Instant>,
     total: u64,
 ) -> Result<()> {
     while let Some(i) = load.more(deadline, total) {
-        send_one(&load, &mut client, i).await?;
+        send_one(&load, &mut client, via, i).await?;
     }
     Ok(())
 }
@@ -817,7 +912,7 @@ async fn sender(
 /// offer falls behind schedule, and that is counted).
 async fn offer(
     load: Arc<Load>,
-    clients: Vec<ExchangeClient<Channel>>,
+    clients: Vec<(usize, ExchangeClient<Channel>)>,
     rate: f64,
     start: Instant,
     deadline: Option<Instant>,
@@ -835,10 +930,10 @@ async fn offer(
         if Instant::now() > due + Duration::from_millis(100) {
             lock(&load.tally).behind_schedule += 1;
         }
-        let mut client = clients[(i as usize) % clients.len()].clone();
+        let (via, mut client) = clients[(i as usize) % clients.len()].clone();
         let load = load.clone();
         tasks.spawn(async move {
-            let r = send_one(&load, &mut client, i).await;
+            let r = send_one(&load, &mut client, via, i).await;
             drop(slot);
             r
         });
@@ -852,7 +947,12 @@ async fn offer(
     Ok(())
 }
 
-async fn send_one(load: &Load, client: &mut ExchangeClient<Channel>, i: u64) -> Result<()> {
+async fn send_one(
+    load: &Load,
+    client: &mut ExchangeClient<Channel>,
+    via: usize,
+    i: u64,
+) -> Result<()> {
     let (message_id, from, signed, to) = load.envelope(i)?;
     lock(&load.tally).sent.insert(
         message_id.clone(),
@@ -860,6 +960,7 @@ async fn send_one(load: &Load, client: &mut ExchangeClient<Channel>, i: u64) -> 
             sha: sha256(&signed.payload),
             to: to.clone(),
             accepted_at: None,
+            via,
         },
     );
     let first = SendRequest {
@@ -887,6 +988,9 @@ async fn send_one(load: &Load, client: &mut ExchangeClient<Channel>, i: u64) -> 
         Ok(r) => {
             let r = r.into_inner();
             t.accepted += 1;
+            if let Some(n) = t.accepted_by.get_mut(via) {
+                *n += 1;
+            }
             t.expected_deliveries += to.len() as u64;
             t.accept_latency.push(now - started);
             t.last_accept = Some(now);
@@ -920,7 +1024,12 @@ async fn send_one(load: &Load, client: &mut ExchangeClient<Channel>, i: u64) -> 
     Ok(())
 }
 
-async fn receiver(load: Arc<Load>, mut client: ExchangeClient<Channel>, me: String) -> Result<()> {
+/// Agency `me`'s `Receive` stream on replica `at`.
+async fn receiver(
+    load: Arc<Load>,
+    (at, mut client): (usize, ExchangeClient<Channel>),
+    me: String,
+) -> Result<()> {
     let req = with_identity(
         pb::ReceiveRequest {
             follow: true,
@@ -1010,18 +1119,18 @@ async fn receiver(load: Arc<Load>, mut client: ExchangeClient<Channel>, me: Stri
         {
             let mut t = lock(&load.tally);
             let verdict = match t.sent.get(&message_id) {
-                None => Some("unknown_delivery"),
-                Some(s) if s.sha != sha => Some("corrupted"),
-                Some(s) if !s.to.contains(&me) => Some("misrouted"),
-                Some(_) => None,
+                None => Err("unknown_delivery"),
+                Some(s) if s.sha != sha => Err("corrupted"),
+                Some(s) if !s.to.contains(&me) => Err("misrouted"),
+                Some(s) => Ok(s.via),
             };
             match verdict {
-                Some(v) => t.error(v),
-                None => {
+                Err(v) => t.error(v),
+                Ok(via) => {
                     let key = (message_id.clone(), me.clone());
                     let fresh = match t.delivered.entry(key) {
                         std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(now);
+                            v.insert((now, via != at));
                             true
                         }
                         std::collections::hash_map::Entry::Occupied(_) => false,
@@ -1029,6 +1138,12 @@ async fn receiver(load: Arc<Load>, mut client: ExchangeClient<Channel>, me: Stri
                     if fresh {
                         t.delivered_ok += 1;
                         t.last_deliver = Some(Instant::now());
+                        if let Some(n) = t.delivered_by.get_mut(at) {
+                            *n += 1;
+                        }
+                        if via != at {
+                            t.delivered_across += 1;
+                        }
                     } else {
                         t.error("duplicated");
                     }
@@ -1127,6 +1242,16 @@ async fn grpc(args: GrpcArgs) -> Result<ExitCode> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate is a number of documents per second above 0");
     }
+    if args.replicas == 0 {
+        bail!("--replicas is at least 1");
+    }
+    if args.replicas > 1 && args.database == "sqlite" {
+        bail!(
+            "--replicas {} needs --database postgres://…: replicas share one PostgreSQL \
+             database, and SQLite is one process's database",
+            args.replicas
+        );
+    }
     let mut gw = start_gateway(&args).await?;
     let r = drive(&args, &gw).await;
     gw.stop().await;
@@ -1178,21 +1303,40 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     }
     let attachment =
         (args.attachment_bytes > 0).then(|| Arc::new(Attachment::new(args.attachment_bytes)));
+    let replicas = gw.replicas.len();
     let load = Arc::new(Load {
         agencies,
         args: args.clone(),
         content: "x".repeat(args.payload_bytes),
         attachment,
         next: AtomicU64::new(0),
-        tally: Mutex::new(Tally::default()),
+        tally: Mutex::new(Tally {
+            accepted_by: vec![0; replicas],
+            delivered_by: vec![0; replicas],
+            ..Tally::default()
+        }),
         progress: Notify::new(),
     });
-    let pid = gw.pid().context("the gateway is not running")?;
-    let cpu_before = cpu_secs(pid);
+    let mut pids = Vec::with_capacity(replicas);
+    for r in &gw.replicas {
+        let pid = r
+            .pid()
+            .with_context(|| format!("the gateway's replica {} is not running", r.name()))?;
+        pids.push(pid);
+    }
+    let cpu_before: Vec<Option<f64>> = pids.iter().map(|&p| cpu_secs(p)).collect();
+    // A client of replica `k mod N`, and that replica's index.
+    let client_of = move |k: usize| async move {
+        let at = k % replicas;
+        let r = gw.replicas.get(at).context("no replica")?;
+        Ok::<_, anyhow::Error>((at, connect(&r.url).await?))
+    };
 
     let mut receivers = Vec::new();
-    for a in &load.agencies {
-        let client = connect(&gw.url).await?;
+    for (j, a) in load.agencies.iter().enumerate() {
+        // One further than the senders' spread, so that with two replicas
+        // half the deliveries cross from one to the other.
+        let client = client_of(j + 1).await?;
         receivers.push(tokio::spawn(receiver(load.clone(), client, a.id.clone())));
     }
     // Let the receive streams open before the first document.
@@ -1203,8 +1347,8 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     let mut senders = Vec::new();
     match args.rate {
         None => {
-            for _ in 0..args.concurrency {
-                let client = connect(&gw.url).await?;
+            for i in 0..args.concurrency {
+                let client = client_of(i).await?;
                 senders.push(tokio::spawn(sender(load.clone(), client, deadline, total)));
             }
         }
@@ -1212,8 +1356,8 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
             // HTTP/2 multiplexes: a few connections carry every outstanding
             // send.
             let mut clients = Vec::new();
-            for _ in 0..args.concurrency.clamp(1, 16) {
-                clients.push(connect(&gw.url).await?);
+            for i in 0..args.concurrency.clamp(1, 16).max(replicas) {
+                clients.push(client_of(i).await?);
             }
             senders.push(tokio::spawn(offer(
                 load.clone(),
@@ -1237,8 +1381,8 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     for r in &receivers {
         r.abort();
     }
-    let cpu_after = cpu_secs(pid);
-    let rss = peak_rss_kb(pid);
+    let cpu_after: Vec<Option<f64>> = pids.iter().map(|&p| cpu_secs(p)).collect();
+    let rss: Vec<Option<u64>> = pids.iter().map(|&p| peak_rss_kb(p)).collect();
 
     let mut t = lock(&load.tally);
     let missing = t.expected_deliveries.saturating_sub(t.delivered_ok);
@@ -1250,9 +1394,14 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
         *t.errors.entry("not_acknowledged".to_owned()).or_insert(0) += unacked;
     }
     let mut a2d = Vec::with_capacity(t.delivered.len());
-    for ((mid, _), at) in &t.delivered {
+    let mut a2d_across = Vec::new();
+    for ((mid, _), (at, across)) in &t.delivered {
         if let Some(acc) = t.sent.get(mid).and_then(|s| s.accepted_at) {
-            a2d.push(at.duration_since(acc).unwrap_or_default());
+            let d = at.duration_since(acc).unwrap_or_default();
+            a2d.push(d);
+            if *across {
+                a2d_across.push(d);
+            }
         }
     }
     let rate = |n: u64, last: Option<Instant>| match last {
@@ -1261,10 +1410,38 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     };
     let accepted_per_sec = rate(t.accepted, t.last_accept);
     let error_count: u64 = t.errors.values().sum();
-    let cpu = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
+    let cpu_each: Vec<Option<f64>> = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(a, b)| Some((*b)? - (*a)?))
+        .collect();
+    // The gateway's CPU and memory are those of all its processes.
+    let cpu: Option<f64> = cpu_each.iter().copied().sum();
+    let rss_sum: Option<u64> = rss.iter().copied().sum();
+    let accepted = t.accepted;
+    let per_1000 = move |c: Option<f64>| {
+        c.filter(|_| accepted > 0)
+            .map(|c| c * 1000.0 / accepted as f64)
     };
+    let replicas_json: Vec<serde_json::Value> = gw
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            serde_json::json!({
+                "name": r.name(),
+                "url": r.url,
+                "pid": pids.get(k),
+                "accepted": t.accepted_by.get(k),
+                "delivered": t.delivered_by.get(k),
+                "peak_rss_kb": rss.get(k).copied().flatten(),
+                "cpu_secs": cpu_each.get(k).copied().flatten(),
+                // Per document of the whole run: the replicas' figures add
+                // up to the gateway's.
+                "cpu_secs_per_1000_docs": per_1000(cpu_each.get(k).copied().flatten()),
+            })
+        })
+        .collect();
     let size = args.attachment_bytes as f64 / 1e6;
     let attachment_json = if args.attachment_bytes > 0 {
         let fetch = percentiles(std::mem::take(&mut t.fetch_latency));
@@ -1303,6 +1480,7 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "mode": if args.mode.is_empty() { "grpc" } else { args.mode },
         "database": if gw.pg.is_some() { "postgres" } else { "sqlite" },
+        "replicas": replicas,
         "key_type": key_type_name(args.key_type),
         "concurrency": args.concurrency,
         "payload_bytes": args.payload_bytes,
@@ -1318,6 +1496,7 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
         "accepted": t.accepted,
         "expected_deliveries": t.expected_deliveries,
         "delivered": t.delivered_ok,
+        "delivered_across_replicas": t.delivered_across,
         "acknowledged": t.acked,
         "window_secs": t.last_ack.or(t.last_accept).map(|l| (l - start).as_secs_f64()).unwrap_or(0.0),
         "accepted_per_sec": accepted_per_sec,
@@ -1325,13 +1504,18 @@ async fn drive(args: &GrpcArgs, gw: &Gateway) -> Result<serde_json::Value> {
         "acknowledged_per_sec": rate(t.acked, t.last_ack),
         "accept_latency_ms": pjson(&percentiles(std::mem::take(&mut t.accept_latency))),
         "accept_to_deliver_ms": pjson(&percentiles(a2d)),
+        // Those handed out by another replica than the one that accepted
+        // the document: woken by its NOTIFY.
+        "accept_to_deliver_across_ms": pjson(&percentiles(a2d_across)),
         "errors": t.errors,
         "error_count": error_count,
         "gateway": {
-            "pid": pid,
-            "peak_rss_kb": rss,
+            "pid": pids.first(),
+            // The sum of the replicas' peaks.
+            "peak_rss_kb": rss_sum,
             "cpu_secs": cpu,
-            "cpu_secs_per_1000_docs": cpu.filter(|_| t.accepted > 0).map(|c| c * 1000.0 / t.accepted as f64),
+            "cpu_secs_per_1000_docs": per_1000(cpu),
+            "replicas": replicas_json,
         },
         "baseline": if baseline_json.as_object().is_some_and(|o| o.is_empty()) { serde_json::Value::Null } else { baseline_json },
     }))
@@ -1356,15 +1540,47 @@ fn print_gateway(g: &serde_json::Value) {
     );
 }
 
+/// Each replica's share, when there are several: its CPU per document is
+/// per document of the whole run, so the replicas' figures add up to the
+/// gateway's (as do their peaks to the gateway's peak RSS).
+fn print_replicas(replicas: &serde_json::Value) {
+    let Some(list) = replicas.as_array().filter(|l| l.len() > 1) else {
+        return;
+    };
+    let fixed = |v: Option<f64>, places: usize| match v {
+        Some(x) => format!("{x:.places$}"),
+        None => "-".to_owned(),
+    };
+    let count =
+        |v: &serde_json::Value| v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+    println!();
+    println!(
+        "{:<12} {:>9} {:>10} {:>8} {:>15} {:>15}",
+        "replica", "accepted", "delivered", "CPU (s)", "CPU s / 1,000", "peak RSS (MB)"
+    );
+    for r in list {
+        println!(
+            "{:<12} {:>9} {:>10} {:>8} {:>15} {:>15}",
+            r["name"].as_str().unwrap_or("?"),
+            count(&r["accepted"]),
+            count(&r["delivered"]),
+            fixed(r["cpu_secs"].as_f64(), 1),
+            fixed(r["cpu_secs_per_1000_docs"].as_f64(), 2),
+            fixed(r["peak_rss_kb"].as_f64().map(|k| k / 1024.0), 1),
+        );
+    }
+}
+
 fn print_table(r: &serde_json::Value) {
     let f = |v: &serde_json::Value| match v.as_f64() {
         Some(x) => format!("{x:.1}"),
         None => "-".to_owned(),
     };
     println!(
-        "lienthong bench {}: {} database, {} keys, concurrency {}, {} B content, {} B attachment, {} recipient(s)",
+        "lienthong bench {}: {} database, {} replica(s), {} keys, concurrency {}, {} B content, {} B attachment, {} recipient(s)",
         r["mode"].as_str().unwrap_or("?"),
         r["database"].as_str().unwrap_or("?"),
+        r["replicas"],
         r["key_type"].as_str().unwrap_or("?"),
         r["concurrency"],
         r["payload_bytes"],
@@ -1396,6 +1612,12 @@ fn print_table(r: &serde_json::Value) {
         "deliveries expected", r["expected_deliveries"]
     );
     println!("{:<34} {:>12}", "deliveries delivered", r["delivered"]);
+    if r["replicas"].as_u64().is_some_and(|n| n > 1) {
+        println!(
+            "{:<34} {:>12}",
+            "  … by another replica", r["delivered_across_replicas"]
+        );
+    }
     println!(
         "{:<34} {:>12}",
         "deliveries acknowledged", r["acknowledged"]
@@ -1416,8 +1638,12 @@ fn print_table(r: &serde_json::Value) {
     for (name, key) in [
         ("accept", "accept_latency_ms"),
         ("accept → deliver", "accept_to_deliver_ms"),
+        ("  … across replicas", "accept_to_deliver_across_ms"),
     ] {
         let p = &r[key];
+        if p.is_null() && key == "accept_to_deliver_across_ms" {
+            continue;
+        }
         println!(
             "{:<24} {:>9} {:>9} {:>9} {:>9}",
             name,
@@ -1487,6 +1713,7 @@ fn print_table(r: &serde_json::Value) {
             }
         );
     }
+    print_replicas(&r["gateway"]["replicas"]);
     println!();
     println!("{:<34} {:>12}", "errors", r["error_count"]);
     if let Some(errs) = r["errors"].as_object() {

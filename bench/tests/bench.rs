@@ -224,3 +224,77 @@ async fn bench_amqp_counts_match_what_its_gateway_logged() {
         "{confirmed} confirmed copies logged: {r:#}"
     );
 }
+
+/// `bench grpc --replicas 2`: two `lienthong serve` processes on one
+/// PostgreSQL database, each with senders and receivers of its own, so that
+/// documents accepted by one reach the `Receive` streams open on the
+/// other. Every document delivered and acknowledged once, and both
+/// replicas did work.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_grpc_spreads_its_load_over_two_replicas() {
+    // The bench makes its own database; this one only shows that
+    // PostgreSQL is here (or says SKIPPED).
+    let Some(probe) = PgDatabase::create_or_skip("bench_grpc_replicas").await else {
+        return;
+    };
+    drop(probe);
+    let out = clean(env!("CARGO_BIN_EXE_lienthong-bench"))
+        .arg("--gateway-bin")
+        .arg(gateway_bin())
+        .args(["grpc", "--replicas", "2", "--database"])
+        .arg(pg_admin_url())
+        .args(["--docs", "200", "--json"])
+        .output()
+        .await
+        .expect("run lienthong-bench grpc --replicas 2");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench printed no JSON ({e}): {}", describe_output(&out)));
+    assert!(out.status.success(), "{}", describe_output(&out));
+    assert_eq!(r["replicas"], 2, "{r:#}");
+    assert_eq!(r["database"], "postgres", "{r:#}");
+    assert_eq!(r["error_count"], 0, "{r:#}");
+    assert_eq!(r["accepted"], 200, "{r:#}");
+    assert_eq!(r["delivered"], 200, "{r:#}");
+    assert_eq!(r["acknowledged"], 200, "{r:#}");
+    assert!(
+        r["delivered_across_replicas"].as_u64().unwrap() > 0,
+        "no delivery crossed from one replica to the other: {r:#}"
+    );
+    assert!(
+        r["accept_to_deliver_across_ms"]["p50"].as_f64().is_some(),
+        "{r:#}"
+    );
+    let replicas = r["gateway"]["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{r:#}");
+    let mut cpu_sum = 0.0;
+    for replica in replicas {
+        let cpu = replica["cpu_secs"].as_f64().unwrap();
+        assert!(cpu > 0.0, "a replica did no work: {r:#}");
+        assert!(replica["accepted"].as_u64().unwrap() > 0, "{r:#}");
+        assert!(replica["delivered"].as_u64().unwrap() > 0, "{r:#}");
+        assert!(replica["peak_rss_kb"].as_u64().unwrap() > 0, "{r:#}");
+        cpu_sum += cpu;
+    }
+    let total = r["gateway"]["cpu_secs"].as_f64().unwrap();
+    assert!((total - cpu_sum).abs() < 1e-6, "{r:#}");
+}
+
+/// Several replicas of one SQLite file are refused before anything starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_grpc_refuses_replicas_on_sqlite() {
+    let out = clean(env!("CARGO_BIN_EXE_lienthong-bench"))
+        .arg("--gateway-bin")
+        .arg(gateway_bin())
+        .args(["grpc", "--replicas", "2", "--docs", "1"])
+        .output()
+        .await
+        .expect("run lienthong-bench grpc --replicas 2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(
+        stderr.contains("--replicas 2 needs --database postgres://"),
+        "{}",
+        describe_output(&out)
+    );
+}
