@@ -207,11 +207,22 @@ pub struct MigrateArgs {
     /// Only say what is pending; exit 1 when something is.
     #[arg(long)]
     pub check: bool,
+    /// Migrate even when the database fails its integrity check before
+    /// migrating (`lienthong verify` names what fails).
+    #[arg(long)]
+    pub force: bool,
 }
 
+/// `lienthong migrate`: with migrations pending, the fast integrity check
+/// before (refusing a database that fails it, unless `--force`) and after.
 pub async fn migrate(cfg: Config, args: MigrateArgs) -> Result<ExitCode> {
+    use lienthong_core::integrity::Depth;
+    use lienthong_core::store::Migrations;
+
+    use crate::verify_cmd;
+
     let url = &cfg.database.url;
-    let found = lienthong_core::store::migrate(url, !args.check)
+    let found = lienthong_core::store::migrate(url, false)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let where_ = lienthong_core::store::redact(url);
@@ -227,11 +238,64 @@ pub async fn migrate(cfg: Config, args: MigrateArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
+
+    // The schema is left as it is for the check: the transfer log gets
+    // its line after migrating, on the schema this release writes.
+    let before = {
+        let store = Store::open(url, cfg.writer()?, Migrations::Leave)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        verify_cmd::check(&cfg, &store, Depth::Fast).await
+    };
+    let before_held = match &before {
+        Ok(r) => {
+            println!("before migrating:");
+            verify_cmd::print_report(r, "  ");
+            if let Err(e) = verify_cmd::write_report(&cfg, r, "before migrate") {
+                eprintln!("lienthong: the report file was not written: {e:#}");
+            }
+            r.holds()
+        }
+        Err(e) => {
+            println!("before migrating: the integrity check could not run: {e:#}");
+            false
+        }
+    };
+    if !before_held && !args.force {
+        println!(
+            "refusing to migrate {where_}: the database fails its integrity check (above); repair \
+             it or restore a backup, or migrate it as it is with `lienthong migrate --force`"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if !before_held {
+        println!("migrating anyway (--force)");
+    }
+    lienthong_core::store::migrate(url, true)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     println!(
         "applied {} migration(s) to {where_}: {list}",
         found.pending.len()
     );
-    Ok(ExitCode::SUCCESS)
+
+    let store = Store::open(url, cfg.writer()?, Migrations::Require)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let after = verify_cmd::check(&cfg, &store, Depth::Fast).await?;
+    println!("after migrating:");
+    verify_cmd::print_report(&after, "  ");
+    if let Err(e) = verify_cmd::write_report(&cfg, &after, "after migrate") {
+        eprintln!("lienthong: the report file was not written: {e:#}");
+    }
+    verify_cmd::log_result(&store, &after, "after migrating").await?;
+    // A forced migration of a damaged database is expected to stay
+    // damaged; only damage the migration itself brought fails it.
+    Ok(if after.holds() || !before_held {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn store(cfg: &Config) -> Result<Store> {

@@ -565,6 +565,7 @@ fn notice_json(n: &pb::GatewayNotice) -> serde_json::Value {
         "message": n.message,
         "announced_at": t(n.announced_at.as_ref()),
         "cancelled": n.cancelled,
+        "no_interruption_expected": n.no_interruption_expected,
     })
 }
 

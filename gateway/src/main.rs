@@ -5,6 +5,7 @@
 //! to a running gateway exactly as agency software would.
 
 mod admin;
+mod backup;
 mod bench;
 mod cli;
 mod client;
@@ -16,6 +17,7 @@ mod pdf_cmd;
 mod report;
 mod serve;
 mod storage;
+mod verify_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,6 +103,15 @@ enum Command {
     /// directly): add, remove, passwd, role, disable, enable, list.
     #[command(subcommand)]
     Operator(operator_cmd::OperatorCommand),
+    /// Back up the database and the attachments while the gateway serves,
+    /// with a signed manifest (docs/operations.md).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into the empty database and storage configured.
+    Restore(backup::RestoreArgs),
+    /// Check the database's integrity: the transfer log's chains, the rows
+    /// that point at one another, the directory's bindings and every
+    /// attachment (`--full`: read through). Exit 1 if anything does not hold.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -149,6 +160,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Admin(cmd) => maintenance_cmd::run(cfg, cmd).await,
         Command::Operator(cmd) => operator_cmd::run(cfg, cmd).await,
+        Command::Verify(args) => verify_cmd::run(cfg, args).await,
+        Command::Backup(args) => backup::backup(cfg, args).await,
+        Command::Restore(args) => backup::restore(cfg, args).await,
     }
 }
 

@@ -38,6 +38,11 @@ pub struct MaintenanceArgs {
     /// What the agencies are told (at most 500 characters).
     #[arg(long, requires = "from")]
     pub message: Option<String>,
+    /// No interruption is expected (a rolling upgrade, one replica at a
+    /// time): agencies are told they need not hold back sends. Without it
+    /// the gateway may be unavailable during the window.
+    #[arg(long, requires = "from")]
+    pub no_interruption: bool,
     /// List the windows current or to come, one JSON object per line.
     #[arg(long)]
     pub list: bool,
@@ -73,7 +78,7 @@ async fn maintenance(cfg: Config, args: MaintenanceArgs) -> Result<ExitCode> {
         }
     } else if let Some((from, to)) = times {
         let message = args.message.as_deref().unwrap_or_default();
-        let w = maintenance::announce(&store, from, to, message)
+        let w = maintenance::announce(&store, from, to, message, !args.no_interruption)
             .await
             .map_err(core)?;
         print_window(&w)?;

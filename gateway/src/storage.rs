@@ -149,7 +149,7 @@ pub async fn open_blob_store(cfg: &Config, db: &Store) -> Result<BlobStore> {
     Ok(store)
 }
 
-async fn open_with(
+pub(crate) async fn open_with(
     cfg: &Config,
     keys: Option<EncryptionKeys>,
     db: Option<&Store>,

@@ -221,9 +221,13 @@ test("the dashboard shows today's traffic, a refusal in plain words, and a trace
   await page.fill("#announce-from", "2099-01-01T22:00");
   await page.fill("#announce-to", "2099-01-02T02:00");
   await page.fill("#announce-message", "Nâng cấp máy chủ cơ sở dữ liệu");
+  // A rolling upgrade: the banner says no interruption is expected.
+  await page.check("#announce-no-interruption");
   await page.click("#announce-form button");
   await page.waitForFunction(() => /Đã thông báo/.test(document.getElementById("announce-result").textContent), null, { timeout: 10000 });
   await page.waitForFunction(() => /Nâng cấp máy chủ cơ sở dữ liệu/.test(document.getElementById("maintenance").textContent), null, { timeout: 15000 });
+  assert.match(await text("#maintenance"), /Lịch bảo trì, nâng cấp hệ thống: .*không dự kiến gián đoạn\./);
+  assert.match(await text("#maintenance"), /no interruption expected/);
 
   await page.evaluate(() => window.scrollTo(0, 0));
   await mkdir(artifacts, { recursive: true });

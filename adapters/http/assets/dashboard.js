@@ -250,7 +250,8 @@ function renderWindows(windows) {
     b.type = "button";
     b.addEventListener("click", () => cancelWindow(w.id));
     td.append(b);
-    tr.append(el("td", when(w.starts_at)), el("td", when(w.ends_at)), el("td", w.message), td);
+    const message = w.interruption === false ? `${w.message} (không dự kiến gián đoạn)` : w.message;
+    tr.append(el("td", when(w.starts_at)), el("td", when(w.ends_at)), el("td", message), td);
     return tr;
   }), "Không có lịch bảo trì.", 4);
 }
@@ -271,6 +272,7 @@ async function announce() {
   try {
     await post("/api/maintenance", {
       from: $("announce-from").value, to: $("announce-to").value, message: $("announce-message").value,
+      interruption: !$("announce-no-interruption").checked,
     });
     result.textContent = "Đã thông báo lịch bảo trì.";
     $("announce-form").reset();

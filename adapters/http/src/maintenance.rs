@@ -45,24 +45,39 @@ fn banner(w: &Window, now: i64) -> Banner {
     let j = to_json(w, now);
     let (from_vi, from_en) = when(&j.starts_at);
     let (to_vi, to_en) = when(&j.ends_at);
-    let (text_vi, text_en) = if j.state == "ongoing" {
-        (
+    let (text_vi, text_en) = match (j.state == "ongoing", w.interruption_expected) {
+        (true, true) => (
             format!(
                 "Đang bảo trì hệ thống đến {to_vi} (giờ Việt Nam); trục liên thông có thể gián đoạn."
             ),
             format!(
                 "Maintenance in progress until {to_en} (Vietnam time, UTC+7); the gateway may be unavailable."
             ),
-        )
-    } else {
-        (
+        ),
+        (true, false) => (
+            format!(
+                "Đang bảo trì, nâng cấp hệ thống đến {to_vi} (giờ Việt Nam); không dự kiến gián đoạn."
+            ),
+            format!(
+                "Maintenance in progress until {to_en} (Vietnam time, UTC+7); no interruption expected."
+            ),
+        ),
+        (false, true) => (
             format!(
                 "Lịch bảo trì hệ thống: từ {from_vi} đến {to_vi} (giờ Việt Nam); trục liên thông có thể gián đoạn."
             ),
             format!(
                 "Scheduled maintenance from {from_en} to {to_en} (Vietnam time, UTC+7); the gateway may be unavailable."
             ),
-        )
+        ),
+        (false, false) => (
+            format!(
+                "Lịch bảo trì, nâng cấp hệ thống: từ {from_vi} đến {to_vi} (giờ Việt Nam); không dự kiến gián đoạn."
+            ),
+            format!(
+                "Scheduled maintenance from {from_en} to {to_en} (Vietnam time, UTC+7); no interruption expected."
+            ),
+        ),
     };
     Banner {
         window: j,
@@ -119,6 +134,14 @@ pub(crate) struct Announcement {
     from: String,
     to: String,
     message: String,
+    /// False for a rolling upgrade (no interruption expected); absent, the
+    /// gateway may be unavailable, as before the field existed.
+    #[serde(default = "interruption_by_default")]
+    interruption: bool,
+}
+
+fn interruption_by_default() -> bool {
+    true
 }
 
 /// `2026-11-30T22:00:00+07:00`, or a form field's `2026-11-30T22:00`
@@ -150,8 +173,11 @@ pub(crate) async fn announce(
 ) -> Result<Response, ApiError> {
     let from = instant("from", &a.from)?;
     let to = instant("to", &a.to)?;
-    let w = app.gw.announce_maintenance(from, to, &a.message).await?;
-    tracing::info!(id = w.id, operator = %s.operator.name, "maintenance window announced from the dashboard");
+    let w = app
+        .gw
+        .announce_maintenance(from, to, &a.message, a.interruption)
+        .await?;
+    tracing::info!(id = w.id, operator = %s.operator.name, interruption_expected = w.interruption_expected, "maintenance window announced from the dashboard");
     Ok(axum::Json(banner(&w, now_micros())).into_response())
 }
 
@@ -180,6 +206,7 @@ mod tests {
             message: "Nâng cấp <máy chủ> & mạng".to_owned(),
             announced_at: start - 86_400_000_000,
             cancelled_at: None,
+            interruption_expected: true,
         };
         let b = banner(&w, start - 1);
         assert!(
@@ -199,6 +226,37 @@ mod tests {
             ongoing.text_vi.starts_with("Đang bảo trì"),
             "{}",
             ongoing.text_vi
+        );
+        assert!(
+            b.text_vi.ends_with("trục liên thông có thể gián đoạn."),
+            "{}",
+            b.text_vi
+        );
+        // A rolling upgrade: maintenance and upgrade, no interruption.
+        let rolling = Window {
+            interruption_expected: false,
+            ..w.clone()
+        };
+        let b = banner(&rolling, start - 1);
+        assert_eq!(
+            b.text_vi,
+            "Lịch bảo trì, nâng cấp hệ thống: từ 22:00 ngày 30/11/2026 đến 00:00 ngày 01/12/2026 (giờ Việt Nam); không dự kiến gián đoạn."
+        );
+        assert!(
+            b.text_en.ends_with("; no interruption expected."),
+            "{}",
+            b.text_en
+        );
+        assert!(!b.window.interruption);
+        let b = banner(&rolling, start + 1);
+        assert_eq!(
+            b.text_vi,
+            "Đang bảo trì, nâng cấp hệ thống đến 00:00 ngày 01/12/2026 (giờ Việt Nam); không dự kiến gián đoạn."
+        );
+        assert!(
+            b.text_en.starts_with("Maintenance in progress until"),
+            "{}",
+            b.text_en
         );
         let html = banners_html(&[w]);
         assert!(

@@ -540,6 +540,8 @@ async fn a_viewer_cannot_announce_maintenance_and_an_admin_needs_the_csrf_token(
     assert_eq!(w.gw.maintenance_windows().await?.len(), 1);
     let list = viewer.get("/api/maintenance").await;
     assert_eq!(list.json()[0]["message"], "Nâng cấp máy chủ");
+    // Without "interruption" the gateway may be unavailable, as ever.
+    assert_eq!(list.json()[0]["interruption"], true);
     let vc = viewer
         .post(
             &format!("/api/maintenance/{id}/cancel"),

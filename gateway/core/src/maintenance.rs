@@ -58,6 +58,9 @@ pub struct WindowJson {
     pub announced_at: String,
     pub cancelled: bool,
     pub cancelled_at: Option<String>,
+    /// False when the operators expect no interruption (a rolling upgrade
+    /// of the replicas).
+    pub interruption: bool,
     /// `upcoming`, `ongoing`, `over` or `cancelled`, at the time of asking.
     pub state: &'static str,
 }
@@ -87,6 +90,7 @@ fn notice_delivery(w: &Window) -> Delivery {
             message: w.message.clone(),
             announced_at: Some(timestamp(w.announced_at)),
             cancelled: w.is_cancelled(),
+            no_interruption_expected: !w.interruption_expected,
         }),
         ..Default::default()
     }
@@ -105,6 +109,7 @@ pub fn to_json(w: &Window, now: i64) -> WindowJson {
         announced_at: format_rfc3339(w.announced_at),
         cancelled: w.is_cancelled(),
         cancelled_at: w.cancelled_at.map(format_rfc3339),
+        interruption: w.interruption_expected,
         state: state(w, now),
     }
 }
@@ -147,21 +152,25 @@ pub fn validate(starts_at: i64, ends_at: i64, message: &str, now: i64) -> Result
 }
 
 /// Announces a window (after [`validate`]) and returns it as stored.
+/// `interruption_expected` is false for a rolling upgrade of the replicas:
+/// agencies are told they need not hold back sends.
 pub async fn announce(
     store: &Store,
     starts_at: i64,
     ends_at: i64,
     message: &str,
+    interruption_expected: bool,
 ) -> Result<Window> {
     let now = now_micros();
     let message = validate(starts_at, ends_at, message, now)?;
     let w = store
-        .announce_maintenance(starts_at, ends_at, message, now)
+        .announce_maintenance(starts_at, ends_at, message, now, interruption_expected)
         .await?;
     tracing::info!(
         id = w.id,
         starts_at = %format_rfc3339(w.starts_at),
         ends_at = %format_rfc3339(w.ends_at),
+        interruption_expected = w.interruption_expected,
         message = %w.message,
         "maintenance window announced"
     );
@@ -332,6 +341,7 @@ mod tests {
             message: format!("bảo trì {id}"),
             announced_at: 0,
             cancelled_at: cancelled.then_some(1),
+            interruption_expected: true,
         }
     }
 
@@ -421,5 +431,17 @@ mod tests {
         assert_eq!(j.state, "upcoming");
         assert_eq!(to_json(&w, start + H).state, "ongoing");
         assert_eq!(to_json(&w, start + 3 * H).state, "over");
+        assert!(j.interruption);
+    }
+
+    #[test]
+    fn a_window_without_interruption_says_so_in_its_notice_and_json() {
+        let now = 100 * H;
+        let mut w = window(5, now + H, now + 2 * H, false);
+        let n = |w: &Window| notice_delivery(w).notice.unwrap();
+        assert!(!n(&w).no_interruption_expected);
+        w.interruption_expected = false;
+        assert!(n(&w).no_interruption_expected);
+        assert!(!to_json(&w, now).interruption);
     }
 }

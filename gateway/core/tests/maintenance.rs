@@ -51,7 +51,7 @@ async fn feeds_hear_of_announcements_and_cancellations() -> Result<()> {
     assert!(following.initial().is_empty());
 
     let w = gw
-        .announce_maintenance(now + HOUR, now + 3 * HOUR, "  Bảo trì định kỳ ")
+        .announce_maintenance(now + HOUR, now + 3 * HOUR, "  Bảo trì định kỳ ", true)
         .await?;
     assert_eq!(w.message, "Bảo trì định kỳ");
     let id = w.id.to_string();
@@ -70,12 +70,12 @@ async fn feeds_hear_of_announcements_and_cancellations() -> Result<()> {
 
     // Refused: a window already over, one ending before it starts.
     let e = gw
-        .announce_maintenance(now - 3 * HOUR, now - HOUR, "x")
+        .announce_maintenance(now - 3 * HOUR, now - HOUR, "x", true)
         .await
         .unwrap_err();
     assert_eq!(e.reason(), Reason::Malformed);
     let e = gw
-        .announce_maintenance(now + 2 * HOUR, now + HOUR, "x")
+        .announce_maintenance(now + 2 * HOUR, now + HOUR, "x", true)
         .await
         .unwrap_err();
     assert!(
@@ -129,11 +129,15 @@ async fn windows_written_behind_the_gateways_back_are_polled() -> Result<()> {
     )
     .await?;
     let now = now_micros();
-    let w = maintenance::announce(&other, now - HOUR, now + HOUR, "Đang nâng cấp").await?;
+    // A rolling upgrade: the notice says no interruption is expected.
+    let w = maintenance::announce(&other, now - HOUR, now + HOUR, "Đang nâng cấp", false).await?;
+    assert!(!w.interruption_expected);
+    let heard = changed(&mut following).await;
     assert_eq!(
-        told(&changed(&mut following).await),
+        told(&heard),
         [(w.id.to_string(), "Đang nâng cấp".to_owned(), false)]
     );
+    assert!(heard[0].notice.as_ref().unwrap().no_interruption_expected);
     maintenance::cancel(&other, w.id).await?;
     assert!(told(&changed(&mut following).await)[0].2);
     let _ = stop_tx.send(true);

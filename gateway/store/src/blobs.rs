@@ -1136,6 +1136,25 @@ impl BlobStore {
         }
     }
 
+    /// Whether the blob with this SHA-256 is stored (a file's metadata, or
+    /// its row), without reading it.
+    pub async fn blob_present(&self, sha256_hex: &str) -> Result<bool> {
+        match &self.place {
+            Place::Filesystem => match fs::metadata(self.path_of(sha256_hex)).await {
+                Ok(m) => Ok(m.is_file()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
+            },
+            Place::Database(db) => Ok(self.stored_row(db, sha256_hex).await?.is_some()),
+        }
+    }
+
+    /// Where stored blobs live, for a sentence: "the attachment store
+    /// PATH", or "the attachment store in the database".
+    pub fn place_name(&self) -> String {
+        self.describe()
+    }
+
     /// Opens a stored blob for reading, checking its size on the way in.
     pub async fn open_blob(&self, sha256_hex: &str, expected_size: u64) -> Result<BlobReader> {
         let (src, file_len) = match &self.place {

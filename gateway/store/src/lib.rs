@@ -3,11 +3,13 @@
 //! The only crate that speaks SQL; the rest of the gateway calls its
 //! operations, named in the domain's words.
 
+pub mod backup;
 pub mod blobs;
 pub mod checkpoint;
 mod commit;
 mod directory_cache;
 pub mod error;
+pub mod integrity;
 pub mod landed;
 pub mod lease;
 pub mod maintenance;

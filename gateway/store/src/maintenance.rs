@@ -24,6 +24,9 @@ pub struct MaintenanceRow {
     pub announced_at: i64,
     /// Set when an operator cancelled the window.
     pub cancelled_at: Option<i64>,
+    /// False when the operators expect no interruption (a rolling upgrade
+    /// of the replicas): agencies need not hold back sends.
+    pub interruption_expected: bool,
 }
 
 impl MaintenanceRow {
@@ -41,6 +44,7 @@ impl From<maintenance::Model> for MaintenanceRow {
             message: m.message,
             announced_at: m.announced_at,
             cancelled_at: m.cancelled_at,
+            interruption_expected: m.interruption_expected,
         }
     }
 }
@@ -53,6 +57,7 @@ impl Store {
         ends_at: i64,
         message: String,
         announced_at: i64,
+        interruption_expected: bool,
     ) -> Result<MaintenanceRow> {
         maintenance::ActiveModel {
             starts_at: Set(starts_at),
@@ -60,6 +65,7 @@ impl Store {
             message: Set(message),
             announced_at: Set(announced_at),
             cancelled_at: Set(None),
+            interruption_expected: Set(interruption_expected),
             ..Default::default()
         }
         .insert(self.connection())
@@ -86,6 +92,7 @@ impl Store {
             message: Unchanged(row.message),
             announced_at: Unchanged(row.announced_at),
             cancelled_at: Set(Some(at)),
+            interruption_expected: Unchanged(row.interruption_expected),
         }
         .update(self.connection())
         .await
@@ -104,5 +111,73 @@ impl Store {
             .await
             .or_db()
             .map(|rows| rows.into_iter().map(MaintenanceRow::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::store::WriterId;
+    use crate::store::tests::on_postgres;
+    use lienthong_schema::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+
+    /// Windows the release before `interruption_expected` wrote, before the
+    /// migration and (still running during a rolling upgrade) after it, read
+    /// as interrupting; this release's own say what it announced.
+    async fn written_by_the_previous_release(url: &str) -> Result<()> {
+        let db = sea_orm::Database::connect(url).await.or_db()?;
+        let before = Migrator::migrations()
+            .iter()
+            .position(|m| m.name().ends_with("_maintenance_interruption"))
+            .expect("the migration") as u32;
+        Migrator::up(&db, Some(before)).await.or_db()?;
+        let previous = "INSERT INTO maintenance_windows (starts_at, ends_at, message, announced_at) \
+                        VALUES (10, 20, 'trước', 0)";
+        db.execute_unprepared(previous).await.or_db()?;
+        Migrator::up(&db, None).await.or_db()?;
+        db.execute_unprepared(previous).await.or_db()?;
+
+        let store = Store::connect(url, WriterId::main()).await?;
+        store
+            .announce_maintenance(10, 20, "nâng cấp".into(), 0, false)
+            .await?;
+        let w = store
+            .announce_maintenance(10, 20, "bảo trì".into(), 0, true)
+            .await?;
+        let w = store.cancel_maintenance(w, 5).await?;
+        assert!(w.interruption_expected, "cancelling keeps it");
+        let read: Vec<(String, bool)> = store
+            .maintenance_windows_ending_after(0)
+            .await?
+            .into_iter()
+            .map(|w| (w.message, w.interruption_expected))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("trước".to_owned(), true),
+                ("trước".to_owned(), true),
+                ("nâng cấp".to_owned(), false),
+                ("bảo trì".to_owned(), true),
+            ]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn windows_of_the_previous_release_expect_an_interruption() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+        written_by_the_previous_release(&url).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn windows_of_the_previous_release_expect_an_interruption_on_postgres() -> Result<()> {
+        on_postgres("maintenance_interruption", |url| async move {
+            written_by_the_previous_release(&url).await
+        })
+        .await
     }
 }

@@ -280,6 +280,9 @@ pub enum Migrations {
     /// Refuse to start: `lienthong migrate` applies them, once, apart from
     /// the replicas (`database.migrate = "manual"`).
     Require,
+    /// Leave the schema as it is: `lienthong migrate` checks the database
+    /// before it migrates it.
+    Leave,
 }
 
 /// The database's schema against the migrations this release knows.
@@ -415,6 +418,7 @@ impl Store {
                     .or_err(Reason::Unavailable, "the database schema migration failed")?;
             }
             Migrations::Require => schema.refuse_pending()?,
+            Migrations::Leave => {}
         }
         // Group commit runs on the runtime that opened the store.
         let committer = tokio::runtime::Handle::try_current().ok().map(|rt| {

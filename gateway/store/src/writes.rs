@@ -46,6 +46,10 @@ pub enum EventKind {
     /// A replica's signed record of every chain's head (`detail`: see
     /// `crate::checkpoint`); no sender, no message.
     Checkpoint,
+    /// `lienthong verify` (or `migrate`'s checks around a migration) ran:
+    /// `detail` the mode, whether everything held and what was found;
+    /// `actor` who ran it. No sender, no message.
+    IntegrityChecked,
 }
 
 impl EventKind {
@@ -67,6 +71,7 @@ impl EventKind {
             EventKind::OperatorLogin => "operator_login",
             EventKind::OperatorLogout => "operator_logout",
             EventKind::Checkpoint => "checkpoint",
+            EventKind::IntegrityChecked => "integrity_checked",
         }
     }
 }

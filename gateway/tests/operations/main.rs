@@ -6,6 +6,8 @@
 //! operators would.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backup;
+mod integrity_check;
 mod maintenance;
 mod operators;
 mod reports;

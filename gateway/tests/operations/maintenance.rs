@@ -4,7 +4,9 @@
 //! first, before its deliveries (which still arrive, count towards `max`
 //! alone and are acknowledged as ever); the dashboard and
 //! `/api/maintenance` show it; `--cancel` tells the following stream and
-//! takes it out of new calls; bad input is refused with a sentence.
+//! takes it out of new calls; bad input is refused with a sentence. A
+//! window announced with `--no-interruption` (a rolling upgrade) says so
+//! on the stream, in `--list`, `/api/maintenance` and the banner.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use tonic::Streaming;
 
 const MESSAGE: &str = "Nâng cấp máy chủ cơ sở dữ liệu — trục tạm ngừng nhận văn bản";
+const ROLLING: &str = "Nâng cấp phần mềm trục liên thông, lần lượt từng bản sao";
 
 fn rfc3339_in(d: time::Duration) -> String {
     (OffsetDateTime::now_utc() + d).format(&Rfc3339).unwrap()
@@ -69,9 +72,10 @@ fn assert_notice(d: &Delivery, id: &str, cancelled: bool) {
             n.kind.as_str(),
             n.id.as_str(),
             n.message.as_str(),
-            n.cancelled
+            n.cancelled,
+            n.no_interruption_expected
         ),
-        ("maintenance", id, MESSAGE, cancelled)
+        ("maintenance", id, MESSAGE, cancelled, false)
     );
     let (s, e) = (n.starts_at.as_ref().unwrap(), n.ends_at.as_ref().unwrap());
     assert_eq!(e.seconds - s.seconds, 2 * 3600, "{n:?}");
@@ -246,11 +250,12 @@ async fn scenario(gw: &TestGateway) {
     let windows: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(windows[0]["message"], MESSAGE, "{body}");
     assert_eq!(windows[0]["id"].to_string(), id);
+    assert_eq!(windows[0]["interruption"], true, "{body}");
+    let text_vi = windows[0]["text_vi"].as_str().unwrap();
+    assert!(text_vi.contains("(giờ Việt Nam)"), "{text_vi}");
     assert!(
-        windows[0]["text_vi"]
-            .as_str()
-            .unwrap()
-            .contains("(giờ Việt Nam)")
+        text_vi.ends_with("trục liên thông có thể gián đoạn."),
+        "{text_vi}"
     );
 
     // Cancelled: the following stream is told, new calls and the
@@ -270,4 +275,89 @@ async fn scenario(gw: &TestGateway) {
         .await;
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no maintenance window 999"));
+
+    // A rolling upgrade: announced with --no-interruption, the following
+    // stream hears that agencies need not hold back sends.
+    let rolling = stdout_json(
+        &gw.run_cli(&[
+            "admin",
+            "maintenance",
+            "--from",
+            &from.format(&Rfc3339).unwrap(),
+            "--to",
+            &to.format(&Rfc3339).unwrap(),
+            "--message",
+            ROLLING,
+            "--no-interruption",
+        ])
+        .await,
+    );
+    assert_eq!(rolling["interruption"], false, "{rolling}");
+    let rolling_id = rolling["id"].as_i64().expect("an id").to_string();
+    let heard = next_within(&mut follow, 15, "the rolling upgrade on C's stream").await;
+    let n = heard.notice.as_ref().expect("a notice");
+    assert_eq!(
+        (n.id.as_str(), n.message.as_str(), n.cancelled),
+        (rolling_id.as_str(), ROLLING, false)
+    );
+    assert!(n.no_interruption_expected, "{n:?}");
+    let got = receive_once(&b, 0).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].notice.as_ref().unwrap().no_interruption_expected);
+    let listed = gw.run_cli(&["admin", "maintenance", "--list"]).await;
+    let listed: serde_json::Value = stdout_json(&listed);
+    assert_eq!(
+        (&listed["message"], &listed["interruption"]),
+        (&ROLLING.into(), &false.into())
+    );
+    let body = operator.get("/api/maintenance").await.text();
+    let windows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(windows[0]["interruption"], false, "{body}");
+    assert!(
+        windows[0]["text_vi"]
+            .as_str()
+            .unwrap()
+            .starts_with("Lịch bảo trì, nâng cấp hệ thống: từ "),
+        "{body}"
+    );
+    assert!(
+        windows[0]["text_vi"]
+            .as_str()
+            .unwrap()
+            .ends_with("(giờ Việt Nam); không dự kiến gián đoạn."),
+        "{body}"
+    );
+    assert!(
+        windows[0]["text_en"]
+            .as_str()
+            .unwrap()
+            .ends_with("; no interruption expected."),
+        "{body}"
+    );
+    let page = operator.get("/").await.text();
+    assert!(page.contains("không dự kiến gián đoạn"), "{page}");
+    assert!(!page.contains("có thể gián đoạn"), "{page}");
+    // From the dashboard: an admin's "interruption": false.
+    let admin = gw.operator_session("Quản trị", "admin").await;
+    let posted = admin
+        .post_json(
+            "/api/maintenance",
+            &serde_json::json!({
+                "from": "2099-11-30T22:00",
+                "to": "2099-11-30T23:00",
+                "message": ROLLING,
+                "interruption": false,
+            }),
+        )
+        .await;
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    let posted: serde_json::Value = serde_json::from_str(&posted.text()).unwrap();
+    assert_eq!(posted["interruption"], false, "{posted}");
+    assert!(
+        posted["text_vi"]
+            .as_str()
+            .unwrap()
+            .contains("không dự kiến gián đoạn"),
+        "{posted}"
+    );
 }

@@ -16,6 +16,9 @@ pub struct Model {
     pub announced_at: i64,
     /// Set when an operator cancelled the window.
     pub cancelled_at: Option<i64>,
+    /// False when the operators expect no interruption (a rolling upgrade
+    /// of the replicas); true by default.
+    pub interruption_expected: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

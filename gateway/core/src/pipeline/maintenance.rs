@@ -14,14 +14,23 @@ impl Gateway {
         current(self.store()).await
     }
 
-    /// Announces a window and tells the following streams at once.
+    /// Announces a window and tells the following streams at once
+    /// (`interruption_expected`: see [`announce`]).
     pub async fn announce_maintenance(
         &self,
         starts_at: i64,
         ends_at: i64,
         message: &str,
+        interruption_expected: bool,
     ) -> Result<Window> {
-        let w = announce(self.store(), starts_at, ends_at, message).await?;
+        let w = announce(
+            self.store(),
+            starts_at,
+            ends_at,
+            message,
+            interruption_expected,
+        )
+        .await?;
         self.refresh_notices().await?;
         Ok(w)
     }
