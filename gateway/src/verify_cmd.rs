@@ -29,7 +29,16 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(cfg: Config, args: VerifyArgs) -> Result<ExitCode> {
-    let store = cfg.open_store().await?;
+    // A check never changes the schema, whatever database.migrate says: a
+    // database behind this release is checked by `lienthong migrate`,
+    // before and after it migrates.
+    let store = lienthong_core::store::Store::open(
+        &cfg.database.url,
+        cfg.writer()?,
+        lienthong_core::store::Migrations::Require,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
     let depth = if args.full { Depth::Full } else { Depth::Fast };
     let report = check(&cfg, &store, depth).await?;
     let file = write_report(&cfg, &report, "verify");
