@@ -239,6 +239,22 @@ pub async fn migrate(cfg: Config, args: MigrateArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
 
+    // A new database (not even the first migration applied) holds nothing
+    // to check before.
+    if found
+        .pending
+        .first()
+        .is_some_and(|m| m.contains("_000001_"))
+    {
+        lienthong_core::store::migrate(url, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        println!(
+            "applied {} migration(s) to {where_} (a new database): {list}",
+            found.pending.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // The schema is left as it is for the check: the transfer log gets
     // its line after migrating, on the schema this release writes.
     let before = {
