@@ -216,10 +216,7 @@ pub struct MigrateArgs {
 /// `lienthong migrate`: with migrations pending, the fast integrity check
 /// before (refusing a database that fails it, unless `--force`) and after.
 pub async fn migrate(cfg: Config, args: MigrateArgs) -> Result<ExitCode> {
-    use lienthong_core::integrity::Depth;
-    use lienthong_core::store::Migrations;
-
-    use crate::verify_cmd;
+    use crate::verify_cmd::{self, MigratedBy};
 
     let url = &cfg.database.url;
     let found = lienthong_core::store::migrate(url, false)
@@ -230,84 +227,18 @@ pub async fn migrate(cfg: Config, args: MigrateArgs) -> Result<ExitCode> {
         println!("the schema of {where_} is up to date with this release");
         return Ok(ExitCode::SUCCESS);
     }
-    let list = found.pending.join(", ");
     if args.check {
         println!(
-            "{} migration(s) pending on {where_}: {list}",
-            found.pending.len()
+            "{} migration(s) pending on {where_}: {}",
+            found.pending.len(),
+            found.pending.join(", ")
         );
         return Ok(ExitCode::from(1));
     }
-
-    // A new database (not even the first migration applied) holds nothing
-    // to check before.
-    if found
-        .pending
-        .first()
-        .is_some_and(|m| m.contains("_000001_"))
-    {
-        lienthong_core::store::migrate(url, true)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
-        println!(
-            "applied {} migration(s) to {where_} (a new database): {list}",
-            found.pending.len()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    // The schema is left as it is for the check: the transfer log gets
-    // its line after migrating, on the schema this release writes.
-    let before = {
-        let store = Store::open(url, cfg.writer()?, Migrations::Leave)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
-        verify_cmd::check(&cfg, &store, Depth::Fast).await
-    };
-    let before_held = match &before {
-        Ok(r) => {
-            println!("before migrating:");
-            verify_cmd::print_report(r, "  ");
-            if let Err(e) = verify_cmd::write_report(&cfg, r, "before migrate") {
-                eprintln!("lienthong: the report file was not written: {e:#}");
-            }
-            r.holds()
-        }
-        Err(e) => {
-            println!("before migrating: the integrity check could not run: {e:#}");
-            false
-        }
-    };
-    if !before_held && !args.force {
-        println!(
-            "refusing to migrate {where_}: the database fails its integrity check (above); repair \
-             it or restore a backup, or migrate it as it is with `lienthong migrate --force`"
-        );
-        return Ok(ExitCode::from(1));
-    }
-    if !before_held {
-        println!("migrating anyway (--force)");
-    }
-    lienthong_core::store::migrate(url, true)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
-    println!(
-        "applied {} migration(s) to {where_}: {list}",
-        found.pending.len()
-    );
-
-    let store = Store::open(url, cfg.writer()?, Migrations::Require)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
-    let after = verify_cmd::check(&cfg, &store, Depth::Fast).await?;
-    println!("after migrating:");
-    verify_cmd::print_report(&after, "  ");
-    if let Err(e) = verify_cmd::write_report(&cfg, &after, "after migrate") {
-        eprintln!("lienthong: the report file was not written: {e:#}");
-    }
-    verify_cmd::log_result(&store, &after, "after migrating").await?;
-    // A forced migration of a damaged database is expected to stay
-    // damaged; only damage the migration itself brought fails it.
-    Ok(if after.holds() || !before_held {
+    // The same steps as `serve` with database.migrate = "auto".
+    let done =
+        verify_cmd::migrate_checked(&cfg, &found.pending, args.force, MigratedBy::Command).await?;
+    Ok(if done.sound() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

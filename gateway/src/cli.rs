@@ -44,3 +44,20 @@ pub fn format_time(t: Option<&prost_types::Timestamp>) -> String {
         })
         .unwrap_or_default()
 }
+
+/// A progress bar on stderr when it is a terminal; hidden (drawing
+/// nothing) otherwise.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:32}] {pos}/{len} ({elapsed}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}

@@ -42,6 +42,110 @@ pub struct Config {
     pub lifecycle: LifecycleSection,
     /// The transfer log's checkpoints.
     pub log: LogSection,
+    /// Scheduled backups under `serve`.
+    pub backup: BackupSection,
+    /// Archive packages: when documents leave the hot database.
+    pub archive: ArchiveSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSection {
+    /// Where `lienthong archive create` writes its packages.
+    pub dir: PathBuf,
+    /// Days a document stays in the hot database after it was accepted,
+    /// even when its lifecycle has ended (its trail and content are then
+    /// still at hand).
+    pub keep_days: u32,
+    /// `keep_days` for documents of a given type: the edXML
+    /// DocumentType's `Type` number (as the national catalogue numbers
+    /// them) → days, e.g. `{ "1" = 365 }` keeps resolutions (nghị quyết) a
+    /// year.
+    pub keep_days_by_type: std::collections::BTreeMap<String, u32>,
+    /// Days after which a document is archived even though its lifecycle
+    /// has not ended (a recipient never reported 06). A document with a
+    /// copy still waiting in an inbox is never archived.
+    pub after_days: u32,
+    /// The most documents one package takes; the rest wait for the next run.
+    pub max_documents: u32,
+}
+
+impl Default for ArchiveSection {
+    fn default() -> Self {
+        ArchiveSection {
+            dir: PathBuf::from("./data/archive"),
+            keep_days: 90,
+            keep_days_by_type: std::collections::BTreeMap::new(),
+            after_days: 365,
+            max_documents: 10_000,
+        }
+    }
+}
+
+impl ArchiveSection {
+    /// How long a document of type `doc_type` stays hot, in days.
+    pub fn keep_days_for(&self, doc_type: u32) -> u32 {
+        self.keep_days_by_type
+            .get(&doc_type.to_string())
+            .copied()
+            .unwrap_or(self.keep_days)
+    }
+
+    /// The keys of `keep_days_by_type`, checked.
+    pub fn check(&self) -> Result<()> {
+        for k in self.keep_days_by_type.keys() {
+            if k.parse::<u32>().is_err() {
+                anyhow::bail!(
+                    "archive.keep_days_by_type has the key {k:?}: use the DocumentType's Type \
+                     number (e.g. \"1\"), as edXML and the national catalogue number them"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSection {
+    /// Where scheduled backups go: one folder per backup, named by its
+    /// date and time.
+    pub dir: PathBuf,
+    /// The daily time of the backup, `HH:MM` in Vietnam time (UTC+7);
+    /// unset: no scheduled backup.
+    pub schedule: Option<String>,
+    /// Days a finished backup is kept; the newest is never removed.
+    pub keep: u32,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        BackupSection {
+            dir: PathBuf::from("./data/backups"),
+            schedule: None,
+            keep: 30,
+        }
+    }
+}
+
+impl BackupSection {
+    /// `schedule` as (hour, minute), checked; `None` when unset.
+    pub fn daily_at(&self) -> Result<Option<(u8, u8)>> {
+        let Some(text) = self.schedule.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let parsed = text.split_once(':').and_then(|(h, m)| {
+            let (h, m) = (h.parse::<u8>().ok()?, m.parse::<u8>().ok()?);
+            (h < 24 && m < 60 && text.len() == 5).then_some((h, m))
+        });
+        match parsed {
+            Some(at) => Ok(Some(at)),
+            None => anyhow::bail!(
+                "backup.schedule = {text:?} is not a time of day: write it as \"HH:MM\" \
+                 (Vietnam time, e.g. \"01:30\"), or leave it unset for no scheduled backup"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -601,6 +705,7 @@ impl Config {
                     .unwrap_or_default()
             )
         })?;
+        cfg.archive.check()?;
         Ok(cfg)
     }
 
@@ -842,6 +947,7 @@ impl Config {
                 h.max_concurrent_queries.max(1),
             )),
             max_report_days: h.max_report_days,
+            backup_schedule: self.backup.daily_at()?,
             tls: None,
         })
     }
@@ -980,6 +1086,21 @@ mod tests {
         assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:50051");
         assert!(c.database.url.starts_with("sqlite://./data/"));
         assert_eq!(c.auth.mode, AuthModeSetting::DevHeader);
+        Ok(())
+    }
+
+    #[test]
+    fn backup_schedules_are_times_of_day() -> Result<()> {
+        let mut b = BackupSection::default();
+        assert_eq!(b.daily_at()?, None);
+        assert_eq!(b.keep, 30);
+        b.schedule = Some("01:30".to_owned());
+        assert_eq!(b.daily_at()?, Some((1, 30)));
+        for bad in ["1:30", "24:00", "01:60", "daily", "01:30:00"] {
+            b.schedule = Some(bad.to_owned());
+            let e = b.daily_at().expect_err(bad).to_string();
+            assert!(e.contains("HH:MM"), "{e}");
+        }
         Ok(())
     }
 
@@ -1184,6 +1305,31 @@ pdf_checks_in_flight = 0
              cert = \"/nonexistent/c.pem\"\n[reports]\nsend_to = [\"000.00.12.H35\"]\n",
         )?;
         assert!(e.contains("receipts.key / receipts.cert"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn archive_keep_days_by_type_are_read_and_checked() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("l.toml");
+        std::fs::write(
+            &f,
+            "[archive]\nkeep_days = 30\nkeep_days_by_type = { \"1\" = 365 }\n",
+        )?;
+        let c = Config::load(Some(&f))?;
+        assert_eq!(
+            (c.archive.keep_days_for(1), c.archive.keep_days_for(2)),
+            (365, 30)
+        );
+        std::fs::write(
+            &f,
+            "[archive]\nkeep_days_by_type = { \"nghị quyết\" = 365 }\n",
+        )?;
+        let e = Config::load(Some(&f))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(e.contains("Type number"), "{e}");
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! to a running gateway exactly as agency software would.
 
 mod admin;
+mod archive;
 mod backup;
 mod bench;
 mod cli;
@@ -12,6 +13,7 @@ mod client;
 mod config;
 mod edxml_cmd;
 mod maintenance_cmd;
+mod manifest_sig;
 mod operator_cmd;
 mod pdf_cmd;
 mod report;
@@ -112,6 +114,11 @@ enum Command {
     /// that point at one another, the directory's bindings and every
     /// attachment (`--full`: read through). Exit 1 if anything does not hold.
     Verify(verify_cmd::VerifyArgs),
+    /// Archive packages: write the next one (create), check them offline
+    /// (verify), give a message back (extract), take archived messages out
+    /// of the database (purge), list them (docs/operations.md).
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
 }
 
 fn main() -> ExitCode {
@@ -163,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify_cmd::run(cfg, args).await,
         Command::Backup(args) => backup::backup(cfg, args).await,
         Command::Restore(args) => backup::restore(cfg, args).await,
+        Command::Archive(cmd) => archive::run(cfg, cmd).await,
     }
 }
 

@@ -12,7 +12,7 @@ use lienthong_pki::receipts::ReceiptSigner;
 use lienthong_tls::{Alpn, ClientAuth, ReloadingTls, TlsFiles};
 use tokio::net::TcpListener;
 
-use crate::config::{AuthModeSetting, Config};
+use crate::config::{AuthModeSetting, Config, MigrateSetting};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -86,6 +86,13 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // `verify-receipt` and `log verify` read them; a file that is not there
     // is said at start-up, not on the day a receipt is disputed.
     let receipt_certs = lienthong_core::pipeline::ReceiptCerts(cfg.receipt_signers()?);
+    // database.migrate = "auto": pending migrations are applied as
+    // `lienthong migrate` applies them, between two integrity checks; a
+    // database that fails the first is not migrated and the gateway does
+    // not start. Nothing pending, nothing checked.
+    if cfg.database.migrate == MigrateSetting::Auto {
+        crate::verify_cmd::migrate_at_start(&cfg).await?;
+    }
     let store = cfg.open_store().await.context("opening the database")?;
     // The attachment store opens with the storage keys, and refuses wrong
     // ones before this replica joins; after the database, which holds it
@@ -179,6 +186,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     // report run beside gRPC; one shutdown signal stops them all, and any
     // server that stops stops the others.
     let report_settings = cfg.report_settings()?;
+    let backup_at = cfg.backup.daily_at()?;
     let grpc_report_settings = report_settings.clone();
     let mut monthly = cfg.monthly_reports()?;
     if let (Some(sending), Some(anchors)) = (report_sending, report_anchors) {
@@ -347,6 +355,17 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
             },
         ))
     });
+    // On one replica at a time (the lease "backup"): the daily backup.
+    let backup_task = backup_at.map(|at| {
+        tracing::info!(dir = %cfg.backup.dir.display(), at = %format!("{:02}:{:02}", at.0, at.1), keep_days = cfg.backup.keep, "daily backup on (backup.schedule)");
+        let (cfg, store) = (cfg.clone(), store.clone());
+        tokio::spawn(lienthong_core::pipeline::while_leading(
+            gw.clone(),
+            "backup",
+            stopped(&stop_rx),
+            move || crate::backup::run_schedule(cfg.clone(), store.clone(), at),
+        ))
+    });
     let grpc = {
         let (gw, tx, stop) = (gw.clone(), stop_tx.clone(), stopped(&stop_rx));
         let refused = refused_connections.clone();
@@ -406,6 +425,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let _ = deadline_task.await;
     let _ = unauthenticated_task.await;
     if let Some(t) = reports_task {
+        let _ = t.await;
+    }
+    if let Some(t) = backup_task {
         let _ = t.await;
     }
     if let Some(t) = amqp_task {

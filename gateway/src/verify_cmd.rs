@@ -3,10 +3,8 @@
 //! the transfer log (when the schema is current) and a JSON report in
 //! `reports.dir`.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -32,6 +30,19 @@ pub async fn run(cfg: Config, args: VerifyArgs) -> Result<ExitCode> {
     // A check never changes the schema, whatever database.migrate says: a
     // database behind this release is checked by `lienthong migrate`,
     // before and after it migrates.
+    let schema = lienthong_core::store::migrate(&cfg.database.url, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    if let Some(first) = schema.pending.first() {
+        anyhow::bail!(
+            "the schema of {} is behind this release ({} migration(s) pending, the first {first}); \
+             `lienthong verify` checks a database on this release's schema and never migrates \
+             it: run `lienthong migrate`, which checks the database before and after it \
+             migrates, then verify again",
+            lienthong_core::store::redact(&cfg.database.url),
+            schema.pending.len()
+        );
+    }
     let store = lienthong_core::store::Store::open(
         &cfg.database.url,
         cfg.writer()?,
@@ -74,47 +85,47 @@ pub async fn check(cfg: &Config, store: &Store, depth: Depth) -> Result<Integrit
     let keys = crate::storage::encryption_keys(cfg)?;
     let blobs = crate::storage::open_with(cfg, keys, Some(store)).await?;
     let certs = lienthong_core::pipeline::ReceiptCerts(cfg.receipt_signers()?);
-    let show = depth == Depth::Full && std::io::stderr().is_terminal();
-    let mut last = Instant::now();
-    let mut shown = false;
+    // A bar on a terminal only (hidden otherwise), for the blob pass.
+    let bar = if depth == Depth::Full {
+        crate::cli::progress_bar(0, "reading attachments")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut progress = |p: Progress| {
-        // A line every half second at most: a terminal, not a log.
-        if !show || last.elapsed() < Duration::from_millis(500) {
-            return;
-        }
-        last = Instant::now();
-        shown = true;
-        eprint!(
-            "\rverifying: {}/{} blob(s) read, {} MiB",
-            p.blobs_done,
-            p.blobs_total,
-            p.bytes_read >> 20
-        );
+        bar.set_length(p.blobs_total);
+        bar.set_position(p.blobs_done);
+        bar.set_message(format!("reading attachments, {} MiB", p.bytes_read >> 20));
     };
     let report = integrity::verify(store, &blobs, depth, certs.as_verifier(), &mut progress)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
-        .context("checking the database's integrity")?;
-    if shown {
-        eprintln!();
-    }
-    Ok(report)
+        .context("checking the database's integrity");
+    bar.finish_and_clear();
+    report
 }
 
 /// The report in sentences, each line after the first indented by
 /// `indent` and two spaces.
 pub fn print_report(r: &IntegrityReport, indent: &str) {
+    for line in report_lines(r, indent) {
+        println!("{line}");
+    }
+}
+
+/// The lines [`print_report`] prints.
+pub fn report_lines(r: &IntegrityReport, indent: &str) -> Vec<String> {
+    let mut lines = Vec::new();
     let mode = match r.depth {
         Depth::Fast => "fast check: blobs looked for, not read",
         Depth::Full => "full check: every blob read",
     };
     if r.holds() {
-        println!("{indent}the database holds ({mode})");
+        lines.push(format!("{indent}the database holds ({mode})"));
     } else {
-        println!(
+        lines.push(format!(
             "{indent}the database does NOT hold: {} problem(s) ({mode})",
             r.problems()
-        );
+        ));
     }
     let broken = r
         .log
@@ -129,29 +140,30 @@ pub fn print_report(r: &IntegrityReport, indent: &str) {
     } else {
         "BROKEN (see its checkpoints below)".to_owned()
     };
-    println!(
+    lines.push(format!(
         "{indent}  transfer log: {log}, {} chained event(s) in {} chain(s)",
         r.log.checked(),
         r.log.chains.len()
-    );
+    ));
     let counts: Vec<String> = r.counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    println!("{indent}  rows: {}", counts.join(", "));
-    match r.depth {
-        Depth::Fast => println!("{indent}  blobs: {} looked for", r.blobs_checked),
-        Depth::Full => println!(
+    lines.push(format!("{indent}  rows: {}", counts.join(", ")));
+    lines.push(match r.depth {
+        Depth::Fast => format!("{indent}  blobs: {} looked for", r.blobs_checked),
+        Depth::Full => format!(
             "{indent}  blobs: {} read, {} byte(s)",
             r.blobs_checked, r.bytes_read
         ),
-    }
+    });
     for f in &r.findings {
-        println!("{indent}  PROBLEM ({}): {}", f.check, f.what);
+        lines.push(format!("{indent}  PROBLEM ({}): {}", f.check, f.what));
     }
     if r.not_listed > 0 {
-        println!(
+        lines.push(format!(
             "{indent}  … and {} more problem(s) of the same kinds, not listed",
             r.not_listed
-        );
+        ));
     }
+    lines
 }
 
 /// The report as the JSON file and `--json` give it.
@@ -232,8 +244,20 @@ pub fn write_report(cfg: &Config, r: &IntegrityReport, context: &str) -> Result<
     Ok(path)
 }
 
-/// The check's line in the transfer log.
+/// The check's line in the transfer log, written by the command line.
 pub async fn log_result(store: &Store, r: &IntegrityReport, context: &str) -> Result<()> {
+    log_result_by(store, r, context, format!("cli:{}", cli_user_name()), "cli").await
+}
+
+/// The check's line in the transfer log, written by `actor` through
+/// `transport` (`cli`, or `serve` migrating at start).
+async fn log_result_by(
+    store: &Store,
+    r: &IntegrityReport,
+    context: &str,
+    actor: String,
+    transport: &str,
+) -> Result<()> {
     let outcome = if r.holds() {
         "everything holds".to_owned()
     } else {
@@ -259,8 +283,8 @@ pub async fn log_result(store: &Store, r: &IntegrityReport, context: &str) -> Re
             recipient: None,
             reason: None,
             detail,
-            actor: Some(format!("cli:{}", cli_user_name())),
-            transport: "cli".to_owned(),
+            actor: Some(actor),
+            transport: transport.to_owned(),
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.chain()))
@@ -271,4 +295,248 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// Who migrates the schema between two checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigratedBy {
+    /// `lienthong migrate`: its account on stdout, its warnings on stderr.
+    Command,
+    /// `lienthong serve` with `database.migrate = "auto"`: its account in
+    /// the gateway's log.
+    Serve,
+}
+
+impl MigratedBy {
+    fn say(self, line: &str) {
+        match self {
+            MigratedBy::Command => println!("{line}"),
+            MigratedBy::Serve => tracing::info!("{line}"),
+        }
+    }
+
+    fn warn(self, line: &str) {
+        match self {
+            MigratedBy::Command => eprintln!("lienthong: {line}"),
+            MigratedBy::Serve => tracing::warn!("{line}"),
+        }
+    }
+
+    /// What does not hold: on stdout with the rest of the command's
+    /// account, a warning in the gateway's log.
+    fn problem(self, line: &str) {
+        match self {
+            MigratedBy::Command => println!("{line}"),
+            MigratedBy::Serve => tracing::warn!("{}", line.trim_start()),
+        }
+    }
+
+    fn report(self, r: &IntegrityReport) {
+        for line in report_lines(r, "  ") {
+            if line.contains("PROBLEM (") || line.contains("does NOT hold") {
+                self.problem(&line);
+            } else {
+                self.say(&line);
+            }
+        }
+    }
+}
+
+/// What [`migrate_checked`] did.
+#[derive(Debug)]
+pub enum CheckedMigration {
+    /// A new database (not even the first migration applied): migrated,
+    /// with nothing to check before.
+    NewDatabase,
+    /// Not migrated: the database failed its check before migrating.
+    Refused {
+        /// What the check found (0: it could not run).
+        problems: u64,
+        /// The check's report file, when it was written.
+        report: Option<PathBuf>,
+    },
+    /// Migrated between the two checks.
+    Migrated {
+        before_held: bool,
+        after: IntegrityReport,
+        /// The second check's report file, when it was written.
+        report: Option<PathBuf>,
+    },
+}
+
+impl CheckedMigration {
+    /// Whether the migration left the database as sound as it found it: a
+    /// forced migration of a damaged database is expected to stay damaged;
+    /// only damage the migration itself brought counts.
+    pub fn sound(&self) -> bool {
+        match self {
+            CheckedMigration::NewDatabase => true,
+            CheckedMigration::Refused { .. } => false,
+            CheckedMigration::Migrated {
+                before_held, after, ..
+            } => after.holds() || !before_held,
+        }
+    }
+}
+
+/// Applies the `pending` migrations as `lienthong migrate` does, whoever
+/// runs them: the fast check before (a database that fails it is refused
+/// unless `force`), the migration, the fast check after. Both reports go to
+/// `reports.dir` (`verify-…-before-migrate.json`,
+/// `verify-…-after-migrate.json`) and the second to the transfer log; a new
+/// database is migrated without the check before (it holds nothing).
+pub async fn migrate_checked(
+    cfg: &Config,
+    pending: &[String],
+    force: bool,
+    by: MigratedBy,
+) -> Result<CheckedMigration> {
+    use lienthong_core::store::Migrations;
+
+    let url = &cfg.database.url;
+    let where_ = lienthong_core::store::redact(url);
+    let list = pending.join(", ");
+    let migrate = || async {
+        lienthong_core::store::migrate(url, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))
+    };
+    if pending.first().is_some_and(|m| m.contains("_000001_")) {
+        migrate().await?;
+        by.say(&format!(
+            "applied {} migration(s) to {where_} (a new database): {list}",
+            pending.len()
+        ));
+        return Ok(CheckedMigration::NewDatabase);
+    }
+    // The schema is left as it is for the check: the transfer log gets
+    // its line after migrating, on the schema this release writes.
+    let before = {
+        let store = Store::open(url, cfg.writer()?, Migrations::Leave)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        check(cfg, &store, Depth::Fast).await
+    };
+    let (before_held, problems, report) = match &before {
+        Ok(r) => {
+            by.say("before migrating:");
+            by.report(r);
+            let file = match write_report(cfg, r, "before migrate") {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    by.warn(&format!("the report file was not written: {e:#}"));
+                    None
+                }
+            };
+            (r.holds(), r.problems(), file)
+        }
+        Err(e) => {
+            by.problem(&format!(
+                "before migrating: the integrity check could not run: {e:#}"
+            ));
+            (false, 0, None)
+        }
+    };
+    if !before_held && !force {
+        if by == MigratedBy::Command {
+            by.say(&format!(
+                "refusing to migrate {where_}: the database fails its integrity check (above); \
+                 repair it or restore a backup, or migrate it as it is with `lienthong migrate \
+                 --force`"
+            ));
+        }
+        return Ok(CheckedMigration::Refused { problems, report });
+    }
+    if !before_held {
+        by.say("migrating anyway (--force)");
+    }
+    migrate().await?;
+    by.say(&format!(
+        "applied {} migration(s) to {where_}: {list}",
+        pending.len()
+    ));
+
+    let store = Store::open(url, cfg.writer()?, Migrations::Require)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    let after = check(cfg, &store, Depth::Fast).await?;
+    by.say("after migrating:");
+    by.report(&after);
+    let report = match write_report(cfg, &after, "after migrate") {
+        Ok(path) => Some(path),
+        Err(e) => {
+            by.warn(&format!("the report file was not written: {e:#}"));
+            None
+        }
+    };
+    match by {
+        MigratedBy::Command => log_result(&store, &after, "after migrating").await?,
+        MigratedBy::Serve => {
+            log_result_by(
+                &store,
+                &after,
+                "after migrating",
+                format!("serve:{}", store.writer().as_str()),
+                "serve",
+            )
+            .await?
+        }
+    }
+    Ok(CheckedMigration::Migrated {
+        before_held,
+        after,
+        report,
+    })
+}
+
+/// `serve` with `database.migrate = "auto"`: the pending migrations, if
+/// any, applied as `lienthong migrate` applies them ([`migrate_checked`]);
+/// an error (refusing to start) when the database fails its check before,
+/// or the migration breaks it. Nothing pending: nothing checked.
+pub async fn migrate_at_start(cfg: &Config) -> Result<()> {
+    let url = &cfg.database.url;
+    let schema = lienthong_core::store::migrate(url, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+    if schema.pending.is_empty() {
+        return Ok(());
+    }
+    let where_ = lienthong_core::store::redact(url);
+    let n = schema.pending.len();
+    let named = |report: &Option<PathBuf>| match report {
+        Some(p) => format!(" and in the report {}", p.display()),
+        None => String::new(),
+    };
+    tracing::info!(
+        pending = %schema.pending.join(", "),
+        "database.migrate is \"auto\": {n} migration(s) to apply to {where_}, between two integrity checks"
+    );
+    match migrate_checked(cfg, &schema.pending, false, MigratedBy::Serve).await? {
+        CheckedMigration::Refused { problems, report } => anyhow::bail!(
+            "refusing to start: {n} migration(s) are pending on {where_}, and the database fails \
+             its integrity check before migrating ({}, named in the log above{}); nothing was \
+             migrated. Repair the database or restore a backup, or migrate it as it is with \
+             `lienthong migrate --force`, then start again",
+            if problems > 0 {
+                format!("{problems} problem(s)")
+            } else {
+                "the check could not run".to_owned()
+            },
+            named(&report)
+        ),
+        CheckedMigration::Migrated {
+            before_held: true,
+            after,
+            report,
+        } if !after.holds() => {
+            anyhow::bail!(
+                "refusing to start: the database held before its {n} migration(s) on {where_}, \
+                 but fails its integrity check after them ({} problem(s), named in the log \
+                 above{}); restore the backup taken before the upgrade and report the problem",
+                after.problems(),
+                named(&report)
+            )
+        }
+        _ => Ok(()),
+    }
 }

@@ -178,8 +178,23 @@ async function refreshMaintenance() {
   }
 }
 
+// The last backup, and a warning when the daily one is late.
+async function refreshBackup() {
+  try {
+    const res = await api("/api/backup");
+    if (!res.ok) return;
+    const b = await res.json();
+    const box = $("backup");
+    box.textContent = "Sao lưu: " + b.message;
+    box.className = b.late ? "banner banner-backup-late" : "banner-backup muted";
+  } catch (e) {
+    // Keep what is shown; the offline banner says the gateway is unreachable.
+  }
+}
+
 async function refresh() {
   refreshMaintenance();
+  refreshBackup();
   try {
     const res = await api("/api/overview");
     const body = await res.json();

@@ -31,6 +31,7 @@
 //! | `/api/refusals?limit=` | viewer | the latest refusals |
 //! | `/api/search?q=` | viewer | messages by message_id or số/ký hiệu, with their trace |
 //! | `/api/maintenance` | viewer | maintenance windows current or to come, with the banner's sentences |
+//! | `/api/backup` | viewer | the last backup (when, size, where), whether it is late, in a sentence |
 //! | `POST /api/maintenance` | admin | announce a window `{from, to, message}` |
 //! | `POST /api/maintenance/{id}/cancel` | admin | cancel a window |
 
@@ -90,6 +91,9 @@ pub struct HttpOptions {
     pub max_report_days: i64,
     /// The HTTPS set-up, whose client anchors judge operators' certificates.
     pub tls: Option<Arc<ReloadingTls>>,
+    /// The daily backup's time (hour, minute; Vietnam time), `None` when
+    /// none is scheduled: the dashboard warns when a backup is late.
+    pub backup_schedule: Option<(u8, u8)>,
 }
 
 impl HttpOptions {
@@ -106,6 +110,7 @@ impl HttpOptions {
             queries: Arc::new(Semaphore::new(4)),
             max_report_days: MAX_REPORT_DAYS,
             tls: None,
+            backup_schedule: None,
         }
     }
 }
@@ -119,6 +124,7 @@ struct App {
     auth: auth::Auth,
     queries: Arc<Semaphore>,
     max_report_days: i64,
+    backup_schedule: Option<(u8, u8)>,
 }
 
 impl App {
@@ -145,6 +151,7 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
         auth: auth::Auth::new(guard, opts.sessions, opts.secure_cookies, opts.tls),
         queries: opts.queries,
         max_report_days: opts.max_report_days,
+        backup_schedule: opts.backup_schedule,
     };
     let viewer = Router::new()
         .route("/", get(index))
@@ -154,6 +161,7 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
         .route("/api/refusals", get(refusals))
         .route("/api/search", get(search))
         .route("/api/maintenance", get(maintenance::api))
+        .route("/api/backup", get(backup))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_viewer,
@@ -422,6 +430,11 @@ async fn overview(State(app): State<App>) -> Result<Response, ApiError> {
     let _turn = app.query_turn().await?;
     let o = reports::overview(&app.gw, &app.settings).await?;
     Ok(axum::Json(o).into_response())
+}
+
+async fn backup(State(app): State<App>) -> Result<Response, ApiError> {
+    let s = reports::backup_status(&app.gw, app.backup_schedule).await?;
+    Ok(axum::Json(s).into_response())
 }
 
 async fn refusals(State(app): State<App>, Query(p): Params) -> Result<Response, ApiError> {

@@ -17,5 +17,5 @@ pub use lienthong_pades as pades;
 #[cfg(any(test, feature = "dev"))]
 pub use lienthong_pki::devpki;
 pub use lienthong_pki::{crl, receipts, signing};
-pub use lienthong_store::{backup, integrity, replicas, rows, store};
+pub use lienthong_store::{archive, backup, integrity, replicas, rows, store};
 pub use lienthong_types::{calendar, now_micros, organ_id, sha256, text, timestamp};

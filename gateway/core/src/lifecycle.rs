@@ -18,6 +18,7 @@ use lienthong_proto::v1 as pb;
 
 use crate::error::{Error, Reason, Result};
 use crate::rows::{DeliveryRow, EventRow, MessageRow};
+use crate::store::Store;
 use lienthong_proto::v1::BusinessType;
 use lienthong_types::Route;
 
@@ -303,6 +304,50 @@ pub struct Records {
     pub referring: Vec<(MessageRow, Vec<String>)>,
     /// Its `overdue` transfer-log events.
     pub overdue: Vec<EventRow>,
+}
+
+/// Reads what the fold needs of `document` and folds it.
+pub async fn of_document(store: &Store, document: MessageRow) -> Result<DocumentLifecycle> {
+    let deliveries = store.deliveries_of(document.id).await?;
+    let mut statuses = Vec::new();
+    for m in store
+        .statuses_answering(&document.sender, &document.document_id)
+        .await?
+    {
+        let to = if m.status_code.as_deref() == Some("13") {
+            recipients_of(store, m.id).await?
+        } else {
+            Vec::new()
+        };
+        statuses.push((m, to));
+    }
+    let mut referring = Vec::new();
+    for m in store
+        .documents_referring(&document.sender, &document.document_id)
+        .await?
+    {
+        let to = recipients_of(store, m.id).await?;
+        referring.push((m, to));
+    }
+    let overdue = store
+        .overdue_events(&document.sender, &document.message_id)
+        .await?;
+    Ok(DocumentLifecycle::fold(Records {
+        document,
+        deliveries,
+        statuses,
+        referring,
+        overdue,
+    }))
+}
+
+async fn recipients_of(store: &Store, pk: i64) -> Result<Vec<String>> {
+    Ok(store
+        .deliveries_of(pk)
+        .await?
+        .into_iter()
+        .map(|d| d.recipient)
+        .collect())
 }
 
 /// When a recipient is late (`[lifecycle]`): accepting (03) within so many

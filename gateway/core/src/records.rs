@@ -9,7 +9,8 @@ use crate::pipeline::Gateway;
 use crate::rows::{AgencyRow, MessageRow, SigningCertRow};
 use crate::store::Store;
 use lienthong_store::reports::{
-    Filter, MessageHit, OverdueRow, PendingInbox, RefusalRow, ReportRows, ReportWindow, Traffic,
+    BackupRow, Filter, MessageHit, OverdueRow, PendingInbox, RefusalRow, ReportRows, ReportWindow,
+    Traffic,
 };
 
 /// A read-only view of the gateway's database: the directory, the messages
@@ -78,6 +79,11 @@ impl Records<'_> {
     /// Every agency with unacknowledged deliveries, the deepest first.
     pub async fn pending_inboxes(&self) -> Result<Vec<PendingInbox>> {
         self.0.pending_inboxes().await
+    }
+
+    /// The newest `backup` line, and the newest of a finished backup.
+    pub async fn last_backups(&self) -> Result<(Option<BackupRow>, Option<BackupRow>)> {
+        self.0.last_backups().await
     }
 
     /// The latest refusals, newest first.

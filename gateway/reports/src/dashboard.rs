@@ -363,3 +363,180 @@ pub async fn search(gw: &Gateway, q: &str) -> Result<Vec<SearchHit>> {
     }
     Ok(hits)
 }
+
+/// The last backup as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupStatus {
+    /// `HH:MM` (Vietnam time) of the daily backup; `None`: not scheduled.
+    pub schedule: Option<String>,
+    /// When the newest finished backup was taken (RFC 3339), where it
+    /// went and how large it is.
+    pub last_at: Option<String>,
+    pub last_dir: Option<String>,
+    pub last_bytes: Option<u64>,
+    /// The newest backup failed (after the last that finished): when, why.
+    pub failed_at: Option<String>,
+    pub failure: Option<String>,
+    /// Scheduled, and no backup finished within the last
+    /// [`BACKUP_LATE_HOURS`] hours.
+    pub late: bool,
+    /// The sentence the dashboard shows, in Vietnamese.
+    pub message: String,
+}
+
+/// A daily backup is late when none finished within this many hours.
+pub const BACKUP_LATE_HOURS: i64 = 26;
+
+fn detail_field(detail: &str, key: &str) -> Option<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(detail)
+        .ok()?
+        .get(key)
+        .cloned()
+}
+
+/// Sizes as people read them: `12,3 MB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{:.1} {}", v, UNITS[unit]).replace('.', ",")
+    }
+}
+
+/// The last backup (from the transfer log: whichever replica made it),
+/// and whether it is late for `schedule` (`(hour, minute)`, Vietnam time).
+pub async fn backup_status(gw: &Gateway, schedule: Option<(u8, u8)>) -> Result<BackupStatus> {
+    let (newest, finished) = gw.records().last_backups().await?;
+    Ok(judge_backups(
+        schedule,
+        newest.map(|r| (r.at, r.reason, r.detail)),
+        finished.map(|r| (r.at, r.detail)),
+        now_micros(),
+    ))
+}
+
+fn judge_backups(
+    schedule: Option<(u8, u8)>,
+    newest: Option<(i64, String, String)>,
+    finished: Option<(i64, String)>,
+    now: i64,
+) -> BackupStatus {
+    let mut s = BackupStatus {
+        schedule: schedule.map(|(h, m)| format!("{h:02}:{m:02}")),
+        last_at: None,
+        last_dir: None,
+        last_bytes: None,
+        failed_at: None,
+        failure: None,
+        late: false,
+        message: String::new(),
+    };
+    let mut sentences = Vec::new();
+    match &finished {
+        Some((at, detail)) => {
+            s.last_at = Some(period::format_rfc3339(*at));
+            s.last_dir = detail_field(detail, "dir").and_then(|v| v.as_str().map(str::to_owned));
+            s.last_bytes = detail_field(detail, "bytes").and_then(|v| v.as_u64());
+            sentences.push(format!(
+                "Bản sao lưu gần nhất: {}, {}, tại {}.",
+                period::format_local(*at),
+                human_bytes(s.last_bytes.unwrap_or(0)),
+                s.last_dir.as_deref().unwrap_or("?")
+            ));
+        }
+        None => sentences.push("Chưa có bản sao lưu nào hoàn tất.".to_owned()),
+    }
+    if let Some((at, reason, detail)) = &newest
+        && !reason.is_empty()
+        && finished.as_ref().is_none_or(|(f, _)| f < at)
+    {
+        s.failed_at = Some(period::format_rfc3339(*at));
+        s.failure = detail_field(detail, "error").and_then(|v| v.as_str().map(str::to_owned));
+        sentences.push(format!(
+            "Lần sao lưu lúc {} thất bại: {}",
+            period::format_local(*at),
+            s.failure.as_deref().unwrap_or("")
+        ));
+    }
+    match schedule {
+        None => sentences.push(
+            "Chưa đặt lịch sao lưu tự động (backup.schedule): không có cảnh báo trễ.".to_owned(),
+        ),
+        Some(_) => {
+            let limit = now - BACKUP_LATE_HOURS * 3_600_000_000;
+            s.late = finished.as_ref().is_none_or(|(at, _)| *at < limit);
+            if s.late {
+                sentences.insert(
+                    0,
+                    format!(
+                        "CẢNH BÁO: sao lưu trễ, không có bản sao lưu nào hoàn tất trong \
+                         {BACKUP_LATE_HOURS} giờ qua (lịch hằng ngày lúc {}).",
+                        s.schedule.as_deref().unwrap_or("")
+                    ),
+                );
+            } else {
+                sentences.push(format!(
+                    "Sao lưu hằng ngày lúc {}.",
+                    s.schedule.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    s.message = sentences.join(" ");
+    s
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000_000;
+
+    #[test]
+    fn a_daily_backup_is_late_after_26_hours() {
+        let now = 1_800_000_000 * 1_000_000;
+        let done = |ago: i64| {
+            Some((
+                now - ago * HOUR,
+                r#"{"dir":"/b/x","bytes":1234567}"#.to_owned(),
+            ))
+        };
+        let fine = judge_backups(Some((1, 30)), None, done(25), now);
+        assert!(!fine.late, "{fine:?}");
+        assert_eq!(fine.last_bytes, Some(1_234_567));
+        assert!(
+            fine.message.contains("1,2 MB") && fine.message.contains("/b/x"),
+            "{}",
+            fine.message
+        );
+        let late = judge_backups(Some((1, 30)), None, done(27), now);
+        assert!(
+            late.late && late.message.starts_with("CẢNH BÁO"),
+            "{}",
+            late.message
+        );
+        let never = judge_backups(Some((1, 30)), None, None, now);
+        assert!(never.late);
+        let unscheduled = judge_backups(None, None, done(500), now);
+        assert!(!unscheduled.late && unscheduled.message.contains("Chưa đặt lịch"));
+        let failed = judge_backups(
+            Some((1, 30)),
+            Some((
+                now - HOUR,
+                "BACKUP_FAILED".to_owned(),
+                r#"{"error":"disk full"}"#.to_owned(),
+            )),
+            done(2),
+            now,
+        );
+        assert_eq!(failed.failure.as_deref(), Some("disk full"));
+        assert!(failed.message.contains("thất bại: disk full"));
+    }
+}

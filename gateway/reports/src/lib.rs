@@ -44,8 +44,8 @@ use lienthong_types::organ_id::{IdPolicy, OrganId, TopicPattern};
 use lienthong_types::text::truncate;
 
 pub use dashboard::{
-    Health, InboxDepth, OverdueDocument, Overview, Refusal, SearchHit, TraceLine, Traffic,
-    inbox_depths, overview, recent_refusals, search,
+    BACKUP_LATE_HOURS, BackupStatus, Health, InboxDepth, OverdueDocument, Overview, Refusal,
+    SearchHit, TraceLine, Traffic, backup_status, inbox_depths, overview, recent_refusals, search,
 };
 pub use lienthong_types::calendar::{
     Period, VIETNAM, WorkingCalendar, WorkingHours, day_start_micros, format_local, format_rfc3339,

@@ -963,8 +963,9 @@ impl BlobStore {
             ));
         };
         fs::create_dir_all(parent).await?;
-        if fs::try_exists(&dest).await? {
-            // Content-addressed: the same bytes are already durable.
+        if touch(&dest).await? {
+            // Content-addressed: the same bytes are already durable. The
+            // touch tells the archive's purge they were just used.
             return Ok(false);
         }
         let mut guard = blob.guard;
@@ -992,8 +993,9 @@ impl BlobStore {
     /// them stored.
     async fn commit_rows(&self, db: &DatabaseConnection, blob: SealedBlob) -> Result<bool> {
         let hex = hex::encode(blob.sha256);
-        // Most repeats are found without a transaction.
-        if self.stored_row(db, &hex).await?.is_some() {
+        // Most repeats are found without a transaction; finding one marks
+        // it used, for the archive's purge (see `remove_unused`).
+        if self.touch_row(db, &hex).await? {
             return Ok(false);
         }
         let Some(src) = blob.guard.0.as_ref() else {
@@ -1023,8 +1025,8 @@ impl BlobStore {
         let txn = db.begin().await.or_db()?;
         let inserted = txn
             .execute_raw(pg(
-                "INSERT INTO stored_blobs (sha256, size, stored_size, key_id, chunks, stored_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+                "INSERT INTO stored_blobs (sha256, size, stored_size, key_id, chunks, stored_at, \
+                 last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (sha256) DO NOTHING",
                 [
                     hex.as_str().into(),
                     size_value(blob.size)?,
@@ -1040,7 +1042,14 @@ impl BlobStore {
         if inserted == 0 {
             // Committed by another process since the look above.
             txn.rollback().await.or_db()?;
-            return Ok(false);
+            if self.touch_row(db, &hex).await? {
+                return Ok(false);
+            }
+            return Err(Error::new(
+                Reason::Unavailable,
+                "an attachment's stored copy was removed while this one was being stored; \
+                 nothing was accepted, send it again",
+            ));
         }
         write_chunks(&txn, &hex, &mut file, stored_size).await?;
         // With the blob, so that no blob is ever under a key without its
@@ -1050,6 +1059,19 @@ impl BlobStore {
         }
         txn.commit().await.or_db()?;
         Ok(true)
+    }
+
+    /// Marks a stored blob's row used now; false when there is none.
+    async fn touch_row(&self, db: &DatabaseConnection, hex: &str) -> Result<bool> {
+        let n = db
+            .execute_raw(pg(
+                "UPDATE stored_blobs SET last_seen_at = $2 WHERE sha256 = $1",
+                [hex.into(), crate::store::now_micros().into()],
+            ))
+            .await
+            .or_db()?
+            .rows_affected();
+        Ok(n > 0)
     }
 
     /// The row of a stored blob: (stored size, chunks, stored at).
@@ -1134,6 +1156,71 @@ impl BlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Removes a blob that no message names any more (the archive's
+    /// purge), unless a submission used it within `quiet_micros`: one that
+    /// found it stored a moment ago may be about to commit a reference to
+    /// it, and its bytes must stay. Returns whether it was removed.
+    ///
+    /// A file is first moved aside, so that a submission looking after that
+    /// stores its own copy; its modification time (set by every submission
+    /// that reused it, see `commit`) then tells whether one looked just
+    /// before, and the file goes back if so.
+    pub async fn remove_unused(&self, sha256_hex: &str, quiet_micros: i64) -> Result<bool> {
+        let since = crate::store::now_micros() - quiet_micros;
+        if let Place::Database(db) = &self.place {
+            let txn = db.begin().await.or_db()?;
+            let gone = txn
+                .execute_raw(pg(
+                    "DELETE FROM stored_blobs WHERE sha256 = $1 \
+                     AND COALESCE(last_seen_at, stored_at) < $2 \
+                     AND NOT EXISTS (SELECT 1 FROM attachments WHERE sha256 = $1)",
+                    [sha256_hex.into(), since.into()],
+                ))
+                .await
+                .or_db()?
+                .rows_affected();
+            if gone > 0 {
+                txn.execute_raw(pg(
+                    "DELETE FROM stored_blob_chunks WHERE sha256 = $1",
+                    [sha256_hex.into()],
+                ))
+                .await
+                .or_db()?;
+            }
+            txn.commit().await.or_db()?;
+            return Ok(gone > 0);
+        }
+        let path = self.path_of(sha256_hex);
+        let aside = path.with_extension("purging");
+        match fs::rename(&path, &aside).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let used_at = fs::metadata(&aside)
+            .await?
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(i64::MAX);
+        if used_at >= since {
+            // Used a moment ago: back in place, unless a submission has
+            // stored the same bytes again meanwhile.
+            if fs::try_exists(&path).await? {
+                fs::remove_file(&aside).await?;
+            } else {
+                fs::rename(&aside, &path).await?;
+            }
+            return Ok(false);
+        }
+        fs::remove_file(&aside).await?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent).await?;
+        }
+        Ok(true)
     }
 
     /// Whether the blob with this SHA-256 is stored (a file's metadata, or
@@ -1793,6 +1880,24 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     replace(guard, &tmp, path).await
 }
 
+/// Sets a stored file's modification time to now: whether it exists.
+async fn touch(path: &Path) -> Result<bool> {
+    let path = path.to_owned();
+    let touched = tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+        Ok(f) => f.set_modified(std::time::SystemTime::now()).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|e| {
+        Error::new(
+            Reason::Unavailable,
+            format!("an attachment could not be looked up: {e}"),
+        )
+    })?;
+    Ok(touched?)
+}
+
 async fn sync_dir(dir: &Path) -> Result<()> {
     let d = fs::File::open(dir).await?;
     d.sync_all().await?;
@@ -2042,6 +2147,89 @@ impl BlobStore {
             opener,
             cache: std::sync::Mutex::new(None),
         })
+    }
+}
+
+impl EncryptionKeys {
+    /// Seals everything `input` gives into `out` in the blob format (the
+    /// header, then AES-256-GCM segments), under the current key, one
+    /// segment in memory at a time: what a backup writes its database copy
+    /// with. Returns the key's id.
+    pub fn seal_stream(
+        &self,
+        input: &mut impl std::io::Read,
+        out: &mut impl std::io::Write,
+    ) -> Result<String> {
+        let key = self.current().ok_or_else(crypto_error)?;
+        let mut sealer = Sealer::new(key)?;
+        out.write_all(&sealer.header.bytes)?;
+        let mut buf = vec![0u8; SEGMENT_BYTES];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            sealer.feed_blocking(&buf[..n], out)?;
+        }
+        sealer.finish_blocking(out)?;
+        Ok(key.id.clone())
+    }
+
+    /// The key id a file sealed by [`EncryptionKeys::seal_stream`] (or an
+    /// encrypted blob) names in its header; `None` when it has no header.
+    pub fn sealed_key_id(path: &Path) -> Result<Option<String>> {
+        use std::io::Read as _;
+        let mut buf = Vec::with_capacity(MAX_HEADER);
+        std::fs::File::open(path)?
+            .take(MAX_HEADER as u64)
+            .read_to_end(&mut buf)?;
+        Ok(Header::parse(&buf).map(|h| h.key_id))
+    }
+
+    /// Opens the file `path`, sealed by [`EncryptionKeys::seal_stream`],
+    /// into `out`, one segment at a time; returns the plaintext's size.
+    /// Refuses a file these keys cannot open, saying whether its key is
+    /// missing or its bytes were changed.
+    pub fn open_file(&self, path: &Path, out: &mut impl std::io::Write) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let name = path.display();
+        let file = std::fs::File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let mut buf = vec![0u8; MAX_HEADER.min(usize::try_from(file_len).unwrap_or(MAX_HEADER))];
+        file.read_exact_at(&mut buf, 0)?;
+        let refuse = |what: String| Error::malformed(format!("{name}: {what}"));
+        let header = Header::parse(&buf)
+            .ok_or_else(|| refuse("it is not a sealed file (no header)".to_owned()))?;
+        let key = self.get(&header.key_id).ok_or_else(|| {
+            refuse(format!(
+                "it is sealed with the storage key {}, which {} does not hold; add that key \
+                 (after the current one)",
+                header.key_id, self.source
+            ))
+        })?;
+        let (segments, last_len, plain) = header
+            .layout(file_len)
+            .ok_or_else(|| refuse("it was cut short or lengthened".to_owned()))?;
+        let source = BlobSource {
+            file,
+            size: plain,
+            opener: Some(SegmentOpener {
+                key: key.key.clone(),
+                header,
+                segments,
+                last_len,
+            }),
+            cache: std::sync::Mutex::new(None),
+        };
+        let mut reader = source.into_reader();
+        let copied = std::io::copy(&mut reader, out).map_err(|e| {
+            refuse(format!(
+                "it does not open with its key, so its bytes were changed ({e})"
+            ))
+        })?;
+        Ok(copied)
     }
 }
 
@@ -2475,6 +2663,53 @@ mod tests {
             "{id}:{}",
             base64::engine::general_purpose::STANDARD.encode([byte; 32])
         )
+    }
+
+    /// A sealed stream (a backup's database file) opens back to its bytes
+    /// with its key, not with another, and not with a byte changed.
+    #[test]
+    fn sealed_streams_open_with_their_key_only() {
+        let k = keys(&key_line("k1", 1));
+        let plain: Vec<u8> = (0..(2 * SEGMENT_BYTES + 77))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("database.sqlite.sealed");
+        let mut sealed = Vec::new();
+        let id = k
+            .seal_stream(&mut plain.as_slice(), &mut sealed)
+            .expect("seal");
+        assert_eq!(id, "k1");
+        assert!(!sealed.windows(64).any(|w| w == &plain[1000..1064]));
+        std::fs::write(&path, &sealed).expect("write");
+        assert_eq!(
+            EncryptionKeys::sealed_key_id(&path).expect("read"),
+            Some("k1".to_owned())
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            k.open_file(&path, &mut out).expect("open"),
+            plain.len() as u64
+        );
+        assert_eq!(out, plain);
+
+        let other = keys(&key_line("k2", 2));
+        let e = other
+            .open_file(&path, &mut Vec::new())
+            .expect_err("another key");
+        assert!(e.message().contains("storage key k1"), "{}", e.message());
+
+        let mut bad = sealed.clone();
+        bad[SEGMENT_BYTES + 100] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        let e = k
+            .open_file(&path, &mut Vec::new())
+            .expect_err("a changed byte");
+        assert!(
+            e.message().contains("bytes were changed"),
+            "{}",
+            e.message()
+        );
     }
 
     fn keys(text: &str) -> EncryptionKeys {

@@ -711,6 +711,7 @@ fn message_row(m: &NewMessage, id: i64) -> MessageRow {
         due_date: m.index.as_ref().map(|i| i.due_date.clone()),
         code: m.index.as_ref().map(|i| i.code.clone()),
         subject: m.index.as_ref().map(|i| i.subject.clone()),
+        archived: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! The only crate that speaks SQL; the rest of the gateway calls its
 //! operations, named in the domain's words.
 
+pub mod archive;
 pub mod backup;
 pub mod blobs;
 pub mod checkpoint;

@@ -128,6 +128,16 @@ pub struct RefusalRow {
     pub detail: String,
 }
 
+/// A `backup` line of the transfer log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRow {
+    pub at: i64,
+    /// Empty when the backup finished; `BACKUP_FAILED` when it failed.
+    pub reason: String,
+    /// The JSON object the backup wrote (see `EventKind::Backup`).
+    pub detail: String,
+}
+
 /// A delivery of a document past its DueDate without a 06 from its
 /// recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +290,47 @@ impl Store {
                 .then(a.recipient.cmp(&b.recipient))
         });
         Ok(out)
+    }
+
+    /// When the newest `backup` line written by `actor` was (finished or
+    /// not): the scheduled backup's last try, whichever replica made it.
+    pub async fn last_backup_try(&self, actor: &str) -> Result<Option<i64>> {
+        let mut q = Sql::new(self.backend());
+        q.push("SELECT at FROM events WHERE kind = 'backup' AND actor = ")
+            .bind(actor.to_owned())
+            .push(" ORDER BY at DESC, id DESC LIMIT 1");
+        match q.all(self.connection()).await?.first() {
+            Some(r) => Ok(Some(int(r, "at")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest `backup` line of any replica, and the newest of a backup
+    /// that finished.
+    pub async fn last_backups(&self) -> Result<(Option<BackupRow>, Option<BackupRow>)> {
+        let mut found = Vec::new();
+        for finished in [false, true] {
+            let mut q = Sql::new(self.backend());
+            q.push(if finished {
+                "SELECT at, reason, detail FROM events WHERE kind = 'backup' \
+                 AND (reason IS NULL OR reason = '') ORDER BY at DESC, id DESC LIMIT 1"
+            } else {
+                "SELECT at, reason, detail FROM events WHERE kind = 'backup' \
+                 ORDER BY at DESC, id DESC LIMIT 1"
+            });
+            let row = match q.all(self.connection()).await?.first() {
+                Some(r) => Some(BackupRow {
+                    at: int(r, "at")?,
+                    reason: text(r, "reason")?,
+                    detail: text(r, "detail")?,
+                }),
+                None => None,
+            };
+            found.push(row);
+        }
+        let finished = found.pop().flatten();
+        let any = found.pop().flatten();
+        Ok((any, finished))
     }
 
     /// The latest `limit` refusals, newest first.

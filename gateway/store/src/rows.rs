@@ -238,6 +238,27 @@ pub struct MessageRow {
     pub code: Option<String>,
     /// Trích yếu.
     pub subject: Option<String>,
+    /// The archive package holding a copy of it; once purged, the row is a
+    /// tombstone, its envelope and verification report empty.
+    pub archived: Option<ArchivedAt>,
+}
+
+/// An archived message's place: the package file and the folder in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedAt {
+    pub package: String,
+    pub entry: String,
+    /// When its content left the hot database; `None`: still here too.
+    pub purged_at: Option<i64>,
+}
+
+impl MessageRow {
+    /// Whether its content has left the hot database.
+    pub fn purged(&self) -> bool {
+        self.archived
+            .as_ref()
+            .is_some_and(|a| a.purged_at.is_some())
+    }
 }
 
 impl MessageRow {
@@ -264,6 +285,11 @@ impl MessageRow {
             due_date: m.due_date,
             code: m.code,
             subject: m.subject,
+            archived: m.archived_in.map(|package| ArchivedAt {
+                package,
+                entry: m.archive_entry.unwrap_or_default(),
+                purged_at: m.purged_at,
+            }),
         }
     }
 }

@@ -1093,13 +1093,17 @@ impl Store {
         &self,
         keys: Option<&dyn CheckpointVerifier>,
     ) -> Result<LogVerification> {
+        // One snapshot for the heads and the events: a replica appending
+        // while the walk runs would otherwise show a chain longer than the
+        // head read before it, as if the head had been set back.
+        let txn = crate::sql::snapshot(&self.db).await?;
         let unchained = event::Entity::find()
             .filter(event::Column::ChainSeq.is_null())
-            .count(&self.db)
+            .count(&txn)
             .await
             .or_db()?;
         let heads: BTreeMap<String, log_head::Model> = log_head::Entity::find()
-            .all(&self.db)
+            .all(&txn)
             .await
             .or_db()?
             .into_iter()
@@ -1115,20 +1119,18 @@ impl Store {
                 .filter(event::Column::ChainSeq.is_not_null())
                 .distinct()
                 .into_tuple::<String>()
-                .all(&self.db)
+                .all(&txn)
                 .await
                 .or_db()?,
         );
         let mut walk = crate::checkpoint::CheckpointWalk::new(keys);
         let mut chains = Vec::with_capacity(names.len());
         for name in names {
-            chains.push(
-                self.verify_chain(name.clone(), heads.get(&name), &mut walk)
-                    .await?,
-            );
+            chains.push(Self::verify_chain(&txn, name.clone(), heads.get(&name), &mut walk).await?);
         }
         let names: BTreeSet<&str> = chains.iter().map(|c| c.chain.as_str()).collect();
-        let (checkpoints, findings) = walk.settle(&self.db, &names).await?;
+        let (checkpoints, findings) = walk.settle(&txn, &names).await?;
+        txn.rollback().await.or_db()?;
         Ok(LogVerification {
             chains,
             unchained,
@@ -1137,8 +1139,8 @@ impl Store {
         })
     }
 
-    async fn verify_chain(
-        &self,
+    async fn verify_chain<C: ConnectionTrait>(
+        c: &C,
         chain: String,
         head: Option<&log_head::Model>,
         walk: &mut crate::checkpoint::CheckpointWalk<'_>,
@@ -1157,7 +1159,7 @@ impl Store {
                 .filter(event::Column::ChainSeq.gte(expected_seq))
                 .order_by_asc(event::Column::ChainSeq)
                 .limit(1000)
-                .all(&self.db)
+                .all(c)
                 .await
                 .or_db()?;
             if page.is_empty() {

@@ -50,6 +50,15 @@ pub enum EventKind {
     /// `detail` the mode, whether everything held and what was found;
     /// `actor` who ran it. No sender, no message.
     IntegrityChecked,
+    /// A backup finished (`reason` empty) or failed (`reason`
+    /// `BACKUP_FAILED`): `detail` is a JSON object with `dir` (where),
+    /// and `bytes` and `files` when it finished, `error` when it failed;
+    /// `actor` who ran it (`schedule` under `serve`). No sender, no message.
+    Backup,
+    /// A message's content left the hot database for an archive package:
+    /// `reason` the package's file name, `detail` the folder in it, `actor`
+    /// who ran the purge. Its row stays as the tombstone.
+    Archived,
 }
 
 impl EventKind {
@@ -72,6 +81,8 @@ impl EventKind {
             EventKind::OperatorLogout => "operator_logout",
             EventKind::Checkpoint => "checkpoint",
             EventKind::IntegrityChecked => "integrity_checked",
+            EventKind::Backup => "backup",
+            EventKind::Archived => "archived",
         }
     }
 }

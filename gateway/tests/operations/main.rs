@@ -6,8 +6,10 @@
 //! operators would.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod archive;
 mod backup;
 mod integrity_check;
 mod maintenance;
 mod operators;
 mod reports;
+mod upgrade;

@@ -41,6 +41,12 @@ pub struct Model {
     pub due_date: Option<String>,
     pub code: Option<String>,
     pub subject: Option<String>,
+    /// The archive package holding a copy of it.
+    pub archived_in: Option<String>,
+    /// Its folder in that package.
+    pub archive_entry: Option<String>,
+    /// When its content left the hot database (the row is a tombstone).
+    pub purged_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

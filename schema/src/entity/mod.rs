@@ -1,6 +1,7 @@
 //! One module per table.
 
 pub mod agency;
+pub mod archive_package;
 pub mod attachment;
 pub mod client_cert;
 pub mod delivery;

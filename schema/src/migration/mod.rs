@@ -17,6 +17,7 @@ mod m20261207_000011_log_chains; // One chain per writer
 mod m20261207_000012_replicas; // Replicas' configuration digests
 mod m20261207_000013_stored_blobs; // Attachments in the database
 mod m20261207_000014_maintenance_interruption; // Windows without interruption
+mod m20261208_000015_archive; // Archive packages and tombstones
 
 pub use m20261124_000003_log_chain::GENESIS;
 pub use m20261207_000011_log_chains::MAIN_CHAIN;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000012_replicas::Migration),
             Box::new(m20261207_000013_stored_blobs::Migration),
             Box::new(m20261207_000014_maintenance_interruption::Migration),
+            Box::new(m20261208_000015_archive::Migration),
         ]
     }
 }

@@ -40,6 +40,22 @@ impl Gateway {
         let Some(m) = self.inner.store.message(from, message_id).await? else {
             return Err(not_found());
         };
+        let archived = |m: MessageRow| -> Result<MessageRow> {
+            match (&m.archived, access) {
+                (Some(a), Access::Content) if a.purged_at.is_some() => Err(Error::new(
+                    Reason::NotFound,
+                    format!(
+                        "message {} of {} was archived in package {} and its content has left the \
+                         gateway's database; its trail (`Trace`, `DocumentStatus`) is still here, and \
+                         the gateway's operators can give its content back from the package",
+                        truncate(message_id, MAX_MESSAGE_ID),
+                        m.sender,
+                        a.package
+                    ),
+                )),
+                _ => Ok(m),
+            }
+        };
         if caller.is_operator() {
             // The IT office follows a document's trail; its content is for
             // the agencies that sent and received it.
@@ -52,7 +68,7 @@ impl Gateway {
             ));
         }
         if m.sender == caller.organ_id {
-            return Ok(m);
+            return archived(m);
         }
         let deliveries = self.inner.store.deliveries_of(m.id).await?;
         if let Some(d) = deliveries.iter().find(|d| d.recipient == caller.organ_id) {
@@ -72,7 +88,7 @@ impl Gateway {
                     ),
                 ));
             }
-            return Ok(m);
+            return archived(m);
         }
         Err(Error::new(
             Reason::PermissionDenied,

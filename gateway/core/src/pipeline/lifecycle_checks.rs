@@ -309,48 +309,7 @@ impl Gateway {
         &self,
         document: MessageRow,
     ) -> Result<lifecycle::DocumentLifecycle> {
-        let store = &self.inner.store;
-        let deliveries = store.deliveries_of(document.id).await?;
-        let mut statuses = Vec::new();
-        for m in store
-            .statuses_answering(&document.sender, &document.document_id)
-            .await?
-        {
-            let to = if m.status_code.as_deref() == Some("13") {
-                store
-                    .deliveries_of(m.id)
-                    .await?
-                    .into_iter()
-                    .map(|d| d.recipient)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            statuses.push((m, to));
-        }
-        let mut referring = Vec::new();
-        for m in store
-            .documents_referring(&document.sender, &document.document_id)
-            .await?
-        {
-            let to = store
-                .deliveries_of(m.id)
-                .await?
-                .into_iter()
-                .map(|d| d.recipient)
-                .collect();
-            referring.push((m, to));
-        }
-        let overdue = store
-            .overdue_events(&document.sender, &document.message_id)
-            .await?;
-        Ok(lifecycle::DocumentLifecycle::fold(lifecycle::Records {
-            document,
-            deliveries,
-            statuses,
-            referring,
-            overdue,
-        }))
+        lifecycle::of_document(&self.inner.store, document).await
     }
 
     /// Writes an `overdue` line for each recipient that missed a deadline
