@@ -1093,16 +1093,29 @@ async fn purge(cfg: Config, args: PurgeArgs) -> Result<ExitCode> {
             .await
             .map_err(chain)
             .with_context(|| format!("{} was not purged", path.display()))?;
+        // The package's attachments (their bytes' SHA-256 is the blob's
+        // name) that no message in the database names any more: those of
+        // this purge, and those an earlier purge of it had to keep.
+        let digests: BTreeSet<&str> = c
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.path.contains("/attachments/"))
+            .map(|f| f.sha256.as_str())
+            .collect();
         let mut removed = 0u64;
         let mut kept = 0u64;
-        for sha in &done.unreferenced_blobs {
+        for sha in digests {
+            if store.blob_referenced(sha).await.map_err(chain)? {
+                continue;
+            }
             if blobs
                 .remove_unused(sha, BLOB_QUIET_MICROS)
                 .await
                 .map_err(chain)?
             {
                 removed += 1;
-            } else {
+            } else if blobs.blob_present(sha).await.map_err(chain)? {
                 kept += 1;
             }
         }
@@ -1115,8 +1128,9 @@ async fn purge(cfg: Config, args: PurgeArgs) -> Result<ExitCode> {
             done.attachment_rows,
             if kept > 0 {
                 format!(
-                    "; {kept} attachment(s) kept: the same bytes were used by a submission a \
-                     moment ago (a later purge takes them if no message names them)"
+                    "; {kept} attachment(s) kept: a submission used the same bytes in the last \
+                     ten minutes (purge this package again later to remove them if no message \
+                     names them then)"
                 )
             } else {
                 String::new()

@@ -75,8 +75,6 @@ pub struct PurgedMessage {
 pub struct Purged {
     pub messages: u64,
     pub attachment_rows: u64,
-    /// Digests of attachments no message in the hot database names now.
-    pub unreferenced_blobs: Vec<String>,
 }
 
 impl Store {
@@ -211,7 +209,6 @@ impl Store {
         let db = self.connection();
         let txn = db.begin().await.or_db()?;
         let mut out = Purged::default();
-        let mut digests = Vec::new();
         let mut events = Vec::with_capacity(messages.len());
         for m in messages {
             let Some(row) = message::Entity::find_by_id(m.pk).one(&txn).await.or_db()? else {
@@ -264,12 +261,6 @@ impl Store {
                     m.message_id, m.sender, package.name
                 )));
             }
-            let atts = attachment::Entity::find()
-                .filter(attachment::Column::MessagePk.eq(m.pk))
-                .all(&txn)
-                .await
-                .or_db()?;
-            digests.extend(atts.iter().map(|a| a.sha256.clone()));
             out.attachment_rows += attachment::Entity::delete_many()
                 .filter(attachment::Column::MessagePk.eq(m.pk))
                 .exec(&txn)
@@ -307,13 +298,6 @@ impl Store {
             .await
             .or_db()?;
         txn.commit().await.or_db()?;
-        digests.sort();
-        digests.dedup();
-        for d in digests {
-            if !self.blob_referenced(&d).await? {
-                out.unreferenced_blobs.push(d);
-            }
-        }
         Ok(out)
     }
 

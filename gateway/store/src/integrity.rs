@@ -222,10 +222,11 @@ async fn attachment_counts(db: &DatabaseConnection, found: &mut Findings) -> Res
     let mut after = 0i64;
     let mut listed = Vec::new();
     let mut total = 0u64;
-    // `lienthong migrate` checks the previous release's schema too, before
-    // it migrates: there no message is archived yet.
-    let live = if column_exists(db, "messages", "archived_in").await? {
-        "m.archived_in IS NULL AND "
+    // Purged messages have no attachment rows left. `lienthong migrate`
+    // checks the previous release's schema too, before it migrates: there
+    // no message is purged yet.
+    let live = if column_exists(db, "messages", "purged_at").await? {
+        "m.purged_at IS NULL AND "
     } else {
         ""
     };

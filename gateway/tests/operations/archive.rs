@@ -233,14 +233,26 @@ async fn run(backend: Backend, blobs_in_database: bool) {
         pdf_sha
     );
     let blobs_before = stored_blobs(&gw, blobs_in_database).await;
-    age_blobs(&gw, blobs_in_database).await;
-    let out = gw
-        .run_cli(&["archive".as_ref(), "purge".as_ref(), p1.as_os_str()])
-        .await;
+    let purge_args: [&std::ffi::OsStr; 3] = ["archive".as_ref(), "purge".as_ref(), p1.as_os_str()];
+    let purge = || gw.run_cli(&purge_args);
+    // The attachment was stored a moment ago: its rows go, its bytes stay.
+    let out = purge().await;
     assert!(out.status.success(), "{}", describe_output(&out));
     let text = out_text(&out);
     eprintln!("archive purge:\n{text}");
     assert!(text.contains("3 message(s) are tombstones now"), "{text}");
+    assert!(
+        text.contains("0 stored attachment(s) removed; 1 attachment(s) kept"),
+        "{text}"
+    );
+    assert_eq!(stored_blobs(&gw, blobs_in_database).await, blobs_before);
+    // Unused for an hour, the same purge again removes them.
+    age_blobs(&gw, blobs_in_database).await;
+    let out = purge().await;
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let text = out_text(&out);
+    eprintln!("archive purge, again:\n{text}");
+    assert!(text.contains("0 message(s) are tombstones now"), "{text}");
     assert!(text.contains("1 stored attachment(s) removed"), "{text}");
     assert_eq!(stored_blobs(&gw, blobs_in_database).await, blobs_before - 1);
     let p1_name = p1.file_name().unwrap().to_str().unwrap().to_owned();
