@@ -678,6 +678,9 @@ async fn create(cfg: Config, args: CreateArgs) -> Result<ExitCode> {
     let file = w.zip.finish()?;
     file.sync_all()?;
     drop(file);
+    // The package is read back from the file: what was kept to write it
+    // (a few KiB per document) goes first.
+    drop((units, manifest, manifest_bytes, sig));
     std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
     if let Ok(d) = std::fs::File::open(&dir) {
         let _ = d.sync_all();
