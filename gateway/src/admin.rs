@@ -21,7 +21,9 @@ use crate::config::Config;
 #[derive(Subcommand, Debug)]
 pub enum DirectoryCommand {
     /// Import agencies from a CSV file (header: organ_id,name,... ; an
-    /// optional signing_cert column names a PEM file to bind).
+    /// optional signing_cert column names a PEM file to bind), or from the
+    /// JSON of `directory export`. When FILE.sig is beside it, the file
+    /// must match it (receipts.cert, receipts.trusted_signers).
     Import {
         file: PathBuf,
         /// Import the good rows even when some rows are bad.
@@ -85,6 +87,10 @@ pub enum DirectoryCommand {
         /// At most this many lines.
         #[arg(long, default_value_t = 100)]
         limit: u64,
+        /// The peer gateways' directory updates refused here (and the
+        /// snapshots asked for), with their reasons, instead of the changes.
+        #[arg(long)]
+        refused: bool,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -96,6 +102,38 @@ pub enum DirectoryCommand {
         principal: String,
         #[arg(long)]
         revoke: bool,
+    },
+    /// Export the directory's public columns (code, name, e-mail, address,
+    /// telephone, parent, website, active), ordered by code, for the
+    /// Ministry's national list or another gateway's `directory import`;
+    /// FILE.sig beside it is signed with the receipt key.
+    Export(crate::directory_export::ExportArgs),
+    /// Block a foreign agency (kept by a peer gateway's signed directory
+    /// updates) here, or with --key one of its signing keys: the agency is
+    /// deactivated, or the key unbound, and the peer's updates cannot undo
+    /// it until `directory unblock`.
+    Block {
+        organ_id: String,
+        /// Only this signing key (SHA-256 of the key, 64 hex digits).
+        #[arg(long)]
+        key: Option<String>,
+        /// Why, for the transfer log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a block: the peer's next snapshot brings the agency or key back
+    /// as the peer keeps it.
+    Unblock {
+        organ_id: String,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// The peer gateways (`[[peers]]`): the codes each keeps, the last
+    /// update applied and seen, the agencies held from it, and the blocks.
+    Peers {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// List the agencies.
     List {
@@ -263,9 +301,21 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             } else {
                 IdPolicy::Strict
             };
-            let out = directory::import_csv(&store, &file, skip_invalid, policy, &by)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+            let read = crate::directory_export::read_for_import(&cfg, &file)?;
+            if let Some(said) = &read.signature {
+                eprintln!("{said}");
+            }
+            let out = directory::import_csv_data(
+                &store,
+                &read.csv,
+                &file,
+                &read.sha256,
+                skip_invalid,
+                policy,
+                &by,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
             for p in &out.problems {
                 eprintln!(
                     "{}:{}: {}: {}",
@@ -341,6 +391,40 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
         DirectoryCommand::UnbindOperator { name, which } => {
             unbind_client(&store, &name, which, ClientRole::Operator, &by).await
         }
+        DirectoryCommand::Block {
+            organ_id,
+            key,
+            reason,
+        } => {
+            lienthong_core::national_directory::block(
+                &store,
+                &organ_id,
+                key.as_deref(),
+                &reason,
+                &by,
+            )
+            .await
+            .map_err(core_err)?;
+            match key {
+                None => println!(
+                    "{organ_id} is blocked here: deactivated, whatever its gateway announces, until `lienthong directory unblock {organ_id}`"
+                ),
+                Some(k) => println!(
+                    "the signing key {k} of {organ_id} is blocked here: documents signed with it are refused (CERTIFICATE_NOT_BOUND) until `lienthong directory unblock {organ_id} --key {k}`"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::Unblock { organ_id, key } => {
+            lienthong_core::national_directory::unblock(&store, &organ_id, key.as_deref(), &by)
+                .await
+                .map_err(core_err)?;
+            println!(
+                "the block is lifted; the peer's next snapshot (asked within 15 s while the gateway runs) restores what it announces"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DirectoryCommand::Peers { json } => peers(&cfg, &store, json).await,
         DirectoryCommand::Deactivate { organ_id } => {
             let changed = directory::set_active(&store, &organ_id, false, &by)
                 .await
@@ -369,10 +453,16 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
         DirectoryCommand::History {
             organ_id,
             limit,
+            refused,
             json,
         } => {
+            let kind = if refused {
+                EventKind::DirectoryRefused
+            } else {
+                EventKind::DirectoryChanged
+            };
             let events = store
-                .events_of_kind(EventKind::DirectoryChanged, organ_id.as_deref(), limit)
+                .events_of_kind(kind, organ_id.as_deref(), limit)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
             for e in events {
@@ -383,12 +473,13 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
                         "{}",
                         serde_json::json!({
                             "seq": e.id, "at": at, "organ_id": e.sender, "actor": actor,
-                            "transport": e.transport, "detail": e.detail,
+                            "transport": e.transport, "reason": e.reason, "detail": e.detail,
                         })
                     );
                 } else {
+                    let reason = e.reason.map(|r| format!("{r}: ")).unwrap_or_default();
                     println!(
-                        "{:>6}  {at}  {:<15} {actor} ({}): {}",
+                        "{:>6}  {at}  {:<15} {actor} ({}): {reason}{}",
                         e.id, e.sender, e.transport, e.detail
                     );
                 }
@@ -411,6 +502,7 @@ pub async fn directory(cfg: Config, cmd: DirectoryCommand) -> Result<ExitCode> {
             println!("{said}");
             Ok(ExitCode::SUCCESS)
         }
+        DirectoryCommand::Export(args) => crate::directory_export::export(&cfg, &store, args).await,
         DirectoryCommand::List { under, json } => {
             let under = match under {
                 Some(u) => Some(
@@ -922,4 +1014,65 @@ pub fn trace_json(e: &TraceEvent) -> serde_json::Value {
         "reason": e.reason,
         "detail": e.detail,
     })
+}
+
+/// `directory peers`.
+async fn peers(cfg: &Config, store: &Store, json: bool) -> Result<ExitCode> {
+    let progress = store.peers_progress().await.map_err(core_err)?;
+    let agencies = store.agencies().await.map_err(core_err)?;
+    let blocks = store.directory_blocks().await.map_err(core_err)?;
+    if cfg.peers.is_empty() && !json {
+        println!("no [[peers]] are configured: this gateway takes no directory updates");
+    }
+    for p in &cfg.peers {
+        let g = progress.iter().find(|g| g.peer == p.name);
+        let held: Vec<&str> = agencies
+            .iter()
+            .filter(|a| a.source.as_deref() == Some(p.name.as_str()))
+            .map(|a| a.organ_id.as_str())
+            .collect();
+        let blocked: Vec<String> = blocks
+            .iter()
+            .filter(|b| held.contains(&b.organ_id.as_str()))
+            .map(|b| match &b.spki_sha256 {
+                None => b.organ_id.clone(),
+                Some(k) => format!("{} key {k}", b.organ_id),
+            })
+            .collect();
+        let applied = g.map_or(0, |g| g.sequence);
+        let seen = g.map_or(0, |g| g.seen_sequence);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "name": p.name,
+                    "codes": p.codes,
+                    "applied_sequence": applied,
+                    "seen_sequence": seen,
+                    "lag": seen.saturating_sub(applied),
+                    "applied_at": g.map(|g| g.applied_at),
+                    "agencies": held.len(),
+                    "blocked": blocked,
+                })
+            );
+        } else {
+            println!(
+                "{}  codes {}  update {applied} applied{}  {} agencies{}",
+                p.name,
+                p.codes.join(", "),
+                if seen > applied {
+                    format!(" ({} behind: {seen} seen)", seen - applied)
+                } else {
+                    String::new()
+                },
+                held.len(),
+                if blocked.is_empty() {
+                    String::new()
+                } else {
+                    format!("  blocked here: {}", blocked.join(", "))
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -46,6 +46,26 @@ pub struct Config {
     pub backup: BackupSection,
     /// Archive packages: when documents leave the hot database.
     pub archive: ArchiveSection,
+    /// The gateways this one takes directory updates from, and for which
+    /// codes (the national directory exchange, over AMQP).
+    pub peers: Vec<PeerSection>,
+}
+
+/// `[[peers]]`: a gateway trusted for the directory of some codes.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerSection {
+    /// Its `gateway.id`, as its updates name their publisher.
+    pub name: String,
+    /// The codes it is authoritative for: AMQP topic patterns over codes,
+    /// as in `[[routes]]` (e.g. `["#.H53"]`).
+    pub codes: Vec<String>,
+    /// Its receipt certificate (PEM): its key signs its updates.
+    pub cert: Option<PathBuf>,
+    /// Instead of `cert`: the authority its certificate chains to (PEM) ...
+    pub anchor: Option<PathBuf>,
+    /// ... and the exact subject its certificate carries.
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -658,6 +678,88 @@ impl LimitsSection {
 
 impl Config {
     /// The route table, checked against `amqp.url`.
+    /// The `[[peers]]`, read and checked.
+    pub fn directory_peers(&self) -> Result<Vec<lienthong_core::national_directory::Peer>> {
+        use lienthong_core::national_directory::{Peer, PeerTrust};
+        let mut out: Vec<Peer> = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let at = format!("[[peers]] number {} ({:?})", i + 1, p.name);
+            let well_formed = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !well_formed {
+                anyhow::bail!(
+                    "{at}: name must be the peer's gateway.id: 1 to 64 ASCII letters, digits, '.', '_' or '-'"
+                );
+            }
+            if p.name == self.gateway.id {
+                anyhow::bail!(
+                    "{at}: a gateway is not its own peer (gateway.id is {:?})",
+                    self.gateway.id
+                );
+            }
+            if out.iter().any(|o| o.name == p.name) {
+                anyhow::bail!("{at}: the peer {} is listed twice", p.name);
+            }
+            if p.codes.is_empty() {
+                anyhow::bail!(
+                    "{at}: codes is empty: list the codes it is authoritative for, e.g. codes = [\"#.H53\"]"
+                );
+            }
+            let mut codes = Vec::new();
+            for c in &p.codes {
+                let pattern = lienthong_core::organ_id::TopicPattern::parse(c)
+                    .map_err(|e| anyhow::anyhow!("{at}: codes {c:?}: {}", e.message()))?;
+                if c == "#" {
+                    anyhow::bail!(
+                        "{at}: codes \"#\" would let {} keep every agency, this gateway's own included; give its province's pattern (e.g. \"#.H53\")",
+                        p.name
+                    );
+                }
+                codes.push(pattern);
+            }
+            let trust = match (&p.cert, &p.anchor, &p.subject) {
+                (Some(cert), None, None) => {
+                    let der = lienthong_core::signing::load_certificate_pem(cert).map_err(|e| {
+                        anyhow::anyhow!("{at}: cert {}: {}", cert.display(), e.message())
+                    })?;
+                    let spki_sha256 = lienthong_core::signing::spki_sha256(&der).map_err(|e| {
+                        anyhow::anyhow!("{at}: cert {}: {}", cert.display(), e.message())
+                    })?;
+                    PeerTrust::Certificate { der, spki_sha256 }
+                }
+                (None, Some(anchor), Some(subject)) => {
+                    let anchors = lienthong_core::signing::TrustAnchors::from_pem_files(
+                        std::slice::from_ref(anchor),
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!("{at}: anchor {}: {}", anchor.display(), e.message())
+                    })?;
+                    PeerTrust::Anchor {
+                        anchors,
+                        subject: subject.clone(),
+                    }
+                }
+                _ => anyhow::bail!(
+                    "{at}: give the peer's certificate (cert = \"PATH.pem\"), or the authority its certificate chains to and its exact subject (anchor = \"PATH.pem\", subject = \"C=VN, O=..., CN=...\"), not both"
+                ),
+            };
+            out.push(Peer {
+                name: p.name.clone(),
+                codes,
+                trust,
+            });
+        }
+        if !out.is_empty() && self.amqp.url.is_none() {
+            anyhow::bail!(
+                "[[peers]] are listed but amqp.url is not set: directory updates travel over the national exchange's broker"
+            );
+        }
+        Ok(out)
+    }
+
     pub fn route_table(&self) -> Result<lienthong_core::routing::RouteTable> {
         let table = lienthong_core::routing::RouteTable::new(&self.routes)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))
@@ -862,11 +964,22 @@ pub struct HttpSection {
     pub max_concurrent_queries: usize,
     /// The longest period a report download may cover, in days (397: 13 months).
     pub max_report_days: i64,
+    /// Serve the public directory (`/directory`, `/api/public/directory`):
+    /// agencies' codes, names, parents and contact details, open to anyone
+    /// who reaches the listener, without a login.
+    pub public_directory: bool,
+    /// Requests a second one address (an IPv6 /64) may make to the public
+    /// directory, sustained; beyond the burst, 429 with `Retry-After`.
+    /// 0 turns the limit off.
+    pub public_directory_rate: f64,
+    /// Requests one address may make at once above that rate.
+    pub public_directory_burst: u32,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         let limits = lienthong_core::operators::LoginLimits::default();
+        let public = lienthong_http::PublicDirectoryOptions::default();
         HttpSection {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -883,6 +996,9 @@ impl Default for HttpSection {
             login_failures_per_peer: limits.per_peer,
             max_concurrent_queries: 4,
             max_report_days: lienthong_http::MAX_REPORT_DAYS,
+            public_directory: public.enabled,
+            public_directory_rate: public.rate,
+            public_directory_burst: public.burst,
         }
     }
 }
@@ -924,6 +1040,17 @@ impl Config {
         if h.max_report_days < 1 {
             anyhow::bail!("http.max_report_days must be 1 or more");
         }
+        if !h.public_directory_rate.is_finite() || h.public_directory_rate < 0.0 {
+            anyhow::bail!(
+                "http.public_directory_rate must be a number of requests a second, 0 or more (0 turns the limit off), not {}",
+                h.public_directory_rate
+            );
+        }
+        if h.public_directory_rate > 0.0 && h.public_directory_burst < 1 {
+            anyhow::bail!(
+                "http.public_directory_burst must be 1 or more (the requests one address may make at once)"
+            );
+        }
         let metrics = match (&h.metrics_token_file, listen.ip().is_loopback()) {
             (Some(f), _) => lienthong_http::MetricsAccess::Token(f.clone()),
             (None, true) => lienthong_http::MetricsAccess::Open,
@@ -947,8 +1074,14 @@ impl Config {
                 h.max_concurrent_queries.max(1),
             )),
             max_report_days: h.max_report_days,
+            public_directory: lienthong_http::PublicDirectoryOptions {
+                enabled: h.public_directory,
+                rate: h.public_directory_rate,
+                burst: h.public_directory_burst,
+            },
             backup_schedule: self.backup.daily_at()?,
             tls: None,
+            directory_exchange: None,
         })
     }
 }
@@ -1154,6 +1287,40 @@ mod tests {
             ] {
                 assert!(!text.contains(unsafe_word), "{sample} holds {unsafe_word}");
             }
+        }
+        Ok(())
+    }
+
+    /// The public directory's settings reach the listener, and nonsense is
+    /// refused with the key's name.
+    #[test]
+    fn public_directory_settings() -> Result<()> {
+        let c = Config::load(None)?;
+        let listen = c.http.listen;
+        let o = c.http_options(listen)?.public_directory;
+        assert!(o.enabled);
+        assert_eq!((o.rate, o.burst), (10.0, 30));
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("h.toml");
+        std::fs::write(
+            &f,
+            "[http]\npublic_directory = false\npublic_directory_rate = 2.5\npublic_directory_burst = 5\n",
+        )?;
+        let c = Config::load(Some(&f))?;
+        let o = c.http_options(listen)?.public_directory;
+        assert!(!o.enabled);
+        assert_eq!((o.rate, o.burst), (2.5, 5));
+        for (bad, key) in [
+            ("public_directory_rate = -1.0", "http.public_directory_rate"),
+            ("public_directory_burst = 0", "http.public_directory_burst"),
+        ] {
+            std::fs::write(&f, format!("[http]\n{bad}\n"))?;
+            let e = Config::load(Some(&f))?
+                .http_options(listen)
+                .map(|_| ())
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(key), "{e}");
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ mod bench;
 mod cli;
 mod client;
 mod config;
+mod directory_export;
 mod edxml_cmd;
 mod maintenance_cmd;
 mod manifest_sig;

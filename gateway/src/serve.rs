@@ -214,7 +214,29 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
         // An operator's certificate revoked in trust.crls logs nobody in.
         tls.check_revocation_with(http_anchors);
     }
+    // The directory exchange runs with peers to take updates from (and
+    // to announce this gateway's agencies to).
+    let peers = cfg.directory_peers()?;
+    let directory_exchange = if cfg.amqp.url.is_some() && !peers.is_empty() {
+        let authority: Vec<_> = routes.local_patterns().cloned().collect();
+        let x = lienthong_core::national_directory::DirectoryExchange::new(
+            gw.clone(),
+            cfg.gateway.id.clone(),
+            authority,
+            peers,
+        );
+        if !x.publishes() {
+            tracing::warn!(
+                "no receipts.key: this gateway does not announce its agencies to its peers on the directory exchange"
+            );
+        }
+        tracing::info!(peers = x.peers().len(), exchange = %cfg.amqp.directory_exchange, "national directory exchange on");
+        Some(Arc::new(x))
+    } else {
+        None
+    };
     let mut http_options = cfg.http_options(cfg.http.listen)?;
+    http_options.directory_exchange = directory_exchange.clone();
     http_options.reports = report_settings;
     http_options.tls = http_tls.clone();
     let http = if cfg.http.enabled {
@@ -269,7 +291,13 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<ExitCode> {
     let amqp_task = cfg.amqp.url.as_ref().map(|url| {
         tracing::info!(broker = %lienthong_core::store::redact(url), queue = %cfg.amqp.queue, "AMQP on");
         let (state, task) =
-            lienthong_amqp::spawn(gw.clone(), cfg.amqp.clone(), routes, stop_rx.clone());
+            lienthong_amqp::spawn(
+                gw.clone(),
+                cfg.amqp.clone(),
+                routes,
+                directory_exchange,
+                stop_rx.clone(),
+            );
         gw.attach_broker(Arc::new(move || {
             if state.is_up() {
                 Ok(())

@@ -14,6 +14,14 @@ pub mod v1 {
     /// The payload type of a signed `ReceiptPayload`.
     pub const RECEIPT_PAYLOAD_TYPE: &str = "application/vnd.lienthong.receipt.v1+protobuf";
 
+    /// The payload type of a signed `DirectoryUpdate`.
+    pub const DIRECTORY_UPDATE_PAYLOAD_TYPE: &str =
+        "application/vnd.lienthong.directory-update.v1+protobuf";
+
+    /// The payload type of a signed `DirectorySnapshot`.
+    pub const DIRECTORY_SNAPSHOT_PAYLOAD_TYPE: &str =
+        "application/vnd.lienthong.directory-snapshot.v1+protobuf";
+
     /// Encoded `FileDescriptorSet` for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/lienthong_descriptor.bin"));

@@ -9,22 +9,12 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile, execFileSync } from "node:child_process";
-import { promisify } from "node:util";
-import { mkdtemp, mkdir, rm, writeFile, readFile } from "node:fs/promises";
-import { existsSync, openSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import net from "node:net";
-import { chromium } from "playwright-core";
-
-const run = promisify(execFile);
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "..", "..");
-const bin = process.env.LIENTHONG_BIN || join(root, "target", "debug", "lienthong");
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-const artifacts = join(root, "tests", "artifacts");
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  artifacts, newGateway, lt, prepareGateway, addOperator, serveGateway, stopGateway,
+  launchChromium, watchFailures,
+} from "./gateway.mjs";
 
 const A = "000.00.01.H35"; // Văn phòng UBND tỉnh
 const B = "000.00.12.H35"; // Sở Khoa học và Công nghệ
@@ -32,98 +22,26 @@ const C = "000.00.31.H35"; // UBND thành phố Lai Châu
 const OPERATOR = "Nguyễn Văn Vận Hành";
 const PASSWORD = "mật khẩu của bộ phận vận hành";
 
-let dir, env, grpc, http, server, browser;
-
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = net.createServer();
-    s.unref();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
-
-// The environment of every lienthong command: only our own LIENTHONG_ keys.
-function cleanEnv(extra) {
-  const e = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith("LIENTHONG_")) e[k] = v;
-  }
-  return { ...e, NO_COLOR: "1", ...extra };
-}
-
-async function lt(args) {
-  try {
-    return await run(bin, args, { env, cwd: dir, maxBuffer: 16 << 20 });
-  } catch (e) {
-    throw new Error(`lienthong ${args.join(" ")} failed (${e.code}):\n${e.stdout}\n${e.stderr}`);
-  }
-}
+const gw = newGateway("lienthong-browser-");
+let browser;
 
 async function send(from, to, extra) {
-  const { stdout } = await lt([
-    "send", "--server", `http://127.0.0.1:${grpc}`, "--from", from, "--to", to,
-    "--key", join(dir, "pki", `${from}.key.pem`), "--cert", join(dir, "pki", `${from}.pem`),
+  const { stdout } = await lt(gw, [
+    "send", "--server", `http://127.0.0.1:${gw.grpc}`, "--from", from, "--to", to,
+    "--key", join(gw.dir, "pki", `${from}.key.pem`), "--cert", join(gw.dir, "pki", `${from}.pem`),
     ...extra,
   ]);
   return JSON.parse(stdout.trim().split("\n").pop());
 }
 
-async function waitReady(url, ms) {
-  const end = Date.now() + ms;
-  let last = "";
-  while (Date.now() < end) {
-    if (server.exitCode !== null) break;
-    try {
-      const r = await fetch(url);
-      if (r.ok) return;
-      last = `HTTP ${r.status}`;
-    } catch (e) {
-      last = e.message;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  const log = await readFile(join(dir, "serve.log"), "utf8").catch(() => "");
-  throw new Error(`lienthong serve was not ready at ${url} (${last}); its log:\n${log.slice(-4000)}`);
-}
-
 before(async () => {
-  assert.ok(existsSync(bin), `the lienthong binary is not at ${bin}: run \`cargo build -p lienthong\` first, or set LIENTHONG_BIN`);
-  assert.ok(existsSync(chromiumPath), `Chromium is not at ${chromiumPath}: apt-get install -y chromium (tests/browser/run.sh does it)`);
-  dir = await mkdtemp(join(tmpdir(), "lienthong-browser-"));
-  grpc = await freePort();
-  http = await freePort();
-  env = cleanEnv({
-    LIENTHONG_CONFIG: join(dir, "pki", "lienthong.toml"),
-    LIENTHONG_GRPC__LISTEN: `127.0.0.1:${grpc}`,
-    LIENTHONG_HTTP__LISTEN: `127.0.0.1:${http}`,
-    LIENTHONG_REPORTS__DIR: join(dir, "reports"),
-  });
-  // dev-pki writes the configuration the other commands read.
-  await run(bin, ["dev-pki", join(dir, "pki")], { env: cleanEnv({}), cwd: dir });
-  await lt(["directory", "import", join(dir, "pki", "directory.csv")]);
-  // The operator who logs in below (the password on standard input, as a
-  // script gives it).
-  execFileSync(bin, ["operator", "add", OPERATOR, "--role", "admin", "--password-stdin"],
-    { env, cwd: dir, input: PASSWORD + "\n" });
-  const log = openSync(join(dir, "serve.log"), "a");
-  server = spawn(bin, ["serve"], { env, cwd: dir, stdio: ["ignore", log, log] });
-  await waitReady(`http://127.0.0.1:${http}/health/ready`, 30000);
+  await prepareGateway(gw);
+  // The operator who logs in below.
+  addOperator(gw, OPERATOR, "admin", PASSWORD);
+  await serveGateway(gw);
 });
 
-after(async () => {
-  if (browser) await browser.close().catch(() => {});
-  if (server && server.exitCode === null) {
-    const done = new Promise((ok) => server.once("exit", ok));
-    server.kill("SIGTERM");
-    await Promise.race([done, new Promise((ok) => setTimeout(ok, 10000))]);
-    if (server.exitCode === null) server.kill("SIGKILL");
-  }
-  if (dir && !process.env.LIENTHONG_KEEP) await rm(dir, { recursive: true, force: true });
-});
+after(() => stopGateway(gw, browser));
 
 test("the dashboard shows today's traffic, a refusal in plain words, and a trace", async () => {
   const d1 = await send(A, B, ["--code-number", "15", "--code-notation", "QĐ-UBND",
@@ -140,25 +58,18 @@ test("the dashboard shows today's traffic, a refusal in plain words, and a trace
     assert.match(e.message, /UNKNOWN_RECIPIENT/);
   }
   // B takes its document and registers it (status 03).
-  await lt(["receive", "--server", `http://127.0.0.1:${grpc}`, "--as", B, "--ack"]);
+  await lt(gw, ["receive", "--server", `http://127.0.0.1:${gw.grpc}`, "--as", B, "--ack"]);
   await send(B, A, ["--status", "03", "--document-from", A, "--document-id", d1.document_id]);
 
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
   const page = await browser.newPage({ viewport: { width: 1440, height: 1800 }, locale: "vi-VN" });
-  const failed = [];
-  page.on("requestfailed", (r) => failed.push(r.url()));
-  page.on("pageerror", (e) => failed.push(String(e)));
+  const failed = watchFailures(page);
   // A stranger's request gets nothing.
-  const stranger = await fetch(`http://127.0.0.1:${http}/api/overview`);
+  const stranger = await fetch(`http://127.0.0.1:${gw.http}/api/overview`);
   assert.equal(stranger.status, 401);
 
   // The dashboard sends the browser to the login form; wrong, then right.
-  await page.goto(`http://127.0.0.1:${http}/`);
+  await page.goto(`http://127.0.0.1:${gw.http}/`);
   await page.waitForSelector("#login-form", { timeout: 10000 });
   await page.fill("#login-name", OPERATOR);
   await page.fill("#login-password", "không đúng mật khẩu");
@@ -236,8 +147,8 @@ test("the dashboard shows today's traffic, a refusal in plain words, and a trace
 
   // The report download behind the page's link is a real workbook (with
   // the browser's session; without it, nothing).
-  assert.equal((await fetch(`http://127.0.0.1:${http}/reports/summary.xlsx`)).status, 401);
-  const r = await page.context().request.get(`http://127.0.0.1:${http}/reports/summary.xlsx`);
+  assert.equal((await fetch(`http://127.0.0.1:${gw.http}/reports/summary.xlsx`)).status, 401);
+  const r = await page.context().request.get(`http://127.0.0.1:${gw.http}/reports/summary.xlsx`);
   assert.equal(r.status(), 200);
   const bytes = Buffer.from(await r.body());
   assert.equal(bytes.subarray(0, 2).toString(), "PK");
@@ -246,6 +157,6 @@ test("the dashboard shows today's traffic, a refusal in plain words, and a trace
   // Logging out ends the session: the page is the login form again.
   await page.click("#logout");
   await page.waitForSelector("#login-form", { timeout: 10000 });
-  const after = await page.context().request.get(`http://127.0.0.1:${http}/api/overview`);
+  const after = await page.context().request.get(`http://127.0.0.1:${gw.http}/api/overview`);
   assert.equal(after.status(), 401);
 });

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The dashboard's browser test: installs what is missing (Debian's chromium,
-# playwright-core from the committed package-lock.json), builds the
-# lienthong binary unless LIENTHONG_BIN names one, and runs the test.
+# The browser tests (the dashboard, the public directory page): installs
+# what is missing (Debian's chromium, playwright-core from the committed
+# package-lock.json), builds the lienthong binary unless LIENTHONG_BIN names
+# one, and runs the tests.
 #
 # Where chromium or the npm packages cannot be installed, the test is
 # skipped with a SKIPPED line — except under CI (CI=true) or
@@ -46,5 +47,5 @@ fi
 echo "== browser test (headless chromium)"
 cd "$here"
 export CHROMIUM="${CHROMIUM:-$(command -v chromium)}"
-node --test --test-reporter=spec dashboard.test.mjs
-echo "screenshot: $root/tests/artifacts/dashboard.png"
+node --test --test-reporter=spec dashboard.test.mjs directory.test.mjs
+echo "screenshots: $root/tests/artifacts/dashboard.png, $root/tests/artifacts/directory.png"

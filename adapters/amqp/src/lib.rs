@@ -18,6 +18,7 @@
 //! The adapter knows nothing of the database: it talks to the core only.
 
 mod consumer;
+mod directory;
 mod relay;
 pub mod wire;
 
@@ -32,6 +33,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lienthong_core::national_directory::DirectoryExchange;
 use lienthong_core::pipeline::Gateway;
 use lienthong_core::routing::RouteTable;
 use lienthong_metrics::{Counter, Family, Gauge, ReasonLabel, Registry};
@@ -78,6 +80,14 @@ pub struct AmqpConfig {
     /// The longest wait between two connection attempts.
     pub reconnect_max_secs: u64,
     pub tls: AmqpTls,
+    /// The topic exchange of the national directory exchange (signed
+    /// directory updates between gateways; `[[peers]]`).
+    pub directory_exchange: String,
+    /// This gateway's queue on it (default `lienthong.directory.<gateway.id>`).
+    pub directory_queue: Option<String>,
+    /// How often the directory is compared with what was announced to the
+    /// peers (changes made meanwhile travel as one update).
+    pub directory_interval_ms: u64,
 }
 
 impl Default for AmqpConfig {
@@ -96,6 +106,9 @@ impl Default for AmqpConfig {
             max_message_bytes: 16 * 1024 * 1024,
             reconnect_max_secs: 30,
             tls: AmqpTls::default(),
+            directory_exchange: lienthong_core::national_directory::DIRECTORY_EXCHANGE.to_owned(),
+            directory_queue: None,
+            directory_interval_ms: 1000,
         }
     }
 }
@@ -244,6 +257,7 @@ pub fn spawn(
     gw: Gateway,
     cfg: AmqpConfig,
     routes: RouteTable,
+    directory: Option<Arc<DirectoryExchange>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (Arc<BrokerState>, tokio::task::JoinHandle<()>) {
     let state = Arc::new(BrokerState {
@@ -306,7 +320,7 @@ pub fn spawn(
             let run = run_once(
                 &gw,
                 &cfg,
-                &routes,
+                (&routes, directory.as_ref()),
                 &st,
                 &mut attempt,
                 &book,
@@ -370,7 +384,7 @@ struct Attempt {
 async fn run_once(
     gw: &Gateway,
     cfg: &AmqpConfig,
-    routes: &RouteTable,
+    (routes, directory): (&RouteTable, Option<&Arc<DirectoryExchange>>),
     state: &BrokerState,
     attempt: &mut Attempt,
     book: &consumer::FailureBook,
@@ -379,6 +393,9 @@ async fn run_once(
     let conn = connect_any(cfg, &mut attempt.next_node).await?;
     let mut topology = conn.create_channel().await?;
     declare(&conn, &mut topology, cfg, routes).await?;
+    if let Some(x) = directory {
+        directory::declare(&conn, &mut topology, cfg, x).await?;
+    }
     // Agencies that read a queue get it now, so they can subscribe before
     // their first document (the relay declares newer ones as it goes).
     for id in gw.queue_agencies().await? {
@@ -412,7 +429,20 @@ async fn run_once(
             book,
             shutdown.clone()
         ),
-        relay::run(gw, cfg, &state.metrics, &relay_ch, &topology, shutdown),
+        relay::run(
+            gw,
+            cfg,
+            &state.metrics,
+            &relay_ch,
+            &topology,
+            shutdown.clone()
+        ),
+        async {
+            match directory {
+                Some(x) => directory::run(x.clone(), cfg, &conn, shutdown).await,
+                None => Ok(()),
+            }
+        },
     )
     .map(|_| ());
     // Best effort: the broker requeues what was not acknowledged.

@@ -192,9 +192,39 @@ async function refreshBackup() {
   }
 }
 
+// Each peer gateway's directory updates: the last applied, and how many
+// seen and not yet applied (its lag).
+async function refreshPeers() {
+  try {
+    const res = await api("/api/peers");
+    if (!res.ok) return;
+    const peers = await res.json();
+    const box = $("peers");
+    box.hidden = peers.length === 0;
+    const behind = peers.some((p) => p.lag > 0);
+    box.className = behind ? "banner banner-backup-late" : "banner-backup muted";
+    box.replaceChildren(
+      ...peers.map((p) => {
+        const when = p.applied_at
+          ? new Date(p.applied_at / 1000).toLocaleString("vi-VN")
+          : "chưa nhận";
+        const lag = p.lag > 0 ? `, chậm ${p.lag} bản cập nhật` : ", đã đồng bộ";
+        return el(
+          "div",
+          `Danh bạ từ trục ${p.name} (${p.codes}): cập nhật số ${p.applied_sequence} lúc ${when}, ${p.agencies} cơ quan${lag}`,
+          "peer"
+        );
+      })
+    );
+  } catch (e) {
+    // Keep what is shown; the offline banner says the gateway is unreachable.
+  }
+}
+
 async function refresh() {
   refreshMaintenance();
   refreshBackup();
+  refreshPeers();
   try {
     const res = await api("/api/overview");
     const body = await res.json();

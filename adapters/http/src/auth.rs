@@ -2,6 +2,12 @@
 //! rebinding), operators' sessions (cookies naming a session stored in the
 //! database), roles, CSRF tokens, the login page (password or client
 //! certificate), and the bearer token of `/metrics`.
+//!
+//! The session check is a layer on the routes that need it (`viewer`,
+//! `admin` in `router`), not on the listener: what is open is what is
+//! routed outside them — `/health/*`, `/metrics` (its token), the login
+//! page, the assets, and by design the public directory (`crate::public`:
+//! `/directory`, `/api/public/directory`, rate-limited per peer).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

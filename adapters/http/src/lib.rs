@@ -9,7 +9,7 @@
 //!
 //! Who may ask what: every request but `/health/*` must be addressed to an
 //! allowed host ([`AllowedHosts`]: what stops DNS rebinding). The dashboard,
-//! `/api/*` and `/reports/*` need a logged-in operator (a session cookie;
+//! `/api/*` (but `/api/public/*`) and `/reports/*` need a logged-in operator (a session cookie;
 //! `viewer` or `admin`); a request that changes something also needs the
 //! session's CSRF token. `/metrics` needs a bearer token unless the listener
 //! is on loopback. Report and search queries run a few at a time, over at
@@ -34,6 +34,9 @@
 //! | `/api/backup` | viewer | the last backup (when, size, where), whether it is late, in a sentence |
 //! | `POST /api/maintenance` | admin | announce a window `{from, to, message}` |
 //! | `POST /api/maintenance/{id}/cancel` | admin | cancel a window |
+//! | `/directory?q=&page=` | anyone | the public directory of agencies' codes (mã định danh), rate-limited per peer ([`PublicDirectoryOptions`]) |
+//! | `/api/public/directory?q=&page=` | anyone | the same as JSON, `Access-Control-Allow-Origin: *` |
+//! | `/api/public/directory/{code}` | anyone | one agency, or 404 with a sentence |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +48,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use lienthong_core::error::{Error, OrErr, Reason};
+use lienthong_core::national_directory::DirectoryExchange;
 use lienthong_core::operators::{LoginLimits, Session, SessionPolicy};
 use lienthong_core::pipeline::Gateway;
 use lienthong_reports::{self as reports, Format, Lang, Period, ReportSettings, Scope};
@@ -54,9 +58,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 mod auth;
 mod listen;
 mod maintenance;
+mod public;
 
 pub use auth::{AllowedHosts, CSRF_HEADER, MetricsAccess};
 pub use listen::{PeerInfo, serve, serve_tls};
+pub use public::PublicDirectoryOptions;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
@@ -94,6 +100,11 @@ pub struct HttpOptions {
     /// The daily backup's time (hour, minute; Vietnam time), `None` when
     /// none is scheduled: the dashboard warns when a backup is late.
     pub backup_schedule: Option<(u8, u8)>,
+    /// The public directory (`/directory`, `/api/public/directory`): open
+    /// to anyone, rate-limited per peer.
+    pub public_directory: PublicDirectoryOptions,
+    /// The national directory exchange, whose peers the dashboard shows.
+    pub directory_exchange: Option<Arc<DirectoryExchange>>,
 }
 
 impl HttpOptions {
@@ -111,6 +122,8 @@ impl HttpOptions {
             max_report_days: MAX_REPORT_DAYS,
             tls: None,
             backup_schedule: None,
+            public_directory: PublicDirectoryOptions::default(),
+            directory_exchange: None,
         }
     }
 }
@@ -125,6 +138,8 @@ struct App {
     queries: Arc<Semaphore>,
     max_report_days: i64,
     backup_schedule: Option<(u8, u8)>,
+    public: Arc<public::Public>,
+    directory_exchange: Option<Arc<DirectoryExchange>>,
 }
 
 impl App {
@@ -152,6 +167,8 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
         queries: opts.queries,
         max_report_days: opts.max_report_days,
         backup_schedule: opts.backup_schedule,
+        public: Arc::new(public::Public::new(opts.public_directory)),
+        directory_exchange: opts.directory_exchange,
     };
     let viewer = Router::new()
         .route("/", get(index))
@@ -162,6 +179,7 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
         .route("/api/search", get(search))
         .route("/api/maintenance", get(maintenance::api))
         .route("/api/backup", get(backup))
+        .route("/api/peers", get(peers))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::require_viewer,
@@ -173,6 +191,19 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
             app.clone(),
             auth::require_admin,
         ));
+    // Open by design: no login layer, only the per-peer rate limit.
+    let open = if opts.public_directory.enabled {
+        Router::new()
+            .route("/directory", get(public::page))
+            .route("/api/public/directory", get(public::api_search))
+            .route("/api/public/directory/{code}", get(public::api_agency))
+            .route_layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                public::limit,
+            ))
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/assets/dashboard.js", get(script))
         .route("/assets/dashboard.css", get(style))
@@ -185,6 +216,7 @@ pub fn router(gw: Gateway, opts: HttpOptions) -> Router {
         .route("/logout", post(auth::logout))
         .merge(admin)
         .merge(viewer)
+        .merge(open)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -225,7 +257,7 @@ impl From<Error> for ApiError {
     }
 }
 
-fn status_of(r: Reason) -> StatusCode {
+pub(crate) fn status_of(r: Reason) -> StatusCode {
     match r {
         Reason::Malformed | Reason::BadIdentifier => StatusCode::BAD_REQUEST,
         Reason::NotFound => StatusCode::NOT_FOUND,
@@ -435,6 +467,16 @@ async fn overview(State(app): State<App>) -> Result<Response, ApiError> {
 async fn backup(State(app): State<App>) -> Result<Response, ApiError> {
     let s = reports::backup_status(&app.gw, app.backup_schedule).await?;
     Ok(axum::Json(s).into_response())
+}
+
+/// The peer gateways of the national directory exchange: for each, the
+/// last update applied and seen (the lag) and the agencies held from it.
+async fn peers(State(app): State<App>) -> Result<Response, ApiError> {
+    let peers = match &app.directory_exchange {
+        Some(x) => x.peer_status().await?,
+        None => Vec::new(),
+    };
+    Ok(axum::Json(peers).into_response())
 }
 
 async fn refusals(State(app): State<App>, Query(p): Params) -> Result<Response, ApiError> {

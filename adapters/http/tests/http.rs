@@ -831,3 +831,50 @@ async fn the_listener_stops_on_its_shutdown_signal() -> Result<()> {
     );
     Ok(())
 }
+
+/// The public directory answers strangers (no session) with the public
+/// fields only, while the dashboard's API next to it still wants a login;
+/// turned off, its paths are unknown.
+#[tokio::test]
+async fn the_public_directory_is_open_to_strangers_and_can_be_turned_off() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (w, app) = gateway(&dir).await?;
+    let mut stranger = Browser::new(&app);
+    assert_eq!(
+        stranger.get("/api/overview").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let got = stranger.get("/api/public/directory?q=van%20phong").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    let j = got.json();
+    assert_eq!(j["total"], 1, "{j}");
+    assert_eq!(j["agencies"][0]["code"], "000.00.01.H35");
+    let got = stranger.get("/directory?q=khoa%20hoc").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.content_type.starts_with("text/html"));
+    assert!(got.csp.contains("default-src 'none'"), "{}", got.csp);
+    assert!(got.text().contains("Sở Khoa học và Công nghệ"));
+    assert!(got.text().contains("Danh bạ mã định danh cơ quan, đơn vị"));
+    let got = stranger.get("/api/public/directory/000.00.99.H35").await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert_eq!(got.json()["reason"], "NOT_FOUND");
+    let got = stranger.get("/api/public/directory?page=0").await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
+
+    let mut opts = options();
+    opts.public_directory.enabled = false;
+    let off = lienthong_http::router(w.gw.clone(), opts);
+    let mut stranger = Browser::new(&off);
+    for path in [
+        "/directory",
+        "/api/public/directory",
+        "/api/public/directory/000.00.01.H35",
+    ] {
+        assert_eq!(
+            stranger.get(path).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    Ok(())
+}

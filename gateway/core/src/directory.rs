@@ -47,7 +47,7 @@ impl ChangedBy {
         }
     }
 
-    fn line(&self, sender: &str, detail: String) -> NewEvent {
+    pub(crate) fn line(&self, sender: &str, detail: String) -> NewEvent {
         NewEvent {
             kind: EventKind::DirectoryChanged,
             sender: sender.to_owned(),
@@ -98,15 +98,74 @@ pub async fn import_csv(
     })?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     let mut hashed = HashingReader::new(file);
-    let (rows, mut problems) = read_directory_csv(&mut hashed, base, policy)?;
+    let (rows, problems) = read_directory_csv(&mut hashed, base, policy)?;
     let file_sha256 = hashed.finish();
+    apply_import(
+        store,
+        path,
+        file_sha256.as_ref(),
+        rows,
+        problems,
+        skip_invalid,
+        by,
+    )
+    .await
+}
 
+/// [`import_csv`] of a file the caller has read already (and checked, e.g.
+/// against its signature, so that what is imported is exactly what was
+/// checked): `csv` is the directory as CSV, `path` names the file in the
+/// transfer log and is where relative certificate paths start, and
+/// `file_sha256` is the SHA-256 of the file as it is on disk (which may be
+/// another form of the same rows, e.g. a JSON export).
+pub async fn import_csv_data(
+    store: &Store,
+    csv: &[u8],
+    path: &Path,
+    file_sha256: &[u8],
+    skip_invalid: bool,
+    policy: IdPolicy,
+    by: &ChangedBy,
+) -> Result<ImportOutcome> {
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let (rows, problems) = read_directory_csv(csv, base, policy)?;
+    apply_import(store, path, file_sha256, rows, problems, skip_invalid, by).await
+}
+
+/// The rows read from `path`, applied (see [`import_csv`]).
+async fn apply_import(
+    store: &Store,
+    path: &Path,
+    file_sha256: &[u8],
+    rows: Vec<AgencyRow>,
+    mut problems: Vec<RowProblem>,
+    skip_invalid: bool,
+    by: &ChangedBy,
+) -> Result<ImportOutcome> {
     // Certificates are read before anything is written, so that a missing
     // file is a row problem, not a half-done import.
     let mut good = Vec::with_capacity(rows.len());
     let mut certs = Vec::new();
     let mut clients = Vec::new();
+    // Agencies other gateways keep are theirs: an import cannot change them.
+    let foreign: HashMap<String, rows::AgencyRow> = store
+        .agencies()
+        .await?
+        .into_iter()
+        .filter(|a| a.source.is_some())
+        .map(|a| (a.organ_id.clone(), a))
+        .collect();
     for row in rows {
+        if let Some(a) = foreign.get(row.organ_id.as_str())
+            && let Err(e) = local_only(a)
+        {
+            problems.push(RowProblem {
+                line: row.line,
+                organ_id: row.organ_id.as_str().to_owned(),
+                reason: e.message().to_owned(),
+            });
+            continue;
+        }
         let signing: Result<Vec<_>> = row
             .signing_cert
             .iter()
@@ -294,6 +353,7 @@ fn agency_model(r: &AgencyRow, now: i64) -> rows::AgencyRow {
         active: r.active,
         extra: serde_json::to_string(&extra).unwrap_or_else(|_| "{}".to_owned()),
         updated_at: now,
+        source: None,
     }
 }
 
@@ -392,6 +452,24 @@ fn client_row_der(name: &str, der: Vec<u8>, role: ClientRole) -> Result<rows::Cl
     })
 }
 
+/// Refuses to change an agency another gateway keeps (the national
+/// directory exchange applies its peer's signed updates to it): its
+/// operator can only block it here.
+pub(crate) fn local_only(a: &rows::AgencyRow) -> Result<()> {
+    match &a.source {
+        None => Ok(()),
+        Some(peer) => Err(Error::new(
+            Reason::PermissionDenied,
+            format!(
+                "{} is kept by the gateway {peer} (its signed directory updates): it cannot be \
+                 changed here; to refuse it or one of its keys locally, use `lienthong directory \
+                 block`",
+                a.organ_id
+            ),
+        )),
+    }
+}
+
 /// An agency of the directory, or `NotFound` saying how to add it.
 async fn known_agency(store: &Store, organ_id: &str) -> Result<(OrganId, rows::AgencyRow)> {
     let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
@@ -433,7 +511,8 @@ pub async fn bind_signing_cert(
     der: Vec<u8>,
     by: &ChangedBy,
 ) -> Result<rows::SigningCertRow> {
-    let (id, _) = known_agency(store, organ_id).await?;
+    let (id, agency) = known_agency(store, organ_id).await?;
+    local_only(&agency)?;
     let row = signing_row(&id, der)?;
     let before = store.signing_cert(&row.spki_sha256).await?;
     let mut change = DirectoryChange::default();
@@ -522,6 +601,9 @@ pub async fn unbind_signing_cert(
     by: &ChangedBy,
 ) -> Result<rows::SigningCertRow> {
     let id = OrganId::parse_with(organ_id, IdPolicy::Lenient)?;
+    if let Some(a) = store.agency(id.as_str()).await? {
+        local_only(&a)?;
+    }
     let key = cert.key()?;
     let bound = match store.signing_cert(&key).await? {
         Some(b) if b.organ_id == id.as_str() => b,
@@ -629,6 +711,7 @@ pub async fn set_active(
     by: &ChangedBy,
 ) -> Result<bool> {
     let (id, a) = known_agency(store, organ_id).await?;
+    local_only(&a)?;
     if a.active == active {
         return Ok(false);
     }
@@ -683,7 +766,11 @@ pub async fn represent(
 pub async fn upsert_agency(store: &Store, row: rows::AgencyRow, by: &ChangedBy) -> Result<()> {
     let mut change = DirectoryChange::default();
     let source = "the operators";
-    match store.agency(&row.organ_id).await? {
+    let existing = store.agency(&row.organ_id).await?;
+    if let Some(old) = &existing {
+        local_only(old)?;
+    }
+    match existing {
         None => change.log.push(by.line(
             &row.organ_id,
             format!(
@@ -890,6 +977,7 @@ mod tests {
             active,
             extra: "{}".to_owned(),
             updated_at: now_micros(),
+            source: None,
         };
         let by = ChangedBy::cli("clerk");
         upsert_agency(&store, row(true), &by).await?;

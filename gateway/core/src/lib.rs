@@ -7,6 +7,7 @@ pub mod facts;
 pub mod lifecycle;
 pub mod maintenance; // Maintenance notices
 mod metrics;
+pub mod national_directory;
 pub mod operators;
 pub mod peers;
 pub mod pipeline;

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::pipeline::Gateway;
 use crate::rows::{AgencyRow, MessageRow, SigningCertRow};
 use crate::store::Store;
+pub use lienthong_store::public_directory::{PublicAgency, PublicDirectoryPage};
 use lienthong_store::reports::{
     BackupRow, Filter, MessageHit, OverdueRow, PendingInbox, RefusalRow, ReportRows, ReportWindow,
     Traffic,
@@ -109,5 +110,22 @@ impl Records<'_> {
     /// Messages found by message_id, số/ký hiệu or words of the document.
     pub async fn search_messages(&self, q: &str) -> Result<Vec<MessageHit>> {
         self.0.search_messages(q).await
+    }
+
+    /// The public directory: agencies whose code or name holds `q` (case
+    /// and diacritics ignored; all when blank), in code order, `limit` from
+    /// the `offset`-th, with how many match — public fields only.
+    pub async fn public_directory(
+        &self,
+        q: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<PublicDirectoryPage> {
+        self.0.public_directory(q, limit, offset).await
+    }
+
+    /// One agency of the public directory, by its exact code.
+    pub async fn public_agency(&self, organ_id: &str) -> Result<Option<PublicAgency>> {
+        self.0.public_agency(organ_id).await
     }
 }

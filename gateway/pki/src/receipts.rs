@@ -63,6 +63,18 @@ impl ReceiptSigner {
     }
 
     /// Signs DSSE's pre-authentication encoding of `payload` under
+    /// `payload_type`, carrying the certificate chain: for what another
+    /// gateway checks (the directory exchange's updates).
+    pub fn sign_pb(&self, payload_type: &str, payload: &[u8]) -> Result<pb::Signature> {
+        let value = self.key.sign(&signing::pae(payload_type, payload))?;
+        Ok(pb::Signature {
+            algorithm: self.key.algorithm().as_str().to_owned(),
+            value: value.into(),
+            certificates: self.chain.iter().map(|c| c.clone().into()).collect(),
+        })
+    }
+
+    /// Signs DSSE's pre-authentication encoding of `payload` under
     /// `payload_type`, naming the key rather than carrying the certificate
     /// chain: for records the gateway writes often (the transfer log's
     /// checkpoints), checked against the pinned receipt certificates.

@@ -50,6 +50,7 @@ fn directory() -> Vec<AgencyRow> {
             active: true,
             extra: "{}".to_owned(),
             updated_at: now_micros(),
+            source: None,
         })
     };
     for d in 1..=50 {

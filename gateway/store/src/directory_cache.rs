@@ -217,6 +217,7 @@ mod tests {
             active: true,
             extra: "{}".to_owned(),
             updated_at: 0,
+            source: None,
         }
     }
 

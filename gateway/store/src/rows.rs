@@ -32,6 +32,9 @@ pub struct AgencyRow {
     /// Extra CSV columns, as a JSON object of strings.
     pub extra: String,
     pub updated_at: i64,
+    /// `None` for this gateway's own agencies; the peer gateway whose
+    /// signed directory updates keep it, for a foreign one.
+    pub source: Option<String>,
 }
 
 impl From<agency::Model> for AgencyRow {
@@ -48,6 +51,7 @@ impl From<agency::Model> for AgencyRow {
             active: m.active,
             extra: m.extra,
             updated_at: m.updated_at,
+            source: m.source,
         }
     }
 }

@@ -208,6 +208,13 @@ pub struct DirectoryChange {
     pub revoke: Vec<(String, String)>,
     /// The transfer log's lines (kind `directory_changed`).
     pub log: Vec<NewEvent>,
+    /// A peer gateway's signed update or snapshot, when that is what the
+    /// change applies: its progress moves in the same transaction.
+    pub peer: Option<crate::peer_changes::PeerAdvance>,
+    /// Foreign agencies or keys blocked here by the operator.
+    pub block: Vec<crate::peer_changes::Block>,
+    /// (organ_id, key sha256): blocks lifted.
+    pub unblock: Vec<(String, Option<String>)>,
 }
 
 /// Connects with the gateway's options: `sqlite:` URLs get their directory
@@ -609,9 +616,15 @@ impl Store {
             grant,
             revoke,
             log,
+            peer,
+            block,
+            unblock,
         } = change;
         let txn = self.db.begin().await.or_db()?;
         let gone = |what: String| Error::new(Reason::NotFound, what);
+        if let Some(p) = &peer {
+            crate::peer_changes::before_peer_change(&txn, p, &agencies, &bind_signing).await?;
+        }
         for chunk in agencies.chunks(200) {
             let models: Vec<agency::ActiveModel> = chunk
                 .iter()
@@ -628,6 +641,7 @@ impl Store {
                     active: Set(m.active),
                     extra: Set(m.extra),
                     updated_at: Set(m.updated_at),
+                    source: Set(m.source),
                 })
                 .collect();
             if models.is_empty() {
@@ -647,6 +661,7 @@ impl Store {
                             agency::Column::Active,
                             agency::Column::Extra,
                             agency::Column::UpdatedAt,
+                            agency::Column::Source,
                         ])
                         .to_owned(),
                 )
@@ -731,6 +746,10 @@ impl Store {
                 )));
             }
         }
+        if let Some(p) = &peer {
+            crate::peer_changes::after_peer_change(&txn, p, now).await?;
+        }
+        crate::peer_changes::write_blocks(&txn, &block, &unblock).await?;
         append_events(&txn, &self.writer, log, now).await.or_db()?;
         txn.execute_raw(Statement::from_string(
             txn.get_database_backend(),

@@ -59,6 +59,11 @@ pub enum EventKind {
     /// `reason` the package's file name, `detail` the folder in it, `actor`
     /// who ran the purge. Its row stays as the tombstone.
     Archived,
+    /// A peer gateway's directory update or snapshot was refused, or a
+    /// snapshot asked for (`reason` the code, `detail` what and why,
+    /// `actor` the peer, `sender` the agency concerned when there is one).
+    /// What was applied is written as `directory_changed` lines.
+    DirectoryRefused,
 }
 
 impl EventKind {
@@ -83,6 +88,7 @@ impl EventKind {
             EventKind::IntegrityChecked => "integrity_checked",
             EventKind::Backup => "backup",
             EventKind::Archived => "archived",
+            EventKind::DirectoryRefused => "directory_refused",
         }
     }
 }

@@ -14,7 +14,7 @@ use lienthong_testkit::*;
 use prost::Message as _;
 use tokio::sync::RwLock;
 
-static BROKER: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
+pub(crate) static BROKER: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
 
 /// A gateway for `province` on `vhost` sharing the PKI in `pki`.
 async fn gateway(
@@ -51,7 +51,7 @@ async fn gateway_as(
 
 /// Receives until `n` deliveries have come (acknowledging each), or fails
 /// after `limit`.
-async fn receive_n(agency: &Agency, n: usize, limit: Duration) -> Vec<Delivery> {
+pub(crate) async fn receive_n(agency: &Agency, n: usize, limit: Duration) -> Vec<Delivery> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut got = Vec::new();
     while got.len() < n {
@@ -91,12 +91,12 @@ async fn receive_n(agency: &Agency, n: usize, limit: Duration) -> Vec<Delivery> 
     got
 }
 
-fn dead_letter_queue(province: &str) -> String {
+pub(crate) fn dead_letter_queue(province: &str) -> String {
     format!("{DEAD_LETTERS}.{}", province.to_lowercase())
 }
 
 /// What a dead-lettered message says: (reason, detail).
-fn reasons(dls: &[lapin::message::Delivery]) -> HashMap<String, (String, String)> {
+pub(crate) fn reasons(dls: &[lapin::message::Delivery]) -> HashMap<String, (String, String)> {
     dls.iter()
         .map(|d| {
             (

@@ -8,3 +8,4 @@
 
 mod amqp;
 mod chaos;
+mod directory_exchange;

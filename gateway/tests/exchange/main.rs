@@ -10,6 +10,7 @@
 mod authority;
 mod bad_input;
 mod directory;
+mod directory_export;
 mod edxml;
 mod edxml_at_rest;
 mod exchange;

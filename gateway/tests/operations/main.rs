@@ -11,5 +11,6 @@ mod backup;
 mod integrity_check;
 mod maintenance;
 mod operators;
+mod public_directory;
 mod reports;
 mod upgrade;

@@ -12,93 +12,14 @@ use std::time::Duration;
 
 use lienthong_testkit::*;
 
-/// `None` with a SKIPPED line, or a panic under LIENTHONG_REQUIRE_SERVICES=1.
-fn missing<T>(test: &str, what: &str) -> Option<T> {
-    if require_services() {
-        panic!("{test}: {what}, and LIENTHONG_REQUIRE_SERVICES=1 says it must be there");
-    }
-    notice(&format!(
-        "SKIPPED: {test}: {what}; set LIENTHONG_REQUIRE_SERVICES=1 to make this a failure"
-    ));
-    None
-}
-
 fn tests_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests"))
 }
 
-/// The interpreter of a virtualenv holding tests/python/requirements.txt,
-/// made once per version of that file under the target directory (so
-/// repeated runs take no time).
+/// The interpreter of the tests' Python virtualenv
+/// (`lienthong_testkit::python_venv`: tests/python/requirements.txt).
 fn python_venv(test: &str) -> Option<PathBuf> {
-    let requirements = tests_dir().join("python/requirements.txt");
-    let pinned = std::fs::read(&requirements).unwrap();
-    let key = &hex::encode(sha256(&pinned))[..16];
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = base.join(format!("python-venv-{key}"));
-    let python = venv.join("bin/python");
-    if venv.join(".complete").is_file() {
-        return Some(python);
-    }
-    std::fs::create_dir_all(&base).unwrap();
-    // Made aside and renamed into place: a run stopped halfway leaves
-    // nothing that looks complete.
-    let partial = base.join(format!("python-venv-{key}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&partial);
-    let made = StdCommand::new("python3")
-        .args(["-m", "venv"])
-        .arg(&partial)
-        .stdin(Stdio::null())
-        .output();
-    match made {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return missing(
-                test,
-                &format!(
-                    "`python3 -m venv` fails (Debian: apt-get install python3-venv):\n{}",
-                    describe_output(&o)
-                ),
-            );
-        }
-        Err(e) => return missing(test, &format!("python3 not found ({e})")),
-    }
-    let python = partial.join("bin/python");
-    notice(&format!(
-        "{test}: installing {} into {} (once per version of that file)",
-        requirements.display(),
-        venv.display()
-    ));
-    let pip = StdCommand::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            "-r",
-        ])
-        .arg(&requirements)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    if !pip.status.success() {
-        let _ = std::fs::remove_dir_all(&partial);
-        return missing(
-            test,
-            &format!(
-                "pip could not install {} from PyPI:\n{}",
-                requirements.display(),
-                describe_output(&pip)
-            ),
-        );
-    }
-    std::fs::write(partial.join(".complete"), &pinned).unwrap();
-    // Another run may have finished first: then its copy is as good.
-    if std::fs::rename(&partial, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&partial);
-    }
-    Some(venv.join("bin/python"))
+    lienthong_testkit::python_venv(test, Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Runs the Python agency client; its one line of JSON.

@@ -387,9 +387,73 @@ fn status(s: &mut Scope<'_, '_, '_>, st: &pb::StatusNotice) -> Result<()> {
     s.line("document_promulgation_date", &st.document_promulgation_date)
 }
 
+/// `s` as searches compare it: lower case, without Vietnamese diacritics
+/// (`Ủy ban` and `Uỷ ban` → `uy ban`, `đ` → `d`), whether the marks are
+/// precomposed or combining (NFD), and with runs of white space as one
+/// space, trimmed. So "uy ban" finds "Ủy ban nhân dân".
+pub fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut space = false;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        // Combining diacritical marks (a decomposed `ủ` is `u` + U+0309).
+        if ('\u{0300}'..='\u{036F}').contains(&c) {
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        for l in c.to_lowercase() {
+            out.push(base_letter(l));
+        }
+    }
+    out
+}
+
+/// A lower-case Vietnamese letter without its marks.
+fn base_letter(c: char) -> char {
+    const GROUPS: [(&str, char); 7] = [
+        ("àáảãạăằắẳẵặâầấẩẫậ", 'a'),
+        ("èéẻẽẹêềếểễệ", 'e'),
+        ("ìíỉĩị", 'i'),
+        ("òóỏõọôồốổỗộơờớởỡợ", 'o'),
+        ("ùúủũụưừứửữự", 'u'),
+        ("ỳýỷỹỵ", 'y'),
+        // `ð` (U+00F0) is typed for `đ` by keyboards that lack it.
+        ("đð", 'd'),
+    ];
+    if c.is_ascii() {
+        return c;
+    }
+    GROUPS
+        .iter()
+        .find(|(marked, _)| marked.contains(c))
+        .map_or(c, |&(_, base)| base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fold_drops_case_marks_and_extra_spaces() {
+        assert_eq!(
+            fold("Ủy ban nhân dân tỉnh Lai Châu"),
+            "uy ban nhan dan tinh lai chau"
+        );
+        assert_eq!(fold("  UỶ   BAN "), "uy ban");
+        assert_eq!(fold("Sở Khoa học và Công nghệ"), "so khoa hoc va cong nghe");
+        assert_eq!(fold("ĐẮK LẮK, Ðồng Tháp"), "dak lak, dong thap");
+        // Decomposed: U+0055 U+031B U+0309 (Ử as base + horn + hook).
+        assert_eq!(fold("U\u{31B}\u{309}y ban"), "uy ban");
+        assert_eq!(fold("000.00.12.H35"), "000.00.12.h35");
+        assert_eq!(fold("<script>"), "<script>");
+        assert_eq!(fold(""), "");
+    }
     use crate::error::Reason;
 
     fn doc(f: impl FnOnce(&mut pb::Document)) -> Envelope {

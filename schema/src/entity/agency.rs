@@ -18,6 +18,9 @@ pub struct Model {
     /// Extra CSV columns, as a JSON object of strings.
     pub extra: String,
     pub updated_at: i64,
+    /// `None` for this gateway's own agencies; the peer gateway's name for
+    /// an agency applied from its signed directory updates.
+    pub source: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -18,6 +18,7 @@ mod m20261207_000012_replicas; // Replicas' configuration digests
 mod m20261207_000013_stored_blobs; // Attachments in the database
 mod m20261207_000014_maintenance_interruption; // Windows without interruption
 mod m20261208_000015_archive; // Archive packages and tombstones
+mod m20261209_000016_directory_exchange; // The national directory exchange
 
 pub use m20261124_000003_log_chain::GENESIS;
 pub use m20261207_000011_log_chains::MAIN_CHAIN;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000013_stored_blobs::Migration),
             Box::new(m20261207_000014_maintenance_interruption::Migration),
             Box::new(m20261208_000015_archive::Migration),
+            Box::new(m20261209_000016_directory_exchange::Migration),
         ]
     }
 }

@@ -181,6 +181,94 @@ pub fn openssl_pki(test: &str) -> Option<tempfile::TempDir> {
     Some(dir)
 }
 
+/// `None` with a SKIPPED line naming what is missing, or a panic under
+/// `LIENTHONG_REQUIRE_SERVICES=1`.
+pub fn missing<T>(test: &str, what: &str) -> Option<T> {
+    if require_services() {
+        panic!("{test}: {what}, and LIENTHONG_REQUIRE_SERVICES=1 says it must be there");
+    }
+    notice(&format!(
+        "SKIPPED: {test}: {what}; set LIENTHONG_REQUIRE_SERVICES=1 to make this a failure"
+    ));
+    None
+}
+
+/// The interpreter of a virtualenv holding `tests/python/requirements.txt`
+/// (grpcio for the interoperability tests, openpyxl for the XLSX export),
+/// made once per version of that file under `cache` (a test's
+/// `CARGO_TARGET_TMPDIR`), so repeated runs take no time. `None` (with a
+/// SKIPPED line, see [`missing`]) without python3, venv or PyPI.
+pub fn python_venv(test: &str, cache: &Path) -> Option<PathBuf> {
+    let requirements = checkout_root().join("tests/python/requirements.txt");
+    let pinned = fs::read(&requirements)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
+    let key = &hex::encode(sha256(&pinned))[..16];
+    let venv = cache.join(format!("python-venv-{key}"));
+    let python = venv.join("bin/python");
+    if venv.join(".complete").is_file() {
+        return Some(python);
+    }
+    fs::create_dir_all(cache).unwrap_or_else(|e| panic!("create {}: {e}", cache.display()));
+    // Made aside and renamed into place: a run stopped halfway leaves
+    // nothing that looks complete.
+    let partial = cache.join(format!("python-venv-{key}.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&partial);
+    let made = StdCommand::new("python3")
+        .args(["-m", "venv"])
+        .arg(&partial)
+        .stdin(Stdio::null())
+        .output();
+    match made {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return missing(
+                test,
+                &format!(
+                    "`python3 -m venv` fails (Debian: apt-get install python3-venv):\n{}",
+                    describe_output(&o)
+                ),
+            );
+        }
+        Err(e) => return missing(test, &format!("python3 not found ({e})")),
+    }
+    let python = partial.join("bin/python");
+    notice(&format!(
+        "{test}: installing {} into {} (once per version of that file)",
+        requirements.display(),
+        venv.display()
+    ));
+    let pip = StdCommand::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+        ])
+        .arg(&requirements)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {} -m pip: {e}", python.display()));
+    if !pip.status.success() {
+        let _ = fs::remove_dir_all(&partial);
+        return missing(
+            test,
+            &format!(
+                "pip could not install {} from PyPI:\n{}",
+                requirements.display(),
+                describe_output(&pip)
+            ),
+        );
+    }
+    fs::write(partial.join(".complete"), &pinned).expect("write .complete");
+    // Another run may have finished first: then its copy is as good.
+    if fs::rename(&partial, &venv).is_err() {
+        let _ = fs::remove_dir_all(&partial);
+    }
+    Some(venv.join("bin/python"))
+}
+
 /// A loopback port nobody listened on a moment ago.
 pub fn pick_port() -> std::io::Result<u16> {
     TcpListener::bind("127.0.0.1:0")?

@@ -85,6 +85,7 @@ impl Gateway {
             active: a.active,
             extra: "{}".to_owned(),
             updated_at: now_micros(),
+            source: None,
         };
         directory::upsert_agency(self.store(), row, &ChangedBy::caller(caller)).await?;
         self.lookup(id.as_str()).await

@@ -294,6 +294,10 @@ impl Gateway {
         &self.inner.store
     }
 
+    pub(crate) fn receipt_signer(&self) -> Option<Arc<ReceiptSigner>> {
+        self.inner.receipt_signer.clone()
+    }
+
     /// Waits until this replica holds the lease of `job`, one that runs on
     /// one replica at a time (see [`while_leading`]; the AMQP adapter holds
     /// its own, to stop in its own way).

@@ -108,6 +108,7 @@ impl World {
                 active: true,
                 extra: "{}".to_owned(),
                 updated_at: lt::store::now_micros(),
+                source: None,
             });
             agents.push(Agent {
                 id: id.clone(),
