@@ -1084,12 +1084,14 @@ impl DirectoryExchange {
                 Ok(c) => c,
                 Err(r) => return Ok(Applying::Refused(r)),
             };
+        let adopt = self.adoptable(name, &mut change).await?;
         change.peer = Some(PeerAdvance {
             peer: name.clone(),
             after: applied,
             sequence: seq,
             state_sha256: update.state_sha256.clone(),
             replace: false,
+            adopt,
         });
         if touched == 0 {
             change.log.push(changed_line(
@@ -1128,6 +1130,44 @@ impl DirectoryExchange {
         } else {
             Applying::Diverged
         })
+    }
+
+    /// The agencies a change of `peer`'s touches that were entered here by
+    /// hand — as other provinces' agencies were before the directory
+    /// exchange — and that this gateway does not serve: the change takes
+    /// them over (a line says so), after which only the peer changes them.
+    async fn adoptable(&self, peer: &str, change: &mut DirectoryChange) -> Result<Vec<String>> {
+        let mut codes: Vec<&str> = change
+            .agencies
+            .iter()
+            .map(|a| a.organ_id.as_str())
+            .chain(change.bind_signing.iter().map(|c| c.organ_id.as_str()))
+            .chain(change.set_active.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        let mut adopt = Vec::new();
+        for id in codes {
+            if self.authority.iter().any(|p| p.matches(id)) {
+                continue;
+            }
+            if let Some(a) = self.gw.store().agency(id).await?
+                && a.source.is_none()
+            {
+                adopt.push(id.to_owned());
+            }
+        }
+        for id in &adopt {
+            change.log.push(changed_line(
+                peer,
+                id,
+                format!(
+                    "{id}, entered here by hand, is taken over by {peer}, trusted for its code: \
+                     from now on only {peer}'s signed updates change it"
+                ),
+            ));
+        }
+        Ok(adopt)
     }
 
     /// After an update: the peer's agencies as held here match the digest
@@ -1342,12 +1382,14 @@ impl DirectoryExchange {
             ));
         }
         change.log.push(changed_line(name, "", format!("{name}'s snapshot at update {seq} applied: {} agencies (the last update applied before was {applied})", snap.entries.len())));
+        let adopt = self.adoptable(name, &mut change).await?;
         change.peer = Some(PeerAdvance {
             peer: name.clone(),
             after: applied,
             sequence: seq,
             state_sha256: snap.state_sha256.clone(),
             replace: true,
+            adopt,
         });
         match store.change_directory(change).await {
             Ok(()) => Ok(Ok(())),

@@ -25,6 +25,18 @@ pub struct PeerAdvance {
     /// and the signing keys bound to its agencies not in `bind_signing`
     /// unbound.
     pub replace: bool,
+    /// Codes of agencies entered here by hand (no source) that the peer is
+    /// trusted for and this gateway does not serve: the change takes them
+    /// over, with their keys.
+    pub adopt: Vec<String>,
+}
+
+impl PeerAdvance {
+    /// Whether this change may take over the agency `id` whose source is
+    /// `source`.
+    fn adopts(&self, source: Option<&str>, id: &str) -> bool {
+        source.is_none() && self.adopt.iter().any(|a| a == id)
+    }
 }
 
 /// A peer's progress: the last update applied, and the last one seen.
@@ -124,8 +136,8 @@ pub(crate) async fn before_peer_change(
         q.push(")");
         for r in q.all(txn).await? {
             let source: Option<String> = r.try_get("", "source").or_db()?;
-            if source.as_deref() != Some(p.peer.as_str()) {
-                let id = text(&r, "organ_id")?;
+            let id = text(&r, "organ_id")?;
+            if source.as_deref() != Some(p.peer.as_str()) && !p.adopts(source.as_deref(), &id) {
                 return Err(not_theirs(&p.peer, &id, source.as_deref()));
             }
         }
@@ -145,8 +157,8 @@ pub(crate) async fn before_peer_change(
         q.push(")");
         for r in q.all(txn).await? {
             let source: Option<String> = r.try_get("", "source").or_db()?;
-            if source.as_deref() != Some(p.peer.as_str()) {
-                let id = text(&r, "organ_id")?;
+            let id = text(&r, "organ_id")?;
+            if source.as_deref() != Some(p.peer.as_str()) && !p.adopts(source.as_deref(), &id) {
                 return Err(Error::new(
                     Reason::PermissionDenied,
                     format!(

@@ -634,11 +634,29 @@ async fn a_gateway_stopped_while_its_peer_publishes_500_updates_catches_up() {
     else {
         return;
     };
+    // Q was entered at H35 by hand, as before the directory exchange: H53's
+    // first update takes it over.
+    import(&g35, &[(Q, "Sở Khoa học (nhập tay)", &format!("{Q}.pem"))]).await;
     import(&g53, &[(Q, "Sở Khoa học tỉnh H53", &format!("{Q}.pem"))]).await;
     until(Duration::from_secs(30), "H35 holds Q", || async {
         same_h53_directory(&g35, &g53).await && !h53_directory(&g35).await.0.is_empty()
     })
     .await;
+    let taken = g35
+        .sql_rows(&format!(
+            "SELECT a.source, e.detail FROM agencies a JOIN events e ON e.sender = a.organ_id \
+             WHERE a.organ_id = '{Q}' AND e.kind = 'directory_changed' AND e.actor = 'peer H53' \
+             AND e.detail LIKE '%taken over%'"
+        ))
+        .await;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(
+        taken[0]
+            .try_get::<Option<String>>("source")
+            .unwrap()
+            .as_deref(),
+        Some("H53")
+    );
 
     // Changes at H53 until it has published `count` more updates.
     async fn publish_updates(g53: &TestGateway, count: i64, round: usize) {
