@@ -37,7 +37,7 @@ async fn gateway_as(
     backend: Backend,
     extra_amqp: &str,
 ) -> Option<TestGateway> {
-    TestGateway::start_with(
+    let gw = TestGateway::start_with(
         name,
         GatewayOptions {
             backend,
@@ -46,7 +46,9 @@ async fn gateway_as(
             ..Default::default()
         },
     )
-    .await
+    .await?;
+    broker_up(&gw).await;
+    Some(gw)
 }
 
 /// Receives until `n` deliveries have come (acknowledging each), or fails
@@ -1121,7 +1123,8 @@ async fn copies_for_a_gateway_not_yet_bound_wait_in_order_and_go_when_it_binds()
 /// (before that, a message published to the exchange has no queue to go to).
 pub(crate) async fn broker_up(gw: &TestGateway) {
     let http = gw.http_addr.expect("HTTP listener");
-    for _ in 0..200 {
+    // Long enough for a loaded machine: serving gRPC comes first.
+    for _ in 0..600 {
         let (code, body) = amqp::http_get(http, "/health/ready").await;
         if code == 200 && body.contains("\"broker\":\"up\"") {
             return;

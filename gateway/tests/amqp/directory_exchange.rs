@@ -698,12 +698,17 @@ async fn a_gateway_stopped_while_its_peer_publishes_500_updates_catches_up() {
     g35.stop();
     publish_updates(&g53, 250, 0).await;
     g35.restart().await;
+    let started = std::time::Instant::now();
     until(
         Duration::from_secs(60),
         "H35 replays 250 updates",
         || async { applied_from(&g35, "H53").await == announced(&g53).await },
     )
     .await;
+    eprintln!(
+        "H35 replayed 250 updates {:?} after its start",
+        started.elapsed()
+    );
     assert!(same_h53_directory(&g35, &g53).await);
 
     // 250 more, and its queue lost meanwhile: the next update shows the
@@ -721,6 +726,7 @@ async fn a_gateway_stopped_while_its_peer_publishes_500_updates_catches_up() {
         .expect("purge H35's directory queue");
     g35.restart().await;
     import(&g53, &[(P, "Văn phòng UBND tỉnh H53", &format!("{P}.pem"))]).await;
+    let started = std::time::Instant::now();
     until(
         Duration::from_secs(60),
         "H35 catches up by a snapshot",
@@ -730,6 +736,10 @@ async fn a_gateway_stopped_while_its_peer_publishes_500_updates_catches_up() {
         },
     )
     .await;
+    eprintln!(
+        "H35 caught up by a snapshot {:?} after H53's next update",
+        started.elapsed()
+    );
     let asked = refusals(&g35).await;
     assert!(
         asked.iter().any(|(r, _)| r == "SNAPSHOT_ASKED"),
