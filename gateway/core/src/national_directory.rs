@@ -268,6 +268,29 @@ fn entry_of(a: &AgencyRow, certs: &[&SigningCertRow]) -> pb::DirectoryEntry {
     }
 }
 
+/// Agencies as the exchange carries them, each with the signing keys bound
+/// to it (one read of every binding for all of them).
+async fn entries_of(
+    store: &crate::store::Store,
+    agencies: &[AgencyRow],
+) -> Result<Vec<(String, pb::DirectoryEntry)>> {
+    let certs = store.all_signing_certs().await?;
+    let mut by_agency: HashMap<&str, Vec<&SigningCertRow>> = HashMap::new();
+    for c in &certs {
+        by_agency.entry(c.organ_id.as_str()).or_default().push(c);
+    }
+    Ok(agencies
+        .iter()
+        .map(|a| {
+            let certs = by_agency
+                .get(a.organ_id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            (a.organ_id.clone(), entry_of(a, certs))
+        })
+        .collect())
+}
+
 /// The digest of a directory as announced: over every (code, encoded
 /// entry) in code order.
 pub fn state_sha256<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
@@ -649,23 +672,13 @@ impl DirectoryExchange {
     /// This gateway's own agencies, as it would announce them now.
     async fn announceable(&self) -> Result<BTreeMap<String, pb::DirectoryEntry>> {
         let store = self.gw.store();
-        let agencies = store.agencies().await?;
-        let certs = store.all_signing_certs().await?;
-        let mut by_agency: HashMap<&str, Vec<&SigningCertRow>> = HashMap::new();
-        for c in &certs {
-            by_agency.entry(c.organ_id.as_str()).or_default().push(c);
-        }
-        Ok(agencies
-            .iter()
+        let own: Vec<AgencyRow> = store
+            .agencies()
+            .await?
+            .into_iter()
             .filter(|a| a.source.is_none() && self.authority.iter().any(|p| p.matches(&a.organ_id)))
-            .map(|a| {
-                let certs = by_agency
-                    .get(a.organ_id.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                (a.organ_id.clone(), entry_of(a, certs))
-            })
-            .collect())
+            .collect();
+        Ok(entries_of(store, &own).await?.into_iter().collect())
     }
 
     /// Compares the directory with what was last announced and records
@@ -1021,7 +1034,23 @@ impl DirectoryExchange {
                         request,
                     }
                 }
-                None => Received::Refused,
+                None => {
+                    // A snapshot was asked for moments ago: it covers this
+                    // update, which is set aside, said in the log.
+                    store
+                        .log(refused_line(
+                            Some(&name),
+                            "",
+                            "AWAITING_SNAPSHOT",
+                            format!(
+                                "{name}'s update {seq} follows updates not received here (the \
+                                 last applied is {applied}); the snapshot already asked for \
+                                 will include it"
+                            ),
+                        ))
+                        .await?;
+                    Received::Refused
+                }
             });
         }
         let ask = match self.apply_update(peer, applied, &update).await? {
@@ -1123,7 +1152,12 @@ impl DirectoryExchange {
             Err(e) => return Err(e),
         }
         let same = self
-            .check_fold(peer, seq, &update.state_sha256, blocks.is_empty())
+            .check_fold(
+                peer,
+                seq,
+                &update.state_sha256,
+                !blocks.iter().any(|b| peer.serves(&b.organ_id)),
+            )
             .await?;
         Ok(if same {
             Applying::Done
@@ -1210,24 +1244,13 @@ impl DirectoryExchange {
     /// The digest of `peer`'s agencies as this gateway holds them.
     async fn held_digest(&self, peer: &str) -> Result<String> {
         let store = self.gw.store();
-        let agencies = store.agencies_of_peer(peer).await?;
-        let certs = store.all_signing_certs().await?;
-        let mut by_agency: HashMap<&str, Vec<&SigningCertRow>> = HashMap::new();
-        for c in &certs {
-            by_agency.entry(c.organ_id.as_str()).or_default().push(c);
-        }
-        let entries: Vec<(String, Vec<u8>)> = agencies
-            .iter()
-            .map(|a| {
-                let certs = by_agency
-                    .get(a.organ_id.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                (a.organ_id.clone(), entry_of(a, certs).encode_to_vec())
-            })
+        let held = entries_of(store, &store.agencies_of_peer(peer).await?).await?;
+        let encoded: Vec<(String, Vec<u8>)> = held
+            .into_iter()
+            .map(|(id, e)| (id, e.encode_to_vec()))
             .collect();
         Ok(state_sha256(
-            entries.iter().map(|(k, v)| (k.as_str(), &v[..])),
+            encoded.iter().map(|(k, v)| (k.as_str(), &v[..])),
         ))
     }
 
@@ -1303,22 +1326,11 @@ impl DirectoryExchange {
             .collect();
         let now = now_micros();
         // What is held now, to log what the snapshot changes.
-        let held = store.agencies_of_peer(name).await?;
-        let certs = store.all_signing_certs().await?;
-        let mut by_agency: HashMap<&str, Vec<&SigningCertRow>> = HashMap::new();
-        for c in &certs {
-            by_agency.entry(c.organ_id.as_str()).or_default().push(c);
-        }
-        let held: HashMap<&str, pb::DirectoryEntry> = held
-            .iter()
-            .map(|a| {
-                let certs = by_agency
-                    .get(a.organ_id.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                (a.organ_id.as_str(), entry_of(a, certs))
-            })
-            .collect();
+        let held: HashMap<String, pb::DirectoryEntry> =
+            entries_of(store, &store.agencies_of_peer(name).await?)
+                .await?
+                .into_iter()
+                .collect();
         let mut change = DirectoryChange::default();
         let mut listed = HashSet::new();
         for e in &snap.entries {
@@ -1374,7 +1386,7 @@ impl DirectoryExchange {
                 }
             }
         }
-        for id in held.keys().filter(|id| !listed.contains(*id)) {
+        for id in held.keys().filter(|id| !listed.contains(id.as_str())) {
             change.log.push(changed_line(
                 name,
                 id,
